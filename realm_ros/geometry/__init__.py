@@ -1,0 +1,1 @@
+"""realm_ros.geometry"""

@@ -1,0 +1,64 @@
+"""Shared pytest configuration for realm_ros.
+
+Layout: test/unit (ROS-free core), test/ros (real rclpy over real DDS, nodes as subprocesses),
+test/launch (launch_pytest; skipped with the reason when launch_pytest is not installed).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_DATA = REPO_ROOT / 'test' / 'data'
+EVT3_BAG = TEST_DATA / 'ecpy_test_events_1_evt3'
+EVT3_RAW = TEST_DATA / 'ecpy_test_events_1.raw'
+MONO_BAG = TEST_DATA / 'eccodecs_test_data_mono_cd'
+
+HAVE_RCLPY = importlib.util.find_spec('rclpy') is not None
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'ros: needs rclpy and real DDS (skipped when rclpy is not importable)')
+    config.addinivalue_line('markers', 'cuda: needs a CUDA device (skipped otherwise)')
+    config.addinivalue_line('markers', 'slow: takes more than ~20 s on 2 cores')
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if 'test/ros/' in str(item.fspath).replace(os.sep, '/'):
+            item.add_marker(pytest.mark.ros)
+        if item.get_closest_marker('ros') and not HAVE_RCLPY:
+            item.add_marker(pytest.mark.skip(reason='rclpy is not importable: run the tests through ./run.sh test '
+                                                    'or source a ROS 2 install'))
+
+
+@pytest.fixture(scope='session')
+def test_data() -> Path:
+    return TEST_DATA
+
+
+@pytest.fixture(scope='session')
+def evt3_bag() -> Path:
+    return EVT3_BAG
+
+
+def subprocess_env(**extra: str) -> dict:
+    """Environment for child processes (nodes, tools): the current one, unbuffered, plus ``extra``."""
+    env = dict(os.environ)
+    env['PYTHONUNBUFFERED'] = '1'
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def child_env():
+    return subprocess_env
+
+
+@pytest.fixture(scope='session')
+def python_exe() -> str:
+    return sys.executable
