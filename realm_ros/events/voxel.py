@@ -1,0 +1,231 @@
+"""Voxel grid of events (EVENTS_SPEC section 2): temporal bilinear splatting of +-1 polarities into B bins.
+
+For event i of a window (time-sorted; t_0 first, t_{N-1} last):
+
+* ``t* = (B - 1) * (t_i - t_0) / dT`` with ``dT = t_{N-1} - t_0`` (``dT = 0 -> 1``, the E2VID guard). The
+  difference ``t_i - t_0`` and its product with ``B - 1`` are **int64**; only then is a float64 quotient formed
+  (correctly rounded, so integer t* such as the last event's ``B - 1`` are exact). Absolute ns time stamps never
+  reach a float.
+* value ``2p - 1`` goes with weight ``1 - frac`` to bin ``floor(t*)`` and ``frac`` to the next bin if it exists
+  (the last event lands exactly on bin B-1). Sum of the grid = N_on - N_off exactly.
+* ``t_range=(t_start, t_end)`` normalises by fixed window bounds instead (``dT = t_end - t_start``; events outside
+  ``[t_start, t_end]`` are dropped); ``temporal_scale='bins'`` uses B instead of B-1 (tonic; the last event drops).
+* normalisation over the non-zero cells: ``'dsec'`` (default; mean / unbiased std, divide only if std > 0),
+  ``'e2vid'`` (mean / population std; zero std is guarded the same way instead of producing inf), ``'none'``.
+* events with x >= W or y >= H are ignored.
+
+Backends: ``'numba'`` (CPU, one fused pass + stats over touched cells only) and ``'torch'`` (any device: one
+host->device copy of a packed int64 array, ``index_add_`` scatter, normalisation on the device). ``'auto'`` picks
+numba on CPU and torch elsewhere.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
+import numpy as np
+
+from ._jit import njit
+from .types import EventArray, as_event_array
+
+NORMALIZATIONS = ('dsec', 'e2vid', 'none')
+_NORM_CODE = {'none': 0, 'e2vid': 1, 'dsec': 2}
+
+
+def _to_numpy_events(events: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if isinstance(events, EventArray):
+        return events.x, events.y, events.t, events.p
+    try:
+        import torch
+
+        if isinstance(events, (tuple, list)) and len(events) == 4 and any(isinstance(a, torch.Tensor) for a in events):
+            events = tuple(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a for a in events)
+    except ImportError:  # pragma: no cover - torch is required for the grid anyway
+        pass
+    ev = as_event_array(events)
+    return ev.x, ev.y, ev.t, ev.p
+
+
+def _time_params(t: np.ndarray, bins: int, t_range: Optional[Tuple[int, int]], temporal_scale: str
+                 ) -> Tuple[int, int, int]:
+    """(t0, dT, scale) with int semantics."""
+    if temporal_scale not in ('bins_minus_one', 'bins'):
+        raise ValueError(f"temporal_scale must be 'bins_minus_one' or 'bins', got {temporal_scale!r}")
+    scale = bins - 1 if temporal_scale == 'bins_minus_one' else bins
+    if t_range is not None:
+        t0, t1 = int(t_range[0]), int(t_range[1])
+        if t1 < t0:
+            raise ValueError(f't_range end {t1} is before its start {t0}')
+        return t0, max(1, t1 - t0), scale
+    if len(t) == 0:
+        return 0, 1, scale
+    t0 = int(t[0])
+    return t0, max(1, int(t[-1]) - t0), scale
+
+
+@njit
+def _voxel_numba(x, y, t, p, t0, dT, scale, bins, height, width, norm, grid):  # pragma: no cover - compiled
+    hw = height * width
+    n = x.shape[0]
+    nbits = (bins * hw + 7) >> 3
+    seen = np.zeros(nbits, np.uint8)
+    touched = np.empty(2 * n, np.int64)
+    nt = 0
+    fdT = np.float64(dT)
+    t_end = t0 + dT
+    for i in range(n):
+        xi = np.int64(x[i])
+        yi = np.int64(y[i])
+        if xi >= width or yi >= height:
+            continue
+        ti = t[i]
+        if ti < t0 or ti > t_end:
+            continue
+        # int64 difference first; (dt * scale) / dT is then a correctly rounded float64 quotient
+        ts = np.float64((ti - t0) * scale) / fdT
+        b = np.int64(ts)
+        frac = ts - b
+        v = 1.0 if p[i] else -1.0
+        if b < bins:
+            idx = b * hw + yi * width + xi
+            grid[idx] += np.float32(v * (1.0 - frac))
+            if seen[idx >> 3] & (1 << (idx & 7)) == 0:
+                seen[idx >> 3] |= 1 << (idx & 7)
+                touched[nt] = idx
+                nt += 1
+            if b + 1 < bins and frac > 0.0:
+                idx += hw
+                grid[idx] += np.float32(v * frac)
+                if seen[idx >> 3] & (1 << (idx & 7)) == 0:
+                    seen[idx >> 3] |= 1 << (idx & 7)
+                    touched[nt] = idx
+                    nt += 1
+    if norm == 0 or nt == 0:
+        return nt
+    vals = np.empty(nt, np.float64)
+    cnt = 0
+    s = 0.0
+    for k in range(nt):
+        v = np.float64(grid[touched[k]])
+        vals[k] = v
+        if v != 0.0:
+            cnt += 1
+            s += v
+    if cnt == 0:
+        return nt
+    mean = s / cnt
+    ss = 0.0
+    for k in range(nt):
+        v = vals[k]
+        if v != 0.0:
+            d = v - mean
+            ss += d * d
+    if norm == 1:
+        std = np.sqrt(ss / cnt)
+    else:
+        std = np.sqrt(ss / (cnt - 1)) if cnt > 1 else 0.0
+    inv = 1.0 / std if std > 0.0 else 1.0
+    for k in range(nt):
+        v = vals[k]
+        if v != 0.0:
+            grid[touched[k]] = np.float32((v - mean) * inv)
+    return nt
+
+
+def _normalize_torch(flat: Any, normalization: str) -> None:
+    import torch
+
+    if normalization == 'none':
+        return
+    nz = flat != 0
+    vals = flat[nz].double()
+    n = vals.numel()
+    if n == 0:
+        return
+    mean = vals.mean()
+    if normalization == 'e2vid':
+        std = vals.std(correction=0)
+    else:
+        std = vals.std(correction=1) if n > 1 else torch.zeros((), dtype=vals.dtype, device=vals.device)
+    centred = vals - mean
+    out = torch.where(std > 0, centred / torch.where(std > 0, std, torch.ones_like(std)), centred)
+    flat[nz] = out.to(flat.dtype)
+
+
+def _voxel_torch(x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray, t0: int, dT: int, scale: int,
+                 bins: int, height: int, width: int, normalization: str, device: Any) -> Any:
+    import torch
+
+    hw = height * width
+    keep = (x < width) & (y < height) & (t >= t0) & (t <= t0 + dT)
+    if not keep.all():
+        x, y, t, p = x[keep], y[keep], t[keep], p[keep]
+    n = len(x)
+    flat = torch.zeros(bins * hw, dtype=torch.float32, device=device)
+    if n:
+        # one host->device copy: row 0 = pixel index * 2 + polarity, row 1 = t - t0 (int64)
+        packed = np.empty((2, n), np.int64)
+        np.multiply(y, width, out=packed[0], dtype=np.int64)
+        packed[0] += x
+        packed[0] <<= 1
+        packed[0] |= p & 1
+        np.subtract(t, t0, out=packed[1])
+        dev = torch.from_numpy(packed).to(device, non_blocking=False)
+        pix = dev[0] >> 1
+        val = (dev[0] & 1).to(torch.float32) * 2.0 - 1.0
+        # int64 difference (done on the host) times scale, then a float64 quotient (exact for integer results)
+        tstar = (dev[1] * scale).to(torch.float64).div_(float(dT))
+        b = tstar.floor()
+        frac = (tstar - b).to(torch.float32)
+        b = b.to(torch.int64)
+        idx0 = b * hw + pix
+        in0 = b < bins
+        w0 = torch.where(in0, val * (1.0 - frac), torch.zeros_like(val))
+        idx0 = torch.where(in0, idx0, torch.zeros_like(idx0))
+        in1 = (b + 1) < bins
+        w1 = torch.where(in1, val * frac, torch.zeros_like(val))
+        idx1 = torch.where(in1, idx0 + hw, torch.zeros_like(idx0))
+        flat.index_add_(0, torch.cat([idx0, idx1]), torch.cat([w0, w1]))
+    _normalize_torch(flat, normalization)
+    return flat.view(bins, height, width)
+
+
+def voxel_grid(events: Any, bins: int = 5, height: Optional[int] = None, width: Optional[int] = None, *,
+               normalization: str = 'dsec', device: Union[str, Any] = 'cpu',
+               t_range: Optional[Tuple[int, int]] = None, temporal_scale: str = 'bins_minus_one',
+               backend: str = 'auto') -> Any:
+    """Build a (bins, height, width) float32 torch voxel grid on ``device``.
+
+    Args:
+        events: ``EventArray`` or an (x, y, t_ns, p) tuple of arrays/tensors, time-sorted.
+        bins: number of temporal bins (B, default 5).
+        height, width: sensor size (required).
+        normalization: ``'dsec'`` | ``'e2vid'`` | ``'none'`` (see module docstring).
+        device: torch device for the result.
+        t_range: optional fixed (t_start, t_end) ns for the time normalisation instead of the first/last event.
+        temporal_scale: ``'bins_minus_one'`` (E2VID/DSEC/Zhu) or ``'bins'`` (tonic).
+        backend: ``'auto'`` | ``'numba'`` (CPU only) | ``'torch'``.
+    """
+    import torch
+
+    if height is None or width is None or int(height) <= 0 or int(width) <= 0:
+        raise ValueError(f'voxel_grid needs a positive height and width, got {height}x{width}')
+    if int(bins) < 1:
+        raise ValueError(f'bins must be >= 1, got {bins}')
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f'normalization must be one of {NORMALIZATIONS}, got {normalization!r}')
+    bins, height, width = int(bins), int(height), int(width)
+    x, y, t, p = _to_numpy_events(events)
+    t0, dT, scale = _time_params(t, bins, t_range, temporal_scale)
+    dev = torch.device(device)
+    if backend == 'auto':
+        backend = 'numba' if dev.type == 'cpu' else 'torch'
+    if backend == 'numba':
+        if dev.type != 'cpu':
+            raise ValueError('the numba voxel backend runs on the CPU only; use backend="torch" for GPUs')
+        grid = torch.zeros(bins * height * width, dtype=torch.float32)
+        _voxel_numba(x, y, t, p, np.int64(t0), np.int64(dT), np.int64(scale), np.int64(bins), np.int64(height),
+                     np.int64(width), _NORM_CODE[normalization], grid.numpy())
+        return grid.view(bins, height, width)
+    if backend != 'torch':
+        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    return _voxel_torch(x, y, t, p, t0, dT, scale, bins, height, width, normalization, dev)
