@@ -145,11 +145,10 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
                 rolls += 1
             th = (th & ~mask24) | (v << 12)
             phase = 1
-        elif ty == 6:
-            if phase == 1:
-                tl = v
-                phase = 2
-                last_t = (th | tl) * 1000
+        elif ty == 6 and phase == 1:
+            tl = v
+            phase = 2
+            last_t = (th | tl) * 1000
         else:
             before += 1
         i += 1
