@@ -49,7 +49,7 @@ class SimConfig:
     rgb_rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     rgb_rate_hz: float = 30.0
     trajectory: str = 'drive'
-    speed_mps: float = 6.0
+    speed_mps: float = 10.0
     motion_scale: float = 1.0
     camera_height_m: float = 1.5
     max_flow_px: float = 0.75
