@@ -322,15 +322,15 @@ def _iterate_triton(f1: Tensor, f2: Tensor, seeds: Tensor, max_iter: int, dtype:
 
 
 def _iterate_torch(f1: Tensor, f2: Tensor, seeds: Tensor, max_iter: int, dtype: torch.dtype,
-                   max_block_elems: int) -> tuple[Tensor, Tensor]:
+                   max_block_elems: int, eager: bool | None = None) -> tuple[Tensor, Tensor]:
     """Seed iterations with the blockwise PyTorch search.
 
-    CPU: exact compaction every half-step, de-duplicated and memoised queries. CUDA: the active list is compacted
-    at the end of iterations 1, 2, 4, 8 only (a superset of the active seeds is searched in between; updates are
-    masked), so the host waits on the device at most 4 times.
+    ``eager`` (default on CPU): exact compaction every half-step, de-duplicated and memoised queries. Otherwise
+    (default on CUDA): the active list is compacted at the end of iterations 1, 2, 4, 8 only (a superset of the
+    active seeds is searched in between and the updates are masked), so the host waits on the device at most 4 times.
     """
     dev = f1.device
-    on_cpu = dev.type == 'cpu'
+    on_cpu = dev.type == 'cpu' if eager is None else eager
     t1 = f1.to(dtype).t().contiguous()
     t2 = f2.to(dtype).t().contiguous()
     q1, q2 = f1.to(dtype), f2.to(dtype)

@@ -27,13 +27,10 @@ none of the reference implementation.
 from __future__ import annotations
 
 import ast
-import logging
 import math
 import os
-import pickle
 import re
 import tempfile
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +39,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .checkpoints import CheckpointError
 
 __all__ = [
     'PATCH_SIZE',
@@ -63,8 +62,6 @@ __all__ = [
     'save_dune_mast3r',
 ]
 
-_LOG = logging.getLogger(__name__)
-
 PATCH_SIZE = 14
 """Token grid pitch in pixels (DUNE ViT/14; the wrapper forces MASt3R's patch size to 14)."""
 
@@ -75,8 +72,11 @@ _INF = float('inf')
 Mode = tuple  # ('exp', vmin, vmax) or ('linear'|'square'|'sigmoid', vmin, vmax)
 
 
-class DuneMast3rCheckpointError(ValueError):
-    """A DUNE-MASt3R checkpoint (or its model string) is unreadable, incomplete or does not match the architecture."""
+class DuneMast3rCheckpointError(CheckpointError):
+    """A DUNE-MASt3R checkpoint (or its model string) is incomplete or does not match the architecture.
+
+    Unreadable files raise the base :class:`~realm_ros.models.checkpoints.CheckpointError` of the shared reader.
+    """
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -852,57 +852,16 @@ class DuneMast3rDecoder(nn.Module):
 # Checkpoints
 
 _OPTIONAL_BUFFERS = {'imagenet_mean': (1, 3, 1, 1), 'imagenet_std': (1, 3, 1, 1)}
-_PREFIXES = ('module.', '_orig_mod.')
-
-
-def _read_checkpoint(path: Path, weights_only: bool | None) -> dict[str, Any]:
-    if path.suffix == '.safetensors':
-        try:
-            from safetensors import safe_open
-            from safetensors.torch import load_file
-            with safe_open(str(path), framework='pt') as handle:
-                meta = dict(handle.metadata() or {})
-            state = load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
-            raise DuneMast3rCheckpointError(f'{path}: not a readable safetensors file ({exc})') from None
-        return {'model': state, **meta}
-
-    use_mmap = zipfile.is_zipfile(path)
-    attempts = [True, False] if weights_only is None else [weights_only]
-    last: Exception | None = None
-    for safe in attempts:
-        try:
-            return torch.load(path, map_location='cpu', weights_only=safe, mmap=use_mmap)
-        except pickle.UnpicklingError as exc:
-            last = exc
-            if safe and weights_only is None:
-                _LOG.warning('%s holds non-tensor Python objects; unpickling it fully (load trusted files only)',
-                             path)
-        except Exception as exc:  # noqa: BLE001 - zip/EOF/storage errors of a damaged file
-            last = exc
-            break
-    raise DuneMast3rCheckpointError(f'{path}: not a readable PyTorch checkpoint ({type(last).__name__}: {last})')
-
-
-def _strip_prefixes(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in _PREFIXES:
-            if key.startswith(p):
-                key, changed = key[len(p):], True
-    return key
 
 
 def _validated_state(model: DuneMast3rDecoder, state: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
     """Check ``state`` against the model: every key, shape, dtype kind and value; resolve aliases; raise on any issue."""
     given: dict[str, Tensor] = {}
     problems: list[str] = []
-    for raw_key, value in state.items():
-        if not isinstance(raw_key, str):
-            problems.append(f'non-string key {raw_key!r}')
+    for key, value in state.items():
+        if not isinstance(key, str):
+            problems.append(f'non-string key {key!r}')
             continue
-        key = _strip_prefixes(raw_key)
         if not isinstance(value, Tensor):
             problems.append(f'{key}: not a tensor ({type(value).__name__})')
             continue
@@ -955,44 +914,44 @@ def _validated_state(model: DuneMast3rDecoder, state: Mapping[str, Any], path: P
 
 
 def load_dune_mast3r(path: str | os.PathLike[str], device: torch.device | str = 'cpu', *,
-                     dtype: torch.dtype | None = None, weights_only: bool | None = None) -> DuneMast3rDecoder:
+                     dtype: torch.dtype | None = None, allow_pickle: bool = True) -> DuneMast3rDecoder:
     """Load ``dunemast3r_cvpr25_vit{base,small}.pth`` (or a file in the same layout) strictly.
 
     The file is a dict with ``'model'`` (state dict: ``norm.*`` and ``mast3r.*``; ``imagenet_mean/std`` optional),
-    ``'mast3r_model_str'`` (parsed, never evaluated) and ``'dune_backbone_name'``. A ``.safetensors`` file with the
-    same tensors and these two strings in its metadata is accepted too. Every parameter must be present with its
-    shape and finite values, and no unknown key may be present; alias keys (``scratch.layer_rn.*``) must agree with
-    their originals. On any problem a :class:`DuneMast3rCheckpointError` naming the file and the keys is raised and
-    no model is returned.
+    ``'mast3r_model_str'`` (parsed, never evaluated) and ``'dune_backbone_name'``. Reading goes through
+    :func:`realm_ros.models.checkpoints.read_checkpoint`, so a ``.safetensors`` made by ``realm-convert-checkpoint``
+    (or found converted next to the ``.pth``) is used the same way, and ``module.``/``_orig_mod.`` prefixes are
+    stripped. Every parameter must be present with its shape and finite values, and no unknown key may be present;
+    alias keys (``scratch.layer_rn.*``) must agree with their originals (or may be absent). On any problem a
+    :class:`DuneMast3rCheckpointError` (a :class:`~realm_ros.models.checkpoints.CheckpointError`) naming the file
+    and the keys is raised and no model is returned.
 
     Args:
-        path: checkpoint file.
+        path: checkpoint file (.pth or converted .safetensors).
         device: where the returned model lives.
         dtype: optional dtype for the decoder blocks (heads stay float32), e.g. ``torch.bfloat16`` on CUDA.
-        weights_only: ``None`` tries the safe tensor-only unpickler first and falls back to full unpickling (load
-            trusted files only); ``True``/``False`` forces one.
+        allow_pickle: allow full unpickling when the safe loader refuses the file (trusted files only).
 
     Returns:
         A :class:`DuneMast3rDecoder` in eval mode with ``requires_grad=False`` parameters.
     """
+    from .checkpoints import read_checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'DUNE-MASt3R checkpoint not found: {path}')
-    ckpt = _read_checkpoint(path, weights_only)
-    if not isinstance(ckpt, Mapping):
-        raise DuneMast3rCheckpointError(f'{path}: expected a dict checkpoint, got {type(ckpt).__name__}')
-    missing_top = [k for k in ('model', 'mast3r_model_str') if k not in ckpt]
-    if missing_top:
-        raise DuneMast3rCheckpointError(f'{path}: missing top-level key(s) {missing_top} '
-                                        f'(found {sorted(map(str, ckpt.keys()))[:10]})')
+    state, info = read_checkpoint(path, allow_pickle=allow_pickle)
+    extra = info.get('extra') or {}
+    model_str = extra.get('mast3r_model_str')
+    if model_str is None:
+        raise DuneMast3rCheckpointError(f'{path}: missing top-level key mast3r_model_str (a DUNE-MASt3R checkpoint '
+                                        f'has model, mast3r_model_str and dune_backbone_name; found extra entries '
+                                        f'{sorted(extra)[:10]})')
     try:
-        config = parse_mast3r_model_string(ckpt['mast3r_model_str'])
+        config = parse_mast3r_model_string(model_str)
     except DuneMast3rCheckpointError as exc:
         raise DuneMast3rCheckpointError(f'{path}: {exc}') from None
-    state = ckpt['model']
-    if not isinstance(state, Mapping):
-        raise DuneMast3rCheckpointError(f"{path}: ckpt['model'] is a {type(state).__name__}, expected a state dict")
-    backbone = ckpt.get('dune_backbone_name', '')
+    backbone = extra.get('dune_backbone_name', '')
     backbone = backbone if isinstance(backbone, str) else str(backbone)
 
     with torch.device('meta'):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from realm_ros.models.checkpoints import CheckpointError
 from realm_ros.models.mast3r import (
     PATCH_SIZE, DuneMast3rCheckpointError, DuneMast3rConfig, DuneMast3rDecoder, RoPE2D, load_dune_mast3r,
     parse_mast3r_model_string, patch_positions, postprocess_head_output, save_dune_mast3r)
@@ -335,12 +336,14 @@ def test_roundtrip_outputs_identical(tmp_path):
 
 
 def test_official_layout_variants_load(tmp_path):
-    """Official top-level layout with an argparse Namespace (needs full unpickling), no imagenet buffers, prefixes."""
+    """Official top-level layout with training args, an object needing full unpickling, no buffers, prefixes."""
     import argparse
+    import datetime
     writer = _tiny_model(seed=4)
     ref = writer.state_dict()
     variants = {
         'namespace.pth': _official_dict(writer, args=argparse.Namespace(lr=1e-4, schedule=np.arange(3))),
+        'pickled.pth': _official_dict(writer, created=datetime.date(2025, 6, 26)),
         'noimagenet.pth': _official_dict(writer, imagenet=False),
         'ddp.pth': {**_official_dict(writer), 'model': {'module.' + k: v for k, v in
                                                         _official_dict(writer)['model'].items()}},
@@ -352,21 +355,26 @@ def test_official_layout_variants_load(tmp_path):
         model = load_dune_mast3r(tmp_path / name)
         for k, v in model.state_dict().items():
             assert torch.equal(v, ref[k]), (name, k)
-    with pytest.raises(DuneMast3rCheckpointError, match='not a readable'):
-        load_dune_mast3r(tmp_path / 'namespace.pth', weights_only=True)
+    with pytest.raises(CheckpointError, match='allow_pickle is False'):
+        load_dune_mast3r(tmp_path / 'pickled.pth', allow_pickle=False)
 
 
-def test_safetensors_layout_loads(tmp_path):
-    from safetensors.torch import save_file
+def test_converted_safetensors_loads(tmp_path):
+    """realm-convert-checkpoint output (safetensors + extra strings) loads directly and is preferred next to the .pth."""
+    from realm_ros.models.checkpoints import convert_checkpoint
     writer = _tiny_model(seed=5)
-    aliases = writer.alias_keys()
-    state = {k: v.contiguous() for k, v in writer.state_dict().items() if k not in aliases}
-    path = tmp_path / 'dm.safetensors'
-    save_file(state, str(path), metadata={'mast3r_model_str': writer.config.to_model_string(),
-                                          'dune_backbone_name': 'x'})
-    model = load_dune_mast3r(path)
-    assert torch.equal(model.state_dict()['mast3r.downstream_head1.dpt.scratch.layer_rn.0.weight'],
-                       writer.mast3r.downstream_head1.dpt.scratch.layer1_rn.weight)
+    pth = save_dune_mast3r(tmp_path / 'dm.pth', writer)
+    st = convert_checkpoint(pth)
+    assert st.suffix == '.safetensors'
+    hw = (42, 56)
+    t1, t2 = _tokens(writer, hw), _tokens(writer, hw, seed=3)
+    with torch.no_grad():
+        ref, _ = writer(t1, t2, hw, hw)
+        for path in (st, pth):
+            model = load_dune_mast3r(path)
+            assert model.dune_backbone_name == 'dune_vittiny_14_test_encoder'
+            out, _ = model(t1, t2, hw, hw)
+            assert torch.equal(out['desc'], ref['desc']) and torch.equal(out['pts3d'], ref['pts3d'])
 
 
 def _mutated(writer, fn):
@@ -390,15 +398,15 @@ def _mutated(writer, fn):
     (lambda c: c['model'].update({'norm.weight': torch.ones(192, dtype=torch.int64)}), 'norm.weight: dtype'),
     (lambda c: c.update({'mast3r_model_str': c['mast3r_model_str'].replace('dec_depth=2', 'dec_depth=3')}),
      'missing key.*dec_blocks.2'),
-    (lambda c: c.pop('mast3r_model_str'), 'missing top-level key'),
-    (lambda c: c.update({'model': [1, 2]}), 'expected a state dict'),
+    (lambda c: c.pop('mast3r_model_str'), 'missing top-level key mast3r_model_str'),
+    (lambda c: c.update({'model': [1, 2]}), 'no "model" state dict'),
     (lambda c: c.update({'mast3r_model_str': "os.system('x')"}), 'call such as'),
 ])
 def test_strict_loading_rejects(tmp_path, mutate, fragment):
     writer = _tiny_model(seed=6)
     path = tmp_path / 'bad.pth'
     torch.save(_mutated(writer, mutate), path)
-    with pytest.raises(DuneMast3rCheckpointError, match=fragment) as info:
+    with pytest.raises(CheckpointError, match=fragment) as info:
         load_dune_mast3r(path)
     assert str(path) in str(info.value)
 
@@ -413,8 +421,9 @@ def test_unreadable_files_rejected(tmp_path):
     garbage.write_bytes(os.urandom(4096))
     not_dict = tmp_path / 'list.pth'
     torch.save([1, 2, 3], not_dict)
-    for path, fragment in ((truncated, 'not a readable'), (garbage, 'not a readable'), (not_dict, 'expected a dict')):
-        with pytest.raises(DuneMast3rCheckpointError, match=fragment):
+    for path, fragment in ((truncated, 'cannot read the file'), (garbage, 'cannot read the file'),
+                           (not_dict, 'not a checkpoint dictionary')):
+        with pytest.raises(CheckpointError, match=fragment):
             load_dune_mast3r(path)
     with pytest.raises(FileNotFoundError, match='nope.pth'):
         load_dune_mast3r(tmp_path / 'nope.pth')

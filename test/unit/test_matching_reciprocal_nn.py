@@ -148,6 +148,17 @@ def test_fast_equals_reference_with_tiling_paths():
     assert ref.count > 10
 
 
+def test_lazy_compaction_path_equals_reference():
+    """The CUDA schedule of the PyTorch backend (compaction at iterations 1, 2, 4, 8 only), run on the CPU."""
+    from realm_ros.geometry.matching import _finalize, _iterate_torch
+    d1, d2 = _smooth_pair(40, 48, seed=6, mix=0.4)
+    ref = reference_reciprocal_nn(d1, d2, subsample=2)
+    seeds = torch.from_numpy(seed_grid(40, 48, 2))
+    i1, i2 = _iterate_torch(d1.reshape(-1, 24), d2.reshape(-1, 24), seeds, 10, torch.float32, 1 << 16, eager=False)
+    lazy = _finalize(i1, i2, (40, 48), (40, 48), 3)
+    assert np.array_equal(lazy.xy1, ref.xy1) and np.array_equal(lazy.xy2, ref.xy2) and ref.count > 20
+
+
 def test_different_image_sizes_and_numpy_input():
     d1 = _random_map(20, 28, seed=1)
     d2 = torch.roll(torch.nn.functional.pad(d1.permute(2, 0, 1), (0, 8, 0, 4)).permute(1, 2, 0), (2, 1), (0, 1))
