@@ -1,0 +1,94 @@
+"""Spatial preparation to 448 x 448: crop/resize, symmetric pad, 4-corner tiling; inverse mapping and intrinsics."""
+import numpy as np
+import pytest
+import torch
+
+from realm_ros.events import SpatialPlan, prepare_input
+
+
+def ramp(c, h, w):
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing='ij')
+    return torch.stack([xx * (k + 1) + 2 * yy for k in range(c)], 0)
+
+
+def test_crop_resize_centre_and_inverse():
+    g = ramp(5, 480, 640)
+    prep = prepare_input(g, 448, 'crop')
+    assert prep.tensor.shape == (1, 5, 448, 448) and prep.mode == 'crop'
+    assert (prep.plan.crop_top, prep.plan.crop_left, prep.plan.crop_side) == (0, 80, 480)
+    back = prep.to_sensor(prep.tensor)
+    assert back.shape == (5, 480, 640)
+    assert torch.isnan(back[:, :, :80]).all() and torch.isnan(back[:, :, 560:]).all()
+    inner = back[:, 4:-4, 84:556]
+    torch.testing.assert_close(inner, g[:, 4:-4, 84:556], atol=0.6, rtol=1e-3)  # smooth ramp survives resizing
+    # an upscaling crop (small sensor) keeps the square
+    small = prepare_input(ramp(2, 260, 346), 448, 'crop')
+    assert small.plan.crop_side == 260 and small.tensor.shape == (1, 2, 448, 448)
+
+
+def test_symmetric_pad_and_exact_inverse():
+    g = torch.randn(5, 260, 346)
+    prep = prepare_input(g, 448, 'pad')
+    assert prep.tensor.shape == (1, 5, 448, 448)
+    assert prep.plan.pad == (94, 94, 51, 51)
+    assert float(prep.tensor[0, :, :94].abs().sum()) == 0 and float(prep.tensor[0, :, :, -51:].abs().sum()) == 0
+    assert torch.equal(prep.to_sensor(prep.tensor), g)
+    with pytest.raises(ValueError, match="'pad' needs a sensor no larger"):
+        prepare_input(torch.zeros(5, 480, 640), 448, 'pad')
+
+
+def test_four_corner_tiles_and_count_mask_merge():
+    g = torch.randn(3, 480, 640)
+    prep = prepare_input(g, 448, 'tile')
+    assert prep.tensor.shape == (4, 3, 448, 448)
+    assert prep.plan.tiles == [(0, 0), (0, 192), (32, 0), (32, 192)]
+    torch.testing.assert_close(prep.tensor[3], g[:, 32:, 192:])
+    torch.testing.assert_close(prep.to_sensor(prep.tensor), g)  # overlaps agree -> exact
+    # tile i predicts the constant i: the merge averages the tiles covering each pixel
+    pred = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 1, 448, 448)
+    merged = prep.to_sensor(pred)[0]
+    assert float(merged[0, 0]) == 0.0 and float(merged[479, 639]) == 3.0
+    assert float(merged[100, 300]) == pytest.approx((0 + 1 + 2 + 3) / 4)  # covered by all four
+    assert float(merged[10, 300]) == pytest.approx(0.5)  # rows < 32: top tiles only
+
+
+def test_tile_mode_generalises_to_small_and_large_sensors():
+    assert SpatialPlan.create(260, 346, 448, 'tile').num_inputs == 1
+    big = SpatialPlan.create(720, 1280, 448, 'tile')
+    assert big.num_inputs == 6
+    g = torch.randn(2, 720, 1280)
+    torch.testing.assert_close(big.to_sensor(big.apply(g)), g)
+
+
+@pytest.mark.parametrize('mode,h,w', [('crop', 480, 640), ('crop', 260, 346), ('pad', 260, 346),
+                                      ('tile', 480, 640), ('tile', 260, 346)])
+def test_model_intrinsics_agree_with_pixel_mapping(mode, h, w):
+    plan = SpatialPlan.create(h, w, 448, mode)
+    K = np.array([[420.0, 0.0, w / 2 + 3.5], [0.0, 415.0, h / 2 - 2.25], [0.0, 0.0, 1.0]])
+    rng = np.random.default_rng(0)
+    P = np.c_[rng.uniform(-1, 1, 50), rng.uniform(-1, 1, 50), rng.uniform(2, 6, 50)]
+    uv = (K @ P.T).T
+    u, v = uv[:, 0] / uv[:, 2], uv[:, 1] / uv[:, 2]
+    Ks = plan.model_intrinsics(K)
+    assert len(Ks) == plan.num_inputs
+    for i, Km in enumerate(Ks):
+        q = (Km @ P.T).T
+        um, vm = plan.sensor_to_model(u, v, i)
+        np.testing.assert_allclose(q[:, 0] / q[:, 2], um, atol=1e-9)
+        np.testing.assert_allclose(q[:, 1] / q[:, 2], vm, atol=1e-9)
+        ub, vb = plan.model_to_sensor(um, vm, i)
+        np.testing.assert_allclose(ub, u, atol=1e-9)
+        np.testing.assert_allclose(vb, v, atol=1e-9)
+
+
+def test_bad_inputs_are_rejected_with_clear_errors():
+    with pytest.raises(ValueError, match='mode'):
+        prepare_input(torch.zeros(5, 10, 10), 448, 'stretch')
+    with pytest.raises(ValueError, match='C, H, W'):
+        prepare_input(torch.zeros(10, 10), 448, 'crop')
+    prep = prepare_input(torch.zeros(5, 480, 640), 448, 'tile')
+    with pytest.raises(ValueError, match='predictions'):
+        prep.to_sensor(torch.zeros(1, 1, 448, 448))
+    with pytest.raises(ValueError, match='3x3'):
+        prep.model_intrinsics(np.eye(4))
