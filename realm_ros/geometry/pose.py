@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = [
     'PixelTransform', 'PnpParams', 'PoseResult', 'intrinsics_after_crop', 'intrinsics_after_resize',
-    'intrinsics_after_pad', 'solve_pnp', 'solve_relative_pose_pnp', 'correspondences_from_matches',
+    'intrinsics_after_pad', 'solve_pnp', 'solve_relative_pose_pnp', 'correspondences_from_matches', 'confidence_mask',
     'rotation_angle_deg',
 ]
 
@@ -311,6 +311,22 @@ def solve_pnp(points3d: Any, pixels: Any, K: Any, params: PnpParams = PnpParams(
                       covariance=cov)
 
 
+def confidence_mask(conf_ref: Any = None, desc_conf_ref: Any = None, desc_conf_cur: Any = None,
+                    params: PnpParams = PnpParams()) -> np.ndarray | None:
+    """Which correspondences pass the thresholds, from per-correspondence confidence values (1-D each).
+
+    ``conf_ref >= params.point_conf_threshold`` and ``min(desc_conf_ref, desc_conf_cur) >=
+    params.desc_conf_threshold``; None when no confidence is given.
+    """
+    keep = None
+    if conf_ref is not None:
+        keep = np.asarray(conf_ref) >= params.point_conf_threshold
+    if desc_conf_ref is not None and desc_conf_cur is not None:
+        ok = np.minimum(np.asarray(desc_conf_ref), np.asarray(desc_conf_cur)) >= params.desc_conf_threshold
+        keep = ok if keep is None else keep & ok
+    return keep
+
+
 def correspondences_from_matches(xy_ref: Any, xy_cur: Any, pts3d_ref: Any, *, conf_ref: Any = None,
                                  desc_conf_ref: Any = None, desc_conf_cur: Any = None,
                                  params: PnpParams = PnpParams()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -329,18 +345,18 @@ def correspondences_from_matches(xy_ref: Any, xy_cur: Any, pts3d_ref: Any, *, co
     inside = (xy_ref[:, 0] >= 0) & (xy_ref[:, 0] < w) & (xy_ref[:, 1] >= 0) & (xy_ref[:, 1] < h)
     if not inside.all():
         raise ValueError(f'xy_ref has {int((~inside).sum())} matches outside the {w}x{h} pointmap')
-    keep = np.ones(len(xy_ref), dtype=bool)
+    c_ref = dc_ref = dc_cur = None
     if conf_ref is not None:
-        keep &= _as_numpy(conf_ref, 'conf_ref', 2)[xy_ref[:, 1], xy_ref[:, 0]] >= params.point_conf_threshold
+        c_ref = _as_numpy(conf_ref, 'conf_ref', 2)[xy_ref[:, 1], xy_ref[:, 0]]
     if desc_conf_ref is not None and desc_conf_cur is not None:
-        c1 = _as_numpy(desc_conf_ref, 'desc_conf_ref', 2)[xy_ref[:, 1], xy_ref[:, 0]]
-        dc_cur = _as_numpy(desc_conf_cur, 'desc_conf_cur', 2)
-        hc, wc = dc_cur.shape
+        dc_ref = _as_numpy(desc_conf_ref, 'desc_conf_ref', 2)[xy_ref[:, 1], xy_ref[:, 0]]
+        dc_map = _as_numpy(desc_conf_cur, 'desc_conf_cur', 2)
+        hc, wc = dc_map.shape
         if not ((xy_cur >= 0).all() and (xy_cur[:, 0] < wc).all() and (xy_cur[:, 1] < hc).all()):
             raise ValueError(f'xy_cur has matches outside the {wc}x{hc} desc_conf_cur map')
-        c2 = dc_cur[xy_cur[:, 1], xy_cur[:, 0]]
-        keep &= np.minimum(c1, c2) >= params.desc_conf_threshold
-    index = np.nonzero(keep)[0]
+        dc_cur = dc_map[xy_cur[:, 1], xy_cur[:, 0]]
+    keep = confidence_mask(c_ref, dc_ref, dc_cur, params)
+    index = np.arange(len(xy_ref)) if keep is None else np.nonzero(keep)[0]
     pts = pts_map[xy_ref[index, 1], xy_ref[index, 0]].astype(np.float64)
     return pts, xy_cur[index].astype(np.float64), index
 

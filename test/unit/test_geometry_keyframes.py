@@ -168,17 +168,29 @@ def test_concurrent_adds_stay_bounded():
     assert len({k.id for k in store.keyframes}) == 5
 
 
-def test_decoder_matching_pose_chain_runs_on_tiny_model():
-    """The public pieces compose: tiny decoder -> descriptors -> matches -> PnP (random weights: any verdict)."""
+def test_estimate_relative_pose_chain_on_tiny_decoder():
+    """decoder -> matches -> PnP in one call equals the step-by-step public API (random weights: any verdict)."""
+    from realm_ros.geometry import MatchingParams, PnpParams, estimate_relative_pose
     from realm_ros.models.mast3r import DuneMast3rConfig, DuneMast3rDecoder
     torch.manual_seed(0)
     model = DuneMast3rDecoder(DuneMast3rConfig.tiny()).eval()
-    hw = (56, 56)
-    t_rgb, t_ev = torch.randn(1, 16, 192), torch.randn(1, 16, 192)
-    with torch.no_grad():
-        pred1, pred2 = model(t_rgb, t_ev, hw, hw)              # keyframe (rgb) = view 1, current (events) = view 2
-    m = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], subsample=4)
-    res = solve_relative_pose_pnp(m.xy1, m.xy2, pred1['pts3d'], K, conf_ref=pred1['conf'],
-                                  desc_conf_ref=pred1['desc_conf'], desc_conf_cur=pred2['desc_conf'])
-    assert isinstance(res, PoseResult)
-    assert res.ok or res.reason
+    hw = (56, 70)
+    t_rgb, t_ev = torch.randn(1, 20, 192), torch.randn(1, 20, 192)
+    store = KeyframeStore()
+    kf = store.add(t_rgb, torch.randn(192), hw, K, 0, source='rgb')
+    params = PnpParams(point_conf_threshold=1.0, desc_conf_threshold=0.0, min_inliers=4, min_correspondences=6,
+                       min_inlier_ratio=0.0, min_pixel_spread_px=0.0, min_point_spread=0.0, max_condition=1e30)
+    est = estimate_relative_pose(model, kf, t_ev[0], hw, K, pnp=params, matching=MatchingParams(subsample=2),
+                                 keep_predictions=True)
+    assert est.keyframe_id == kf.id and set(est.timings_s) == {'decoder', 'matching', 'pnp'}
+    pred1, pred2 = est.pred_keyframe, est.pred_current     # keyframe (rgb) = view 1, current (events) = view 2
+    m = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], subsample=2)
+    assert np.array_equal(m.xy1, est.matches.xy1) and m.count > 6
+    ref = solve_relative_pose_pnp(m.xy1, m.xy2, pred1['pts3d'], K, conf_ref=pred1['conf'],
+                                  desc_conf_ref=pred1['desc_conf'], desc_conf_cur=pred2['desc_conf'], params=params)
+    assert isinstance(est.pose, PoseResult) and (est.pose.ok or est.pose.reason)
+    assert (est.pose.ok, est.pose.reason, est.pose.num_correspondences) == (ref.ok, ref.reason,
+                                                                            ref.num_correspondences)
+    assert np.array_equal(est.pose.inliers, ref.inliers)
+    if ref.R is not None:
+        np.testing.assert_allclose(est.pose.R, ref.R, atol=1e-9)
