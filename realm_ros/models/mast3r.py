@@ -17,7 +17,7 @@ stored-but-unused ``mast3r.patch_embed``, ``mast3r.enc_norm``, ``mast3r.mask_tok
 ``scratch.layer_rn.{0..3}`` and ``refinenet4.resConfUnit1``; ``imagenet_mean/std`` are optional in a file.
 
 Public API: :class:`DuneMast3rConfig`, :class:`DuneMast3rDecoder` (``forward(tokens1, tokens2, shape1, shape2)``),
-:func:`load_dune_mast3r`, :func:`save_dune_mast3r`, :func:`parse_mast3r_model_string`, :class:`RoPE2D`,
+:func:`load_dune_mast3r`, :func:`load_dune_mast3r_backbone`, :func:`save_dune_mast3r`, :func:`parse_mast3r_model_string`, :class:`RoPE2D`,
 :func:`patch_positions`, :class:`DuneMast3rCheckpointError`.
 
 The official weights (DUNE-MASt3R) are under non-commercial licences (NLE DUNE / CC BY-NC-SA 4.0); this code copies
@@ -59,6 +59,7 @@ __all__ = [
     'patch_positions',
     'parse_mast3r_model_string',
     'load_dune_mast3r',
+    'load_dune_mast3r_backbone',
     'save_dune_mast3r',
 ]
 
@@ -966,6 +967,26 @@ def load_dune_mast3r(path: str | os.PathLike[str], device: torch.device | str = 
     if dtype is not None:
         model.cast_decoder(dtype)
     return model
+
+
+def load_dune_mast3r_backbone(path: str | os.PathLike[str], device: torch.device | str = 'cpu', *,
+                              allow_pickle: bool = True) -> Any:
+    """The DUNE encoder stored in a DUNE-MASt3R file as ``dune_backbone.*``, or None when the file has none.
+
+    The published ``dunemast3r_cvpr25_*.pth`` files hold no encoder (MODEL_SPEC 3.1): load the DUNE checkpoint named
+    by ``DuneMast3rDecoder.dune_backbone_name`` with :func:`realm_ros.models.checkpoints.load_dune` instead. A full
+    wrapper state dict (decoder + ``dune_backbone.*``) yields a :class:`~realm_ros.models.dune.DinoVisionTransformer`
+    built and strictly loaded by the DUNE loader; feed its ``get_mast3r_tokens(img)`` to the decoder.
+    """
+    from .checkpoints import dune_model_from_state_dict, read_checkpoint
+
+    state, info = read_checkpoint(path, allow_pickle=allow_pickle)
+    prefix = 'dune_backbone.'
+    enc = {'encoder.' + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not enc:
+        return None
+    dune = dune_model_from_state_dict(enc, info.get('args') or {}, name=f'{path} (dune_backbone)')
+    return dune.encoder.to(device).eval()
 
 
 def save_dune_mast3r(path: str | os.PathLike[str], model: DuneMast3rDecoder, *,

@@ -12,7 +12,8 @@ import torch
 from realm_ros.models.checkpoints import CheckpointError
 from realm_ros.models.mast3r import (
     PATCH_SIZE, DuneMast3rCheckpointError, DuneMast3rConfig, DuneMast3rDecoder, RoPE2D, load_dune_mast3r,
-    parse_mast3r_model_string, patch_positions, postprocess_head_output, save_dune_mast3r)
+    load_dune_mast3r_backbone, parse_mast3r_model_string, patch_positions, postprocess_head_output,
+    save_dune_mast3r)
 
 KEYS_FILE = Path(__file__).resolve().parents[1] / 'data' / 'spec_keys' / 'keys_mast3r_decoder.txt'
 OFFICIAL_BASE_STRING = (
@@ -427,6 +428,33 @@ def test_unreadable_files_rejected(tmp_path):
             load_dune_mast3r(path)
     with pytest.raises(FileNotFoundError, match='nope.pth'):
         load_dune_mast3r(tmp_path / 'nope.pth')
+
+
+def test_full_wrapper_with_dune_backbone_and_cross_modal_pair(tmp_path):
+    """A file that also holds ``dune_backbone.*``: decoder loads, the encoder comes from the DUNE loader; RGB tokens
+    from that encoder and event-like tokens from elsewhere form a (cross-modal) pair."""
+    from realm_ros.models.dune import vit_tiny
+    torch.manual_seed(0)
+    encoder = vit_tiny(img_size=56).eval()
+    writer = _tiny_model(seed=10)
+    ckpt = _official_dict(writer)
+    ckpt['model'].update({'dune_backbone.' + k: v for k, v in encoder.state_dict().items()})
+    torch.save(ckpt, tmp_path / 'full.pth')
+    decoder = load_dune_mast3r(tmp_path / 'full.pth')
+    backbone = load_dune_mast3r_backbone(tmp_path / 'full.pth')
+    assert backbone is not None
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(backbone.state_dict()[k], v), k
+    save_dune_mast3r(tmp_path / 'plain.pth', writer)
+    assert load_dune_mast3r_backbone(tmp_path / 'plain.pth') is None
+    img = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        rgb_tokens = backbone.get_mast3r_tokens(img)                  # (1, 16, 192), no final norm
+        event_tokens = torch.randn_like(rgb_tokens)
+        p1, p2 = decoder(rgb_tokens, event_tokens, (56, 56), (56, 56))
+        q1, _ = writer(rgb_tokens, event_tokens, (56, 56), (56, 56))
+    assert rgb_tokens.shape == (1, 16, 192)
+    assert torch.equal(p1['pts3d'], q1['pts3d']) and p2['desc'].shape == (1, 56, 56, 24)
 
 
 def test_cast_decoder_keeps_heads_float32():
