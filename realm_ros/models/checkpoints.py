@@ -146,27 +146,33 @@ def _safe_globals() -> List[Any]:
     return allowed
 
 
+def _brief(error: BaseException) -> str:
+    """One readable line describing a loader exception."""
+    text = str(error)
+    if 'WeightsUnpickler error:' in text:
+        text = text.split('WeightsUnpickler error:', 1)[1].split('Check the documentation')[0]
+    text = ' '.join(text.split())
+    return f'{type(error).__name__}: {text[:300]}' if text else type(error).__name__
+
+
 def _torch_load(path: Path, allow_pickle: bool) -> Any:
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as safe_error:  # noqa: BLE001 - classified below
-        message = str(safe_error)
-        restricted = 'weights_only' in message or 'Unsupported global' in message or 'WeightsUnpickler' in message
-        if not restricted:
+        if 'Unsupported global' not in str(safe_error):
             raise CheckpointError(f'{path}: cannot read the file as a PyTorch checkpoint (truncated, corrupt or not '
-                                  f'a checkpoint): {type(safe_error).__name__}: {message.splitlines()[0][:300]}'
-                                  ) from safe_error
+                                  f'a checkpoint): {_brief(safe_error)}') from safe_error
         if not allow_pickle:
             raise CheckpointError(f'{path}: the pickle needs objects outside the safe allow-list and allow_pickle is '
-                                  f'False ({message.splitlines()[0][:200]})') from safe_error
+                                  f'False ({_brief(safe_error)})') from safe_error
     log.warning('%s: full unpickling (can execute code) - load pickles only from trusted sources; convert the file '
                 'once with realm-convert-checkpoint to avoid this', path)
     try:
         return torch.load(path, map_location='cpu', weights_only=False)
     except Exception as error:  # noqa: BLE001
         raise CheckpointError(f'{path}: cannot read the file as a PyTorch checkpoint (truncated, corrupt or not a '
-                              f'checkpoint): {type(error).__name__}: {str(error).splitlines()[0][:300]}') from error
+                              f'checkpoint): {_brief(error)}') from error
 
 
 def read_safetensors(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -184,7 +190,7 @@ def read_safetensors(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str,
                 tensors[key] = f.get_tensor(key)
     except Exception as error:  # noqa: BLE001
         raise CheckpointError(f'{p}: cannot read the file as safetensors (truncated or corrupt): '
-                              f'{type(error).__name__}: {str(error)[:300]}') from error
+                              f'{_brief(error)}') from error
     meta: Dict[str, Any] = {}
     if META_KEY in header:
         try:
@@ -385,7 +391,8 @@ def dune_model_from_state_dict(state: Mapping[str, torch.Tensor], args: Optional
     if 'num_register_tokens' in enc_args and int(enc_args['num_register_tokens']) != cfg['num_register_tokens']:
         log.warning('%s: args.enc_args.num_register_tokens=%s but the weights have %d register tokens; using the '
                     'weights', name, enc_args['num_register_tokens'], cfg['num_register_tokens'])
-    encoder = DinoVisionTransformer(**cfg)
+    with torch.device('meta'):  # no random init work: every tensor comes from the file (assign=True below)
+        encoder = DinoVisionTransformer(**cfg)
     _check_state(name, encoder.state_dict(), enc_state, 'DUNE encoder', 'encoder.')
 
     projectors: Dict[str, DinoV2Projector] = {}
@@ -396,10 +403,12 @@ def dune_model_from_state_dict(state: Mapping[str, torch.Tensor], args: Optional
         lin = _require(pst, 'linear.weight', pname, 2)
         n_blocks = len({k.split('.')[1] for k in pst if k.startswith('blocks.')})
         scale = 0.0 if 'scale' in pst else float(proj_args.get('scale', 1.0) or 1.0)
-        proj = DinoV2Projector(embed_dim=cfg['embed_dim'], out_dim=int(lin.shape[0]), num_heads=cfg['num_heads'],
-                               num_blocks=n_blocks, mlp_ratio=float(proj_args.get('mlp_ratio', 4)),
-                               qkv_bias='blocks.0.attn.qkv.bias' in pst,
-                               layerscale_init=1e-4 if 'blocks.0.ls1.gamma' in pst else None, scale=scale)
+        with torch.device('meta'):
+            proj = DinoV2Projector(embed_dim=cfg['embed_dim'], out_dim=int(lin.shape[0]),
+                                   num_heads=cfg['num_heads'], num_blocks=n_blocks,
+                                   mlp_ratio=float(proj_args.get('mlp_ratio', 4)),
+                                   qkv_bias='blocks.0.attn.qkv.bias' in pst,
+                                   layerscale_init=1e-4 if 'blocks.0.ls1.gamma' in pst else None, scale=scale)
         _check_state(name, proj.state_dict(), pst, f'projector {teacher!r}', f'projectors.{teacher}.')
         projectors[teacher] = proj
 
@@ -415,7 +424,7 @@ def dune_model_from_state_dict(state: Mapping[str, torch.Tensor], args: Optional
         norms[teacher] = tn
 
     model = DuneModel(encoder, projectors, norms)
-    model.load_state_dict(dict(state), strict=True)
+    model.load_state_dict(dict(state), strict=True, assign=True)
     return model
 
 
@@ -593,11 +602,16 @@ def load_realm_checkpoint(path: PathLike, dune: Union[None, str, os.PathLike, Du
         raise CheckpointError(f'{p}: invalid embedder configuration {emb_cfg}: {error}') from error
     lora = arch['lora']
     if mode == 'merged':
-        base = DinoVisionTransformer(**dune_arch)
+        with torch.device('meta'):  # every tensor comes from the file
+            base = DinoVisionTransformer(**dune_arch)
+        base.patch_embed = None
         enc_state = _sub(tensors, 'encoder.')
-        expected = {k: v for k, v in base.state_dict().items() if not k.startswith(('patch_embed.', 'norm.'))}
+        expected = {k: v for k, v in base.state_dict().items() if not k.startswith('norm.')}
         _check_state(str(p), expected, enc_state, 'merged encoder', 'encoder.')
-        base.load_state_dict({**base.state_dict(), **enc_state}, strict=True)
+        norm_state = _sub(tensors, 'norm.')
+        _check_state(str(p), base.norm.state_dict(), norm_state, 'final norm', 'norm.')
+        base.load_state_dict({**enc_state, **{f'norm.{k}': v for k, v in norm_state.items()}}, strict=True,
+                             assign=True)
         encoder = RealmEncoder(base, embedder, lora_rank=0, lora_alpha=lora['alpha'], lora_dropout=lora['dropout'],
                                copy_dune=False, lora_targets=lora['targets'])
         encoder.lora_rank = int(lora['rank'])

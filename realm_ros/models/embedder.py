@@ -4,7 +4,7 @@ The paper (``PAPER_FACTS.md``) fixes the structure - conv stem, three progressiv
 encoder blocks, projection to the embedding width, adaptive pooling to the token grid - and the size (5,232,832
 parameters) but not the widths. The defaults chosen here:
 
-    stem     Conv3x3(5 -> 16, stride 1) + GroupNorm + GELU                      at H x W      (448 x 448)
+    stem     Conv3x3(5 -> 16, stride 1) + LN + GELU                             at H x W      (448 x 448)
     stage 1  ResBlock(16 -> 64, stride 2)                                      at H/2         (224)
     stage 2  ResBlock(64 -> 128, stride 2) + 1 x ResBlock(128)                 at H/4         (112)
     stage 3  ResBlock(128 -> 256, stride 2) + 3 x ResBlock(256)                at H/8         (56)
@@ -13,8 +13,9 @@ parameters) but not the widths. The defaults chosen here:
 
 = **5,232,240** parameters (0.011 % below the paper's 5,232,832; an exact match needs irregular widths). Most weights
 sit in the lowest-resolution stage, which keeps the cost near the minimum for this parameter budget (~23 GMAC at 448).
-ResBlock = Conv3x3(stride s) -> GN -> GELU -> Conv3x3 -> GN (zero-initialised gamma), plus a Conv1x1(stride s) + GN
-shortcut when the shape changes, then GELU. Convolutions have no bias (GroupNorm follows each one).
+ResBlock = Conv3x3(stride s) -> LN -> GELU -> Conv3x3 -> LN (zero-initialised gamma), plus a Conv1x1(stride s) + LN
+shortcut when the shape changes, then GELU. LN = per-pixel LayerNorm over channels (:class:`LayerNorm2d`: local and
+batch independent, so a token depends only on nearby events). Convolutions have no bias (a norm follows each one).
 
 The miniature configuration (:data:`TINY_EMBEDDER`) maps 224 x 224 to a 16 x 16 grid of 192-d tokens.
 """
@@ -39,11 +40,18 @@ TINY_EMBEDDER: Dict[str, object] = dict(in_channels=5, embed_dim=192, grid_size=
                                         blocks=(1, 1, 2))
 
 
-def _group_norm(channels: int, max_groups: int = 8) -> nn.GroupNorm:
-    groups = max_groups
-    while channels % groups:
-        groups //= 2
-    return nn.GroupNorm(groups, channels)
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of every pixel of a (B, C, H, W) map (per-pixel, batch independent).
+
+    Unlike BatchNorm it does not depend on the batch, and unlike GroupNorm it does not couple distant pixels through
+    per-image statistics: a token only depends on the events in its receptive field.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class ResidualBlock(nn.Module):
@@ -52,13 +60,13 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = _group_norm(out_channels)
+        self.norm1 = LayerNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.norm2 = _group_norm(out_channels)
+        self.norm2 = LayerNorm2d(out_channels)
         self.act = nn.GELU()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                          _group_norm(out_channels))
+                                          LayerNorm2d(out_channels))
         else:
             self.shortcut = nn.Identity()
         nn.init.zeros_(self.norm2.weight)  # each block starts as (projected) identity
@@ -100,7 +108,7 @@ class VoxelEmbedder(nn.Module):
         self.blocks = blocks
 
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
-                                  _group_norm(widths[0]), nn.GELU())
+                                  LayerNorm2d(widths[0]), nn.GELU())
         stages = []
         prev = widths[0]
         for width, count in zip(widths[1:], blocks):
