@@ -4,10 +4,21 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from realm_ros.geometry.pose import (
     PixelTransform, PnpParams, intrinsics_after_crop, intrinsics_after_pad, intrinsics_after_resize, solve_pnp,
     solve_relative_pose_pnp)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_torch_thread():
+    """Small tensors: one thread avoids oversubscribing the shared cores; restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 K = np.array([[320.0, 0.0, 223.5], [0.0, 318.0, 224.5], [0.0, 0.0, 1.0]])
 

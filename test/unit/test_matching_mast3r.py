@@ -15,6 +15,16 @@ from realm_ros.models.mast3r import (
     load_dune_mast3r_backbone, parse_mast3r_model_string, patch_positions, postprocess_head_output,
     save_dune_mast3r)
 
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_torch_thread():
+    """Small tensors: one thread avoids oversubscribing the shared cores; restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 KEYS_FILE = Path(__file__).resolve().parents[1] / 'data' / 'spec_keys' / 'keys_mast3r_decoder.txt'
 OFFICIAL_BASE_STRING = (
     "AsymmetricMASt3R(enc_depth=0, dec_depth=12, enc_embed_dim=768, dec_embed_dim=768, enc_num_heads=12, "
@@ -22,7 +32,6 @@ OFFICIAL_BASE_STRING = (
     "head_type='catmlp+dpt', output_mode='pts3d+desc24', depth_mode=('exp', -inf, inf), conf_mode=('exp', 1, inf), "
     "two_confs=True, desc_conf_mode=('exp', 0, inf))")
 
-torch.set_num_threads(1)
 
 
 def _spec_keys() -> list[tuple[str, tuple[int, ...]]]:
