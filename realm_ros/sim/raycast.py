@@ -285,18 +285,23 @@ def _intersect(kind, ox, oy, oz, dx, dy, dz, hx, hy, hz):
 
 
 @njit(cache=True, error_model='numpy')
-def _albedo(tex, px, py, pz, nx, ny, nz, face, hx, hy, hz, cxw, cyw, czw, col, par, fw, seed):
+def _albedo(tex, px, py, pz, nx, ny, nz, face, hx, hy, hz, cxw, cyw, czw, colors, params, pi, fw, seed):
     """Albedo (r, g, b) at local point p with local normal n on face ``face`` (0/1/2 = x/y/z axis, BOX only).
 
-    ``(cxw, cyw, czw)``: world centre of the primitive (for world-anchored patterns); ``col``: (2, 3) colours;
-    ``par``: (4,) texture parameters; ``fw``: pixel footprint on the surface (metres); ``seed``: per-primitive seed.
+    ``(cxw, cyw, czw)``: world centre of the primitive (for world-anchored patterns); ``colors[pi]``: (2, 3) colours;
+    ``params[pi]``: (4,) texture parameters; ``fw``: pixel footprint on the surface (metres); ``seed``: per-primitive
+    seed. (Whole tables plus an index are passed: slicing per pixel would cost reference counting.)
     """
-    c0r = col[0, 0]
-    c0g = col[0, 1]
-    c0b = col[0, 2]
-    c1r = col[1, 0]
-    c1g = col[1, 1]
-    c1b = col[1, 2]
+    c0r = colors[pi, 0, 0]
+    c0g = colors[pi, 0, 1]
+    c0b = colors[pi, 0, 2]
+    c1r = colors[pi, 1, 0]
+    c1g = colors[pi, 1, 1]
+    c1b = colors[pi, 1, 2]
+    par0 = params[pi, 0]
+    par1 = params[pi, 1]
+    par2 = params[pi, 2]
+    par3 = params[pi, 3]
     # surface coordinates: a (horizontal along the face), b (second axis), zr (height above the bottom)
     zr = pz + hz
     if face == 2:
@@ -317,22 +322,29 @@ def _albedo(tex, px, py, pz, nx, ny, nz, face, hx, hy, hz, cxw, cyw, czw, col, p
         gg = c0g * g
         bb = c0b * g
         if face == 2 and nz > 0.0:
-            half_w = par[0]
-            m = _band(wy, -0.075, 0.075, fw) * _pulse(wx + par[2], 6.0, 0.5, fw)
-            m = max(m, _band(abs(wy), half_w - 0.40, half_w - 0.25, fw))
-            xc = par[1]
-            zebra = _band(wx, xc, xc + 3.0, fw) * _pulse(wy + 0.25, 1.0, 0.5, fw) * _band(abs(wy), 0.0,
-                                                                                         half_w - 0.6, fw)
-            m = max(m, zebra)
-            r = _mix(r, 0.85, m)
-            gg = _mix(gg, 0.85, m)
-            bb = _mix(bb, 0.82, m)
+            # markings (evaluated only near them): dashed centre line, edge lines, a zebra crossing
+            half_w = par0
+            m = 0.0
+            if abs(wy) < 0.075 + fw:
+                m = _band(wy, -0.075, 0.075, fw) * _pulse(wx + par2, 6.0, 0.5, fw)
+            ay = abs(wy)
+            if half_w - 0.40 - fw < ay < half_w - 0.25 + fw:
+                m = max(m, _band(ay, half_w - 0.40, half_w - 0.25, fw))
+            xc = par1
+            if xc - fw < wx < xc + 3.0 + fw:
+                zebra = _band(wx, xc, xc + 3.0, fw) * _pulse(wy + 0.25, 1.0, 0.5, fw) * _band(ay, 0.0, half_w - 0.6,
+                                                                                             fw)
+                m = max(m, zebra)
+            if m > 0.0:
+                r = _mix(r, 0.85, m)
+                gg = _mix(gg, 0.85, m)
+                bb = _mix(bb, 0.82, m)
         return r, gg, bb
     elif tex == TEX_PAVING:
         wx = px + cxw
         wy = py + cyw
         if face == 2:
-            s = par[0]
+            s = par0
             ti = np.int64(math.floor(wx / s))
             tj = np.int64(math.floor(wy / s))
             jit_w = _octave_weight(s, fw)
@@ -347,10 +359,10 @@ def _albedo(tex, px, py, pz, nx, ny, nz, face, hx, hy, hz, cxw, cyw, czw, col, p
         if face == 2:
             g = 0.7 + 0.6 * _fbm2(px + cxw, py + cyw, seed, 1.0, 5, 0.55, fw)
             return 0.45 * g, 0.44 * g, 0.42 * g
-        sx = par[0]
-        sz = par[1]
-        fx = par[2]
-        aa = a + par[3]
+        sx = par0
+        sz = par1
+        fx = par2
+        aa = a + par3
         g = 0.65 + 0.7 * _stretch(_fbm2(aa, b, seed, 0.8, 6, 0.65, fw), 2.2)
         r = c0r * g
         gg = c0g * g
@@ -360,24 +372,30 @@ def _albedo(tex, px, py, pz, nx, ny, nz, face, hx, hy, hz, cxw, cyw, czw, col, p
         r = _mix(r, c1r, 0.8 * band)
         gg = _mix(gg, c1g, 0.8 * band)
         bb = _mix(bb, c1b, 0.8 * band)
-        # windows with frames; ground floor has larger shop windows
+        # windows with frames on upper floors; larger shop windows on the ground floor
         upper = _band(b, sz, 2.0 * hz - 0.8, fw)
-        wi = np.int64(math.floor(aa / sx))
-        wj = np.int64(math.floor(b / sz))
-        win = _pulse(aa - 0.5 * sx * (1.0 - fx), sx, fx, fw) * _pulse(b - 0.25 * sz, sz, 0.5, fw) * upper
-        frame = _pulse(aa - 0.5 * sx * (1.0 - fx) + 0.08, sx, fx + 0.16 / sx, fw) * \
-            _pulse(b - 0.25 * sz + 0.08, sz, 0.5 + 0.16 / sz, fw) * upper
-        shop = _pulse(aa - 0.3, 4.0, 0.75, fw) * _band(b, 0.4, sz - 0.6, fw)
-        lit = _octave_weight(sx, fw) * (_hash(wi, wj, 5, seed) - 0.5)
-        glass = 0.10 + 0.12 * lit + 0.06 * _fbm2(aa, b, seed + 3, 3.0, 2, 0.5, fw)
-        frame_only = max(frame - win, 0.0)
-        r = _mix(r, 0.92, frame_only)
-        gg = _mix(gg, 0.92, frame_only)
-        bb = _mix(bb, 0.90, frame_only)
+        win = 0.0
+        if upper > 0.0:
+            win = _pulse(aa - 0.5 * sx * (1.0 - fx), sx, fx, fw) * _pulse(b - 0.25 * sz, sz, 0.5, fw) * upper
+            frame = _pulse(aa - 0.5 * sx * (1.0 - fx) + 0.08, sx, fx + 0.16 / sx, fw) * \
+                _pulse(b - 0.25 * sz + 0.08, sz, 0.5 + 0.16 / sz, fw) * upper
+            frame_only = max(frame - win, 0.0)
+            if frame_only > 0.0:
+                r = _mix(r, 0.92, frame_only)
+                gg = _mix(gg, 0.92, frame_only)
+                bb = _mix(bb, 0.90, frame_only)
+        shop = 0.0
+        if b < sz:
+            shop = _pulse(aa - 0.3, 4.0, 0.75, fw) * _band(b, 0.4, sz - 0.6, fw)
         glass_w = max(win, shop)
-        r = _mix(r, glass * 0.9, glass_w)
-        gg = _mix(gg, glass, glass_w)
-        bb = _mix(bb, glass * 1.25, glass_w)
+        if glass_w > 0.0:
+            wi = np.int64(math.floor(aa / sx))
+            wj = np.int64(math.floor(b / sz))
+            lit = _octave_weight(sx, fw) * (_hash(wi, wj, 5, seed) - 0.5)
+            glass = 0.10 + 0.12 * lit + 0.06 * _fbm2(aa, b, seed + 3, 3.0, 2, 0.5, fw)
+            r = _mix(r, glass * 0.9, glass_w)
+            gg = _mix(gg, glass, glass_w)
+            bb = _mix(bb, glass * 1.25, glass_w)
         return r, gg, bb
     elif tex == TEX_BRICK:
         bw = 0.24
@@ -401,7 +419,7 @@ def _albedo(tex, px, py, pz, nx, ny, nz, face, hx, hy, hz, cxw, cyw, czw, col, p
         r = c0r * n
         gg = c0g * n
         bb = c0b * n
-        cabin = par[0] > 0.5
+        cabin = par0 > 0.5
         if face == 2:
             if cabin:
                 return r * 0.85, gg * 0.85, bb * 0.85
@@ -432,19 +450,19 @@ def _albedo(tex, px, py, pz, nx, ny, nz, face, hx, hy, hz, cxw, cyw, czw, col, p
         r = _mix(r, 0.06, grille)
         gg = _mix(gg, 0.06, grille)
         bb = _mix(bb, 0.06, grille)
-        lc = 0.95 if par[1] > 0.5 else 0.85
-        return _mix(r, lc, light), _mix(gg, 0.9 * lc if par[1] > 0.5 else 0.1, light), \
-            _mix(bb, 0.8 * lc if par[1] > 0.5 else 0.1, light)
+        lc = 0.95 if par1 > 0.5 else 0.85
+        return _mix(r, lc, light), _mix(gg, 0.9 * lc if par1 > 0.5 else 0.1, light), \
+            _mix(bb, 0.8 * lc if par1 > 0.5 else 0.1, light)
     elif tex == TEX_METAL:
         ang = math.atan2(py, px) * hx
         g = 0.85 + 0.3 * _fbm2(ang, zr, seed, 3.0, 3, 0.5, fw)
-        band = _pulse(zr, par[0], 0.12, fw)
+        band = _pulse(zr, par0, 0.12, fw)
         g *= 1.0 - 0.55 * band
         return c0r * g, c0g * g, c0b * g
     elif tex == TEX_SLATS:
         if face == 2:
             return c0r * 0.9, c0g * 0.9, c0b * 0.9
-        period = par[0]
+        period = par0
         slat = _pulse(a + cxw + cyw, period, 0.65, fw)
         rail = max(_band(b, 0.25, 0.33, fw), _band(b, 2.0 * hz - 0.3, 2.0 * hz - 0.22, fw))
         wood = 0.75 + 0.5 * _fbm2((a + cxw + cyw) * 4.0, b * 0.5, seed, 2.0, 4, 0.55, fw)
@@ -455,9 +473,9 @@ def _albedo(tex, px, py, pz, nx, ny, nz, face, hx, hy, hz, cxw, cyw, czw, col, p
         wy = py + cyw
         wz = pz + czw
         if tex == TEX_FOLIAGE:
-            n = _fbm3(wx, wy, wz, seed, par[0], 6, 0.62, fw)
+            n = _fbm3(wx, wy, wz, seed, par0, 6, 0.62, fw)
         else:
-            n = _fbm2(wx, wy, seed, par[0], 6, 0.6, fw)
+            n = _fbm2(wx, wy, seed, par0, 6, 0.6, fw)
         g = 0.25 + 1.5 * n * n
         hole = min(1.0, max(0.0, (0.38 - n) * 6.0))
         return _mix(c0r * g, c1r, hole), _mix(c0g * g, c1g, hole), _mix(c0b * g, c1b, hole)
@@ -469,7 +487,7 @@ def _albedo(tex, px, py, pz, nx, ny, nz, face, hx, hy, hz, cxw, cyw, czw, col, p
     elif tex == TEX_CLOTH:
         ang = math.atan2(py, px) * hx
         upper = _band(zr, 0.47 * 2.0 * hz, 1e9, fw)
-        stripes = _pulse(zr, 0.12, 0.5, fw) * par[0]
+        stripes = _pulse(zr, 0.12, 0.5, fw) * par0
         n = 0.85 + 0.3 * _fbm2(ang, zr, seed, 4.0, 3, 0.5, fw)
         r = _mix(c1r, c0r * (1.0 - 0.5 * stripes), upper) * n
         gg = _mix(c1g, c0g * (1.0 - 0.5 * stripes), upper) * n
@@ -482,7 +500,7 @@ def _albedo(tex, px, py, pz, nx, ny, nz, face, hx, hy, hz, cxw, cyw, czw, col, p
         base = 0.07
         if face == 0 and nx < 0.0:
             H = 2.0 * hz
-            on = np.int64(par[0])
+            on = np.int64(par0)
             r = base
             gg = base
             bb = base
@@ -622,24 +640,30 @@ def render_kernel(R_wc, t_wc, fx, fy, cx, cy, width, height,
         v1[p] = min(H - 1, np.int64(math.ceil(vhi)) + 1)
     order = np.argsort(zmin)
 
-    for oi in range(n_prim):
-        p = order[oi]
-        if u0[p] > u1[p] or v0[p] > v1[p]:
-            continue
-        k = kind[p]
-        c = cyaw[p]
-        s = syaw[p]
-        hx = half[p, 0]
-        hy = half[p, 1]
-        hz = half[p, 2]
-        # camera position in the primitive's local frame (rotation about z by -yaw)
+    # camera position in each primitive's local frame (rotation about z by -yaw)
+    lo = np.empty((n_prim, 3))
+    for p in range(n_prim):
         ex = t_wc[0] - center[p, 0]
         ey = t_wc[1] - center[p, 1]
-        ox = c * ex + s * ey
-        oy = -s * ex + c * ey
-        oz = t_wc[2] - center[p, 2]
-        zp = zmin[p]
-        for v in range(v0[p], v1[p] + 1):
+        lo[p, 0] = cyaw[p] * ex + syaw[p] * ey
+        lo[p, 1] = -syaw[p] * ex + cyaw[p] * ey
+        lo[p, 2] = t_wc[2] - center[p, 2]
+    # nearest primitives first, row by row
+    for v in range(H):
+        for oi in range(n_prim):
+            p = order[oi]
+            if u0[p] > u1[p] or v < v0[p] or v > v1[p]:
+                continue
+            k = kind[p]
+            c = cyaw[p]
+            s = syaw[p]
+            hx = half[p, 0]
+            hy = half[p, 1]
+            hz = half[p, 2]
+            ox = lo[p, 0]
+            oy = lo[p, 1]
+            oz = lo[p, 2]
+            zp = zmin[p]
             for u in range(u0[p], u1[p] + 1):
                 if zbuf[v, u] <= zp:
                     continue
@@ -732,7 +756,7 @@ def render_kernel(R_wc, t_wc, fx, fy, cx, cy, width, height,
                 cos_i = abs(nwx * dwx + nwy * dwy + nwz * dwz) / dn
                 fw = dist / (fx * max(cos_i, 0.2))
                 r, g, b = _albedo(tex[p], px, py, pz, nlx, nly, nlz, face, hx, hy, hz,
-                                  center[p, 0], center[p, 1], center[p, 2], col[p], par[p], fw, pseed[p])
+                                  center[p, 0], center[p, 1], center[p, 2], col, par, p, fw, pseed[p])
                 lam = max(0.0, nwx * sun[0] + nwy * sun[1] + nwz * sun[2])
                 shade = ambient + (1.0 - ambient) * lam
                 r *= shade
