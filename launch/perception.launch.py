@@ -1,0 +1,127 @@
+"""Launch the REALM perception node (optionally with the simulated event camera and RViz).
+
+Examples::
+
+    ros2 launch realm_ros perception.launch.py events_topic:=/event_camera/events \
+        realm_checkpoint:=/path/realm.safetensors dune_checkpoint:=/path/dune_vitbase14_448_paper.pth rviz:=true
+    ros2 launch realm_ros perception.launch.py sim:=true rviz:=true      # no camera needed
+
+Arguments left empty keep the value of ``params_file`` (config/perception.yaml by default). The node configures and
+activates itself (parameter ``autostart``); with a lifecycle manager set ``autostart:=false``.
+"""
+
+import os
+import tempfile
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = 'realm_ros'
+
+#: launch argument -> node parameter it overrides when non-empty
+PARAMETER_ARGUMENTS = {
+    'realm_checkpoint': 'checkpoints.realm',
+    'dune_checkpoint': 'checkpoints.dune',
+    'depth_head_checkpoint': 'checkpoints.depth_head',
+    'seg_head_checkpoint': 'checkpoints.seg_head',
+    'mast3r_checkpoint': 'checkpoints.mast3r',
+    'device': 'device',
+    'frame_id': 'frame_id',
+}
+
+
+def _share() -> str:
+    return get_package_share_directory(PACKAGE)
+
+
+def _is_true(value: str) -> bool:
+    return value.strip().lower() in ('1', 'true', 'yes', 'on')
+
+
+def _rviz_config_for(path: str, namespace: str, node_name: str, frame_id: str) -> str:
+    """Copy of the RViz file with topics under ``/<namespace>/<node_name>/`` and the fixed frame = ``frame_id``."""
+    text = open(path, encoding='utf-8').read()
+    prefix = '/' + '/'.join(p for p in (namespace.strip('/'), node_name) if p) + '/'
+    text = text.replace('/perception_node/', prefix)
+    if frame_id:
+        text = text.replace('Fixed Frame: event_camera', f'Fixed Frame: {frame_id}')
+    fd, out = tempfile.mkstemp(prefix='realm_', suffix='.rviz')
+    with os.fdopen(fd, 'w', encoding='utf-8') as f:
+        f.write(text)
+    return out
+
+
+def _nodes(context, *args, **kwargs):
+    """Build the nodes once the launch arguments are known (empty arguments do not override the params file)."""
+    get = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
+    overrides = {param: get(arg) for arg, param in PARAMETER_ARGUMENTS.items() if get(arg) != ''}
+    use_sim_time = _is_true(get('use_sim_time'))
+    overrides['use_sim_time'] = use_sim_time
+    if get('image_topic'):
+        overrides['keyframe.source'] = 'image'
+    parameters = [get('params_file'), overrides] if get('params_file') else [overrides]
+    namespace = get('namespace')
+    events_topic = get('events_topic')
+    camera_info_topic = get('camera_info_topic')
+    remappings = [('events', events_topic), ('camera_info', camera_info_topic)]
+    if get('image_topic'):
+        remappings += [('image', get('image_topic')), ('image/camera_info', get('image_camera_info_topic'))]
+    actions = [
+        Node(package=PACKAGE, executable='perception_node', name=get('node_name'), namespace=namespace,
+             parameters=parameters, remappings=remappings, output='screen', emulate_tty=True,
+             arguments=['--ros-args', '--log-level', get('log_level')]),
+    ]
+    if _is_true(get('sim')):
+        actions.append(Node(package=PACKAGE, executable='sim_event_camera', name='sim_event_camera',
+                            namespace=namespace, output='screen',
+                            parameters=[{'use_sim_time': use_sim_time}],
+                            remappings=[('events', events_topic), ('camera_info', camera_info_topic)]))
+    rviz_config = _rviz_config_for(get('rviz_config'), namespace, get('node_name'), get('frame_id')) \
+        if _is_true(get('rviz')) else get('rviz_config')
+    actions.append(Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
+                        arguments=['-d', rviz_config], parameters=[{'use_sim_time': use_sim_time}],
+                        condition=IfCondition(get('rviz'))))
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = _share()
+    args = [
+        DeclareLaunchArgument('params_file', default_value=os.path.join(share, 'config', 'perception.yaml'),
+                              description='YAML file with the perception_node parameters'),
+        DeclareLaunchArgument('namespace', default_value='', description='namespace of the nodes (one per camera)'),
+        DeclareLaunchArgument('node_name', default_value='perception_node', description='name of the node'),
+        DeclareLaunchArgument('events_topic', default_value='/event_camera/events',
+                              description='event_camera_msgs/EventPacket input topic'),
+        DeclareLaunchArgument('camera_info_topic', default_value='/event_camera/camera_info',
+                              description='CameraInfo of the event camera (fallback intrinsics from parameters)'),
+        DeclareLaunchArgument('image_topic', default_value='',
+                              description='optional RGB image topic for cross-modal keyframes (empty = off)'),
+        DeclareLaunchArgument('image_camera_info_topic', default_value='/camera/camera_info',
+                              description='CameraInfo of the RGB camera (used with image_topic)'),
+        DeclareLaunchArgument('realm_checkpoint', default_value='', description='REALM encoder checkpoint'),
+        DeclareLaunchArgument('dune_checkpoint', default_value='',
+                              description='official DUNE checkpoint (.pth; projector for segmentation)'),
+        DeclareLaunchArgument('depth_head_checkpoint', default_value='', description='depth head checkpoint'),
+        DeclareLaunchArgument('seg_head_checkpoint', default_value='', description='segmentation head checkpoint'),
+        DeclareLaunchArgument('mast3r_checkpoint', default_value='',
+                              description='DUNE-MASt3R decoder checkpoint (.pth; matching and pose)'),
+        DeclareLaunchArgument('device', default_value='', description="torch device: auto, cpu, cuda, cuda:1, ..."),
+        DeclareLaunchArgument('frame_id', default_value='',
+                              description='frame of the outputs (empty = frame_id of the event packets)'),
+        DeclareLaunchArgument('use_sim_time', default_value='false', choices=['true', 'false'],
+                              description='use /clock (bag playback with --clock, simulator)'),
+        DeclareLaunchArgument('sim', default_value='false', choices=['true', 'false'],
+                              description='start the simulated event camera instead of a real one'),
+        DeclareLaunchArgument('rviz', default_value='false', choices=['true', 'false'],
+                              description='start RViz with config/realm.rviz'),
+        DeclareLaunchArgument('rviz_config', default_value=os.path.join(share, 'config', 'realm.rviz'),
+                              description='RViz configuration file'),
+        DeclareLaunchArgument('log_level', default_value='info', choices=['debug', 'info', 'warn', 'error'],
+                              description='log level of the perception node'),
+    ]
+    return LaunchDescription(args + [OpaqueFunction(function=_nodes)])

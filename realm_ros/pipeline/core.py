@@ -1,0 +1,666 @@
+"""ROS-free REALM inference: one event window -> voxel grid -> tokens (once) -> every enabled head -> outputs.
+
+Used by the perception node, the demo and the benchmarks::
+
+    pipe = RealmPipeline(PipelineConfig(realm_checkpoint='realm.safetensors', dune_checkpoint='dune.pth',
+                                        depth_head_checkpoint='depth.safetensors', ...))
+    out = pipe.process(events, height=480, width=640, K=K, stamp_ns=t)   # PipelineOutput (numpy arrays)
+
+Checkpoints (all optional except the REALM encoder; a head whose weights are missing is unavailable):
+
+=================  ===============================================================================================
+realm              REALM encoder (:func:`realm_ros.models.load_realm_checkpoint`; 'lora' mode needs ``dune``)
+dune               official DUNE ``.pth`` / converted ``.safetensors``: LoRA base, DINOv2 projector, RGB keyframes
+depth_head         :class:`~realm_ros.models.DepthBinsHead` head checkpoint
+seg_head           :class:`~realm_ros.models.SegmentationHead` head checkpoint (needs a projector)
+projector          optional :class:`~realm_ros.models.DinoV2Projector` head checkpoint (else DUNE's projector)
+mast3r             DUNE-MASt3R decoder (``dunemast3r_cvpr25_vit*.pth`` layout): matching and relative pose
+=================  ===============================================================================================
+
+Geometry: the sensor window is fitted to the model input (``crop`` = centre crop + resize, ``pad``, ``tile`` = four
+corner tiles, ``auto`` = pad when the sensor fits, tiles when it needs at most four, else crop) by
+:func:`realm_ros.events.spatial.prepare_input`; dense predictions are mapped back to sensor pixels (NaN where the
+model saw nothing). Depth is metres (float32, NaN = invalid); segmentation is uint8 class ids (255 = no prediction).
+Pose: MASt3R decoder on (keyframe tokens, current tokens), reciprocal nearest-neighbour matches of the descriptors,
+PnP-RANSAC of the keyframe's 3D points against the current pixels with the model-space intrinsics.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import render
+
+_LOG = logging.getLogger(__name__)
+
+HEADS: Tuple[str, ...] = ('depth', 'semantic', 'points', 'pose')
+SPATIAL_MODES: Tuple[str, ...] = ('auto', 'crop', 'pad', 'tile')
+NORMALIZATIONS: Tuple[str, ...] = ('dsec', 'e2vid', 'none')
+PRECISIONS: Tuple[str, ...] = ('auto', 'fp32', 'fp16', 'bf16')
+IGNORE_LABEL = 255
+
+
+class WindowSkipped(RuntimeError):
+    """A window could not be processed for a transient reason (e.g. CUDA out of memory); ``reason`` is a short key."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PipelineConfigError(ValueError):
+    """The pipeline configuration or one of its checkpoints is unusable (the message names the file / value)."""
+
+
+@dataclass
+class PipelineConfig:
+    """Everything :class:`RealmPipeline` needs; the runtime-changeable fields can be updated with ``update()``."""
+
+    realm_checkpoint: str = ''
+    dune_checkpoint: str = ''
+    depth_head_checkpoint: str = ''
+    seg_head_checkpoint: str = ''
+    projector_checkpoint: str = ''
+    mast3r_checkpoint: str = ''
+    device: str = 'auto'
+    precision: str = 'auto'
+    input_size: int = 0                 # 0: from the REALM checkpoint (token grid x patch size)
+    keyframe_source: str = 'events'     # 'events' | 'image'
+    bridge: str = ''                    # '' = the head checkpoint's / 'teacher_norm_inverse'
+    force_teacher_mismatch: bool = False
+    # runtime-changeable
+    heads: Tuple[str, ...] = HEADS
+    spatial_mode: str = 'auto'
+    normalization: str = ''             # '' = from the REALM checkpoint metadata (else 'dsec')
+    depth_color_range: Tuple[float, float] = (1.0, 81.0)
+    points_stride: int = 2
+    points_max_depth: float = 80.0
+    keyframe_min_inliers: int = 30      # fewer PnP inliers -> the current view becomes a keyframe
+    keyframe_max_translation: float = 0.5
+    keyframe_max_rotation_deg: float = 15.0
+    keyframe_max_failures: int = 3      # consecutive rejected estimates -> new keyframe (tracking lost)
+    keyframe_min_interval_s: float = 0.0
+    keyframe_capacity: int = 8
+    pose_frame: str = 'keyframe'        # 'keyframe' | 'fixed'
+    max_matches_drawn: int = 200
+    match_subsample: int = 8
+    pnp_reprojection_px: float = 5.0
+    pnp_iterations: int = 1000
+    pnp_min_inliers: int = 12
+
+
+RUNTIME_FIELDS = ('heads', 'spatial_mode', 'normalization', 'depth_color_range', 'points_stride', 'points_max_depth',
+                  'keyframe_min_inliers', 'keyframe_max_translation', 'keyframe_max_rotation_deg',
+                  'keyframe_max_failures', 'keyframe_min_interval_s', 'pose_frame', 'max_matches_drawn',
+                  'match_subsample', 'pnp_reprojection_px', 'pnp_iterations')
+
+
+@dataclass
+class PoseEstimate:
+    """Pose of the current window's camera (optical frame) in ``reference``.
+
+    ``reference`` is ``'keyframe'`` (the keyframe camera) or ``'fixed'`` (the first keyframe's camera; keyframe
+    poses are chained). ``R``/``t`` map current-camera coordinates into the reference frame; ``covariance`` is 6x6
+    (x y z rx ry rz, rotation perturbations about the reference axes) from the PnP solver; in the fixed frame it is
+    rotated into that frame (the keyframe's own uncertainty is not added).
+    """
+
+    R: np.ndarray
+    t: np.ndarray
+    covariance: np.ndarray
+    reference: str
+    keyframe_stamp_ns: int
+    num_matches: int
+    num_inliers: int
+    new_keyframe: bool
+
+
+@dataclass
+class PipelineOutput:
+    """Outputs of one window in sensor pixels; fields of disabled heads are ``None``."""
+
+    stamp_ns: int
+    width: int
+    height: int
+    K: np.ndarray                                   # sensor intrinsics used (3x3)
+    num_events: int
+    depth: Optional[np.ndarray] = None              # (H, W) float32 metres, NaN invalid
+    depth_color: Optional[np.ndarray] = None        # (H, W, 3) uint8 BGR
+    semantic: Optional[np.ndarray] = None           # (H, W) uint8 class ids, 255 = none
+    semantic_color: Optional[np.ndarray] = None     # (H, W, 3) uint8 BGR
+    points_xyz: Optional[np.ndarray] = None         # (N, 3) float32 metres, camera optical frame
+    points_rgb: Optional[np.ndarray] = None         # (N, 3) uint8 RGB
+    pose: Optional[PoseEstimate] = None
+    matches_image: Optional[np.ndarray] = None      # (S, 2S, 3) uint8 BGR
+    spatial_mode: str = ''
+    timings_ms: Dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# device / precision
+
+
+def resolve_device(requested: str) -> Tuple[torch.device, Optional[str]]:
+    """Map 'auto' / 'cpu' / 'cuda' / 'cuda:N' to a usable device; CUDA without CUDA falls back to CPU with a warning.
+
+    Returns ``(device, warning or None)``; raises :class:`PipelineConfigError` for strings torch does not know.
+    """
+    req = (requested or 'auto').strip().lower()
+    if req == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu'), None
+    try:
+        dev = torch.device(req)
+    except (RuntimeError, ValueError) as exc:
+        raise PipelineConfigError(f'invalid device {requested!r}: {exc}') from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            return torch.device('cpu'), f'device {requested!r} requested but CUDA is not available: running on CPU'
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return (torch.device('cuda:0'),
+                    f'device {requested!r} does not exist ({torch.cuda.device_count()} CUDA devices): using cuda:0')
+    elif dev.type not in ('cpu', 'mps', 'xpu'):
+        raise PipelineConfigError(f'unsupported device {requested!r}')
+    return dev, None
+
+
+def resolve_precision(requested: str, device: torch.device) -> Tuple[Optional[torch.dtype], Optional[str]]:
+    """Autocast dtype for ``requested`` ('auto', 'fp32', 'fp16', 'bf16') on ``device`` (None = float32)."""
+    req = (requested or 'auto').lower()
+    if req not in PRECISIONS:
+        raise PipelineConfigError(f'invalid precision {requested!r}; expected one of {", ".join(PRECISIONS)}')
+    if req == 'fp32':
+        return None, None
+    if device.type != 'cuda':
+        if req == 'auto':
+            return None, None
+        if req == 'fp16':
+            return None, 'fp16 is not supported for CPU inference: running in fp32'
+        return torch.bfloat16, None
+    if req == 'auto':
+        return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16), None
+    return (torch.float16 if req == 'fp16' else torch.bfloat16), None
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    oom = getattr(torch.cuda, 'OutOfMemoryError', None)
+    return (oom is not None and isinstance(exc, oom)) or 'CUDA out of memory' in str(exc)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+class RealmPipeline:
+    """Loads the configured checkpoints once and turns event windows into outputs (thread-safe ``process``).
+
+    Raises :class:`PipelineConfigError` / :class:`FileNotFoundError` / ``CheckpointError`` (all naming the file) if a
+    configured checkpoint is missing or incompatible. ``warnings`` lists non-fatal set-up problems (CPU fallback ...).
+    """
+
+    def __init__(self, config: PipelineConfig, log: Optional[Callable[[str], None]] = None) -> None:
+        self.config = replace(config)
+        self._log = log or _LOG.warning
+        self._lock = threading.RLock()
+        self.warnings: List[str] = []
+        self.device, warn = resolve_device(config.device)
+        self._warn(warn)
+        self.autocast_dtype, warn = resolve_precision(config.precision, self.device)
+        self._warn(warn)
+        self._counters: Dict[str, int] = {}
+        self.keyframes = None
+        self._pending_image: Optional[Tuple[np.ndarray, np.ndarray, int]] = None
+        self._reset_requested = False
+        self._validate_runtime(self.config)
+        self._load_models()
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def _warn(self, message: Optional[str]) -> None:
+        if message:
+            self.warnings.append(message)
+            self._log(message)
+
+    @staticmethod
+    def _existing(path: str, what: str) -> Path:
+        p = Path(os.path.expanduser(path))
+        if not p.is_file():
+            raise FileNotFoundError(f'{what} checkpoint not found: {p}')
+        return p
+
+    def _load_models(self) -> None:
+        from realm_ros.models import load_dune, load_head_checkpoint, load_realm_checkpoint
+        cfg = self.config
+        if not cfg.realm_checkpoint:
+            raise PipelineConfigError('no REALM encoder checkpoint configured (parameter checkpoints.realm)')
+        realm_path = self._existing(cfg.realm_checkpoint, 'REALM encoder')
+        self.dune = None
+        if cfg.dune_checkpoint:
+            dune_path = self._existing(cfg.dune_checkpoint, 'DUNE')
+            self.dune = load_dune(dune_path, device='cpu')
+        self.encoder = load_realm_checkpoint(realm_path, dune=self.dune, device='cpu',
+                                             force=cfg.force_teacher_mismatch)
+        self.encoder.merge_lora()
+        self.encoder.to(self.device).eval().requires_grad_(False)
+        self.metadata: Dict[str, Any] = dict(getattr(self.encoder, 'checkpoint_metadata', {}) or {})
+        teacher_sha = self.metadata.get('teacher_sha256')
+        self.patch_size = int(self.encoder.patch_size)
+        grid = tuple(int(g) for g in self.encoder.grid_size)
+        if grid[0] != grid[1]:
+            raise PipelineConfigError(f'{realm_path}: non-square token grid {grid} is not supported')
+        self.grid = grid
+        native = grid[0] * self.patch_size
+        self.input_size = int(cfg.input_size) or native
+        if self.input_size != native:
+            self._warn(f'input.size {self.input_size} differs from the checkpoint\'s native {native} '
+                       f'({grid[0]}x{grid[1]} tokens x {self.patch_size} px): predictions are rescaled')
+        self.bins = int(self.encoder.embedder.in_channels)
+        voxel_meta = self.metadata.get('voxel') or {}
+        self.default_normalization = str(voxel_meta.get('normalization') or 'dsec')
+        if self.default_normalization not in NORMALIZATIONS:
+            raise PipelineConfigError(f'{realm_path}: unknown voxel normalization {self.default_normalization!r}')
+
+        self.depth_head = self.projector = self.seg_head = self.mast3r = None
+        self._head_bridge = {}
+        if cfg.depth_head_checkpoint:
+            p = self._existing(cfg.depth_head_checkpoint, 'depth head')
+            self.depth_head = load_head_checkpoint(p, device=self.device, kind='depth_bins',
+                                                   teacher_sha256=teacher_sha, force=cfg.force_teacher_mismatch)
+            self._check_width(self.depth_head.embed_dim, p)
+        if cfg.seg_head_checkpoint:
+            p = self._existing(cfg.seg_head_checkpoint, 'segmentation head')
+            self.seg_head = load_head_checkpoint(p, device=self.device, kind='segmentation',
+                                                 teacher_sha256=teacher_sha, force=cfg.force_teacher_mismatch)
+            self._head_bridge['semantic'] = (self.seg_head.checkpoint_metadata or {}).get('bridge')
+            if cfg.projector_checkpoint:
+                pp = self._existing(cfg.projector_checkpoint, 'DINOv2 projector')
+                self.projector = load_head_checkpoint(pp, device=self.device, kind='dinov2_projector',
+                                                      teacher_sha256=teacher_sha, force=cfg.force_teacher_mismatch)
+            elif self.dune is not None:
+                try:
+                    self.projector = self.dune.projector
+                except KeyError as exc:
+                    raise PipelineConfigError(f'{cfg.dune_checkpoint}: {exc.args[0]}; the segmentation head needs '
+                                              'the DINOv2 projector') from None
+                self.projector.to(self.device)
+            else:
+                raise PipelineConfigError(f'segmentation head {p} needs the DINOv2 projector: set checkpoints.dune '
+                                          '(official DUNE file) or checkpoints.projector')
+            self._check_width(self.projector.embed_dim, cfg.projector_checkpoint or cfg.dune_checkpoint)
+            if self.projector.out_dim != self.seg_head.in_dim:
+                raise PipelineConfigError(f'{p}: segmentation head expects {self.seg_head.in_dim}-d features but '
+                                          f'the projector outputs {self.projector.out_dim}')
+        if cfg.mast3r_checkpoint:
+            from realm_ros.models.mast3r import load_dune_mast3r
+            p = self._existing(cfg.mast3r_checkpoint, 'DUNE-MASt3R')
+            self.mast3r = load_dune_mast3r(p, device=self.device)
+            if self.mast3r.config.enc_embed_dim != self.encoder.embed_dim:
+                raise PipelineConfigError(f'{p}: DUNE-MASt3R decoder expects {self.mast3r.config.enc_embed_dim}-d '
+                                          f'tokens, the REALM encoder produces {self.encoder.embed_dim}-d')
+        if cfg.keyframe_source == 'image':
+            if self.dune is None:
+                raise PipelineConfigError('keyframe.source image needs the DUNE RGB encoder: set checkpoints.dune')
+            self.dune.encoder.to(self.device)
+        elif cfg.keyframe_source != 'events':
+            raise PipelineConfigError(f"keyframe source must be 'events' or 'image', got {cfg.keyframe_source!r}")
+        from realm_ros.geometry.keyframes import KeyframeStore
+        self.keyframes = KeyframeStore(self._keyframe_policy(self.config), device=self.device)
+        self._pnp_params = self._make_pnp_params(self.config)
+        for head in self.config.heads:
+            missing = self.missing_for_head(head)
+            if missing:
+                self._warn(f'head {head!r} disabled: {missing}')
+        self._encoder_runs = 0
+
+    def _check_width(self, width: int, path: Any) -> None:
+        if int(width) != int(self.encoder.embed_dim):
+            raise PipelineConfigError(f'{path}: expects {width}-d encoder tokens, the REALM encoder produces '
+                                      f'{self.encoder.embed_dim}-d')
+
+    def missing_for_head(self, head: str) -> str:
+        """Why ``head`` cannot run ('' when it can)."""
+        if head not in HEADS:
+            return f'unknown head {head!r} (known: {", ".join(HEADS)})'
+        if head in ('depth', 'points') and self.depth_head is None:
+            return 'no depth head checkpoint (checkpoints.depth_head)'
+        if head == 'semantic' and self.seg_head is None:
+            return 'no segmentation head checkpoint (checkpoints.seg_head)'
+        if head == 'pose' and self.mast3r is None:
+            return 'no DUNE-MASt3R checkpoint (checkpoints.mast3r)'
+        return ''
+
+    @property
+    def active_heads(self) -> Tuple[str, ...]:
+        """Configured heads that have their weights."""
+        return tuple(h for h in self.config.heads if not self.missing_for_head(h))
+
+    @staticmethod
+    def _validate_runtime(cfg: PipelineConfig) -> None:
+        if cfg.spatial_mode not in SPATIAL_MODES:
+            raise PipelineConfigError(f'invalid input mode {cfg.spatial_mode!r}; expected one of {SPATIAL_MODES}')
+        if cfg.normalization not in ('',) + NORMALIZATIONS:
+            raise PipelineConfigError(f'invalid voxel normalization {cfg.normalization!r}')
+        if cfg.pose_frame not in ('keyframe', 'fixed'):
+            raise PipelineConfigError(f"pose frame must be 'keyframe' or 'fixed', got {cfg.pose_frame!r}")
+        unknown = [h for h in cfg.heads if h not in HEADS]
+        if unknown:
+            raise PipelineConfigError(f'unknown heads {unknown}; known: {HEADS}')
+        lo, hi = cfg.depth_color_range
+        if not 0 < lo < hi:
+            raise PipelineConfigError(f'depth colour range must satisfy 0 < min < max, got {lo}, {hi}')
+        if cfg.points_stride < 1:
+            raise PipelineConfigError(f'points stride must be >= 1, got {cfg.points_stride}')
+
+    def update(self, **changes: Any) -> None:
+        """Change runtime settings (see :data:`RUNTIME_FIELDS`); validated first, applied atomically."""
+        bad = sorted(set(changes) - set(RUNTIME_FIELDS))
+        if bad:
+            raise PipelineConfigError(f'not changeable at run time: {bad}')
+        with self._lock:
+            new = replace(self.config, **changes)
+            self._validate_runtime(new)
+            policy = self._keyframe_policy(new)
+            pnp = self._make_pnp_params(new)
+            self.config = new
+            if self.keyframes is not None:
+                self.keyframes.policy = policy
+            self._pnp_params = pnp
+
+    @staticmethod
+    def _keyframe_policy(cfg: PipelineConfig) -> Any:
+        from realm_ros.geometry.keyframes import KeyframePolicy
+        try:
+            return KeyframePolicy(capacity=cfg.keyframe_capacity, min_inliers=cfg.keyframe_min_inliers,
+                                  max_translation=cfg.keyframe_max_translation,
+                                  max_rotation_deg=cfg.keyframe_max_rotation_deg,
+                                  max_failures=cfg.keyframe_max_failures,
+                                  min_interval_ns=int(cfg.keyframe_min_interval_s * 1e9),
+                                  sources=('rgb',) if cfg.keyframe_source == 'image' else ('events',))
+        except ValueError as exc:
+            raise PipelineConfigError(f'invalid keyframe policy: {exc}') from None
+
+    @staticmethod
+    def _make_pnp_params(cfg: PipelineConfig) -> Any:
+        from realm_ros.geometry.pose import PnpParams
+        return PnpParams(reprojection_error_px=cfg.pnp_reprojection_px, iterations=cfg.pnp_iterations,
+                         min_inliers=cfg.pnp_min_inliers, min_correspondences=cfg.pnp_min_inliers)
+
+    def describe(self) -> str:
+        """One line for logs: device, precision, input size, heads."""
+        dtype = 'fp32' if self.autocast_dtype is None else str(self.autocast_dtype).replace('torch.', '')
+        return (f'device {self.device}, {dtype}, input {self.input_size}x{self.input_size} '
+                f'({self.grid[0]}x{self.grid[1]} tokens), {self.bins} bins, heads {list(self.active_heads)}')
+
+    def diagnostics(self) -> Dict[str, Any]:
+        """Key/values for /diagnostics."""
+        out: Dict[str, Any] = {
+            'device': str(self.device),
+            'precision': 'fp32' if self.autocast_dtype is None else str(self.autocast_dtype).replace('torch.', ''),
+            'input_size': self.input_size, 'heads': ','.join(self.active_heads),
+            'encoder_runs': self._encoder_runs,
+        }
+        if self.keyframes is not None:
+            latest = self.keyframes.latest
+            out['keyframes'] = len(self.keyframes)
+            out['keyframe_stamp_ns'] = latest.stamp_ns if latest is not None else 0
+            out.update({f'keyframes_{k}': v for k, v in self.keyframes.counters.items()})
+        out.update(self._counters)
+        if self.device.type == 'cuda':
+            out['gpu_memory_allocated_mb'] = torch.cuda.memory_allocated(self.device) / 2**20
+            out['gpu_memory_peak_mb'] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return out
+
+    def reset(self) -> None:
+        """Forget keyframes and the pose chain (stream restart, time jump). Never blocks: applied before the next
+        window is processed."""
+        self._reset_requested = True
+
+    def _apply_reset(self) -> None:
+        if self._reset_requested:
+            self._reset_requested = False
+            if self.keyframes is not None:
+                self.keyframes.clear()
+            self._pending_image = None
+
+    def close(self) -> None:
+        """Drop the models and release accelerator memory."""
+        with self._lock:
+            for name in ('encoder', 'dune', 'depth_head', 'projector', 'seg_head', 'mast3r'):
+                setattr(self, name, None)
+            if self.keyframes is not None:
+                self.keyframes.clear()
+        if self.device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+    def request_keyframe(self) -> None:
+        """Make the next window (or the next RGB image, source 'image') a keyframe."""
+        if self.keyframes is not None:
+            self.keyframes.request_new()
+
+    def offer_image_keyframe(self, rgb: np.ndarray, K: np.ndarray, stamp_ns: int) -> None:
+        """Latest RGB image (H, W, 3 uint8) + its intrinsics; used at the next keyframe change (source 'image')."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f'keyframe image must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}')
+        self._pending_image = (rgb, np.asarray(K, dtype=np.float64).reshape(3, 3), int(stamp_ns))
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self._counters[key] = self._counters.get(key, 0) + n
+
+    # ------------------------------------------------------------------------------------------------ inference
+    def spatial_mode_for(self, height: int, width: int) -> str:
+        """The concrete fitting mode for a sensor size ('auto' resolved)."""
+        mode = self.config.spatial_mode
+        if mode != 'auto':
+            return mode
+        s = self.input_size
+        if height <= s and width <= s:
+            return 'pad'
+        if s <= height <= 2 * s and s <= width <= 2 * s:
+            return 'tile'
+        return 'crop'
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def process(self, events: Any, height: int, width: int, K: np.ndarray, stamp_ns: int) -> PipelineOutput:
+        """Run every active head on one window of events (x, y within the sensor; t in ns).
+
+        Raises :class:`WindowSkipped` ('cuda_oom') when the accelerator runs out of memory (cache emptied first).
+        """
+        try:
+            with self._lock, torch.inference_mode():
+                return self._process(events, int(height), int(width), np.asarray(K, np.float64).reshape(3, 3),
+                                     int(stamp_ns))
+        except Exception as exc:  # noqa: BLE001 - only OOM is turned into a skip
+            if _is_cuda_oom(exc):
+                self._count('cuda_oom')
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise WindowSkipped('cuda_oom', f'CUDA out of memory, window skipped: {exc}') from exc
+            raise
+
+    def _process(self, events: Any, height: int, width: int, K: np.ndarray, stamp_ns: int) -> PipelineOutput:
+        from realm_ros.events import voxel_grid
+        from realm_ros.events.spatial import prepare_input
+        self._apply_reset()
+        cfg = self.config
+        heads = self.active_heads
+        timings: Dict[str, float] = {}
+        t0 = time.perf_counter()
+        normalization = cfg.normalization or self.default_normalization
+        voxel = voxel_grid(events, bins=self.bins, height=height, width=width, normalization=normalization,
+                           device=self.device)
+        mode = self.spatial_mode_for(height, width)
+        prep = prepare_input(voxel, size=self.input_size, mode=mode)
+        batch = prep.tensor
+        n_dense = batch.shape[0]
+        pose_prep = prep
+        if 'pose' in heads and n_dense > 1:           # tiles: match on one centre-cropped view (same encoder call)
+            pose_prep = prepare_input(voxel, size=self.input_size, mode='crop')
+            batch = torch.cat([batch, pose_prep.tensor], dim=0)
+        timings['voxel_ms'] = (time.perf_counter() - t0) * 1e3
+
+        t1 = time.perf_counter()
+        with self._autocast():
+            tokens = self.encoder(batch.to(self.device, torch.float32))
+        self._encoder_runs += 1
+        timings['encoder_ms'] = (time.perf_counter() - t1) * 1e3
+        out = PipelineOutput(stamp_ns=stamp_ns, width=width, height=height, K=K, num_events=len(events),
+                             spatial_mode=mode, timings_ms=timings)
+        size = (self.input_size, self.input_size)
+
+        if 'depth' in heads or 'points' in heads:
+            t2 = time.perf_counter()
+            with self._autocast():
+                d = self.depth_head(tokens['x_norm_patchtokens'][:n_dense], tokens['x_norm_clstoken'][:n_dense],
+                                    self.grid, out_size=size)
+            depth = prep.to_sensor(d.float()).squeeze(0)
+            depth = depth.cpu().numpy().astype(np.float32, copy=False)
+            depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
+            if 'depth' in heads:
+                out.depth = depth
+                out.depth_color = render.colorize_depth(depth, *cfg.depth_color_range)
+            timings['depth_ms'] = (time.perf_counter() - t2) * 1e3
+        if 'semantic' in heads:
+            t3 = time.perf_counter()
+            bridge = cfg.bridge or self._head_bridge.get('semantic') or 'teacher_norm_inverse'
+            with self._autocast():
+                proj_in = self.encoder.head_tokens(tokens, bridge)[:n_dense]
+                _, feat = self.projector(proj_in, self.grid)
+                logits = self.seg_head(feat, out_size=size)
+            logits = prep.to_sensor(logits.float())
+            valid = torch.isfinite(logits).all(dim=0)
+            labels = torch.where(valid, torch.nan_to_num(logits, nan=0.0).argmax(dim=0),
+                                 torch.full_like(valid, IGNORE_LABEL, dtype=torch.long))
+            out.semantic = labels.to(torch.uint8).cpu().numpy()
+            out.semantic_color = self._label_colors(out.semantic)[..., ::-1].copy()
+            timings['semantic_ms'] = (time.perf_counter() - t3) * 1e3
+        if 'points' in heads:
+            t4 = time.perf_counter()
+            xyz, rows, cols = render.backproject_depth(depth, K, cfg.points_stride, cfg.points_max_depth)
+            if out.semantic_color is not None:
+                rgb = out.semantic_color[rows, cols, ::-1]
+            else:
+                rgb = (out.depth_color if out.depth_color is not None else
+                       render.colorize_depth(depth, *cfg.depth_color_range))[rows, cols, ::-1]
+            out.points_xyz, out.points_rgb = xyz, np.ascontiguousarray(rgb)
+            timings['points_ms'] = (time.perf_counter() - t4) * 1e3
+        if 'pose' in heads:
+            t5 = time.perf_counter()
+            idx = n_dense if pose_prep is not prep else 0
+            self._run_pose(tokens, idx, pose_prep, K, stamp_ns, out)
+            timings['pose_ms'] = (time.perf_counter() - t5) * 1e3
+        timings['total_ms'] = (time.perf_counter() - t0) * 1e3
+        return out
+
+    def _label_colors(self, labels: np.ndarray) -> np.ndarray:
+        from realm_ros.models import colorize_segmentation
+        return colorize_segmentation(labels)
+
+    # ------------------------------------------------------------------------------------------------ pose
+    def _decoder_tokens(self, tokens: Dict[str, Any], index: int) -> torch.Tensor:
+        bridge = self.config.bridge or 'teacher_norm_inverse'
+        return self.encoder.head_tokens(tokens, bridge)[index:index + 1, 1:].float()
+
+    def _image_keyframe(self, T_fixed: Optional[np.ndarray]) -> Any:
+        """Encode the newest offered RGB image with the DUNE teacher and store it (cross-modal keyframe)."""
+        from realm_ros.events.spatial import prepare_input
+        pending, self._pending_image = self._pending_image, None
+        if pending is None:
+            return None
+        rgb, K_img, stamp = pending
+        img = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float() / 255.0
+        mean = torch.tensor([0.485, 0.456, 0.406], device=self.device)[:, None, None]
+        std = torch.tensor([0.229, 0.224, 0.225], device=self.device)[:, None, None]
+        prep = prepare_input((img - mean) / std, size=self.input_size, mode='crop')
+        with self._autocast():
+            feats = self.dune.encoder.forward_features(prep.tensor[:1], apply_norm=True)
+        picture = (prep.tensor[0] * std + mean).clamp(0, 1).mul(255).byte().permute(1, 2, 0).cpu().numpy()
+        self._count('image_keyframes')
+        return self.keyframes.add(feats['x_prenorm_patchtokens'].float(), feats['x_norm_clstoken'].float(),
+                                  (self.input_size, self.input_size), prep.model_intrinsics(K_img)[0], stamp,
+                                  source='rgb', T_fixed_kf=T_fixed,
+                                  extras={'picture': np.ascontiguousarray(picture[..., ::-1])})
+
+    def _run_pose(self, tokens: Dict[str, Any], index: int, prep: Any, K: np.ndarray, stamp_ns: int,
+                  out: PipelineOutput) -> None:
+        """Match the current view against the best keyframe, solve PnP, update the keyframe store."""
+        from realm_ros.geometry.matching import fast_reciprocal_nn
+        from realm_ros.geometry.pose import solve_relative_pose_pnp
+        cfg = self.config
+        store = self.keyframes
+        size = (self.input_size, self.input_size)
+        cur_tokens = self._decoder_tokens(tokens, index)
+        cur_cls = tokens['x_norm_clstoken'][index].float()
+        K_model = np.asarray(prep.model_intrinsics(K)[0], dtype=np.float64)
+        picture = render.voxel_picture(prep.tensor[index].float().cpu().numpy())
+        image_source = cfg.keyframe_source == 'image'
+        sources = ('rgb',) if image_source else ('events',)
+        first = len(store) == 0
+
+        def add_current(T_fixed: Optional[np.ndarray]) -> Any:
+            self._count('event_keyframes')
+            return store.add(cur_tokens, cur_cls, size, K_model, stamp_ns, source='events', T_fixed_kf=T_fixed,
+                             extras={'picture': picture})
+
+        kf = store.select(cur_cls, sources)
+        if kf is None:
+            if image_source:
+                kf = self._image_keyframe(np.eye(4) if first else None)
+                if kf is None:
+                    self._count('pose_without_keyframe')     # no RGB image received yet
+                    return
+            else:
+                kf = add_current(np.eye(4) if first else None)
+                ref = 'fixed' if cfg.pose_frame == 'fixed' else 'keyframe'
+                if ref == 'keyframe' or kf.T_fixed_kf is not None:
+                    T = kf.T_fixed_kf if ref == 'fixed' else np.eye(4)
+                    out.pose = PoseEstimate(R=T[:3, :3].copy(), t=T[:3, 3].copy(), covariance=np.zeros((6, 6)),
+                                            reference=ref, keyframe_stamp_ns=kf.stamp_ns, num_matches=0,
+                                            num_inliers=0, new_keyframe=True)
+                out.matches_image = render.draw_matches(picture, picture, np.zeros((0, 2)), np.zeros((0, 2)))
+                return
+        pred1, pred2 = self.mast3r(kf.tokens, cur_tokens, kf.image_shape, size)
+        matches = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], subsample=cfg.match_subsample, border=3)
+        result = solve_relative_pose_pnp(matches.xy1, matches.xy2, pred1['pts3d'][0], K_model,
+                                         conf_ref=pred1.get('conf', [None])[0],
+                                         desc_conf_ref=pred1.get('desc_conf', [None])[0],
+                                         desc_conf_cur=pred2.get('desc_conf', [None])[0], params=self._pnp_params)
+        self._count('pose_attempts')
+        decision = store.update(kf, result, stamp_ns)
+        inliers = np.zeros(matches.count, bool)
+        if result.inliers.size:
+            inliers[result.inliers] = True
+        out.matches_image = render.draw_matches(kf.extras.get('picture', picture), picture, matches.xy1,
+                                                matches.xy2, inliers, cfg.max_matches_drawn)
+        if not result.ok:
+            self._count(f'pose_rejected.{result.reason}')
+        else:
+            T_kf_cur = result.T_ref_cur
+            cov = np.asarray(result.covariance, np.float64) if result.covariance is not None else np.zeros((6, 6))
+            T, ref = T_kf_cur, 'keyframe'
+            if cfg.pose_frame == 'fixed':
+                T, ref = decision.T_fixed_cur, 'fixed'
+                if T is not None:
+                    R_fk = kf.T_fixed_kf[:3, :3]
+                    A = np.kron(np.eye(2), R_fk)
+                    cov = A @ cov @ A.T
+                else:
+                    self._count('fixed_pose_unknown')       # keyframe without a fixed-frame pose (tracking lost)
+            if T is not None:
+                out.pose = PoseEstimate(R=T[:3, :3].copy(), t=T[:3, 3].copy(), covariance=cov, reference=ref,
+                                        keyframe_stamp_ns=kf.stamp_ns, num_matches=matches.count,
+                                        num_inliers=result.num_inliers, new_keyframe=False)
+        if decision.add:
+            new = self._image_keyframe(None) if image_source else add_current(decision.T_fixed_cur)
+            if new is not None:
+                self._count('keyframe_reason.' + decision.reason.split(' ')[0])
+                if out.pose is not None:
+                    out.pose.new_keyframe = True

@@ -1,0 +1,242 @@
+"""perception_node over real DDS: the node runs as a subprocess with miniature random-weight checkpoints; the test
+plays the real evt3 recording into it and checks every output topic, the memory hold, garbage input, a bag restart,
+run-time parameters and the diagnostics."""
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+
+from perception_harness import (K_TEST, NodeProcess, Probe, load_packets, stamp_ns,  # noqa: E402
+                                to_rclpy_packet, write_params)
+
+NAME = f'perception_test_{os.getpid()}'
+NS = f'/{NAME}'
+EVENTS = f'{NS}_in/events'
+INFO = f'{NS}_in/camera_info'
+FRAME = '0293'                 # frame_id of the recording's packets
+WIDTH, HEIGHT = 640, 480
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+    from realm_ros.pipeline.tiny import write_random_tiny_checkpoints
+    return write_random_tiny_checkpoints(tmp_path_factory.mktemp('node_ckpts'))
+
+
+@pytest.fixture(scope='module')
+def packets(evt3_bag):
+    return load_packets(evt3_bag)
+
+
+@pytest.fixture(scope='module')
+def node(checkpoints, tmp_path_factory):
+    params = write_params(tmp_path_factory.mktemp('node_params') / 'params.yaml', checkpoints,
+                          **{'window.count': 30000, 'matches.subsample': 16, 'memory_hold.timeout_s': 0.4,
+                             'diagnostics.period_s': 0.25, 'pose.ransac_iterations': 200,
+                             'keyframe.max_failures': 1000})
+    proc = NodeProcess(NAME, [params], {'events': EVENTS, 'camera_info': INFO})
+    try:
+        assert proc.wait_for_line('active: waiting for event packets', timeout=120), proc.output
+        yield proc
+    finally:
+        code = proc.stop()
+        assert code == 0, f'node exited with {code}:\n{proc.output}'
+
+
+@pytest.fixture(scope='module')
+def probe(node):
+    p = Probe(f'{NAME}_probe', NS, EVENTS, INFO)
+    assert p.wait_for_subscriber(30), 'the node did not subscribe to the events topic'
+    assert p.wait_for(lambda: p.latest_diagnostics(), 10), 'no diagnostics from the node'
+    yield p
+    p.close()
+
+
+def _by_stamp(probe):
+    """{stamp: {topic: message}} over every output topic received so far."""
+    out = {}
+    for topic in probe.received:
+        if topic == 'diagnostics':
+            continue
+        for r in probe.messages(topic):
+            out.setdefault(stamp_ns(r.msg), {})[topic] = r.msg
+    return out
+
+
+def _complete_stamps(probe, topics):
+    """Sorted stamps for which every topic in ``topics`` has arrived."""
+    return sorted(t for t, msgs in _by_stamp(probe).items() if all(k in msgs for k in topics))
+
+
+def test_every_output_topic_from_the_real_recording(node, probe, packets):
+    probe.clear()
+    probe.publish_camera_info(K_TEST, WIDTH, HEIGHT, FRAME)
+    time.sleep(0.3)
+    probe.publish_camera_info(K_TEST, WIDTH, HEIGHT, FRAME)
+    t_first, t_last = stamp_ns(packets[0]), stamp_ns(packets[-1])
+    probe.play(packets, rate=1.0)
+    dense = ('depth', 'depth/camera_info', 'depth/color', 'semantic', 'semantic/color', 'points', 'matches')
+    in_range = lambda t: t_first - 10**7 <= t <= t_last + 10**8          # noqa: E731
+    assert probe.wait_for(lambda: len([t for t in _complete_stamps(probe, dense) if in_range(t)]) >= 2, 60), \
+        node.output[-3000:]
+    # stamps: the last event of each window in ROS time (within the recording's packet stamps), increasing
+    real = [r for r in probe.messages('depth') if stamp_ns(r.msg) <= t_last + 10**8]
+    stamps = [stamp_ns(r.msg) for r in real]
+    assert all(in_range(s) for s in stamps), (t_first, stamps, t_last)
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    complete = [t for t in _complete_stamps(probe, dense) if in_range(t)]
+    d = [r.msg for r in real if stamp_ns(r.msg) == complete[-1]][0]
+    assert (d.encoding, d.width, d.height, d.step, d.header.frame_id) == ('32FC1', WIDTH, HEIGHT, 4 * WIDTH, FRAME)
+    depth = np.frombuffer(d.data, np.float32).reshape(HEIGHT, WIDTH)
+    assert np.isnan(depth[:, :79]).all() and np.isnan(depth[:, 561:]).all()      # outside the centre crop
+    assert np.isfinite(depth[:, 100:540]).all() and 1.0 <= np.nanmin(depth) and np.nanmax(depth) <= 81.0
+    by_stamp = _by_stamp(probe)
+    last = by_stamp[complete[-1]]
+    info = last['depth/camera_info']
+    assert (info.width, info.height, info.header.frame_id) == (WIDTH, HEIGHT, FRAME)
+    assert np.allclose(np.asarray(info.k).reshape(3, 3), K_TEST)                # the camera_info we published
+    for topic, enc, shape in (('depth/color', 'bgr8', (HEIGHT, WIDTH)), ('semantic', 'mono8', (HEIGHT, WIDTH)),
+                              ('semantic/color', 'bgr8', (HEIGHT, WIDTH)), ('matches', 'bgr8', (224, 448))):
+        m = last[topic]
+        assert (m.encoding, m.height, m.width, m.header.frame_id) == (enc, *shape, FRAME), topic
+    sem = np.frombuffer(last['semantic'].data, np.uint8).reshape(HEIGHT, WIDTH)
+    assert sem[:, 100:540].max() < 11 and (sem[:, :79] == 255).all()
+    pts = last['points']
+    assert [f.name for f in pts.fields] == ['x', 'y', 'z', 'rgb'] and pts.point_step == 16 and pts.is_dense
+    assert pts.header.frame_id == FRAME and pts.width == np.isfinite(depth[::2, ::2]).sum()
+    xyz = np.frombuffer(pts.data, np.float32).reshape(-1, 4)[:, :3]
+    u = K_TEST[0, 0] * xyz[:, 0] / xyz[:, 2] + K_TEST[0, 2]                   # back-projected with K_TEST
+    assert u.min() > 78 and u.max() < 562
+    poses = [r.msg for r in probe.messages('pose')]
+    assert poses, 'no pose published'
+    q = poses[0].pose.pose.orientation
+    assert math.isclose(q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2, 1.0, rel_tol=1e-6)
+    assert poses[0].header.frame_id == f'{FRAME}_keyframe' and stamp_ns(poses[0]) in stamps
+    # diagnostics: rates, latency and the camera model in use
+    diag = probe.latest_diagnostics()
+    ev, pipe = diag['events'], diag['pipeline']
+    assert int(ev['packets']) >= len(packets) - 5 and ev['camera_info'] == 'ok'
+    assert (ev['encoding'], ev['width'], ev['height']) == ('evt3', str(WIDTH), str(HEIGHT))
+    assert int(pipe['windows_processed']) >= 2 and float(pipe['latency_ms_p50']) > 0
+    assert int(pipe['encoder_runs']) == int(pipe['windows_processed'])              # once per window, all heads
+    assert pipe['device'] == 'cpu' and pipe['heads'] == 'depth,semantic,points,pose'
+
+
+def test_memory_hold_republishes_the_last_outputs(node, probe, packets):
+    probe.clear()
+    probe.play(packets[:150], rate=0)
+    assert probe.wait_for(lambda: len(probe.messages('depth')) >= 1, 60), node.output[-3000:]
+    time.sleep(0.5)                    # let the worker finish the window in flight
+    n_before = len(probe.messages('depth'))
+    # no more events: the node keeps publishing the last depth with fresh stamps
+    assert probe.wait_for(lambda: len(probe.messages('depth')) >= n_before + 3, 15), node.output[-3000:]
+    held = probe.messages('depth')[n_before - 1:]
+    stamps = [stamp_ns(r.msg) for r in held]
+    assert all(b > a for a, b in zip(stamps, stamps[1:]))
+    ref = np.frombuffer(held[0].msg.data, np.float32)
+    for r in held[1:]:
+        assert np.array_equal(np.frombuffer(r.msg.data, np.float32), ref, equal_nan=True)
+    assert probe.wait_for(lambda: probe.latest_diagnostics().get('pipeline', {}).get('memory_hold') == 'true', 5)
+    diag = probe.latest_diagnostics()['pipeline']
+    assert int(diag['memory_holds']) >= 3 and diag['level'] == 1 and 'memory hold' in diag['message']
+    assert probe.wait_for(lambda: any(stamp_ns(r.msg) == stamps[-1] for r in probe.messages('semantic')), 5), \
+        'every output is held, not only depth'
+
+
+def test_garbage_packets_are_counted_and_outputs_continue(node, probe, packets):
+    probe.clear()
+    rng = np.random.default_rng(7)
+    good = packets[:400]
+    shift = stamp_ns(packets[-1]) - stamp_ns(packets[0]) + 10**9        # continue after the previous playback
+    ref = good[200]
+    garbage = {
+        100: [to_rclpy_packet(ref, shift, encoding='evt9')],                                   # unknown codec
+        120: [to_rclpy_packet(ref, shift, width=0)],                                           # invalid size
+        140: [to_rclpy_packet(ref, shift, width=1 << 20, height=1 << 20)],                     # absurd size
+        160: [to_rclpy_packet(ref, shift, payload=rng.integers(0, 256, 4000).astype(np.uint8))],  # random bytes
+        180: [to_rclpy_packet(ref, shift, payload=np.zeros(0, np.uint8))],                     # empty payload
+        200: [to_rclpy_packet(ref, shift, payload=np.asarray(ref.events, np.uint8)[:1001])],   # truncated, odd
+        220: [to_rclpy_packet(ref, shift, encoding='')],
+    }
+    rss0 = node.rss_mb()
+    probe.play(good, rate=0, stamp_shift_ns=shift, inject=garbage, skip=(300, 301, 302))
+    t_garbage_end = stamp_ns(good[220]) + shift
+    assert probe.wait_for(lambda: any(stamp_ns(r.msg) > t_garbage_end for r in probe.messages('depth')), 60), \
+        node.output[-3000:]
+    assert node.alive()
+    assert probe.wait_for(lambda: int(probe.latest_diagnostics()['events']['bad_packets']) >= 4, 5)
+    ev = probe.latest_diagnostics()['events']
+    assert int(ev['bad_packets']) >= 4                  # evt9, width 0, absurd size, empty encoding (+ random)
+    assert int(ev['unknown_encoding']) >= 2 and int(ev['decode_errors']) >= 2
+    assert int(ev['seq_gaps']) >= 1 and int(ev['dropped_packets']) >= 3
+    assert ev['level'] == 1 and 'bad packets' in ev['message']
+    assert node.rss_mb() - rss0 < 300                   # no runaway allocation from absurd sizes
+
+
+def test_bag_restart_resets_the_stream(node, probe, packets):
+    probe.clear()
+    assert probe.wait_for(lambda: probe.latest_diagnostics(), 5)
+    jumps0 = int(probe.latest_diagnostics()['events']['time_jumps'])
+    probe.play(packets[:250], rate=0)                   # original stamps: 2+ s back in time
+    assert probe.wait_for(lambda: int(probe.latest_diagnostics()['events']['time_jumps']) > jumps0, 10)
+    t_lo, t_hi = stamp_ns(packets[0]), stamp_ns(packets[249])
+    assert probe.wait_for(lambda: any(t_lo <= stamp_ns(r.msg) <= t_hi + 10**8 for r in probe.messages('depth')),
+                          60), node.output[-3000:]
+
+
+def test_runtime_parameters_switch_heads_and_are_validated(node, probe, packets):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import DescribeParameters, SetParameters
+    setp = probe.node.create_client(SetParameters, f'{NS}/set_parameters')
+    desc = probe.node.create_client(DescribeParameters, f'{NS}/describe_parameters')
+    assert setp.wait_for_service(10) and desc.wait_for_service(10)
+
+    def call(client, request):
+        future = client.call_async(request)
+        assert probe.wait_for(future.done, 10)
+        return future.result()
+
+    def param(name, value):
+        if isinstance(value, bool):
+            v = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+        elif isinstance(value, int):
+            v = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+        else:
+            v = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+        return Parameter(name=name, value=v)
+
+    res = call(desc, DescribeParameters.Request(names=['window.count', 'device']))
+    count_desc, device_desc = res.descriptors
+    assert count_desc.integer_range[0].from_value == 100 and not count_desc.read_only
+    assert device_desc.read_only
+    results = call(setp, SetParameters.Request(parameters=[
+        param('window.mode', 'frames'), param('window.count', 5), param('device', 'cuda'),
+        param('heads.semantic', False), param('heads.pose', False)])).results
+    assert [r.successful for r in results] == [False, False, False, True, True], [r.reason for r in results]
+    assert 'frames' in results[0].reason
+    probe.clear()
+    shift = 2 * (stamp_ns(packets[-1]) - stamp_ns(packets[0])) + 3 * 10**9
+    probe.play(packets[:300], rate=0, stamp_shift_ns=shift)
+    assert probe.wait_for(lambda: any(stamp_ns(r.msg) >= stamp_ns(packets[0]) + shift
+                                      for r in probe.messages('depth')), 60), node.output[-3000:]
+    fresh = [stamp_ns(r.msg) for r in probe.messages('depth') if stamp_ns(r.msg) >= stamp_ns(packets[0]) + shift]
+    assert not [r for r in probe.messages('semantic') if stamp_ns(r.msg) in fresh]
+    assert not [r for r in probe.messages('pose') if stamp_ns(r.msg) in fresh]
+    assert probe.wait_for(lambda: probe.latest_diagnostics()['pipeline']['heads'] == 'depth,points', 5)
+    call(setp, SetParameters.Request(parameters=[param('heads.semantic', True), param('heads.pose', True)]))
+
+
+def test_missing_checkpoint_refuses_to_start_and_names_the_file(checkpoints, tmp_path):
+    missing = tmp_path / 'no_such_realm.safetensors'
+    params = write_params(tmp_path / 'p.yaml', checkpoints, **{'checkpoints.realm': str(missing)})
+    proc = NodeProcess(f'{NAME}_nockpt', [params], {})
+    try:
+        proc.proc.wait(timeout=120)
+    finally:
+        code = proc.stop()
+    assert code == 1, proc.output
+    assert str(missing) in proc.output and 'cannot configure' in proc.output

@@ -1,0 +1,208 @@
+"""RealmPipeline on CPU with random-initialised miniature checkpoints in the real file formats (ROS-free)."""
+import numpy as np
+import pytest
+import torch
+
+from realm_ros.events import EventArray, make_decoder
+from realm_ros.events.bagio import iter_bag_messages
+from realm_ros.pipeline import PipelineConfigError, RealmPipeline, WindowSkipped
+from realm_ros.pipeline.tiny import write_random_tiny_checkpoints, tiny_pipeline_config
+
+K_SENSOR = np.array([[320.0, 0, 319.5], [0, 320.0, 239.5], [0, 0, 1]])
+
+
+@pytest.fixture(scope='module')
+def ckpts(tmp_path_factory):
+    torch.set_num_threads(1)
+    return write_random_tiny_checkpoints(tmp_path_factory.mktemp('tiny_ckpts'))
+
+
+@pytest.fixture(scope='module')
+def pipe(ckpts):
+    return RealmPipeline(tiny_pipeline_config(ckpts))
+
+
+@pytest.fixture(scope='module')
+def windows(evt3_bag):
+    """Three consecutive 20k-event windows of the real recording (sensor time ns)."""
+    dec = make_decoder('evt3', 640, 480)
+    chunks = [dec.decode(np.frombuffer(m.events, np.uint8)).events for _, _, _, m in iter_bag_messages(evt3_bag)]
+    ev = EventArray.concat(chunks)
+    return [ev.slice(i * 20_000, (i + 1) * 20_000) for i in range(3)]
+
+
+def test_one_window_gives_every_output_in_sensor_pixels(pipe, windows):
+    runs = pipe.diagnostics()['encoder_runs']
+    out = pipe.process(windows[0], height=480, width=640, K=K_SENSOR, stamp_ns=int(windows[0].t[-1]))
+    assert pipe.diagnostics()['encoder_runs'] == runs + 1          # one encoder pass for all heads
+    assert out.spatial_mode == 'crop' and out.num_events == 20_000 and out.stamp_ns == int(windows[0].t[-1])
+    # depth: metres inside the head's bin range where the centre crop saw the sensor, NaN in the side strips
+    assert out.depth.shape == (480, 640) and out.depth.dtype == np.float32
+    inside = out.depth[:, 80:560]
+    assert np.isfinite(inside).mean() > 0.99
+    assert np.nanmin(inside) >= 1.0 and np.nanmax(inside) <= 81.0
+    assert np.isnan(out.depth[:, :79]).all() and np.isnan(out.depth[:, 561:]).all()
+    assert out.depth_color.shape == (480, 640, 3) and out.depth_color.dtype == np.uint8
+    assert (out.depth_color[:, :79] == 0).all()
+    # semantics: class ids < 11 where predicted, 255 elsewhere; colours follow the DSEC palette
+    from realm_ros.models import DSEC_PALETTE
+    assert out.semantic.shape == (480, 640) and out.semantic.dtype == np.uint8
+    assert out.semantic[:, 100:540].max() < 11 and (out.semantic[:, :79] == 255).all()
+    ids = out.semantic[240, 320]
+    assert tuple(out.semantic_color[240, 320]) == tuple(DSEC_PALETTE[ids][::-1])
+    # points: back-projected valid depth with the sensor K, coloured by the semantic colours (RGB)
+    n_valid = np.isfinite(out.depth[::2, ::2]).sum()
+    assert len(out.points_xyz) == len(out.points_rgb) == n_valid
+    z = out.points_xyz[:, 2]
+    u = K_SENSOR[0, 0] * out.points_xyz[:, 0] / z + K_SENSOR[0, 2]
+    v = K_SENSOR[1, 1] * out.points_xyz[:, 1] / z + K_SENSOR[1, 2]
+    ui, vi = np.round(u).astype(int), np.round(v).astype(int)
+    assert np.allclose(z, out.depth[vi, ui], rtol=1e-5)
+    assert np.array_equal(out.points_rgb, out.semantic_color[vi, ui, ::-1])
+    # pose: the first window becomes the keyframe (identity pose); matches image = keyframe | current
+    assert out.pose is not None and out.pose.new_keyframe and np.allclose(out.pose.R, np.eye(3))
+    assert out.matches_image.shape == (224, 448, 3)
+
+
+def test_second_window_is_matched_against_the_keyframe(pipe, windows):
+    pipe.reset()
+    pipe.update(keyframe_min_inliers=4, keyframe_max_failures=100, keyframe_max_translation=1e3,
+                keyframe_max_rotation_deg=180.0)
+    first = pipe.process(windows[0], 480, 640, K_SENSOR, int(windows[0].t[-1]))
+    second = pipe.process(windows[1], 480, 640, K_SENSOR, int(windows[1].t[-1]))
+    assert first.pose.new_keyframe
+    assert pipe.diagnostics()['pose_attempts'] >= 1
+    if second.pose is not None:                       # random weights: PnP may legitimately fail
+        R = second.pose.R
+        assert np.allclose(R @ R.T, np.eye(3), atol=1e-6) and np.isfinite(second.pose.t).all()
+        assert second.pose.keyframe_stamp_ns == first.stamp_ns and second.pose.covariance.shape == (6, 6)
+        assert 0 <= second.pose.num_inliers <= second.pose.num_matches
+    assert second.matches_image.shape == (224, 448, 3)
+    assert pipe.diagnostics()['keyframes'] == 1 + int(second.pose is not None and second.pose.new_keyframe)
+    pipe.update(keyframe_min_inliers=30, keyframe_max_failures=3, keyframe_max_translation=0.5,
+                keyframe_max_rotation_deg=15.0)
+
+
+def test_heads_can_be_switched_off(pipe, windows):
+    pipe.update(heads=('depth',))
+    try:
+        out = pipe.process(windows[2], 480, 640, K_SENSOR, 1)
+        assert out.depth is not None and out.semantic is None and out.points_xyz is None and out.pose is None
+        assert set(out.timings_ms) >= {'encoder_ms', 'depth_ms'} and 'semantic_ms' not in out.timings_ms
+    finally:
+        pipe.update(heads=('depth', 'semantic', 'points', 'pose'))
+    with pytest.raises(PipelineConfigError, match='unknown heads'):
+        pipe.update(heads=('depth', 'optical_flow'))
+    with pytest.raises(PipelineConfigError, match='not changeable'):
+        pipe.update(device='cuda')
+
+
+def test_spatial_modes(pipe, windows):
+    assert pipe.spatial_mode_for(480, 640) == 'crop'
+    assert pipe.spatial_mode_for(200, 180) == 'pad'
+    assert pipe.spatial_mode_for(300, 400) == 'tile'
+    ev = windows[0]
+    small = ev.slice(0, len(ev))
+    keep = (small.x < 400) & (small.y < 300)
+    small = EventArray(small.x[keep], small.y[keep], small.t[keep], small.p[keep])
+    pipe.update(heads=('depth', 'semantic'), spatial_mode='auto')
+    try:
+        tiled = pipe.process(small, 300, 400, K_SENSOR, 1)
+        assert tiled.spatial_mode == 'tile' and np.isfinite(tiled.depth).all()      # 4 tiles cover the sensor
+        assert tiled.semantic.max() < 11
+        keep = (small.x < 180) & (small.y < 200)
+        padded = pipe.process(EventArray(small.x[keep], small.y[keep], small.t[keep], small.p[keep]),
+                              200, 180, K_SENSOR, 1)
+        assert padded.spatial_mode == 'pad' and padded.depth.shape == (200, 180) and np.isfinite(padded.depth).all()
+    finally:
+        pipe.update(heads=('depth', 'semantic', 'points', 'pose'), spatial_mode='auto')
+
+
+def test_cuda_out_of_memory_skips_the_window(pipe, windows, monkeypatch):
+    def boom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
+    monkeypatch.setattr(pipe, 'encoder', boom)
+    with pytest.raises(WindowSkipped) as info:
+        pipe.process(windows[0], 480, 640, K_SENSOR, 1)
+    assert info.value.reason == 'cuda_oom' and pipe.diagnostics()['cuda_oom'] >= 1
+
+
+def test_other_errors_are_not_disguised_as_skips(pipe, windows, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError('shape mismatch')
+    monkeypatch.setattr(pipe, 'encoder', broken)
+    with pytest.raises(RuntimeError, match='shape mismatch'):
+        pipe.process(windows[0], 480, 640, K_SENSOR, 1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the fallback on machines without CUDA')
+def test_cuda_request_without_cuda_falls_back_to_cpu(ckpts):
+    logged = []
+    p = RealmPipeline(tiny_pipeline_config(ckpts, device='cuda:0', mast3r_checkpoint=''), log=logged.append)
+    assert p.device.type == 'cpu'
+    assert any('CUDA is not available' in w for w in p.warnings) and logged
+    assert 'pose' not in p.active_heads and 'DUNE-MASt3R' in p.missing_for_head('pose')
+
+
+def test_missing_checkpoint_is_named(ckpts, tmp_path):
+    missing = tmp_path / 'nope' / 'realm.safetensors'
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        RealmPipeline(tiny_pipeline_config(ckpts, realm_checkpoint=str(missing)))
+    with pytest.raises(PipelineConfigError, match='checkpoints.realm'):
+        RealmPipeline(tiny_pipeline_config(ckpts, realm_checkpoint=''))
+
+
+def test_incompatible_checkpoints_are_named(ckpts, tmp_path):
+    garbage = tmp_path / 'garbage.safetensors'
+    garbage.write_bytes(b'\x00' * 100)
+    with pytest.raises(ValueError, match='garbage.safetensors'):
+        RealmPipeline(tiny_pipeline_config(ckpts, realm_checkpoint=str(garbage)))
+    # a depth head for 64-d tokens does not fit the 192-d tiny encoder
+    from realm_ros.models import DepthBinsHead, save_head_checkpoint, sha256_file
+    wrong = save_head_checkpoint(tmp_path / 'wrong_depth.safetensors', DepthBinsHead(embed_dim=64, bins=8),
+                                 teacher_sha256=sha256_file(ckpts['dune']))
+    with pytest.raises(PipelineConfigError, match='wrong_depth.safetensors'):
+        RealmPipeline(tiny_pipeline_config(ckpts, depth_head_checkpoint=str(wrong)))
+    # a LoRA-mode REALM checkpoint without its DUNE teacher
+    with pytest.raises(ValueError, match='needs the DUNE teacher'):
+        RealmPipeline(tiny_pipeline_config(ckpts, dune_checkpoint='', seg_head_checkpoint=''))
+
+
+def test_segmentation_without_projector_is_refused(ckpts, tmp_path):
+    merged = write_random_tiny_checkpoints(tmp_path / 'merged', lora_mode=False, with_mast3r=False)
+    with pytest.raises(PipelineConfigError, match='projector'):
+        RealmPipeline(tiny_pipeline_config(merged, dune_checkpoint=''))
+    p = RealmPipeline(tiny_pipeline_config(merged, dune_checkpoint='', seg_head_checkpoint=''))
+    assert p.active_heads == ('depth', 'points')
+
+
+def test_rgb_keyframes_for_cross_modal_pose(ckpts, windows):
+    p = RealmPipeline(tiny_pipeline_config(ckpts, keyframe_source='image', heads=('pose',)))
+    out = p.process(windows[0], 480, 640, K_SENSOR, 1)
+    assert out.pose is None                                    # no RGB keyframe yet: nothing to match
+    rgb = np.zeros((360, 480, 3), np.uint8)
+    rgb[:, :240] = (255, 0, 0)
+    p.offer_image_keyframe(rgb, np.array([[400.0, 0, 240], [0, 400, 180], [0, 0, 1]]), stamp_ns=5)
+    out = p.process(windows[1], 480, 640, K_SENSOR, 10)
+    assert p.diagnostics()['image_keyframes'] == 1 and p.diagnostics()['keyframe_stamp_ns'] == 5
+    assert out.matches_image.shape == (224, 448, 3)
+    # the left half of the match picture is the (centre-cropped) RGB keyframe: red left part, black right part
+    left = out.matches_image[:, :224]                         # (match lines are drawn on top: use medians)
+    assert np.median(left[:, :100, 2]) > 200 and np.median(left[:, :100, 0]) < 50
+    assert np.median(left[:, 130:220].max(axis=-1)) < 50
+    with pytest.raises(PipelineConfigError, match='checkpoints.dune'):
+        RealmPipeline(tiny_pipeline_config(ckpts, keyframe_source='image', dune_checkpoint='',
+                                           seg_head_checkpoint='', realm_checkpoint=str(
+                                               write_random_tiny_checkpoints(ckpts['dune'].parent / 'm2',
+                                                                             lora_mode=False,
+                                                                             with_mast3r=False)['realm'])))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_matches_cpu(ckpts, windows):
+    cpu = RealmPipeline(tiny_pipeline_config(ckpts, heads=('depth', 'semantic')))
+    gpu = RealmPipeline(tiny_pipeline_config(ckpts, heads=('depth', 'semantic'), device='cuda', precision='fp32'))
+    a = cpu.process(windows[0], 480, 640, K_SENSOR, 1)
+    b = gpu.process(windows[0], 480, 640, K_SENSOR, 1)
+    assert np.allclose(a.depth, b.depth, atol=1e-2, equal_nan=True)
+    assert (a.semantic == b.semantic).mean() > 0.99
