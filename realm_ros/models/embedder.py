@@ -132,5 +132,6 @@ class VoxelEmbedder(nn.Module):
         if h < 8 * self.grid_size[0] or w < 8 * self.grid_size[1]:
             raise ValueError(f'voxel input {h}x{w} is too small for a {self.grid_size[0]}x{self.grid_size[1]} token '
                              f'grid (needs at least {8 * self.grid_size[0]}x{8 * self.grid_size[1]})')
-        x = self.proj(self.stages(self.stem(voxel)))
+        # channels-last keeps the per-pixel LayerNorms contiguous (and suits oneDNN / cuDNN convolutions)
+        x = self.proj(self.stages(self.stem(voxel.contiguous(memory_format=torch.channels_last))))
         return self.pool(x).flatten(2).transpose(1, 2)
