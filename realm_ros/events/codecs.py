@@ -156,14 +156,17 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
     t_ns = (th | tl) * 1000
     row_ok = (have_y == 1) and (em == 0) and (y < height)
     yv = np.uint16(y & 0xFFFF)
+    xlim = width if row_ok else 0  # ADDR_X accepted iff x < xlim (0 when there is no valid CD row)
     o = 0
     ot = 0
-    for k in range(i, n):
+    k = i - 1
+    while k + 1 < n:
+        k += 1
         w = np.int64(words[k])
         ty = w >> 12
         if ty == 2:
             x = w & 0x7FF
-            if row_ok and x < width:
+            if x < xlim:
                 xs[o] = x
                 ys[o] = yv
                 ts[o] = t_ns
@@ -181,6 +184,19 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
             have_y = 1
             em = 0
             row_ok = y < height
+            xlim = width if row_ok else 0
+            # ADDR_Y is almost always followed by ADDR_X: emit it here (one dispatch less per event)
+            if k + 1 < n:
+                w1 = np.int64(words[k + 1])
+                if (w1 >> 12) == 2:
+                    x1 = w1 & 0x7FF
+                    if x1 < xlim:
+                        xs[o] = x1
+                        ys[o] = yv
+                        ts[o] = t_ns
+                        ps[o] = (w1 >> 11) & 1
+                        o += 1
+                        k += 1
         elif ty == 6:
             tl = w & 0xFFF
             t_ns = (th | tl) * 1000
@@ -249,6 +265,7 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
             have_y = 1
             em = 1
             row_ok = False
+            xlim = 0
         else:
             delta[11] += 1
 

@@ -64,12 +64,20 @@ def _time_params(t: np.ndarray, bins: int, t_range: Optional[Tuple[int, int]], t
 
 @njit
 def _voxel_numba(x, y, t, p, t0, dT, scale, bins, height, width, norm, grid):  # pragma: no cover - compiled
+    """Scatter into ``grid`` (zeroed, float32, bins*H*W); normalise the non-zero cells.
+
+    The non-zero count, sum and sum of squares are kept up to date while scattering (from the value each add
+    replaces), so normalisation needs one more pass over the touched cells only.
+    """
     hw = height * width
     n = x.shape[0]
-    nbits = (bins * hw + 7) >> 3
-    seen = np.zeros(nbits, np.uint8)
-    touched = np.empty(2 * n, np.int64)
+    track = norm != 0
+    touched = np.empty(2 * n + 1 if track else 0, np.int32)  # cells that were zero before an add
     nt = 0
+    cnt = 0
+    s = 0.0
+    ss = 0.0
+    rezero = 0  # cells that cancelled to exactly 0 (may then be listed twice)
     fdT = np.float64(dT)
     t_end = t0 + dT
     for i in range(n):
@@ -83,51 +91,72 @@ def _voxel_numba(x, y, t, p, t0, dT, scale, bins, height, width, norm, grid):  #
         # int64 difference first; (dt * scale) / dT is then a correctly rounded float64 quotient
         ts = np.float64((ti - t0) * scale) / fdT
         b = np.int64(ts)
+        if b >= bins:
+            continue
         frac = ts - b
         v = 1.0 if p[i] else -1.0
-        if b < bins:
-            idx = b * hw + yi * width + xi
-            grid[idx] += np.float32(v * (1.0 - frac))
-            if seen[idx >> 3] & (1 << (idx & 7)) == 0:
-                seen[idx >> 3] |= 1 << (idx & 7)
-                touched[nt] = idx
-                nt += 1
-            if b + 1 < bins and frac > 0.0:
+        idx = b * hw + yi * width + xi
+        for side in range(2):
+            if side == 1:
+                if b + 1 >= bins or frac == 0.0:
+                    break
                 idx += hw
-                grid[idx] += np.float32(v * frac)
-                if seen[idx >> 3] & (1 << (idx & 7)) == 0:
-                    seen[idx >> 3] |= 1 << (idx & 7)
-                    touched[nt] = idx
-                    nt += 1
-    if norm == 0 or nt == 0:
+                wgt = np.float32(v * frac)
+            else:
+                wgt = np.float32(v * (1.0 - frac))
+            a = grid[idx]
+            r = a + wgt
+            grid[idx] = r
+            if track:
+                ad = np.float64(a)
+                rd = np.float64(r)
+                s += rd - ad
+                ss += rd * rd - ad * ad
+                # branch-free bookkeeping (the outcome is data dependent and would mispredict)
+                touched[nt] = idx
+                az = a == 0.0
+                rz = r == 0.0
+                new = az and not rz
+                gone = rz and not az
+                nt += new
+                cnt += new
+                cnt -= gone
+                rezero += gone
+    if not track or cnt == 0:
         return nt
-    vals = np.empty(nt, np.float64)
-    cnt = 0
-    s = 0.0
-    for k in range(nt):
-        v = np.float64(grid[touched[k]])
-        vals[k] = v
-        if v != 0.0:
-            cnt += 1
-            s += v
-    if cnt == 0:
-        return nt
+    vals = np.empty(nt if rezero else 0, np.float32)
+    if rezero:
+        # rare exact cancellations: recompute the statistics from the touched list without double counting; each
+        # value is moved out of the grid so that a second entry for the same cell reads 0 and is skipped
+        cnt = 0
+        s = 0.0
+        ss = 0.0
+        for k in range(nt):
+            idx = touched[k]
+            v = grid[idx]
+            vals[k] = v
+            if v != 0.0:
+                grid[idx] = 0.0
+                cnt += 1
+                s += np.float64(v)
+                ss += np.float64(v) * np.float64(v)
+        if cnt == 0:
+            return nt
     mean = s / cnt
-    ss = 0.0
-    for k in range(nt):
-        v = vals[k]
-        if v != 0.0:
-            d = v - mean
-            ss += d * d
+    var_sum = max(ss - s * mean, 0.0)  # sum of squared deviations
     if norm == 1:
-        std = np.sqrt(ss / cnt)
+        std = np.sqrt(var_sum / cnt)
     else:
-        std = np.sqrt(ss / (cnt - 1)) if cnt > 1 else 0.0
+        std = np.sqrt(var_sum / (cnt - 1)) if cnt > 1 else 0.0
     inv = 1.0 / std if std > 0.0 else 1.0
+    if rezero:
+        for k in range(nt):
+            if vals[k] != 0.0:
+                grid[touched[k]] = np.float32((np.float64(vals[k]) - mean) * inv)
+        return nt
     for k in range(nt):
-        v = vals[k]
-        if v != 0.0:
-            grid[touched[k]] = np.float32((v - mean) * inv)
+        idx = touched[k]
+        grid[idx] = np.float32((np.float64(grid[idx]) - mean) * inv)
     return nt
 
 
