@@ -9,8 +9,8 @@ relative, so ``--ros-args -r __ns:=/sim1`` moves them; ``/tf_static`` stays glob
   (PoseStamped in ``world``): RELIABLE KEEP_LAST 10
 * ``/tf_static`` (event_camera -> rgb_camera, RELIABLE TRANSIENT_LOCAL) when ``tf2_msgs`` is importable.
 
-Real time on a small CPU: at start-up the node simulates ``duration_s`` seconds once (a few seconds of compute per
-simulated second at 224x224), then a publisher thread replays it against the wall clock (``rate`` x real time),
+Real time on a small CPU: at start-up the node simulates ``duration_s`` seconds once (about 10 s of CPU per
+simulated second at 224x224; cached on disk for the next start), then a publisher thread replays it against the wall clock (``rate`` x real time),
 looping when ``loop`` is true with continuing stamps, sequence numbers and sensor time. With the default ``'loop'``
 trajectory the camera path is periodic in ``duration_s``, so loops join without a pose jump. Header stamps are the
 node's clock at the start of publishing plus simulation time; each packet's stamp is the ROS time of its first event.
@@ -18,13 +18,14 @@ node's clock at the start of publishing plus simulation time; each packet's stam
 Parameters: ``seed`` (0), ``width`` (224), ``height`` (224), ``hfov_deg`` (80), ``rgb_rate_hz`` (30), ``duration_s``
 (3), ``loop`` (true), ``trajectory`` ('loop' | 'drive' | 'static'), ``speed_mps`` (8), ``motion_scale`` (1),
 ``baseline_m`` (0), ``contrast_threshold`` (0.2), ``background_rate_hz`` (0), ``packet_interval_us`` (1000),
-``rate`` (1.0), ``publish_ground_truth`` (true), ``max_runtime_s`` (0 = run until shut down).
+``rate`` (1.0), ``publish_ground_truth`` (true), ``max_runtime_s`` (0 = run until shut down; with ``loop`` false the
+node exits after one pass), ``use_cache`` (true: keep the precomputed sequence in ``cache_dir``, default
+``~/.cache/realm_ros/sim``, so the next start with the same parameters is immediate).
 """
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,12 +34,12 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from ..events.types import EventArray
 from ..sim import topics as T
-from ..sim.camera import PinholeCamera, rotation_to_quaternion
+from ..sim.camera import rotation_to_quaternion
 from ..sim.esim import EsimConfig
 from ..sim.packets import DEFAULT_SENSOR_TIME_OFFSET_US, EventPacketizer
-from ..sim.simulator import SimConfig, SimFrame, Simulator
+from ..sim.sequence import SimSequence, cache_path, load_or_simulate
+from ..sim.simulator import SimConfig, SimFrame
 from .conversions import camera_info_from_intrinsics, image_from_array, make_event_packet, make_header
 from .qos import events_qos, qos_from_name
 
@@ -48,18 +49,6 @@ NODE_NAME = 'sim_event_camera'
 def _rel(topic: str) -> str:
     """Relative topic name (so the node namespace applies)."""
     return topic.lstrip('/')
-
-
-@dataclass
-class _Sequence:
-    """A precomputed simulated sequence: events per frame interval and frames."""
-
-    period_ns: int
-    events: list[EventArray]      # events[i]: (t_{i-1}, t_i] (events[0] is empty)
-    frames: list[SimFrame]
-    event_camera: PinholeCamera
-    rgb_camera: PinholeCamera
-    T_event_rgb: np.ndarray
 
 
 class SimCameraNode(Node):
@@ -100,7 +89,7 @@ class SimCameraNode(Node):
             'seed': 0, 'width': 224, 'height': 224, 'hfov_deg': 80.0, 'rgb_rate_hz': 30.0, 'duration_s': 3.0,
             'loop': True, 'trajectory': 'loop', 'speed_mps': 8.0, 'motion_scale': 1.0, 'baseline_m': 0.0,
             'contrast_threshold': 0.2, 'background_rate_hz': 0.0, 'packet_interval_us': 1000, 'rate': 1.0,
-            'publish_ground_truth': True, 'max_runtime_s': 0.0,
+            'publish_ground_truth': True, 'max_runtime_s': 0.0, 'use_cache': True, 'cache_dir': '',
         }
         out = {}
         for name, value in defaults.items():
@@ -132,38 +121,38 @@ class SimCameraNode(Node):
             self._thread.join(timeout=5.0)
 
     # ------------------------------------------------------------------------------------------------------------
-    def _precompute(self) -> _Sequence:
+    def _precompute(self) -> SimSequence:
         cfg = self.sim_config
         log = self.get_logger()
-        log.info(f'simulating {cfg.duration_s:.2f} s at {cfg.width}x{cfg.height} (seed {cfg.seed}, trajectory '
-                 f'{cfg.trajectory}) before publishing')
         if self.params['loop'] and cfg.trajectory == 'drive':
             log.warning("loop=true with trajectory 'drive': the pose jumps back at every loop; use 'loop'")
+        use_cache = bool(self.params['use_cache'])
+        cache_dir = self.params['cache_dir'] or None
+        where = cache_path(cfg, cache_dir)
+        if not (use_cache and where.exists()):
+            log.info(f'simulating {cfg.duration_s:.2f} s at {cfg.width}x{cfg.height} (seed {cfg.seed}, trajectory '
+                     f'{cfg.trajectory}) before publishing; a few seconds of CPU per simulated second')
         t0 = time.monotonic()
-        sim = Simulator(cfg)
-        events, frames = [], []
-        for chunk in sim.stream():
-            if self._stop.is_set():
-                break
-            events.append(chunk.events)
-            frames.append(chunk.frame)
-        n_ev = sum(len(e) for e in events)
-        log.info(f'simulated {len(frames)} frames and {n_ev} events ({n_ev / cfg.duration_s / 1e6:.2f} Mev/s) in '
-                 f'{time.monotonic() - t0:.1f} s')
-        period = int(sim.frame_times_ns()[-1])
-        return _Sequence(period, events, frames, sim.event_camera, sim.rgb_camera, sim.T_event_rgb)
+        seq, cached = load_or_simulate(cfg, cache_dir, use_cache, should_stop=self._stop.is_set)
+        n_ev = seq.num_events
+        log.info(f"{'loaded' if cached else 'simulated'} {len(seq.frames)} frames and {n_ev} events "
+                 f'({n_ev / cfg.duration_s / 1e6:.2f} Mev/s) in {time.monotonic() - t0:.1f} s'
+                 + (f' (cache: {where})' if use_cache else ''))
+        return seq
 
     def _run(self) -> None:
         try:
             seq = self._precompute()
             if not self._stop.is_set():
                 self._publish_loop(seq)
+        except InterruptedError:
+            pass
         except Exception as exc:  # noqa: BLE001 - report and end the node cleanly
             self.get_logger().error(f'simulation failed: {type(exc).__name__}: {exc}')
         finally:
             self.finished.set()
 
-    def _publish_loop(self, seq: _Sequence) -> None:
+    def _publish_loop(self, seq: SimSequence) -> None:
         p = self.params
         rate = float(p['rate'])
         start_ros = self.get_clock().now().nanoseconds
@@ -208,7 +197,7 @@ class SimCameraNode(Node):
                 self.get_logger().info(f'sequence finished (loop=false); published {self.stats}')
                 return
 
-    def _publish_packets(self, packets, seq: _Sequence, start_ros: int, start_wall: float, rate: float) -> bool:
+    def _publish_packets(self, packets, seq: SimSequence, start_ros: int, start_wall: float, rate: float) -> bool:
         for pkt in packets:
             if not self._wait_until(pkt.publish_ns, start_ros, start_wall, rate):
                 return False
@@ -232,7 +221,7 @@ class SimCameraNode(Node):
             if self._stop.wait(min(-lag, 0.05)):
                 return False
 
-    def _publish_frame(self, seq: _Sequence, frame: SimFrame, t_ros: int) -> None:
+    def _publish_frame(self, seq: SimSequence, frame: SimFrame, t_ros: int) -> None:
         rgb_h = make_header(t_ros, T.RGB_FRAME_ID)
         ev_h = make_header(t_ros, T.EVENT_FRAME_ID)
         self.pub_rgb.publish(image_from_array(frame.rgb, 'rgb8', rgb_h))

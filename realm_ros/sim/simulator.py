@@ -52,7 +52,7 @@ class SimConfig:
     speed_mps: float = 10.0
     motion_scale: float = 1.0
     camera_height_m: float = 1.5
-    max_flow_px: float = 0.75
+    max_flow_px: float = 1.0
     min_render_dt_us: int = 100
     max_render_dt_us: int = 2000
     esim: EsimConfig = field(default_factory=EsimConfig)

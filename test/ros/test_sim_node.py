@@ -11,7 +11,7 @@ import pytest
 rclpy = pytest.importorskip('rclpy')
 
 
-def test_sim_node_publishes_events_and_frames(child_env):
+def test_sim_node_publishes_events_and_frames(child_env, tmp_path):
     from event_camera_msgs.msg import EventPacket
     from geometry_msgs.msg import PoseStamped
     from rclpy.qos import qos_profile_sensor_data
@@ -25,7 +25,7 @@ def test_sim_node_publishes_events_and_frames(child_env):
     node_name = f'sim_event_camera_{os.getpid()}'
     cmd = [sys.executable, '-m', 'realm_ros.nodes.sim_camera_node', '--ros-args', '-r', f'__ns:={ns}',
            '-r', f'__node:={node_name}', '-p', 'width:=64', '-p', 'height:=48', '-p', 'duration_s:=0.4',
-           '-p', 'max_runtime_s:=60.0', '-p', 'seed:=5']
+           '-p', 'max_runtime_s:=60.0', '-p', 'seed:=5', '-p', f'cache_dir:={tmp_path}']
     proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -57,6 +57,7 @@ def test_sim_node_publishes_events_and_frames(child_env):
     assert len(packets) >= 300 and len(images) >= 10, f'packets {len(packets)}, images {len(images)}\n{out}'
     assert proc.returncode == 0, out
     assert infos and depths and poses, out
+    assert list(tmp_path.glob('seq_*.npz')), 'the precomputed sequence was not cached'
 
     dec = EventPacketDecoder()
     n = 0

@@ -188,3 +188,22 @@ def test_config_errors_name_the_field():
         SimConfig(trajectory='fly')
     with pytest.raises(ValueError, match='duration_s'):
         SimConfig(duration_s=0)
+
+
+def test_sequence_cache_round_trip(tmp_path):
+    from realm_ros.sim.sequence import SimSequence, cache_path, load_or_simulate
+    cfg = SMALL.with_(duration_s=0.1)
+    seq, cached = load_or_simulate(cfg, tmp_path)
+    assert not cached and cache_path(cfg, tmp_path).exists()
+    again, cached = load_or_simulate(cfg, tmp_path)
+    assert cached and len(again.frames) == len(seq.frames) == 4 and again.period_ns == 100_000_000
+    for a, b in zip(seq.events, again.events):
+        assert np.array_equal(a.t, b.t) and np.array_equal(a.x, b.x) and np.array_equal(a.p, b.p)
+    for a, b in zip(seq.frames, again.frames):
+        assert a.t_ns == b.t_ns and np.array_equal(a.rgb, b.rgb) and np.array_equal(a.event_depth, b.event_depth)
+        assert np.array_equal(a.T_world_event, b.T_world_event)
+    # another configuration has another cache entry, and a file saved for one config is refused for another
+    other = cfg.with_(seed=9)
+    assert cache_path(other, tmp_path) != cache_path(cfg, tmp_path)
+    with pytest.raises(ValueError, match='another simulator configuration'):
+        SimSequence.load(cache_path(cfg, tmp_path), other)
