@@ -209,6 +209,12 @@ class Simulator:
                         rgb_labels=rgb_out.labels, event_depth=ev_out.depth, event_labels=ev_out.labels,
                         event_gray=ev_out.gray, T_world_event=T_we, T_world_rgb=T_wr)
 
+    def frame_at(self, t_ns: int, index: int = -1) -> SimFrame:
+        """Ground truth and RGB at simulation time ``t_ns`` without running the event model (e.g. to train an RGB
+        teacher on many frames cheaply)."""
+        t_ns = int(t_ns)
+        return self._make_frame(index, t_ns, self.render_event_camera(t_ns, want_rgb=True))
+
     def stream(self) -> Iterator[SimChunk]:
         """Yield one :class:`SimChunk` per RGB frame over ``[0, duration_s]`` (the first has no events).
 

@@ -207,3 +207,12 @@ def test_sequence_cache_round_trip(tmp_path):
     assert cache_path(other, tmp_path) != cache_path(cfg, tmp_path)
     with pytest.raises(ValueError, match='another simulator configuration'):
         SimSequence.load(cache_path(cfg, tmp_path), other)
+
+
+def test_frame_at_matches_the_streamed_frame():
+    sim, chunks = _run(SMALL.with_(duration_s=0.1))
+    f = chunks[2].frame
+    g = Simulator(SMALL.with_(duration_s=0.1)).frame_at(f.t_ns, index=2)
+    assert g.index == 2 and g.t_ns == f.t_ns
+    for name in ('rgb', 'rgb_depth', 'rgb_labels', 'event_depth', 'event_labels', 'event_gray', 'T_world_event'):
+        assert np.array_equal(getattr(f, name), getattr(g, name)), name
