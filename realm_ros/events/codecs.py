@@ -502,7 +502,7 @@ class Evt3Decoder(Decoder):
             buf = _swap16(buf)
         nerr, xs, ys, ts, ps, trt, trid, trp = _evt3_kernel(buf, self._state, self._counters, self._delta)
         errors = _errors_of(_EVT3_COUNTERS, _EVT3_FIRST_ERROR, self._delta) if nerr else {}
-        return DecodeResult(EventArray(xs, ys, ts, ps), TriggerArray(trt, trid, trp), errors)
+        return DecodeResult(EventArray._trusted(xs, ys, ts, ps), TriggerArray._trusted(trt, trid, trp), errors)
 
 
 class LibcaerCmpDecoder(Decoder):
@@ -529,7 +529,7 @@ class LibcaerCmpDecoder(Decoder):
         nerr, xs, ys, ts, ps = _libcaer_cmp_kernel(buf, np.int64(time_base), self._state, self._counters,
                                                    self._delta)
         errors = _errors_of(_LC_COUNTERS, _LC_FIRST_ERROR, self._delta) if nerr else {}
-        return DecodeResult(EventArray(xs, ys, ts, ps), TriggerArray.empty(), errors)
+        return DecodeResult(EventArray._trusted(xs, ys, ts, ps), TriggerArray.empty(), errors)
 
 
 class _Records64Decoder(Decoder):

@@ -84,6 +84,7 @@ class EventPacketDecoder:
         self.offset = OffsetEstimator(int(offset_window_s * 1e9), offset_mode, int(reset_threshold_s * 1e9))
         self.decoder: Optional[Decoder] = None
         self._key: Optional[Tuple[str, int, int]] = None
+        self._raw_key: Any = None
         self._last_seq: Optional[int] = None
         self._last_out_t: Optional[int] = None
         self._retired: Dict[str, int] = {}
@@ -214,8 +215,12 @@ class EventPacketDecoder:
             ev = self._monotonic(ev, check_all=True)
             self._counts['events'] += len(ev)
             return PacketResult(ev, TriggerArray.empty(), stamp_ns, 0, dropped, {})
-        encoding = normalize_encoding(msg.encoding)
-        dec = self._select_decoder(encoding, int(msg.width), int(msg.height))
+        raw_key = (msg.encoding, msg.width, msg.height)
+        if raw_key == self._raw_key and self.decoder is not None:
+            dec = self.decoder
+        else:
+            dec = self._select_decoder(normalize_encoding(msg.encoding), int(msg.width), int(msg.height))
+            self._raw_key = raw_key
         res = dec.decode(msg.events, int(getattr(msg, 'time_base', 0)), bool(getattr(msg, 'is_bigendian', False)))
         ev, tr = res.events, res.triggers
         if len(ev) == 0 and len(tr) == 0:
@@ -233,8 +238,9 @@ class EventPacketDecoder:
             else:
                 offset = self.offset.offset_ns
             if offset:
-                ev = ev.shifted(offset)
-                tr = tr.shifted(offset)
+                # the codec's output arrays are fresh and owned here: shift in place
+                np.add(ev.t, np.int64(offset), out=ev.t)
+                np.add(tr.t, np.int64(offset), out=tr.t)
         ev = self._monotonic(ev, check_all='time_backwards' in res.errors)
         self._counts['events'] += len(ev)
         self._counts['triggers'] += len(tr)

@@ -49,6 +49,13 @@ class EventArray:
                 f'p {len(self.p)}')
 
     @classmethod
+    def _trusted(cls, x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray) -> 'EventArray':
+        """Internal constructor for arrays already known to be consistent (skips validation; hot paths)."""
+        obj = cls.__new__(cls)
+        obj.x, obj.y, obj.t, obj.p = x, y, t, p
+        return obj
+
+    @classmethod
     def from_arrays(cls, x: Any, y: Any, t: Any, p: Any) -> 'EventArray':
         """Build from any array-likes, converting to the canonical dtypes (p: nonzero -> 1)."""
         p_arr = np.asarray(p).reshape(-1)
@@ -73,11 +80,11 @@ class EventArray:
                    np.concatenate([a.t for a in arrays]), np.concatenate([a.p for a in arrays]))
 
     def __len__(self) -> int:
-        return int(len(self.x))
+        return self.x.shape[0]
 
     def slice(self, i: int, j: int) -> 'EventArray':
         """Events ``i`` .. ``j-1`` (views, no copy)."""
-        return EventArray(self.x[i:j], self.y[i:j], self.t[i:j], self.p[i:j])
+        return EventArray._trusted(self.x[i:j], self.y[i:j], self.t[i:j], self.p[i:j])
 
     def select(self, index: Any) -> 'EventArray':
         """Events picked by a boolean mask or an index array (copies)."""
@@ -88,7 +95,7 @@ class EventArray:
 
     def shifted(self, dt_ns: int) -> 'EventArray':
         """Same events with ``dt_ns`` added to every time stamp (x, y, p shared)."""
-        return EventArray(self.x, self.y, self.t + np.int64(dt_ns), self.p)
+        return EventArray._trusted(self.x, self.y, self.t + np.int64(dt_ns), self.p)
 
     def time_range(self, t_start_ns: int, t_end_ns: int) -> 'EventArray':
         """Events with ``t_start_ns <= t < t_end_ns``; requires time-sorted input (binary search, views)."""
@@ -134,6 +141,13 @@ class TriggerArray:
         return cls(np.empty(0, T_DTYPE), np.empty(0, np.uint8), np.empty(0, np.uint8))
 
     @classmethod
+    def _trusted(cls, t: np.ndarray, id: np.ndarray, polarity: np.ndarray) -> 'TriggerArray':  # noqa: A002
+        """Internal constructor without validation (hot paths)."""
+        obj = cls.__new__(cls)
+        obj.t, obj.id, obj.polarity = t, id, polarity
+        return obj
+
+    @classmethod
     def from_arrays(cls, t: Any, id: Any, polarity: Any) -> 'TriggerArray':  # noqa: A002 (field name)
         return cls(_as(t, T_DTYPE), _as(id, np.uint8), (np.asarray(polarity).reshape(-1) > 0).astype(np.uint8))
 
@@ -148,10 +162,10 @@ class TriggerArray:
                    np.concatenate([a.polarity for a in arrays]))
 
     def __len__(self) -> int:
-        return int(len(self.t))
+        return self.t.shape[0]
 
     def shifted(self, dt_ns: int) -> 'TriggerArray':
-        return TriggerArray(self.t + np.int64(dt_ns), self.id, self.polarity)
+        return TriggerArray._trusted(self.t + np.int64(dt_ns), self.id, self.polarity)
 
     def select(self, index: Any) -> 'TriggerArray':
         return TriggerArray(self.t[index], self.id[index], self.polarity[index])

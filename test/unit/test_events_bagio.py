@@ -190,3 +190,23 @@ def test_raw_file_header_payload_and_chunks(tmp_path):
         read_raw_evt3(evt2)
     with pytest.raises(FileNotFoundError):
         read_raw_evt3(tmp_path / 'missing.raw')
+
+
+def test_ros1_event_packet_bag(tmp_path):
+    from rosbags.rosbag1 import Writer
+
+    ts1 = make_typestore(ros1=True)
+    _, md5 = ts1.generate_msgdef('event_camera_msgs/msg/EventPacket', ros_version=1)
+    assert md5 == '8a6101b351a64529ac77bd8b71074e52'  # EVENTS_SPEC 1.1, recorded in the ROS 1 sample bag
+    T = ts1.types
+    payload = evt3_payloads()[0][0]
+    header = T['std_msgs/msg/Header'](seq=1, stamp=T['builtin_interfaces/msg/Time'](sec=3, nanosec=4), frame_id='c')
+    msg = T['event_camera_msgs/msg/EventPacket'](header=header, height=480, width=640, seq=7, time_base=0,
+                                                 encoding='evt3', is_bigendian=False,
+                                                 events=np.frombuffer(payload, np.uint8))
+    path = tmp_path / 'p.bag'
+    with Writer(path) as w:
+        c = w.add_connection('/event_camera/events', 'event_camera_msgs/msg/EventPacket', typestore=ts1)
+        w.write(c, 5, bytes(ts1.serialize_ros1(msg, 'event_camera_msgs/msg/EventPacket')))
+    (_, msgtype, _, got), = list(iter_bag_messages(path))
+    assert msgtype == 'event_camera_msgs/msg/EventPacket' and got.seq == 7 and got.events.tobytes() == payload
