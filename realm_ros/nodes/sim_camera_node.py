@@ -10,8 +10,8 @@ relative, so ``--ros-args -r __ns:=/sim1`` moves them; ``/tf_static`` stays glob
 * ``/tf_static`` (event_camera -> rgb_camera, RELIABLE TRANSIENT_LOCAL) when ``tf2_msgs`` is importable.
 
 Real time on a small CPU: at start-up the node simulates ``duration_s`` seconds once (about 10 s of CPU per
-simulated second at 224x224; cached on disk for the next start), then a publisher thread replays it against the wall clock (``rate`` x real time),
-looping when ``loop`` is true with continuing stamps, sequence numbers and sensor time. With the default ``'loop'``
+simulated second at 224x224; cached on disk for the next start), then a publisher thread replays it against the
+wall clock (``rate`` x real time), looping when ``loop`` is true with continuing stamps, sequence numbers and sensor time. With the default ``'loop'``
 trajectory the camera path is periodic in ``duration_s``, so loops join without a pose jump. Header stamps are the
 node's clock at the start of publishing plus simulation time; each packet's stamp is the ROS time of its first event.
 

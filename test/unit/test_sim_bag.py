@@ -1,6 +1,4 @@
 """Simulated bags: round trip through rosbags and realm_ros.events, packet timing, message contents."""
-import json
-
 import numpy as np
 import pytest
 
