@@ -10,10 +10,12 @@ relative, so ``--ros-args -r __ns:=/sim1`` moves them; ``/tf_static`` stays glob
 * ``/tf_static`` (event_camera -> rgb_camera, RELIABLE TRANSIENT_LOCAL) when ``tf2_msgs`` is importable.
 
 Real time on a small CPU: at start-up the node simulates ``duration_s`` seconds once (about 10 s of CPU per
-simulated second at 224x224; cached on disk for the next start), then a publisher thread replays it against the
-wall clock (``rate`` x real time), looping when ``loop`` is true with continuing stamps, sequence numbers and sensor time. With the default ``'loop'``
-trajectory the camera path is periodic in ``duration_s``, so loops join without a pose jump. Header stamps are the
-node's clock at the start of publishing plus simulation time; each packet's stamp is the ROS time of its first event.
+simulated second at 224x224; cached on disk for the next start) and encodes its EVT3 packets once, then a publisher
+thread replays them against the wall clock (``rate`` x real time), looping when ``loop`` is true with continuing
+stamps, sequence numbers and sensor time (pass k starts at k * P, P = ``duration_s`` rounded up to 4.096 ms, so later
+passes only move the payloads' TIME_HIGH words). With the default ``'loop'`` trajectory the camera path is periodic
+in ``duration_s``, so loops join without a pose jump. Header stamps are the node's clock at the start of publishing
+plus simulation time; each packet's stamp is the ROS time of its first event.
 
 Parameters: ``seed`` (0), ``width`` (224), ``height`` (224), ``hfov_deg`` (80), ``rgb_rate_hz`` (30), ``duration_s``
 (3), ``loop`` (true), ``trajectory`` ('loop' | 'drive' | 'static'), ``speed_mps`` (8), ``motion_scale`` (1),
@@ -37,7 +39,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from ..sim import topics as T
 from ..sim.camera import rotation_to_quaternion
 from ..sim.esim import EsimConfig
-from ..sim.packets import DEFAULT_SENSOR_TIME_OFFSET_US, EventPacketizer
+from ..sim.packets import (DEFAULT_SENSOR_TIME_OFFSET_US, EVT3_TIME_HIGH_US, EventPacketizer, PacketData,
+                           shift_evt3_payload)
 from ..sim.sequence import SimSequence, cache_path, load_or_simulate
 from ..sim.simulator import SimConfig, SimFrame
 from .conversions import camera_info_from_intrinsics, image_from_array, make_event_packet, make_header
@@ -152,34 +155,43 @@ class SimCameraNode(Node):
         finally:
             self.finished.set()
 
+    def _encode_packets(self, seq: SimSequence) -> tuple[list[list[PacketData]], list[PacketData]]:
+        """EVT3 packets of one pass, encoded once (times relative to the pass start): the packets due before each
+        frame, and the tail after the last frame."""
+        packetizer = EventPacketizer(int(self.params['packet_interval_us']), 0, DEFAULT_SENSOR_TIME_OFFSET_US,
+                                     seed=int(self.params['seed']))
+        per_frame = [packetizer.push(ev, frame.t_ns) for ev, frame in zip(seq.events, seq.frames)]
+        return per_frame, packetizer.flush()
+
     def _publish_loop(self, seq: SimSequence) -> None:
+        """Replay the sequence against the wall clock. Pass k starts at k * P, P = the sequence length rounded up to
+        a multiple of 4096 us, so the precomputed EVT3 payloads are reused with only their TIME_HIGH words moved
+        (:func:`shift_evt3_payload`): sensor time, stamps and seq continue across passes."""
         p = self.params
         rate = float(p['rate'])
+        per_frame, tail = self._encode_packets(seq)
+        period_us = -(-max(seq.period_ns // 1000, 1) // EVT3_TIME_HIGH_US) * EVT3_TIME_HIGH_US
         start_ros = self.get_clock().now().nanoseconds
         start_wall = time.monotonic()
-        packetizer = EventPacketizer(int(p['packet_interval_us']), start_ros, DEFAULT_SENSOR_TIME_OFFSET_US,
-                                     seed=int(p['seed']))
         if self.pub_tf is not None:
             self.pub_tf.publish(self._tf_msg(seq.T_event_rgb, start_ros))
         max_runtime = float(p['max_runtime_s'])
         last_log = start_wall
         loop = 0
         n_frames = len(seq.frames)
+        self._seq_no = 0
         while not self._stop.is_set():
-            # frames of one pass: all of them the first time, then skip frame 0 (it equals the previous pass's end)
+            # frames of one pass: all of them the first time, then skip frame 0 (it repeats the previous pass's end)
             first = 0 if loop == 0 else 1
-            offset = loop * seq.period_ns
+            shift_us = loop * period_us
+            base_ros = start_ros + shift_us * 1000
             for i in range(first, n_frames):
                 if self._stop.is_set():
                     return
-                frame = seq.frames[i]
-                t_frame = offset + frame.t_ns
-                ev = seq.events[i]
-                if len(ev):
-                    ev = ev.shifted(offset)
-                if not self._publish_packets(packetizer.push(ev, t_frame), seq, start_ros, start_wall, rate):
+                if not self._publish_packets(per_frame[i], seq, base_ros, shift_us, start_ros, start_wall, rate):
                     return
-                t_ros = start_ros + t_frame
+                frame = seq.frames[i]
+                t_ros = base_ros + frame.t_ns
                 if not self._wait_until(t_ros, start_ros, start_wall, rate):
                     return
                 self._publish_frame(seq, frame, t_ros)
@@ -190,20 +202,24 @@ class SimCameraNode(Node):
                 if now - last_log >= 5.0:
                     last_log = now
                     self.get_logger().info(f'published {self.stats}')
+            if not self._publish_packets(tail, seq, base_ros, shift_us, start_ros, start_wall, rate):
+                return
             loop += 1
             self.stats['loops'] = loop
             if not p['loop']:
-                self._publish_packets(packetizer.flush(), seq, start_ros, start_wall, rate)
                 self.get_logger().info(f'sequence finished (loop=false); published {self.stats}')
                 return
 
-    def _publish_packets(self, packets, seq: SimSequence, start_ros: int, start_wall: float, rate: float) -> bool:
+    def _publish_packets(self, packets: list[PacketData], seq: SimSequence, base_ros: int, shift_us: int,
+                         start_ros: int, start_wall: float, rate: float) -> bool:
         for pkt in packets:
-            if not self._wait_until(pkt.publish_ns, start_ros, start_wall, rate):
+            if not self._wait_until(base_ros + pkt.publish_ns, start_ros, start_wall, rate):
                 return False
-            self.pub_events.publish(make_event_packet(pkt.payload, 'evt3', seq.event_camera.width,
-                                                      seq.event_camera.height, pkt.seq, pkt.stamp_ns,
-                                                      T.EVENT_FRAME_ID))
+            payload = shift_evt3_payload(pkt.payload, shift_us) if shift_us else pkt.payload
+            self.pub_events.publish(make_event_packet(payload, 'evt3', seq.event_camera.width,
+                                                      seq.event_camera.height, self._seq_no,
+                                                      base_ros + pkt.stamp_ns, T.EVENT_FRAME_ID))
+            self._seq_no += 1
             self.stats['packets'] += 1
             self.stats['events'] += pkt.num_events
         return True

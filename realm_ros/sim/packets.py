@@ -29,6 +29,27 @@ from ..events.types import EventArray
 DEFAULT_START_TIME_NS = 1_700_000_000_000_000_000
 #: Default sensor clock value at the start of a sequence (us); arbitrary like a real camera's counter.
 DEFAULT_SENSOR_TIME_OFFSET_US = 5_000_000
+#: EVT3 TIME_HIGH unit (us): payloads can be moved in time by multiples of it without re-encoding.
+EVT3_TIME_HIGH_US = 4096
+
+
+def shift_evt3_payload(payload: bytes, delta_us: int) -> bytes:
+    """The EVT3 payload of the same events ``delta_us`` later (a multiple of 4096 us), without re-encoding.
+
+    Only TIME_HIGH words (type 8) change: their 12-bit value grows by ``delta_us / 4096`` modulo 4096, exactly what
+    :func:`~realm_ros.events.encoders.encode_evt3` writes for the shifted times (TIME_LOW words are unchanged). Used
+    to replay a precomputed sequence in a loop with continuing sensor time at negligible cost.
+    """
+    delta_us = int(delta_us)
+    if delta_us % EVT3_TIME_HIGH_US:
+        raise ValueError(f'delta_us must be a multiple of {EVT3_TIME_HIGH_US} us, got {delta_us}')
+    k = (delta_us // EVT3_TIME_HIGH_US) & 0xFFF
+    if k == 0:
+        return bytes(payload)
+    words = np.frombuffer(payload, dtype='<u2').copy()
+    high = (words >> 12) == 8
+    words[high] = 0x8000 | ((words[high] & 0xFFF) + k) & 0xFFF
+    return words.tobytes()
 
 
 @dataclass

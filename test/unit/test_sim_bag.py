@@ -174,3 +174,16 @@ def test_packetizer_windows_carry_over_and_sensor_wrap():
     np.testing.assert_array_equal(out.t, sensor * 1000)
     with pytest.raises(ValueError, match='back in time'):
         pk.push(ev.slice(0, 1), t_until_ns=4_000_000)
+
+
+def test_shifted_evt3_payload_equals_re_encoding():
+    from realm_ros.events.encoders import encode_evt3
+    from realm_ros.sim.packets import shift_evt3_payload
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.integers(16_770_000, 16_790_000, 500))          # crosses the 2^24 us wrap
+    x, y, p = rng.integers(0, 300, 500), rng.integers(0, 200, 500), rng.integers(0, 2, 500)
+    payload = encode_evt3(x, y, t, p)
+    for k in (1, 7, 4095, 4096 * 3 + 5):
+        assert shift_evt3_payload(payload, 4096 * k) == encode_evt3(x, y, t + 4096 * k, p)
+    with pytest.raises(ValueError, match='multiple of 4096'):
+        shift_evt3_payload(payload, 1000)
