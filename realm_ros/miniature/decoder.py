@@ -1,0 +1,230 @@
+"""Training of the miniature MASt3R-style decoder on the frozen mini teacher.
+
+Same module as the full-size DUNE-MASt3R (:class:`realm_ros.models.mast3r.DuneMast3rDecoder`), tiny configuration.
+It reads the teacher's pre-final-norm patch tokens of two views (``encoder.get_mast3r_tokens``, the official
+DUNE-MASt3R input) and is supervised with simulator ground truth:
+
+* **3-D points** - ``pts3d`` of view 1 in its own camera frame and ``pts3d_in_other_view`` (view 2's pixels in view
+  1's frame), from the rendered depth and the two poses. Confidence-weighted regression as in DUSt3R:
+  ``conf * err - alpha * log(conf)`` with ``err = |p_hat - p| / max(|p|, 1 m)`` (relative far away, absolute up
+  close, so a 100 m facade does not drown the near field); sky pixels are not supervised.
+* **Descriptors** - InfoNCE over ground-truth correspondences (:func:`realm_ros.miniature.data.correspondences`):
+  for ``M`` sampled matches the descriptor of a pixel in view 1 must pick its partner in view 2 among the ``M``
+  candidates (both directions, temperature ``tau``), weighted by the descriptor confidences with the same
+  ``w * loss - beta * log(w)`` rule, so ``desc_conf`` learns where matches are reliable.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from realm_ros.models.dune_model import DuneModel
+from realm_ros.models.mast3r import DuneMast3rConfig, DuneMast3rDecoder
+
+from .data import PairBatch, PairSampler, correspondences, pts3d_in_frame, rgb_to_tensor, split_seeds
+from .teacher import round_to_half, warmup_cosine
+
+__all__ = ['DecoderConfig', 'build_decoder', 'DecoderTrainer', 'train_decoder', 'pair_targets', 'pts3d_loss',
+           'matching_loss']
+
+
+@dataclass
+class DecoderConfig:
+    """Decoder architecture (tiny DUNE-MASt3R) and training settings (defaults: the shipped recipe)."""
+
+    dec_depth: int = 2
+    dec_embed_dim: int = 192
+    dec_num_heads: int = 3
+    dpt_feature_dim: int = 32
+    dpt_layer_dims: Tuple[int, int, int, int] = (16, 32, 64, 128)
+    local_mlp_ratio: float = 1.0
+    desc_dim: int = 24
+    scenes: int = 200
+    scene_duration_s: float = 12.0
+    min_dt: float = 0.03
+    max_dt: float = 0.5
+    steps: int = 600
+    batch_size: int = 8
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.02
+    warmup_steps: int = 40
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    conf_alpha: float = 0.2
+    matches_per_pair: int = 1024
+    tau: float = 0.07
+    match_weight: float = 1.0
+    desc_conf_beta: float = 0.2
+    max_depth: float = 200.0
+    seed: int = 1
+    log_every: int = 20
+
+
+def build_decoder(cfg: DecoderConfig, enc_dim: int = 192) -> DuneMast3rDecoder:
+    """The tiny DUNE-MASt3R decoder described by ``cfg`` (official module layout, ``realm_*`` model-string keys)."""
+    mcfg = DuneMast3rConfig.tiny(enc_embed_dim=enc_dim, dec_embed_dim=cfg.dec_embed_dim, dec_depth=cfg.dec_depth,
+                                 dec_num_heads=cfg.dec_num_heads, dpt_feature_dim=cfg.dpt_feature_dim,
+                                 dpt_layer_dims=tuple(cfg.dpt_layer_dims), local_mlp_ratio=cfg.local_mlp_ratio,
+                                 desc_dim=cfg.desc_dim)
+    return DuneMast3rDecoder(mcfg, dune_backbone_name='mini_teacher')
+
+
+def pair_targets(pairs: PairBatch, matches: int, rng: np.random.Generator, max_depth: float = 200.0
+                 ) -> Dict[str, torch.Tensor]:
+    """Ground truth of a pair batch: ``pts1`` (B, H, W, 3) view-1 points in frame 1, ``pts2`` (B, H, W, 3) view-2
+    points in frame 1 (NaN where no depth / beyond ``max_depth``), ``xy1``/``xy2`` (B, M, 2) sampled correspondences
+    (int64 x, y) with ``match_valid`` (B, M) (False pads pairs with fewer than M matches)."""
+    a, b = pairs.first, pairs.second
+    K = a.K
+    n = len(a.rgb)
+    pts1, pts2, xy1s, xy2s, valid = [], [], [], [], []
+    for i in range(n):
+        T12 = np.linalg.inv(a.poses[i]) @ b.poses[i]
+        d1 = np.where(a.depth[i] <= max_depth, a.depth[i], np.inf)
+        d2 = np.where(b.depth[i] <= max_depth, b.depth[i], np.inf)
+        pts1.append(pts3d_in_frame(d1, K))
+        pts2.append(pts3d_in_frame(d2, K, T12))
+        xy1, xy2 = correspondences(d1, d2, a.poses[i], b.poses[i], K)
+        m = min(matches, len(xy1))
+        pick = rng.choice(len(xy1), size=m, replace=False) if m else np.zeros(0, dtype=np.int64)
+        pad = matches - m
+        xy1s.append(np.concatenate([xy1[pick], np.zeros((pad, 2), np.int64)]))
+        xy2s.append(np.concatenate([xy2[pick], np.zeros((pad, 2), np.int64)]))
+        valid.append(np.arange(matches) < m)
+    return dict(pts1=torch.from_numpy(np.stack(pts1)).float(), pts2=torch.from_numpy(np.stack(pts2)).float(),
+                xy1=torch.from_numpy(np.stack(xy1s)), xy2=torch.from_numpy(np.stack(xy2s)),
+                match_valid=torch.from_numpy(np.stack(valid)))
+
+
+def pts3d_loss(pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, alpha: float) -> Tuple[torch.Tensor,
+                                                                                                 torch.Tensor]:
+    """Confidence-weighted relative 3-D point error over pixels with finite ground truth.
+
+    Returns ``(loss, mean relative error)``."""
+    valid = torch.isfinite(gt).all(-1)
+    g = torch.where(valid[..., None], gt, torch.zeros_like(gt))
+    err = (pred - g).norm(dim=-1) / g.norm(dim=-1).clamp_min(1.0)
+    err = torch.where(valid, err, torch.zeros_like(err))
+    c = torch.where(valid, conf, torch.ones_like(conf))
+    n = valid.sum().clamp_min(1)
+    loss = ((c * err - alpha * c.log()) * valid).sum() / n
+    return loss, err.sum().detach() / n
+
+
+def _gather(x: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """x (B, H, W, C) or (B, H, W) at integer pixels xy (B, M, 2) -> (B, M, C) / (B, M)."""
+    b, h, w = x.shape[:3]
+    idx = (xy[..., 1] * w + xy[..., 0]).to(x.device)
+    flat = x.reshape(b, h * w, -1)
+    out = torch.gather(flat, 1, idx.unsqueeze(-1).expand(-1, -1, flat.shape[-1]))
+    return out if x.dim() == 4 else out[..., 0]
+
+
+def matching_loss(desc1: torch.Tensor, desc2: torch.Tensor, dconf1: torch.Tensor, dconf2: torch.Tensor,
+                  xy1: torch.Tensor, xy2: torch.Tensor, valid: torch.Tensor, tau: float, beta: float
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE over sampled correspondences, confidence-weighted. Returns ``(loss, top-1 accuracy)``."""
+    d1 = _gather(desc1, xy1)                  # (B, M, D)
+    d2 = _gather(desc2, xy2)
+    w = (_gather(dconf1, xy1) * _gather(dconf2, xy2)).clamp_min(1e-6).sqrt()
+    logits = torch.einsum('bmd,bnd->bmn', d1, d2) / tau
+    vd = valid.to(logits.device)
+    mask = vd[:, :, None] & vd[:, None, :]
+    logits = logits.masked_fill(~mask, -1e4)
+    target = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
+    l12 = F.cross_entropy(logits.transpose(1, 2), target, reduction='none')
+    l21 = F.cross_entropy(logits, target, reduction='none')   # rows of logits^T: each view-2 pixel over view 1
+    per = 0.5 * (l12 + l21)
+    v = valid.to(per.device).float()
+    n = v.sum().clamp_min(1)
+    loss = ((w * per - beta * w.log()) * v).sum() / n
+    acc = ((logits.argmax(-1) == target).float() * v).sum() / n
+    return loss, acc.detach()
+
+
+class DecoderTrainer:
+    """Trains a tiny decoder on a frozen teacher with pairs from the training scenes."""
+
+    def __init__(self, cfg: DecoderConfig, teacher: DuneModel, image_size: int, device: torch.device | str = 'cpu',
+                 log: Callable[[str], None] = print) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.log = log
+        self.image_size = int(image_size)
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        torch.manual_seed(cfg.seed)
+        self.decoder = build_decoder(cfg, teacher.encoder.embed_dim).to(self.device)
+        self.decoder.set_attention_impl('sdpa')
+        self.sampler = PairSampler(split_seeds('train', cfg.scenes), image_size, cfg.scene_duration_s, cfg.min_dt,
+                                   cfg.max_dt)
+        self.rng = np.random.default_rng(cfg.seed)
+        params = list(self.decoder.parameters())
+        self.opt = torch.optim.AdamW([{'params': [p for p in params if p.dim() >= 2],
+                                       'weight_decay': cfg.weight_decay},
+                                      {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
+                                     lr=cfg.lr)
+        self.history: List[Dict[str, float]] = []
+
+    @torch.no_grad()
+    def tokens(self, rgb: np.ndarray) -> torch.Tensor:
+        """Teacher pre-norm patch tokens of uint8 RGB images (B, H, W, 3)."""
+        return self.teacher.encoder.get_mast3r_tokens(rgb_to_tensor(rgb, self.device))
+
+    def losses(self, pairs: PairBatch) -> Dict[str, torch.Tensor]:
+        cfg = self.cfg
+        gt = pair_targets(pairs, cfg.matches_per_pair, self.rng, cfg.max_depth)
+        t1, t2 = self.tokens(pairs.first.rgb), self.tokens(pairs.second.rgb)
+        shape = (self.image_size, self.image_size)
+        p1, p2 = self.decoder(t1, t2, shape, shape)
+        l1, e1 = pts3d_loss(p1['pts3d'], p1['conf'], gt['pts1'].to(self.device), cfg.conf_alpha)
+        l2, e2 = pts3d_loss(p2['pts3d_in_other_view'], p2['conf'], gt['pts2'].to(self.device), cfg.conf_alpha)
+        lm, acc = matching_loss(p1['desc'], p2['desc'], p1['desc_conf'], p2['desc_conf'], gt['xy1'], gt['xy2'],
+                                gt['match_valid'], cfg.tau, cfg.desc_conf_beta)
+        loss = l1 + l2 + cfg.match_weight * lm
+        return dict(loss=loss, pts1=l1.detach(), pts2=l2.detach(), rel_err1=e1, rel_err2=e2, match=lm.detach(),
+                    match_acc=acc)
+
+    def train(self) -> DuneMast3rDecoder:
+        cfg = self.cfg
+        self.decoder.train()
+        t0 = time.time()
+        run: Dict[str, float] = {}
+        count = 0
+        for step in range(cfg.steps):
+            for g in self.opt.param_groups:
+                g['lr'] = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+            terms = self.losses(self.sampler.sample(cfg.batch_size, self.rng))
+            self.opt.zero_grad(set_to_none=True)
+            terms['loss'].backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.decoder.parameters(), cfg.grad_clip)
+            self.opt.step()
+            for k, v in terms.items():
+                run[k] = run.get(k, 0.0) + float(v.detach())
+            count += 1
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                rec = {k: v / count for k, v in run.items()}
+                rec.update(step=step + 1, seconds=time.time() - t0)
+                self.history.append(rec)
+                self.log(f'decoder step {step + 1}/{cfg.steps} loss {rec["loss"]:.4f} (pts rel err '
+                         f'{rec["rel_err1"]:.3f}/{rec["rel_err2"]:.3f}, match acc {rec["match_acc"]:.3f}) '
+                         f'{rec["seconds"]:.0f} s')
+                run, count = {}, 0
+        self.decoder.eval().requires_grad_(False)
+        round_to_half(self.decoder)
+        return self.decoder
+
+
+def train_decoder(cfg: DecoderConfig, teacher: DuneModel, image_size: int, device: torch.device | str = 'cpu',
+                  log: Callable[[str], None] = print) -> Tuple[DuneMast3rDecoder, Dict[str, object]]:
+    """Train the decoder; returns the frozen (float16-rounded) decoder and a training record."""
+    trainer = DecoderTrainer(cfg, teacher, image_size, device, log)
+    t0 = time.time()
+    dec = trainer.train()
+    return dec, dict(config=asdict(cfg), seconds=time.time() - t0, history=trainer.history)
