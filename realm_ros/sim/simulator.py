@@ -64,6 +64,10 @@ class SimConfig:
             v = getattr(self, name)
             if not 8 <= int(v) <= 2048:
                 raise ValueError(f'{name} must be in 8..2048 (EVT3 has 11-bit addresses), got {v}')
+        for name in ('rgb_width', 'rgb_height'):
+            v = getattr(self, name)
+            if v is not None and not 8 <= int(v) <= 8192:
+                raise ValueError(f'{name} must be in 8..8192 or None (same as the event camera), got {v}')
         if self.trajectory not in TRAJECTORY_KINDS:
             raise ValueError(f'unknown trajectory {self.trajectory!r}; expected one of {TRAJECTORY_KINDS}')
         if not self.rgb_rate_hz > 0:
