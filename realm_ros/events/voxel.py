@@ -14,12 +14,14 @@ For event i of a window (time-sorted; t_0 first, t_{N-1} last):
   ``'e2vid'`` (mean / population std; zero std is guarded the same way instead of producing inf), ``'none'``.
 * events with x >= W or y >= H are ignored.
 
-Backends: ``'numba'`` (CPU, one fused pass + stats over touched cells only) and ``'torch'`` (any device: one
+Backends: ``'numba'`` (CPU: one scatter pass, then sequential SIMD passes for the statistics and the
+normalisation) and ``'torch'`` (any device: one
 host->device copy of a packed int64 array, ``index_add_`` scatter, normalisation on the device). ``'auto'`` picks
 numba on CPU and torch elsewhere.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np
@@ -28,7 +30,6 @@ from ._jit import njit
 from .types import EventArray, as_event_array
 
 NORMALIZATIONS = ('dsec', 'e2vid', 'none')
-_NORM_CODE = {'none': 0, 'e2vid': 1, 'dsec': 2}
 
 
 def _to_numpy_events(events: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -63,24 +64,13 @@ def _time_params(t: np.ndarray, bins: int, t_range: Optional[Tuple[int, int]], t
 
 
 @njit
-def _voxel_numba(x, y, t, p, t0, dT, scale, bins, height, width, norm, grid):  # pragma: no cover - compiled
-    """Scatter into ``grid`` (zeroed, float32, bins*H*W); normalise the non-zero cells.
-
-    The non-zero count, sum and sum of squares are kept up to date while scattering (from the value each add
-    replaces), so normalisation needs one more pass over the touched cells only.
-    """
+def _voxel_scatter(x, y, t, p, t0, dT, scale, bins, height, width, grid):  # pragma: no cover - compiled
+    """Temporal bilinear splatting of +-1 into the zeroed float32 ``grid`` (bins*H*W); returns events used."""
     hw = height * width
-    n = x.shape[0]
-    track = norm != 0
-    touched = np.empty(2 * n + 1 if track else 0, np.int32)  # cells that were zero before an add
-    nt = 0
-    cnt = 0
-    s = 0.0
-    ss = 0.0
-    rezero = 0  # cells that cancelled to exactly 0 (may then be listed twice)
+    used = 0
     fdT = np.float64(dT)
     t_end = t0 + dT
-    for i in range(n):
+    for i in range(x.shape[0]):
         xi = np.int64(x[i])
         yi = np.int64(y[i])
         if xi >= width or yi >= height:
@@ -96,68 +86,51 @@ def _voxel_numba(x, y, t, p, t0, dT, scale, bins, height, width, norm, grid):  #
         frac = ts - b
         v = 1.0 if p[i] else -1.0
         idx = b * hw + yi * width + xi
-        for side in range(2):
-            if side == 1:
-                if b + 1 >= bins or frac == 0.0:
-                    break
-                idx += hw
-                wgt = np.float32(v * frac)
-            else:
-                wgt = np.float32(v * (1.0 - frac))
-            a = grid[idx]
-            r = a + wgt
-            grid[idx] = r
-            if track:
-                ad = np.float64(a)
-                rd = np.float64(r)
-                s += rd - ad
-                ss += rd * rd - ad * ad
-                # branch-free bookkeeping (the outcome is data dependent and would mispredict)
-                touched[nt] = idx
-                az = a == 0.0
-                rz = r == 0.0
-                new = az and not rz
-                gone = rz and not az
-                nt += new
-                cnt += new
-                cnt -= gone
-                rezero += gone
-    if not track or cnt == 0:
-        return nt
-    vals = np.empty(nt if rezero else 0, np.float32)
-    if rezero:
-        # rare exact cancellations: recompute the statistics from the touched list without double counting; each
-        # value is moved out of the grid so that a second entry for the same cell reads 0 and is skipped
-        cnt = 0
-        s = 0.0
-        ss = 0.0
-        for k in range(nt):
-            idx = touched[k]
-            v = grid[idx]
-            vals[k] = v
-            if v != 0.0:
-                grid[idx] = 0.0
-                cnt += 1
-                s += np.float64(v)
-                ss += np.float64(v) * np.float64(v)
-        if cnt == 0:
-            return nt
-    mean = s / cnt
-    var_sum = max(ss - s * mean, 0.0)  # sum of squared deviations
-    if norm == 1:
-        std = np.sqrt(var_sum / cnt)
+        grid[idx] += np.float32(v * (1.0 - frac))
+        if b + 1 < bins and frac > 0.0:
+            grid[idx + hw] += np.float32(v * frac)
+        used += 1
+    return used
+
+
+@njit(fastmath=True)
+def _nonzero_stats(grid):  # pragma: no cover - compiled
+    """(count, sum, sum of squares) of the non-zero cells; one sequential (SIMD) pass."""
+    s = 0.0
+    ss = 0.0
+    c = 0
+    for i in range(grid.shape[0]):
+        v = np.float64(grid[i])
+        c += v != 0.0
+        s += v
+        ss += v * v
+    return c, s, ss
+
+
+@njit(fastmath=True)
+def _normalize_nonzero(grid, mean, inv):  # pragma: no cover - compiled
+    m = np.float32(mean)
+    iv = np.float32(inv)
+    zero = np.float32(0.0)
+    for i in range(grid.shape[0]):
+        v = grid[i]
+        grid[i] = (v - m) * iv if v != zero else zero
+
+
+def _normalize_numpy_grid(flat: np.ndarray, normalization: str) -> None:
+    """In-place non-zero normalisation of a float32 grid (CPU)."""
+    if normalization == 'none':
+        return
+    c, s, ss = _nonzero_stats(flat)
+    if c == 0:
+        return
+    mean = s / c
+    var_sum = max(ss - s * mean, 0.0)  # sum of squared deviations of the non-zero cells
+    if normalization == 'e2vid':
+        std = math.sqrt(var_sum / c)
     else:
-        std = np.sqrt(var_sum / (cnt - 1)) if cnt > 1 else 0.0
-    inv = 1.0 / std if std > 0.0 else 1.0
-    if rezero:
-        for k in range(nt):
-            if vals[k] != 0.0:
-                grid[touched[k]] = np.float32((np.float64(vals[k]) - mean) * inv)
-        return nt
-    for k in range(nt):
-        idx = touched[k]
-        grid[idx] = np.float32((np.float64(grid[idx]) - mean) * inv)
-    return nt
+        std = math.sqrt(var_sum / (c - 1)) if c > 1 else 0.0
+    _normalize_nonzero(flat, mean, 1.0 / std if std > 0.0 else 1.0)
 
 
 def _normalize_torch(flat: Any, normalization: str) -> None:
@@ -252,8 +225,10 @@ def voxel_grid(events: Any, bins: int = 5, height: Optional[int] = None, width: 
         if dev.type != 'cpu':
             raise ValueError('the numba voxel backend runs on the CPU only; use backend="torch" for GPUs')
         grid = torch.zeros(bins * height * width, dtype=torch.float32)
-        _voxel_numba(x, y, t, p, np.int64(t0), np.int64(dT), np.int64(scale), np.int64(bins), np.int64(height),
-                     np.int64(width), _NORM_CODE[normalization], grid.numpy())
+        flat = grid.numpy()
+        _voxel_scatter(x, y, t, p, np.int64(t0), np.int64(dT), np.int64(scale), np.int64(bins), np.int64(height),
+                       np.int64(width), flat)
+        _normalize_numpy_grid(flat, normalization)
         return grid.view(bins, height, width)
     if backend != 'torch':
         raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
