@@ -16,13 +16,15 @@ For event i of a window (time-sorted; t_0 first, t_{N-1} last):
 
 Backends: ``'numba'`` (CPU: one scatter pass, then sequential SIMD passes for the statistics and the
 normalisation) and ``'torch'`` (any device: one
-host->device copy of a packed int64 array, ``index_add_`` scatter, normalisation on the device). ``'auto'`` picks
+host->device copy of the packed raw bytes from a reused pinned buffer, ``index_add_`` scatter, normalisation on the
+device without host synchronisation). ``'auto'`` picks
 numba on CPU and torch elsewhere.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple, Union
+import threading
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -32,9 +34,15 @@ from .types import EventArray, as_event_array
 NORMALIZATIONS = ('dsec', 'e2vid', 'none')
 
 
+def _canonical(x: Any, y: Any, t: Any, p: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Contiguous uint16 / uint16 / int64 / uint8 arrays (no copy when they already are)."""
+    return (np.ascontiguousarray(x, np.uint16), np.ascontiguousarray(y, np.uint16), np.ascontiguousarray(t, np.int64),
+            np.ascontiguousarray(p, np.uint8))
+
+
 def _to_numpy_events(events: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(events, EventArray):
-        return events.x, events.y, events.t, events.p
+        return _canonical(events.x, events.y, events.t, events.p)
     try:
         import torch
 
@@ -43,7 +51,7 @@ def _to_numpy_events(events: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, n
     except ImportError:  # pragma: no cover - torch is required for the grid anyway
         pass
     ev = as_event_array(events)
-    return ev.x, ev.y, ev.t, ev.p
+    return _canonical(ev.x, ev.y, ev.t, ev.p)
 
 
 def _time_params(t: np.ndarray, bins: int, t_range: Optional[Tuple[int, int]], temporal_scale: str
@@ -134,58 +142,95 @@ def _normalize_numpy_grid(flat: np.ndarray, normalization: str) -> None:
 
 
 def _normalize_torch(flat: Any, normalization: str) -> None:
+    """In-place non-zero normalisation on any device without host synchronisation (no boolean indexing)."""
     import torch
 
     if normalization == 'none':
         return
     nz = flat != 0
-    vals = flat[nz].double()
-    n = vals.numel()
-    if n == 0:
-        return
-    mean = vals.mean()
+    v = flat.double()
+    cnt = nz.sum().double()
+    s = v.sum()
+    ss = (v * v).sum()
+    mean = s / cnt.clamp(min=1.0)
+    var_sum = (ss - s * mean).clamp(min=0.0)
     if normalization == 'e2vid':
-        std = vals.std(correction=0)
+        std = (var_sum / cnt.clamp(min=1.0)).sqrt()
     else:
-        std = vals.std(correction=1) if n > 1 else torch.zeros((), dtype=vals.dtype, device=vals.device)
-    centred = vals - mean
-    out = torch.where(std > 0, centred / torch.where(std > 0, std, torch.ones_like(std)), centred)
-    flat[nz] = out.to(flat.dtype)
+        std = (var_sum / (cnt - 1.0).clamp(min=1.0)).sqrt() * (cnt > 1)
+    inv = torch.where(std > 0, 1.0 / torch.where(std > 0, std, torch.ones_like(std)), torch.ones_like(std))
+    out = ((v - mean) * inv).to(flat.dtype)
+    flat.copy_(torch.where(nz, out, torch.zeros_like(out)))
+
+
+class _Staging(threading.local):
+    """Per-thread pinned host buffers for the single host->device copy (reused; guarded by a CUDA event)."""
+
+    def __init__(self) -> None:
+        self.buffers: Dict[str, Any] = {}
+        self.events: Dict[str, Any] = {}
+
+
+_STAGING = _Staging()
+
+
+def _host_buffer(device: Any, nbytes: int) -> Any:
+    """A uint8 host tensor of at least ``nbytes``: pinned and reused for CUDA, plain otherwise."""
+    import torch
+
+    if device.type != 'cuda':
+        return torch.empty(nbytes, dtype=torch.uint8)
+    key = str(device)
+    ev = _STAGING.events.get(key)
+    if ev is not None:
+        ev.synchronize()  # the previous copy out of this buffer has finished
+    buf = _STAGING.buffers.get(key)
+    if buf is None or buf.numel() < nbytes:
+        buf = torch.empty(int(nbytes * 1.25) + 4096, dtype=torch.uint8, pin_memory=True)
+        _STAGING.buffers[key] = buf
+    return buf
 
 
 def _voxel_torch(x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray, t0: int, dT: int, scale: int,
                  bins: int, height: int, width: int, normalization: str, device: Any) -> Any:
+    """Voxel grid on any torch device: one host->device copy of the raw (t, x, y, p) bytes, then device ops only."""
     import torch
 
     hw = height * width
-    keep = (x < width) & (y < height) & (t >= t0) & (t <= t0 + dT)
-    if not keep.all():
-        x, y, t, p = x[keep], y[keep], t[keep], p[keep]
     n = len(x)
     flat = torch.zeros(bins * hw, dtype=torch.float32, device=device)
     if n:
-        # one host->device copy: row 0 = pixel index * 2 + polarity, row 1 = t - t0 (int64)
-        packed = np.empty((2, n), np.int64)
-        np.multiply(y, width, out=packed[0], dtype=np.int64)
-        packed[0] += x
-        packed[0] <<= 1
-        packed[0] |= p & 1
-        np.subtract(t, t0, out=packed[1])
-        dev = torch.from_numpy(packed).to(device, non_blocking=False)
-        pix = dev[0] >> 1
-        val = (dev[0] & 1).to(torch.float32) * 2.0 - 1.0
-        # int64 difference (done on the host) times scale, then a float64 quotient (exact for integer results)
-        tstar = (dev[1] * scale).to(torch.float64).div_(float(dT))
-        b = tstar.floor()
-        frac = (tstar - b).to(torch.float32)
-        b = b.to(torch.int64)
-        idx0 = b * hw + pix
-        in0 = b < bins
-        w0 = torch.where(in0, val * (1.0 - frac), torch.zeros_like(val))
-        idx0 = torch.where(in0, idx0, torch.zeros_like(idx0))
-        in1 = (b + 1) < bins
-        w1 = torch.where(in1, val * frac, torch.zeros_like(val))
-        idx1 = torch.where(in1, idx0 + hw, torch.zeros_like(idx0))
+        # packed layout (8-byte aligned int64 first): t int64 | x uint16 | y uint16 | p uint8
+        nbytes = 13 * n
+        host = _host_buffer(device, nbytes)
+        hb = host.numpy()
+        hb[:8 * n] = t.view(np.uint8)
+        hb[8 * n:10 * n] = x.view(np.uint8)
+        hb[10 * n:12 * n] = y.view(np.uint8)
+        hb[12 * n:13 * n] = p.view(np.uint8)
+        if device.type == 'cuda':
+            dev = host[:nbytes].to(device, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(torch.cuda.current_stream(device))
+            _STAGING.events[str(device)] = ev
+        else:
+            dev = host[:nbytes]
+        td = dev[:8 * n].view(torch.int64)
+        xd = dev[8 * n:10 * n].view(torch.int16).to(torch.int64) & 0xFFFF
+        yd = dev[10 * n:12 * n].view(torch.int16).to(torch.int64) & 0xFFFF
+        val = (dev[12 * n:].ne(0)).to(torch.float32) * 2.0 - 1.0
+        rel = td - t0
+        # int64 difference times scale, then a float64 quotient (exact for integer results)
+        tstar = (rel * scale).to(torch.float64).div_(float(dT))
+        bf = tstar.floor()
+        frac = (tstar - bf).to(torch.float32)
+        b = bf.to(torch.int64)
+        ok = (xd < width) & (yd < height) & (rel >= 0) & (rel <= dT) & (b < bins)
+        idx0 = torch.where(ok, b * hw + yd * width + xd, torch.zeros_like(b))
+        w0 = torch.where(ok, val * (1.0 - frac), torch.zeros_like(val))
+        ok1 = ok & ((b + 1) < bins)
+        idx1 = torch.where(ok1, idx0 + hw, torch.zeros_like(b))
+        w1 = torch.where(ok1, val * frac, torch.zeros_like(val))
         flat.index_add_(0, torch.cat([idx0, idx1]), torch.cat([w0, w1]))
     _normalize_torch(flat, normalization)
     return flat.view(bins, height, width)
