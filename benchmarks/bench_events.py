@@ -278,7 +278,6 @@ def main() -> int:
             torch.cuda.synchronize()
             del tensors
 
-        global CLOCK
         clock, CLOCK = CLOCK, time.perf_counter  # GPU work is not thread CPU time
         t_g, m_g = timed(gpu, max(rep, 30))
         t_copy4, _ = timed(gpu_numpy_baseline, max(rep, 30))
