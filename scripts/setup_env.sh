@@ -3,9 +3,9 @@
 #
 # * With a real ROS 2 install sourced (ROS_DISTRO set and rclpy importable): a virtual environment with
 #   --system-site-packages so the system rclpy/messages are used; only the Python ML dependencies are added,
-#   and event_camera_msgs is built from interfaces/ only if the install lacks it.
+#   and event_camera_msgs / tf2_msgs are built from interfaces/ only if the install lacks them.
 # * Without ROS (plain Linux, CI): ROS 2 Kilted core from PyPI wheels (real rclpy over Fast DDS), event_camera_msgs
-#   built with rosidl + cmake, torch (CPU build, pinned), peft, rosbags, ... and realm_ros itself (editable).
+#   and tf2_msgs (TFMessage only) built with rosidl + cmake, torch (CPU build, pinned), peft, rosbags, ... and realm_ros itself (editable).
 #
 # Result: $REALM_VENV (default <repo>/.venv) and one activation file $REALM_VENV/realm_env.sh that sets
 # PATH, AMENT_PREFIX_PATH, LD_LIBRARY_PATH and PYTHONPATH. A second run with nothing to do returns in seconds.
@@ -49,7 +49,7 @@ fingerprint() {
   {
     echo "$SYSTEM_ROS $TORCH_SPEC ${ROS_DISTRO:-none}"
     printf '%s\n' "${ROS_WHEELS[@]}" "${ROSIDL_WHEELS[@]}" "${PY_DEPS[@]}"
-    cat "$ROOT/setup.py" "$ROOT/requirements-ml.txt" "$ROOT/requirements-test.txt" "$ROOT/interfaces/event_camera_msgs/msg/"*.msg "$ROOT/interfaces/event_camera_msgs/CMakeLists.txt"
+    cat "$ROOT/setup.py" "$ROOT/requirements-ml.txt" "$ROOT/requirements-test.txt" "$ROOT"/interfaces/*/msg/*.msg "$ROOT"/interfaces/*/CMakeLists.txt
   } | sha256sum | cut -d' ' -f1
 }
 STAMP="$VENV/.realm_setup_stamp"
@@ -81,10 +81,13 @@ log "installing Python dependencies ($TORCH_SPEC, peft, rosbags, ...)"
 pip_install "${PY_DEPS[@]}"
 
 # ---------------------------------------------------------------------------------------------------------------
-# event_camera_msgs: use the installed one when present, else build it from interfaces/ with rosidl.
-have_ecm() {
+# Interface packages in interfaces/ (event_camera_msgs, tf2_msgs): use the installed ones when present, else build
+# them with rosidl + cmake into $OVERLAY. (msg module to probe for each package)
+declare -A IFACE_PROBE=([event_camera_msgs]='from event_camera_msgs.msg import EventPacket'
+                        [tf2_msgs]='from tf2_msgs.msg import TFMessage')
+have_iface() {  # $1 = package
   # shellcheck disable=SC1090
-  ( [ -f "$ENV_FILE.partial" ] && . "$ENV_FILE.partial"; "$VPY" -c 'from event_camera_msgs.msg import EventPacket' ) >/dev/null 2>&1
+  ( [ -f "$ENV_FILE.partial" ] && . "$ENV_FILE.partial"; "$VPY" -c "${IFACE_PROBE[$1]}" ) >/dev/null 2>&1
 }
 
 write_env() {  # $1 = output file
@@ -107,7 +110,7 @@ export RMW_IMPLEMENTATION="\${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 EOF
   else
     cat >> "$1" <<EOF
-if [ -f "$OVERLAY/lib/$pyver/site-packages/event_camera_msgs/__init__.py" ]; then
+if [ -d "$OVERLAY/lib/$pyver/site-packages" ]; then
   export AMENT_PREFIX_PATH="$OVERLAY:\$AMENT_PREFIX_PATH"
   export LD_LIBRARY_PATH="$OVERLAY/lib:\${LD_LIBRARY_PATH:-}"
   export PYTHONPATH="$OVERLAY/lib/$pyver/site-packages:\${PYTHONPATH:-}"
@@ -118,39 +121,47 @@ EOF
 
 write_env "$ENV_FILE.partial"
 
-if have_ecm && [ ! -d "$OVERLAY/share/event_camera_msgs" ]; then
-  log "event_camera_msgs found in the ROS install"
-else
-  log "building event_camera_msgs from interfaces/event_camera_msgs (rosidl + cmake)"
-  if [ "$SYSTEM_ROS" = 0 ]; then
-    # The wheels' exported CMake files name their build machine's Python/numpy include paths; point them here.
-    INC="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
-    NPINC="$("$VPY" -c 'import numpy; print(numpy.get_include())')"
-    { grep -rlE '/opt/python/cp3[0-9]+-cp3[0-9]+' "$VENV/share" --include='*.cmake' 2>/dev/null || true; } | while read -r f; do
-      sed -i -E "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$NPINC#g; \
-                 s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$INC#g" "$f"
-    done
+CMAKE_PATHS_FIXED=0
+fix_wheel_cmake_paths() {
+  # The wheels' exported CMake files name their build machine's Python/numpy include paths; point them here.
+  [ "$SYSTEM_ROS" = 0 ] && [ "$CMAKE_PATHS_FIXED" = 0 ] || return 0
+  local INC NPINC
+  INC="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  NPINC="$("$VPY" -c 'import numpy; print(numpy.get_include())')"
+  { grep -rlE '/opt/python/cp3[0-9]+-cp3[0-9]+' "$VENV/share" --include='*.cmake' 2>/dev/null || true; } | while read -r f; do
+    sed -i -E "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$NPINC#g; \
+               s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$INC#g" "$f"
+  done
+  CMAKE_PATHS_FIXED=1
+}
+
+for pkg in event_camera_msgs tf2_msgs; do
+  if have_iface "$pkg" && [ ! -d "$OVERLAY/share/$pkg" ]; then
+    log "$pkg found in the ROS install"
+    continue
   fi
-  BUILD="$VENV/ros_build/event_camera_msgs"
+  log "building $pkg from interfaces/$pkg (rosidl + cmake)"
+  fix_wheel_cmake_paths
+  BUILD="$VENV/ros_build/$pkg"
   rm -rf "$BUILD"; mkdir -p "$BUILD"
   (
     export PATH="$VENV/bin:$PATH"
     if [ "$SYSTEM_ROS" = 0 ]; then
-      export CMAKE_PREFIX_PATH="$VENV" AMENT_PREFIX_PATH="$VENV"
+      export CMAKE_PREFIX_PATH="$OVERLAY:$VENV" AMENT_PREFIX_PATH="$OVERLAY:$VENV"
     fi
-    cmake -S "$ROOT/interfaces/event_camera_msgs" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$OVERLAY" \
+    cmake -S "$ROOT/interfaces/$pkg" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$OVERLAY" \
       -DPython3_EXECUTABLE="$VPY" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release > "$BUILD.log" 2>&1 &&
     cmake --build "$BUILD" -j "$(nproc)" >> "$BUILD.log" 2>&1 &&
     cmake --install "$BUILD" >> "$BUILD.log" 2>&1
-  ) || { log "event_camera_msgs build failed; last lines of $BUILD.log:"; tail -30 "$BUILD.log" >&2; exit 1; }
-fi
+  ) || { log "$pkg build failed; last lines of $BUILD.log:"; tail -30 "$BUILD.log" >&2; exit 1; }
+done
 
 log "installing realm_ros (editable) with its test extra"
 pip_install --no-deps -e "$ROOT"
 
 mv "$ENV_FILE.partial" "$ENV_FILE"
 # shellcheck disable=SC1090
-( . "$ENV_FILE"; "$VPY" -c 'import rclpy, event_camera_msgs.msg, torch, peft, rosbags, realm_ros' ) || {
+( . "$ENV_FILE"; "$VPY" -c 'import rclpy, event_camera_msgs.msg, tf2_msgs.msg, torch, peft, rosbags, realm_ros' ) || {
   log "sanity import failed"; exit 1; }
 echo "$WANT" > "$STAMP"
 log "done in $(( $(date +%s) - t0 )) s; activate with: . $ENV_FILE"
