@@ -1,0 +1,642 @@
+"""``realm-demo``: the whole REALM pipeline end to end over real DDS, scored against ground truth.
+
+Default (no arguments): starts the simulated event + RGB rig (``sim_event_camera``) and the ``perception_node`` with
+the miniature checkpoints shipped in ``models/``, listens to every output for ``--duration`` seconds, and writes into
+``--out`` (default ``demo_out/``):
+
+* ``summary.json``: input/output rates, end-to-end latency percentiles (output receive time minus the stamp of the
+  window's last event; the simulator stamps with this machine's clock), the node's own latency figures, depth error
+  (mean absolute error at 10/20/30 m cut-offs) and mIoU against the simulator's ground truth for the same stamps,
+  relative-pose errors of consecutive pose outputs against ground-truth motion, and the node's error counters.
+* ``panel.png``: event frame, depth (prediction / ground truth), semantics (prediction / ground truth), matches, and
+  the estimated vs ground-truth trajectory (top view).
+
+With a recording instead of the simulator: ``realm-demo --bag BAG [--events-topic T --camera-info-topic T
+--image-topic T]`` replays the bag in real time into the node (ground-truth scores appear when the bag carries the
+simulator's ground-truth topics). Official checkpoints: ``--realm R.safetensors --dune dune.pth --depth-head ...
+--seg-head ... --mast3r dunemast3r.pth`` (each overrides the shipped miniature file of that role).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+import numpy as np
+
+NAMESPACE = '/realm_demo'
+NODE = 'perception_node'
+GT_MATCH_TOLERANCE_NS = 20_000_000      # an output and a ground-truth frame belong together within 20 ms
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+def models_dir() -> Path:
+    """Where the shipped checkpoints are: the installed share/realm_ros/models, else the source tree's models/."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        share = Path(get_package_share_directory('realm_ros')) / 'models'
+        if share.is_dir():
+            return share
+    except Exception:                                           # noqa: BLE001 - not installed with colcon
+        pass
+    return Path(__file__).resolve().parent.parent / 'models'
+
+
+MINI_FILES = {'dune': 'mini_teacher.safetensors', 'realm': 'mini_realm.safetensors',
+              'depth_head': 'mini_depth_head.safetensors', 'seg_head': 'mini_seg_head.safetensors',
+              'mast3r': 'mini_mast3r.safetensors'}
+
+
+def resolve_checkpoints(args: argparse.Namespace) -> Dict[str, str]:
+    base = models_dir()
+    out: Dict[str, str] = {}
+    for role, name in MINI_FILES.items():
+        given = getattr(args, role)
+        path = Path(given) if given else base / name
+        if not path.is_file():
+            if role == 'mast3r' and not given:
+                continue                                        # pose is optional
+            raise SystemExit(f'realm-demo: checkpoint for {role!r} not found: {path}'
+                             + ('' if given else ' (the shipped miniature models are missing: run '
+                                'scripts/train_miniature.py or pass the checkpoint)'))
+        out[role] = str(path)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# collection
+
+@dataclass
+class Received:
+    """Everything the collector heard, with wall-clock receive times (ns)."""
+
+    depth: Deque[Tuple[int, int, np.ndarray]] = field(default_factory=lambda: deque(maxlen=400))   # (stamp, recv, d)
+    semantic: Deque[Tuple[int, int, np.ndarray]] = field(default_factory=lambda: deque(maxlen=400))
+    pose: List[Tuple[int, int, np.ndarray, str]] = field(default_factory=list)          # (stamp, recv, T, frame)
+    images: Dict[str, Tuple[int, np.ndarray]] = field(default_factory=dict)             # latest colour images
+    gt_depth: Dict[int, np.ndarray] = field(default_factory=dict)
+    gt_labels: Dict[int, np.ndarray] = field(default_factory=dict)
+    gt_pose: Dict[int, np.ndarray] = field(default_factory=dict)
+    counts: Dict[str, int] = field(default_factory=dict)
+    first_recv: Dict[str, int] = field(default_factory=dict)
+    last_recv: Dict[str, int] = field(default_factory=dict)
+    diagnostics: Dict[str, Dict[str, str]] = field(default_factory=dict)
+    events_xy: Deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=200))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def tick(self, name: str, now: int) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+        self.first_recv.setdefault(name, now)
+        self.last_recv[name] = now
+
+    def rate_hz(self, name: str) -> float:
+        n = self.counts.get(name, 0)
+        if n < 2:
+            return 0.0
+        return (n - 1) / max(1e-9, (self.last_recv[name] - self.first_recv[name]) * 1e-9)
+
+
+def _pose_matrix(pose: Any) -> np.ndarray:
+    from realm_ros.nodes.conversions import quaternion_to_rotation_matrix
+    q = pose.orientation
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_rotation_matrix([q.x, q.y, q.z, q.w])
+    T[:3, 3] = [pose.position.x, pose.position.y, pose.position.z]
+    return T
+
+
+def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str, recording: threading.Event):
+    """An rclpy node subscribing to the perception outputs, the ground truth and the event stream."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from event_camera_msgs.msg import EventPacket
+    from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from realm_ros.nodes.conversions import diagnostic_values, image_to_array, stamp_to_ns
+
+    node = rclpy.create_node('realm_demo_collector')
+    out = f'{NAMESPACE}/{NODE}'
+    decoder_state: Dict[str, Any] = {}
+
+    def now() -> int:
+        return time.time_ns()
+
+    def image_cb(name: str, store: Optional[Deque] = None):
+        def cb(msg: Image) -> None:
+            t = now()
+            if not recording.is_set():
+                return
+            arr = image_to_array(msg)
+            with rec.lock:
+                rec.tick(name, t)
+                stamp = stamp_to_ns(msg.header.stamp)
+                if store is not None:
+                    store.append((stamp, t, arr.copy()))
+                rec.images[name] = (stamp, arr.copy())
+        return cb
+
+    def gt_cb(store_name: str):
+        def cb(msg: Image) -> None:
+            arr = image_to_array(msg)
+            with rec.lock:
+                store = getattr(rec, store_name)
+                store[stamp_to_ns(msg.header.stamp)] = arr.copy()
+                if len(store) > 600:
+                    del store[min(store)]
+        return cb
+
+    def pose_cb(msg: PoseWithCovarianceStamped) -> None:
+        t = now()
+        if not recording.is_set():
+            return
+        with rec.lock:
+            rec.tick('pose', t)
+            rec.pose.append((stamp_to_ns(msg.header.stamp), t, _pose_matrix(msg.pose.pose), msg.header.frame_id))
+
+    def gt_pose_cb(msg: PoseStamped) -> None:
+        with rec.lock:
+            rec.gt_pose[stamp_to_ns(msg.header.stamp)] = _pose_matrix(msg.pose)
+
+    def diag_cb(msg: DiagnosticArray) -> None:
+        with rec.lock:
+            for status in msg.status:
+                if status.name.startswith(NODE) or NODE in status.name:
+                    rec.diagnostics[status.name] = diagnostic_values(status)
+
+    def events_cb(msg: EventPacket) -> None:
+        if not recording.is_set():
+            return
+        t = now()
+        with rec.lock:
+            rec.tick('events_in', t)
+            rec.counts['event_bytes_in'] = rec.counts.get('event_bytes_in', 0) + len(msg.events)
+            if rec.counts['events_in'] % 5:
+                return
+        # a few packets are decoded here for the panel's event frame (the node decodes its own copy)
+        try:
+            from realm_ros.events import make_decoder
+            key = (msg.encoding, msg.width, msg.height)
+            if decoder_state.get('key') != key:
+                decoder_state['key'] = key
+                decoder_state['dec'] = make_decoder(msg.encoding, msg.width, msg.height)
+            ev = decoder_state['dec'].decode(np.frombuffer(msg.events, np.uint8), msg.time_base).events
+            with rec.lock:
+                rec.events_xy.append(np.stack([ev.x, ev.y, ev.p.astype(np.uint16)], 1))
+                rec.counts['frame_shape'] = 0
+                decoder_state['shape'] = (int(msg.height), int(msg.width))
+        except Exception:                                       # noqa: BLE001 - the panel is best effort
+            pass
+
+    reliable = 10
+    node.create_subscription(Image, f'{out}/depth', image_cb('depth', rec.depth), reliable)
+    node.create_subscription(Image, f'{out}/semantic', image_cb('semantic', rec.semantic), reliable)
+    for name in ('depth/color', 'semantic/color', 'matches'):
+        node.create_subscription(Image, f'{out}/{name}', image_cb(name), reliable)
+    node.create_subscription(PoseWithCovarianceStamped, f'{out}/pose', pose_cb, reliable)
+    node.create_subscription(Image, f'{gt_prefix}/event_camera/depth', gt_cb('gt_depth'), reliable)
+    node.create_subscription(Image, f'{gt_prefix}/event_camera/labels', gt_cb('gt_labels'), reliable)
+    node.create_subscription(PoseStamped, f'{gt_prefix}/gt/pose', gt_pose_cb, reliable)
+    node.create_subscription(DiagnosticArray, '/diagnostics', diag_cb, 50)
+    node.create_subscription(EventPacket, events_topic, events_cb, qos_profile_sensor_data)
+    node._realm_decoder_state = decoder_state                    # for the panel's sensor size
+    return node
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# scoring
+
+def _nearest(store: Dict[int, np.ndarray], stamp: int) -> Optional[np.ndarray]:
+    if not store:
+        return None
+    keys = np.fromiter(store.keys(), dtype=np.int64)
+    i = int(np.argmin(np.abs(keys - stamp)))
+    return store[int(keys[i])] if abs(int(keys[i]) - stamp) <= GT_MATCH_TOLERANCE_NS else None
+
+
+def score(rec: Received, num_classes: int = 11) -> Dict[str, Any]:
+    """Depth, segmentation and pose scores of the collected outputs against the ground truth of the same stamps."""
+    from realm_ros.miniature.metrics import (ConfusionMatrix, DepthErrorAccumulator, PoseErrorAccumulator,
+                                             relative_pose)
+    with rec.lock:
+        depth = list(rec.depth)
+        semantic = list(rec.semantic)
+        poses = list(rec.pose)
+        gt_depth, gt_labels, gt_pose = dict(rec.gt_depth), dict(rec.gt_labels), dict(rec.gt_pose)
+    result: Dict[str, Any] = {}
+
+    acc = DepthErrorAccumulator()
+    matched = 0
+    for stamp, _recv, pred in depth:
+        gt = _nearest(gt_depth, stamp)
+        if gt is not None and gt.shape == pred.shape:
+            acc.update(pred, gt)
+            matched += 1
+    result['depth'] = {'frames_scored': matched, **acc.result()} if matched else {'frames_scored': 0}
+
+    from realm_ros.models.heads import DSEC_CLASSES
+    cm = ConfusionMatrix(num_classes)
+    matched = unpredicted = 0
+    for stamp, _recv, pred in semantic:
+        gt = _nearest(gt_labels, stamp)
+        if gt is not None and gt.shape == pred.shape:
+            no_pred = pred >= num_classes                       # 255: outside what the model saw
+            unpredicted += int(no_pred.sum())
+            cm.update(np.where(no_pred, 0, pred), np.where(no_pred, cm.ignore_index, gt))
+            matched += 1
+    result['semantic'] = ({'frames_scored': matched, 'pixels_without_prediction': unpredicted,
+                           **cm.scores(DSEC_CLASSES)} if matched else {'frames_scored': 0})
+
+    pacc = PoseErrorAccumulator()
+    pairs = 0
+    for (s0, _r0, T0, f0), (s1, _r1, T1, f1) in zip(poses, poses[1:]):
+        g0, g1 = _nearest(gt_pose, s0), _nearest(gt_pose, s1)
+        if g0 is None or g1 is None or f0 != f1 or s1 == s0:
+            continue
+        pacc.update(relative_pose(T0, T1), relative_pose(g0, g1))
+        pairs += 1
+    result['pose'] = {'pairs_scored': pairs, **pacc.result()} if pairs else {'pairs_scored': 0}
+    return result
+
+
+def latency_summary(rec: Received) -> Dict[str, Any]:
+    with rec.lock:
+        lat = np.array([(recv - stamp) * 1e-6 for stamp, recv, _ in rec.depth], dtype=np.float64)
+    if lat.size == 0:
+        return {'samples': 0}
+    return {'samples': int(lat.size), 'p50_ms': float(np.percentile(lat, 50)), 'p90_ms': float(np.percentile(lat, 90)),
+            'p99_ms': float(np.percentile(lat, 99)), 'max_ms': float(lat.max())}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# panel
+
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+    import cv2
+    out = img.copy()
+    cv2.rectangle(out, (0, 0), (out.shape[1], 18), (0, 0, 0), -1)
+    cv2.putText(out, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def _tile(img: Optional[np.ndarray], size: Tuple[int, int], text: str) -> np.ndarray:
+    import cv2
+    h, w = size
+    if img is None:
+        canvas = np.full((h, w, 3), 40, np.uint8)
+        cv2.putText(canvas, 'no data', (w // 2 - 30, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (200, 200, 200), 1)
+        return _label(canvas, text)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    scale = min(w / img.shape[1], h / img.shape[0])
+    resized = cv2.resize(img, (max(1, int(img.shape[1] * scale)), max(1, int(img.shape[0] * scale))),
+                         interpolation=cv2.INTER_NEAREST)
+    canvas = np.zeros((h, w, 3), np.uint8)
+    y0, x0 = (h - resized.shape[0]) // 2, (w - resized.shape[1]) // 2
+    canvas[y0:y0 + resized.shape[0], x0:x0 + resized.shape[1]] = resized
+    return _label(canvas, text)
+
+
+def _trajectory_picture(rec: Received, size: Tuple[int, int]) -> np.ndarray:
+    """Top view (x-z plane of the first camera) of estimated vs ground-truth camera positions."""
+    import cv2
+    h, w = size
+    canvas = np.full((h, w, 3), 255, np.uint8)
+    with rec.lock:
+        poses = [(s, T) for s, _r, T, _f in rec.pose]
+        gt = dict(rec.gt_pose)
+    if not poses:
+        return _tile(None, size, 'trajectory')
+    est_pos, gt_pos = [], []
+    G0 = None
+    for s, T in poses:
+        g = _nearest(gt, s)
+        est_pos.append(T[:3, 3])
+        if g is not None:
+            G0 = g if G0 is None else G0
+            gt_pos.append((np.linalg.inv(G0) @ g)[:3, 3])
+    pts = np.array(est_pos + gt_pos)
+    xz = pts[:, [0, 2]]
+    lo, hi = xz.min(0), xz.max(0)
+    span = max(float((hi - lo).max()), 1e-3)
+
+    def to_px(p: np.ndarray) -> Tuple[int, int]:
+        u = (p[0] - lo[0]) / span * (w - 40) + 20
+        v = h - 20 - (p[2] - lo[1]) / span * (h - 60)
+        return int(u), int(v)
+
+    for seq, colour in ((gt_pos, (0, 160, 0)), (est_pos, (0, 0, 220))):
+        for a, b in zip(seq, seq[1:]):
+            cv2.line(canvas, to_px(a), to_px(b), colour, 2, cv2.LINE_AA)
+    cv2.putText(canvas, 'ground truth', (8, h - 24), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 160, 0), 1)
+    cv2.putText(canvas, 'estimate (pose output)', (8, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 220), 1)
+    return _label(canvas, 'trajectory (top view, x-z)')
+
+
+def write_panel(rec: Received, path: Path, sensor_shape: Optional[Tuple[int, int]]) -> None:
+    import cv2
+
+    from realm_ros.models.heads import colorize_segmentation
+    from realm_ros.pipeline.render import colorize_depth
+    size = (240, 320)
+    with rec.lock:
+        images = dict(rec.images)
+        events = list(rec.events_xy)
+        depth_stamp = images.get('depth', (None, None))[0]
+        sem_stamp = images.get('semantic', (None, None))[0]
+        gt_d = _nearest(rec.gt_depth, depth_stamp) if depth_stamp is not None else None
+        gt_l = _nearest(rec.gt_labels, sem_stamp) if sem_stamp is not None else None
+    ev_img = None
+    if events and sensor_shape:
+        xyp = np.concatenate(events[-40:])
+        h, w = sensor_shape
+        ev_img = np.full((h, w, 3), 255, np.uint8)
+        ok = (xyp[:, 0] < w) & (xyp[:, 1] < h)
+        xyp = xyp[ok]
+        ev_img[xyp[:, 1], xyp[:, 0]] = np.where(xyp[:, 2:3] == 1, [[40, 40, 230]], [[230, 90, 30]]).astype(np.uint8)
+    gt_d_img = colorize_depth(gt_d.astype(np.float32), 1.0, 81.0) if gt_d is not None else None
+    gt_l_img = None
+    if gt_l is not None:
+        gt_l_img = colorize_segmentation(gt_l.astype(np.int64))
+        gt_l_img = np.ascontiguousarray(gt_l_img[..., ::-1])        # palette is RGB, panel is BGR
+    tiles = [
+        _tile(ev_img, size, 'events (red ON, blue OFF)'),
+        _tile(images.get('depth/color', (0, None))[1], size, 'depth (REALM on events)'),
+        _tile(gt_d_img, size, 'depth ground truth'),
+        _tile(images.get('matches', (0, None))[1], size, 'matches (keyframe | current)'),
+        _tile(images.get('semantic/color', (0, None))[1], size, 'semantics (REALM on events)'),
+        _tile(gt_l_img, size, 'semantics ground truth'),
+    ]
+    traj = _trajectory_picture(rec, (size[0] * 2, size[1]))
+    grid = np.vstack([np.hstack(tiles[:3]), np.hstack(tiles[3:])])
+    panel = np.hstack([grid, traj])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), panel)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# processes
+
+def _ros_args(params: Dict[str, Any], remaps: Dict[str, str]) -> List[str]:
+    args = ['--ros-args', '-r', f'__ns:={NAMESPACE}']
+    for k, v in params.items():
+        if isinstance(v, bool):
+            v = 'true' if v else 'false'
+        args += ['-p', f'{k}:={v}']
+    for k, v in remaps.items():
+        args += ['-r', f'{k}:={v}']
+    return args
+
+
+def _start(cmd: List[str], log_path: Path, env: Dict[str, str]) -> subprocess.Popen:
+    log = open(log_path, 'w')                                   # noqa: SIM115 - closed with the process
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(proc: Optional[subprocess.Popen], timeout: float = 10.0) -> Optional[int]:
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def play_bag(bag: str, topics: Dict[str, str], stop: threading.Event, node: Any, rate: float = 1.0) -> None:
+    """Replay ``bag`` into ROS topics in real time (header stamps rewritten to now + bag offset)."""
+    from event_camera_msgs.msg import EventPacket
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from realm_ros.events.bagio import iter_bag_messages
+    from realm_ros.nodes.conversions import bytes_to_uint8_array, ns_to_stamp, stamp_to_ns
+
+    kinds = {topics['events']: (EventPacket, qos_profile_sensor_data)}
+    if topics.get('camera_info'):
+        kinds[topics['camera_info']] = (CameraInfo, 10)
+    if topics.get('image'):
+        kinds[topics['image']] = (Image, 10)
+    pubs = {t: node.create_publisher(cls, f'{NAMESPACE}/play{t}' if not t.startswith('/') else f'{NAMESPACE}{t}', q)
+            for t, (cls, q) in kinds.items()}
+    t0_wall = time.time_ns()
+    t0_bag = None
+    for topic, _msgtype, _t, m in iter_bag_messages(bag, topics=list(kinds)):
+        if stop.is_set():
+            return
+        stamp = stamp_to_ns(m.header.stamp)
+        t0_bag = stamp if t0_bag is None else t0_bag
+        due = t0_wall + int((stamp - t0_bag) / rate)
+        delay = (due - time.time_ns()) * 1e-9
+        if delay > 0:
+            time.sleep(delay)
+        cls = kinds[topic][0]
+        msg = cls()
+        msg.header.stamp = ns_to_stamp(due)
+        msg.header.frame_id = m.header.frame_id
+        if cls is EventPacket:
+            msg.height, msg.width, msg.seq, msg.time_base = int(m.height), int(m.width), int(m.seq), int(m.time_base)
+            msg.encoding, msg.is_bigendian = m.encoding, bool(m.is_bigendian)
+            msg.events = bytes_to_uint8_array(np.asarray(m.events, np.uint8))
+        elif cls is Image:
+            msg.height, msg.width, msg.step, msg.encoding = int(m.height), int(m.width), int(m.step), m.encoding
+            msg.is_bigendian = int(m.is_bigendian)
+            msg.data = bytes_to_uint8_array(np.asarray(m.data, np.uint8))
+        else:
+            msg.height, msg.width, msg.distortion_model = int(m.height), int(m.width), m.distortion_model
+            msg.d = [float(v) for v in m.d]
+            msg.k, msg.r, msg.p = (np.asarray(m.k, np.float64), np.asarray(m.r, np.float64),
+                                   np.asarray(m.p, np.float64))
+        pubs[topic].publish(msg)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='realm-demo', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument('--out', default='demo_out', help='output folder for summary.json and panel.png (demo_out/)')
+    p.add_argument('--duration', type=float, default=20.0, help='seconds of outputs to record after warm-up (20)')
+    p.add_argument('--warmup-timeout', type=float, default=240.0,
+                   help='give up when no depth output arrives within this many seconds (240)')
+    p.add_argument('--device', default='auto', help='torch device of the perception node (auto, cpu, cuda)')
+    p.add_argument('--seed', type=int, default=11, help='simulated scene seed (a held-out test scene by default)')
+    p.add_argument('--sim-seconds', type=float, default=4.0, help='length of the simulated loop (s)')
+    p.add_argument('--bag', help='replay this ROS 2 bag instead of running the simulator')
+    p.add_argument('--events-topic', default='/event_camera/events', help='events topic in --bag')
+    p.add_argument('--camera-info-topic', default='/event_camera/camera_info', help='camera_info topic in --bag')
+    p.add_argument('--image-topic', default='', help='RGB topic in --bag (cross-modal keyframes)')
+    for role in MINI_FILES:
+        p.add_argument(f'--{role.replace("_", "-")}', dest=role, default='',
+                       help=f'{role} checkpoint (default: models/{MINI_FILES[role]})')
+    p.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
+                   help='extra perception_node parameter (repeatable), e.g. window.count:=20000')
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpts = resolve_checkpoints(args)
+
+    try:
+        import rclpy
+    except ImportError as exc:
+        raise SystemExit(f'realm-demo needs rclpy ({exc}); run it through ./run.sh demo or source ROS 2') from exc
+
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    if 'ROS_DOMAIN_ID' not in env:
+        env['ROS_DOMAIN_ID'] = str(random.randint(120, 200))
+    os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID')})
+
+    params: Dict[str, Any] = {
+        'checkpoints.realm': ckpts['realm'], 'checkpoints.dune': ckpts['dune'],
+        'checkpoints.depth_head': ckpts['depth_head'], 'checkpoints.seg_head': ckpts['seg_head'],
+        'checkpoints.mast3r': ckpts.get('mast3r', ''), 'heads.pose': 'mast3r' in ckpts,
+        'device': args.device, 'pose.frame': 'fixed', 'window.mode': 'time', 'window.duration_ms': 33.0,
+    }
+    for item in args.node_param:
+        name, _, value = item.partition(':=')
+        params[name] = value
+    if args.bag:
+        events_topic = f'{NAMESPACE}{args.events_topic}'
+        remaps = {'events': events_topic}
+        if args.camera_info_topic:
+            remaps['camera_info'] = f'{NAMESPACE}{args.camera_info_topic}'
+        if args.image_topic:
+            remaps['image'] = f'{NAMESPACE}{args.image_topic}'
+        gt_prefix = NAMESPACE
+    else:
+        events_topic = f'{NAMESPACE}/event_camera/events'
+        remaps = {'events': 'event_camera/events', 'camera_info': 'event_camera/camera_info',
+                  'image': 'rgb/image_raw', 'image/camera_info': 'rgb/camera_info'}
+        gt_prefix = NAMESPACE
+
+    py = sys.executable
+    procs: Dict[str, subprocess.Popen] = {}
+    rec = Received()
+    recording = threading.Event()
+    stop = threading.Event()
+    t_start = time.monotonic()
+    rclpy.init()
+    collector = make_collector(rclpy, rec, gt_prefix, events_topic, recording)
+    executor = rclpy.executors.MultiThreadedExecutor(num_threads=2)
+    executor.add_node(collector)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    player = None
+    summary: Dict[str, Any] = {}
+    try:
+        print(f'[realm-demo] ROS_DOMAIN_ID={env["ROS_DOMAIN_ID"]}; logs and results in {out_dir}/', flush=True)
+        if args.bag:
+            player_node = rclpy.create_node('realm_demo_player')
+            executor.add_node(player_node)
+            player = threading.Thread(target=play_bag, daemon=True, args=(
+                args.bag, {'events': args.events_topic, 'camera_info': args.camera_info_topic,
+                           'image': args.image_topic}, stop, player_node))
+        else:
+            sim_params = {'seed': args.seed, 'duration_s': args.sim_seconds, 'loop': True}
+            procs['sim'] = _start([py, '-m', 'realm_ros.nodes.sim_camera_node'] + _ros_args(sim_params, {}),
+                                  out_dir / 'sim_event_camera.log', env)
+        procs['node'] = _start([py, '-m', 'realm_ros.nodes.perception_node'] + _ros_args(params, remaps),
+                               out_dir / 'perception_node.log', env)
+        if player is not None:
+            player.start()
+        print('[realm-demo] started the source and the perception node; waiting for the first depth output '
+              '(the simulator precomputes its loop once, then it is cached)', flush=True)
+        recording.set()
+        deadline = time.monotonic() + args.warmup_timeout
+        while rec.counts.get('depth', 0) == 0:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise SystemExit(f'realm-demo: {name} exited with {proc.returncode}; see '
+                                     f'{out_dir}/{"sim_event_camera" if name == "sim" else "perception_node"}.log')
+            if time.monotonic() > deadline:
+                raise SystemExit(f'realm-demo: no depth output within {args.warmup_timeout:.0f} s; see '
+                                 f'{out_dir}/perception_node.log')
+            time.sleep(0.2)
+        warm = time.monotonic() - t_start
+        print(f'[realm-demo] first depth output after {warm:.1f} s; recording {args.duration:.0f} s', flush=True)
+        with rec.lock:                                          # restart the rate counters after warm-up
+            for k in list(rec.counts):
+                rec.counts[k] = 0
+            rec.first_recv.clear()
+            rec.depth.clear()
+            rec.semantic.clear()
+            rec.pose.clear()
+        t_rec = time.monotonic()
+        while time.monotonic() - t_rec < args.duration:
+            time.sleep(1.0)
+            print(f'[realm-demo] {time.monotonic() - t_rec:4.0f} s: depth {rec.rate_hz("depth"):.1f} Hz, '
+                  f'pose {rec.rate_hz("pose"):.1f} Hz, packets in {rec.rate_hz("events_in"):.0f} Hz', flush=True)
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise SystemExit(f'realm-demo: {name} exited early with {proc.returncode}')
+        recording.clear()
+
+        sensor_shape = collector._realm_decoder_state.get('shape')
+        scores = score(rec)
+        summary = {
+            'source': args.bag or f'simulator seed {args.seed}',
+            'checkpoints': ckpts,
+            'device': args.device,
+            'warmup_s': round(warm, 2),
+            'recorded_s': args.duration,
+            'rates_hz': {k: round(rec.rate_hz(k), 3) for k in
+                         ('events_in', 'depth', 'semantic', 'depth/color', 'semantic/color', 'matches', 'pose')},
+            'latency_ms_end_to_end': latency_summary(rec),
+            'node_diagnostics': rec.diagnostics,
+            **scores,
+        }
+        with open(out_dir / 'summary.json', 'w') as f:
+            json.dump(summary, f, indent=2, default=float)
+        write_panel(rec, out_dir / 'panel.png', sensor_shape)
+        _print_summary(summary, out_dir)
+        return 0
+    finally:
+        stop.set()
+        for name in ('node', 'sim'):
+            _stop(procs.get(name))
+        executor.shutdown()
+        collector.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _print_summary(s: Dict[str, Any], out_dir: Path) -> None:
+    lat = s['latency_ms_end_to_end']
+    print('\n[realm-demo] results')
+    print(f"  rates: depth {s['rates_hz']['depth']:.2f} Hz, semantic {s['rates_hz']['semantic']:.2f} Hz, "
+          f"pose {s['rates_hz']['pose']:.2f} Hz, event packets in {s['rates_hz']['events_in']:.0f} Hz")
+    if lat.get('samples'):
+        print(f"  end-to-end latency: p50 {lat['p50_ms']:.0f} ms, p90 {lat['p90_ms']:.0f} ms, "
+              f"max {lat['max_ms']:.0f} ms ({lat['samples']} outputs)")
+    d = s.get('depth', {})
+    if d.get('frames_scored'):
+        print('  depth abs error: ' + ', '.join(f'{k} {v:.2f} m' for k, v in d.items()
+                                                 if k.startswith('abs_err') and isinstance(v, float)))
+    m = s.get('semantic', {})
+    if m.get('frames_scored'):
+        print(f"  semantics: mIoU {m.get('miou', float('nan')):.3f} over {m['frames_scored']} frames")
+    pz = s.get('pose', {})
+    if pz.get('pairs_scored'):
+        print('  pose: ' + ', '.join(f'{k} {v:.3g}' for k, v in pz.items() if isinstance(v, float)))
+    print(f'  wrote {out_dir / "summary.json"} and {out_dir / "panel.png"}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
