@@ -8,12 +8,14 @@ spatial preparation.
 from .codecs import (SUPPORTED_ENCODINGS, Decoder, Evt3Decoder, LibcaerCmpDecoder, LibcaerDecoder, MonoDecoder,
                      TriggerDecoder, UnknownEncodingError, make_decoder, payload_bytes)
 from .encoders import encode_evt3, encode_libcaer, encode_libcaer_cmp, encode_mono, encode_trigger
+from .legacy import LegacyEventArray, parse_legacy_event_array_cdr, parse_legacy_event_array_ros1
 from .packet import EventPacketDecoder, PacketResult, stamp_to_ns
 from .slicing import EventRingBuffer, EventWindow, FixedCountSlicer, FixedTimeSlicer, window_ending_at
 from .spatial import PreparedInput, SpatialPlan, prepare_input
 from .timesync import OffsetEstimator
 from .types import DecodeResult, EventArray, TriggerArray, as_event_array
 from .voxel import NORMALIZATIONS, voxel_grid
+from .warmup import warmup
 
 __all__ = [
     'SUPPORTED_ENCODINGS', 'Decoder', 'Evt3Decoder', 'LibcaerCmpDecoder', 'LibcaerDecoder', 'MonoDecoder',
@@ -23,5 +25,6 @@ __all__ = [
     'EventRingBuffer', 'EventWindow', 'FixedCountSlicer', 'FixedTimeSlicer', 'window_ending_at',
     'PreparedInput', 'SpatialPlan', 'prepare_input',
     'DecodeResult', 'EventArray', 'TriggerArray', 'as_event_array',
-    'NORMALIZATIONS', 'voxel_grid',
+    'NORMALIZATIONS', 'voxel_grid', 'warmup',
+    'LegacyEventArray', 'parse_legacy_event_array_cdr', 'parse_legacy_event_array_ros1',
 ]

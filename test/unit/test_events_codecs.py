@@ -353,3 +353,9 @@ def test_encoders_reject_bad_input():
         encode_libcaer_cmp([1, 2], [0, 0], [0, 2 ** 24 * 1000], [1, 1])
     with pytest.raises(ValueError, match='2\\^32'):
         encode_mono([1, 2], [0, 0], [0, 2 ** 33], [1, 1])
+
+
+def test_warmup_runs_every_kernel():
+    from realm_ros.events import warmup
+
+    assert warmup(voxel=True) > 0
