@@ -55,9 +55,8 @@ def test_reads_the_sqlite_sample_as_directory_and_bare_file():
         msgs = list(iter_bag_messages(path))
         assert len(msgs) == 517
         topic, msgtype, t_ns, msg = msgs[0]
-        assert (topic, msgtype, msg.encoding, msg.width, msg.height) == ('/event_camera/events',
-                                                                        'event_camera_msgs/msg/EventPacket',
-                                                                        'evt3', 640, 480)
+        expected = ('/event_camera/events', 'event_camera_msgs/msg/EventPacket', 'evt3', 640, 480)
+        assert (topic, msgtype, msg.encoding, msg.width, msg.height) == expected
         assert msg.events.tobytes() == evt3_payloads()[0][0]
     assert list(iter_bag_messages(EVT3_BAG, topics=['/other'])) == []
     assert list_bag_topics(EVT3_BAG) == {'/event_camera/events': 'event_camera_msgs/msg/EventPacket'}

@@ -15,10 +15,20 @@ def words(*ws):
     return np.asarray(ws, '<u2').tobytes()
 
 
-TH = lambda v: 0x8000 | v  # noqa: E731
-TL = lambda v: 0x6000 | v  # noqa: E731
-AY = lambda y: y  # noqa: E731
-AX = lambda x, p=1: 0x2000 | (p << 11) | x  # noqa: E731
+def TH(v):  # EVT_TIME_HIGH
+    return 0x8000 | v
+
+
+def TL(v):  # EVT_TIME_LOW
+    return 0x6000 | v
+
+
+def AY(y):  # EVT_ADDR_Y
+    return y
+
+
+def AX(x, p=1):  # EVT_ADDR_X
+    return 0x2000 | (p << 11) | x
 
 
 # ------------------------------------------------------------------------------------------------ real data
