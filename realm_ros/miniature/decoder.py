@@ -43,7 +43,7 @@ class DecoderConfig:
     dec_num_heads: int = 3
     dpt_feature_dim: int = 32
     dpt_layer_dims: Tuple[int, int, int, int] = (16, 32, 64, 128)
-    local_mlp_ratio: float = 1.0
+    local_mlp_ratio: float = 0.5
     desc_dim: int = 24
     scenes: int = 200
     scene_duration_s: float = 12.0
@@ -60,7 +60,7 @@ class DecoderConfig:
     matches_per_pair: int = 1024
     tau: float = 0.07
     match_weight: float = 1.0
-    desc_conf_beta: float = 0.2
+    desc_conf_beta: float = 1.0
     max_depth: float = 200.0
     seed: int = 1
     log_every: int = 20

@@ -260,7 +260,7 @@ def evaluate(models: MiniModels, sequences: Sequence[TestSequence], cfg: EvalCon
                 ev_tokens[k] = models.realm.head_tokens(r_out, cfg.mast3r_bridge)[i:i + 1, 1:]
             frames += sl.stop - sl.start
         pose_data.append((seq, rgb_tokens, ev_tokens))
-        log(f'evaluated dense heads on test sequence {seq.seed} ({n} frames, '
+        log(f'evaluated dense heads on sequence {seq.seed} ({n} frames, '
             f'{int(seq.num_events.mean())} events per window)')
 
     result: Dict[str, object] = {
@@ -315,7 +315,7 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
                         inliers[mode].append(est.pose.num_inliers)
                     else:
                         reasons[mode][est.pose.reason] = reasons[mode].get(est.pose.reason, 0) + 1
-        log(f'evaluated relative pose on test sequence {seq.seed}')
+        log(f'evaluated relative pose on sequence {seq.seed}')
     out: Dict[str, object] = {}
     for mode in modes:
         r = acc[mode].result()

@@ -11,6 +11,10 @@ teacher's *features*, and the heads later trained on them must find depth, seman
 * local appearance - a temporary linear head reconstructing each patch's standardised luminance (14 x 14 values),
   so that tokens keep the sub-patch structure the matching decoder needs (and that events observe).
 
+Progressive resizing (``low_res_steps``): the first steps render the same views at a lower resolution (the camera
+keeps its field of view; the positional embedding is interpolated), four times cheaper per image at 112 px, before
+the remaining steps at the final ``image_size``.
+
 Only the encoder and the projector are kept: :func:`train_teacher` returns the frozen
 :class:`~realm_ros.models.dune_model.DuneModel` (shipped in float32: later stages train against exactly that file).
 """
@@ -50,6 +54,9 @@ class TeacherConfig:
     scene_duration_s: float = 12.0
     steps: int = 3000
     batch_size: int = 16
+    low_res: int = 112                 # progressive resizing: the first low_res_steps steps render at this size
+    low_res_steps: int = 0
+    low_res_batch_size: int = 32
     lr: float = 5e-4
     min_lr_ratio: float = 0.02
     warmup_steps: int = 150
@@ -123,7 +130,10 @@ class TeacherPretrainer:
             seg=SegmentationHead(cfg.proj_dim, NUM_CLASSES),
             recon=nn.Linear(enc.embed_dim, self.patch * self.patch),
         )).to(self.device)
-        self.sampler = FrameSampler(split_seeds('train', cfg.scenes), cfg.image_size, cfg.scene_duration_s)
+        seeds = split_seeds('train', cfg.scenes)
+        self.sampler = FrameSampler(seeds, cfg.image_size, cfg.scene_duration_s)
+        self.low_sampler = (FrameSampler(seeds, cfg.low_res, cfg.scene_duration_s) if cfg.low_res_steps > 0
+                            else None)
         self.rng = np.random.default_rng(cfg.seed)
         params = list(self.model.parameters()) + list(self.heads.parameters())
         decay = [p for p in params if p.dim() >= 2]
@@ -190,7 +200,11 @@ class TeacherPretrainer:
         for step in range(cfg.steps):
             for g in self.opt.param_groups:
                 g['lr'] = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
-            data = self._augment(self.sampler.sample(cfg.batch_size, self.rng))
+            if step < cfg.low_res_steps:
+                batch = self.low_sampler.sample(cfg.low_res_batch_size, self.rng)
+            else:
+                batch = self.sampler.sample(cfg.batch_size, self.rng)
+            data = self._augment(batch)
             terms = self.losses(data)
             self.opt.zero_grad(set_to_none=True)
             terms['loss'].backward()
@@ -199,7 +213,7 @@ class TeacherPretrainer:
                                          cfg.grad_clip)
             self.opt.step()
             for k, v in terms.items():
-                run[k] = run.get(k, 0.0) + float(v)
+                run[k] = run.get(k, 0.0) + float(v.detach())
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 n = cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every
                 rec = {k: v / n for k, v in run.items()}

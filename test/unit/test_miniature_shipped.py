@@ -1,0 +1,99 @@
+"""The shipped miniature checkpoints (models/mini_*) reproduce models/miniature_metrics.json.
+
+The metrics file records a small fixed subset evaluation (``subset_check``: the first frames of one held-out test
+scene). This test re-simulates that subset (the simulator is deterministic), reloads the shipped files with the node's
+loaders, recomputes every metric and compares within tolerances that allow for float differences between machines
+(thread counts change summation order) but not for a different model. It also checks that the perception pipeline
+(the node's ROS-free core) produces the same depth and semantics from the shipped files as the evaluation.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from realm_ros.miniature.recipe import SHIPPED_FILES
+
+MODELS = Path(__file__).resolve().parents[2] / 'models'
+PATHS = {role: MODELS / name for role, name in SHIPPED_FILES.items()}
+pytestmark = pytest.mark.skipif(not all(p.is_file() for p in PATHS.values()),
+                                reason='miniature checkpoints not shipped yet (scripts/train_miniature.py writes them)')
+
+
+@pytest.fixture(scope='module')
+def metrics():
+    return json.loads(PATHS['metrics'].read_text())
+
+
+@pytest.fixture(scope='module')
+def models():
+    from realm_ros.miniature.evaluate import MiniModels
+    torch.set_num_threads(2)
+    return MiniModels.load(PATHS['teacher'], PATHS['realm'], PATHS['depth_head'], PATHS['seg_head'], PATHS['mast3r'])
+
+
+def test_metrics_file_describes_the_shipped_files(metrics):
+    from realm_ros.models.checkpoints import sha256_file
+    total = 0
+    for role, entry in metrics['files'].items():
+        path = MODELS / entry['file']
+        assert sha256_file(path) == entry['sha256'], f'{path.name} is not the file the metrics were computed with'
+        total += path.stat().st_size
+    assert total < 30 * 2 ** 20
+    test = metrics['test']
+    for key in ('teacher_rgb', 'realm_events'):
+        assert test['depth'][key]['abs_err_30m'] is not None and test['segmentation'][key]['miou'] is not None
+    for mode in ('event_event', 'rgb_event', 'rgb_rgb'):
+        assert {'auc_rot@5', 'auc_rot@10', 'auc_rot@20', 'rot_err_deg_median'} <= set(test['pose'][mode])
+
+
+def _close(a, b, abs_tol, what):
+    if a is None or b is None:
+        assert a is None and b is None, f'{what}: {a} vs {b}'
+        return
+    assert abs(a - b) <= abs_tol, f'{what}: recomputed {a}, shipped {b} (tolerance {abs_tol})'
+
+
+def test_subset_metrics_recomputed_from_shipped_checkpoints(metrics, models):
+    from realm_ros.miniature.evaluate import EvalConfig, evaluate, load_or_simulate
+    sub = metrics['subset_check']
+    fields = dict(sub['config'])
+    fields['pair_gaps'] = tuple(fields['pair_gaps'])
+    cfg = EvalConfig(**fields)
+    res = evaluate(models, load_or_simulate(cfg, None, log=lambda s: None), cfg, log=lambda s: None)
+    ref = sub['metrics']
+    assert res['frames'] == ref['frames']
+    for key in ('teacher_rgb', 'realm_events'):
+        for c in ('10m', '20m', '30m'):
+            _close(res['depth'][key][f'abs_err_{c}'], ref['depth'][key][f'abs_err_{c}'], 0.02, f'{key} depth {c}')
+        _close(res['segmentation'][key]['miou'], ref['segmentation'][key]['miou'], 0.005, f'{key} mIoU')
+    for mode, r in ref['pose'].items():
+        for k in ('auc_rot@5', 'auc_rot@10', 'auc_rot@20', 'success_rate'):
+            _close(res['pose'][mode][k], r[k], 0.1, f'{mode} {k}')
+    _close(res['token_cosine']['patch'], ref['token_cosine']['patch'], 0.002, 'token cosine')
+
+
+def test_perception_pipeline_reproduces_the_evaluated_outputs(metrics, models):
+    from realm_ros.events import voxel_grid
+    from realm_ros.miniature.data import sim_config, split_seeds
+    from realm_ros.pipeline.core import PipelineConfig, RealmPipeline
+    from realm_ros.sim.simulator import Simulator
+
+    size = metrics['eval_config']['image_size']
+    sim = Simulator(sim_config(split_seeds('test', 1)[0], size, 0.2))
+    chunk = [c for c in sim.stream()][3]
+    pipe = RealmPipeline(PipelineConfig(realm_checkpoint=str(PATHS['realm']), dune_checkpoint=str(PATHS['teacher']),
+                                        depth_head_checkpoint=str(PATHS['depth_head']),
+                                        seg_head_checkpoint=str(PATHS['seg_head']), device='cpu', precision='fp32',
+                                        heads=('depth', 'semantic')))
+    out = pipe.process(chunk.events, size, size, sim.event_camera.K, chunk.t_end_ns)
+    with torch.no_grad():
+        vox = voxel_grid(chunk.events, bins=5, height=size, width=size, normalization='dsec')[None]
+        tok = models.realm(vox)
+        grid = (size // 14, size // 14)
+        depth = models.depth_head(tok['x_norm_patchtokens'], tok['x_norm_clstoken'], grid, out_size=(size, size))
+        _, feat = models.teacher.projector(models.realm.head_tokens(tok, models.seg_bridge), grid)
+        seg = models.seg_head(feat, out_size=(size, size)).argmax(1)[0].numpy()
+    np.testing.assert_allclose(out.depth, depth[0, 0].numpy(), rtol=2e-3, atol=2e-3)
+    assert np.mean(out.semantic == seg) > 0.99
