@@ -418,7 +418,7 @@ def _errors_of(names: Tuple[str, ...], first_error: int, delta: np.ndarray) -> D
 
 
 class Decoder:
-    """Base class: one stateful decoder per event stream.
+    """Base class: one stateful decoder per event stream (not thread-safe: decode one stream from one thread).
 
     Attributes:
         encoding: codec name. width, height: sensor size used to reject out-of-range addresses.

@@ -35,7 +35,8 @@ class EventWindow:
 class EventRingBuffer:
     """Bounded circular buffer of events (x, y, t, p preallocated); the oldest events are overwritten.
 
-    Append time-sorted events; queries use binary search on time.
+    Append time-sorted events; queries use binary search on time. Not thread-safe: a producer thread (subscription
+    callback) and a consumer thread (inference worker) must share it under a lock.
 
     Attributes:
         capacity: maximum number of events held.
