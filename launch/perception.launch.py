@@ -13,7 +13,7 @@ activates itself (parameter ``autostart``); with a lifecycle manager set ``autos
 import os
 import tempfile
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
@@ -35,7 +35,11 @@ PARAMETER_ARGUMENTS = {
 
 
 def _share() -> str:
-    return get_package_share_directory(PACKAGE)
+    """Installed share folder of realm_ros, or the source tree when running from a checkout."""
+    try:
+        return get_package_share_directory(PACKAGE)
+    except PackageNotFoundError:
+        return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _is_true(value: str) -> bool:

@@ -211,6 +211,8 @@ class PerceptionNode(LifecycleNode):
             self.declare_parameter(spec.name, spec.default, _descriptor(spec))
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
+        self._hot: Dict[str, Any] = {}
+        self._refresh_hot_parameters()
         self._throttle = _Throttle()
         self._lock = threading.Lock()
         self._pipeline = None
@@ -267,7 +269,14 @@ class PerceptionNode(LifecycleNode):
                     return SetParametersResult(successful=False, reason=f'{p.name} cannot be enabled: {missing}')
         return SetParametersResult(successful=True)
 
+    #: parameters read for every packet: cached (get_parameter costs microseconds per call)
+    HOT_PARAMETERS = ('max_sensor_size', 'time_jump.backward_s', 'time_jump.forward_s', 'events.max_packet_span_s')
+
+    def _refresh_hot_parameters(self) -> None:
+        self._hot = {name: self.get_parameter(name).value for name in self.HOT_PARAMETERS}
+
     def _apply_parameters(self, params: List[rclpy.parameter.Parameter]) -> None:
+        self._refresh_hot_parameters()
         names = {p.name for p in params}
         if self._scheduler is not None and names & {'window.mode', 'window.count', 'window.duration_ms',
                                                     'window.min_events'}:
@@ -480,15 +489,15 @@ class PerceptionNode(LifecycleNode):
         """
         from realm_ros.events.packet import EventPacketDecoder
         width, height = int(msg.width), int(msg.height)
-        max_size = int(self._p('max_sensor_size'))
+        max_size = int(self._hot['max_sensor_size'])
         if width > max_size or height > max_size:
             raise ValueError(f'sensor size {width}x{height} exceeds max_sensor_size {max_size}')
         stamp = conv.stamp_to_ns(msg.header.stamp)
         with self._lock:
             if self._last_packet_stamp is not None:
                 dt = stamp - self._last_packet_stamp
-                if dt < -float(self._p('time_jump.backward_s')) * 1e9 or \
-                        dt > float(self._p('time_jump.forward_s')) * 1e9:
+                if dt < -float(self._hot['time_jump.backward_s']) * 1e9 or \
+                        dt > float(self._hot['time_jump.forward_s']) * 1e9:
                     self._counters.add('time_jumps')
                     self.get_logger().warning(f'event packet stamps jumped by {dt / 1e9:+.3f} s (bag restart or '
                                               'clock change): resetting the stream')
@@ -502,7 +511,7 @@ class PerceptionNode(LifecycleNode):
             # Corrupt payloads (e.g. random bytes in an evt3 packet) can carry time words far from the packet
             # stamp; the codec would then clamp every later event to that time. Reject such a packet and restart
             # decoding so the stream recovers at the next time word.
-            limit = float(self._p('events.max_packet_span_s')) * 1e9
+            limit = float(self._hot['events.max_packet_span_s']) * 1e9
             lo, hi = int(events.t[0]) - stamp, int(events.t[-1]) - stamp
             if hi > limit or lo < -limit:
                 self._counters.add('implausible_packets')

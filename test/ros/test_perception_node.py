@@ -19,6 +19,7 @@ EVENTS = f'{NS}_in/events'
 INFO = f'{NS}_in/camera_info'
 FRAME = '0293'                 # frame_id of the recording's packets
 WIDTH, HEIGHT = 640, 480
+CUDA_FALLBACK = not __import__('torch').cuda.is_available()
 
 
 @pytest.fixture(scope='module')
@@ -34,8 +35,9 @@ def packets(evt3_bag):
 
 @pytest.fixture(scope='module')
 def node(checkpoints, tmp_path_factory):
+    # without CUDA, ask for it anyway: the node must fall back to the CPU with a warning
     params = write_params(tmp_path_factory.mktemp('node_params') / 'params.yaml', checkpoints,
-                          **{'window.count': 30000, 'matches.subsample': 16, 'memory_hold.timeout_s': 0.4,
+                          device='cuda' if CUDA_FALLBACK else 'cpu', **{'window.count': 30000, 'matches.subsample': 16, 'memory_hold.timeout_s': 0.4,
                              'diagnostics.period_s': 0.25, 'pose.ransac_iterations': 200,
                              'keyframe.max_failures': 1000})
     proc = NodeProcess(NAME, [params], {'events': EVENTS, 'camera_info': INFO})
@@ -77,11 +79,13 @@ def test_every_output_topic_from_the_real_recording(node, probe, packets):
     probe.publish_camera_info(K_TEST, WIDTH, HEIGHT, FRAME)
     time.sleep(0.3)
     probe.publish_camera_info(K_TEST, WIDTH, HEIGHT, FRAME)
-    t_first, t_last = stamp_ns(packets[0]), stamp_ns(packets[-1])
-    probe.play(packets, rate=1.0)
+    span = stamp_ns(packets[-1]) - stamp_ns(packets[0]) + 4_000_000
+    t_first, t_last = stamp_ns(packets[0]), stamp_ns(packets[-1]) + span
+    probe.play(packets, rate=1.0)                          # twice back to back: ~4 s of real-time input
+    probe.play(packets, rate=1.0, stamp_shift_ns=span)
     dense = ('depth', 'depth/camera_info', 'depth/color', 'semantic', 'semantic/color', 'points', 'matches')
     in_range = lambda t: t_first - 10**7 <= t <= t_last + 10**8          # noqa: E731
-    assert probe.wait_for(lambda: len([t for t in _complete_stamps(probe, dense) if in_range(t)]) >= 2, 60), \
+    assert probe.wait_for(lambda: len([t for t in _complete_stamps(probe, dense) if in_range(t)]) >= 2, 90), \
         node.output[-3000:]
     # stamps: the last event of each window in ROS time (within the recording's packet stamps), increasing
     real = [r for r in probe.messages('depth') if stamp_ns(r.msg) <= t_last + 10**8]
@@ -117,21 +121,45 @@ def test_every_output_topic_from_the_real_recording(node, probe, packets):
     assert math.isclose(q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2, 1.0, rel_tol=1e-6)
     assert poses[0].header.frame_id == f'{FRAME}_keyframe' and stamp_ns(poses[0]) in stamps
     # diagnostics: rates, latency and the camera model in use
+    def settled():                      # the worker finished its last window: compare counters then
+        d = probe.latest_diagnostics()['pipeline']
+        return d['memory_hold'] == 'true' and d['encoder_runs'] == d['windows_processed']
+    assert probe.wait_for(settled, 30), probe.latest_diagnostics()
     diag = probe.latest_diagnostics()
     ev, pipe = diag['events'], diag['pipeline']
-    assert int(ev['packets']) >= len(packets) - 5 and ev['camera_info'] == 'ok'
+    # best effort: a few packets may be lost (e.g. before the reader matched), never a large part of the stream
+    assert int(ev['packets']) >= 0.9 * 2 * len(packets) and ev['camera_info'] == 'ok'
+    assert int(ev['packets']) + int(ev['dropped_packets']) >= 2 * len(packets) - 50
     assert (ev['encoding'], ev['width'], ev['height']) == ('evt3', str(WIDTH), str(HEIGHT))
     assert int(pipe['windows_processed']) >= 2 and float(pipe['latency_ms_p50']) > 0
     assert int(pipe['encoder_runs']) == int(pipe['windows_processed'])              # once per window, all heads
     assert pipe['device'] == 'cpu' and pipe['heads'] == 'depth,semantic,points,pose'
+    if CUDA_FALLBACK:
+        assert pipe['level'] == 1 and 'CUDA is not available' in pipe['message']
+        assert 'CUDA is not available: running on CPU' in node.output
 
 
 def test_memory_hold_republishes_the_last_outputs(node, probe, packets):
     probe.clear()
     probe.play(packets[:150], rate=0)
-    assert probe.wait_for(lambda: len(probe.messages('depth')) >= 1, 60), node.output[-3000:]
-    time.sleep(0.5)                    # let the worker finish the window in flight
-    n_before = len(probe.messages('depth'))
+    t_end = stamp_ns(packets[149]) + 10**8
+
+    def last_real():                   # index of the newest depth computed from this playback's events
+        msgs = probe.messages('depth')
+        idx = [i for i, r in enumerate(msgs) if stamp_ns(packets[0]) <= stamp_ns(r.msg) <= t_end]
+        return idx[-1] if idx else None
+    assert probe.wait_for(lambda: last_real() is not None, 60), node.output[-3000:]
+
+    def holding():                     # diagnostics sent after the newest real output report the hold
+        i = last_real()
+        after = probe.messages('depth')[i].wall
+        for r in probe.messages('diagnostics'):
+            values = {kv.key: kv.value for st in r.msg for kv in st.values}
+            if r.wall > after and values.get('memory_hold') == 'true':
+                return True
+        return False
+    assert probe.wait_for(holding, 30), node.output[-3000:]
+    n_before = last_real() + 1
     # no more events: the node keeps publishing the last depth with fresh stamps
     assert probe.wait_for(lambda: len(probe.messages('depth')) >= n_before + 3, 15), node.output[-3000:]
     held = probe.messages('depth')[n_before - 1:]
@@ -151,7 +179,7 @@ def test_garbage_packets_are_counted_and_outputs_continue(node, probe, packets):
     probe.clear()
     rng = np.random.default_rng(7)
     good = packets[:400]
-    shift = stamp_ns(packets[-1]) - stamp_ns(packets[0]) + 10**9        # continue after the previous playback
+    shift = 3 * (stamp_ns(packets[-1]) - stamp_ns(packets[0])) + 10**9  # continue after the previous playbacks
     ref = good[200]
     garbage = {
         100: [to_rclpy_packet(ref, shift, encoding='evt9')],                                   # unknown codec
@@ -219,7 +247,7 @@ def test_runtime_parameters_switch_heads_and_are_validated(node, probe, packets)
     assert [r.successful for r in results] == [False, False, False, True, True], [r.reason for r in results]
     assert 'frames' in results[0].reason
     probe.clear()
-    shift = 2 * (stamp_ns(packets[-1]) - stamp_ns(packets[0])) + 3 * 10**9
+    shift = 4 * (stamp_ns(packets[-1]) - stamp_ns(packets[0])) + 3 * 10**9
     probe.play(packets[:300], rate=0, stamp_shift_ns=shift)
     assert probe.wait_for(lambda: any(stamp_ns(r.msg) >= stamp_ns(packets[0]) + shift
                                       for r in probe.messages('depth')), 60), node.output[-3000:]
@@ -228,6 +256,10 @@ def test_runtime_parameters_switch_heads_and_are_validated(node, probe, packets)
     assert not [r for r in probe.messages('pose') if stamp_ns(r.msg) in fresh]
     assert probe.wait_for(lambda: probe.latest_diagnostics()['pipeline']['heads'] == 'depth,points', 5)
     call(setp, SetParameters.Request(parameters=[param('heads.semantic', True), param('heads.pose', True)]))
+    from std_srvs.srv import Trigger
+    trigger = probe.node.create_client(Trigger, f'{NS}/new_keyframe')
+    assert trigger.wait_for_service(10)
+    assert call(trigger, Trigger.Request()).success
 
 
 def test_missing_checkpoint_refuses_to_start_and_names_the_file(checkpoints, tmp_path):
