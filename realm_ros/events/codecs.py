@@ -76,6 +76,7 @@ def _bit_tables() -> Tuple[np.ndarray, np.ndarray]:
 
 
 _POS_TABLE, _CNT_TABLE = _bit_tables()
+_CNT8_TABLE = _CNT_TABLE.astype(np.uint8)
 
 # ------------------------------------------------------------------------------------------------ evt3 kernel
 # Counter slots shared by the evt3 state array layout below. Cumulative totals live in ``counters``; ``delta``
@@ -100,20 +101,31 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
     delta[1] = nb
     delta[2] = n
     delta[7] = nb & 1
-    nv = 0
+    # exact upper bound of the output: ADDR_X words + set bits of vector masks; one allocation for all outputs
+    cap = 1
     ntr = 0
     for i in range(n):
-        ty = words[i] >> 12
-        nv += (ty == 4) | (ty == 5)
+        w = words[i]
+        ty = w >> 12
+        cap += ty == 2
         ntr += ty == 10
-    cap = n + 11 * nv + 1
-    xs = np.empty(cap, np.uint16)
-    ys = np.empty(cap, np.uint16)
-    ts = np.empty(cap, np.int64)
-    ps = np.empty(cap, np.uint8)
-    trt = np.empty(ntr, np.int64)
-    trid = np.empty(ntr, np.uint8)
-    trp = np.empty(ntr, np.uint8)
+        if ty == 4 or ty == 5:
+            cap += _CNT8_TABLE[w & (0xFFF if ty == 4 else 0xFF)]
+    # layout (8-byte fields first): t | trigger t | x | y | trigger id | trigger edge | p
+    o_tt = 8 * cap
+    o_x = o_tt + 8 * ntr
+    o_y = o_x + 2 * cap
+    o_id = o_y + 2 * cap
+    o_tp = o_id + ntr
+    o_p = o_tp + ntr
+    block = np.empty(o_p + cap, np.uint8)
+    ts = block[:o_tt].view(np.int64)
+    trt = block[o_tt:o_x].view(np.int64)
+    xs = block[o_x:o_y].view(np.uint16)
+    ys = block[o_y:o_id].view(np.uint16)
+    trid = block[o_id:o_tp]
+    trp = block[o_tp:o_p]
+    ps = block[o_p:]
 
     phase = state[0]
     th = state[1]
@@ -413,6 +425,11 @@ def _libcaer_cmp_kernel(buf, time_base, state, counters, delta):  # pragma: no c
 
 
 # ------------------------------------------------------------------------------------------------ decoders
+_NO_TRIGGERS = TriggerArray.empty()
+for _a in (_NO_TRIGGERS.t, _NO_TRIGGERS.id, _NO_TRIGGERS.polarity):
+    _a.setflags(write=False)
+
+
 def _errors_of(names: Tuple[str, ...], first_error: int, delta: np.ndarray) -> Dict[str, int]:
     return {names[i]: int(delta[i]) for i in range(first_error, len(names)) if delta[i]}
 
@@ -502,7 +519,9 @@ class Evt3Decoder(Decoder):
             buf = _swap16(buf)
         nerr, xs, ys, ts, ps, trt, trid, trp = _evt3_kernel(buf, self._state, self._counters, self._delta)
         errors = _errors_of(_EVT3_COUNTERS, _EVT3_FIRST_ERROR, self._delta) if nerr else {}
-        return DecodeResult(EventArray._trusted(xs, ys, ts, ps), TriggerArray._trusted(trt, trid, trp), errors)
+        ev = EventArray._trusted(xs, ys, ts, ps)
+        tr = TriggerArray._trusted(trt, trid, trp) if trt.shape[0] else _NO_TRIGGERS
+        return DecodeResult(ev, tr, errors)
 
 
 class LibcaerCmpDecoder(Decoder):

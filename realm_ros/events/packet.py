@@ -239,8 +239,10 @@ class EventPacketDecoder:
                 offset = self.offset.offset_ns
             if offset:
                 # the codec's output arrays are fresh and owned here: shift in place
-                np.add(ev.t, np.int64(offset), out=ev.t)
-                np.add(tr.t, np.int64(offset), out=tr.t)
+                if len(ev):
+                    np.add(ev.t, np.int64(offset), out=ev.t)
+                if len(tr):
+                    np.add(tr.t, np.int64(offset), out=tr.t)
         ev = self._monotonic(ev, check_all='time_backwards' in res.errors)
         self._counts['events'] += len(ev)
         self._counts['triggers'] += len(tr)
