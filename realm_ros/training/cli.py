@@ -303,7 +303,8 @@ def _main(prog: str, cls: type, description: str, run: Callable[[Any], Dict[str,
             sys.stdout.write(render_yaml(cfg))
             return 0
         result = run(cfg)
-        print(f'{prog}: finished: {result.get("steps")} steps, exported {result.get("export")}', file=sys.stderr)
+        if result.get('export'):  # rank 0 only
+            print(f'{prog}: finished: {result.get("steps")} steps, exported {result["export"]}', file=sys.stderr)
         return 0
     except ConfigError as exc:
         print(f'{prog}: configuration error: {exc}', file=sys.stderr)

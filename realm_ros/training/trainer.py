@@ -432,6 +432,8 @@ class Trainer:
         self.params = params
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel
+            # permuted (channels-last) conv gradients only cost a copy in the reducer
+            warnings.filterwarnings('ignore', message='Grad strides do not match bucket view strides')
             ddp = DistributedDataParallel(module, device_ids=[info.device.index] if info.device.type == 'cuda'
                                           else None, find_unused_parameters=False)
             self.wrapped: nn.Module = ddp

@@ -269,3 +269,22 @@ def test_cli_help_and_ros_args_without_rclpy(world, tmp_path):
     r = subprocess.run([sys.executable, '-m', 'realm_ros.nodes.train_heads', '--ros-args', '-p', 'task:=dept'],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "task must be 'depth' or 'segmentation'" in r.stderr
+
+
+def test_torchrun_ddp_two_processes(world, tmp_path):
+    """DistributedDataParallel on CPU (gloo): distributed sampler, rank-0 logging/checkpoints/export."""
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           '-m', 'realm_ros.nodes.train_from_bag', *args(world, out, '--optim.epochs', '1', '--optim.batch_size', '2',
+                                                          '--optim.accumulation', '1', '--data.max_pairs', '10')]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = records(out)
+    start = [x for x in recs if x['kind'] == 'start']
+    assert len(start) == 1 and start[0]['world_size'] == 2 and start[0]['effective_batch'] == 4
+    # 8 training pairs / (2 ranks x 2 per batch) = 2 steps, logged once (rank 0)
+    assert [x['step'] for x in recs if x['kind'] == 'train'] == [1, 2]
+    assert r.stderr.count('finished:') == 1 and (out / 'realm.safetensors').exists()
+    state = torch.load(out / 'checkpoints' / 'last.pt', weights_only=False)
+    assert state['world_size'] == 2 and len(state['rng']) == 2

@@ -52,13 +52,15 @@ class ToyTask(TrainTask):
 
     def train_step(self, batch, epoch):
         self.calls += 1
-        loss = ((self.wrapped(batch['x']) - batch['y']) ** 2).mean()
+        dev = next(self.net.parameters()).device
+        loss = ((self.wrapped(batch['x'].to(dev)) - batch['y'].to(dev)) ** 2).float().mean()
         if self.nan_after is not None and self.calls > self.nan_after:
             loss = loss * float('nan')
         return {'loss': loss, 'n': torch.tensor(float(len(batch['x'])))}
 
     def val_step(self, batch, epoch):
-        err = ((self.wrapped(batch['x']) - batch['y']) ** 2).mean(1)
+        dev = next(self.net.parameters()).device
+        err = ((self.wrapped(batch['x'].to(dev)) - batch['y'].to(dev)) ** 2).float().mean(1).cpu()
         return {'sq': err.sum().double(), 'n': torch.tensor(float(len(err)), dtype=torch.float64)}
 
     def val_summary(self, sums):
@@ -226,3 +228,26 @@ def test_resume_refuses_a_different_setup(tmp_path):
 
     with pytest.raises(Exception, match='different setup.*arch'):
         make(tmp_path, task=Other(), epochs=2).fit(resume=True)
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    tr = make(tmp_path, epochs=1, precision='bf16')
+    assert tr.amp_dtype == torch.bfloat16 and not tr.scaler.is_enabled()
+    tr.fit()
+    got, _ = losses(tmp_path)
+    assert len(got) == 3 and all(math.isfinite(v) for v in got)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('precision', ['bf16', 'fp16'])
+def test_cuda_autocast_and_grad_scaler(tmp_path, precision):
+    info = DistInfo(0, 1, 0, torch.device('cuda', 0))
+    optim = OptimConfig(epochs=2, batch_size=5, accumulation=2, lr=0.05, warmup_steps=2)
+    run = RunConfig(device='cuda', precision=precision, log_every=1, progress='off', tensorboard=False)
+    tr = Trainer(ToyTask(), ToyData(), ToyData(8), optim, run, str(tmp_path), info, {}, num_workers=0)
+    assert tr.scaler.is_enabled() == (precision == 'fp16')
+    tr.fit()
+    got, _ = losses(tmp_path)
+    assert got[-1] < got[0]
+    make_resumed = Trainer(ToyTask(), ToyData(), ToyData(8), optim, run, str(tmp_path), info, {}, num_workers=0)
+    make_resumed.fit(resume=True)  # nothing left to do, but the scaler/optimizer states load on CUDA
