@@ -5,6 +5,8 @@ Examples::
     ros2 launch realm_ros perception.launch.py events_topic:=/event_camera/events \
         realm_checkpoint:=/path/realm.safetensors dune_checkpoint:=/path/dune_vitbase14_448_paper.pth rviz:=true
     ros2 launch realm_ros perception.launch.py sim:=true rviz:=true      # no camera needed
+    ros2 launch realm_ros perception.launch.py sim:=true image_topic:=/rgb/image_raw \
+        image_camera_info_topic:=/rgb/camera_info                          # cross-modal RGB keyframes
 
 Arguments left empty keep the value of ``params_file`` (config/perception.yaml by default). The node configures and
 activates itself (parameter ``autostart``); with a lifecycle manager set ``autostart:=false``.
@@ -83,7 +85,8 @@ def _nodes(context, *args, **kwargs):
         actions.append(Node(package=PACKAGE, executable='sim_event_camera', name='sim_event_camera',
                             namespace=namespace, output='screen',
                             parameters=[{'use_sim_time': use_sim_time}],
-                            remappings=[('events', events_topic), ('camera_info', camera_info_topic)]))
+                            remappings=[('event_camera/events', events_topic),
+                                        ('event_camera/camera_info', camera_info_topic)]))
     rviz_config = _rviz_config_for(get('rviz_config'), namespace, get('node_name'), get('frame_id')) \
         if _is_true(get('rviz')) else get('rviz_config')
     actions.append(Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,

@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import rclpy
@@ -44,6 +44,7 @@ from std_srvs.srv import Trigger
 
 from realm_ros.nodes import conversions as conv
 from realm_ros.nodes.qos import QOS_NAMES, events_qos, qos_from_name, sensor_input_qos
+from realm_ros.pipeline.windows import window_memory_bytes
 
 # -------------------------------------------------------------------------------------------------------------------
 # parameters
@@ -176,6 +177,14 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     return d
 
 
+class BadPacket(ValueError):
+    """An event packet the node refuses; ``kind`` names the problem for the diagnostics counters."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class _Throttle:
     """Allow one log line per ``period_s`` and key (the node must stay quiet under a flood of bad packets)."""
 
@@ -237,6 +246,7 @@ class PerceptionNode(LifecycleNode):
         self._event_rate = RateMeter()
         self._output_rate = RateMeter(window_s=5.0)
         self._camera_info: Optional[conv.CameraIntrinsics] = None
+        self._k_source = 'none yet'
         self._camera_info_problem = ''
         self._image_K: Optional[np.ndarray] = None
         self._last_outputs: Dict[str, Any] = {}
@@ -405,7 +415,9 @@ class PerceptionNode(LifecycleNode):
         if self._keyframe_srv is not None:
             self.destroy_service(self._keyframe_srv)
             self._keyframe_srv = None
-        self._jump_handle = None
+        if self._jump_handle is not None:
+            self._jump_handle.unregister()
+            self._jump_handle = None
         if self._pipeline is not None:
             self._pipeline.close()
             self._pipeline = None
@@ -464,7 +476,7 @@ class PerceptionNode(LifecycleNode):
         try:
             events = self._decode_packet(msg)
         except Exception as exc:  # noqa: BLE001 - the node must survive any input
-            kind = type(exc).__name__
+            kind = exc.kind if isinstance(exc, BadPacket) else type(exc).__name__
             self._counters.add('bad_packets')
             self._counters.add(f'bad_packets.{kind}')
             if self._throttle(f'bad:{kind}'):
@@ -491,7 +503,7 @@ class PerceptionNode(LifecycleNode):
         width, height = int(msg.width), int(msg.height)
         max_size = int(self._hot['max_sensor_size'])
         if width > max_size or height > max_size:
-            raise ValueError(f'sensor size {width}x{height} exceeds max_sensor_size {max_size}')
+            raise BadPacket('too_large', f'sensor size {width}x{height} exceeds max_sensor_size {max_size}')
         stamp = conv.stamp_to_ns(msg.header.stamp)
         with self._lock:
             if self._last_packet_stamp is not None:
@@ -519,10 +531,13 @@ class PerceptionNode(LifecycleNode):
                     if self._decoder is decoder:
                         self._retire_decoder_stats(decoder)
                         self._decoder = None
-                raise ValueError(f'event times {lo / 1e9:+.3f} .. {hi / 1e9:+.3f} s from the packet stamp '
-                                 f'(limit {limit / 1e9:g} s): corrupt payload, decoder restarted')
+                raise BadPacket('implausible_times', f'event times {lo / 1e9:+.3f} .. {hi / 1e9:+.3f} s from the '
+                                f'packet stamp (limit {limit / 1e9:g} s): corrupt payload, decoder restarted')
         if result.errors.get('rejected') or result.errors.get('decode_exceptions'):
-            raise ValueError(decoder.last_error or 'rejected by the decoder')
+            reason = decoder.last_error or 'rejected by the decoder'
+            kind = ('decode_exception' if result.errors.get('decode_exceptions') else
+                    'unknown_encoding' if 'encoding' in reason else 'invalid_size' if 'size' in reason else 'rejected')
+            raise BadPacket(kind, reason)
         if result.errors and self._throttle('decode_errors'):
             self.get_logger().warning(f'decode errors in packet seq={getattr(msg, "seq", "?")}: {result.errors}')
         key = (decoder.encoding, decoder.width, decoder.height)
@@ -741,7 +756,9 @@ class PerceptionNode(LifecycleNode):
             'offset_resets': dec.get('offset_resets', 0),
             'buffered_events': self._scheduler.buffered_events if self._scheduler is not None else 0,
             'buffer_overwritten_events': self._scheduler.evicted_events if self._scheduler is not None else 0,
+            'buffer_mb': window_memory_bytes(self._scheduler.capacity_events) / 2**20 if self._scheduler else 0.0,
             'encoding': key[0] if key else '', 'width': key[1] if key else 0, 'height': key[2] if key else 0,
+            'intrinsics': self._k_source,
             'camera_info': 'ok' if self._camera_info is not None and not self._camera_info_problem else
             (self._camera_info_problem or 'not received: fallback intrinsics'),
         }

@@ -9,8 +9,6 @@ import ast
 import importlib.util
 import os
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest

@@ -75,6 +75,8 @@ def _complete_stamps(probe, topics):
 
 
 def test_every_output_topic_from_the_real_recording(node, probe, packets):
+    ev0 = probe.latest_diagnostics()['events']
+    assert 'fallback' in ev0['camera_info'] and ev0['level'] == 1          # no camera_info yet: parameters used
     probe.clear()
     probe.publish_camera_info(K_TEST, WIDTH, HEIGHT, FRAME)
     time.sleep(0.3)
@@ -189,10 +191,11 @@ def test_garbage_packets_are_counted_and_outputs_continue(node, probe, packets):
         180: [to_rclpy_packet(ref, shift, payload=np.zeros(0, np.uint8))],                     # empty payload
         200: [to_rclpy_packet(ref, shift, payload=np.asarray(ref.events, np.uint8)[:1001])],   # truncated, odd
         220: [to_rclpy_packet(ref, shift, encoding='')],
+        240: [to_rclpy_packet(ref, shift, width=320, height=240)],                             # sensor change
     }
     rss0 = node.rss_mb()
     probe.play(good, rate=0, stamp_shift_ns=shift, inject=garbage, skip=(300, 301, 302))
-    t_garbage_end = stamp_ns(good[220]) + shift
+    t_garbage_end = stamp_ns(good[240]) + shift
     assert probe.wait_for(lambda: any(stamp_ns(r.msg) > t_garbage_end for r in probe.messages('depth')), 60), \
         node.output[-3000:]
     assert node.alive()
@@ -201,6 +204,7 @@ def test_garbage_packets_are_counted_and_outputs_continue(node, probe, packets):
     assert int(ev['bad_packets']) >= 4                  # evt9, width 0, absurd size, empty encoding (+ random)
     assert int(ev['unknown_encoding']) >= 2 and int(ev['decode_errors']) >= 2
     assert int(ev['seq_gaps']) >= 1 and int(ev['dropped_packets']) >= 3
+    assert int(ev['resolution_changes']) >= 2 and (ev['width'], ev['height']) == ('640', '480')
     assert ev['level'] == 1 and 'bad packets' in ev['message']
     assert node.rss_mb() - rss0 < 300                   # no runaway allocation from absurd sizes
 
@@ -260,6 +264,37 @@ def test_runtime_parameters_switch_heads_and_are_validated(node, probe, packets)
     trigger = probe.node.create_client(Trigger, f'{NS}/new_keyframe')
     assert trigger.wait_for_service(10)
     assert call(trigger, Trigger.Request()).success
+
+
+def test_lifecycle_deactivate_cleanup_and_restart(node, probe, packets):
+    from lifecycle_msgs.msg import State, Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    change = probe.node.create_client(ChangeState, f'{NS}/change_state')
+    get = probe.node.create_client(GetState, f'{NS}/get_state')
+    assert change.wait_for_service(10) and get.wait_for_service(10)
+
+    def transition(tid):
+        fut = change.call_async(ChangeState.Request(transition=Transition(id=tid)))
+        assert probe.wait_for(fut.done, 60)
+        return fut.result().success
+
+    def state():
+        fut = get.call_async(GetState.Request())
+        assert probe.wait_for(fut.done, 10)
+        return fut.result().current_state.id
+
+    assert state() == State.PRIMARY_STATE_ACTIVE
+    assert transition(Transition.TRANSITION_DEACTIVATE) and state() == State.PRIMARY_STATE_INACTIVE
+    probe.clear()
+    shift = 6 * (stamp_ns(packets[-1]) - stamp_ns(packets[0])) + 5 * 10**9
+    probe.play(packets[:200], rate=0, stamp_shift_ns=shift)
+    time.sleep(2.0)
+    assert not probe.messages('depth'), 'an inactive node must not publish'
+    assert transition(Transition.TRANSITION_CLEANUP) and state() == State.PRIMARY_STATE_UNCONFIGURED
+    assert transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
+    assert probe.wait_for_subscriber(30)
+    probe.play(packets[200:], rate=0, stamp_shift_ns=shift)
+    assert probe.wait_for(lambda: len(probe.messages('depth')) > 0, 60), node.output[-3000:]
 
 
 def test_missing_checkpoint_refuses_to_start_and_names_the_file(checkpoints, tmp_path):
