@@ -76,7 +76,6 @@ def _bit_tables() -> Tuple[np.ndarray, np.ndarray]:
 
 
 _POS_TABLE, _CNT_TABLE = _bit_tables()
-_CNT8_TABLE = _CNT_TABLE.astype(np.uint8)
 
 # ------------------------------------------------------------------------------------------------ evt3 kernel
 # Counter slots shared by the evt3 state array layout below. Cumulative totals live in ``counters``; ``delta``
@@ -101,31 +100,20 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
     delta[1] = nb
     delta[2] = n
     delta[7] = nb & 1
-    # exact upper bound of the output: ADDR_X words + set bits of vector masks; one allocation for all outputs
-    cap = 1
+    nv = 0
     ntr = 0
     for i in range(n):
-        w = words[i]
-        ty = w >> 12
-        cap += ty == 2
+        ty = words[i] >> 12
+        nv += (ty == 4) | (ty == 5)
         ntr += ty == 10
-        if ty == 4 or ty == 5:
-            cap += _CNT8_TABLE[w & (0xFFF if ty == 4 else 0xFF)]
-    # layout (8-byte fields first): t | trigger t | x | y | trigger id | trigger edge | p
-    o_tt = 8 * cap
-    o_x = o_tt + 8 * ntr
-    o_y = o_x + 2 * cap
-    o_id = o_y + 2 * cap
-    o_tp = o_id + ntr
-    o_p = o_tp + ntr
-    block = np.empty(o_p + cap, np.uint8)
-    ts = block[:o_tt].view(np.int64)
-    trt = block[o_tt:o_x].view(np.int64)
-    xs = block[o_x:o_y].view(np.uint16)
-    ys = block[o_y:o_id].view(np.uint16)
-    trid = block[o_id:o_tp]
-    trp = block[o_tp:o_p]
-    ps = block[o_p:]
+    cap = n + 11 * nv + 1
+    xs = np.empty(cap, np.uint16)
+    ys = np.empty(cap, np.uint16)
+    ts = np.empty(cap, np.int64)
+    ps = np.empty(cap, np.uint8)
+    trt = np.empty(ntr, np.int64)
+    trid = np.empty(ntr, np.uint8)
+    trp = np.empty(ntr, np.uint8)
 
     phase = state[0]
     th = state[1]
