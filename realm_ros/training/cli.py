@@ -65,6 +65,15 @@ def _prepare_all(cfg: Any, info: Any, prepare: Callable[..., Any], log: Callable
     return prepare_bags(cfg.bags, cfg.data, cache_root, prepare, log, **kwargs)
 
 
+def _first_sample(dataset: Any) -> None:
+    """Build one sample in this process before training: surfaces data problems early and compiles the numba
+    kernels once in the parent, so forked data-loading workers inherit them."""
+    try:
+        dataset[0]
+    except (ValueError, OSError, IndexError) as exc:
+        raise DataError(f'cannot build a training sample: {type(exc).__name__}: {exc}') from None
+
+
 def _dataset_hash(bags: Sequence[Tuple[Any, Any]]) -> str:
     return hashlib.sha256(json.dumps([os.path.basename(b.directory) for b, _ in bags]).encode()).hexdigest()[:16]
 
@@ -125,6 +134,7 @@ def train_distill(cfg: DistillConfig) -> Dict[str, Any]:
             raise DataError(f'no training pairs: all {len(val_set)} pairs are held out for validation '
                             f'(check data.split / data.val_fraction)')
         log(f'{len(train_set)} training pairs, {len(val_set)} validation pairs from {len(bags)} bag(s)')
+        _first_sample(train_set)
         torch.manual_seed(cfg.run.seed)
         m = cfg.model
         widths = list(m.embedder_widths) or list(DEFAULT_WIDTHS)
@@ -207,6 +217,7 @@ def train_heads(cfg: HeadsConfig) -> Dict[str, Any]:
         if len(train_set) == 0:
             raise DataError('no training pairs: all pairs are held out for validation (check data.split)')
         log(f'{len(train_set)} training pairs, {len(val_set)} validation pairs from {len(bags)} bag(s)')
+        _first_sample(train_set)
         weights: Optional[List[float]] = None
         if cfg.task == 'segmentation':
             counts = np.zeros(256, dtype=np.int64)

@@ -87,19 +87,24 @@ def test_pairs_windows_and_geometry(world):
     assert occ[:band].max() == 0 and occ[band + 4:].max() > 0
 
 
-def test_prepared_cache_is_reused_and_mcap_works(world, tmp_path):
+def test_prepared_cache_is_reused_and_other_encodings(world, tmp_path):
     data = EventDataConfig(stride=5, window='count', window_count=2000)
     a = prepare_distill_bag(BagSpec(world['bag']), data, world['cache'])
     b = prepare_distill_bag(BagSpec(world['bag']), data, world['cache'])
     assert a.directory == b.directory
-    mcap = tmp_path / 'mcap_bag'
-    write_training_bag(mcap, seconds=0.5, storage='mcap', encoding='bgr8', with_gt=False)
-    m = prepare_distill_bag(BagSpec(str(mcap)), data, str(tmp_path / 'cache'))
-    assert m.num_pairs >= 2 and m.stats['rgb_decode_errors'] == 0
-    # bgr8 decodes to the same RGB as rgb8
-    f_rgb = np.asarray(a.array('frames')[a.pairs['frame'][0]])
-    f_bgr = np.asarray(m.array('frames')[m.pairs['frame'][0]])
-    assert np.abs(f_rgb.astype(int) - f_bgr.astype(int)).max() <= 1
+    f_ref = np.asarray(a.array('frames')[a.pairs['frame'][0]]).astype(int)
+    t_ref = np.asarray(a.array('events_t')[:a.stats['events']])
+    # mcap storage, libcaer_cmp events, bgr8 / PNG-compressed frames: same pairs, frames and event times
+    for i, (storage, ev_enc, img_enc) in enumerate((('mcap', 'libcaer_cmp', 'bgr8'), ('sqlite3', 'evt3', 'png'))):
+        bag = tmp_path / f'bag{i}'
+        write_training_bag(bag, seconds=1.0, storage=storage, encoding=img_enc, event_encoding=ev_enc,
+                           with_gt=False)
+        m = prepare_distill_bag(BagSpec(str(bag)), data, str(tmp_path / 'cache'))
+        assert m.num_pairs == a.num_pairs and m.stats['rgb_decode_errors'] == 0, (storage, ev_enc, img_enc)
+        f = np.asarray(m.array('frames')[m.pairs['frame'][0]]).astype(int)
+        assert np.abs(f - f_ref).max() <= 1
+        t = np.asarray(m.array('events_t'))
+        assert len(t) == len(t_ref) and np.abs(t - t_ref).max() < 2_000_000  # same events, ms-level clock sync
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -164,6 +169,33 @@ def test_heads_depth_and_segmentation(world):
             Path(world['teacher']).read_bytes()).hexdigest()
     seg = load_head_checkpoint(world['root'] / 'head_segmentation' / 'segmentation_head.safetensors')
     assert seg.num_classes == 11 and len(seg.checkpoint_metadata['class_weights']) == 11
+
+
+
+def test_exports_run_in_the_perception_pipeline(world):
+    """The exported encoder and heads load in :class:`RealmPipeline` and produce depth and segmentation."""
+    root = world['root']
+    files = [root / 'distill' / 'realm.safetensors', root / 'head_depth' / 'depth_head.safetensors',
+             root / 'head_segmentation' / 'segmentation_head.safetensors']
+    if not all(f.exists() for f in files):
+        pytest.skip('needs the training tests above')
+    pipeline = pytest.importorskip('realm_ros.pipeline')
+    from realm_ros.events import EventArray
+    from training_bags import FX, simulate_events
+    pipe = pipeline.RealmPipeline(pipeline.PipelineConfig(
+        realm_checkpoint=str(files[0]), dune_checkpoint=world['teacher'], depth_head_checkpoint=str(files[1]),
+        seg_head_checkpoint=str(files[2]), device='cpu', precision='fp32', heads=('depth', 'semantic'),
+        spatial_mode='crop'))
+    x, y, t_us, p = simulate_events(1.0)
+    i, j = np.searchsorted(t_us, [300_000, 333_333])
+    ev = EventArray(x[i:j], y[i:j], t_us[i:j] * 1000, p[i:j])
+    K = np.array([[FX, 0, (W - 1) / 2], [0, FX, (H - 1) / 2], [0, 0, 1]])
+    out = pipe.process(ev, H, W, K, int(t_us[j - 1]) * 1000)
+    depth = np.asarray(out.depth)
+    assert depth.shape == (H, W) and np.isfinite(depth[:, 12:84]).all()
+    assert np.nanmin(depth) >= 1.0 and np.nanmax(depth) <= 20.0  # the tiny head's bin range
+    labels = np.asarray(out.semantic)
+    assert labels.shape == (H, W) and set(np.unique(labels[:, 12:84])) <= set(range(11))
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -276,7 +308,8 @@ def test_torchrun_ddp_two_processes(world, tmp_path):
     out = tmp_path / 'ddp'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
            '-m', 'realm_ros.nodes.train_from_bag', *args(world, out, '--optim.epochs', '1', '--optim.batch_size', '2',
-                                                          '--optim.accumulation', '1', '--data.max_pairs', '10')]
+                                                          '--optim.accumulation', '1', '--data.max_pairs', '10',
+                                                          '--data.num_workers', '1')]
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -94,10 +94,16 @@ def _tf_static(ts, t_ns: int, parent: str, child: str, xyz):
 
 def write_training_bag(path: Path, seconds: float = 1.0, storage: str = 'sqlite3', encoding: str = 'rgb8',
                        topics: Optional[Dict[str, str]] = None, with_gt: bool = True, with_tf: bool = True,
-                       with_event_info: bool = True, packet_us: int = 5000) -> Dict[str, int]:
-    """Write the synthetic bag; returns counts (events, frames)."""
+                       with_event_info: bool = True, packet_us: int = 5000,
+                       event_encoding: str = 'evt3') -> Dict[str, int]:
+    """Write the synthetic bag; returns counts (events, frames).
+
+    ``encoding``: rgb8 / bgr8 / mono8 Images, or 'png' / 'jpeg' for CompressedImage frames.
+    ``event_encoding``: 'evt3' (sensor microseconds from 0) or 'libcaer_cmp' (ns since epoch, time_base).
+    """
+    import cv2
     from rosbags.rosbag2 import StoragePlugin, Writer
-    from realm_ros.events import encode_evt3
+    from realm_ros.events import encode_evt3, encode_libcaer_cmp
     from realm_ros.events.bagio import make_typestore
 
     tp = dict(DEFAULT_TOPICS, **(topics or {}))
@@ -108,7 +114,9 @@ def write_training_bag(path: Path, seconds: float = 1.0, storage: str = 'sqlite3
     n_frames = int(seconds * FRAME_HZ)
     with Writer(path, version=9, storage_plugin=plugin) as w:
         c_ev = w.add_connection(tp['events'], 'event_camera_msgs/msg/EventPacket', typestore=ts)
-        c_rgb = w.add_connection(tp['rgb'], 'sensor_msgs/msg/Image', typestore=ts)
+        compressed = encoding in ('png', 'jpeg')
+        rgb_type = 'sensor_msgs/msg/CompressedImage' if compressed else 'sensor_msgs/msg/Image'
+        c_rgb = w.add_connection(tp['rgb'], rgb_type, typestore=ts)
         c_ri = w.add_connection(tp['rgb_info'], 'sensor_msgs/msg/CameraInfo', typestore=ts)
         c_ei = (w.add_connection(tp['event_info'], 'sensor_msgs/msg/CameraInfo', typestore=ts)
                 if with_event_info else None)
@@ -129,10 +137,14 @@ def write_training_bag(path: Path, seconds: float = 1.0, storage: str = 'sqlite3
         for seq, (i, j) in enumerate(zip(idx[:-1], idx[1:])):
             if j <= i:
                 continue
-            payload = encode_evt3(x[i:j], y[i:j], t_us[i:j], p[i:j])
             stamp = T0_NS + int(t_us[i]) * 1000
-            msg = Packet(header=_header(ts, stamp, 'event_optical'), height=H, width=W, seq=seq, time_base=0,
-                         encoding='evt3', is_bigendian=False, events=np.frombuffer(payload, np.uint8))
+            if event_encoding == 'evt3':
+                payload, time_base = encode_evt3(x[i:j], y[i:j], t_us[i:j], p[i:j]), 0
+            else:
+                payload, time_base = encode_libcaer_cmp(x[i:j], y[i:j], T0_NS + t_us[i:j] * 1000, p[i:j])
+            msg = Packet(header=_header(ts, stamp, 'event_optical'), height=H, width=W, seq=seq,
+                         time_base=time_base, encoding=event_encoding, is_bigendian=False,
+                         events=np.frombuffer(payload, np.uint8))
             msgs.append((stamp + 1000, c_ev, msg, 'event_camera_msgs/msg/EventPacket'))
         yy, xx = np.mgrid[0:H, 0:W]
         for f in range(1, n_frames + 1):
@@ -141,9 +153,17 @@ def write_training_bag(path: Path, seconds: float = 1.0, storage: str = 'sqlite3
             g = texture(t_s)
             rgb = np.stack([g, 0.6 * g + 0.2, 1.0 - 0.5 * g], -1)
             rgb8 = (rgb * 255).astype(np.uint8)
-            img = rgb8 if encoding == 'rgb8' else rgb8[:, :, ::-1]
-            msgs.append((stamp + 2000, c_rgb, _image(ts, stamp, 'rgb_optical', img, encoding),
-                         'sensor_msgs/msg/Image'))
+            if compressed:
+                ok, buf = cv2.imencode('.png' if encoding == 'png' else '.jpg', rgb8[:, :, ::-1])
+                Compressed = ts.types['sensor_msgs/msg/CompressedImage']
+                img_msg = Compressed(header=_header(ts, stamp, 'rgb_optical'), format=encoding,
+                                     data=np.frombuffer(buf.tobytes(), np.uint8))
+            elif encoding == 'mono8':
+                img_msg = _image(ts, stamp, 'rgb_optical', rgb8.mean(-1).astype(np.uint8), 'mono8')
+            else:
+                img = rgb8 if encoding == 'rgb8' else rgb8[:, :, ::-1]
+                img_msg = _image(ts, stamp, 'rgb_optical', img, encoding)
+            msgs.append((stamp + 2000, c_rgb, img_msg, rgb_type))
             if with_gt:
                 depth = (2.0 + 0.1 * xx + 0.05 * yy + 0.5 * np.sin(t_s)).astype(np.float32)
                 depth[30:40, 40:50] = np.nan
