@@ -12,9 +12,10 @@
    the last one whose header stamp is <= the depth stamp; +-1 packet = +-4 ms). Also the node's own
    receive-to-publish latency from /diagnostics. Repeated with only the depth head (runtime parameter).
 3. Sustained input: the recording is played back to back (>= 2 s of wall time, 8 passes for 'max') at ``--rates``
-   x real time (0 = as fast as this Python publisher can); per rate the events the node ingested per wall second
-   of input (diagnostics), packets lost, windows processed and dropped. Ratio = ingested rate / the recording's
-   real-time rate. The publisher, not the node, is the limit at 'max' on this machine.
+   x real time (0 = as fast as this Python publisher can); per rate the events the node ingested (diagnostics)
+   divided by the ingest interval (first publish until the node's packet counter stops rising), packets lost
+   (best effort: the DDS reader queue overflows when the callback falls behind), windows processed and dropped.
+   Ratio = ingested rate / the recording's real-time rate.
 """
 from __future__ import annotations
 
@@ -99,8 +100,53 @@ def bench_publish_cost(iterations: int = 200) -> Dict[str, float]:
     return out
 
 
-def _diag_int(probe: Probe, section: str, key: str) -> int:
-    return int(probe.latest_diagnostics().get(section, {}).get(key, 0))
+EMPTY_SUBSCRIBER = """
+import sys, time, rclpy
+from event_camera_msgs.msg import EventPacket
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+rclpy.init()
+node = rclpy.create_node('bench_empty_subscriber')
+seen = [0, None, None]
+def cb(msg):
+    seen[0] += 1
+    seen[2] = time.monotonic()
+    if seen[1] is None:
+        seen[1] = seen[2]
+node.create_subscription(EventPacket, sys.argv[1], cb, QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT))
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    rclpy.spin_once(node, timeout_sec=0.05)
+print(seen[0], (seen[2] or 0) - (seen[1] or 0))
+"""
+
+
+def bench_empty_subscriber(packets: List, repeat: int = 8) -> Dict[str, float]:
+    """Baseline: a subscriber process whose callback does nothing, flooded like the node at 'max'."""
+    import subprocess
+    import rclpy
+    from event_camera_msgs.msg import EventPacket
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from perception_harness import to_rclpy_packet
+    topic = f'/bench_flood_{os.getpid()}/events'
+    child = subprocess.Popen([sys.executable, '-c', EMPTY_SUBSCRIBER, topic, '25'], stdout=subprocess.PIPE,
+                             text=True)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node('bench_flooder', context=ctx)
+    pub = node.create_publisher(EventPacket, topic, QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+    deadline = time.monotonic() + 20
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    msgs = [to_rclpy_packet(m) for m in packets]
+    for _ in range(repeat):
+        for m in msgs:
+            pub.publish(m)
+    out, _ = child.communicate(timeout=60)
+    node.destroy_node()
+    rclpy.shutdown(context=ctx)
+    got, dur = out.split()
+    return dict(received=int(got), sent=repeat * len(packets), seconds=float(dur))
 
 
 def bench_node(loops: int, rates: List[float]) -> None:
@@ -139,10 +185,21 @@ def bench_node(loops: int, rates: List[float]) -> None:
             ev0, pk0 = int(d0['events']['events']), int(d0['events']['packets'])
             w0, dr0 = int(d0['pipeline']['windows_processed']), int(d0['pipeline']['windows_dropped'])
             wall = 0.0
+            t_start = time.monotonic()
             for _ in range(repeat):
                 wall += probe.play(packets, rate=rate, stamp_shift_ns=shift[0], on_publish=on_pub)
                 shift[0] += span + 5_000_000
-            time.sleep(3.0)                  # let the last window finish
+            # the node may still be draining its queue: the ingest interval ends when its packet count stops rising
+            last_count, last_change = -1, time.monotonic()
+            while time.monotonic() - last_change < 1.5:
+                time.sleep(0.1)
+                diags = probe.messages('diagnostics')
+                if diags:
+                    count = int({kv.key: kv.value for st in diags[-1].msg for kv in st.values}['packets'])
+                    if count != last_count:
+                        last_count, last_change = count, diags[-1].wall
+            ingest_s = max(last_change - t_start, wall)
+            time.sleep(1.5)                  # let the last window finish
             d1 = probe.latest_diagnostics()
             lat = []
             for r in probe.messages('depth'):
@@ -150,7 +207,7 @@ def bench_node(loops: int, rates: List[float]) -> None:
                 k = bisect.bisect_right(pub_stamp, s) - 1
                 if 0 <= k:
                     lat.append((r.wall - pub_wall[k]) * 1e3)
-            return dict(wall_s=wall, latency=lat, depth_msgs=len(probe.messages('depth')),
+            return dict(wall_s=wall, ingest_s=ingest_s, latency=lat, depth_msgs=len(probe.messages('depth')),
                         events_in=int(d1['events']['events']) - ev0,
                         packets_in=int(d1['events']['packets']) - pk0,
                         windows=int(d1['pipeline']['windows_processed']) - w0,
@@ -186,15 +243,21 @@ def bench_node(loops: int, rates: List[float]) -> None:
 
         print(f'\n[3] sustained input (depth head only), recording = {rec_rate / 1e3:.0f} kev/s, '
               f'{len(packets)} packets in {span / 1e9:.2f} s')
-        print('    rate x | wall s | packets in/sent | kev/s ingested | ratio vs real time | windows (dropped)')
+        print('    rate x | publish s | ingest s | packets in/sent | kev/s ingested | ratio vs real time | windows '
+              '(dropped)')
         for rate in rates:
             repeat = max(1, int(round(rate))) if rate else 8          # >= 2 s of input per rate
             r = play(rate, repeat)
-            ingest = r['events_in'] / r['wall_s']
-            print(f'    {("max" if rate == 0 else f"{rate:g}"):>6} | {r["wall_s"]:6.2f} | {r["packets_in"]:4d}/'
+            ingest = r['events_in'] / r['ingest_s']
+            print(f'    {("max" if rate == 0 else f"{rate:g}"):>6} | {r["wall_s"]:9.2f} | {r["ingest_s"]:8.2f} | '
+                  f'{r["packets_in"]:4d}/'
                   f'{len(packets) * repeat} | {ingest / 1e3:14.0f} | {ingest / rec_rate:18.2f} | {r["windows"]} '
                   f'({r["dropped"]})')
         print(f'    node RSS after the run: {node.rss_mb():.0f} MB')
+        base = bench_empty_subscriber(packets)
+        rate_base = base['received'] / max(base['seconds'], 1e-3)
+        print(f'    baseline, rclpy subscriber with an empty callback flooded the same way: {base["received"]}/'
+              f'{base["sent"]} packets, {rate_base:.0f} packets/s while receiving')
     finally:
         if probe is not None:
             probe.close()
