@@ -164,21 +164,7 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
         k += 1
         w = np.int64(words[k])
         ty = w >> 12
-        if ty == 2:
-            x = w & 0x7FF
-            if x < xlim:
-                xs[o] = x
-                ys[o] = yv
-                ts[o] = t_ns
-                ps[o] = (w >> 11) & 1
-                o += 1
-            elif em == 1:
-                delta[12] += 1
-            elif have_y == 0:
-                delta[13] += 1
-            else:
-                delta[9] += 1
-        elif ty == 0:
+        if ty == 0:
             y = w & 0x7FF
             yv = np.uint16(y)
             have_y = 1
@@ -203,6 +189,41 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
             if t_ns < last_t:
                 tback += 1
             last_t = t_ns
+            # TIME_LOW is usually followed by ADDR_Y, ADDR_X (one event per microsecond): handle all three here
+            if k + 2 < n:
+                wa = np.int64(words[k + 1])
+                wb = np.int64(words[k + 2])
+                if (wa >> 12) == 0 and (wb >> 12) == 2:
+                    y = wa & 0x7FF
+                    yv = np.uint16(y)
+                    have_y = 1
+                    em = 0
+                    row_ok = y < height
+                    xlim = width if row_ok else 0
+                    x1 = wb & 0x7FF
+                    if x1 < xlim:
+                        xs[o] = x1
+                        ys[o] = yv
+                        ts[o] = t_ns
+                        ps[o] = (wb >> 11) & 1
+                        o += 1
+                        k += 2
+                    else:
+                        k += 1
+        elif ty == 2:
+            x = w & 0x7FF
+            if x < xlim:
+                xs[o] = x
+                ys[o] = yv
+                ts[o] = t_ns
+                ps[o] = (w >> 11) & 1
+                o += 1
+            elif em == 1:
+                delta[12] += 1
+            elif have_y == 0:
+                delta[13] += 1
+            else:
+                delta[9] += 1
         elif ty == 8:
             v = w & 0xFFF
             last_hi = (th >> 12) & 0xFFF
