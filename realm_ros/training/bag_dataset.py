@@ -23,14 +23,12 @@ the warped RGB frame and its coverage mask. RGB is ImageNet-normalised for the D
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -39,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .camera_geometry import (CameraModel, TfTree, build_warp_maps, camera_from_info, identity_maps,
+from .camera_geometry import (TfTree, build_warp_maps, camera_from_info, identity_maps,
                               quaternion_to_matrix, valid_mask_from_maps, warp_image)
 from .config import BagSpec, bag_data_config
 from .errors import DataError, StorageError

@@ -595,7 +595,7 @@ def _validate_optim_run(o: OptimConfig, r: RunConfig) -> None:
     _check(o.lr > 0, f'optim.lr must be positive, got {o.lr}')
     _check(0 <= o.min_lr_ratio <= 1, f'optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}')
     _check(o.weight_decay >= 0, 'optim.weight_decay must be >= 0')
-    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f'optim.betas must be two values in [0, 1)')
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), 'optim.betas must be two values in [0, 1)')
     _check(o.grad_clip >= 0, 'optim.grad_clip must be >= 0')
     _check(r.precision in ('auto', 'fp32', 'bf16', 'fp16'),
            f"run.precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {r.precision!r}")

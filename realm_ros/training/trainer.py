@@ -28,7 +28,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -305,6 +305,8 @@ class MetricsLogger:
                 self.tb = SummaryWriter(os.path.join(out_dir, 'tensorboard'))
             except Exception:  # tensorboard not installed: JSONL only
                 self.tb = None
+                print('[train] tensorboard is not installed: metrics go to metrics.jsonl only '
+                      '(pip install tensorboard for TensorBoard scalars)', file=sys.stderr)
 
     def _truncate_after(self, step: int) -> None:
         """Drop records newer than the resumed step, so the file reads as one uninterrupted run."""

@@ -1,6 +1,5 @@
 """End-to-end: train_from_bag / train_heads on a small synthetic bag written here (real EventPacket, Image,
 CameraInfo, TF messages), tiny configuration on CPU; exact resume; export loading; every bad input's exit code."""
-import errno
 import hashlib
 import json
 import os
@@ -85,6 +84,14 @@ def test_pairs_windows_and_geometry(world):
     occ = item['voxel'][0].abs().amax(0)
     band = int(FLAT_ROWS * 84 / H) - 2
     assert occ[:band].max() == 0 and occ[band + 4:].max() > 0
+    # 'tile' (4 corner tiles, unique sample ids) and 'pad' (coverage 0 in the padding) as at inference
+    tiles = DistillDataset([(bag, data)], 'train', 56, 'tile', 5, 'dsec')
+    t0, t1 = tiles[0], tiles[1]
+    assert t0['voxel'].shape == (4, 5, 56, 56) and t0['index'].tolist() == [0, 1, 2, 3]
+    assert t1['index'].tolist() == [4, 5, 6, 7] and tiles.num_samples == 4 * len(tiles)
+    padded = DistillDataset([(bag, data)], 'train', 112, 'pad', 5, 'dsec')[0]
+    assert padded['valid'][0, 0, :, :8].max() == 0 and padded['valid'][0, 0, 30:80, 30:80].min() == 1
+    assert padded['voxel'][0, :, :, :8].abs().max() == 0
 
 
 def test_prepared_cache_is_reused_and_other_encodings(world, tmp_path):

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
                                             ('train_heads.yaml', HeadsConfig, config_mod.HEADS_TITLE)])
 def test_shipped_yaml_documents_every_field_with_its_default(name, cls, title):
     text = (REPO / 'config' / name).read_text()
-    assert text == render_yaml(cls(), title), f'regenerate with: python -m realm_ros.training.config config'
+    assert text == render_yaml(cls(), title), 'regenerate with: python -m realm_ros.training.config config'
     loaded = yaml.safe_load(text)
     assert config_to_dict(config_from_dict(cls, loaded, name)) == config_to_dict(cls())
     lines = text.splitlines()

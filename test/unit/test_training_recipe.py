@@ -76,7 +76,7 @@ def test_token_drop_onset_and_effect():
     teacher_out['x_norm_patchtokens'].scatter_(
         1, out['keep_index'].unsqueeze(-1).expand(-1, -1, 192), out['x_norm_patchtokens'].detach())
     terms = task.loss(out, teacher_out, torch.ones(2, 4, 4, dtype=torch.bool))
-    assert float(terms['loss']) == pytest.approx(0.0, abs=1e-5)
+    assert float(terms['loss'].detach()) == pytest.approx(0.0, abs=1e-5)
     student.eval()  # no drop at inference / validation
     assert student(voxel)['keep_index'] is None
 
