@@ -79,3 +79,77 @@ def test_legacy_parsers_raise_only_parse_errors(raw):
         except LegacyParseError:
             continue
         assert len(msg.events.x) == len(msg.events.t)
+
+
+def reference_evt3(words, width, height):
+    """Literal per-word EVT3 state machine from EVENTS_SPEC 1.3 (behaviour A), for checking the fast kernel."""
+    out, trig = [], []
+    phase, th, tl, y, have_y, em, bx, vp = 0, 0, 0, 0, False, False, 0, 0
+    for w in words:
+        ty, v = w >> 12, w & 0xFFF
+        if ty == 8:
+            last = (th >> 12) & 0xFFF
+            if v < last and last - v > 10:
+                th += 1 << 24
+            th = (th & ~0xFFF000) | (v << 12)
+            phase = max(phase, 1)
+            continue
+        if ty == 6:
+            tl = v
+            if phase == 1:
+                phase = 2
+            continue
+        if phase < 2:
+            continue
+        t = (th | tl) * 1000
+        if ty == 0:
+            y, have_y, em = v & 0x7FF, True, False
+        elif ty == 1:
+            y, have_y, em = v & 0x7FF, True, True
+        elif ty == 2:
+            x = v & 0x7FF
+            if have_y and not em and x < width and y < height:
+                out.append((x, y, t, v >> 11))
+        elif ty == 3:
+            bx, vp = v & 0x7FF, v >> 11
+        elif ty in (4, 5):
+            span = 12 if ty == 4 else 8
+            for i in range(span):
+                if v >> i & 1 and have_y and not em and bx + i < width and y < height:
+                    out.append((bx + i, y, t, vp))
+            bx += span
+        elif ty == 10:
+            trig.append((t, (v >> 8) & 0xF, v & 1))
+    return out, trig
+
+
+_Y = st.integers(0, 210)  # a few rows out of range (height 200)
+_X = st.integers(0, 270)  # a few columns out of range (width 256)
+_P = st.integers(0, 1)
+_TL = st.builds(lambda v: [0x6000 | v], st.integers(0, 0xFFF))
+_TH = st.builds(lambda v: [0x8000 | v], st.sampled_from([0, 1, 5, 9, 2000, 4090, 4095]))
+_AY = st.builds(lambda y: [y], _Y)
+_AX = st.builds(lambda x, p: [0x2000 | p << 11 | x], _X, _P)
+# word groups as sensors emit them, plus arbitrary words
+_EVT3_GROUP = st.one_of(
+    st.builds(lambda a, b, c: a + b + c, _TL, _AY, _AX), st.builds(lambda a, b: a + b, _AY, _AX), _AX, _TL, _TH,
+    _AY, st.builds(lambda bx, p, m12, m8: [0x3000 | p << 11 | bx, 0x4000 | m12, 0x5000 | m8], _X, _P,
+                   st.integers(0, 0xFFF), st.integers(0, 0xFF)),
+    st.builds(lambda w: [w], st.integers(0, 0xFFFF)), st.builds(lambda v: [0x1000 | v], _Y),
+    st.builds(lambda i, e: [0xA000 | i << 8 | e], st.integers(0, 15), _P))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(groups=st.lists(_EVT3_GROUP, max_size=120), start=st.booleans(), cut=st.integers(0, 300))
+def test_evt3_kernel_matches_the_literal_state_machine(groups, start, cut):
+    words = ([0x8000 | 7, 0x6000 | 3] if start else []) + [w for g in groups for w in g]
+    ref_ev, ref_tr = reference_evt3(words, 256, 200)
+    payload = np.asarray(words, '<u2').tobytes()
+    dec = make_decoder('evt3', 256, 200)
+    parts = [dec.decode(payload[:2 * cut]), dec.decode(payload[2 * cut:])]
+    got = [(int(x), int(y), int(t), int(p)) for r in parts
+           for x, y, t, p in zip(r.events.x, r.events.y, r.events.t, r.events.p)]
+    assert got == ref_ev
+    got_tr = [(int(t), int(i), int(e)) for r in parts for t, i, e in zip(r.triggers.t, r.triggers.id,
+                                                                        r.triggers.polarity)]
+    assert got_tr == ref_tr
