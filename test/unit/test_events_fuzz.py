@@ -150,6 +150,6 @@ def test_evt3_kernel_matches_the_literal_state_machine(groups, start, cut):
     got = [(int(x), int(y), int(t), int(p)) for r in parts
            for x, y, t, p in zip(r.events.x, r.events.y, r.events.t, r.events.p)]
     assert got == ref_ev
-    got_tr = [(int(t), int(i), int(e)) for r in parts for t, i, e in zip(r.triggers.t, r.triggers.id,
-                                                                        r.triggers.polarity)]
+    got_tr = [(int(t), int(i), int(e)) for r in parts
+              for t, i, e in zip(r.triggers.t, r.triggers.id, r.triggers.polarity)]
     assert got_tr == ref_tr
