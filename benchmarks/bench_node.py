@@ -112,7 +112,8 @@ def cb(msg):
     seen[2] = time.monotonic()
     if seen[1] is None:
         seen[1] = seen[2]
-node.create_subscription(EventPacket, sys.argv[1], cb, QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT))
+qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT)
+node.create_subscription(EventPacket, sys.argv[1], cb, qos)
 end = time.monotonic() + float(sys.argv[2])
 while time.monotonic() < end:
     rclpy.spin_once(node, timeout_sec=0.05)
@@ -221,7 +222,8 @@ def bench_node(loops: int, rates: List[float]) -> None:
         for _ in range(loops):
             last = play(1.0)
             lat_all += last['latency']
-        print(f'    depth messages: {len(lat_all)}; latency p50 {_pct(lat_all, 50):.0f} ms, p95 {_pct(lat_all, 95):.0f} '
+        print(f'    depth messages: {len(lat_all)}; latency p50 {_pct(lat_all, 50):.0f} ms, '
+              f'p95 {_pct(lat_all, 95):.0f} '
               f'ms, max {max(lat_all, default=float("nan")):.0f} ms; node-internal p50 {last["node_lat_p50"]:.0f} ms, '
               f'processing p50 {last["proc_p50"]:.0f} ms; output rate {len(lat_all) / (loops * span / 1e9):.2f} Hz')
 

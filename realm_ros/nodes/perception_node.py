@@ -277,6 +277,15 @@ class PerceptionNode(LifecycleNode):
                 missing = self._pipeline.missing_for_head(head)
                 if missing:
                     return SetParametersResult(successful=False, reason=f'{p.name} cannot be enabled: {missing}')
+        pipeline = self._pipeline
+        if pipeline is not None:
+            from dataclasses import replace
+            from realm_ros.pipeline import PipelineConfigError
+            try:
+                settings = self._pipeline_runtime_settings({p.name: p.value for p in params})
+                pipeline.validate_runtime_changes(replace(pipeline.config, **settings))
+            except (PipelineConfigError, ValueError) as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
     #: parameters read for every packet: cached (get_parameter costs microseconds per call)
@@ -299,23 +308,24 @@ class PerceptionNode(LifecycleNode):
                     duration_ns=int(round(float(self._p('window.duration_ms')) * 1e6)),
                     min_events=int(self._p('window.min_events')))
 
-    def _enabled_heads(self) -> Tuple[str, ...]:
-        return tuple(h for h in ('depth', 'semantic', 'points', 'pose') if self._p(f'heads.{h}'))
+    def _pipeline_runtime_settings(self, pending: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Runtime pipeline settings from the parameters (``pending``: values about to be set take precedence)."""
+        pending = pending or {}
 
-    def _pipeline_runtime_settings(self) -> Dict[str, Any]:
-        return dict(heads=self._enabled_heads(), spatial_mode=self._p('input.mode'),
-                    normalization=self._p('voxel.normalization'),
-                    depth_color_range=(float(self._p('depth.color_min_m')), float(self._p('depth.color_max_m'))),
-                    points_stride=int(self._p('points.stride')), points_max_depth=float(self._p('points.max_depth_m')),
-                    keyframe_min_inliers=int(self._p('keyframe.min_inliers')),
-                    keyframe_max_translation=float(self._p('keyframe.max_translation_m')),
-                    keyframe_max_rotation_deg=float(self._p('keyframe.max_rotation_deg')),
-                    keyframe_max_failures=int(self._p('keyframe.max_failures')),
-                    keyframe_min_interval_s=float(self._p('keyframe.min_interval_s')), pose_frame=self._p('pose.frame'),
-                    max_matches_drawn=int(self._p('matches.max_drawn')),
-                    match_subsample=int(self._p('matches.subsample')),
-                    pnp_reprojection_px=float(self._p('pose.reprojection_px')),
-                    pnp_iterations=int(self._p('pose.ransac_iterations')))
+        def p(name: str) -> Any:
+            return pending[name] if name in pending else self._p(name)
+        return dict(heads=tuple(h for h in ('depth', 'semantic', 'points', 'pose') if p(f'heads.{h}')),
+                    spatial_mode=p('input.mode'), normalization=p('voxel.normalization'),
+                    depth_color_range=(float(p('depth.color_min_m')), float(p('depth.color_max_m'))),
+                    points_stride=int(p('points.stride')), points_max_depth=float(p('points.max_depth_m')),
+                    keyframe_min_inliers=int(p('keyframe.min_inliers')),
+                    keyframe_max_translation=float(p('keyframe.max_translation_m')),
+                    keyframe_max_rotation_deg=float(p('keyframe.max_rotation_deg')),
+                    keyframe_max_failures=int(p('keyframe.max_failures')),
+                    keyframe_min_interval_s=float(p('keyframe.min_interval_s')), pose_frame=p('pose.frame'),
+                    max_matches_drawn=int(p('matches.max_drawn')), match_subsample=int(p('matches.subsample')),
+                    pnp_reprojection_px=float(p('pose.reprojection_px')),
+                    pnp_iterations=int(p('pose.ransac_iterations')))
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

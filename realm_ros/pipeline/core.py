@@ -208,6 +208,7 @@ class RealmPipeline:
         self.config = replace(config)
         self._log = log or _LOG.warning
         self._lock = threading.RLock()
+        self._config_lock = threading.Lock()
         self.warnings: List[str] = []
         self.device, warn = resolve_device(config.device)
         self._warn(warn)
@@ -361,15 +362,21 @@ class RealmPipeline:
         bad = sorted(set(changes) - set(RUNTIME_FIELDS))
         if bad:
             raise PipelineConfigError(f'not changeable at run time: {bad}')
-        with self._lock:
+        with self._config_lock:         # never waits for a window in progress: it reads the config once
             new = replace(self.config, **changes)
-            self._validate_runtime(new)
+            self.validate_runtime_changes(new)
             policy = self._keyframe_policy(new)
             pnp = self._make_pnp_params(new)
             self.config = new
             if self.keyframes is not None:
                 self.keyframes.policy = policy
             self._pnp_params = pnp
+
+    @classmethod
+    def validate_runtime_changes(cls, config: PipelineConfig) -> None:
+        """Raise :class:`PipelineConfigError` if ``config``'s runtime fields are invalid (nothing is applied)."""
+        cls._validate_runtime(config)
+        cls._keyframe_policy(config)
 
     @staticmethod
     def _keyframe_policy(cfg: PipelineConfig) -> Any:
@@ -408,8 +415,8 @@ class RealmPipeline:
             latest = self.keyframes.latest
             out['keyframes'] = len(self.keyframes)
             out['keyframe_stamp_ns'] = latest.stamp_ns if latest is not None else 0
-            out.update({f'keyframes_{k}': v for k, v in self.keyframes.counters.items()})
-        out.update(self._counters)
+            out.update({f'keyframes_{k}': v for k, v in dict(self.keyframes.counters).items()})
+        out.update(dict(self._counters))
         if self.device.type == 'cuda':
             out['gpu_memory_allocated_mb'] = torch.cuda.memory_allocated(self.device) / 2**20
             out['gpu_memory_peak_mb'] = torch.cuda.max_memory_allocated(self.device) / 2**20

@@ -9,7 +9,7 @@ overwritten when it is full) and events no future window can contain are release
 Window rules (event times in ns, normally ROS time):
 
 * ``count``: a window is ready once ``count`` new events arrived since the previous window; it holds the newest
-  ``count`` events; its stamp is the last event's time.
+  ``count`` events (never empty: ``min_events`` does not apply); its stamp is the last event's time.
 * ``time``: windows tile the time axis in steps of ``duration_ns`` starting at the first event; a window covers
   ``[end - duration, end)`` and is ready once an event (or an empty packet's stamp) lies at or past ``end``. A window
   with fewer than ``min_events`` events is returned with ``empty=True`` (the node republishes its last outputs:
@@ -150,7 +150,7 @@ class WindowScheduler:
         skipped = new // self.count - 1
         self._consumed = self._buffer.total_appended
         return Window(events=events, t_end_ns=int(events.t[-1]), skipped=int(skipped),
-                      recv_monotonic_ns=self._latest_recv, empty=len(events) < max(self.min_events, 1))
+                      recv_monotonic_ns=self._latest_recv, empty=False)
 
     def _next_time_window(self) -> Optional[Window]:
         if self._latest_t is None or self._first_t is None:

@@ -37,7 +37,8 @@ def packets(evt3_bag):
 def node(checkpoints, tmp_path_factory):
     # without CUDA, ask for it anyway: the node must fall back to the CPU with a warning
     params = write_params(tmp_path_factory.mktemp('node_params') / 'params.yaml', checkpoints,
-                          device='cuda' if CUDA_FALLBACK else 'cpu', **{'window.count': 30000, 'matches.subsample': 16, 'memory_hold.timeout_s': 0.4,
+                          device='cuda' if CUDA_FALLBACK else 'cpu',
+                          **{'window.count': 30000, 'matches.subsample': 16, 'memory_hold.timeout_s': 0.4,
                              'diagnostics.period_s': 0.25, 'pose.ransac_iterations': 200,
                              'keyframe.max_failures': 1000})
     proc = NodeProcess(NAME, [params], {'events': EVENTS, 'camera_info': INFO})
@@ -237,6 +238,8 @@ def test_runtime_parameters_switch_heads_and_are_validated(node, probe, packets)
             v = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
         elif isinstance(value, int):
             v = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+        elif isinstance(value, float):
+            v = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
         else:
             v = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
         return Parameter(name=name, value=v)
@@ -247,9 +250,9 @@ def test_runtime_parameters_switch_heads_and_are_validated(node, probe, packets)
     assert device_desc.read_only
     results = call(setp, SetParameters.Request(parameters=[
         param('window.mode', 'frames'), param('window.count', 5), param('device', 'cuda'),
-        param('heads.semantic', False), param('heads.pose', False)])).results
-    assert [r.successful for r in results] == [False, False, False, True, True], [r.reason for r in results]
-    assert 'frames' in results[0].reason
+        param('depth.color_min_m', 100.0), param('heads.semantic', False), param('heads.pose', False)])).results
+    assert [r.successful for r in results] == [False, False, False, False, True, True], [r.reason for r in results]
+    assert 'frames' in results[0].reason and '0 < min < max' in results[3].reason
     probe.clear()
     shift = 4 * (stamp_ns(packets[-1]) - stamp_ns(packets[0])) + 3 * 10**9
     probe.play(packets[:300], rate=0, stamp_shift_ns=shift)
