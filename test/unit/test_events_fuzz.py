@@ -153,3 +153,51 @@ def test_evt3_kernel_matches_the_literal_state_machine(groups, start, cut):
     got_tr = [(int(t), int(i), int(e)) for r in parts
               for t, i, e in zip(r.triggers.t, r.triggers.id, r.triggers.polarity)]
     assert got_tr == ref_tr
+
+
+def reference_libcaer_cmp(messages, width, height):
+    """Literal libcaer_cmp decoder (EVENTS_SPEC 1.4) over (words, time_base) messages."""
+    out = []
+    x, have_x, by, vp, have_vb = 0, False, 0, 0, False
+    for words, tb in messages:
+        th = tl = 0
+        for w in words:
+            ty, v = w >> 12, w & 0xFFF
+            t = tb + ((th | tl) * 1000)
+            if ty == 0:
+                th = v << 12
+            elif ty == 1:
+                tl = v
+            elif ty == 2:
+                x, have_x = v & 0x7FF, True
+            elif ty == 3:
+                if have_x and x < width and (v & 0x7FF) < height:
+                    out.append((x, v & 0x7FF, t, v >> 11))
+            elif ty == 4:
+                by, vp, have_vb = v & 0x7FF, v >> 11, True
+            elif ty == 5:
+                for i in range(8):
+                    if v >> i & 1 and have_vb and have_x and x < width and by + i < height:
+                        out.append((x, by + i, t, vp))
+                by += 8
+    return out
+
+
+_LC_WORD = st.one_of(st.integers(0, 0xFFFF), st.builds(lambda v: v, st.integers(0, 0xFFF)),
+                     st.builds(lambda v: 0x1000 | v, st.integers(0, 0xFFF)),
+                     st.builds(lambda x: 0x2000 | x, st.integers(0, 140)),
+                     st.builds(lambda y, p: 0x3000 | p << 11 | y, st.integers(0, 110), st.integers(0, 1)),
+                     st.builds(lambda y, p: 0x4000 | p << 11 | y, st.integers(0, 110), st.integers(0, 1)),
+                     st.builds(lambda m: 0x5000 | m, st.integers(0, 0xFF)))
+
+
+@FUZZ
+@given(messages=st.lists(st.tuples(st.lists(_LC_WORD, max_size=80), st.integers(0, 2 ** 60)), min_size=1,
+                         max_size=4))
+def test_libcaer_cmp_kernel_matches_the_literal_decoder(messages):
+    dec = make_decoder('libcaer_cmp', 128, 100)
+    got = []
+    for words, tb in messages:
+        r = dec.decode(np.asarray(words, '<u2').tobytes(), tb)
+        got += [(int(x), int(y), int(t), int(p)) for x, y, t, p in zip(r.events.x, r.events.y, r.events.t, r.events.p)]
+    assert got == reference_libcaer_cmp(messages, 128, 100)
