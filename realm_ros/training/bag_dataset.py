@@ -386,7 +386,11 @@ def _resolve_extrinsics(data: Any, tf: TfTree, rgb_frame: str, event_frame: str,
     if mode == 'tf':
         raise DataError(f'bag {path}: extrinsics=tf needs frame_ids on both camera_info topics')
     R = quaternion_to_matrix(data.rgb_to_event_rotation)
-    return R, np.asarray(data.rgb_to_event_translation, dtype=np.float64), 'config'
+    source = 'config'
+    if mode == 'auto':
+        source = (f'config (no /tf_static chain between {rgb_frame!r} and {event_frame!r}: using '
+                  f'data.rgb_to_event_rotation/translation)')
+    return R, np.asarray(data.rgb_to_event_translation, dtype=np.float64), source
 
 
 def prepare_distill_bag(spec: BagSpec, data: Any, cache_root: str,

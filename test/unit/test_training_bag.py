@@ -179,6 +179,24 @@ def test_heads_depth_and_segmentation(world):
 
 
 
+
+def test_head_training_resumes_exactly(world, monkeypatch):
+    ref_out, out = world['root'] / 'head_ref', world['root'] / 'head_resumed'
+    common = ('--task', 'segmentation', '--optim.epochs', '2', '--optim.accumulation', '2')
+    assert heads_main(args(world, ref_out, *common, config=TINY_HEADS)) == 0
+    original_init = trainer_mod.Trainer.__init__
+
+    def init(self, *a, **k):
+        original_init(self, *a, **k)
+        self.step_callback = lambda t: os.kill(os.getpid(), signal.SIGINT) if t.global_step == 2 else None
+
+    monkeypatch.setattr(trainer_mod.Trainer, '__init__', init)
+    assert heads_main(args(world, out, *common, config=TINY_HEADS)) == 130
+    monkeypatch.setattr(trainer_mod.Trainer, '__init__', original_init)
+    assert heads_main(args(world, out, *common, '--resume', config=TINY_HEADS)) == 0
+    assert train_losses(out) == train_losses(ref_out) and len(train_losses(out)) == 6
+
+
 def test_exports_run_in_the_perception_pipeline(world):
     """The exported encoder and heads load in :class:`RealmPipeline` and produce depth and segmentation."""
     root = world['root']
