@@ -248,6 +248,28 @@ def _prep_dir(cache_root: str, path: str, kind: str, cfg_dict: Dict[str, Any]) -
     return os.path.join(cache_root, f'{stem}-{kind}-{key}')
 
 
+def _make_tmp_dir(final: str) -> str:
+    """A fresh ``<final>.tmp-<host>-<pid>`` directory; leftovers of dead processes on this host are removed."""
+    host = socket.gethostname()
+    parent = os.path.dirname(final) or '.'
+    prefix = f'{os.path.basename(final)}.tmp-{host}-'
+    with_prefix = [d for d in os.listdir(parent) if d.startswith(prefix)] if os.path.isdir(parent) else []
+    for name in with_prefix:
+        try:
+            os.kill(int(name[len(prefix):]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
+    tmp = os.path.join(parent, f'{prefix}{os.getpid()}')
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp)
+    except OSError as exc:
+        raise StorageError(f'cannot create {tmp!r}: {exc.strerror or exc}') from None
+    return tmp
+
+
 def _finish_dir(tmp: str, final: str) -> None:
     try:
         os.replace(tmp, final)
@@ -438,13 +460,11 @@ def prepare_distill_bag(spec: BagSpec, data: Any, cache_root: str,
     R, t_vec, ext_source = _resolve_extrinsics(data, tf, rgb_cam.frame_id if rgb_cam else '',
                                                ev_cam.frame_id if ev_cam else '', path)
     # ------------------------------------------------------------------ pass 2: events + frames
-    os.makedirs(cache_root, exist_ok=True)
-    tmp = f'{final}.tmp-{socket.gethostname()}-{os.getpid()}'
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        os.makedirs(tmp)
+        os.makedirs(cache_root, exist_ok=True)
     except OSError as exc:
-        raise StorageError(f'cannot create {tmp!r}: {exc.strerror or exc}') from None
+        raise StorageError(f'cannot create the cache directory {cache_root!r}: {exc.strerror or exc}') from None
+    tmp = _make_tmp_dir(final)
     try:
         sink = _EventSink(tmp, tp.events, path)
         frames = _Appender(os.path.join(tmp, 'frames.u8'))
@@ -590,13 +610,11 @@ def prepare_heads_bag(spec: BagSpec, data: Any, task: str, cache_root: str,
         log(f'{path}: using prepared data {final}')
         return PreparedBag.load(final)
     log(f'{path}: preparing RGB + {task} ground truth -> {final}')
-    os.makedirs(cache_root, exist_ok=True)
-    tmp = f'{final}.tmp-{socket.gethostname()}-{os.getpid()}'
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        os.makedirs(tmp)
+        os.makedirs(cache_root, exist_ok=True)
     except OSError as exc:
-        raise StorageError(f'cannot create {tmp!r}: {exc.strerror or exc}') from None
+        raise StorageError(f'cannot create the cache directory {cache_root!r}: {exc.strerror or exc}') from None
+    tmp = _make_tmp_dir(final)
     errors: Dict[str, int] = {}
     try:
         frames = _Appender(os.path.join(tmp, 'frames.u8'))
