@@ -21,6 +21,7 @@ activates itself unless ``autostart`` is false), or ``python -m realm_ros.nodes.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -177,6 +178,27 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     return d
 
 
+def resolve_path(value: str) -> str:
+    """Expand ``~`` and environment variables; ``package://<pkg>/<rest>`` -> ``<share of pkg>/<rest>`` (for
+    realm_ros also the source checkout when the package is not installed)."""
+    if not value:
+        return value
+    if value.startswith('package://'):
+        pkg, _, rest = value[len('package://'):].partition('/')
+        try:
+            from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+            try:
+                return os.path.join(get_package_share_directory(pkg), rest)
+            except PackageNotFoundError:
+                if pkg != 'realm_ros':
+                    raise ValueError(f'{value}: package {pkg!r} not found') from None
+        except ImportError:
+            if pkg != 'realm_ros':
+                raise ValueError(f'{value}: ament_index_python is needed to resolve package:// paths') from None
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), rest)
+    return os.path.expandvars(os.path.expanduser(value))
+
+
 class BadPacket(ValueError):
     """An event packet the node refuses; ``kind`` names the problem for the diagnostics counters."""
 
@@ -261,6 +283,10 @@ class PerceptionNode(LifecycleNode):
     def _p(self, name: str) -> Any:
         return self.get_parameter(name).value
 
+    def _path(self, name: str) -> str:
+        """A file parameter with ``~``, ``$VARS`` and ``package://<package>/<path>`` resolved ('' stays '')."""
+        return resolve_path(str(self._p(name)))
+
     def _validate_parameters(self, params: List[rclpy.parameter.Parameter]) -> SetParametersResult:
         for p in params:
             spec = PARAM_BY_NAME.get(p.name)
@@ -333,14 +359,15 @@ class PerceptionNode(LifecycleNode):
         self._counters.reset()
         self._warnings = []
         settings = self._pipeline_runtime_settings()
-        config = PipelineConfig(
-            realm_checkpoint=self._p('checkpoints.realm'), dune_checkpoint=self._p('checkpoints.dune'),
-            depth_head_checkpoint=self._p('checkpoints.depth_head'),
-            seg_head_checkpoint=self._p('checkpoints.seg_head'),
-            projector_checkpoint=self._p('checkpoints.projector'), mast3r_checkpoint=self._p('checkpoints.mast3r'),
-            device=self._p('device'), precision=self._p('precision'), input_size=int(self._p('input.size')),
-            keyframe_source=self._p('keyframe.source'), **settings)
         try:
+            config = PipelineConfig(
+                realm_checkpoint=self._path('checkpoints.realm'), dune_checkpoint=self._path('checkpoints.dune'),
+                depth_head_checkpoint=self._path('checkpoints.depth_head'),
+                seg_head_checkpoint=self._path('checkpoints.seg_head'),
+                projector_checkpoint=self._path('checkpoints.projector'),
+                mast3r_checkpoint=self._path('checkpoints.mast3r'),
+                device=self._p('device'), precision=self._p('precision'), input_size=int(self._p('input.size')),
+                keyframe_source=self._p('keyframe.source'), **settings)
             self._pipeline = RealmPipeline(config, log=self.get_logger().warning)
         except Exception as exc:  # missing / incompatible checkpoint, bad device string, ...
             self.get_logger().error(f'cannot configure: {exc}')

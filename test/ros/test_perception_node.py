@@ -310,3 +310,14 @@ def test_missing_checkpoint_refuses_to_start_and_names_the_file(checkpoints, tmp
         code = proc.stop()
     assert code == 1, proc.output
     assert str(missing) in proc.output and 'cannot configure' in proc.output
+
+
+def test_checkpoint_paths_resolve_home_variables_and_package_urls(monkeypatch):
+    from realm_ros.nodes.perception_node import resolve_path
+    monkeypatch.setenv('REALM_TEST_DIR', '/data/ckpt')
+    assert resolve_path('$REALM_TEST_DIR/realm.safetensors') == '/data/ckpt/realm.safetensors'
+    assert resolve_path('~/x.pth') == os.path.expanduser('~/x.pth') and resolve_path('') == ''
+    local = resolve_path('package://realm_ros/models/tiny_realm.safetensors')
+    assert local.endswith(os.path.join('models', 'tiny_realm.safetensors')) and os.path.isabs(local)
+    with pytest.raises(ValueError, match='no_such_package'):
+        resolve_path('package://no_such_package/x')
