@@ -45,13 +45,20 @@ class LayerNorm2d(nn.LayerNorm):
 
     Unlike BatchNorm it does not depend on the batch, and unlike GroupNorm it does not couple distant pixels through
     per-image statistics: a token only depends on the events in its receptive field.
+
+    ``eps`` is 1e-2, not the usual 1e-6: event voxel grids are mostly empty, and at an empty pixel the (bias-free)
+    convolutions give an all-zero channel vector whose variance is 0, so the normalisation's gradient scales with
+    ``1/sqrt(eps)`` and compounds over the stacked blocks. With 1e-6 the gradient norm of the embedder on a 3 %-occupied
+    voxel grid is ~4e4 (grad-clipping then freezes everything else); with 1e-2 it is ~5e-2
+    (``test_models_embedder_gradients_bounded_on_sparse_events``).
     """
 
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+    def __init__(self, channels: int, eps: float = 1e-2) -> None:
         super().__init__(channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        # contiguous(): torch 2.13's CPU backward of a strided conv fed by a permuted view segfaults for some widths
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
 
 
 class ResidualBlock(nn.Module):

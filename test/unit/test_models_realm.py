@@ -50,6 +50,18 @@ def test_embedder_tokens_are_local_and_row_major():
     assert not changed[0, 15]
 
 
+def test_models_embedder_gradients_bounded_on_sparse_events():
+    """Mostly-empty voxel grids (the normal case) must not blow up the embedder's gradients: with the usual
+    LayerNorm eps (1e-6) the all-zero channel vectors of empty pixels amplify gradients ~1e6-fold (norm ~4e4 here)."""
+    torch.manual_seed(0)
+    occupied = torch.rand(2, 1, 224, 224) < 0.03
+    voxel = torch.where(occupied, torch.randn(2, 5, 224, 224), torch.zeros(()))
+    emb = VoxelEmbedder(**TINY_EMBEDDER)
+    (emb(voxel) ** 2).mean().backward()
+    grad_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in emb.parameters() if p.grad is not None))
+    assert torch.isfinite(grad_norm) and float(grad_norm) < 10.0, float(grad_norm)
+
+
 # ------------------------------------------------------------------------------------------------- LoRA / counts
 def test_full_size_counts_match_paper():
     enc = RealmEncoder(vit_base(), VoxelEmbedder())
