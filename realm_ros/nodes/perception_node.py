@@ -648,6 +648,7 @@ class PerceptionNode(LifecycleNode):
         """Event-camera K for the current sensor size: from camera_info, else from the fallback parameters."""
         info = self._camera_info
         if info is not None and (info.width, info.height) == (width, height):
+            self._camera_info_problem = ''
             return info.K, 'camera_info'
         if info is not None:
             self._camera_info_problem = (f'camera_info size {info.width}x{info.height} differs from the events '
@@ -719,7 +720,11 @@ class PerceptionNode(LifecycleNode):
         msgs: Dict[str, Any] = {}
         if out.depth is not None:
             msgs['depth'] = conv.image_from_array(out.depth, '32FC1', header)
-            msgs['depth_info'] = conv.camera_info_from_intrinsics(out.K, out.width, out.height, header)
+            # the depth image has the raw sensor geometry: same K and distortion as the event camera_info
+            info = self._camera_info if self._k_source == 'camera_info' else None
+            msgs['depth_info'] = conv.camera_info_from_intrinsics(
+                out.K, out.width, out.height, header, D=info.D if info is not None else (),
+                distortion_model=info.distortion_model if info is not None else '')
             msgs['depth_color'] = conv.image_from_array(out.depth_color, 'bgr8', header)
         if out.semantic is not None:
             msgs['semantic'] = conv.image_from_array(out.semantic, 'mono8', header)

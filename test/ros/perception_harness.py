@@ -218,9 +218,10 @@ class Probe:
     def wait_for_subscriber(self, timeout: float = 30.0) -> bool:
         return self.wait_for(lambda: self.events_pub.get_subscription_count() > 0, timeout)
 
-    def publish_camera_info(self, K: np.ndarray, width: int, height: int, frame_id: str) -> None:
+    def publish_camera_info(self, K: np.ndarray, width: int, height: int, frame_id: str, D: Sequence[float] = ()
+                            ) -> None:
         from realm_ros.nodes.conversions import camera_info_from_intrinsics, make_header
-        self.info_pub.publish(camera_info_from_intrinsics(K, width, height, make_header(0, frame_id)))
+        self.info_pub.publish(camera_info_from_intrinsics(K, width, height, make_header(0, frame_id), D=D))
 
     def play(self, packets: Sequence[Any], rate: float = 1.0, stamp_shift_ns: int = 0,
              inject: Optional[Dict[int, List[Any]]] = None, on_publish: Optional[Callable[[int, Any, float], None]]

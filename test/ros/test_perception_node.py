@@ -19,6 +19,7 @@ EVENTS = f'{NS}_in/events'
 INFO = f'{NS}_in/camera_info'
 FRAME = '0293'                 # frame_id of the recording's packets
 WIDTH, HEIGHT = 640, 480
+D_TEST = [0.1, -0.05, 0.001, 0.002, 0.0]
 CUDA_FALLBACK = not __import__('torch').cuda.is_available()
 
 
@@ -79,9 +80,9 @@ def test_every_output_topic_from_the_real_recording(node, probe, packets):
     ev0 = probe.latest_diagnostics()['events']
     assert 'fallback' in ev0['camera_info'] and ev0['level'] == 1          # no camera_info yet: parameters used
     probe.clear()
-    probe.publish_camera_info(K_TEST, WIDTH, HEIGHT, FRAME)
+    probe.publish_camera_info(K_TEST, WIDTH, HEIGHT, FRAME, D=D_TEST)
     time.sleep(0.3)
-    probe.publish_camera_info(K_TEST, WIDTH, HEIGHT, FRAME)
+    probe.publish_camera_info(K_TEST, WIDTH, HEIGHT, FRAME, D=D_TEST)
     span = stamp_ns(packets[-1]) - stamp_ns(packets[0]) + 4_000_000
     t_first, t_last = stamp_ns(packets[0]), stamp_ns(packets[-1]) + span
     probe.play(packets, rate=1.0)                          # twice back to back: ~4 s of real-time input
@@ -106,6 +107,7 @@ def test_every_output_topic_from_the_real_recording(node, probe, packets):
     info = last['depth/camera_info']
     assert (info.width, info.height, info.header.frame_id) == (WIDTH, HEIGHT, FRAME)
     assert np.allclose(np.asarray(info.k).reshape(3, 3), K_TEST)                # the camera_info we published
+    assert np.allclose(info.d, D_TEST) and info.distortion_model == 'plumb_bob'   # raw (distorted) geometry
     for topic, enc, shape in (('depth/color', 'bgr8', (HEIGHT, WIDTH)), ('semantic', 'mono8', (HEIGHT, WIDTH)),
                               ('semantic/color', 'bgr8', (HEIGHT, WIDTH)), ('matches', 'bgr8', (224, 448))):
         m = last[topic]
