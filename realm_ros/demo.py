@@ -54,9 +54,15 @@ def models_dir() -> Path:
     return Path(__file__).resolve().parent.parent / 'models'
 
 
-MINI_FILES = {'dune': 'mini_teacher.safetensors', 'realm': 'mini_realm.safetensors',
-              'depth_head': 'mini_depth_head.safetensors', 'seg_head': 'mini_seg_head.safetensors',
-              'mast3r': 'mini_mast3r.safetensors'}
+def _mini_files() -> Dict[str, str]:
+    """Shipped miniature checkpoint names by perception-node role (one source of truth: the recipe that ships them)."""
+    from realm_ros.miniature.recipe import SHIPPED_FILES
+    return {'dune': SHIPPED_FILES['teacher'], 'realm': SHIPPED_FILES['realm'],
+            'depth_head': SHIPPED_FILES['depth_head'], 'seg_head': SHIPPED_FILES['seg_head'],
+            'mast3r': SHIPPED_FILES['mast3r']}
+
+
+MINI_FILES = _mini_files()
 
 
 def resolve_checkpoints(args: argparse.Namespace) -> Dict[str, str]:

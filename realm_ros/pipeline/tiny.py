@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
@@ -78,12 +78,3 @@ def tiny_pipeline_config(paths: Dict[str, Path], **overrides: object):
         mast3r_checkpoint=str(paths.get('mast3r', '')), device='cpu')
     kwargs.update(overrides)
     return PipelineConfig(**kwargs)
-
-
-def find_shipped_tiny_checkpoints(models_dir: Optional[os.PathLike] = None) -> Optional[Dict[str, Path]]:
-    """Trained miniature checkpoints shipped in ``models/`` (None when absent)."""
-    base = Path(models_dir) if models_dir is not None else Path(__file__).resolve().parents[2] / 'models'
-    names = {'dune': 'tiny_dune.pth', 'realm': 'tiny_realm.safetensors', 'depth_head': 'tiny_depth_head.safetensors',
-             'seg_head': 'tiny_seg_head.safetensors', 'mast3r': 'tiny_dunemast3r.pth'}
-    found = {k: base / v for k, v in names.items()}
-    return found if all(p.is_file() for k, p in found.items() if k != 'mast3r') else None
