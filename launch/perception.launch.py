@@ -69,6 +69,17 @@ def _nodes(context, *args, **kwargs):
     overrides['use_sim_time'] = use_sim_time
     if get('image_topic'):
         overrides['keyframe.source'] = 'image'
+    if _is_true(get('sim')):
+        # The simulated rig comes with the miniature REALM trained on it (models/README.md): use those checkpoints
+        # for every role the arguments leave empty, and the window the miniature model was distilled with.
+        from realm_ros.miniature.recipe import SHIPPED_FILES, DistillRecipe
+        roles = {'realm_checkpoint': 'realm', 'dune_checkpoint': 'teacher', 'depth_head_checkpoint': 'depth_head',
+                 'seg_head_checkpoint': 'seg_head', 'mast3r_checkpoint': 'mast3r'}
+        for arg, role in roles.items():
+            if get(arg) == '':
+                overrides[PARAMETER_ARGUMENTS[arg]] = f'package://{PACKAGE}/models/{SHIPPED_FILES[role]}'
+        overrides.setdefault('window.mode', 'time')
+        overrides.setdefault('window.duration_ms', float(DistillRecipe().window_ms))
     parameters = [get('params_file'), overrides] if get('params_file') else [overrides]
     namespace = get('namespace')
     events_topic = get('events_topic')

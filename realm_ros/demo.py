@@ -498,6 +498,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpts = resolve_checkpoints(args)
+    from realm_ros.miniature.recipe import DistillRecipe
 
     try:
         import rclpy
@@ -514,7 +515,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         'checkpoints.realm': ckpts['realm'], 'checkpoints.dune': ckpts['dune'],
         'checkpoints.depth_head': ckpts['depth_head'], 'checkpoints.seg_head': ckpts['seg_head'],
         'checkpoints.mast3r': ckpts.get('mast3r', ''), 'heads.pose': 'mast3r' in ckpts,
-        'device': args.device, 'pose.frame': 'fixed', 'window.mode': 'time', 'window.duration_ms': 33.0,
+        'device': args.device, 'pose.frame': 'fixed',
+        # the window the miniature REALM was distilled with (override with --node-param for other checkpoints)
+        'window.mode': 'time', 'window.duration_ms': float(DistillRecipe().window_ms),
     }
     for item in args.node_param:
         name, _, value = item.partition(':=')
