@@ -25,7 +25,7 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
-KEYS_FILE = Path(__file__).resolve().parents[1] / 'data' / 'spec_keys' / 'keys_mast3r_decoder.txt'
+KEYS_FILE = Path(__file__).resolve().parents[1] / 'data' / 'model_keys' / 'keys_mast3r_decoder.txt'
 OFFICIAL_BASE_STRING = (
     "AsymmetricMASt3R(enc_depth=0, dec_depth=12, enc_embed_dim=768, dec_embed_dim=768, enc_num_heads=12, "
     "dec_num_heads=12, pos_embed='RoPE100', patch_embed_cls='PatchEmbedDust3R', img_size=(518, 518), "
