@@ -36,6 +36,21 @@ def pytest_collection_modifyitems(config, items):
                                                     'or source a ROS 2 install'))
 
 
+@pytest.fixture(autouse=True, scope='session')
+def _one_torch_thread():
+    """One intra-op torch thread for the whole suite: the tensors in tests are small, and on a 2-core machine
+    oversubscribed threads (pytest + DDS + nodes in subprocesses) make forwards several times slower."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope='session')
 def test_data() -> Path:
     return TEST_DATA

@@ -12,15 +12,6 @@ from realm_ros.geometry import (KeyframePolicy, KeyframeStore, PoseResult, compo
                                 solve_pnp, solve_relative_pose_pnp)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_torch_thread():
-    """Small tensors: one thread avoids oversubscribing the shared cores; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 K = np.array([[200.0, 0, 111.5], [0, 200.0, 111.5], [0, 0, 1]])
 
 

@@ -11,15 +11,6 @@ from realm_ros.geometry.pose import (
     solve_relative_pose_pnp)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_torch_thread():
-    """Small tensors: one thread avoids oversubscribing the shared cores; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 K = np.array([[320.0, 0.0, 223.5], [0.0, 318.0, 224.5], [0.0, 0.0, 1.0]])
 
 

@@ -16,15 +16,6 @@ from realm_ros.models.mast3r import (
     save_dune_mast3r)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_torch_thread():
-    """Small tensors: one thread avoids oversubscribing the shared cores; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 KEYS_FILE = Path(__file__).resolve().parents[1] / 'data' / 'model_keys' / 'keys_mast3r_decoder.txt'
 OFFICIAL_BASE_STRING = (
     "AsymmetricMASt3R(enc_depth=0, dec_depth=12, enc_embed_dim=768, dec_embed_dim=768, enc_num_heads=12, "

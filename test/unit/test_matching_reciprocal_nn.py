@@ -14,15 +14,6 @@ import torch
 from realm_ros.geometry.matching import fast_reciprocal_nn, reference_reciprocal_nn, seed_grid
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_torch_thread():
-    """Small tensors: one thread avoids oversubscribing the shared cores; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

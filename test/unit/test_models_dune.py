@@ -14,15 +14,6 @@ from realm_ros.models.dune import DinoVisionTransformer, interpolate_pos_embed, 
 KEYS_DIR = Path(__file__).resolve().parents[1] / 'data' / 'model_keys'
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """One intra-op thread: on the shared 2-core machine oversubscribed threads make forwards ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def read_keys(name: str) -> dict:
     out = {}
     for line in (KEYS_DIR / name).read_text().splitlines():

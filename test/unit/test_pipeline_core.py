@@ -13,7 +13,6 @@ K_SENSOR = np.array([[320.0, 0, 319.5], [0, 320.0, 239.5], [0, 0, 1]])
 
 @pytest.fixture(scope='module')
 def ckpts(tmp_path_factory):
-    torch.set_num_threads(1)
     return write_random_tiny_checkpoints(tmp_path_factory.mktemp('tiny_ckpts'))
 
 

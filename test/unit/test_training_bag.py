@@ -20,7 +20,6 @@ from realm_ros.training.config import BagSpec, EventDataConfig
 
 from training_bags import FLAT_ROWS, H, W, write_tiny_teacher, write_training_bag
 
-torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / 'config' / 'train_tiny.yaml')
 TINY_HEADS = str(REPO / 'config' / 'train_heads_tiny.yaml')

@@ -12,7 +12,6 @@ from realm_ros.training.distill import (DistillLoss, LossWeights, dilate_token_m
                                         mask_dilation_at, token_drop_at, token_loss)
 from realm_ros.training.distill_task import DistillTask, check_trainable_set, coverage_token_mask
 
-torch.set_num_threads(1)
 P = 14
 
 

@@ -17,7 +17,6 @@ from realm_ros.training.errors import DivergenceError, Interrupted, StorageError
 from realm_ros.training.trainer import (DistInfo, ResumableDistributedSampler, TrainTask, Trainer, WarmupCosine,
                                         atomic_write_bytes)
 
-torch.set_num_threads(1)
 
 
 class ToyData(Dataset):
