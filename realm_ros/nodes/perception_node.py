@@ -682,6 +682,8 @@ class PerceptionNode(LifecycleNode):
                     continue
                 self._process(window)
             except Exception as exc:  # noqa: BLE001 - keep the worker alive whatever happens
+                if not self.context.ok():     # Ctrl-C / shutdown while publishing: not a processing error
+                    break
                 self._counters.add('processing_errors')
                 self._last_error = f'{type(exc).__name__}: {exc}'
                 if self._throttle('worker'):
