@@ -17,6 +17,7 @@ and in ``DecodeResult.errors`` (this call). Hot loops are numba-compiled (``cach
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, Dict, Tuple
 
 import numpy as np
@@ -443,7 +444,7 @@ def _errors_of(names: Tuple[str, ...], first_error: int, delta: np.ndarray) -> D
     return {names[i]: int(delta[i]) for i in range(first_error, len(names)) if delta[i]}
 
 
-class Decoder:
+class Decoder(abc.ABC):
     """Base class: one stateful decoder per event stream (not thread-safe: decode one stream from one thread).
 
     Attributes:
@@ -480,9 +481,9 @@ class Decoder:
     def num_errors(self) -> int:
         return int(self._counters[self.first_error:].sum())
 
+    @abc.abstractmethod
     def decode(self, payload: Any, time_base: int = 0, is_bigendian: bool = False) -> DecodeResult:
         """Decode one payload (bytes-like); never raises on malformed data (errors are counted)."""
-        raise NotImplementedError
 
 
 def _swap16(buf: np.ndarray) -> np.ndarray:

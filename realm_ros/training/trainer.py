@@ -15,6 +15,7 @@ validation sums and exports the final artefact.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import io
@@ -47,50 +48,50 @@ _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 # ====================================================================================================== task API
-class TrainTask:
-    """What the :class:`Trainer` needs from a model. Subclasses override every method."""
+class TrainTask(abc.ABC):
+    """What the :class:`Trainer` needs from a model. Subclasses implement every abstract method."""
 
     name = 'task'
 
+    @abc.abstractmethod
     def module(self) -> nn.Module:
         """The module whose trainable parameters are optimised (wrapped in DDP when distributed)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def set_module(self, module: nn.Module) -> None:
         """Receive the (possibly DDP-wrapped) module to call in :meth:`train_step`."""
-        raise NotImplementedError
 
     def on_epoch_start(self, epoch: int) -> None:
         """Apply per-epoch curricula (mask dilation, token drop)."""
 
+    @abc.abstractmethod
     def train_step(self, batch: Any, epoch: int) -> Dict[str, torch.Tensor]:
         """Forward a training batch (under autocast); must return ``loss`` (scalar) and ``n`` (samples)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def val_step(self, batch: Any, epoch: int) -> Dict[str, torch.Tensor]:
         """Validation *sums* for a batch (scalars, summed over ranks by the trainer)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def val_summary(self, sums: Mapping[str, torch.Tensor]) -> Dict[str, float]:
         """Turn summed validation tensors (float64, summed over batches and ranks) into metrics; ``loss`` (lower
         is better) selects the best epoch."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """Trainable state for checkpoints."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore :meth:`state_dict`."""
-        raise NotImplementedError
 
     def fingerprint(self) -> Dict[str, Any]:
         """What must not change between a checkpoint and ``--resume`` (architecture, teacher hash, data)."""
         return {}
 
+    @abc.abstractmethod
     def export(self, out_dir: str, metrics: Mapping[str, Any]) -> str:
         """Write the final artefact (rank 0 only) and return its path."""
-        raise NotImplementedError
 
 
 # ====================================================================================================== devices
