@@ -316,39 +316,49 @@ def _tile(img: Optional[np.ndarray], size: Tuple[int, int], text: str) -> np.nda
 
 
 def _trajectory_picture(rec: Received, size: Tuple[int, int]) -> np.ndarray:
-    """Top view (x-z plane of the first camera) of estimated vs ground-truth camera positions."""
+    """Top view (x-z plane of the first camera) of ground-truth and estimated camera positions.
+
+    Estimates come from ``~/pose`` in the fixed frame (chained from the first keyframe), ground truth from the
+    simulator, both expressed relative to the pose at the first estimate (or the first ground truth when the node
+    published no pose, e.g. every estimate was rejected)."""
     import cv2
     h, w = size
     canvas = np.full((h, w, 3), 255, np.uint8)
     with rec.lock:
         poses = [(s, T) for s, _r, T, _f in rec.pose]
         gt = dict(rec.gt_pose)
-    if not poses:
+    if not poses and not gt:
         return _tile(None, size, 'trajectory')
-    est_pos, gt_pos = [], []
-    G0 = None
-    for s, T in poses:
-        g = _nearest(gt, s)
-        est_pos.append(T[:3, 3])
-        if g is not None:
-            G0 = g if G0 is None else G0
-            gt_pos.append((np.linalg.inv(G0) @ g)[:3, 3])
-    pts = np.array(est_pos + gt_pos)
+    if poses:
+        t0, t1 = poses[0][0], poses[-1][0]
+        G0 = _nearest(gt, t0)
+        E0inv = np.linalg.inv(poses[0][1])
+        est_pos = [(E0inv @ T)[:3, 3] for _s, T in poses]
+    else:
+        t0, t1 = min(gt), max(gt)
+        G0 = gt[t0]
+        est_pos = []
+    gt_pos = []
+    if G0 is not None:
+        G0inv = np.linalg.inv(G0)
+        gt_pos = [(G0inv @ gt[s])[:3, 3] for s in sorted(gt) if t0 <= s <= t1]
+    pts = np.array(est_pos + gt_pos) if (est_pos or gt_pos) else np.zeros((1, 3))
     xz = pts[:, [0, 2]]
     lo, hi = xz.min(0), xz.max(0)
     span = max(float((hi - lo).max()), 1e-3)
 
     def to_px(p: np.ndarray) -> Tuple[int, int]:
         u = (p[0] - lo[0]) / span * (w - 40) + 20
-        v = h - 20 - (p[2] - lo[1]) / span * (h - 60)
+        v = h - 40 - (p[2] - lo[1]) / span * (h - 80)
         return int(u), int(v)
 
     for seq, colour in ((gt_pos, (0, 160, 0)), (est_pos, (0, 0, 220))):
         for a, b in zip(seq, seq[1:]):
             cv2.line(canvas, to_px(a), to_px(b), colour, 2, cv2.LINE_AA)
     cv2.putText(canvas, 'ground truth', (8, h - 24), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 160, 0), 1)
-    cv2.putText(canvas, 'estimate (pose output)', (8, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 220), 1)
-    return _label(canvas, 'trajectory (top view, x-z)')
+    cv2.putText(canvas, 'estimate (~/pose)' if est_pos else 'no pose published (estimates rejected)',
+                (8, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 220), 1)
+    return _label(canvas, 'trajectory (top view, x-z of the first camera)')
 
 
 def write_panel(rec: Received, path: Path, sensor_shape: Optional[Tuple[int, int]]) -> None:
