@@ -96,22 +96,16 @@ class Received:
     gt_labels: Dict[int, np.ndarray] = field(default_factory=dict)
     gt_pose: Dict[int, np.ndarray] = field(default_factory=dict)
     counts: Dict[str, int] = field(default_factory=dict)
-    first_recv: Dict[str, int] = field(default_factory=dict)
-    last_recv: Dict[str, int] = field(default_factory=dict)
     diagnostics: Dict[str, Dict[str, str]] = field(default_factory=dict)
     events_xy: Deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=200))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def tick(self, name: str, now: int) -> None:
+    def tick(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
-        self.first_recv.setdefault(name, now)
-        self.last_recv[name] = now
 
-    def rate_hz(self, name: str) -> float:
-        n = self.counts.get(name, 0)
-        if n < 2:
-            return 0.0
-        return (n - 1) / max(1e-9, (self.last_recv[name] - self.first_recv[name]) * 1e-9)
+    def rate_hz(self, name: str, seconds: float) -> float:
+        """Messages per second over a recording of ``seconds``."""
+        return self.counts.get(name, 0) / max(1e-9, seconds)
 
 
 def _pose_matrix(pose: Any) -> np.ndarray:
@@ -147,7 +141,7 @@ def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str,
                 return
             arr = image_to_array(msg)
             with rec.lock:
-                rec.tick(name, t)
+                rec.tick(name)
                 stamp = stamp_to_ns(msg.header.stamp)
                 if store is not None:
                     store.append((stamp, t, arr.copy()))
@@ -169,7 +163,7 @@ def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str,
         if not recording.is_set():
             return
         with rec.lock:
-            rec.tick('pose', t)
+            rec.tick('pose')
             rec.pose.append((stamp_to_ns(msg.header.stamp), t, _pose_matrix(msg.pose.pose), msg.header.frame_id))
 
     def gt_pose_cb(msg: PoseStamped) -> None:
@@ -185,9 +179,8 @@ def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str,
     def events_cb(msg: EventPacket) -> None:
         if not recording.is_set():
             return
-        t = now()
         with rec.lock:
-            rec.tick('events_in', t)
+            rec.tick('events_in')
             rec.counts['event_bytes_in'] = rec.counts.get('event_bytes_in', 0) + len(msg.events)
             if rec.counts['events_in'] % 5:
                 return
@@ -594,19 +587,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         with rec.lock:                                          # restart the rate counters after warm-up
             for k in list(rec.counts):
                 rec.counts[k] = 0
-            rec.first_recv.clear()
             rec.depth.clear()
             rec.semantic.clear()
             rec.pose.clear()
         t_rec = time.monotonic()
         while time.monotonic() - t_rec < args.duration:
             time.sleep(1.0)
-            print(f'[realm-demo] {time.monotonic() - t_rec:4.0f} s: depth {rec.rate_hz("depth"):.1f} Hz, '
-                  f'pose {rec.rate_hz("pose"):.1f} Hz, packets in {rec.rate_hz("events_in"):.0f} Hz', flush=True)
+            elapsed = time.monotonic() - t_rec
+            print(f'[realm-demo] {elapsed:4.0f} s: depth {rec.rate_hz("depth", elapsed):.1f} Hz, '
+                  f'pose {rec.rate_hz("pose", elapsed):.1f} Hz, packets in {rec.rate_hz("events_in", elapsed):.0f} Hz',
+                  flush=True)
             for name, proc in procs.items():
                 if proc.poll() is not None:
                     raise SystemExit(f'realm-demo: {name} exited early with {proc.returncode}')
         recording.clear()
+        recorded_s = time.monotonic() - t_rec
 
         sensor_shape = collector._realm_decoder_state.get('shape')
         scores = score(rec)
@@ -615,8 +610,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             'checkpoints': ckpts,
             'device': args.device,
             'warmup_s': round(warm, 2),
-            'recorded_s': args.duration,
-            'rates_hz': {k: round(rec.rate_hz(k), 3) for k in
+            'recorded_s': round(recorded_s, 2),
+            'rates_hz': {k: round(rec.rate_hz(k, recorded_s), 3) for k in
                          ('events_in', 'depth', 'semantic', 'depth/color', 'semantic/color', 'matches', 'pose')},
             'latency_ms_end_to_end': latency_summary(rec),
             'node_diagnostics': rec.diagnostics,
