@@ -7,11 +7,18 @@ DUNE-MASt3R input) and is supervised with simulator ground truth:
 * **3-D points** - ``pts3d`` of view 1 in its own camera frame and ``pts3d_in_other_view`` (view 2's pixels in view
   1's frame), from the rendered depth and the two poses. Confidence-weighted regression as in DUSt3R:
   ``conf * err - alpha * log(conf)`` with ``err = |p_hat - p| / max(|p|, 1 m)`` (relative far away, absolute up
-  close, so a 100 m facade does not drown the near field); sky pixels are not supervised.
+  close, so a 100 m facade does not drown the near field) plus a weighted ray-direction error (reprojection, hence
+  PnP, depends on it most); sky pixels are not supervised.
 * **Descriptors** - InfoNCE over ground-truth correspondences (:func:`realm_ros.miniature.data.correspondences`):
   for ``M`` sampled matches the descriptor of a pixel in view 1 must pick its partner in view 2 among the ``M``
   candidates (both directions, temperature ``tau``), weighted by the descriptor confidences with the same
-  ``w * loss - beta * log(w)`` rule, so ``desc_conf`` learns where matches are reliable.
+  ``w * loss - beta * log(w)`` rule (descriptors get the unweighted InfoNCE gradient), so ``desc_conf`` learns
+  where matches are reliable. The optimum is ``w = beta / loss``; ``beta`` and ``alpha`` are set so that the pose
+  solver's default thresholds (``desc_conf >= 1.001``, ``conf >= 1.5``, as MASt3R's visloc) keep the better
+  matches: ``desc_conf >= 1`` <=> InfoNCE loss <= ``beta``; ``conf >= 1.5`` <=> ``err <= alpha / 1.5``.
+
+Progressive resizing (``low_res_steps``): the first steps use the same views rendered at a lower resolution (teacher
+tokens at that size, the decoder is resolution-agnostic), four times cheaper per pair at 112 px.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ from realm_ros.models.mast3r import DuneMast3rConfig, DuneMast3rDecoder
 from .data import PairBatch, PairSampler, correspondences, pts3d_in_frame, rgb_to_tensor, split_seeds
 from .teacher import round_to_half, warmup_cosine
 
-__all__ = ['DecoderConfig', 'build_decoder', 'DecoderTrainer', 'train_decoder', 'pair_targets', 'pts3d_loss',
+__all__ = ['DecoderConfig', 'build_decoder', 'init_patch_constant', 'DecoderTrainer', 'train_decoder', 'pair_targets', 'pts3d_loss',
            'matching_loss']
 
 
@@ -49,21 +56,25 @@ class DecoderConfig:
     scene_duration_s: float = 12.0
     min_dt: float = 0.03
     max_dt: float = 0.5
-    steps: int = 600
+    steps: int = 260
     batch_size: int = 8
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.02
-    warmup_steps: int = 40
+    low_res: int = 112                 # progressive resizing: the first low_res_steps steps use this image size
+    low_res_steps: int = 200
+    low_res_batch_size: int = 16
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 15
     weight_decay: float = 0.05
     grad_clip: float = 1.0
-    conf_alpha: float = 0.2
+    conf_alpha: float = 0.6           # conf = alpha / err at the optimum: >= 1.5 (the PnP threshold) <=> err <= 0.4
+    dir_weight: float = 10.0
     matches_per_pair: int = 1024
     tau: float = 0.07
     match_weight: float = 1.0
-    desc_conf_beta: float = 1.0
+    desc_conf_beta: float = 5.0       # desc_conf = beta / InfoNCE loss: >= 1.001 <=> loss <= ~5 (of ln 1024 = 6.9)
     max_depth: float = 200.0
     seed: int = 1
-    log_every: int = 20
+    log_every: int = 10
 
 
 def build_decoder(cfg: DecoderConfig, enc_dim: int = 192) -> DuneMast3rDecoder:
@@ -72,7 +83,26 @@ def build_decoder(cfg: DecoderConfig, enc_dim: int = 192) -> DuneMast3rDecoder:
                                  dec_num_heads=cfg.dec_num_heads, dpt_feature_dim=cfg.dpt_feature_dim,
                                  dpt_layer_dims=tuple(cfg.dpt_layer_dims), local_mlp_ratio=cfg.local_mlp_ratio,
                                  desc_dim=cfg.desc_dim)
-    return DuneMast3rDecoder(mcfg, dune_backbone_name='mini_teacher')
+    dec = DuneMast3rDecoder(mcfg, dune_backbone_name='mini_teacher')
+    for head in (dec.mast3r.downstream_head1, dec.mast3r.downstream_head2):
+        init_patch_constant(head.head_local_features.fc2, mcfg.local_feature_channels)
+    return dec
+
+
+@torch.no_grad()
+def init_patch_constant(fc2: nn.Linear, channels: int, patch: int = 14) -> None:
+    """Initialise the local-feature MLP output so that all ``patch x patch`` sub-pixels of a token start equal.
+
+    The output index is ``c * patch**2 + i * patch + j`` (pixel shuffle), so row ``(c, 0, 0)`` is copied to every
+    ``(c, i, j)``. A random init makes neighbouring pixels' descriptors independent noise that takes long to
+    smooth out; this start gives patch-level descriptors at once (they vary with the decoder features), which
+    training then refines below the patch size.
+    """
+    w = fc2.weight.view(channels, patch * patch, -1)
+    w.copy_(w[:, :1].expand_as(w).clone())
+    if fc2.bias is not None:
+        b = fc2.bias.view(channels, patch * patch)
+        b.copy_(b[:, :1].expand_as(b).clone())
 
 
 def pair_targets(pairs: PairBatch, matches: int, rng: np.random.Generator, max_depth: float = 200.0
@@ -102,19 +132,27 @@ def pair_targets(pairs: PairBatch, matches: int, rng: np.random.Generator, max_d
                 match_valid=torch.from_numpy(np.stack(valid)))
 
 
-def pts3d_loss(pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, alpha: float) -> Tuple[torch.Tensor,
-                                                                                                 torch.Tensor]:
-    """Confidence-weighted relative 3-D point error over pixels with finite ground truth.
+def pts3d_loss(pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, alpha: float, dir_weight: float = 0.0
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Confidence-weighted 3-D point error over pixels with finite ground truth.
 
-    Returns ``(loss, mean relative error)``."""
+    Per pixel ``err = |p_hat - p| / max(|p|, 1 m) + dir_weight * |p_hat / |p_hat| - p / |p||`` (relative position
+    error plus the ray-direction error, which is what reprojection - and so PnP - is sensitive to; 1 px at f = 133 px
+    is 0.0075). Returns ``(loss, mean relative position error)``."""
     valid = torch.isfinite(gt).all(-1)
     g = torch.where(valid[..., None], gt, torch.zeros_like(gt))
-    err = (pred - g).norm(dim=-1) / g.norm(dim=-1).clamp_min(1.0)
+    rel = (pred - g).norm(dim=-1) / g.norm(dim=-1).clamp_min(1.0)
+    err = rel
+    if dir_weight:
+        unit_p = pred / pred.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        unit_g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        err = err + dir_weight * (unit_p - unit_g).norm(dim=-1)
     err = torch.where(valid, err, torch.zeros_like(err))
+    rel = torch.where(valid, rel, torch.zeros_like(rel))
     c = torch.where(valid, conf, torch.ones_like(conf))
     n = valid.sum().clamp_min(1)
     loss = ((c * err - alpha * c.log()) * valid).sum() / n
-    return loss, err.sum().detach() / n
+    return loss, rel.sum().detach() / n
 
 
 def _gather(x: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
@@ -129,7 +167,8 @@ def _gather(x: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
 def matching_loss(desc1: torch.Tensor, desc2: torch.Tensor, dconf1: torch.Tensor, dconf2: torch.Tensor,
                   xy1: torch.Tensor, xy2: torch.Tensor, valid: torch.Tensor, tau: float, beta: float
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric InfoNCE over sampled correspondences, confidence-weighted. Returns ``(loss, top-1 accuracy)``."""
+    """Symmetric InfoNCE over sampled correspondences plus the descriptor-confidence fit
+    ``w * loss.detach() - beta * log(w)``. Returns ``(loss, top-1 accuracy)``."""
     d1 = _gather(desc1, xy1)                  # (B, M, D)
     d2 = _gather(desc2, xy2)
     w = (_gather(dconf1, xy1) * _gather(dconf2, xy2)).clamp_min(1e-6).sqrt()
@@ -143,7 +182,9 @@ def matching_loss(desc1: torch.Tensor, desc2: torch.Tensor, dconf1: torch.Tensor
     per = 0.5 * (l12 + l21)
     v = valid.to(per.device).float()
     n = v.sum().clamp_min(1)
-    loss = ((w * per - beta * w.log()) * v).sum() / n
+    # descriptors get the plain InfoNCE gradient; the confidence is fitted to the (detached) per-match loss, so a
+    # low confidence never starves the descriptor of gradient (optimum w = beta / loss)
+    loss = ((per + w * per.detach() - beta * w.log()) * v).sum() / n
     acc = ((logits.argmax(-1) == target).float() * v).sum() / n
     return loss, acc.detach()
 
@@ -161,8 +202,10 @@ class DecoderTrainer:
         torch.manual_seed(cfg.seed)
         self.decoder = build_decoder(cfg, teacher.encoder.embed_dim).to(self.device)
         self.decoder.set_attention_impl('sdpa')
-        self.sampler = PairSampler(split_seeds('train', cfg.scenes), image_size, cfg.scene_duration_s, cfg.min_dt,
-                                   cfg.max_dt)
+        seeds = split_seeds('train', cfg.scenes)
+        self.sampler = PairSampler(seeds, image_size, cfg.scene_duration_s, cfg.min_dt, cfg.max_dt)
+        self.low_sampler = (PairSampler(seeds, cfg.low_res, cfg.scene_duration_s, cfg.min_dt, cfg.max_dt)
+                            if cfg.low_res_steps > 0 else None)
         self.rng = np.random.default_rng(cfg.seed)
         params = list(self.decoder.parameters())
         self.opt = torch.optim.AdamW([{'params': [p for p in params if p.dim() >= 2],
@@ -180,10 +223,11 @@ class DecoderTrainer:
         cfg = self.cfg
         gt = pair_targets(pairs, cfg.matches_per_pair, self.rng, cfg.max_depth)
         t1, t2 = self.tokens(pairs.first.rgb), self.tokens(pairs.second.rgb)
-        shape = (self.image_size, self.image_size)
+        shape = tuple(pairs.first.rgb.shape[1:3])
         p1, p2 = self.decoder(t1, t2, shape, shape)
-        l1, e1 = pts3d_loss(p1['pts3d'], p1['conf'], gt['pts1'].to(self.device), cfg.conf_alpha)
-        l2, e2 = pts3d_loss(p2['pts3d_in_other_view'], p2['conf'], gt['pts2'].to(self.device), cfg.conf_alpha)
+        l1, e1 = pts3d_loss(p1['pts3d'], p1['conf'], gt['pts1'].to(self.device), cfg.conf_alpha, cfg.dir_weight)
+        l2, e2 = pts3d_loss(p2['pts3d_in_other_view'], p2['conf'], gt['pts2'].to(self.device), cfg.conf_alpha,
+                            cfg.dir_weight)
         lm, acc = matching_loss(p1['desc'], p2['desc'], p1['desc_conf'], p2['desc_conf'], gt['xy1'], gt['xy2'],
                                 gt['match_valid'], cfg.tau, cfg.desc_conf_beta)
         loss = l1 + l2 + cfg.match_weight * lm
@@ -199,7 +243,11 @@ class DecoderTrainer:
         for step in range(cfg.steps):
             for g in self.opt.param_groups:
                 g['lr'] = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
-            terms = self.losses(self.sampler.sample(cfg.batch_size, self.rng))
+            if step < cfg.low_res_steps:
+                pairs = self.low_sampler.sample(cfg.low_res_batch_size, self.rng)
+            else:
+                pairs = self.sampler.sample(cfg.batch_size, self.rng)
+            terms = self.losses(pairs)
             self.opt.zero_grad(set_to_none=True)
             terms['loss'].backward()
             if cfg.grad_clip > 0:

@@ -59,6 +59,8 @@ class EvalConfig:
     mast3r_bridge: str = 'teacher_norm_inverse'
     compare_bridges: bool = True
     pnp_iterations: int = 1000
+    point_conf_threshold: Optional[float] = None   # None: the pose solver's (and the node's) defaults
+    desc_conf_threshold: Optional[float] = None
     batch_size: int = 8
 
 
@@ -285,7 +287,9 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
     from realm_ros.geometry.pose import PnpParams
     from realm_ros.geometry.relative_pose import estimate_relative_pose
 
-    pnp = PnpParams(iterations=cfg.pnp_iterations)
+    over = {k: v for k, v in (('point_conf_threshold', cfg.point_conf_threshold),
+                              ('desc_conf_threshold', cfg.desc_conf_threshold)) if v is not None}
+    pnp = PnpParams(iterations=cfg.pnp_iterations, **over)
     size = cfg.image_size
     modes = {'rgb_rgb': ('rgb', 'rgb'), 'event_event': ('event', 'event'), 'rgb_event': ('rgb', 'event')}
     acc = {m: PoseErrorAccumulator(AUC_THRESHOLDS) for m in modes}

@@ -62,7 +62,7 @@ def default_work_dir() -> Path:
 class BagsConfig:
     """Simulated bags for ``train_heads`` / ``train_from_bag``."""
 
-    train_sequences: int = 24
+    train_sequences: int = 20
     val_sequences: int = 2
     seconds: float = 2.0
     workers: int = 2
@@ -75,7 +75,7 @@ class HeadsRecipe:
     """``train_heads`` settings for both heads (fields of ``HeadsConfig``)."""
 
     depth_epochs: int = 6
-    seg_epochs: int = 6
+    seg_epochs: int = 4
     batch_size: int = 16
     lr: float = 3e-3
     depth_bins: int = 256
@@ -87,21 +87,21 @@ class HeadsRecipe:
 class DistillRecipe:
     """``train_from_bag`` settings (fields of ``DistillConfig``; the schedule is the paper's, compressed)."""
 
-    epochs: int = 8
+    epochs: int = 5
     batch_size: int = 16
     accumulation: int = 1
     lr: float = 1e-3
-    lora_rank: int = 8
-    lora_alpha: float = 8.0
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
     lora_dropout: float = 0.1
     embedder_widths: Tuple[int, int, int, int] = (16, 32, 64, 128)
     embedder_blocks: Tuple[int, int, int] = (1, 1, 2)
     window_ms: float = 34.0            # > the 33.3 ms frame period: the window is bounded by the previous frame
     min_events: int = 500
-    mask_dilation_epochs: Tuple[int, ...] = (3, 5, 6)
-    mask_dilation_patches: Tuple[int, ...] = (1, 2, 3)
+    mask_dilation_epochs: Tuple[int, ...] = (1, 2, 3)     # paper 10/15/20 of 30 epochs, compressed to 5
+    mask_dilation_patches: Tuple[int, ...] = (1, 2, 3)    # paper 2/4/6 on a 32 x 32 grid; halved for 16 x 16
     token_drop: float = 0.3
-    token_drop_start_epoch: int = 3
+    token_drop_start_epoch: int = 1                       # paper: epoch 8 of 30
     teacher_cache: bool = True
     num_workers: int = 0
 
@@ -132,11 +132,12 @@ def _toy() -> RecipeConfig:
     return RecipeConfig(
         name='toy', image_size=size,
         teacher=TeacherConfig(image_size=size, steps=4, batch_size=4, scenes=3, warmup_steps=1, log_every=2,
-                              proj_dim=32, depth_bins=32),
+                              proj_dim=32, depth_bins=32, low_res=56, low_res_steps=2, low_res_batch_size=4,
+                              val_scenes=1, val_frames=4, val_every=2),
         bags=BagsConfig(train_sequences=1, val_sequences=1, seconds=0.3, workers=1),
         heads=HeadsRecipe(depth_epochs=1, seg_epochs=1, batch_size=4, depth_bins=32),
         decoder=DecoderConfig(steps=3, batch_size=2, scenes=3, matches_per_pair=64, warmup_steps=1, log_every=1,
-                              local_mlp_ratio=0.25),
+                              local_mlp_ratio=0.25, low_res=56, low_res_steps=2, low_res_batch_size=2),
         distill=DistillRecipe(epochs=2, batch_size=4, lora_rank=2, lora_alpha=2.0, embedder_widths=(16, 16, 32, 32),
                               embedder_blocks=(1, 1, 1), mask_dilation_epochs=(1,), mask_dilation_patches=(1,),
                               token_drop_start_epoch=1, min_events=50),

@@ -35,7 +35,7 @@ from realm_ros.models.dune_model import DINOV2_TEACHER, DuneModel
 from realm_ros.models.heads import DepthBinsHead, DinoV2Projector, SegmentationHead
 from realm_ros.sim.classes import NUM_CLASSES
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, FrameBatch, FrameSampler, split_seeds
+from .data import IMAGENET_MEAN, IMAGENET_STD, FrameBatch, FrameSampler, rgb_to_tensor, split_seeds
 
 __all__ = ['TeacherConfig', 'build_teacher', 'TeacherPretrainer', 'train_teacher', 'round_to_half',
            'patch_luminance_targets', 'class_weights_from_labels', 'warmup_cosine']
@@ -52,14 +52,14 @@ class TeacherConfig:
     max_depth: float = 81.0
     scenes: int = 200
     scene_duration_s: float = 12.0
-    steps: int = 3000
+    steps: int = 720
     batch_size: int = 16
     low_res: int = 112                 # progressive resizing: the first low_res_steps steps render at this size
-    low_res_steps: int = 0
+    low_res_steps: int = 600
     low_res_batch_size: int = 32
-    lr: float = 5e-4
-    min_lr_ratio: float = 0.02
-    warmup_steps: int = 150
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 40
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     depth_weight: float = 1.0
@@ -68,7 +68,10 @@ class TeacherConfig:
     hflip: bool = True
     color_jitter: float = 0.2
     seed: int = 0
-    log_every: int = 50
+    log_every: int = 20
+    val_scenes: int = 4
+    val_frames: int = 32
+    val_every: int = 200               # steps between validations (0 = never); a multiple of log_every
 
 
 def build_teacher(cfg: TeacherConfig) -> DuneModel:
@@ -99,8 +102,10 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float
 
 def patch_luminance_targets(rgb01: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, 3, H, W) RGB in [0, 1] -> (B, N, patch*patch) per-patch standardised luminance (row-major patches)."""
-    y = (0.299 * rgb01[:, 0] + 0.587 * rgb01[:, 1] + 0.114 * rgb01[:, 2]).unsqueeze(1)
-    cols = F.unfold(y, kernel_size=patch, stride=patch).transpose(1, 2)     # (B, N, p*p)
+    y = 0.299 * rgb01[:, 0] + 0.587 * rgb01[:, 1] + 0.114 * rgb01[:, 2]
+    b, h, w = y.shape
+    cols = (y.reshape(b, h // patch, patch, w // patch, patch).permute(0, 1, 3, 2, 4)
+            .reshape(b, (h // patch) * (w // patch), patch * patch))          # (B, N, p*p), row-major patches
     mean = cols.mean(-1, keepdim=True)
     std = cols.std(-1, keepdim=True)
     return (cols - mean) / (std + 0.02)
@@ -190,6 +195,37 @@ class TeacherPretrainer:
         loss = cfg.depth_weight * l_depth + cfg.seg_weight * l_seg + cfg.recon_weight * l_rec
         return dict(loss=loss, depth=l_depth.detach(), seg=l_seg.detach(), recon=l_rec.detach())
 
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        """Temporary-head quality on fixed frames of ``val`` scenes (depth abs error <= 30 m, mIoU)."""
+        from .metrics import ConfusionMatrix, DepthErrorAccumulator
+        if not hasattr(self, '_val_batch'):
+            sampler = FrameSampler(split_seeds('val', self.cfg.val_scenes), self.cfg.image_size,
+                                   self.cfg.scene_duration_s)
+            self._val_batch = sampler.sample(self.cfg.val_frames, np.random.default_rng(12345))
+        was = self.model.training
+        self.model.eval()
+        self.heads.eval()
+        depth_acc, cm = DepthErrorAccumulator(cutoffs=(10.0, 30.0)), ConfusionMatrix(NUM_CLASSES)
+        b = self._val_batch
+        for s in range(0, len(b.rgb), 8):
+            image = rgb_to_tensor(b.rgb[s:s + 8], self.device)
+            size = tuple(image.shape[-2:])
+            enc = self.model.encoder
+            grid = enc.grid_shape(*size)
+            out = enc.forward_features(image)
+            d = self.heads['depth'](out['x_norm_patchtokens'], out['x_norm_clstoken'], grid, out_size=size)[:, 0]
+            tokens = torch.cat([out['x_prenorm_clstoken'].unsqueeze(1), out['x_prenorm_patchtokens']], dim=1)
+            seg = self.heads['seg'](self.model.projector(tokens, grid)[1], out_size=size).argmax(1)
+            for i in range(len(d)):
+                depth_acc.update(d[i].cpu().numpy(), b.depth[s + i])
+                cm.update(seg[i].cpu().numpy(), b.labels[s + i])
+        self.model.train(was)
+        self.heads.train(was)
+        r = depth_acc.result()
+        return {'depth_abs_err_10m': r['abs_err_10m'], 'depth_abs_err_30m': r['abs_err_30m'],
+                'miou': cm.scores()['miou'], 'accuracy': cm.scores()['accuracy']}
+
     # ------------------------------------------------------------------------------------------------ loop
     def train(self) -> DuneModel:
         cfg = self.cfg
@@ -218,9 +254,13 @@ class TeacherPretrainer:
                 n = cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every
                 rec = {k: v / n for k, v in run.items()}
                 rec.update(step=step + 1, seconds=time.time() - t0)
+                if cfg.val_every and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
+                    rec.update({f'val_{k}': v for k, v in self.validate().items()})
                 self.history.append(rec)
+                val = (f' | val depth err <=10/30 m {rec["val_depth_abs_err_10m"]:.2f}/'
+                       f'{rec["val_depth_abs_err_30m"]:.2f} mIoU {rec["val_miou"]:.3f}') if 'val_miou' in rec else ''
                 self.log(f'teacher step {step + 1}/{cfg.steps} loss {rec["loss"]:.4f} (depth {rec["depth"]:.3f} '
-                         f'seg {rec["seg"]:.3f} recon {rec["recon"]:.3f}) {rec["seconds"]:.0f} s')
+                         f'seg {rec["seg"]:.3f} recon {rec["recon"]:.3f}) {rec["seconds"]:.0f} s{val}')
                 run = {}
         self.model.eval().requires_grad_(False)
         return self.model

@@ -46,7 +46,7 @@ def test_round_to_half_is_idempotent_and_exact_in_half():
 
 def test_teacher_pretraining_fits_a_fixed_batch():
     cfg = TeacherConfig(image_size=56, proj_dim=16, depth_bins=16, scenes=2, steps=1, batch_size=2, lr=2e-3,
-                        warmup_steps=1, color_jitter=0.0, hflip=False)
+                        low_res_steps=0, warmup_steps=1, color_jitter=0.0, hflip=False, val_scenes=1, val_frames=2)
     tr = TeacherPretrainer(cfg)
     assert set(tr.model.projectors) == {'dino2reg_vitlarge_14'}
     data = tr._augment(tr.sampler.sample(2, np.random.default_rng(0)))
@@ -90,6 +90,31 @@ def test_pts3d_loss_hand_computed():
     assert err.item() == pytest.approx(e.mean().item(), rel=1e-5)
 
 
+def test_pts3d_loss_direction_term():
+    gt = torch.tensor([[[[0.0, 0.0, 10.0]]]])
+    pred = torch.tensor([[[[1.0, 0.0, 10.0]]]])          # 1 m sideways at 10 m
+    conf = torch.ones(1, 1, 1)
+    plain, rel = pts3d_loss(pred, conf, gt, alpha=0.5)
+    with_dir, rel2 = pts3d_loss(pred, conf, gt, alpha=0.5, dir_weight=10.0)
+    unit = pred[0, 0, 0] / pred[0, 0, 0].norm()
+    d = (unit - torch.tensor([0.0, 0.0, 1.0])).norm()
+    assert plain.item() == pytest.approx(0.1, rel=1e-5) and rel.item() == pytest.approx(0.1, rel=1e-5)
+    assert with_dir.item() == pytest.approx(0.1 + 10.0 * d.item(), rel=1e-5) and rel2.item() == rel.item()
+
+
+def test_patch_constant_init_of_local_features():
+    dec = build_decoder(DecoderConfig(local_mlp_ratio=0.25, desc_dim=8))
+    fc2 = dec.mast3r.downstream_head1.head_local_features.fc2
+    w = fc2.weight.view(9, 196, -1)
+    assert torch.equal(w, w[:, :1].expand_as(w)) and not torch.equal(w[0, 0], w[1, 0])
+    tok = torch.randn(1, 4, 192)
+    with torch.no_grad():
+        p1, _ = dec(tok, tok, (28, 28), (28, 28))
+    desc = p1['desc'][0]
+    assert torch.allclose(desc[:14, :14], desc[0, 0].expand(14, 14, -1), atol=1e-6)   # constant inside a patch
+    assert not torch.allclose(desc[0, 0], desc[0, 14])                              # differs between patches
+
+
 def test_matching_loss_rewards_consistent_descriptors():
     torch.manual_seed(0)
     h = w = 8
@@ -118,7 +143,7 @@ def test_decoder_training_steps_and_shipping_round_trip(tmp_path):
 
     teacher = build_teacher(TeacherConfig(image_size=56, proj_dim=16)).eval()
     cfg = DecoderConfig(steps=2, batch_size=1, scenes=2, matches_per_pair=32, local_mlp_ratio=0.25, warmup_steps=1,
-                        log_every=1)
+                        low_res_steps=0, log_every=1)
     tr = DecoderTrainer(cfg, teacher, 56, log=lambda s: None)
     dec = tr.train()
     assert len(tr.history) == 2 and all(math.isfinite(r['loss']) for r in tr.history)
