@@ -43,6 +43,7 @@ def main() -> int:
         sent += 1
         if sent == count:
             break
+    assert sent == count, f'the bag {bag} holds only {sent} packets, {count} were requested'
     print(f'sent {sent}', flush=True)
     deadline = time.monotonic() + 20.0
     while pub.get_subscription_count() > 0 and time.monotonic() < deadline:
