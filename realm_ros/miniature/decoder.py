@@ -37,6 +37,8 @@ from realm_ros.models.mast3r import DuneMast3rConfig, DuneMast3rDecoder
 from .data import PairBatch, PairSampler, correspondences, pts3d_in_frame, rgb_to_tensor, split_seeds
 from .teacher import round_to_half, warmup_cosine
 
+PATCH_AREA = 14 * 14
+
 __all__ = ['DecoderConfig', 'build_decoder', 'init_patch_constant', 'DecoderTrainer', 'train_decoder', 'pair_targets', 'pts3d_loss',
            'matching_loss']
 
@@ -73,6 +75,10 @@ class DecoderConfig:
     match_weight: float = 1.0
     desc_conf_beta: float = 5.0       # desc_conf = beta / InfoNCE loss: >= 1.001 <=> loss <= ~5 (of ln 1024 = 6.9)
     max_depth: float = 200.0
+    calibration_scenes: int = 2
+    calibration_pairs: int = 16
+    keep_points: float = 0.95          # fraction of pixels / matches the PnP default thresholds keep after calibration
+    keep_matches: float = 0.95
     seed: int = 1
     log_every: int = 10
 
@@ -269,10 +275,69 @@ class DecoderTrainer:
         return self.decoder
 
 
+@torch.no_grad()
+def calibrate_confidences(decoder: DuneMast3rDecoder, teacher: DuneModel, image_size: int, seeds: List[int],
+                          pairs: int = 16, keep_points: float = 0.95, keep_matches: float = 0.95, seed: int = 7,
+                          device: torch.device | str = 'cpu') -> Dict[str, float]:
+    """Shift the confidence logits so that the pose solver's default thresholds keep a chosen fraction.
+
+    The PnP step keeps keyframe points with ``conf >= 1.5`` and matches with ``min(desc_conf) >= 1.001``
+    (:class:`realm_ros.geometry.pose.PnpParams`, MASt3R visloc values) - absolute numbers that only mean something
+    for a decoder trained like MASt3R. Here the raw confidences are measured on frame pairs of ``seeds`` (validation
+    scenes): the ``1 - keep_points`` quantile of ``conf`` over pixels and the ``1 - keep_matches`` quantile of
+    ``min(desc_conf1, desc_conf2)`` over reciprocal matches are mapped onto the thresholds by adding a constant to
+    the biases of the confidence output channels (the ranking of pixels is unchanged). Returns the applied shifts.
+    """
+    from realm_ros.geometry.matching import fast_reciprocal_nn
+    from realm_ros.geometry.pose import PnpParams
+
+    device = torch.device(device)
+    params = PnpParams()
+    sampler = PairSampler(seeds, image_size, duration_s=6.0, min_dt=0.1, max_dt=0.4)
+    batch = sampler.sample(pairs, np.random.default_rng(seed))
+    enc = teacher.encoder
+    t1 = enc.get_mast3r_tokens(rgb_to_tensor(batch.first.rgb, device))
+    t2 = enc.get_mast3r_tokens(rgb_to_tensor(batch.second.rgb, device))
+    conf_vals, desc_vals = [], []
+    shape = (image_size, image_size)
+    for i in range(pairs):
+        p1, p2 = decoder(t1[i:i + 1], t2[i:i + 1], shape, shape)
+        valid = torch.from_numpy(np.isfinite(batch.first.depth[i]))
+        conf_vals.append(p1['conf'][0][valid].flatten())
+        m = fast_reciprocal_nn(p1['desc'][0], p2['desc'][0], 8)
+        if m.count:
+            d1 = p1['desc_conf'][0][m.xy1[:, 1], m.xy1[:, 0]]
+            d2 = p2['desc_conf'][0][m.xy2[:, 1], m.xy2[:, 0]]
+            desc_vals.append(torch.minimum(d1, d2).flatten())
+    conf_all = torch.cat(conf_vals).double()
+    q_conf = float(torch.quantile(conf_all[torch.randperm(len(conf_all))[:200_000]], 1.0 - keep_points))
+    # conf = 1 + exp(x): shift x so that conf(q) == threshold
+    shift_conf = float(np.log(params.point_conf_threshold - 1.0) - np.log(max(q_conf - 1.0, 1e-30)))
+    shift_desc = 0.0
+    if desc_vals:
+        q_desc = float(torch.quantile(torch.cat(desc_vals).double(), 1.0 - keep_matches))
+        shift_desc = float(np.log(params.desc_conf_threshold) - np.log(max(q_desc, 1e-30)))   # desc_conf = exp(x)
+    c = decoder.config
+    n_desc = c.desc_dim
+    for head in (decoder.mast3r.downstream_head1, decoder.mast3r.downstream_head2):
+        last = head.dpt.head[-1]
+        last.bias[3] += shift_conf
+        if c.two_confs:
+            fc2 = head.head_local_features.fc2
+            fc2.bias.view(c.local_feature_channels, PATCH_AREA)[n_desc] += shift_desc
+    round_to_half(decoder)
+    return {'point_conf_shift': shift_conf, 'desc_conf_shift': shift_desc, 'keep_points': keep_points,
+            'keep_matches': keep_matches, 'pairs': pairs, 'seeds': list(seeds)}
+
+
 def train_decoder(cfg: DecoderConfig, teacher: DuneModel, image_size: int, device: torch.device | str = 'cpu',
                   log: Callable[[str], None] = print) -> Tuple[DuneMast3rDecoder, Dict[str, object]]:
-    """Train the decoder; returns the frozen (float16-rounded) decoder and a training record."""
+    """Train the decoder, then calibrate its confidences on validation scenes; returns the frozen
+    (float16-rounded) decoder and a training record."""
     trainer = DecoderTrainer(cfg, teacher, image_size, device, log)
     t0 = time.time()
     dec = trainer.train()
-    return dec, dict(config=asdict(cfg), seconds=time.time() - t0, history=trainer.history)
+    calib = calibrate_confidences(dec, trainer.teacher, image_size, split_seeds('val', cfg.calibration_scenes),
+                                  cfg.calibration_pairs, cfg.keep_points, cfg.keep_matches, device=device)
+    log(f'decoder confidences calibrated on {cfg.calibration_pairs} validation pairs: {calib}')
+    return dec, dict(config=asdict(cfg), seconds=time.time() - t0, history=trainer.history, calibration=calib)

@@ -115,6 +115,29 @@ def test_patch_constant_init_of_local_features():
     assert not torch.allclose(desc[0, 0], desc[0, 14])                              # differs between patches
 
 
+def test_confidence_calibration_maps_quantiles_onto_the_pnp_thresholds():
+    from realm_ros.geometry.pose import PnpParams
+    from realm_ros.miniature.data import PairSampler, rgb_to_tensor
+    from realm_ros.miniature.decoder import calibrate_confidences
+    from realm_ros.miniature.teacher import build_teacher
+
+    torch.manual_seed(0)
+    teacher = build_teacher(TeacherConfig(image_size=56, proj_dim=16)).eval()
+    dec = build_decoder(DecoderConfig(local_mlp_ratio=0.25)).eval()
+    seeds = split_seeds('val', 1)
+    info = calibrate_confidences(dec, teacher, 56, seeds, pairs=3, keep_points=0.3, keep_matches=0.6, seed=3)
+    assert info['keep_points'] == 0.3 and math.isfinite(info['point_conf_shift'])
+    # same pairs as the calibration (same sampler settings and seed): 30 % of the valid pixels pass conf >= 1.5
+    batch = PairSampler(seeds, 56, duration_s=6.0, min_dt=0.1, max_dt=0.4).sample(3, np.random.default_rng(3))
+    with torch.no_grad():
+        t1 = teacher.encoder.get_mast3r_tokens(rgb_to_tensor(batch.first.rgb))
+        t2 = teacher.encoder.get_mast3r_tokens(rgb_to_tensor(batch.second.rgb))
+        p1, _ = dec(t1, t2, (56, 56), (56, 56))
+    valid = torch.from_numpy(np.isfinite(batch.first.depth))
+    frac = (p1['conf'][valid] >= PnpParams().point_conf_threshold).float().mean().item()
+    assert frac == pytest.approx(0.3, abs=0.03)
+
+
 def test_matching_loss_rewards_consistent_descriptors():
     torch.manual_seed(0)
     h = w = 8
