@@ -120,11 +120,12 @@ def test_every_output_topic_from_the_real_recording(node, probe, packets):
     xyz = np.frombuffer(pts.data, np.float32).reshape(-1, 4)[:, :3]
     u = K_TEST[0, 0] * xyz[:, 0] / xyz[:, 2] + K_TEST[0, 2]                   # back-projected with K_TEST
     assert u.min() > 78 and u.max() < 562
+    # the first window becomes the keyframe; a loaded machine may only have processed one more window so far
+    assert probe.wait_for(lambda: probe.messages('pose'), 60), 'no pose published'
     poses = [r.msg for r in probe.messages('pose')]
-    assert poses, 'no pose published'
     q = poses[0].pose.pose.orientation
     assert math.isclose(q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2, 1.0, rel_tol=1e-6)
-    assert poses[0].header.frame_id == f'{FRAME}_keyframe' and stamp_ns(poses[0]) in stamps
+    assert poses[0].header.frame_id == f'{FRAME}_keyframe' and stamp_ns(poses[0]) in {stamp_ns(r.msg) for r in probe.messages('depth')}
     # diagnostics: rates, latency and the camera model in use
     def settled():                      # the worker finished its last window: compare counters then
         d = probe.latest_diagnostics()['pipeline']
@@ -176,7 +177,8 @@ def test_memory_hold_republishes_the_last_outputs(node, probe, packets):
     assert probe.wait_for(lambda: probe.latest_diagnostics().get('pipeline', {}).get('memory_hold') == 'true', 5)
     diag = probe.latest_diagnostics()['pipeline']
     assert int(diag['memory_holds']) >= 3 and diag['level'] == 1 and 'memory hold' in diag['message']
-    assert probe.wait_for(lambda: any(stamp_ns(r.msg) == stamps[-1] for r in probe.messages('semantic')), 5), \
+    # a large reliable message lost on a loaded loopback is only repaired after the writer's next heartbeat (~3 s)
+    assert probe.wait_for(lambda: any(stamp_ns(r.msg) == stamps[-1] for r in probe.messages('semantic')), 20), \
         'every output is held, not only depth'
 
 
@@ -197,7 +199,9 @@ def test_garbage_packets_are_counted_and_outputs_continue(node, probe, packets):
         240: [to_rclpy_packet(ref, shift, width=320, height=240)],                             # sensor change
     }
     rss0 = node.rss_mb()
-    probe.play(good, rate=0, stamp_shift_ns=shift, inject=garbage, skip=(300, 301, 302))
+    # real-time pace: the events subscription is best effort (as for real drivers), and an as-fast-as-possible
+    # burst can overflow the socket buffers of a loaded machine, losing exactly the injected packet under test
+    probe.play(good, rate=1.0, stamp_shift_ns=shift, inject=garbage, skip=(300, 301, 302))
     t_garbage_end = stamp_ns(good[240]) + shift
     assert probe.wait_for(lambda: any(stamp_ns(r.msg) > t_garbage_end for r in probe.messages('depth')), 60), \
         node.output[-3000:]
