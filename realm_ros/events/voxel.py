@@ -92,7 +92,7 @@ def _voxel_scatter(x, y, t, p, t0, dT, scale, bins, height, width, grid):  # pra
         if b >= bins:
             continue
         frac = ts - b
-        v = 1.0 if p[i] else -1.0
+        v = np.float64(2 * np.int64(p[i] != 0) - 1)   # branch-free: polarities are unpredictable
         idx = b * hw + yi * width + xi
         grid[idx] += np.float32(v * (1.0 - frac))
         if b + 1 < bins and frac > 0.0:
