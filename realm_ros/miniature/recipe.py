@@ -201,12 +201,15 @@ class _Stage:
         return None
 
     def start(self) -> None:
+        self._t0 = time.time()
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
 
     def finish(self, info: Dict[str, Any]) -> Dict[str, Any]:
         info = dict(info, key=self.key)
+        if getattr(self, '_t0', None) is not None:
+            info['stage_seconds'] = round(time.time() - self._t0, 1)
         self.marker.write_text(json.dumps(_jsonable(info), indent=2) + '\n')
         return info
 
@@ -477,6 +480,15 @@ class Recipe:
             self.ship()
         return result
 
+    def _stage_seconds(self) -> Dict[str, Optional[float]]:
+        out: Dict[str, Optional[float]] = {}
+        for name in STAGES[:-2]:
+            marker = self.work / name / 'done.json'
+            info = json.loads(marker.read_text()) if marker.is_file() else {}
+            out[name] = info.get('stage_seconds', info.get('seconds'))
+        out['evaluate'] = self.timings.get('evaluate')
+        return out
+
     def _metrics_document(self, ev: Dict[str, Any], teacher: Dict[str, Any], bags: Optional[Dict[str, Any]]
                           ) -> Dict[str, Any]:
         from realm_ros.models.checkpoints import sha256_file
@@ -489,7 +501,10 @@ class Recipe:
             'reproduce': 'python scripts/train_miniature.py --preset ' + self.cfg.name,
             'machine': {'platform': platform.platform(), 'processor': platform.processor() or platform.machine(),
                         'torch': torch.__version__, 'threads': self.cfg.threads, 'device': self.cfg.device},
+            # wall seconds of the stages this invocation ran (a stage reused from the work dir shows ~0) and of
+            # each stage when it was last computed (None: computed by a version that did not record it)
             'timings_s': dict(self.timings),
+            'stage_seconds_when_computed': self._stage_seconds(),
             'files': files,
             'teacher_sha256': _teacher_identity(self.shipped('teacher')),
             'segmentation_bridge': ev['bridge'],
