@@ -103,6 +103,20 @@ def _make_caches(cfg: Any, info: Any, datasets: Dict[str, Any], shapes: Dict[str
     return caches
 
 
+def _load_teacher_for_run(cfg: Any, info: Any) -> Tuple[Any, int, int]:
+    """Common start of a training run: check the bag fields, create ``cfg.out`` (main rank), load the teacher on
+    the CPU and check that ``data.image_size`` is a multiple of its patch size. Returns (dune, patch, size)."""
+    _check_network_fields(cfg.bags)
+    if info.is_main:
+        os.makedirs(cfg.out, exist_ok=True)
+    dune = load_teacher(cfg.teacher, 'cpu')
+    patch = dune.encoder.patch_size
+    size = cfg.data.image_size
+    if size % patch:
+        raise ConfigError(f'data.image_size {size} is not a multiple of the teacher patch size {patch}')
+    return dune, patch, size
+
+
 def train_distill(cfg: DistillConfig) -> Dict[str, Any]:
     """Distil REALM from the configured bags and teacher; returns the trainer result (incl. ``export`` path)."""
     import torch
@@ -116,15 +130,8 @@ def train_distill(cfg: DistillConfig) -> Dict[str, Any]:
     info = init_distributed(cfg.run.device)
     log = _logger('train_from_bag', info.is_main)
     try:
-        _check_network_fields(cfg.bags)
-        if info.is_main:
-            os.makedirs(cfg.out, exist_ok=True)
-        dune = load_teacher(cfg.teacher, 'cpu')
+        dune, patch, size = _load_teacher_for_run(cfg, info)
         teacher = dune.encoder
-        patch = teacher.patch_size
-        size = cfg.data.image_size
-        if size % patch:
-            raise ConfigError(f'data.image_size {size} is not a multiple of the teacher patch size {patch}')
         grid = size // patch
         bags = _prepare_all(cfg, info, prepare_distill_bag, log)
         d = cfg.data
@@ -191,15 +198,8 @@ def train_heads(cfg: HeadsConfig) -> Dict[str, Any]:
     info = init_distributed(cfg.run.device)
     log = _logger('train_heads', info.is_main)
     try:
-        _check_network_fields(cfg.bags)
-        if info.is_main:
-            os.makedirs(cfg.out, exist_ok=True)
-        dune = load_teacher(cfg.teacher, 'cpu')
+        dune, patch, size = _load_teacher_for_run(cfg, info)
         enc = dune.encoder
-        patch = enc.patch_size
-        size = cfg.data.image_size
-        if size % patch:
-            raise ConfigError(f'data.image_size {size} is not a multiple of the teacher patch size {patch}')
         h = cfg.head
         if cfg.task == 'segmentation':
             try:
