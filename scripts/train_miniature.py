@@ -2,7 +2,7 @@
 """Reproduce the shipped miniature REALM (models/mini_*.safetensors + models/miniature_metrics.json) from scratch.
 
     . .venv/realm_env.sh
-    python scripts/train_miniature.py                     # full recipe, ~40 min on 2 idle CPU cores
+    python scripts/train_miniature.py                     # full recipe, about an hour on 2 CPU cores
     python scripts/train_miniature.py --preset toy --out /tmp/mini_toy      # seconds-long smoke run
 
 Stages: teacher -> bags -> heads -> decoder -> distill -> evaluate -> ship (see realm_ros/miniature/recipe.py).

@@ -58,10 +58,10 @@ class DecoderConfig:
     scene_duration_s: float = 12.0
     min_dt: float = 0.03
     max_dt: float = 0.5
-    steps: int = 260
+    steps: int = 700
     batch_size: int = 8
     low_res: int = 112                 # progressive resizing: the first low_res_steps steps use this image size
-    low_res_steps: int = 200
+    low_res_steps: int = 450
     low_res_batch_size: int = 16
     lr: float = 5e-4
     min_lr_ratio: float = 0.05
