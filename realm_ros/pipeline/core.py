@@ -218,6 +218,8 @@ class RealmPipeline:
         self.keyframes = None
         self._pending_image: Optional[Tuple[np.ndarray, np.ndarray, int]] = None
         self._reset_requested = False
+        # CPU voxel grid built in place window after window (it is dead once the input tensor is prepared)
+        self._voxel_buffer: Optional[torch.Tensor] = None
         self._validate_runtime(self.config)
         self._load_models()
 
@@ -502,8 +504,14 @@ class RealmPipeline:
         timings: Dict[str, float] = {}
         t0 = time.perf_counter()
         normalization = cfg.normalization or self.default_normalization
+        buffer = None
+        if self.device.type == 'cpu':
+            numel = self.bins * height * width
+            if self._voxel_buffer is None or self._voxel_buffer.numel() != numel:
+                self._voxel_buffer = torch.empty(numel, dtype=torch.float32)
+            buffer = self._voxel_buffer
         voxel = voxel_grid(events, bins=self.bins, height=height, width=width, normalization=normalization,
-                           device=self.device)
+                           device=self.device, out=buffer)
         mode = self.spatial_mode_for(height, width)
         prep = prepare_input(voxel, size=self.input_size, mode=mode)
         batch = prep.tensor

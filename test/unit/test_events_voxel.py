@@ -163,3 +163,21 @@ def test_cuda_matches_cpu():
         assert gpu.device.type == 'cuda'
         torch.testing.assert_close(gpu.cpu(), cpu, atol=atol, rtol=1e-4)
         assert abs(int((gpu != 0).sum()) - int((cpu != 0).sum())) <= 5
+
+
+def test_out_buffer_is_reused_and_reset():
+    a = random_window(4000, 5, h=30, w=40)
+    b = random_window(3000, 6, h=30, w=40)
+    buf = torch.full((5 * 30 * 40,), 7.0)                 # garbage: must be cleared, not accumulated into
+    ga = voxel_grid(a, 5, 30, 40, out=buf)
+    assert ga.shape == (5, 30, 40) and ga.data_ptr() == buf.data_ptr()
+    torch.testing.assert_close(ga, voxel_grid(a, 5, 30, 40), rtol=0, atol=0)
+    gb = voxel_grid(b, 5, 30, 40, normalization='none', out=buf)   # the next window overwrites the buffer
+    torch.testing.assert_close(gb, voxel_grid(b, 5, 30, 40, normalization='none'), rtol=0, atol=0)
+    for bad, what in ((torch.zeros(5 * 30 * 40 - 1), 'elements'), (torch.zeros(5 * 30 * 40, dtype=torch.float64),
+                                                                    'float64'),
+                      (torch.zeros(40, 5 * 30).t(), 'not contiguous'), (np.zeros(6000, np.float32), 'ndarray')):
+        with pytest.raises(ValueError, match=what):
+            voxel_grid(a, 5, 30, 40, out=bad)
+    with pytest.raises(ValueError, match='numba'):
+        voxel_grid(a, 5, 30, 40, backend='torch', out=buf)
