@@ -270,6 +270,16 @@ def _make_tmp_dir(final: str) -> str:
     return tmp
 
 
+def _write_meta_and_finish(tmp: str, final: str, meta: Dict[str, Any]) -> None:
+    """Write ``meta.json`` into the temporary preparation directory, then move it into place atomically."""
+    try:
+        with open(os.path.join(tmp, 'meta.json'), 'w', encoding='utf-8') as fh:
+            json.dump(meta, fh, indent=1)
+    except OSError as exc:
+        raise StorageError(f'cannot write {tmp}/meta.json: {exc.strerror or exc}') from None
+    _finish_dir(tmp, final)
+
+
 def _finish_dir(tmp: str, final: str) -> None:
     try:
         os.replace(tmp, final)
@@ -576,12 +586,7 @@ def prepare_distill_bag(spec: BagSpec, data: Any, cache_root: str,
                 'frames': {'file': 'frames.u8', 'dtype': '|u1', 'shape': [frames.count, h, w, 3]},
             },
         }
-        try:
-            with open(os.path.join(tmp, 'meta.json'), 'w', encoding='utf-8') as fh:
-                json.dump(meta, fh, indent=1)
-        except OSError as exc:
-            raise StorageError(f'cannot write {tmp}/meta.json: {exc.strerror or exc}') from None
-        _finish_dir(tmp, final)
+        _write_meta_and_finish(tmp, final, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -694,12 +699,7 @@ def prepare_heads_bag(spec: BagSpec, data: Any, task: str, cache_root: str,
                 'height': h, 'stats': stats, 'error_examples': examples, 'label_counts': label_counts,
                 'arrays': {'frames': {'file': 'frames.u8', 'dtype': '|u1', 'shape': [frames.count, h, w, 3]},
                            'targets': {'file': 'targets.bin', 'dtype': tdtype, 'shape': [targets.count, h, w]}}}
-        try:
-            with open(os.path.join(tmp, 'meta.json'), 'w', encoding='utf-8') as fh:
-                json.dump(meta, fh, indent=1)
-        except OSError as exc:
-            raise StorageError(f'cannot write {tmp}/meta.json: {exc.strerror or exc}') from None
-        _finish_dir(tmp, final)
+        _write_meta_and_finish(tmp, final, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
