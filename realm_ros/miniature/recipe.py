@@ -192,6 +192,7 @@ class _Stage:
         self.dir = work / name
         self.key = key
         self.marker = self.dir / 'done.json'
+        self._t0: Optional[float] = None
 
     def done(self) -> Optional[Dict[str, Any]]:
         if self.marker.is_file():
@@ -208,7 +209,7 @@ class _Stage:
 
     def finish(self, info: Dict[str, Any]) -> Dict[str, Any]:
         info = dict(info, key=self.key)
-        if getattr(self, '_t0', None) is not None:
+        if self._t0 is not None:
             info['stage_seconds'] = round(time.time() - self._t0, 1)
         self.marker.write_text(json.dumps(_jsonable(info), indent=2) + '\n')
         return info
