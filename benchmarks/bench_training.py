@@ -78,7 +78,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from realm_ros.sim import write_sim_bag
-    from training_bags import write_tiny_teacher
+    from training_testlib import write_tiny_teacher
 
     tmp = Path(tempfile.mkdtemp(prefix='bench_training_'))
     try:
