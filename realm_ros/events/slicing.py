@@ -137,6 +137,13 @@ class EventRingBuffer:
     def all(self) -> EventArray:
         return self.get(0, self._size)
 
+    def drop_oldest(self, n: int) -> int:
+        """Forget the ``n`` oldest events (O(1), no copy); returns how many were dropped."""
+        k = max(0, min(int(n), self._size))
+        self._start = (self._start + k) % self.capacity
+        self._size -= k
+        return k
+
     def drop_before(self, t_ns: int) -> int:
         """Forget events older than ``t_ns``; returns how many were dropped."""
         k = self.search(t_ns, 'left')

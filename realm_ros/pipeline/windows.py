@@ -125,9 +125,7 @@ class WindowScheduler:
         """Forget events that no future window can contain."""
         buf = self._buffer
         if self.mode == 'count':
-            surplus = len(buf) - self.count
-            if surplus > 0:
-                buf.drop_before(int(buf.get(surplus, surplus + 1).t[0]))
+            buf.drop_oldest(len(buf) - self.count)      # a count window holds the newest `count` events
         elif self._latest_t is not None and self._first_t is not None:
             # future windows start at or after the start of the newest window that is complete now
             last_end = self._last_end if self._last_end is not None else self._first_t

@@ -52,6 +52,13 @@ def test_ring_buffer_search_window_and_drop():
             np.testing.assert_array_equal(got.y, want.y)
     k = rb.drop_before(int(held.t[500]))
     assert k == int(np.searchsorted(held.t, held.t[500])) and rb.t_first == held.t[500]
+    before = rb.all()
+    assert rb.drop_oldest(100) == 100 and len(rb) == len(before) - 100
+    np.testing.assert_array_equal(rb.all().t, before.t[100:])
+    np.testing.assert_array_equal(rb.all().x, before.x[100:])
+    assert rb.drop_oldest(-5) == 0 and rb.drop_oldest(10 ** 6) == len(before) - 100 and len(rb) == 0
+    rb.append(ev.slice(0, 10))                    # still usable after being emptied (wrapped start)
+    np.testing.assert_array_equal(rb.all().t, ev.t[:10])
 
 
 def test_window_ending_at_limits():
