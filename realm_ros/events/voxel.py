@@ -100,7 +100,7 @@ def _voxel_scatter(x, y, t, p, t0, dT, scale, bins, height, width, grid):  # pra
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         for k in range(m):
-            i = start + k
+            i = np.uint64(start + k)   # unsigned indices: no negative-index wrap-around code in the loops
             xi = np.int64(x[i])
             yi = np.int64(y[i])
             ti = t[i]
@@ -119,9 +119,9 @@ def _voxel_scatter(x, y, t, p, t0, dT, scale, bins, height, width, grid):  # pra
             w1[k] = (np.float32(lo) if last else np.float32(up)) if ok else zero
             used += ok
         for k in range(m):
-            j = np.int64(idx[k])
+            j = np.uint64(idx[k])
             grid[j] += w0[k]
-            grid[j + step] += w1[k]
+            grid[j + np.uint64(step)] += w1[k]
     return used
 
 
