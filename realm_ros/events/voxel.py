@@ -286,8 +286,9 @@ def voxel_grid(events: Any, bins: int = 5, height: Optional[int] = None, width: 
         backend: ``'auto'`` | ``'numba'`` (CPU only) | ``'torch'``.
         out: optional contiguous float32 CPU tensor with ``bins * height * width`` elements to build the grid in
             (numba backend only). A caller that makes one grid per window and is done with it before the next
-            (the inference pipeline) saves allocating and first touching a fresh 6-18 MB grid: 0.1-0.8 ms of a
-            3-6 ms decode + voxel of 150k events (benchmarks/RESULTS.md). The result is a view of ``out``.
+            (the inference pipeline) saves allocating and first touching a fresh 6-18 MB grid (up to a few tenths
+            of a ms of a 2.2-3.4 ms decode + voxel of 150k events; benchmarks/RESULTS.md). The result is a view of
+            ``out``.
     """
     import torch
 
