@@ -15,9 +15,9 @@ For event i of a window (time-sorted; t_0 first, t_{N-1} last):
 * events with x >= W or y >= H are ignored.
 
 Backends: ``'numba'`` (CPU: a two-pass scatter per chunk of events, then sequential SIMD passes for the
-statistics and the normalisation) and ``'torch'`` (any device: one
-host->device copy of the packed raw bytes from a reused pinned buffer, ``index_add_`` scatter, normalisation on the
-device without host synchronisation). ``'auto'`` picks
+statistics and the normalisation) and ``'torch'`` (any device: cell indices and weights
+computed on the host into a reused pinned buffer, one host->device copy, ``index_add_`` scatter, statistics
+reduced on the device and read back in one transfer, one elementwise normalisation pass). ``'auto'`` picks
 numba on CPU and torch elsewhere.
 """
 from __future__ import annotations
@@ -75,22 +75,51 @@ _SCATTER_CHUNK = 4096
 
 
 @njit(error_model='numpy')
-def _voxel_scatter(x, y, t, p, t0, dT, scale, bins, height, width, grid):  # pragma: no cover - compiled
-    """Temporal bilinear splatting of +-1 into the zeroed float32 ``grid`` (bins*H*W < 2**31); returns events used.
+def _voxel_weights(x, y, t, p, t0, dT, scale, bins, height, width, start, idx, w0, w1):  # pragma: no cover
+    """Cell index and the two float32 weights of events ``start .. start + len(idx) - 1``; returns events used.
 
-    Two passes per chunk of events: a branch-light pass computes each event's cell index and its two float32
-    weights, then a tight loop adds them. The tight loop keeps many cache misses in flight; one fused loop (the
-    division and checks between the random accesses) was 1.3-2x slower, most on cold caches and 1280x720 grids
-    (benchmarks/RESULTS.md). Every event adds two weights, at cells ``j`` and ``j + H*W``: an event in the last
-    bin is addressed as the pair (B-2, B-1) with weight 0 below, and a dropped event adds 0 to cells 0 and H*W,
-    so the grid is bit-identical to adding only the valid weights.
+    Every event adds ``w0`` at cell ``idx`` and ``w1`` at ``idx + H*W`` (``idx`` when ``bins == 1``): an event in
+    the last bin is addressed as the pair (B-2, B-1) with weight 0 below, and a dropped event (outside the window
+    or the sensor) adds 0 to cells 0 and H*W, so adding both weights of every event gives exactly the grid of
+    adding only the valid ones. Shared by the CPU scatter and the torch (GPU) backend.
     """
     hw = height * width
-    step = hw if bins >= 2 else 0
     fdT = np.float64(dT)
     t_end = t0 + dT
     hi = np.float64(bins + 1)
     zero = np.float32(0.0)
+    used = 0
+    for k in range(idx.shape[0]):
+        i = np.uint64(start + k)   # unsigned indices: no negative-index wrap-around code in the loop
+        xi = np.int64(x[i])
+        yi = np.int64(y[i])
+        ti = t[i]
+        # int64 difference first; (dt * scale) / dT is then a correctly rounded float64 quotient. Clamped so
+        # that the float->int conversion is defined for events outside the window (they are dropped).
+        ts = min(max(np.float64((ti - t0) * scale) / fdT, -1.0), hi)
+        b = np.int64(ts)
+        frac = ts - np.float64(b)
+        ok = (xi < width) & (yi < height) & (ti >= t0) & (ti <= t_end) & (ts >= 0.0) & (b < bins)
+        last = ok & (b == bins - 1) & (bins >= 2)
+        v = np.float64(2 * np.int64(p[i] != 0) - 1)   # polarity +-1 (branch-free: polarities are random)
+        lo = v * (1.0 - frac)
+        up = v * frac if b + 1 < bins else 0.0
+        idx[k] = np.int32((b - np.int64(last)) * hw + yi * width + xi) if ok else np.int32(0)
+        w0[k] = (zero if last else np.float32(lo)) if ok else zero
+        w1[k] = (np.float32(lo) if last else np.float32(up)) if ok else zero
+        used += ok
+    return used
+
+
+@njit(error_model='numpy')
+def _voxel_scatter(x, y, t, p, t0, dT, scale, bins, height, width, grid):  # pragma: no cover - compiled
+    """Temporal bilinear splatting of +-1 into the zeroed float32 ``grid`` (bins*H*W < 2**31); returns events used.
+
+    Two passes per chunk of events: :func:`_voxel_weights` (branch-light, vectorised), then a tight loop adds the
+    weights. The tight loop keeps many cache misses in flight; one fused loop (the division and checks between the
+    random accesses) was 1.3-2x slower, most on cold caches and 1280x720 grids (benchmarks/RESULTS.md).
+    """
+    step = np.uint64(height * width if bins >= 2 else 0)
     n = x.shape[0]
     chunk = max(1, min(n, _SCATTER_CHUNK))
     idx = np.empty(chunk, np.int32)
@@ -99,29 +128,11 @@ def _voxel_scatter(x, y, t, p, t0, dT, scale, bins, height, width, grid):  # pra
     used = 0
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        for k in range(m):
-            i = np.uint64(start + k)   # unsigned indices: no negative-index wrap-around code in the loops
-            xi = np.int64(x[i])
-            yi = np.int64(y[i])
-            ti = t[i]
-            # int64 difference first; (dt * scale) / dT is then a correctly rounded float64 quotient. Clamped so
-            # that the float->int conversion is defined for events outside the window (they are dropped).
-            ts = min(max(np.float64((ti - t0) * scale) / fdT, -1.0), hi)
-            b = np.int64(ts)
-            frac = ts - np.float64(b)
-            ok = (xi < width) & (yi < height) & (ti >= t0) & (ti <= t_end) & (ts >= 0.0) & (b < bins)
-            last = ok & (b == bins - 1) & (bins >= 2)
-            v = np.float64(2 * np.int64(p[i] != 0) - 1)   # polarity +-1 (branch-free: polarities are random)
-            lo = v * (1.0 - frac)
-            up = v * frac if b + 1 < bins else 0.0
-            idx[k] = np.int32((b - np.int64(last)) * hw + yi * width + xi) if ok else np.int32(0)
-            w0[k] = (zero if last else np.float32(lo)) if ok else zero
-            w1[k] = (np.float32(lo) if last else np.float32(up)) if ok else zero
-            used += ok
+        used += _voxel_weights(x, y, t, p, t0, dT, scale, bins, height, width, start, idx[:m], w0[:m], w1[:m])
         for k in range(m):
             j = np.uint64(idx[k])
             grid[j] += w0[k]
-            grid[j + np.uint64(step)] += w1[k]
+            grid[j + step] += w1[k]
     return used
 
 
@@ -149,42 +160,43 @@ def _normalize_nonzero(grid, mean, inv):  # pragma: no cover - compiled
         grid[i] = (v - m) * iv if v != zero else zero
 
 
-def _normalize_numpy_grid(flat: np.ndarray, normalization: str) -> None:
-    """In-place non-zero normalisation of a float32 grid (CPU)."""
-    if normalization == 'none':
-        return
-    c, s, ss = _nonzero_stats(flat)
-    if c == 0:
-        return
+def _normalization_params(c: int, s: float, ss: float, normalization: str) -> Optional[Tuple[float, float]]:
+    """(mean, 1/std) from the count, sum and sum of squares of the non-zero cells; None when nothing is to be done
+    (``'none'``, or an empty grid). A zero std divides by 1 (for ``'e2vid'`` too, instead of producing inf)."""
+    if normalization == 'none' or c == 0:
+        return None
     mean = s / c
     var_sum = max(ss - s * mean, 0.0)  # sum of squared deviations of the non-zero cells
     if normalization == 'e2vid':
         std = math.sqrt(var_sum / c)
     else:
         std = math.sqrt(var_sum / (c - 1)) if c > 1 else 0.0
-    _normalize_nonzero(flat, mean, 1.0 / std if std > 0.0 else 1.0)
+    return mean, (1.0 / std if std > 0.0 else 1.0)
+
+
+def _normalize_numpy_grid(flat: np.ndarray, normalization: str) -> None:
+    """In-place non-zero normalisation of a float32 grid (CPU)."""
+    if normalization == 'none':
+        return
+    params = _normalization_params(*_nonzero_stats(flat), normalization)
+    if params is not None:
+        _normalize_nonzero(flat, *params)
 
 
 def _normalize_torch(flat: Any, normalization: str) -> None:
-    """In-place non-zero normalisation on any device without host synchronisation (no boolean indexing)."""
+    """In-place non-zero normalisation on any device: the three statistics are reduced on the device and read back
+    in one transfer, then one elementwise pass in float32 with the same formula as the CPU backend."""
     import torch
 
     if normalization == 'none':
         return
-    nz = flat != 0
     v = flat.double()
-    cnt = nz.sum().double()
-    s = v.sum()
-    ss = (v * v).sum()
-    mean = s / cnt.clamp(min=1.0)
-    var_sum = (ss - s * mean).clamp(min=0.0)
-    if normalization == 'e2vid':
-        std = (var_sum / cnt.clamp(min=1.0)).sqrt()
-    else:
-        std = (var_sum / (cnt - 1.0).clamp(min=1.0)).sqrt() * (cnt > 1)
-    inv = torch.where(std > 0, 1.0 / torch.where(std > 0, std, torch.ones_like(std)), torch.ones_like(std))
-    out = ((v - mean) * inv).to(flat.dtype)
-    flat.copy_(torch.where(nz, out, torch.zeros_like(out)))
+    c, s, ss = torch.stack([torch.count_nonzero(flat).double(), v.sum(), torch.dot(v, v)]).tolist()
+    params = _normalization_params(int(c), s, ss, normalization)
+    if params is None:
+        return
+    mean, inv = (float(np.float32(a)) for a in params)   # float32 constants, as the CPU kernel uses
+    flat.copy_(torch.where(flat != 0, (flat - mean) * inv, flat))   # zero cells stay (+)0
 
 
 class _Staging(threading.local):
@@ -217,21 +229,29 @@ def _host_buffer(device: Any, nbytes: int) -> Any:
 
 def _voxel_torch(x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray, t0: int, dT: int, scale: int,
                  bins: int, height: int, width: int, normalization: str, device: Any) -> Any:
-    """Voxel grid on any torch device: one host->device copy of the raw (t, x, y, p) bytes, then device ops only."""
+    """Voxel grid on any torch device: per-event cell indices and weights computed on the host straight into one
+    (pinned, reused) buffer, one host->device copy of it, then two ``index_add_`` calls and the normalisation on
+    the device (one 24-byte read-back of its statistics).
+
+    The host pass is the same :func:`_voxel_weights` kernel as the CPU backend (it writes 12 bytes per event, about
+    what copying the raw 13-byte events into the staging buffer cost), so the device runs 3 operations for the
+    splatting instead of ~45 elementwise ones, each a kernel launch (the normalisation takes ~9 more).
+    """
     import torch
 
     hw = height * width
     n = len(x)
     flat = torch.zeros(bins * hw, dtype=torch.float32, device=device)
     if n:
-        # packed layout (8-byte aligned int64 first): t int64 | x uint16 | y uint16 | p uint8
-        nbytes = 13 * n
+        # layout: idx int32 | w0 float32 | w1 float32 (each n entries, 4-byte aligned)
+        nbytes = 12 * n
         host = _host_buffer(device, nbytes)
         hb = host.numpy()
-        hb[:8 * n] = t.view(np.uint8)
-        hb[8 * n:10 * n] = x.view(np.uint8)
-        hb[10 * n:12 * n] = y.view(np.uint8)
-        hb[12 * n:13 * n] = p.view(np.uint8)
+        idx = hb[:4 * n].view(np.int32)
+        w0 = hb[4 * n:8 * n].view(np.float32)
+        w1 = hb[8 * n:12 * n].view(np.float32)
+        _voxel_weights(x, y, t, p, np.int64(t0), np.int64(dT), np.int64(scale), np.int64(bins), np.int64(height),
+                       np.int64(width), np.int64(0), idx, w0, w1)
         if device.type == 'cuda':
             dev = host[:nbytes].to(device, non_blocking=True)
             ev = torch.cuda.Event()
@@ -239,23 +259,11 @@ def _voxel_torch(x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray, t0:
             _STAGING.events[str(device)] = ev
         else:
             dev = host[:nbytes]
-        td = dev[:8 * n].view(torch.int64)
-        xd = dev[8 * n:10 * n].view(torch.int16).to(torch.int64) & 0xFFFF
-        yd = dev[10 * n:12 * n].view(torch.int16).to(torch.int64) & 0xFFFF
-        val = (dev[12 * n:].ne(0)).to(torch.float32) * 2.0 - 1.0
-        rel = td - t0
-        # int64 difference times scale, then a float64 quotient (exact for integer results)
-        tstar = (rel * scale).to(torch.float64).div_(float(dT))
-        bf = tstar.floor()
-        frac = (tstar - bf).to(torch.float32)
-        b = bf.to(torch.int64)
-        ok = (xd < width) & (yd < height) & (rel >= 0) & (rel <= dT) & (b < bins)
-        idx0 = torch.where(ok, b * hw + yd * width + xd, torch.zeros_like(b))
-        w0 = torch.where(ok, val * (1.0 - frac), torch.zeros_like(val))
-        ok1 = ok & ((b + 1) < bins)
-        idx1 = torch.where(ok1, idx0 + hw, torch.zeros_like(b))
-        w1 = torch.where(ok1, val * frac, torch.zeros_like(val))
-        flat.index_add_(0, torch.cat([idx0, idx1]), torch.cat([w0, w1]))
+        idx_d = dev[:4 * n].view(torch.int32)
+        # upper weights first: in a time-sorted window a cell's contributions from the previous bin's events (their
+        # upper weights) precede those of its own bin, so on the CPU the sums are in the numba backend's order
+        flat.index_add_(0, idx_d + (hw if bins >= 2 else 0), dev[8 * n:12 * n].view(torch.float32))
+        flat.index_add_(0, idx_d, dev[4 * n:8 * n].view(torch.float32))
     _normalize_torch(flat, normalization)
     return flat.view(bins, height, width)
 
