@@ -125,7 +125,12 @@ def test_every_output_topic_from_the_real_recording(node, probe, packets):
     poses = [r.msg for r in probe.messages('pose')]
     q = poses[0].pose.pose.orientation
     assert math.isclose(q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2, 1.0, rel_tol=1e-6)
-    assert poses[0].header.frame_id == f'{FRAME}_keyframe' and stamp_ns(poses[0]) in {stamp_ns(r.msg) for r in probe.messages('depth')}
+    assert poses[0].header.frame_id == f'{FRAME}_keyframe'
+    # the pose is stamped like its window's depth image; that 1.2 MB reliable sample may still be under repair
+    # (heartbeat period) on a loaded machine while later windows and the small pose arrived: wait for it
+    first = stamp_ns(poses[0])
+    assert probe.wait_for(lambda: first in {stamp_ns(r.msg) for r in probe.messages('depth')}, 20), \
+        (first, sorted(stamp_ns(r.msg) for r in probe.messages('depth')))
     # diagnostics: rates, latency and the camera model in use
     def settled():                      # the worker finished its last window: compare counters then
         d = probe.latest_diagnostics()['pipeline']
