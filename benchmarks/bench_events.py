@@ -184,7 +184,6 @@ def payload_for_events(payload: np.ndarray, n_events: int, width: int, height: i
     return np.ascontiguousarray(w[:2 * lo])
 
 
-
 def node_data_path(packets: List[np.ndarray], width: int, height: int, replays: int, threaded: bool,
                    window: int = 150_000) -> Dict[str, float]:
     """The perception node's event path at full speed, without ROS: per-packet decode + ``WindowScheduler.push``
@@ -203,7 +202,6 @@ def node_data_path(packets: List[np.ndarray], width: int, height: int, replays: 
     wake = threading.Event()
     done = threading.Event()
     stats = {'events': 0, 'windows': 0, 'skipped': 0, 'producer_cpu_s': 0.0, 'consumer_cpu_s': 0.0}
-    span = None
 
     def produce_one(dec: object, p: np.ndarray, shift: int) -> None:
         ev = dec.decode(p).events
@@ -243,12 +241,14 @@ def node_data_path(packets: List[np.ndarray], width: int, height: int, replays: 
     def consumer() -> None:
         c0 = time.thread_time()
         while True:
+            wake.clear()                 # before looking, so that a push after the look still wakes us
             if consume_ready():
                 continue
-            if done.is_set() and not consume_ready():
+            if done.is_set():
+                while consume_ready():
+                    pass
                 break
             wake.wait(0.01)
-            wake.clear()
         stats['consumer_cpu_s'] = time.thread_time() - c0
 
     t0 = time.perf_counter()

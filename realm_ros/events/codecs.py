@@ -93,7 +93,7 @@ _E_PHASE, _E_THIGH, _E_TLOW, _E_Y, _E_HAVE_Y, _E_BASEX, _E_VPOL, _E_EM, _E_LAST_
 @njit
 def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
     # Array indices are cast to uint64: numba then skips its negative-index wrap-around code on every access
-    # (all indices here are non-negative counters and offsets); 15-17 % faster on the real Gen3 stream.
+    # (all indices here are non-negative counters and offsets): 8-20 % faster decoding (benchmarks/RESULTS.md).
     nb = buf.shape[0]
     n = nb // 2
     words = buf[:2 * n].view(np.uint16)
