@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoints import CheckpointError
+from ..checkpoints import CheckpointError
 
 __all__ = [
     'PATCH_SIZE',
@@ -936,7 +936,7 @@ def load_dune_mast3r(path: str | os.PathLike[str], device: torch.device | str = 
     Returns:
         A :class:`DuneMast3rDecoder` in eval mode with ``requires_grad=False`` parameters.
     """
-    from .checkpoints import read_checkpoint
+    from ..checkpoints import read_checkpoint
 
     path = Path(path)
     if not path.is_file():
@@ -978,7 +978,7 @@ def load_dune_mast3r_backbone(path: str | os.PathLike[str], device: torch.device
     wrapper state dict (decoder + ``dune_backbone.*``) yields a :class:`~realm_ros.models.dune.DinoVisionTransformer`
     built and strictly loaded by the DUNE loader; feed its ``get_mast3r_tokens(img)`` to the decoder.
     """
-    from .checkpoints import dune_model_from_state_dict, read_checkpoint
+    from ..checkpoints import dune_model_from_state_dict, read_checkpoint
 
     state, info = read_checkpoint(path, allow_pickle=allow_pickle)
     prefix = 'dune_backbone.'
