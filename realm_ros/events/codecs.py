@@ -11,6 +11,10 @@ Decoded time (ns) per codec:
 * ``libcaer``: ``time_base + wraps * 2^31 us + ts * 1000`` (31-bit rollover inside a message).
 * ``mono`` / ``trigger``: ``time_base + dt``.
 
+``time_base`` is uint64 on the wire; sums are taken modulo 2^64 and returned as int64 with the same bits
+(``time_base_i64``). Sensor sizes must be 1..``MAX_SENSOR_SIZE`` per side (``ValueError`` otherwise). EVT3 padding
+words (``0x9999``) are counted in ``stats['padding_words']``, not as errors.
+
 Bad input never raises from ``decode``: odd/truncated lengths, words before the first time base, out-of-range
 x/y (dropped), time going backwards, reserved/EM words are counted in ``Decoder.stats['errors']`` (running totals)
 and in ``DecodeResult.errors`` (this call). Hot loops are numba-compiled (``cache=True``) or vectorised numpy.
@@ -26,6 +30,23 @@ from ._jit import njit
 from .types import DecodeResult, EventArray, TriggerArray
 
 SUPPORTED_ENCODINGS = ('evt3', 'libcaer_cmp', 'libcaer', 'mono', 'trigger')
+
+#: Largest accepted sensor width / height: decoded x and y are uint16 and no encoding addresses more than 2^16
+#: columns or rows (evt3 and libcaer_cmp 11 bits, libcaer 15, mono 16).
+MAX_SENSOR_SIZE = 1 << 16
+
+_U64 = (1 << 64) - 1
+
+
+def time_base_i64(time_base: Any) -> np.int64:
+    """The uint64 ``EventPacket.time_base`` as int64 with the same bits (arithmetic is modulo 2^64).
+
+    Decoded times are int64 ns; a time base >= 2^63 ns (after the year 2262: garbage in practice) wraps like the
+    uint64 arithmetic of the C++ codecs instead of raising ``OverflowError`` (``t.view(np.uint64)`` gives the
+    unsigned value).
+    """
+    v = int(time_base) & _U64
+    return np.int64(v - (1 << 64) if v >> 63 else v)
 
 
 class UnknownEncodingError(ValueError):
@@ -82,9 +103,9 @@ _POS_TABLE, _CNT_TABLE = _bit_tables()
 # Counter slots shared by the evt3 state array layout below. Cumulative totals live in ``counters``; ``delta``
 # receives this call's increments (zeroed by the kernel).
 _EVT3_COUNTERS = ('packets', 'bytes', 'words', 'events', 'triggers', 'rollovers', 'housekeeping_words',
-                  'odd_length', 'before_time_base', 'out_of_range', 'time_backwards', 'reserved_words',
-                  'em_events', 'no_row_address', 'time_high_noise')
-_EVT3_FIRST_ERROR = 7
+                  'padding_words', 'odd_length', 'before_time_base', 'out_of_range', 'time_backwards',
+                  'reserved_words', 'em_events', 'no_row_address', 'time_high_noise')
+_EVT3_FIRST_ERROR = 8
 # state slots: phase, time_high (with rollover bits), time_low, y, have_y, base_x, vector polarity, em mode,
 # last TIME_LOW time (ns), width, height
 _E_PHASE, _E_THIGH, _E_TLOW, _E_Y, _E_HAVE_Y, _E_BASEX, _E_VPOL, _E_EM, _E_LAST_T, _E_W, _E_H = range(11)
@@ -102,7 +123,7 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
     delta[0] = 1
     delta[1] = nb
     delta[2] = n
-    delta[7] = nb & 1
+    delta[8] = nb & 1
     nv = 0
     ntr = 0
     for i in range(n):
@@ -152,6 +173,8 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
             tl = v
             phase = 2
             last_t = (th | tl) * 1000
+        elif w == 0x9999:
+            delta[7] += 1
         else:
             before += 1
         i += 1
@@ -222,11 +245,11 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
                 ps[np.uint64(o)] = (w >> 11) & 1
                 o += 1
             elif em == 1:
-                delta[12] += 1
-            elif have_y == 0:
                 delta[13] += 1
+            elif have_y == 0:
+                delta[14] += 1
             else:
-                delta[9] += 1
+                delta[10] += 1
         elif ty == 8:
             v = w & 0xFFF
             last_hi = (th >> 12) & 0xFFF
@@ -255,11 +278,11 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
                 o += c
             elif not row_ok:
                 if em == 1:
-                    delta[12] += c
-                elif have_y == 0:
                     delta[13] += c
+                elif have_y == 0:
+                    delta[14] += c
                 else:
-                    delta[9] += c
+                    delta[10] += c
             else:
                 for j in range(c):
                     xx = bx + _POS_TABLE[np.uint64(m), np.uint64(j)]
@@ -270,7 +293,7 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
                         ps[np.uint64(o)] = vp
                         o += 1
                     else:
-                        delta[9] += 1
+                        delta[10] += 1
             bx += span
         elif ty == 3:
             bx = w & 0x7FF
@@ -290,8 +313,10 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
             em = 1
             row_ok = False
             xlim = 0
+        elif w == 0x9999:
+            delta[7] += 1  # padding word (type 9; some cameras pad packets with it): not an error
         else:
-            delta[11] += 1
+            delta[12] += 1
 
     state[0] = phase
     state[1] = th
@@ -305,13 +330,13 @@ def _evt3_kernel(buf, state, counters, delta):  # pragma: no cover - compiled
     delta[3] = o
     delta[4] = ot
     delta[5] = rolls
-    delta[8] = before
-    delta[10] = tback
-    delta[14] = noise
+    delta[9] = before
+    delta[11] = tback
+    delta[15] = noise
     nerr = 0
     for c in range(delta.shape[0]):
         counters[c] += delta[c]
-        if c >= 7:
+        if c >= 8:
             nerr += delta[c]
     return nerr, xs[:o], ys[:o], ts[:o], ps[:o], trt[:ot], trid[:ot], trp[:ot]
 
@@ -460,8 +485,13 @@ class Decoder(abc.ABC):
     first_error = 5
 
     def __init__(self, width: int, height: int):
-        if int(width) <= 0 or int(height) <= 0:
-            raise ValueError(f'{self.encoding} decoder: sensor size must be positive, got {width}x{height}')
+        try:
+            ok = 0 < int(width) <= MAX_SENSOR_SIZE and 0 < int(height) <= MAX_SENSOR_SIZE
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise ValueError(f'{self.encoding} decoder: sensor size must be positive integers <= {MAX_SENSOR_SIZE}, '
+                             f'got {width!r}x{height!r}')
         self.width = int(width)
         self.height = int(height)
         self._counters = np.zeros(len(self.counter_names), np.int64)
@@ -557,7 +587,7 @@ class LibcaerCmpDecoder(Decoder):
         buf = payload_bytes(payload)
         if is_bigendian:
             buf = _swap16(buf)
-        nerr, xs, ys, ts, ps = _libcaer_cmp_kernel(buf, np.int64(time_base), self._state, self._counters,
+        nerr, xs, ys, ts, ps = _libcaer_cmp_kernel(buf, time_base_i64(time_base), self._state, self._counters,
                                                    self._delta)
         errors = _errors_of(_LC_COUNTERS, _LC_FIRST_ERROR, self._delta) if nerr else {}
         return DecodeResult(EventArray._trusted(xs, ys, ts, ps), TriggerArray.empty(), errors)
@@ -629,7 +659,7 @@ class LibcaerDecoder(_Records64Decoder):
         wraps = np.zeros(len(stamp), np.int64)
         if len(stamp) > 1:
             np.cumsum(stamp[1:] < stamp[:-1], out=wraps[1:])
-        t = np.int64(time_base) + (wraps << 31) * 1000 + stamp * 1000
+        t = time_base_i64(time_base) + (wraps << 31) * 1000 + stamp * 1000
         x = ((data >> 17) & 0x7FFF).astype(np.uint16)
         y = ((data >> 2) & 0x7FFF).astype(np.uint16)
         p = ((data >> 1) & 1).astype(np.uint8)
@@ -655,7 +685,7 @@ class MonoDecoder(_Records64Decoder):
         p = (rec >> np.uint64(63)).astype(np.uint8)
         y = ((rec >> np.uint64(48)) & np.uint64(0x7FFF)).astype(np.uint16)
         x = ((rec >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.uint16)
-        t = (rec & np.uint64(0xFFFFFFFF)).astype(np.int64) + np.int64(time_base)
+        t = (rec & np.uint64(0xFFFFFFFF)).astype(np.int64) + time_base_i64(time_base)
         ok, errors['out_of_range'] = self._clip(x, y)
         if errors['out_of_range']:
             x, y, t, p = x[ok], y[ok], t[ok], p[ok]
@@ -675,7 +705,7 @@ class TriggerDecoder(_Records64Decoder):
         errors = {'truncated_records': int(nbytes % 8 != 0)}
         edge = (rec >> np.uint64(63)).astype(np.uint8)
         tid = ((rec >> np.uint64(48)) & np.uint64(0x7FFF)).astype(np.uint8)
-        t = (rec & np.uint64(0xFFFFFFFF)).astype(np.int64) + np.int64(time_base)
+        t = (rec & np.uint64(0xFFFFFFFF)).astype(np.int64) + time_base_i64(time_base)
         errors['time_backwards'] = self._backwards(t)
         return self._finish(nbytes, len(rec), errors, EventArray.empty(), TriggerArray(t, tid, edge))
 
@@ -701,7 +731,7 @@ def make_decoder(encoding: str, width: int, height: int) -> Decoder:
 
     Raises:
         UnknownEncodingError: ``encoding`` is not one of ``evt3, libcaer_cmp, libcaer, mono, trigger``.
-        ValueError: non-positive sensor size.
+        ValueError: sensor size outside 1..``MAX_SENSOR_SIZE`` (65536) per side, or not an integer.
     """
     cls = _DECODERS.get(normalize_encoding(encoding))
     if cls is None:
