@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .camera_geometry import (TfTree, build_warp_maps, camera_from_info, identity_maps,
-                              quaternion_to_matrix, valid_mask_from_maps, warp_image)
-from .config import BagSpec, bag_data_config
-from .errors import DataError, StorageError
+from ..camera_geometry import (TfTree, build_warp_maps, camera_from_info, identity_maps,
+                               quaternion_to_matrix, valid_mask_from_maps, warp_image)
+from ..config import BagSpec, bag_data_config
+from ..errors import DataError, StorageError
 
 __all__ = ['IMAGE_TYPES', 'CAMERA_INFO_TYPE', 'TF_TYPE', 'PREP_VERSION', 'stamp_ns', 'bag_topics',
            'check_topic', 'decode_rgb', 'decode_gt', 'PreparedBag', 'prepare_distill_bag', 'prepare_heads_bag',
