@@ -236,7 +236,22 @@ def _parse_raw_header(f: Any) -> Tuple[List[str], int]:
     return lines, offset
 
 
-def _raw_geometry(lines: List[str]) -> Tuple[Optional[int], Optional[int], Dict[str, str], Optional[str]]:
+def _raw_size(path: Any, what: str, text: str) -> int:
+    """One sensor dimension from a RAW header, checked: an integer in 1..MAX_SENSOR_SIZE (else BagReadError)."""
+    from .codecs import MAX_SENSOR_SIZE
+
+    try:
+        v = int(text.strip())
+    except ValueError:
+        raise BagReadError(f'RAW file {path}: header {what} {text.strip()!r} is not an integer') from None
+    if not 0 < v <= MAX_SENSOR_SIZE:
+        raise BagReadError(f'RAW file {path}: header {what} {v} is not a sensor size (1..{MAX_SENSOR_SIZE})')
+    return v
+
+
+def _raw_geometry(lines: List[str], path: Any = '<header>'
+                  ) -> Tuple[Optional[int], Optional[int], Dict[str, str], Optional[str]]:
+    """(width, height, format fields, evt format name) of RAW header lines; BagReadError for an invalid size."""
     width = height = None
     fmt: Dict[str, str] = {}
     evt = None
@@ -251,11 +266,13 @@ def _raw_geometry(lines: List[str]) -> Tuple[Optional[int], Optional[int], Dict[
                     fmt[k.strip()] = v.strip()
         elif body.startswith('evt'):
             evt = evt or ('EVT' + body[3:].strip().replace('.0', ''))
-        m = re.match(r'geometry\s+(\d+)\s*x\s*(\d+)', body)
+        m = re.match(r'geometry\s+(\S+?)\s*x\s*(\S+)', body)
         if m:
-            width, height = int(m.group(1)), int(m.group(2))
+            width = _raw_size(path, 'geometry width', m.group(1))
+            height = _raw_size(path, 'geometry height', m.group(2))
     if 'width' in fmt and 'height' in fmt:
-        width, height = int(fmt['width']), int(fmt['height'])
+        width = _raw_size(path, 'width', fmt['width'])
+        height = _raw_size(path, 'height', fmt['height'])
     return width, height, fmt, evt
 
 
@@ -269,14 +286,14 @@ def read_raw_evt3(path: os.PathLike) -> RawEvt3:
     """Read a whole Metavision RAW EVT3 file.
 
     Raises:
-        FileNotFoundError: missing file. BagReadError: the header announces another format.
+        FileNotFoundError: missing file. BagReadError: the header announces another format or an invalid size.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f'RAW file not found: {p}')
     with open(p, 'rb') as f:
         lines, offset = _parse_raw_header(f)
-    width, height, fmt, evt = _raw_geometry(lines)
+    width, height, fmt, evt = _raw_geometry(lines, p)
     _check_evt3(p, evt)
     payload = np.fromfile(p, dtype=np.uint8, offset=offset)
     return RawEvt3(str(p), lines, width, height, payload, fmt)
@@ -290,7 +307,7 @@ def iter_raw_evt3_chunks(path: os.PathLike, chunk_bytes: int = 1 << 22) -> Itera
     chunk_bytes = max(2, int(chunk_bytes) & ~1)
     with open(p, 'rb') as f:
         lines, offset = _parse_raw_header(f)
-        _check_evt3(p, _raw_geometry(lines)[3])
+        _check_evt3(p, _raw_geometry(lines, p)[3])
         f.seek(offset)
         while True:
             buf = f.read(chunk_bytes)
@@ -300,10 +317,14 @@ def iter_raw_evt3_chunks(path: os.PathLike, chunk_bytes: int = 1 << 22) -> Itera
 
 
 def raw_evt3_geometry(path: os.PathLike) -> Tuple[Optional[int], Optional[int]]:
-    """(width, height) from a RAW header, None where absent."""
+    """(width, height) from a RAW header, None where absent.
+
+    Raises:
+        BagReadError: the header gives a size that is not an integer in 1..MAX_SENSOR_SIZE.
+    """
     with open(path, 'rb') as f:
         lines, _ = _parse_raw_header(f)
-    w, h, _, _ = _raw_geometry(lines)
+    w, h, _, _ = _raw_geometry(lines, path)
     return w, h
 
 

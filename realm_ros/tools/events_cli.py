@@ -69,7 +69,10 @@ class _Source:
             self.errors['raw_without_geometry'] = 1
             w = h = RAW_DEFAULT_SIZE
         self.width, self.height = w, h
-        dec = make_decoder('evt3', w, h)
+        try:
+            dec = make_decoder('evt3', w, h)
+        except ValueError as exc:
+            raise CliError(f'{self.path}: {exc}') from None
         for chunk in iter_raw_evt3_chunks(self.path):
             res = dec.decode(chunk)
             yield res.events, res.triggers
@@ -205,7 +208,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not Path(args.input).exists():
                 raise CliError(f'input not found: {args.input}')
             result = list_bag_topics(args.input)
-    except (CliError, BagReadError, FileNotFoundError, UnknownEncodingError) as exc:
+    except (CliError, BagReadError, UnknownEncodingError) as exc:
+        print(f'realm-events: error: {exc}', file=sys.stderr)
+        return 1
+    except OSError as exc:  # missing / unreadable input or output (permissions, a directory, disk full)
         print(f'realm-events: error: {exc}', file=sys.stderr)
         return 1
     print(json.dumps(result))

@@ -116,3 +116,50 @@ def test_console_script_runs():
     proc = subprocess.run(cmd + ['summarize', str(MONO_BAG)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)['events'] == 100
+
+
+# ------------------------------------------------------------------------------------------------ hostile RAW headers
+_RAW_BODY = np.array([0x8000, 0x6001, 0x0005, 0x2807], '<u2').tobytes()  # TIME_HIGH, TIME_LOW, y=5, x=7 ON
+
+
+@pytest.mark.parametrize('header, what', [
+    (b'% evt 3.0\n% format EVT3;height=0;width=0\n% end\n', 'width 0'),
+    (b'% evt 3.0\n% geometry 0x0\n% end\n', 'geometry width 0'),
+    (b'% evt 3.0\n% format EVT3;height=720;width=xyz\n% end\n', "width 'xyz'"),
+    (b'% evt 3.0\n% format EVT3;height=720;width=9223372036854775808\n% end\n', 'width 9223372036854775808'),
+    (b'% evt 3.0\n% geometry 99999999999999999999x720\n% end\n', 'geometry width 99999999999999999999'),
+    (b'% evt 3.0\n% format EVT3;height=-4;width=640\n% end\n', 'height -4'),
+])
+def test_summarize_raw_with_invalid_geometry_is_an_error_line(capsys, tmp_path, header, what):
+    path = tmp_path / 'bad.raw'
+    path.write_bytes(header + _RAW_BODY)
+    rc, out, err = run_main(capsys, 'summarize', path)
+    assert rc == 1 and out == ''
+    assert err.startswith('realm-events: error: ') and str(path) in err and what in err, err
+    assert 'Traceback' not in err
+
+
+def test_summarize_raw_with_valid_geometry_still_works(capsys, tmp_path):
+    path = tmp_path / 'ok.raw'
+    path.write_bytes(b'% evt 3.0\n% format EVT3;height=16;width=8\n% end\n' + _RAW_BODY)
+    rc, out, err = run_main(capsys, 'summarize', path)
+    assert rc == 0, err
+    s = json.loads(out)
+    assert (s['events'], s['on'], s['sum_x'], s['sum_y'], s['t_first_ns']) == (1, 1, 7, 5, 1000)
+    path.write_bytes(b'% evt 3.0\n% format EVT3;height=16;width=4\n% end\n' + _RAW_BODY)  # x=7 outside
+    rc, out, _ = run_main(capsys, 'summarize', path)
+    assert rc == 0 and json.loads(out)['errors'] == {'out_of_range': 1}
+
+
+def test_summarize_invalid_raw_header_exits_nonzero_without_traceback(tmp_path):
+    path = tmp_path / 'huge.raw'
+    path.write_bytes(b'% evt 3.0\n% format EVT3;height=720;width=18446744073709551616\n% end\n' + _RAW_BODY)
+    r = subprocess.run([sys.executable, '-m', 'realm_ros.tools.events_cli', 'summarize', str(path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stdout == ''
+    assert 'realm-events: error:' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+
+
+def test_unreadable_input_is_an_error_line(capsys, tmp_path):
+    rc, _, err = run_main(capsys, 'summarize', tmp_path)  # a directory that is not a bag
+    assert rc == 1 and err.startswith('realm-events: error: ')
