@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from . import render
+from .pose_tracker import PoseEstimate, PoseInput, PoseOutput, PoseTracker
 
 _LOG = logging.getLogger(__name__)
 
@@ -102,26 +103,6 @@ RUNTIME_FIELDS = ('heads', 'spatial_mode', 'normalization', 'depth_color_range',
                   'keyframe_min_inliers', 'keyframe_max_translation', 'keyframe_max_rotation_deg',
                   'keyframe_max_failures', 'keyframe_min_interval_s', 'pose_frame', 'max_matches_drawn',
                   'match_subsample', 'pnp_reprojection_px', 'pnp_iterations')
-
-
-@dataclass
-class PoseEstimate:
-    """Pose of the current window's camera (optical frame) in ``reference``.
-
-    ``reference`` is ``'keyframe'`` (the keyframe camera) or ``'fixed'`` (the first keyframe's camera; keyframe
-    poses are chained). ``R``/``t`` map current-camera coordinates into the reference frame; ``covariance`` is 6x6
-    (x y z rx ry rz, rotation perturbations about the reference axes) from the PnP solver; in the fixed frame it is
-    rotated into that frame (the keyframe's own uncertainty is not added).
-    """
-
-    R: np.ndarray
-    t: np.ndarray
-    covariance: np.ndarray
-    reference: str
-    keyframe_stamp_ns: int
-    num_matches: int
-    num_inliers: int
-    new_keyframe: bool
 
 
 @dataclass
@@ -215,9 +196,7 @@ class RealmPipeline:
         self.autocast_dtype, warn = resolve_precision(config.precision, self.device)
         self._warn(warn)
         self._counters: Dict[str, int] = {}
-        self.keyframes = None
-        self._pending_image: Optional[Tuple[np.ndarray, np.ndarray, int]] = None
-        self._reset_requested = False
+        self.pose_tracker: Optional[PoseTracker] = None
         # CPU voxel grid built in place window after window (it is dead once the input tensor is prepared)
         self._voxel_buffer: Optional[torch.Tensor] = None
         self._validate_runtime(self.config)
@@ -311,9 +290,8 @@ class RealmPipeline:
             self.dune.encoder.to(self.device)
         elif cfg.keyframe_source != 'events':
             raise PipelineConfigError(f"keyframe source must be 'events' or 'image', got {cfg.keyframe_source!r}")
-        from realm_ros.geometry.keyframes import KeyframeStore
-        self.keyframes = KeyframeStore(self._keyframe_policy(self.config), device=self.device)
         self._pnp_params = self._make_pnp_params(self.config)
+        self.pose_tracker = PoseTracker(self, self._count)
         for head in self.config.heads:
             missing = self.missing_for_head(head)
             if missing:
@@ -370,8 +348,8 @@ class RealmPipeline:
             policy = self._keyframe_policy(new)
             pnp = self._make_pnp_params(new)
             self.config = new
-            if self.keyframes is not None:
-                self.keyframes.policy = policy
+            if self.pose_tracker is not None:
+                self.pose_tracker.keyframes.policy = policy
             self._pnp_params = pnp
 
     @classmethod
@@ -413,49 +391,49 @@ class RealmPipeline:
             'input_size': self.input_size, 'heads': ','.join(self.active_heads),
             'encoder_runs': self._encoder_runs,
         }
-        if self.keyframes is not None:
-            latest = self.keyframes.latest
-            out['keyframes'] = len(self.keyframes)
+        if self.pose_tracker is not None:
+            store = self.pose_tracker.keyframes
+            latest = store.latest
+            out['keyframes'] = len(store)
             out['keyframe_stamp_ns'] = latest.stamp_ns if latest is not None else 0
-            out.update({f'keyframes_{k}': v for k, v in dict(self.keyframes.counters).items()})
+            out.update({f'keyframes_{k}': v for k, v in dict(store.counters).items()})
         out.update(dict(self._counters))
         if self.device.type == 'cuda':
             out['gpu_memory_allocated_mb'] = torch.cuda.memory_allocated(self.device) / 2**20
             out['gpu_memory_peak_mb'] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return out
 
+    @property
+    def keyframes(self) -> Any:
+        """The pose tracker's :class:`~realm_ros.geometry.keyframes.KeyframeStore` (None before set-up)."""
+        return self.pose_tracker.keyframes if self.pose_tracker is not None else None
+
     def reset(self) -> None:
         """Forget keyframes and the pose chain (stream restart, time jump). Never blocks: applied before the next
-        window is processed."""
-        self._reset_requested = True
-
-    def _apply_reset(self) -> None:
-        if self._reset_requested:
-            self._reset_requested = False
-            if self.keyframes is not None:
-                self.keyframes.clear()
-            self._pending_image = None
+        pose step."""
+        if self.pose_tracker is not None:
+            self.pose_tracker.reset()
 
     def close(self) -> None:
         """Drop the models and release accelerator memory."""
         with self._lock:
+            if self.pose_tracker is not None:
+                self.pose_tracker.clear()
             for name in ('encoder', 'dune', 'depth_head', 'projector', 'seg_head', 'mast3r'):
                 setattr(self, name, None)
-            if self.keyframes is not None:
-                self.keyframes.clear()
         if self.device.type == 'cuda':
             torch.cuda.empty_cache()
 
     def request_keyframe(self) -> None:
         """Make the next window (or the next RGB image, source 'image') a keyframe."""
-        if self.keyframes is not None:
-            self.keyframes.request_new()
+        if self.pose_tracker is not None:
+            self.pose_tracker.request_keyframe()
 
     def offer_image_keyframe(self, rgb: np.ndarray, K: np.ndarray, stamp_ns: int) -> None:
         """Latest RGB image (H, W, 3 uint8) + its intrinsics; used at the next keyframe change (source 'image')."""
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f'keyframe image must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}')
-        self._pending_image = (rgb, np.asarray(K, dtype=np.float64).reshape(3, 3), int(stamp_ns))
+        if self.pose_tracker is None:
+            raise ValueError('pipeline closed')
+        self.pose_tracker.offer_image(rgb, K, stamp_ns)
 
     def _count(self, key: str, n: int = 1) -> None:
         self._counters[key] = self._counters.get(key, 0) + n
@@ -479,28 +457,58 @@ class RealmPipeline:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def process(self, events: Any, height: int, width: int, K: np.ndarray, stamp_ns: int) -> PipelineOutput:
-        """Run every active head on one window of events (x, y within the sensor; t in ns).
+        """Run every active head on one window of events (x, y within the sensor; t in ns): the dense heads, then
+        pose on the same window (the perception node runs the two halves in separate workers instead).
 
         Raises :class:`WindowSkipped` ('cuda_oom') when the accelerator runs out of memory (cache emptied first).
         """
+        out, pose_input = self.process_dense(events, height, width, K, stamp_ns)
+        if pose_input is not None:
+            pose = self.process_pose(pose_input)
+            out.pose, out.matches_image = pose.pose, pose.matches_image
+            out.timings_ms.update(pose.timings_ms)
+            out.timings_ms['total_ms'] += pose.timings_ms.get('pose_ms', 0.0)
+        return out
+
+    def process_dense(self, events: Any, height: int, width: int, K: np.ndarray, stamp_ns: int,
+                      want_pose: Optional[bool] = None) -> Tuple[PipelineOutput, Optional[PoseInput]]:
+        """Voxel grid, encoder and the dense heads (depth, semantic, points) of one window.
+
+        Returns the outputs and, when the pose head is active (or ``want_pose``), the :class:`PoseInput` for
+        :meth:`process_pose`. Raises :class:`WindowSkipped` ('cuda_oom') on accelerator out-of-memory.
+        """
         try:
             with self._lock, torch.inference_mode():
-                return self._process(events, int(height), int(width), np.asarray(K, np.float64).reshape(3, 3),
-                                     int(stamp_ns))
+                return self._process_dense(events, int(height), int(width),
+                                           np.asarray(K, np.float64).reshape(3, 3), int(stamp_ns), want_pose)
         except Exception as exc:  # noqa: BLE001 - only OOM is turned into a skip
-            if _is_cuda_oom(exc):
-                self._count('cuda_oom')
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise WindowSkipped('cuda_oom', f'CUDA out of memory, window skipped: {exc}') from exc
+            self._raise_if_oom(exc)
             raise
 
-    def _process(self, events: Any, height: int, width: int, K: np.ndarray, stamp_ns: int) -> PipelineOutput:
+    def process_pose(self, pose_input: PoseInput) -> PoseOutput:
+        """Match a window against the keyframes and estimate its pose (thread-safe; independent of the dense half)."""
+        if self.pose_tracker is None or self.mast3r is None:
+            raise PipelineConfigError('pose is not available: ' + (self.missing_for_head('pose') or 'pipeline closed'))
+        try:
+            return self.pose_tracker.step(pose_input)
+        except Exception as exc:  # noqa: BLE001 - only OOM is turned into a skip
+            self._raise_if_oom(exc)
+            raise
+
+    def _raise_if_oom(self, exc: BaseException) -> None:
+        if _is_cuda_oom(exc):
+            self._count('cuda_oom')
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise WindowSkipped('cuda_oom', f'CUDA out of memory, window skipped: {exc}') from exc
+
+    def _process_dense(self, events: Any, height: int, width: int, K: np.ndarray, stamp_ns: int,
+                       want_pose: Optional[bool]) -> Tuple[PipelineOutput, Optional[PoseInput]]:
         from realm_ros.events import voxel_grid
         from realm_ros.events.spatial import prepare_input
-        self._apply_reset()
         cfg = self.config
         heads = self.active_heads
+        pose_wanted = ('pose' in heads) if want_pose is None else (want_pose and not self.missing_for_head('pose'))
         timings: Dict[str, float] = {}
         t0 = time.perf_counter()
         normalization = cfg.normalization or self.default_normalization
@@ -517,7 +525,7 @@ class RealmPipeline:
         batch = prep.tensor
         n_dense = batch.shape[0]
         pose_prep = prep
-        if 'pose' in heads and n_dense > 1:           # tiles: match on one centre-cropped view (same encoder call)
+        if pose_wanted and n_dense > 1:           # tiles: match on one centre-cropped view (same encoder call)
             pose_prep = prepare_input(voxel, size=self.input_size, mode='crop')
             batch = torch.cat([batch, pose_prep.tensor], dim=0)
         timings['voxel_ms'] = (time.perf_counter() - t0) * 1e3
@@ -530,7 +538,16 @@ class RealmPipeline:
         out = PipelineOutput(stamp_ns=stamp_ns, width=width, height=height, K=K, num_events=len(events),
                              spatial_mode=mode, timings_ms=timings)
         size = (self.input_size, self.input_size)
-
+        pose_input = None
+        if pose_wanted:
+            idx = n_dense if pose_prep is not prep else 0
+            bridge = cfg.bridge or 'teacher_norm_inverse'
+            pose_input = PoseInput(
+                stamp_ns=stamp_ns,
+                tokens=self.encoder.head_tokens(tokens, bridge)[idx:idx + 1, 1:].float().clone(),
+                cls=tokens['x_norm_clstoken'][idx].float().clone(),
+                K_model=np.asarray(pose_prep.model_intrinsics(K)[0], dtype=np.float64),
+                picture=render.voxel_picture(pose_prep.tensor[idx].float().cpu().numpy()))
         if 'depth' in heads or 'points' in heads:
             t2 = time.perf_counter()
             with self._autocast():
@@ -567,115 +584,9 @@ class RealmPipeline:
                        render.colorize_depth(depth, *cfg.depth_color_range))[rows, cols, ::-1]
             out.points_xyz, out.points_rgb = xyz, np.ascontiguousarray(rgb)
             timings['points_ms'] = (time.perf_counter() - t4) * 1e3
-        if 'pose' in heads:
-            t5 = time.perf_counter()
-            idx = n_dense if pose_prep is not prep else 0
-            self._run_pose(tokens, idx, pose_prep, K, stamp_ns, out)
-            timings['pose_ms'] = (time.perf_counter() - t5) * 1e3
         timings['total_ms'] = (time.perf_counter() - t0) * 1e3
-        return out
+        return out, pose_input
 
     def _label_colors(self, labels: np.ndarray) -> np.ndarray:
         from realm_ros.models import colorize_segmentation
         return colorize_segmentation(labels)
-
-    # ------------------------------------------------------------------------------------------------ pose
-    def _decoder_tokens(self, tokens: Dict[str, Any], index: int) -> torch.Tensor:
-        bridge = self.config.bridge or 'teacher_norm_inverse'
-        return self.encoder.head_tokens(tokens, bridge)[index:index + 1, 1:].float()
-
-    def _image_keyframe(self, T_fixed: Optional[np.ndarray]) -> Any:
-        """Encode the newest offered RGB image with the DUNE teacher and store it (cross-modal keyframe)."""
-        from realm_ros.events.spatial import prepare_input
-        pending, self._pending_image = self._pending_image, None
-        if pending is None:
-            return None
-        rgb, K_img, stamp = pending
-        img = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float() / 255.0
-        mean = torch.tensor([0.485, 0.456, 0.406], device=self.device)[:, None, None]
-        std = torch.tensor([0.229, 0.224, 0.225], device=self.device)[:, None, None]
-        prep = prepare_input((img - mean) / std, size=self.input_size, mode='crop')
-        with self._autocast():
-            feats = self.dune.encoder.forward_features(prep.tensor[:1], apply_norm=True)
-        picture = (prep.tensor[0] * std + mean).clamp(0, 1).mul(255).byte().permute(1, 2, 0).cpu().numpy()
-        self._count('image_keyframes')
-        return self.keyframes.add(feats['x_prenorm_patchtokens'].float(), feats['x_norm_clstoken'].float(),
-                                  (self.input_size, self.input_size), prep.model_intrinsics(K_img)[0], stamp,
-                                  source='rgb', T_fixed_kf=T_fixed,
-                                  extras={'picture': np.ascontiguousarray(picture[..., ::-1])})
-
-    def _run_pose(self, tokens: Dict[str, Any], index: int, prep: Any, K: np.ndarray, stamp_ns: int,
-                  out: PipelineOutput) -> None:
-        """Match the current view against the best keyframe, solve PnP, update the keyframe store."""
-        from realm_ros.geometry.matching import fast_reciprocal_nn
-        from realm_ros.geometry.pose import solve_relative_pose_pnp
-        cfg = self.config
-        store = self.keyframes
-        size = (self.input_size, self.input_size)
-        cur_tokens = self._decoder_tokens(tokens, index)
-        cur_cls = tokens['x_norm_clstoken'][index].float()
-        K_model = np.asarray(prep.model_intrinsics(K)[0], dtype=np.float64)
-        picture = render.voxel_picture(prep.tensor[index].float().cpu().numpy())
-        image_source = cfg.keyframe_source == 'image'
-        sources = ('rgb',) if image_source else ('events',)
-        first = len(store) == 0
-
-        def add_current(T_fixed: Optional[np.ndarray]) -> Any:
-            self._count('event_keyframes')
-            return store.add(cur_tokens, cur_cls, size, K_model, stamp_ns, source='events', T_fixed_kf=T_fixed,
-                             extras={'picture': picture})
-
-        kf = store.select(cur_cls, sources)
-        if kf is None:
-            if image_source:
-                kf = self._image_keyframe(np.eye(4) if first else None)
-                if kf is None:
-                    self._count('pose_without_keyframe')     # no RGB image received yet
-                    return
-            else:
-                kf = add_current(np.eye(4) if first else None)
-                ref = 'fixed' if cfg.pose_frame == 'fixed' else 'keyframe'
-                if ref == 'keyframe' or kf.T_fixed_kf is not None:
-                    T = kf.T_fixed_kf if ref == 'fixed' else np.eye(4)
-                    out.pose = PoseEstimate(R=T[:3, :3].copy(), t=T[:3, 3].copy(), covariance=np.zeros((6, 6)),
-                                            reference=ref, keyframe_stamp_ns=kf.stamp_ns, num_matches=0,
-                                            num_inliers=0, new_keyframe=True)
-                out.matches_image = render.draw_matches(picture, picture, np.zeros((0, 2)), np.zeros((0, 2)))
-                return
-        pred1, pred2 = self.mast3r(kf.tokens, cur_tokens, kf.image_shape, size)
-        matches = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], subsample=cfg.match_subsample, border=3)
-        result = solve_relative_pose_pnp(matches.xy1, matches.xy2, pred1['pts3d'][0], K_model,
-                                         conf_ref=pred1.get('conf', [None])[0],
-                                         desc_conf_ref=pred1.get('desc_conf', [None])[0],
-                                         desc_conf_cur=pred2.get('desc_conf', [None])[0], params=self._pnp_params)
-        self._count('pose_attempts')
-        decision = store.update(kf, result, stamp_ns)
-        inliers = np.zeros(matches.count, bool)
-        if result.inliers.size:
-            inliers[result.inliers] = True
-        out.matches_image = render.draw_matches(kf.extras.get('picture', picture), picture, matches.xy1,
-                                                matches.xy2, inliers, cfg.max_matches_drawn)
-        if not result.ok:
-            self._count(f'pose_rejected.{result.reason}')
-        else:
-            T_kf_cur = result.T_ref_cur
-            cov = np.asarray(result.covariance, np.float64) if result.covariance is not None else np.zeros((6, 6))
-            T, ref = T_kf_cur, 'keyframe'
-            if cfg.pose_frame == 'fixed':
-                T, ref = decision.T_fixed_cur, 'fixed'
-                if T is not None:
-                    R_fk = kf.T_fixed_kf[:3, :3]
-                    A = np.kron(np.eye(2), R_fk)
-                    cov = A @ cov @ A.T
-                else:
-                    self._count('fixed_pose_unknown')       # keyframe without a fixed-frame pose (tracking lost)
-            if T is not None:
-                out.pose = PoseEstimate(R=T[:3, :3].copy(), t=T[:3, 3].copy(), covariance=cov, reference=ref,
-                                        keyframe_stamp_ns=kf.stamp_ns, num_matches=matches.count,
-                                        num_inliers=result.num_inliers, new_keyframe=False)
-        if decision.add:
-            new = self._image_keyframe(None) if image_source else add_current(decision.T_fixed_cur)
-            if new is not None:
-                self._count('keyframe_reason.' + decision.reason.split(' ')[0])
-                if out.pose is not None:
-                    out.pose.new_keyframe = True

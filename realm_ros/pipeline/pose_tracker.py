@@ -1,0 +1,213 @@
+"""Relative pose of event windows against keyframes: MASt3R decoder -> reciprocal matches -> PnP-RANSAC.
+
+:class:`PoseTracker` is the pose half of :class:`~realm_ros.pipeline.core.RealmPipeline`. The dense half hands it a
+:class:`PoseInput` per window (decoder tokens, CLS token, model-space intrinsics, a picture for the match drawing);
+the tracker keeps its own lock, so it can run in a worker of its own on the newest input while the dense outputs of
+later windows are computed (the perception node does that). Every estimate carries the stamp of its window.
+
+Keyframes come from earlier event windows (``keyframe_source='events'``) or from RGB images encoded by the DUNE
+teacher (``'image'``, cross-modal pose); :class:`~realm_ros.geometry.keyframes.KeyframeStore` decides when the current
+view becomes a keyframe (too few inliers, too much motion, repeated failures, an explicit request).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from . import render
+
+
+@dataclass
+class PoseEstimate:
+    """Pose of the current window's camera (optical frame) in ``reference``.
+
+    ``reference`` is ``'keyframe'`` (the keyframe camera) or ``'fixed'`` (the first keyframe's camera; keyframe
+    poses are chained). ``R``/``t`` map current-camera coordinates into the reference frame; ``covariance`` is 6x6
+    (x y z rx ry rz, rotation perturbations about the reference axes) from the PnP solver; in the fixed frame it is
+    rotated into that frame (the keyframe's own uncertainty is not added). ``T_fixed`` is the camera pose in the
+    fixed frame when it is known (for TF / odometry), whatever ``reference`` is.
+    """
+
+    R: np.ndarray
+    t: np.ndarray
+    covariance: np.ndarray
+    reference: str
+    keyframe_stamp_ns: int
+    num_matches: int
+    num_inliers: int
+    new_keyframe: bool
+    T_fixed: Optional[np.ndarray] = None
+
+
+@dataclass
+class PoseInput:
+    """What the pose worker needs of one window (computed by the dense half; detached from the encoder)."""
+
+    stamp_ns: int
+    tokens: torch.Tensor            # (1, N, D) decoder input tokens of the current view
+    cls: torch.Tensor               # (D,) CLS token (keyframe selection)
+    K_model: np.ndarray             # 3x3 intrinsics of the model input
+    picture: np.ndarray             # (S, S, 3) uint8 BGR picture of the model input (match drawing)
+    recv_monotonic_ns: int = 0      # arrival of the packet that completed the window (latency bookkeeping)
+    generation: int = 0             # stream generation the window belongs to
+
+
+@dataclass
+class PoseOutput:
+    """Result of one pose step: the estimate (None when rejected / no keyframe) and the match drawing."""
+
+    stamp_ns: int
+    pose: Optional[PoseEstimate] = None
+    matches_image: Optional[np.ndarray] = None
+    timings_ms: Dict[str, float] = field(default_factory=dict)
+
+
+class PoseTracker:
+    """Keyframes + matching + PnP for one stream (thread-safe; see the module docstring).
+
+    ``pipeline`` provides the models and the runtime configuration (``config``, ``mast3r``, ``dune``, ``device``,
+    ``input_size``, ``_autocast``); ``count`` adds to the pipeline's diagnostics counters.
+    """
+
+    def __init__(self, pipeline: Any, count: Callable[[str], None]) -> None:
+        from realm_ros.geometry.keyframes import KeyframeStore
+        self._pipe = pipeline
+        self._count = count
+        self._lock = threading.RLock()
+        self._pending_image: Optional[Tuple[np.ndarray, np.ndarray, int]] = None
+        self._reset_requested = False
+        self.keyframes = KeyframeStore(pipeline._keyframe_policy(pipeline.config), device=pipeline.device)
+
+    # ------------------------------------------------------------------------------------------------ control
+    def reset(self) -> None:
+        """Forget keyframes and the pose chain before the next step (never blocks)."""
+        self._reset_requested = True
+
+    def _apply_reset(self) -> None:
+        if self._reset_requested:
+            self._reset_requested = False
+            self.keyframes.clear()
+            self._pending_image = None
+
+    def request_keyframe(self) -> None:
+        self.keyframes.request_new()
+
+    def offer_image(self, rgb: np.ndarray, K: np.ndarray, stamp_ns: int) -> None:
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f'keyframe image must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}')
+        self._pending_image = (rgb, np.asarray(K, dtype=np.float64).reshape(3, 3), int(stamp_ns))
+
+    def clear(self) -> None:
+        with self._lock:
+            self.keyframes.clear()
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def _image_keyframe(self, T_fixed: Optional[np.ndarray]) -> Any:
+        """Encode the newest offered RGB image with the DUNE teacher and store it (cross-modal keyframe)."""
+        from realm_ros.events.spatial import prepare_input
+        pipe = self._pipe
+        pending, self._pending_image = self._pending_image, None
+        if pending is None:
+            return None
+        rgb, K_img, stamp = pending
+        device = pipe.device
+        img = torch.from_numpy(rgb).to(device).permute(2, 0, 1).float() / 255.0
+        mean = torch.tensor([0.485, 0.456, 0.406], device=device)[:, None, None]
+        std = torch.tensor([0.229, 0.224, 0.225], device=device)[:, None, None]
+        prep = prepare_input((img - mean) / std, size=pipe.input_size, mode='crop')
+        with pipe._autocast():
+            feats = pipe.dune.encoder.forward_features(prep.tensor[:1], apply_norm=True)
+        picture = (prep.tensor[0] * std + mean).clamp(0, 1).mul(255).byte().permute(1, 2, 0).cpu().numpy()
+        self._count('image_keyframes')
+        return self.keyframes.add(feats['x_prenorm_patchtokens'].float(), feats['x_norm_clstoken'].float(),
+                                  (pipe.input_size, pipe.input_size), prep.model_intrinsics(K_img)[0], stamp,
+                                  source='rgb', T_fixed_kf=T_fixed,
+                                  extras={'picture': np.ascontiguousarray(picture[..., ::-1])})
+
+    def step(self, inp: PoseInput) -> PoseOutput:
+        """Match ``inp`` against the best keyframe, solve PnP, update the keyframe store."""
+        import time
+        with self._lock, torch.inference_mode():
+            t0 = time.perf_counter()
+            self._apply_reset()
+            out = PoseOutput(stamp_ns=inp.stamp_ns)
+            self._step(inp, out)
+            out.timings_ms['pose_ms'] = (time.perf_counter() - t0) * 1e3
+            return out
+
+    def _step(self, inp: PoseInput, out: PoseOutput) -> None:
+        from realm_ros.geometry.matching import fast_reciprocal_nn
+        from realm_ros.geometry.pose import solve_relative_pose_pnp
+        pipe = self._pipe
+        cfg = pipe.config
+        store = self.keyframes
+        size = (pipe.input_size, pipe.input_size)
+        stamp_ns, cur_tokens, cur_cls, K_model, picture = inp.stamp_ns, inp.tokens, inp.cls, inp.K_model, inp.picture
+        image_source = cfg.keyframe_source == 'image'
+        sources = ('rgb',) if image_source else ('events',)
+        first = len(store) == 0
+
+        def add_current(T_fixed: Optional[np.ndarray]) -> Any:
+            self._count('event_keyframes')
+            return store.add(cur_tokens, cur_cls, size, K_model, stamp_ns, source='events', T_fixed_kf=T_fixed,
+                             extras={'picture': picture})
+
+        kf = store.select(cur_cls, sources)
+        if kf is None:
+            if image_source:
+                kf = self._image_keyframe(np.eye(4) if first else None)
+                if kf is None:
+                    self._count('pose_without_keyframe')     # no RGB image received yet
+                    return
+            else:
+                kf = add_current(np.eye(4) if first else None)
+                ref = 'fixed' if cfg.pose_frame == 'fixed' else 'keyframe'
+                if ref == 'keyframe' or kf.T_fixed_kf is not None:
+                    T = kf.T_fixed_kf if ref == 'fixed' else np.eye(4)
+                    out.pose = PoseEstimate(R=T[:3, :3].copy(), t=T[:3, 3].copy(), covariance=np.zeros((6, 6)),
+                                            reference=ref, keyframe_stamp_ns=kf.stamp_ns, num_matches=0,
+                                            num_inliers=0, new_keyframe=True, T_fixed=kf.T_fixed_kf)
+                out.matches_image = render.draw_matches(picture, picture, np.zeros((0, 2)), np.zeros((0, 2)))
+                return
+        pred1, pred2 = pipe.mast3r(kf.tokens, cur_tokens, kf.image_shape, size)
+        matches = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], subsample=cfg.match_subsample, border=3)
+        result = solve_relative_pose_pnp(matches.xy1, matches.xy2, pred1['pts3d'][0], K_model,
+                                         conf_ref=pred1.get('conf', [None])[0],
+                                         desc_conf_ref=pred1.get('desc_conf', [None])[0],
+                                         desc_conf_cur=pred2.get('desc_conf', [None])[0], params=pipe._pnp_params)
+        self._count('pose_attempts')
+        decision = store.update(kf, result, stamp_ns)
+        inliers = np.zeros(matches.count, bool)
+        if result.inliers.size:
+            inliers[result.inliers] = True
+        out.matches_image = render.draw_matches(kf.extras.get('picture', picture), picture, matches.xy1,
+                                                matches.xy2, inliers, cfg.max_matches_drawn)
+        if not result.ok:
+            self._count(f'pose_rejected.{result.reason}')
+        else:
+            T_kf_cur = result.T_ref_cur
+            cov = np.asarray(result.covariance, np.float64) if result.covariance is not None else np.zeros((6, 6))
+            T, ref = T_kf_cur, 'keyframe'
+            if cfg.pose_frame == 'fixed':
+                T, ref = decision.T_fixed_cur, 'fixed'
+                if T is not None:
+                    R_fk = kf.T_fixed_kf[:3, :3]
+                    A = np.kron(np.eye(2), R_fk)
+                    cov = A @ cov @ A.T
+                else:
+                    self._count('fixed_pose_unknown')       # keyframe without a fixed-frame pose (tracking lost)
+            if T is not None:
+                out.pose = PoseEstimate(R=T[:3, :3].copy(), t=T[:3, 3].copy(), covariance=cov, reference=ref,
+                                        keyframe_stamp_ns=kf.stamp_ns, num_matches=matches.count,
+                                        num_inliers=result.num_inliers, new_keyframe=False,
+                                        T_fixed=decision.T_fixed_cur)
+        if decision.add:
+            new = self._image_keyframe(None) if image_source else add_current(decision.T_fixed_cur)
+            if new is not None:
+                self._count('keyframe_reason.' + decision.reason.split(' ')[0])
+                if out.pose is not None:
+                    out.pose.new_keyframe = True
