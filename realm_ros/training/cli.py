@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import (ConfigError, DistillConfig, HeadsConfig, add_config_arguments, build_config,
                      config_to_dict, parse_ros_args, render_yaml)
-from .errors import EXIT_CONFIG, DataError, TrainingError
+from .errors import EXIT_CONFIG, DataError, Interrupted, StorageError, TrainingError
 
 __all__ = ['distill_main', 'heads_main', 'train_distill', 'train_heads', 'build_parser', 'load_teacher']
 
@@ -103,162 +103,244 @@ def _make_caches(cfg: Any, info: Any, datasets: Dict[str, Any], shapes: Dict[str
     return caches
 
 
-def _load_teacher_for_run(cfg: Any, info: Any) -> Tuple[Any, int, int]:
-    """Common start of a training run: check the bag fields, create ``cfg.out`` (main rank), load the teacher on
-    the CPU and check that ``data.image_size`` is a multiple of its patch size. Returns (dune, patch, size)."""
+#: Written into ``--out`` when a run starts (before bag preparation): lets ``--resume`` tell "stopped before the
+#: first checkpoint" (continue: finished bag preparations are cached) from "wrong directory" (error).
+RUN_MARKER = 'run.json'
+
+
+def _writable_dir(path: str, what: str) -> None:
+    """Create ``path`` and prove that a file can be written there; :class:`StorageError` (exit 5) otherwise."""
+    import tempfile
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            reason += ' (a path component is a regular file)'
+        raise StorageError(f'{what} {path!r} is not a writable directory: {reason}') from None
+
+
+def _resume_mode(cfg: Any, log: Callable[[str], None]) -> bool:
+    """Whether the trainer should load ``<out>/checkpoints/last.pt``.
+
+    ``--resume`` after a run that stopped before its first checkpoint (Ctrl-C during bag preparation or teacher
+    loading) continues that run: bags whose preparation finished are reused from the cache, the others are
+    prepared, and training starts at step 0. ``--resume`` on a directory no run ever used is a configuration error.
+    """
+    if not cfg.resume:
+        return False
+    last = os.path.join(cfg.out, 'checkpoints', 'last.pt')
+    if os.path.exists(last):
+        return True
+    if os.path.exists(os.path.join(cfg.out, RUN_MARKER)):
+        log(f'--resume: no checkpoint in {cfg.out!r} yet (the earlier run stopped before its first checkpoint): '
+            'continuing the bag preparation (finished bags are reused) and training from the start')
+        return False
+    raise ConfigError(f'--resume: {cfg.out!r} holds no checkpoint ({last!r}) and no earlier run: check --out, '
+                      'or start a new run without --resume')
+
+
+def _write_run_marker(cfg: Any, prog: str) -> None:
+    import time
+    from .trainer import atomic_write_bytes
+    marker = {'tool': prog, 'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'config': config_to_dict(cfg)}
+    atomic_write_bytes(os.path.join(cfg.out, RUN_MARKER), json.dumps(marker, indent=1, default=str).encode(),
+                       what='run marker')
+
+
+def _interrupted_before_training(cfg: Any) -> Interrupted:
+    cache_root = cfg.data.cache_dir or os.path.join(cfg.out, 'cache')
+    return Interrupted(f'interrupted before the first training checkpoint (bag preparation / teacher loading); '
+                       f'finished bag preparations are kept in {cache_root!r}: rerun the same command with --resume '
+                       f'to continue')
+
+
+def _load_teacher_for_run(cfg: Any, info: Any, prog: str, log: Callable[[str], None]) -> Tuple[Any, int, int, bool]:
+    """Common start of a training run: check the bag fields, check ``--resume``, create ``cfg.out`` and the bag cache
+    (main rank; exit 5 when not writable), mark the run as started, load the teacher on the CPU and check that
+    ``data.image_size`` is a multiple of its patch size. Returns (dune, patch, size, resume)."""
     _check_network_fields(cfg.bags)
+    resume = _resume_mode(cfg, log)
     if info.is_main:
-        os.makedirs(cfg.out, exist_ok=True)
+        _writable_dir(cfg.out, 'output directory (--out)')
+        _writable_dir(cfg.data.cache_dir or os.path.join(cfg.out, 'cache'), 'bag cache directory (data.cache_dir)')
+        _write_run_marker(cfg, prog)
     dune = load_teacher(cfg.teacher, 'cpu')
     patch = dune.encoder.patch_size
     size = cfg.data.image_size
     if size % patch:
         raise ConfigError(f'data.image_size {size} is not a multiple of the teacher patch size {patch}')
-    return dune, patch, size
+    return dune, patch, size, resume
+
+
+def _until_training(cfg: Any, build: Callable[[], Tuple[Any, bool, Any]]) -> Tuple[Any, bool, Any]:
+    """Run everything before ``Trainer.fit``: Ctrl-C in there (bag preparation) -> :class:`Interrupted` (exit 130)
+    with the way to continue (the trainer's own SIGINT handling takes over inside ``fit``)."""
+    try:
+        return build()
+    except KeyboardInterrupt:
+        raise _interrupted_before_training(cfg) from None
+
+
+def _fit(trainer: Any, resume: bool, caches: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    result = trainer.fit(resume=resume)
+    if caches:
+        for c in caches.values():
+            c.flush()
+    return result
 
 
 def train_distill(cfg: DistillConfig) -> Dict[str, Any]:
     """Distil REALM from the configured bags and teacher; returns the trainer result (incl. ``export`` path)."""
+    from .trainer import init_distributed
+
+    info = init_distributed(cfg.run.device)
+    log = _logger('train_from_bag', info.is_main)
+    try:
+        return _fit(*_until_training(cfg, lambda: _build_distill(cfg, info, log)))
+    finally:
+        _shutdown(info)
+
+
+def _build_distill(cfg: DistillConfig, info: Any, log: Callable[[str], None]) -> Tuple[Any, bool, Any]:
+    """Teacher, prepared bags, datasets, student and trainer of a distillation run: (trainer, resume, caches)."""
     import torch
     from realm_ros.models.embedder import DEFAULT_BLOCKS, DEFAULT_WIDTHS, VoxelEmbedder
     from realm_ros.models.realm import RealmEncoder
     from .bag_dataset import DistillDataset, collate_tiles, prepare_distill_bag
     from .distill import DistillLoss
     from .distill_task import DistillTask
-    from .trainer import Trainer, init_distributed
+    from .trainer import Trainer
 
-    info = init_distributed(cfg.run.device)
-    log = _logger('train_from_bag', info.is_main)
+    dune, patch, size, resume = _load_teacher_for_run(cfg, info, 'train_from_bag', log)
+    teacher = dune.encoder
+    grid = size // patch
+    bags = _prepare_all(cfg, info, prepare_distill_bag, log)
+    d = cfg.data
+    train_set = DistillDataset(bags, 'train', size, d.spatial_mode, d.bins, d.normalization)
+    val_set = DistillDataset(bags, 'val', size, d.spatial_mode, d.bins, d.normalization)
+    if len(train_set) == 0:
+        raise DataError(f'no training pairs: all {len(val_set)} pairs are held out for validation '
+                        f'(check data.split / data.val_fraction)')
+    log(f'{len(train_set)} training pairs, {len(val_set)} validation pairs from {len(bags)} bag(s)')
+    _first_sample(train_set)
+    torch.manual_seed(cfg.run.seed)
+    m = cfg.model
+    widths = list(m.embedder_widths) or list(DEFAULT_WIDTHS)
+    blocks = list(m.embedder_blocks) or list(DEFAULT_BLOCKS)
     try:
-        dune, patch, size = _load_teacher_for_run(cfg, info)
-        teacher = dune.encoder
-        grid = size // patch
-        bags = _prepare_all(cfg, info, prepare_distill_bag, log)
-        d = cfg.data
-        train_set = DistillDataset(bags, 'train', size, d.spatial_mode, d.bins, d.normalization)
-        val_set = DistillDataset(bags, 'val', size, d.spatial_mode, d.bins, d.normalization)
-        if len(train_set) == 0:
-            raise DataError(f'no training pairs: all {len(val_set)} pairs are held out for validation '
-                            f'(check data.split / data.val_fraction)')
-        log(f'{len(train_set)} training pairs, {len(val_set)} validation pairs from {len(bags)} bag(s)')
-        _first_sample(train_set)
-        torch.manual_seed(cfg.run.seed)
-        m = cfg.model
-        widths = list(m.embedder_widths) or list(DEFAULT_WIDTHS)
-        blocks = list(m.embedder_blocks) or list(DEFAULT_BLOCKS)
-        try:
-            embedder = VoxelEmbedder(in_channels=d.bins, embed_dim=teacher.embed_dim, grid_size=grid, widths=widths,
-                                     blocks=blocks)
-        except ValueError as exc:
-            raise ConfigError(f'model.embedder_widths/blocks: {exc}') from None
-        student = RealmEncoder(teacher, embedder, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
-                               lora_dropout=m.lora_dropout)
-        student.backbone.source_sha256 = dune.source_sha256
-        loss = DistillLoss.from_config(cfg.loss, patch)
-        key = {'teacher': dune.source_sha256, 'data': _dataset_hash(bags), 'size': size, 'mode': d.spatial_mode}
-        caches = _make_caches(cfg, info, {'train': train_set, 'val': val_set},
-                              {'cls': (teacher.embed_dim,), 'patch': (grid * grid, teacher.embed_dim)}, key)
-        cfg_dict = config_to_dict(cfg)
-        windows = {os.path.basename(b.name): b.meta['window'] for b, _ in bags}
-        export_info = {
-            'teacher_sha256': dune.source_sha256,
-            'voxel': {'bins': d.bins, 'normalization': d.normalization},
-            'input': {'size': size, 'mode': d.spatial_mode, 'patch_size': patch},
-            'window': next(iter(windows.values())),
-            'windows_per_bag': windows,
-            'training': cfg_dict,
-            'datasets': {b.name: b.stats for b, _ in bags},
-            'export_merged': m.export_merged,
-        }
-        fingerprint = {'teacher_sha256': dune.source_sha256, 'architecture': json.dumps(student.architecture(),
-                                                                                          sort_keys=True),
-                       'input': [size, d.spatial_mode, d.bins, d.normalization], 'data': key['data']}
-        task = DistillTask(teacher, student, loss, cfg.loss.token_drop, cfg.loss.token_drop_start_epoch,
-                           info.device, caches, export_info, fingerprint, train_final_norm=m.train_final_norm)
-        trainer = Trainer(task, train_set, val_set, cfg.optim, cfg.run, cfg.out, info, cfg_dict,
-                          num_workers=d.num_workers, collate_fn=collate_tiles)
-        result = trainer.fit(resume=cfg.resume)
-        if caches:
-            for c in caches.values():
-                c.flush()
-        return result
-    finally:
-        _shutdown(info)
+        embedder = VoxelEmbedder(in_channels=d.bins, embed_dim=teacher.embed_dim, grid_size=grid, widths=widths,
+                                 blocks=blocks)
+    except ValueError as exc:
+        raise ConfigError(f'model.embedder_widths/blocks: {exc}') from None
+    student = RealmEncoder(teacher, embedder, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
+                           lora_dropout=m.lora_dropout)
+    student.backbone.source_sha256 = dune.source_sha256
+    loss = DistillLoss.from_config(cfg.loss, patch)
+    key = {'teacher': dune.source_sha256, 'data': _dataset_hash(bags), 'size': size, 'mode': d.spatial_mode}
+    caches = _make_caches(cfg, info, {'train': train_set, 'val': val_set},
+                          {'cls': (teacher.embed_dim,), 'patch': (grid * grid, teacher.embed_dim)}, key)
+    cfg_dict = config_to_dict(cfg)
+    windows = {os.path.basename(b.name): b.meta['window'] for b, _ in bags}
+    export_info = {
+        'teacher_sha256': dune.source_sha256,
+        'voxel': {'bins': d.bins, 'normalization': d.normalization},
+        'input': {'size': size, 'mode': d.spatial_mode, 'patch_size': patch},
+        'window': next(iter(windows.values())),
+        'windows_per_bag': windows,
+        'training': cfg_dict,
+        'datasets': {b.name: b.stats for b, _ in bags},
+        'export_merged': m.export_merged,
+    }
+    fingerprint = {'teacher_sha256': dune.source_sha256, 'architecture': json.dumps(student.architecture(),
+                                                                                      sort_keys=True),
+                   'input': [size, d.spatial_mode, d.bins, d.normalization], 'data': key['data']}
+    task = DistillTask(teacher, student, loss, cfg.loss.token_drop, cfg.loss.token_drop_start_epoch,
+                       info.device, caches, export_info, fingerprint, train_final_norm=m.train_final_norm)
+    trainer = Trainer(task, train_set, val_set, cfg.optim, cfg.run, cfg.out, info, cfg_dict,
+                      num_workers=d.num_workers, collate_fn=collate_tiles)
+    return trainer, resume, caches
 
 
 def train_heads(cfg: HeadsConfig) -> Dict[str, Any]:
     """Train the configured head on frozen DUNE features; returns the trainer result (incl. ``export`` path)."""
+    from .trainer import init_distributed
+
+    info = init_distributed(cfg.run.device)
+    log = _logger('train_heads', info.is_main)
+    try:
+        return _fit(*_until_training(cfg, lambda: _build_heads(cfg, info, log)))
+    finally:
+        _shutdown(info)
+
+
+def _build_heads(cfg: HeadsConfig, info: Any, log: Callable[[str], None]) -> Tuple[Any, bool, Any]:
+    """Teacher, prepared bags, datasets, head and trainer of a head training run: (trainer, resume, caches)."""
     import numpy as np
     import torch
     from realm_ros.models.heads import DSEC_CLASSES, DepthBinsHead, SegmentationHead
     from .bag_dataset import HeadsDataset, collate_tiles, prepare_heads_bag
     from .heads import HeadTask, median_frequency_weights
-    from .trainer import Trainer, init_distributed
+    from .trainer import Trainer
 
-    info = init_distributed(cfg.run.device)
-    log = _logger('train_heads', info.is_main)
-    try:
-        dune, patch, size = _load_teacher_for_run(cfg, info)
-        enc = dune.encoder
-        h = cfg.head
-        if cfg.task == 'segmentation':
-            try:
-                projector = dune.projectors[h.projector]
-            except KeyError:
-                raise DataError(f'teacher checkpoint {cfg.teacher!r} has no {h.projector!r} projector (has '
-                                f'{sorted(dune.projectors)}); the segmentation head reads its output') from None
-            if h.projector != 'dino2reg_vitlarge_14':
-                dune.projectors['dino2reg_vitlarge_14'] = projector
-        bags = _prepare_all(cfg, info, prepare_heads_bag, log, task=cfg.task)
-        d = cfg.data
-        ign = cfg.seg_loss.ignore_index
-        train_set = HeadsDataset(bags, 'train', size, d.spatial_mode, cfg.task, h.classes, ign)
-        val_set = HeadsDataset(bags, 'val', size, d.spatial_mode, cfg.task, h.classes, ign)
-        if len(train_set) == 0:
-            raise DataError('no training pairs: all pairs are held out for validation (check data.split)')
-        log(f'{len(train_set)} training pairs, {len(val_set)} validation pairs from {len(bags)} bag(s)')
-        _first_sample(train_set)
-        weights: Optional[List[float]] = None
-        if cfg.task == 'segmentation':
-            counts = np.zeros(256, dtype=np.int64)
-            for b, _ in bags:
-                counts += np.asarray(b.meta.get('label_counts') or [0] * 256, dtype=np.int64)
-            stray = [i for i in range(h.classes, 256) if i != ign and counts[i] > 0]
-            if stray:
-                log(f'warning: label ids {stray[:8]} are >= head.classes ({h.classes}); they are ignored')
-            if counts[:h.classes].sum() == 0:
-                raise DataError(f'no pixel in the label images has a class id below head.classes ({h.classes})')
-            weights = (list(cfg.seg_loss.class_weights) if cfg.seg_loss.class_weights
-                       else median_frequency_weights(counts[:h.classes]))
-            log('class weights: ' + ', '.join(f'{w:.2f}' for w in weights))
-        torch.manual_seed(cfg.run.seed)
-        if cfg.task == 'depth':
-            head = DepthBinsHead(enc.embed_dim, h.depth_bins, h.min_depth, h.max_depth)
-            shapes = {'cls': (enc.embed_dim,), 'patch': ((size // patch) ** 2, enc.embed_dim)}
-        else:
-            names = DSEC_CLASSES if h.classes == len(DSEC_CLASSES) else ()
-            head = SegmentationHead(dune.projector.out_dim, h.classes, names)
-            shapes = {'proj': (dune.projector.out_dim, size // patch, size // patch)}
-        key = {'teacher': dune.source_sha256, 'data': _dataset_hash(bags), 'size': size, 'mode': d.spatial_mode,
-               'task': cfg.task, 'projector': h.projector}
-        caches = _make_caches(cfg, info, {'train': train_set, 'val': val_set}, shapes, key)
-        cfg_dict = config_to_dict(cfg)
-        export_info = {'teacher_sha256': dune.source_sha256, 'input': {'size': size, 'mode': d.spatial_mode},
-                       'training': cfg_dict, 'datasets': {b.name: b.stats for b, _ in bags}}
-        if cfg.task == 'segmentation':
-            export_info.update(class_weights=weights, projector=h.projector)
-        fingerprint = {'teacher_sha256': dune.source_sha256, 'head': json.dumps(head.config(), sort_keys=True),
-                       'input': [size, d.spatial_mode], 'data': key['data']}
-        task = HeadTask(cfg.task, dune, head, cfg, info.device, weights, caches, export_info, fingerprint)
-        trainer = Trainer(task, train_set, val_set, cfg.optim, cfg.run, cfg.out, info, cfg_dict,
-                          num_workers=d.num_workers, collate_fn=collate_tiles)
-        result = trainer.fit(resume=cfg.resume)
-        if caches:
-            for c in caches.values():
-                c.flush()
-        return result
-    finally:
-        _shutdown(info)
+    dune, patch, size, resume = _load_teacher_for_run(cfg, info, 'train_heads', log)
+    enc = dune.encoder
+    h = cfg.head
+    if cfg.task == 'segmentation':
+        try:
+            projector = dune.projectors[h.projector]
+        except KeyError:
+            raise DataError(f'teacher checkpoint {cfg.teacher!r} has no {h.projector!r} projector (has '
+                            f'{sorted(dune.projectors)}); the segmentation head reads its output') from None
+        if h.projector != 'dino2reg_vitlarge_14':
+            dune.projectors['dino2reg_vitlarge_14'] = projector
+    bags = _prepare_all(cfg, info, prepare_heads_bag, log, task=cfg.task)
+    d = cfg.data
+    ign = cfg.seg_loss.ignore_index
+    train_set = HeadsDataset(bags, 'train', size, d.spatial_mode, cfg.task, h.classes, ign)
+    val_set = HeadsDataset(bags, 'val', size, d.spatial_mode, cfg.task, h.classes, ign)
+    if len(train_set) == 0:
+        raise DataError('no training pairs: all pairs are held out for validation (check data.split)')
+    log(f'{len(train_set)} training pairs, {len(val_set)} validation pairs from {len(bags)} bag(s)')
+    _first_sample(train_set)
+    weights: Optional[List[float]] = None
+    if cfg.task == 'segmentation':
+        counts = np.zeros(256, dtype=np.int64)
+        for b, _ in bags:
+            counts += np.asarray(b.meta.get('label_counts') or [0] * 256, dtype=np.int64)
+        stray = [i for i in range(h.classes, 256) if i != ign and counts[i] > 0]
+        if stray:
+            log(f'warning: label ids {stray[:8]} are >= head.classes ({h.classes}); they are ignored')
+        if counts[:h.classes].sum() == 0:
+            raise DataError(f'no pixel in the label images has a class id below head.classes ({h.classes})')
+        weights = (list(cfg.seg_loss.class_weights) if cfg.seg_loss.class_weights
+                   else median_frequency_weights(counts[:h.classes]))
+        log('class weights: ' + ', '.join(f'{w:.2f}' for w in weights))
+    torch.manual_seed(cfg.run.seed)
+    if cfg.task == 'depth':
+        head = DepthBinsHead(enc.embed_dim, h.depth_bins, h.min_depth, h.max_depth)
+        shapes = {'cls': (enc.embed_dim,), 'patch': ((size // patch) ** 2, enc.embed_dim)}
+    else:
+        names = DSEC_CLASSES if h.classes == len(DSEC_CLASSES) else ()
+        head = SegmentationHead(dune.projector.out_dim, h.classes, names)
+        shapes = {'proj': (dune.projector.out_dim, size // patch, size // patch)}
+    key = {'teacher': dune.source_sha256, 'data': _dataset_hash(bags), 'size': size, 'mode': d.spatial_mode,
+           'task': cfg.task, 'projector': h.projector}
+    caches = _make_caches(cfg, info, {'train': train_set, 'val': val_set}, shapes, key)
+    cfg_dict = config_to_dict(cfg)
+    export_info = {'teacher_sha256': dune.source_sha256, 'input': {'size': size, 'mode': d.spatial_mode},
+                   'training': cfg_dict, 'datasets': {b.name: b.stats for b, _ in bags}}
+    if cfg.task == 'segmentation':
+        export_info.update(class_weights=weights, projector=h.projector)
+    fingerprint = {'teacher_sha256': dune.source_sha256, 'head': json.dumps(head.config(), sort_keys=True),
+                   'input': [size, d.spatial_mode], 'data': key['data']}
+    task = HeadTask(cfg.task, dune, head, cfg, info.device, weights, caches, export_info, fingerprint)
+    trainer = Trainer(task, train_set, val_set, cfg.optim, cfg.run, cfg.out, info, cfg_dict,
+                      num_workers=d.num_workers, collate_fn=collate_tiles)
+    return trainer, resume, caches
 
 
 def _shutdown(info: Any) -> None:

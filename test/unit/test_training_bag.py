@@ -345,3 +345,70 @@ def test_torchrun_ddp_two_processes(world, tmp_path):
     assert r.stderr.count('finished:') == 1 and (out / 'realm.safetensors').exists()
     state = torch.load(out / 'checkpoints' / 'last.pt', weights_only=False)
     assert state['world_size'] == 2 and len(state['rng']) == 2
+
+
+# ------------------------------------------------------------------------------------------------ output / Ctrl-C
+def test_out_that_is_not_a_writable_directory_exits_5(world, tmp_path, capsys):
+    blocker = tmp_path / 'plain_file'
+    blocker.write_text('not a directory')
+    for out in (blocker / 'run', blocker):
+        code, err = run_main(distill_main, args(world, out), capsys)
+        assert code == 5, err
+        assert 'output directory (--out)' in err and str(out) in err and 'not a writable directory' in err
+        assert 'Traceback' not in err
+    code, err = run_main(heads_main, args(world, blocker / 'h', config=TINY_HEADS), capsys)
+    assert code == 5 and 'regular file' in err
+    # an unwritable bag cache is refused the same way, before any work
+    code, err = run_main(distill_main, args(world, tmp_path / 'o', '--data.cache_dir', str(blocker / 'c')), capsys)
+    assert code == 5 and 'data.cache_dir' in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root may write into a read-only (0500) directory')
+def test_out_in_a_read_only_directory_exits_5(world, tmp_path, capsys):
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        code, err = run_main(distill_main, args(world, ro), capsys)
+    finally:
+        ro.chmod(0o700)
+    assert code == 5 and 'not a writable directory' in err
+
+
+def test_ctrl_c_during_bag_preparation_then_resume_continues(world, tmp_path, monkeypatch, capsys):
+    import realm_ros.training.bag_dataset as bd
+    out = tmp_path / 'prep_interrupted'
+    cache = tmp_path / 'cache'   # a cache of its own: the preparation really runs
+    real_prepare = bd.prepare_distill_bag
+    calls = []
+
+    def interrupted(*a, **k):
+        calls.append('interrupted')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bd, 'prepare_distill_bag', interrupted)
+    argv = args(world, out, '--optim.epochs', '1', '--data.cache_dir', str(cache))
+    code, err = run_main(distill_main, argv, capsys)
+    assert calls == ['interrupted']
+    assert code == 130, err
+    assert '--resume' in err and 'before the first training checkpoint' in err and str(cache) in err
+    assert not (out / 'checkpoints' / 'last.pt').exists()
+
+    def counting(*a, **k):
+        calls.append('prepared')
+        return real_prepare(*a, **k)
+
+    monkeypatch.setattr(bd, 'prepare_distill_bag', counting)
+    code, err = run_main(distill_main, argv + ['--resume'], capsys)
+    assert code == 0, err
+    assert calls == ['interrupted', 'prepared']
+    assert 'continuing the bag preparation' in err
+    assert (out / 'realm.safetensors').exists() and (out / 'checkpoints' / 'last.pt').exists()
+    assert [r['kind'] for r in records(out)][0] == 'start' and train_losses(out)
+
+
+def test_resume_in_a_directory_without_any_run_is_a_clear_error(world, tmp_path, capsys):
+    out = tmp_path / 'typo'
+    code, err = run_main(distill_main, args(world, out, '--resume'), capsys)
+    assert code == 2 and 'no checkpoint' in err and 'no earlier run' in err and str(out) in err
+    assert not out.exists()
