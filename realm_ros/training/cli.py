@@ -352,11 +352,16 @@ def _shutdown(info: Any) -> None:
 # ====================================================================================================== argv
 _EPILOG = """\
 exit codes: 0 done, 2 configuration error, 3 bad input (bag, topic, message type, no pairs, teacher),
-4 diverged (too many NaN/inf losses; last good checkpoint kept), 5 disk full / not writable (last good checkpoint
-intact), 130 interrupted (checkpoint written; rerun with --resume).
+4 diverged (too many NaN/inf losses; last good checkpoint kept), 5 disk full / output not writable (last good
+checkpoint intact), 130 interrupted (rerun the same command with --resume to continue, also after a Ctrl-C during
+bag preparation).
 ROS 2: runs under `ros2 run realm_ros {prog}`; `--ros-args -p <field>:=<value>` and `--ros-args --params-file FILE`
 override configuration fields (same dotted names as below, e.g. -p optim.lr:=2e-4 -p bags:="[a.mcap, b.mcap]").
-Multi-GPU / multi-node: torchrun --nproc_per_node N $(which {prog}) ... (DistributedDataParallel, rank-0 logging).
+Multi-GPU (DistributedDataParallel, rank-0 logging), the same in a pip/venv and in a colcon install (after
+`source install/setup.bash`):
+  torchrun --nproc_per_node N -m realm_ros.nodes.{prog} ...
+  python3 -m torch.distributed.run --nproc_per_node N -m realm_ros.nodes.{prog} ...   (same, without the launcher)
+Multi-node: add torchrun's --nnodes, --node_rank and --rdzv_endpoint.
 """
 
 

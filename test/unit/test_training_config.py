@@ -100,3 +100,14 @@ def test_validation_messages_name_the_field():
                              '--ros-args', '-p', 'task:=segmentation'])
     with pytest.raises(ConfigError, match='no bags given'):
         _parse(DistillConfig, ['--teacher', 't', '--out', 'o'])
+
+
+@pytest.mark.parametrize('prog, cls', [('train_from_bag', DistillConfig), ('train_heads', HeadsConfig)])
+def test_help_gives_a_torchrun_command_that_works_in_a_colcon_install(prog, cls):
+    from realm_ros.training.cli import build_parser
+    text = build_parser(prog, cls, 'description').format_help()
+    # `$(which train_from_bag)` is empty in a colcon install (scripts live in lib/realm_ros, not on PATH)
+    assert '$(which' not in text
+    assert f'torchrun --nproc_per_node N -m realm_ros.nodes.{prog} ...' in text
+    import importlib
+    assert callable(importlib.import_module(f'realm_ros.nodes.{prog}').main)  # the module the command names
