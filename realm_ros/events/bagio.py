@@ -19,6 +19,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from realm_ros.common.errors import RealmError
+
 from .legacy import (LEGACY_EVENT_ARRAY_MSG, LEGACY_EVENT_ARRAY_TYPES, LEGACY_EVENT_MSG,
                      parse_legacy_event_array_cdr, parse_legacy_event_array_ros1)
 
@@ -41,7 +43,7 @@ uint8[] events        # encoded event payload
 """
 
 
-class BagReadError(ValueError):
+class BagReadError(RealmError, ValueError):
     """A bag or RAW file cannot be opened or read (missing, unsupported, truncated or corrupt)."""
 
 

@@ -12,6 +12,8 @@ from typing import Any, Dict
 
 import numpy as np
 
+from realm_ros.common.errors import RealmError
+
 from .types import EventArray
 
 LEGACY_EVENT_ARRAY_TYPES = (
@@ -32,7 +34,7 @@ uint32 width
 """
 
 
-class LegacyParseError(ValueError):
+class LegacyParseError(RealmError, ValueError):
     """A serialized legacy EventArray is truncated or malformed."""
 
 

@@ -23,6 +23,9 @@ from typing import Any, Dict, Optional, Set, Tuple
 
 import numpy as np
 
+from realm_ros.common.errors import RealmError
+from realm_ros.common.stamps import stamp_to_ns
+
 from .codecs import Decoder, UnknownEncodingError, make_decoder, normalize_encoding
 from .legacy import LegacyEventArray, legacy_events_from_message
 from .timesync import TIME_MODES, OffsetEstimator
@@ -46,16 +49,8 @@ class PacketResult:
     errors: Dict[str, int] = field(default_factory=dict)
 
 
-class _GeometryError(ValueError):
+class _GeometryError(RealmError, ValueError):
     """A message announces a non-positive sensor size."""
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/Time (sec + nanosec; ROS 1 style nsec accepted) -> int ns."""
-    nsec = getattr(stamp, 'nanosec', None)
-    if nsec is None:
-        nsec = getattr(stamp, 'nsec', 0)
-    return int(stamp.sec) * 1_000_000_000 + int(nsec)
 
 
 def _is_legacy(msg: Any) -> bool:

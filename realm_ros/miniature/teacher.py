@@ -20,7 +20,6 @@ Only the encoder and the projector are kept: :func:`train_teacher` returns the f
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from realm_ros.common.schedule import warmup_cosine
 from realm_ros.models.dune import vit_tiny
 from realm_ros.models.dune_model import DINOV2_TEACHER, DuneModel
 from realm_ros.models.heads import DepthBinsHead, DinoV2Projector, SegmentationHead
@@ -90,14 +90,6 @@ def round_to_half(module: nn.Module) -> nn.Module:
             if t.is_floating_point():
                 t.copy_(t.half().float())
     return module
-
-
-def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
 def patch_luminance_targets(rgb01: torch.Tensor, patch: int) -> torch.Tensor:

@@ -51,6 +51,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from realm_ros.common.errors import RealmError
+
 from .dune import DinoVisionTransformer
 from .dune_model import DuneModel, TeacherNorm
 from .embedder import VoxelEmbedder
@@ -75,7 +77,7 @@ CONVERTED_FORMAT = 'realm_ros.converted'
 _PREFIX_PARTS = ('module', '_orig_mod')
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RealmError, ValueError):
     """A checkpoint file cannot be read or does not match the module it should build."""
 
 

@@ -33,6 +33,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type, T
 
 import yaml
 
+from realm_ros.common.errors import RealmError
+
 __all__ = [
     'ConfigError', 'BagSpec', 'TopicsConfig', 'DataConfig', 'EventDataConfig', 'HeadDataConfig', 'StudentConfig',
     'DistillLossConfig', 'OptimConfig', 'RunConfig', 'HeadModelConfig', 'DepthLossConfig', 'SegLossConfig',
@@ -44,7 +46,7 @@ __all__ = [
 T = TypeVar('T')
 
 
-class ConfigError(ValueError):
+class ConfigError(RealmError, ValueError):
     """Invalid configuration: unknown field, wrong type or out-of-range value. The message names the field."""
 
 

@@ -10,12 +10,14 @@
 """
 from __future__ import annotations
 
+from realm_ros.common.errors import RealmError
+
 __all__ = ['TrainingError', 'DataError', 'DivergenceError', 'StorageError', 'Interrupted', 'EXIT_CONFIG']
 
 EXIT_CONFIG = 2
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RealmError, RuntimeError):
     """Base class; ``exit_code`` is what the command-line tools exit with."""
     exit_code = 1
 

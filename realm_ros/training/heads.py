@@ -267,7 +267,7 @@ class HeadTask(TrainTask):
             res.update(abs_error_m=float(sums['abs_err']) / px, abs_rel=float(sums['abs_rel']) / px,
                        delta1=float(sums['delta1']) / px)
         else:
-            from realm_ros.miniature.metrics import segmentation_scores
+            from realm_ros.common.metrics import segmentation_scores
             scores = segmentation_scores(sums['confusion'].numpy())
             res.update(accuracy=scores['accuracy'], miou=scores['miou'])
         return res

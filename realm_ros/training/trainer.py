@@ -37,6 +37,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from realm_ros.common.device import DeviceError
+from realm_ros.common.device import resolve_device as _resolve_device
+from realm_ros.common.schedule import warmup_cosine
+
 from .errors import DivergenceError, Interrupted, StorageError, TrainingError
 
 __all__ = ['TrainTask', 'DistInfo', 'init_distributed', 'resolve_device', 'resolve_precision',
@@ -113,15 +117,15 @@ class DistInfo:
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``'auto'`` -> the local rank's CUDA device if available, else CPU; ``'cuda'`` -> the local rank's GPU."""
-    if spec == 'auto':
-        spec = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if spec.startswith('cuda'):
-        if not torch.cuda.is_available():
-            raise TrainingError(f"run.device is {spec!r} but CUDA is not available")
-        if spec == 'cuda':
-            return torch.device('cuda', local_rank % max(1, torch.cuda.device_count()))
-    return torch.device(spec)
+    """``'auto'`` -> the local rank's CUDA device if available, else CPU; ``'cuda'`` -> the local rank's GPU.
+
+    :func:`realm_ros.common.device.resolve_device` without the CPU fallback: CUDA asked for where there is none (or a
+    GPU index past the last one) is a :class:`TrainingError`.
+    """
+    try:
+        return _resolve_device(spec, local_rank=local_rank, cuda_fallback=False)[0]
+    except DeviceError as exc:
+        raise TrainingError(f'run.device: {exc}') from None
 
 
 def init_distributed(device_spec: str) -> DistInfo:
@@ -194,11 +198,8 @@ class WarmupCosine:
         self.min_ratio = float(min_ratio)
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / (self.warmup + 1)
-        span = max(1, self.total - self.warmup)
-        progress = min(1.0, (step - self.warmup) / span)
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        # the ramp ends where the cosine starts (ramp = warmup + 1)
+        return warmup_cosine(step, self.total, self.warmup, self.min_ratio, ramp=self.warmup + 1)
 
 
 # ====================================================================================================== checkpoints

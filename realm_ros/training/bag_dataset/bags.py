@@ -7,6 +7,8 @@ from typing import Any, Dict, Iterable, Sequence, Tuple
 
 import numpy as np
 
+from realm_ros.common.stamps import stamp_to_ns
+
 from ..errors import DataError
 
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
@@ -21,7 +23,7 @@ def _event_types() -> Tuple[str, ...]:
 
 def stamp_ns(header: Any) -> int:
     """``header.stamp`` in integer nanoseconds."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+    return stamp_to_ns(header.stamp)
 
 
 # ====================================================================================================== bag access
