@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from realm_ros.common.errors import RealmError
+from realm_ros.common.files import chmod_like_new_file
 
 from .dune import DinoVisionTransformer
 from .dune_model import DuneModel, TeacherNorm
@@ -203,7 +204,10 @@ def read_safetensors(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str,
 
 
 def write_safetensors(path: PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
-    """Write tensors + JSON metadata atomically (temp file + rename). Shared storages are copied apart."""
+    """Write tensors + JSON metadata atomically (temp file + rename). Shared storages are copied apart.
+
+    The file gets the usual permissions of a new file (0666 minus the umask), like ``torch.save`` outputs.
+    """
     from safetensors.torch import save_file
 
     p = Path(path)
@@ -222,6 +226,7 @@ def write_safetensors(path: PathLike, tensors: Mapping[str, torch.Tensor], meta:
     os.close(fd)
     try:
         save_file(clean, tmp, metadata=header)
+        chmod_like_new_file(tmp)  # mkstemp made it 0600: readable by other users like any new file (umask)
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):

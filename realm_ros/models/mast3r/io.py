@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from realm_ros.common.files import chmod_like_new_file
+
 from .config import IMAGENET_MEAN, IMAGENET_STD, DuneMast3rCheckpointError
 from .model import DuneMast3rDecoder
 from .model_string import parse_mast3r_model_string
@@ -177,6 +179,7 @@ def save_dune_mast3r(path: str | os.PathLike[str], model: DuneMast3rDecoder, *,
     os.close(fd)
     try:
         torch.save(ckpt, tmp)
+        chmod_like_new_file(tmp)  # mkstemp made it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
