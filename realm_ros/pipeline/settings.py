@@ -1,0 +1,265 @@
+"""One declaration of every perception-node setting (ROS-free).
+
+Each :class:`Setting` names a parameter, its type (the type of ``default``), its default, its allowed values or range,
+whether it may change while the node runs, and what it does. The perception node declares its ROS parameters from
+this table (descriptors included), ``config/perception.yaml`` and the launch file's argument defaults are checked
+against it by ``test/unit/test_pipeline_settings.py``, and :func:`validate` gives the same answer with or without ROS.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+#: QoS profile names accepted for outputs (realm_ros.nodes.qos.qos_from_name).
+QOS_NAMES = ('reliable', 'best_effort', 'sensor_data', 'system_default')
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One parameter: default (its type is the parameter type), description, choices / range, runtime-changeable."""
+
+    name: str
+    default: Any
+    description: str
+    runtime: bool = False
+    choices: Tuple[str, ...] = ()
+    int_range: Optional[Tuple[int, int]] = None
+    float_range: Optional[Tuple[float, float]] = None
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def check(self, value: Any) -> Optional[str]:
+        """Why ``value`` is not acceptable for this setting (None when it is)."""
+        t = self.type
+        if t is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not t:
+            return f'{self.name}: expected {t.__name__}, got {type(value).__name__} {value!r}'
+        if self.choices and value not in self.choices:
+            return f'{self.name}: {value!r} is not one of {", ".join(repr(c) for c in self.choices)}'
+        rng = self.int_range if t is int else self.float_range if t is float else None
+        if rng is not None and not rng[0] <= value <= rng[1]:
+            return f'{self.name}: {value!r} is outside [{rng[0]}, {rng[1]}]'
+        return None
+
+
+PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
+    Setting('autostart', True, 'configure and activate at start-up (false: wait for a lifecycle manager)'),
+    Setting('frame_id', '', 'frame_id of the outputs; empty = the frame_id of the event packets', runtime=True),
+    # windows
+    Setting('window.mode', 'count', 'event window: fixed event count or fixed duration', runtime=True,
+              choices=('count', 'time')),
+    Setting('window.count', 150_000, 'events per window (window.mode count)', runtime=True,
+              int_range=(100, 10_000_000)),
+    Setting('window.duration_ms', 33.0, 'window length in ms (window.mode time)', runtime=True,
+              float_range=(1.0, 2000.0)),
+    Setting('window.min_events', 1000, 'windows with fewer events trigger the memory hold instead of inference',
+              runtime=True, int_range=(0, 10_000_000)),
+    Setting('buffer.max_events', 2_000_000, 'capacity of the event buffer (bounds memory under any input rate)',
+              int_range=(10_000, 200_000_000)),
+    # model and input
+    Setting('device', 'auto', 'torch device: auto, cpu, cuda, cuda:N (cuda without CUDA falls back to cpu)'),
+    Setting('precision', 'auto', 'inference precision (auto: fp16 on CUDA, fp32 on CPU)',
+              choices=('auto', 'fp32', 'fp16', 'bf16')),
+    Setting('checkpoints.realm', '', 'REALM encoder checkpoint (safetensors + metadata)'),
+    Setting('checkpoints.dune', '', 'official DUNE checkpoint (.pth): DINOv2 projector, RGB keyframe encoder'),
+    Setting('checkpoints.depth_head', '', 'depth head checkpoint'),
+    Setting('checkpoints.seg_head', '', 'segmentation head checkpoint'),
+    Setting('checkpoints.projector', '', 'optional DINOv2 projector head checkpoint (default: the DUNE file\'s)'),
+    Setting('checkpoints.mast3r', '', 'DUNE-MASt3R decoder checkpoint (.pth): matching and pose'),
+    Setting('input.size', 0, 'model input size in pixels (0 = from the REALM checkpoint)', int_range=(0, 2016)),
+    Setting('input.mode', 'auto', 'fit the sensor to the model input: crop+resize, pad, 4 corner tiles, or auto',
+              runtime=True, choices=('auto', 'crop', 'pad', 'tile')),
+    Setting('voxel.normalization', '', "voxel grid normalisation ('' = the checkpoint's)", runtime=True,
+              choices=('', 'dsec', 'e2vid', 'none')),
+    # heads
+    Setting('heads.depth', True, 'publish ~/depth, ~/depth/color, ~/depth/camera_info', runtime=True),
+    Setting('heads.semantic', True, 'publish ~/semantic and ~/semantic/color', runtime=True),
+    Setting('heads.points', True, 'publish ~/points (needs heads.depth)', runtime=True),
+    Setting('heads.pose', True, 'publish ~/pose and ~/matches', runtime=True),
+    Setting('depth.color_min_m', 1.0, 'near end of the depth colour map (m)', runtime=True,
+              float_range=(0.01, 1000.0)),
+    Setting('depth.color_max_m', 81.0, 'far end of the depth colour map (m)', runtime=True,
+              float_range=(0.02, 10000.0)),
+    Setting('points.stride', 2, 'use every n-th depth pixel in x and y for ~/points', runtime=True,
+              int_range=(1, 32)),
+    Setting('points.max_depth_m', 80.0, 'drop points farther than this (m)', runtime=True,
+              float_range=(0.1, 10000.0)),
+    # pose / keyframes
+    Setting('keyframe.source', 'events', 'keyframes from earlier event windows or from the RGB image topic',
+              choices=('events', 'image')),
+    Setting('keyframe.min_inliers', 30, 'fewer PnP inliers make the current view a keyframe', runtime=True,
+              int_range=(4, 100_000)),
+    Setting('keyframe.max_translation_m', 0.5, 'camera motion (m) since the keyframe that triggers a new one',
+              runtime=True, float_range=(0.001, 1000.0)),
+    Setting('keyframe.max_rotation_deg', 15.0, 'camera rotation since the keyframe that triggers a new one',
+              runtime=True, float_range=(0.1, 180.0)),
+    Setting('keyframe.max_failures', 3, 'consecutive rejected pose estimates that trigger a new keyframe',
+              runtime=True, int_range=(1, 1000)),
+    Setting('keyframe.min_interval_s', 0.0, 'no automatic new keyframe sooner than this', runtime=True,
+              float_range=(0.0, 3600.0)),
+    Setting('pose.frame', 'keyframe', "~/pose relative to the keyframe, or chained in 'pose.fixed_frame'",
+              runtime=True, choices=('keyframe', 'fixed')),
+    Setting('pose.fixed_frame', 'odom', 'frame_id of ~/pose when pose.frame is fixed', runtime=True),
+    Setting('matches.max_drawn', 200, 'matches drawn on ~/matches', runtime=True, int_range=(0, 100_000)),
+    Setting('matches.subsample', 8, 'seed grid pitch (px) of the reciprocal matching (MASt3R: 8)', runtime=True,
+              int_range=(1, 64)),
+    Setting('pose.reprojection_px', 5.0, 'PnP-RANSAC inlier threshold (model-input pixels)', runtime=True,
+              float_range=(0.1, 100.0)),
+    Setting('pose.ransac_iterations', 1000, 'PnP-RANSAC iterations', runtime=True, int_range=(10, 100_000)),
+    # camera model
+    Setting('camera.fx', 0.0, 'fallback focal length x (px) when no camera_info arrives; 0 = from hfov',
+              runtime=True, float_range=(0.0, 1e6)),
+    Setting('camera.fy', 0.0, 'fallback focal length y (px); 0 = camera.fx', runtime=True,
+              float_range=(0.0, 1e6)),
+    Setting('camera.cx', -1.0, 'fallback principal point x (px); < 0 = image centre', runtime=True,
+              float_range=(-1.0, 1e5)),
+    Setting('camera.cy', -1.0, 'fallback principal point y (px); < 0 = image centre', runtime=True,
+              float_range=(-1.0, 1e5)),
+    Setting('camera.fallback_hfov_deg', 70.0, 'horizontal field of view for fallback intrinsics', runtime=True,
+              float_range=(1.0, 179.0)),
+    # robustness
+    Setting('memory_hold.timeout_s', 0.5, 'republish the last outputs when no new window came for this long',
+              runtime=True, float_range=(0.01, 60.0)),
+    Setting('time_jump.backward_s', 0.5, 'a packet stamp this much older than the previous one resets the stream '
+              '(bag restart, sim time)', runtime=True, float_range=(0.0, 3600.0)),
+    Setting('time_jump.forward_s', 30.0, 'a packet stamp this much newer than the previous one resets the stream',
+              runtime=True, float_range=(0.1, 1e6)),
+    Setting('events.time_mode', 'smoothed', 'event time -> ROS time: smoothed header offset, per-packet header '
+              'offset, or raw sensor time', choices=('smoothed', 'header', 'sensor')),
+    Setting('events.max_packet_span_s', 1.0, 'packets whose events lie farther than this from the packet stamp '
+              'are rejected as corrupt (the decoder restarts)', runtime=True, float_range=(0.001, 3600.0)),
+    Setting('max_sensor_size', 8192, 'packets claiming a larger width or height are rejected as malformed',
+              int_range=(1, 65535)),
+    # QoS and diagnostics
+    Setting('qos.output', 'reliable', 'QoS of the outputs', choices=QOS_NAMES),
+    Setting('qos.output_depth', 5, 'queue depth of the outputs', int_range=(1, 1000)),
+    Setting('qos.events_depth', 1000, 'queue depth of the events subscription (best effort)',
+              int_range=(1, 100_000)),
+    Setting('diagnostics.period_s', 1.0, 'period of /diagnostics', float_range=(0.05, 60.0)),
+    # real time: workers and their CPU share
+    Setting('inference.threads', 0, 'torch threads of each inference worker (0: 1 per worker on CPU, so the dense and '
+            'the pose worker each use one core; the default of torch on CUDA)', int_range=(0, 256)),
+    Setting('inference.nice', 10, 'CPU niceness of the inference threads (0-19; > 0 keeps event intake and DDS ahead '
+            'of inference on a loaded CPU, so packets are never lost to a busy model)', int_range=(0, 19)),
+    Setting('pose.decoupled', True, 'run matching + pose in their own worker on the newest tokens (dense outputs never '
+            'wait for pose); false: pose runs after the dense heads of the same window'),
+    # stream identity
+    Setting('stream.change_window', 20, 'packets looked at to confirm a change of encoding / resolution: an odd packet '
+            'is a bad packet, a sustained change restarts the stream', runtime=True, int_range=(1, 10_000)),
+    Setting('stream.change_fraction', 0.8, 'share of the last stream.change_window packets that must carry the new '
+            'encoding / resolution before the stream changes', runtime=True, float_range=(0.5, 1.0)),
+    Setting('time_jump.confirm_packets', 3, 'consecutive packets that must agree on a jumped time line before the '
+            'stream resets (an isolated packet with an odd stamp is dropped)', runtime=True, int_range=(1, 1000)),
+    # TF, odometry and trajectory
+    Setting('tf.publish', True, 'publish the TF pose.fixed_frame -> tf.child_frame while tracking', runtime=True),
+    Setting('tf.child_frame', '', 'child frame of the published TF and odometry; empty = the output frame_id',
+            runtime=True),
+    Setting('odometry.publish', True, 'publish nav_msgs/Odometry on ~/odometry (pose in pose.fixed_frame)',
+            runtime=True),
+    Setting('path.publish', True, 'publish the trajectory as nav_msgs/Path on ~/path', runtime=True),
+    Setting('path.max_poses', 2000, 'poses kept in ~/path', runtime=True, int_range=(1, 1_000_000)),
+)
+
+SETTING_BY_NAME: Dict[str, Setting] = {s.name: s for s in PERCEPTION_SETTINGS}
+
+
+def defaults() -> Dict[str, Any]:
+    """Every setting's default value by name."""
+    return {s.name: s.default for s in PERCEPTION_SETTINGS}
+
+
+def validate(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """Defaults overlaid with ``values``; raises ``ValueError`` naming the first unknown or invalid setting."""
+    out = defaults()
+    for name, value in values.items():
+        setting = SETTING_BY_NAME.get(name)
+        if setting is None:
+            raise ValueError(f'unknown setting {name!r}')
+        problem = setting.check(value)
+        if problem:
+            raise ValueError(problem)
+        out[name] = float(value) if setting.type is float else value
+    if out['window.count'] > out['buffer.max_events']:
+        raise ValueError(f'window.count {out["window.count"]} exceeds buffer.max_events {out["buffer.max_events"]}')
+    return out
+
+
+def resolve_path(value: str) -> str:
+    """Expand ``~`` and environment variables; ``package://<pkg>/<rest>`` -> ``<share of pkg>/<rest>`` (for
+    realm_ros also the source checkout when the package is not installed)."""
+    if not value:
+        return value
+    if value.startswith('package://'):
+        pkg, _, rest = value[len('package://'):].partition('/')
+        try:
+            from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+            try:
+                return os.path.join(get_package_share_directory(pkg), rest)
+            except PackageNotFoundError:
+                if pkg != 'realm_ros':
+                    raise ValueError(f'{value}: package {pkg!r} not found') from None
+        except ImportError:
+            if pkg != 'realm_ros':
+                raise ValueError(f'{value}: ament_index_python is needed to resolve package:// paths') from None
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), rest)
+    return os.path.expandvars(os.path.expanduser(value))
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# settings -> the configuration objects of the ROS-free core (the node passes its parameter getter)
+
+Getter = Callable[[str], Any]
+WINDOW_SETTINGS = ('window.mode', 'window.count', 'window.duration_ms', 'window.min_events')
+STREAM_FIELDS = {'max_sensor_size': 'max_sensor_size', 'events.time_mode': 'time_mode',
+                 'time_jump.backward_s': 'time_jump_backward_s', 'time_jump.forward_s': 'time_jump_forward_s',
+                 'events.max_packet_span_s': 'max_packet_span_s', 'stream.change_window': 'change_window',
+                 'stream.change_fraction': 'change_fraction', 'time_jump.confirm_packets': 'confirm_packets'}
+
+
+def _overlay(get: Getter, pending: Optional[Mapping[str, Any]]) -> Getter:
+    pending = pending or {}
+    return lambda name: pending[name] if name in pending else get(name)
+
+
+def stream_settings(get: Getter, pending: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Keyword arguments of :class:`realm_ros.pipeline.stream.StreamSettings`."""
+    p = _overlay(get, pending)
+    return {field: p(name) for name, field in STREAM_FIELDS.items()}
+
+
+def window_settings(get: Getter, pending: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Keyword arguments of :meth:`realm_ros.pipeline.windows.WindowScheduler.configure`."""
+    p = _overlay(get, pending)
+    return dict(mode=p('window.mode'), count=int(p('window.count')),
+                duration_ns=int(round(float(p('window.duration_ms')) * 1e6)), min_events=int(p('window.min_events')))
+
+
+def pipeline_runtime_settings(get: Getter, pending: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The runtime fields of :class:`realm_ros.pipeline.core.PipelineConfig`."""
+    p = _overlay(get, pending)
+    return dict(heads=tuple(h for h in ('depth', 'semantic', 'points', 'pose') if p(f'heads.{h}')),
+                spatial_mode=p('input.mode'), normalization=p('voxel.normalization'),
+                depth_color_range=(float(p('depth.color_min_m')), float(p('depth.color_max_m'))),
+                points_stride=int(p('points.stride')), points_max_depth=float(p('points.max_depth_m')),
+                keyframe_min_inliers=int(p('keyframe.min_inliers')),
+                keyframe_max_translation=float(p('keyframe.max_translation_m')),
+                keyframe_max_rotation_deg=float(p('keyframe.max_rotation_deg')),
+                keyframe_max_failures=int(p('keyframe.max_failures')),
+                keyframe_min_interval_s=float(p('keyframe.min_interval_s')), pose_frame=p('pose.frame'),
+                max_matches_drawn=int(p('matches.max_drawn')), match_subsample=int(p('matches.subsample')),
+                pnp_reprojection_px=float(p('pose.reprojection_px')), pnp_iterations=int(p('pose.ransac_iterations')))
+
+
+def fallback_intrinsics(get: Getter, width: int, height: int) -> Any:
+    """3x3 K of a sensor without camera_info: ``camera.fx/fy/cx/cy`` where set, else from the field of view and the
+    image centre."""
+    import numpy as np
+    fx = float(get('camera.fx')) or 0.5 * width / np.tan(np.radians(float(get('camera.fallback_hfov_deg'))) / 2)
+    fy = float(get('camera.fy')) or fx
+    cx, cy = float(get('camera.cx')), float(get('camera.cy'))
+    return np.array([[fx, 0, (width - 1) / 2 if cx < 0 else cx], [0, fy, (height - 1) / 2 if cy < 0 else cy],
+                     [0, 0, 1.0]])
