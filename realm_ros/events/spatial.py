@@ -113,14 +113,15 @@ class SpatialPlan:
         return torch.stack([padded[:, oy:oy + s, ox:ox + s] for oy, ox in self.tiles], 0).contiguous()
 
     # ---------------------------------------------------------------------------------------------- inverse
-    def to_sensor(self, pred: Any, interp: str = 'bilinear') -> Any:
-        """(N, K, size, size) predictions -> (K, H, W) in sensor pixels.
+    def sensor_region(self) -> Tuple[slice, slice]:
+        """(rows, cols) slices of the sensor pixels that the model inputs see (the crop square; else everything)."""
+        if self.mode == 'crop':
+            s = self.crop_side
+            return slice(self.crop_top, self.crop_top + s), slice(self.crop_left, self.crop_left + s)
+        return slice(0, self.height), slice(0, self.width)
 
-        ``interp`` ('bilinear' | 'nearest') is used where the crop mode resizes (use 'nearest' for label maps, or
-        better map logits). Crop: NaN outside the crop. Tile: overlaps averaged with the tile-count mask.
-        """
+    def _check_pred(self, pred: Any) -> Any:
         import torch
-        import torch.nn.functional as F
 
         if not isinstance(pred, torch.Tensor):
             pred = torch.as_tensor(pred)
@@ -129,6 +130,18 @@ class SpatialPlan:
         if pred.dim() != 4 or pred.shape[0] != self.num_inputs or tuple(pred.shape[2:]) != (self.size, self.size):
             raise ValueError(f'expected ({self.num_inputs}, K, {self.size}, {self.size}) predictions, got '
                              f'{tuple(pred.shape)}')
+        return pred
+
+    def to_sensor_region(self, pred: Any, interp: str = 'bilinear') -> Any:
+        """(N, K, size, size) predictions -> (K, h, w) values of the sensor pixels in :meth:`sensor_region`.
+
+        The same numbers as ``to_sensor(pred, interp)[:, rows, cols]`` without building (and NaN-filling) the
+        full sensor-sized tensor: crop mode resizes to the crop square only; pad mode returns a view of ``pred``.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        pred = self._check_pred(pred)
         k = pred.shape[1]
         if self.mode == 'crop':
             s = self.crop_side
@@ -136,9 +149,7 @@ class SpatialPlan:
             if s != self.size:
                 kw = {'align_corners': False} if interp != 'nearest' else {}
                 src = F.interpolate(src, size=(s, s), mode=interp, **kw)
-            out = torch.full((k, self.height, self.width), float('nan'), dtype=torch.float32, device=pred.device)
-            out[:, self.crop_top:self.crop_top + s, self.crop_left:self.crop_left + s] = src[0]
-            return out
+            return src[0]
         pt, pb, pl, pr = self.pad
         if self.mode == 'pad':
             return pred[0, :, pt:pt + self.height, pl:pl + self.width]
@@ -151,6 +162,23 @@ class SpatialPlan:
             cnt[:, oy:oy + s, ox:ox + s] += 1.0
         out = acc / cnt
         return out[:, pt:pt + self.height, pl:pl + self.width]
+
+    def to_sensor(self, pred: Any, interp: str = 'bilinear') -> Any:
+        """(N, K, size, size) predictions -> (K, H, W) in sensor pixels.
+
+        ``interp`` ('bilinear' | 'nearest') is used where the crop mode resizes (use 'nearest' for label maps, or
+        better map logits). Crop: NaN outside the crop. Tile: overlaps averaged with the tile-count mask.
+        """
+        import torch
+
+        region = self.to_sensor_region(pred, interp)
+        if self.mode != 'crop':
+            return region
+        rows, cols = self.sensor_region()
+        out = torch.full((region.shape[0], self.height, self.width), float('nan'), dtype=torch.float32,
+                         device=region.device)
+        out[:, rows, cols] = region
+        return out
 
     def coverage(self) -> np.ndarray:
         """(H, W) bool: sensor pixels that the model inputs see."""
@@ -218,6 +246,14 @@ class PreparedInput:
     def to_sensor(self, pred: Any, interp: str = 'bilinear') -> Any:
         """See ``SpatialPlan.to_sensor``."""
         return self.plan.to_sensor(pred, interp)
+
+    def to_sensor_region(self, pred: Any, interp: str = 'bilinear') -> Any:
+        """See ``SpatialPlan.to_sensor_region``."""
+        return self.plan.to_sensor_region(pred, interp)
+
+    def sensor_region(self) -> Tuple[slice, slice]:
+        """See ``SpatialPlan.sensor_region``."""
+        return self.plan.sensor_region()
 
     def model_intrinsics(self, K_sensor: Any) -> List[np.ndarray]:
         """See ``SpatialPlan.model_intrinsics``."""

@@ -64,7 +64,7 @@ def colorize_segmentation(ids: np.ndarray, palette: np.ndarray = DSEC_PALETTE) -
     lut[:len(palette)] = palette
     if ids.dtype != np.uint8:
         ids = np.where((ids >= 0) & (ids < 256), ids, 255).astype(np.uint8)
-    return lut[ids]
+    return np.take(lut, ids, axis=0)
 
 
 def tokens_to_grid(tokens: torch.Tensor, grid_hw: Tuple[int, int]) -> torch.Tensor:

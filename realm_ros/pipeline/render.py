@@ -17,19 +17,78 @@ def colorize_depth(depth: np.ndarray, min_depth: float, max_depth: float) -> np.
     """Turbo colour map of a metric depth image on a log scale: near = red, far = blue, NaN = black.
 
     Args:
-        depth: (H, W) float32 metres, NaN = invalid.
+        depth: (H, W) float32 metres, NaN = invalid (any shape works: the map is per pixel).
         min_depth, max_depth: metres mapped to the two ends of the colour map (values outside are clipped).
     """
     if not (0 < min_depth < max_depth):
         raise ValueError(f'depth colour range must satisfy 0 < min < max, got {min_depth}, {max_depth}')
     depth = np.asarray(depth, dtype=np.float32)
-    valid = np.isfinite(depth) & (depth > 0)
-    logd = np.log(np.clip(np.where(valid, depth, min_depth), min_depth, max_depth))
-    u = (np.log(max_depth) - logd) / (np.log(max_depth) - np.log(min_depth))     # 1 = near
-    u8 = np.round(u * 255).astype(np.uint8)
-    bgr = cv2.applyColorMap(u8, cv2.COLORMAP_TURBO)
-    bgr[~valid] = INVALID_BGR
-    return bgr
+    shape = depth.shape
+    depth = depth.reshape(1, -1) if depth.ndim != 2 else depth
+    valid = np.isfinite(depth)
+    np.greater(depth, 0, out=valid, where=valid)
+    # the numbers of the plain expression, with fewer temporaries:
+    # u = (log(max) - log(clip(where(valid, d, min), min, max))) / (log(max) - log(min)); u8 = round(u * 255)
+    logd = np.where(valid, depth, np.float32(min_depth))
+    np.clip(logd, min_depth, max_depth, out=logd)
+    np.log(logd, out=logd)
+    u = np.log(max_depth) - logd
+    u /= np.log(max_depth) - np.log(min_depth)
+    u *= 255
+    np.round(u, out=u)
+    bgr = cv2.applyColorMap(u.astype(np.uint8), cv2.COLORMAP_TURBO)
+    if not valid.all():
+        bgr[~valid] = INVALID_BGR
+    return bgr.reshape(shape + (3,))
+
+
+def label_lut_bgr(palette: Optional[np.ndarray] = None) -> np.ndarray:
+    """(256, 1, 3) uint8 BGR lookup table of class ids (``palette`` RGB rows; ids beyond it black, 255 = none)."""
+    if palette is None:
+        from realm_ros.models.heads import DSEC_PALETTE as palette
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    key = palette.tobytes()
+    lut = _LABEL_LUTS.get(key)
+    if lut is None:
+        if len(palette) > 255:
+            raise ValueError(f'a label palette holds at most 255 classes (255 = none), got {len(palette)}')
+        lut = np.zeros((256, 1, 3), dtype=np.uint8)
+        lut[:len(palette), 0] = palette[:, ::-1]
+        lut.setflags(write=False)
+        _LABEL_LUTS[key] = lut
+    return lut
+
+
+_LABEL_LUTS: dict = {}
+
+
+def colorize_labels(labels: np.ndarray, palette: Optional[np.ndarray] = None,
+                    out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Class-id image (H, W) uint8 -> BGR (H, W, 3) uint8 by table lookup; ids beyond the palette (255) black.
+
+    Same pixels as ``colorize_segmentation(labels)[..., ::-1]``; ``out`` (H, W, 3) uint8 is written if given.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype != np.uint8 or labels.ndim != 2:
+        raise ValueError(f'labels must be a (H, W) uint8 image, got {labels.shape} {labels.dtype}')
+    lut = label_lut_bgr(palette)
+    if out is not None and (out.shape != labels.shape + (3,) or out.dtype != np.uint8):
+        raise ValueError(f'out must be a {labels.shape + (3,)} uint8 array, got {out.shape} {out.dtype}')
+    if labels.size == 0:
+        return np.zeros(labels.shape + (3,), np.uint8) if out is None else out
+    if out is None:
+        return cv2.applyColorMap(np.ascontiguousarray(labels), lut)
+    if out.flags.c_contiguous:
+        cv2.applyColorMap(np.ascontiguousarray(labels), lut, dst=out)
+    else:
+        out[...] = cv2.applyColorMap(np.ascontiguousarray(labels), lut)
+    return out
+
+
+def label_rgb(labels: np.ndarray, palette: Optional[np.ndarray] = None) -> np.ndarray:
+    """Class ids (any shape, uint8) -> RGB (..., 3) uint8 (ids beyond the palette black): point-cloud colours."""
+    lut = label_lut_bgr(palette)[:, 0, ::-1]
+    return np.take(lut, np.asarray(labels, dtype=np.uint8), axis=0)
 
 
 def event_frame(x: np.ndarray, y: np.ndarray, p: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -98,13 +157,23 @@ def backproject_depth(depth: np.ndarray, K: np.ndarray, stride: int = 1,
     if stride < 1:
         raise ValueError(f'point stride must be >= 1, got {stride}')
     K = np.asarray(K, dtype=np.float64).reshape(3, 3)
-    d = np.asarray(depth, dtype=np.float32)[::stride, ::stride]
-    rows = np.arange(0, depth.shape[0], stride)
-    cols = np.arange(0, depth.shape[1], stride)
-    valid = np.isfinite(d) & (d > 0) & (d <= max_depth)
-    vi, ui = np.nonzero(valid)
-    v, u, z = rows[vi], cols[ui], d[vi, ui].astype(np.float64)
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise ValueError(f'depth must be an (H, W) image, got shape {depth.shape}')
+    d = np.ascontiguousarray(depth[::stride, ::stride], dtype=np.float32)
+    valid = d > 0                                                   # False for NaN
+    if max_depth == float('inf'):
+        np.less(d, np.inf, out=valid, where=valid)
+    else:
+        np.less_equal(d, max_depth, out=valid, where=valid)         # also drops +inf
+    idx = np.flatnonzero(valid)
+    vi, ui = np.divmod(idx, d.shape[1])
+    v, u = vi * stride, ui * stride
+    z = d.ravel()[idx].astype(np.float64)
     yn = (v - K[1, 2]) / K[1, 1]
     xn = (u - K[0, 2] - K[0, 1] * yn) / K[0, 0]
-    x, y = xn * z, yn * z
-    return np.stack([x, y, z], axis=1).astype(np.float32), v, u
+    xyz = np.empty((len(idx), 3), np.float32)
+    np.multiply(xn, z, out=xyz[:, 0], casting='same_kind')
+    np.multiply(yn, z, out=xyz[:, 1], casting='same_kind')
+    xyz[:, 2] = z
+    return xyz, v, u

@@ -82,6 +82,30 @@ def test_model_intrinsics_agree_with_pixel_mapping(mode, h, w):
         np.testing.assert_allclose(vb, v, atol=1e-9)
 
 
+@pytest.mark.parametrize('mode,h,w,size', [('crop', 480, 640, 448), ('crop', 260, 346, 448), ('crop', 720, 1280, 224),
+                                           ('crop', 640, 480, 448), ('pad', 260, 346, 448), ('tile', 480, 640, 448),
+                                           ('tile', 720, 1280, 448), ('tile', 260, 346, 448)])
+def test_sensor_region_values_equal_the_full_mapping(mode, h, w, size):
+    plan = SpatialPlan.create(h, w, size, mode)
+    rows, cols = plan.sensor_region()
+    cover = plan.coverage()
+    assert cover[rows, cols].all() and cover.sum() == (rows.stop - rows.start) * (cols.stop - cols.start)
+    pred = torch.randn(plan.num_inputs, 3, size, size, generator=torch.Generator().manual_seed(h + w))
+    full = plan.to_sensor(pred)
+    region = plan.to_sensor_region(pred)
+    assert region.shape == (3, rows.stop - rows.start, cols.stop - cols.start)
+    assert torch.equal(region, full[:, rows, cols])              # bit-identical, not just close
+    outside = torch.ones(h, w, dtype=torch.bool)
+    outside[rows, cols] = False
+    assert torch.isnan(full[:, outside]).all()
+    prep = prepare_input(torch.zeros(1, h, w), size, mode)
+    assert prep.sensor_region() == (rows, cols)
+    one = pred[:, 1:2].contiguous()        # (torch's resize may round differently for another channel count)
+    assert torch.equal(prep.to_sensor_region(one), prep.to_sensor(one)[:, rows, cols])
+    with pytest.raises(ValueError, match='predictions'):
+        plan.to_sensor_region(torch.zeros(plan.num_inputs + 1, 1, size, size))
+
+
 def test_bad_inputs_are_rejected_with_clear_errors():
     with pytest.raises(ValueError, match='mode'):
         prepare_input(torch.zeros(5, 10, 10), 448, 'stretch')

@@ -1,0 +1,228 @@
+"""Dense outputs of one window, fast: depth, semantic labels, their colour images and the point cloud (ROS-free).
+
+The heads run on the model input (``size`` x ``size``, one or more tiles) and their predictions are mapped back to
+the sensor with the window's :class:`~realm_ros.events.spatial.PreparedInput`. The numbers are the ones of the plain
+expressions (``prep.to_sensor`` over the whole sensor, NaN masks, ``argmax`` over the class axis, fancy-index colour
+lookups); only the work is cheaper:
+
+* values are mapped to the part of the sensor the model sees (:meth:`~realm_ros.events.spatial.SpatialPlan.
+  to_sensor_region`; the crop square) instead of a NaN-filled full-size tensor;
+* the class argmax is a running maximum over the class planes in cache-sized row chunks (ties: the lowest class id,
+  as ``torch.argmax``); a pixel gets 255 where any class logit is not finite (checked once on the model-resolution
+  logits: bounded finite logits stay finite through bilinear resizing and tile averaging, anything else takes the
+  explicit per-pixel check);
+* colour images are table lookups (:func:`~realm_ros.pipeline.render.colorize_labels`) and the depth colour map is
+  evaluated only where the model sees the scene.
+
+Typical use (inside ``torch.inference_mode()``; ``tokens`` = the encoder output of ``prep.tensor``, possibly with
+extra views after the first ``prep.plan.num_inputs``)::
+
+    depth = run_depth(depth_head, tokens, grid, prep, size)                    # (H, W) float32 m, NaN invalid
+    depth_bgr = colorize_depth_region(depth, 1.0, 81.0, prep)                 # (H, W, 3) uint8 BGR
+    labels = run_semantic(encoder, projector, seg_head, tokens, grid, prep, size, bridge)   # (H, W) uint8
+    labels_bgr = render.colorize_labels(labels)                                # (H, W, 3) uint8 BGR
+    xyz, rgb = point_cloud(depth, K, stride, max_depth, labels=labels)
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, ContextManager, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from . import render
+
+IGNORE_LABEL = 255
+#: model-resolution logits bounded by this stay finite through bilinear resizing and tile averaging
+FINITE_BOUND = 1e30
+#: elements per class plane processed at once by :func:`argmax_channels` (keeps the running maximum in cache)
+CHUNK_ELEMENTS = 1 << 18
+
+Autocast = Optional[Callable[[], ContextManager[Any]]]
+
+
+def _ctx(autocast: Autocast) -> ContextManager[Any]:
+    return autocast() if autocast is not None else contextlib.nullcontext()
+
+
+def _dense_count(prep: Any, n: Optional[int]) -> int:
+    count = int(prep.plan.num_inputs)
+    if n is not None and int(n) != count:
+        raise ValueError(f'n={n} dense views given, the spatial plan has {count}')
+    return count
+
+
+def _head_view(tokens: Dict[str, Any], n: int) -> Dict[str, Any]:
+    """The first ``n`` views of an encoder output dictionary (per-view ops give the same numbers on a slice)."""
+    return {k: (v[:n] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in tokens.items()}
+
+
+# ------------------------------------------------------------------------------------------------------ depth
+def depth_to_sensor(depth_model: torch.Tensor, prep: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """(N, 1, size, size) model-input depth -> (H, W) float32 metres, NaN where invalid or unseen.
+
+    Same numbers as ``d = prep.to_sensor(depth_model.float())[0]`` with non-finite and non-positive values set to
+    NaN. ``out`` (H, W) float32 is filled if given (else a new array).
+    """
+    plan = prep.plan
+    region = plan.to_sensor_region(depth_model.float())
+    if region.shape[0] != 1:
+        raise ValueError(f'depth predictions must have one channel, got {tuple(depth_model.shape)}')
+    shape = (plan.height, plan.width)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f'out must be a {shape} float32 array, got {out.shape} {out.dtype}')
+    rows, cols = plan.sensor_region()
+    if plan.mode == 'crop':
+        out.fill(np.nan)
+    dst = out[rows, cols]
+    np.copyto(dst, region[0].detach().cpu().numpy())
+    good = dst > 0                     # False for NaN
+    np.less(dst, np.inf, out=good, where=good)
+    if not good.all():
+        np.copyto(dst, np.float32(np.nan), where=~good)
+    return out
+
+
+def run_depth(depth_head: Any, tokens: Dict[str, Any], grid: Tuple[int, int], prep: Any, size: Tuple[int, int],
+              n: Optional[int] = None, autocast: Autocast = None, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Depth head on the dense views of ``tokens`` -> (H, W) float32 metres, NaN invalid (see :func:`depth_to_sensor`).
+
+    Args:
+        depth_head: :class:`~realm_ros.models.DepthBinsHead` (reads normed tokens).
+        tokens: encoder output dictionary of ``prep.tensor`` (extra views after ``prep.plan.num_inputs`` ignored).
+        grid: token grid (rows, cols). size: model input (size, size). n: dense views (default and only valid
+            value: ``prep.plan.num_inputs``). autocast: context factory the head runs under (e.g. bf16 on CUDA).
+    """
+    n = _dense_count(prep, n)
+    with _ctx(autocast):
+        d = depth_head(tokens['x_norm_patchtokens'][:n], tokens['x_norm_clstoken'][:n], grid, out_size=size)
+    return depth_to_sensor(d, prep, out=out)
+
+
+def colorize_depth_region(depth: np.ndarray, min_depth: float, max_depth: float, prep: Any = None,
+                          out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``render.colorize_depth`` of a sensor depth image, evaluated only inside ``prep``'s sensor region (the rest
+    is NaN there and black in the picture). Same pixels as the full-image call."""
+    if prep is None:
+        return render.colorize_depth(depth, min_depth, max_depth)
+    rows, cols = prep.plan.sensor_region()
+    shape = depth.shape + (3,)
+    if out is None:
+        out = np.zeros(shape, np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f'out must be a {shape} uint8 array, got {out.shape} {out.dtype}')
+    else:
+        out.fill(0)
+    out[rows, cols] = render.colorize_depth(depth[rows, cols], min_depth, max_depth)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ semantic
+def argmax_channels(values: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Index of the largest value along axis 0 of (K, h, w) float values, as uint8 (K <= 255).
+
+    Same result as ``torch.argmax(dim=0)`` / ``np.argmax(axis=0)`` for finite values (ties: the lowest index); a
+    running maximum over the K planes, ``CHUNK_ELEMENTS`` pixels at a time. ``out`` (h, w) uint8 may be a view.
+    """
+    if values.ndim != 3:
+        raise ValueError(f'expected (K, h, w) values, got shape {values.shape}')
+    k, h, w = values.shape
+    if not 1 <= k <= 255:
+        raise ValueError(f'argmax_channels handles 1..255 classes, got {k}')
+    if out is None:
+        out = np.empty((h, w), np.uint8)
+    elif out.shape != (h, w) or out.dtype != np.uint8:
+        raise ValueError(f'out must be a ({h}, {w}) uint8 array, got {out.shape} {out.dtype}')
+    if h == 0 or w == 0:
+        return out
+    step = max(1, CHUNK_ELEMENTS // w)
+    best_buf = np.empty((min(step, h), w), values.dtype)
+    mask_buf = np.empty((min(step, h), w), bool)
+    for r0 in range(0, h, step):
+        r1 = min(h, r0 + step)
+        best, mask, dst = best_buf[:r1 - r0], mask_buf[:r1 - r0], out[r0:r1]
+        np.copyto(best, values[0, r0:r1])
+        dst.fill(0)
+        for c in range(1, k):
+            plane = values[c, r0:r1]
+            np.greater(plane, best, out=mask)
+            np.maximum(best, plane, out=best)
+            np.copyto(dst, np.uint8(c), where=mask)
+    return out
+
+
+def labels_to_sensor(logits_model: torch.Tensor, prep: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """(N, K, size, size) model-input class logits -> (H, W) uint8 labels (255 = unseen / non-finite logits).
+
+    Same labels as ``argmax`` over the class axis of ``prep.to_sensor(logits_model.float())`` with 255 where any
+    class value is not finite. ``out`` (H, W) uint8 is filled if given.
+    """
+    plan = prep.plan
+    x = logits_model.float()
+    if x.dim() != 4 or x.shape[1] > 255:
+        raise ValueError(f'expected (N, K <= 255, size, size) logits, got {tuple(x.shape)}')
+    shape = (plan.height, plan.width)
+    if out is None:
+        out = np.empty(shape, np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f'out must be a {shape} uint8 array, got {out.shape} {out.dtype}')
+    lo, hi = torch.aminmax(x)
+    bounded = bool(torch.isfinite(lo) & torch.isfinite(hi)) and max(-float(lo), float(hi)) < FINITE_BOUND
+    region = plan.to_sensor_region(x)
+    rows, cols = plan.sensor_region()
+    if plan.mode == 'crop':
+        out.fill(IGNORE_LABEL)
+    dst = out[rows, cols]
+    if region.device.type == 'cpu':
+        values = region.detach().numpy()
+        argmax_channels(values, out=dst)
+        if not bounded:
+            np.copyto(dst, np.uint8(IGNORE_LABEL), where=~np.isfinite(values).all(axis=0))
+    else:
+        labels = region.argmax(dim=0).to(torch.uint8)
+        if not bounded:
+            labels[~torch.isfinite(region).all(dim=0)] = IGNORE_LABEL
+        np.copyto(dst, labels.cpu().numpy())
+    return out
+
+
+def run_semantic(encoder: Any, projector: Any, seg_head: Any, tokens: Dict[str, Any], grid: Tuple[int, int],
+                 prep: Any, size: Tuple[int, int], bridge: str, n: Optional[int] = None, autocast: Autocast = None,
+                 out: Optional[np.ndarray] = None) -> np.ndarray:
+    """DINOv2 projector + segmentation head on the dense views -> (H, W) uint8 class ids (255 = none).
+
+    Args:
+        encoder: the REALM encoder (its ``head_tokens(tokens, bridge)`` builds the projector input).
+        projector: :class:`~realm_ros.models.DinoV2Projector`. seg_head: :class:`~realm_ros.models.SegmentationHead`.
+        tokens, grid, prep, size, n, autocast: as :func:`run_depth`. bridge: token bridge name.
+    """
+    n = _dense_count(prep, n)
+    with _ctx(autocast):
+        proj_in = encoder.head_tokens(_head_view(tokens, n), bridge)
+        _, feat = projector(proj_in, grid)
+        logits = seg_head(feat, out_size=size)
+    return labels_to_sensor(logits, prep, out=out)
+
+
+# ------------------------------------------------------------------------------------------------------ points
+def point_cloud(depth: np.ndarray, K: np.ndarray, stride: int, max_depth: float,
+                labels: Optional[np.ndarray] = None, depth_color: Optional[np.ndarray] = None,
+                depth_range: Tuple[float, float] = (1.0, 81.0),
+                palette: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Every ``stride``-th valid depth pixel as a 3D point (optical frame) with its colour.
+
+    Returns ``(xyz (N, 3) float32, rgb (N, 3) uint8)``. Colour: the class colour of ``labels`` if given, else the
+    pixel of ``depth_color`` (BGR image) if given, else the depth colour map of the point's depth over
+    ``depth_range`` - the same colours as looking the points up in the corresponding BGR image.
+    """
+    xyz, rows, cols = render.backproject_depth(depth, K, stride, max_depth)
+    if labels is not None:
+        rgb = render.label_rgb(labels[rows, cols], palette)
+    elif depth_color is not None:
+        rgb = depth_color[rows, cols, ::-1]
+    else:
+        rgb = render.colorize_depth(depth[rows, cols], *depth_range)[:, ::-1]
+    return xyz, np.ascontiguousarray(rgb)
