@@ -1,0 +1,216 @@
+"""PipelineRunner: dense outputs never wait for pose, pose works on the newest tokens, memory hold, stream restarts,
+errors, and a stop that never waits for a long inference.
+
+The scheduling is tested with a stand-in pipeline whose dense and pose steps take a set time (the real pipeline's
+halves are tested in test_pipeline_core.py); one test runs the real miniature-size pipeline end to end."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from realm_ros.events.types import EventArray
+from realm_ros.pipeline.core import PipelineOutput
+from realm_ros.pipeline.pose_tracker import PoseInput, PoseOutput
+from realm_ros.pipeline.runner import PipelineRunner, set_thread_niceness, torch_threads_for
+from realm_ros.pipeline.stream import EventStream
+
+
+class TimedPipeline:
+    """process_dense takes ``dense_s``, process_pose ``pose_s``; records what it was given."""
+
+    def __init__(self, dense_s=0.01, pose_s=0.01, fail_dense_at=()):
+        self.dense_s, self.pose_s = dense_s, pose_s
+        self.fail_dense_at = set(fail_dense_at)
+        self.dense_calls, self.pose_calls, self.resets = [], [], 0
+        self.pose_started = threading.Event()
+
+    def process_dense(self, events, height, width, K, stamp_ns):
+        self.dense_calls.append(stamp_ns)
+        if len(self.dense_calls) in self.fail_dense_at:
+            raise RuntimeError('boom')
+        time.sleep(self.dense_s)
+        out = PipelineOutput(stamp_ns=stamp_ns, width=width, height=height, K=K, num_events=len(events))
+        return out, PoseInput(stamp_ns, None, None, K, np.zeros((2, 2, 3), np.uint8))
+
+    def process(self, events, height, width, K, stamp_ns):
+        out, inp = self.process_dense(events, height, width, K, stamp_ns)
+        out.pose = self.process_pose(inp).pose
+        return out
+
+    def process_pose(self, inp):
+        self.pose_calls.append(inp.stamp_ns)
+        self.pose_started.set()
+        time.sleep(self.pose_s)
+        return PoseOutput(inp.stamp_ns, pose=None, matches_image=np.zeros((2, 4, 3), np.uint8))
+
+    def reset(self):
+        self.resets += 1
+
+
+class Sink:
+    def __init__(self):
+        self.dense_out, self.pose_out, self.holds = [], [], []
+        self.lock = threading.Lock()
+
+    def dense(self, out, frame_id):
+        with self.lock:
+            self.dense_out.append((time.monotonic(), out.stamp_ns, frame_id))
+
+    def pose(self, out, frame_id):
+        with self.lock:
+            self.pose_out.append((time.monotonic(), out.stamp_ns))
+
+    def hold(self, stamp_ns, reason):
+        self.holds.append((stamp_ns, reason))
+        return bool(self.dense_out)
+
+
+def events(t0_ns, n=2000, dt=1000):
+    rng = np.random.default_rng(t0_ns % 1000)
+    return EventArray.from_arrays(rng.integers(0, 64, n), rng.integers(0, 48, n),
+                                  t0_ns + np.arange(n, dtype=np.int64) * dt, rng.integers(0, 2, n))
+
+
+def make(pipe, decoupled=True, hold_s=10.0):
+    stream = EventStream(window_mode='count', window_count=2000, capacity_events=100_000)
+    stream.key = ('evt3', 64, 48)                    # as if a packet had been decoded
+    sink = Sink()
+    runner = PipelineRunner(pipe, stream, sink, lambda w, h: (np.eye(3), 'fallback'), frame_id=lambda: 'cam',
+                            decoupled=decoupled, nice=0, memory_hold_timeout_s=hold_s)
+    return stream, sink, runner
+
+
+def feed(stream, runner, n_windows, period_s, t0=10**9):
+    for i in range(n_windows):
+        stream.scheduler.push(events(t0 + i * 2_000_000), recv_monotonic_ns=time.monotonic_ns())
+        runner.wake()
+        time.sleep(period_s)
+
+
+def wait(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_dense_outputs_do_not_wait_for_pose_and_pose_takes_the_newest_window():
+    pipe = TimedPipeline(dense_s=0.01, pose_s=0.6)
+    stream, sink, runner = make(pipe)
+    runner.start()
+    try:
+        feed(stream, runner, 20, 0.05)                    # 1 s of windows at 20 Hz
+        assert wait(lambda: len(sink.pose_out) >= 2)
+    finally:
+        assert runner.stop(timeout=2.0)
+    assert len(sink.dense_out) >= 12                      # most windows got dense outputs during the slow pose
+    assert len(pipe.pose_calls) <= 3                      # ~1 s of 0.6 s pose steps
+    assert set(pipe.pose_calls) <= set(pipe.dense_calls)  # each pose keeps the stamp of its window
+    assert pipe.pose_calls[-1] > pipe.pose_calls[0] and pipe.pose_calls[1] >= pipe.dense_calls[5]   # newest
+    d = runner.diagnostics()
+    assert d['pose_inputs_replaced'] >= 5 and d['windows_processed'] == len(sink.dense_out)
+    assert d['dense_rate_hz'] > d['pose_rate_hz'] > 0 and d['dense_latency_ms_p50'] < d['pose_latency_ms_p50']
+
+
+def test_without_decoupling_pose_runs_after_the_dense_heads_of_the_same_window():
+    pipe = TimedPipeline(dense_s=0.01, pose_s=0.2)
+    stream, sink, runner = make(pipe, decoupled=False)
+    runner.start()
+    try:
+        feed(stream, runner, 10, 0.05)
+        assert wait(lambda: len(sink.dense_out) >= 2)
+    finally:
+        runner.stop(timeout=2.0)
+    assert pipe.pose_calls == pipe.dense_calls[:len(pipe.pose_calls)] and len(sink.dense_out) <= 4
+
+
+def test_stop_never_waits_for_a_long_inference_and_discards_its_output():
+    pipe = TimedPipeline(dense_s=0.01, pose_s=3.0)
+    stream, sink, runner = make(pipe)
+    runner.start()
+    feed(stream, runner, 2, 0.05)
+    assert pipe.pose_started.wait(5)
+    t0 = time.monotonic()
+    finished = runner.stop(timeout=0.5)
+    assert time.monotonic() - t0 < 1.0 and not finished      # returned while the pose step still runs
+    time.sleep(3.2)
+    assert sink.pose_out == []                                # computed after the stop: not delivered
+
+
+def test_memory_hold_after_the_timeout_and_for_empty_windows():
+    pipe = TimedPipeline()
+    stream, sink, runner = make(pipe, hold_s=0.2)
+    runner.start()
+    try:
+        feed(stream, runner, 1, 0.0)
+        assert wait(lambda: sink.dense_out)
+        assert wait(lambda: sink.holds, 3.0)
+        stamp, reason = sink.holds[0]
+        assert reason == 'no events' and stamp > sink.dense_out[0][1]
+        assert runner.diagnostics()['memory_hold'] == 'true' and runner.diagnostics()['memory_holds'] >= 1
+    finally:
+        runner.stop()
+
+
+def test_a_stream_restart_resets_the_keyframes_and_drops_stale_pose_inputs():
+    pipe = TimedPipeline(pose_s=0.3)
+    stream, sink, runner = make(pipe)
+    runner.start()
+    try:
+        feed(stream, runner, 3, 0.05)
+        stream.reset('test')
+        stream.key = ('evt3', 64, 48)
+        feed(stream, runner, 1, 0.05, t0=5 * 10**9)
+        assert wait(lambda: pipe.resets == 1 and len(sink.dense_out) >= 2)
+        assert wait(lambda: runner.diagnostics()['pose_inputs_stale'] + len(pipe.pose_calls) >= 2)
+    finally:
+        runner.stop()
+
+
+def test_an_error_in_one_window_is_counted_and_the_worker_goes_on():
+    pipe = TimedPipeline(fail_dense_at={1})
+    stream, sink, runner = make(pipe)
+    runner.start()
+    try:
+        feed(stream, runner, 4, 0.05)
+        assert wait(lambda: len(sink.dense_out) >= 2)
+    finally:
+        runner.stop()
+    d = runner.diagnostics()
+    assert d['processing_errors'] == 1 and d['processing_errors.dense'] == 1 and 'boom' in d['last_error']
+
+
+def test_thread_niceness_and_thread_count():
+    done = {}
+
+    def body():
+        import os
+        done['ok'] = set_thread_niceness(5)
+        done['nice'] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert done['ok'] and done['nice'] >= 5
+    assert torch_threads_for(3, 'cpu', 2) == 3 and torch_threads_for(0, 'cuda', 2) == 0
+    assert torch_threads_for(0, 'cpu', 2) >= 1
+
+
+@pytest.mark.slow
+def test_real_pipeline_in_the_runner(tmp_path):
+    from realm_ros.pipeline import PipelineConfig, RealmPipeline
+    from realm_ros.pipeline.tiny import write_random_tiny_checkpoints
+    ck = write_random_tiny_checkpoints(tmp_path)
+    pipe = RealmPipeline(PipelineConfig(realm_checkpoint=ck['realm'], dune_checkpoint=ck['dune'],
+                                        depth_head_checkpoint=ck['depth_head'], seg_head_checkpoint=ck['seg_head'],
+                                        mast3r_checkpoint=ck['mast3r'], match_subsample=16, pnp_iterations=100))
+    stream, sink, runner = make(pipe)
+    runner.start()
+    try:
+        feed(stream, runner, 6, 0.2)
+        assert wait(lambda: len(sink.pose_out) >= 2 and len(sink.dense_out) >= 3, 60)
+    finally:
+        runner.stop(timeout=5)
+    assert pipe.diagnostics()['keyframes'] >= 1
