@@ -65,7 +65,8 @@ def payload_bytes(payload: Any) -> np.ndarray:
     """
     if isinstance(payload, np.ndarray):
         if payload.dtype == np.uint8 and payload.ndim == 1:
-            return payload
+            # strided input is copied: the kernels are compiled for contiguous arrays only (see warmup)
+            return payload if payload.flags.c_contiguous else np.ascontiguousarray(payload)
         return np.ascontiguousarray(payload).reshape(-1).view(np.uint8)
     if payload is None:
         return np.empty(0, np.uint8)
