@@ -6,6 +6,8 @@
 * :class:`PairSampler` - two frames of one trajectory a random time apart, with both poses (decoder training).
 * :func:`correspondences` - ground-truth pixel correspondences of a frame pair from depth and poses, with an
   occlusion test against the second view's depth.
+* :func:`sample_correspondences` - a training sample of correspondences drawn from *both* views (view-1 pixels seen
+  in view 2 and view-2 pixels seen in view 1), so the sample does not favour contraction or expansion.
 * :func:`rgb_to_tensor` - DUNE preprocessing (``MODEL_SPEC`` 1.5: /255, ImageNet mean/std) of uint8 images.
 
 Scenes are built by :class:`realm_ros.sim.simulator.Simulator` (the same code the bags and the live node use), so the
@@ -23,7 +25,8 @@ from realm_ros.sim.camera import PinholeCamera, invert_transform
 from realm_ros.sim.simulator import SimConfig, Simulator
 
 __all__ = ['SPLIT_BASES', 'split_seeds', 'sim_config', 'FrameSampler', 'PairSampler', 'correspondences',
-           'rgb_to_tensor', 'IMAGENET_MEAN', 'IMAGENET_STD', 'pts3d_in_frame']
+           'rgb_to_tensor', 'IMAGENET_MEAN', 'IMAGENET_STD', 'pts3d_in_frame', 'sample_correspondences',
+           'log_radius_ratio']
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -216,3 +219,73 @@ def correspondences(depth1: np.ndarray, depth2: np.ndarray, T_world_cam1: np.nda
         ok &= np.abs(d2 - z) <= occlusion_tol * z
     ys, xs = np.nonzero(ok)
     return np.stack([xs, ys], 1), np.stack([ui[ok], vi[ok]], 1)
+
+
+def sample_correspondences(depth1: np.ndarray, depth2: np.ndarray, T_world_cam1: np.ndarray,
+                           T_world_cam2: np.ndarray, K: np.ndarray, count: int, rng: np.random.Generator,
+                           both_directions: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """Up to ``count`` ground-truth correspondences ``(xy1, xy2)`` of a frame pair for the matching loss.
+
+    ``both_directions=False`` draws them from view-1 pixels that stay visible in view 2 only (:func:`correspondences`).
+    That selection is not neutral: when the camera moves forward, the view-1 pixels near the border leave view 2 and
+    are never drawn, while moving backward keeps all of them, so on average the drawn matches *contract* from view 1 to
+    view 2 (measured log-radius ratio about -0.06, -0.19 near the view-1 border) and a decoder learns to pull matches
+    toward the image centre. ``both_directions=True`` (default) draws half of the sample from view-1 pixels seen in
+    view 2 and half from view-2 pixels seen in view 1 (:func:`correspondences` of the swapped pair), so the sample of
+    the pair (a, b) is the mirror image of the sample of (b, a): over pairs of either order the mean log-radius ratio
+    is zero. Pixels already used (in either view) are not drawn twice, so every sampled pixel has one partner (the
+    InfoNCE targets stay unique).
+    """
+    count = int(count)
+    if count < 0:
+        raise ValueError(f'count must be >= 0, got {count}')
+    a1, a2 = correspondences(depth1, depth2, T_world_cam1, T_world_cam2, K)
+    if not both_directions:
+        m = min(count, len(a1))
+        pick = rng.choice(len(a1), size=m, replace=False) if m else np.zeros(0, dtype=np.int64)
+        return a1[pick], a2[pick]
+    b2, b1 = correspondences(depth2, depth1, T_world_cam2, T_world_cam1, K)
+    w = depth1.shape[1]
+    all1, all2 = np.concatenate([a1, b1]), np.concatenate([a2, b2])
+    if not len(all1):
+        return np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64)
+    # random draws of each direction, interleaved (which direction leads is random), then repeated pixels dropped
+    pa, pb = rng.permutation(len(a1)), rng.permutation(len(b1)) + len(a1)
+    if rng.random() < 0.5:
+        pa, pb = pb, pa
+    n = min(len(pa), len(pb))
+    order = np.concatenate([np.stack([pa[:n], pb[:n]], 1).reshape(-1), pa[n:], pb[n:]])
+    x1, x2 = all1[order], all2[order]
+    lin1 = x1[:, 1] * w + x1[:, 0]
+    lin2 = x2[:, 1] * depth2.shape[1] + x2[:, 0]
+    # greedy in draw order, vectorised in rounds: keep a candidate when it is the first remaining one of both its
+    # pixels, then drop the candidates that reuse a kept pixel
+    kept = np.zeros(len(x1), bool)
+    alive = np.ones(len(x1), bool)
+    used1 = np.zeros(depth1.size, bool)
+    used2 = np.zeros(depth2.size, bool)
+    for _ in range(8):
+        cand = np.nonzero(alive)[0]
+        if not len(cand) or kept.sum() >= count:
+            break
+        first1 = np.zeros(len(x1), bool)
+        first1[cand[np.unique(lin1[cand], return_index=True)[1]]] = True
+        first2 = np.zeros(len(x1), bool)
+        first2[cand[np.unique(lin2[cand], return_index=True)[1]]] = True
+        new = alive & first1 & first2
+        kept |= new
+        used1[lin1[new]] = True
+        used2[lin2[new]] = True
+        alive &= ~kept & ~used1[lin1] & ~used2[lin2]
+    sel = np.nonzero(kept)[0][:count]
+    return x1[sel].astype(np.int64), x2[sel].astype(np.int64)
+
+
+def log_radius_ratio(xy1: np.ndarray, xy2: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """``log(r2 / r1)`` per correspondence, ``r`` = distance to the principal point (NaN where ``r1`` or ``r2`` is
+    below 1 px). Negative = the match moves toward the centre from view 1 to view 2 (contraction)."""
+    c = np.array([K[0, 2], K[1, 2]])
+    r1 = np.linalg.norm(np.asarray(xy1, np.float64) - c, axis=1)
+    r2 = np.linalg.norm(np.asarray(xy2, np.float64) - c, axis=1)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return np.where((r1 >= 1.0) & (r2 >= 1.0), np.log(r2 / r1), np.nan)

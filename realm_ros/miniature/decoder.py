@@ -9,7 +9,9 @@ DUNE-MASt3R input) and is supervised with simulator ground truth:
   ``conf * err - alpha * log(conf)`` with ``err = |p_hat - p| / max(|p|, 1 m)`` (relative far away, absolute up
   close, so a 100 m facade does not drown the near field) plus a weighted ray-direction error (reprojection, hence
   PnP, depends on it most); sky pixels are not supervised.
-* **Descriptors** - InfoNCE over ground-truth correspondences (:func:`realm_ros.miniature.data.correspondences`):
+* **Descriptors** - InfoNCE over ground-truth correspondences drawn from both views
+  (:func:`realm_ros.miniature.data.sample_correspondences`; drawing only view-1 pixels that stay visible in view 2
+  biases the matches toward the image centre, which PnP turns into backward motion):
   for ``M`` sampled matches the descriptor of a pixel in view 1 must pick its partner in view 2 among the ``M``
   candidates (both directions, temperature ``tau``), weighted by the descriptor confidences with the same
   ``w * loss - beta * log(w)`` rule (descriptors get the unweighted InfoNCE gradient), so ``desc_conf`` learns
@@ -34,7 +36,7 @@ from torch import nn
 from realm_ros.models.dune_model import DuneModel
 from realm_ros.models.mast3r import DuneMast3rConfig, DuneMast3rDecoder
 
-from .data import PairBatch, PairSampler, correspondences, pts3d_in_frame, rgb_to_tensor, split_seeds
+from .data import PairBatch, PairSampler, pts3d_in_frame, rgb_to_tensor, sample_correspondences, split_seeds
 from .teacher import round_to_half, warmup_cosine
 
 PATCH_AREA = 14 * 14
@@ -71,6 +73,7 @@ class DecoderConfig:
     conf_alpha: float = 0.6           # conf = alpha / err at the optimum: >= 1.5 (the PnP threshold) <=> err <= 0.4
     dir_weight: float = 10.0
     matches_per_pair: int = 1024
+    both_directions: bool = True      # matches drawn from both views (False: view-1 pixels only, biased inward)
     tau: float = 0.07
     match_weight: float = 1.0
     desc_conf_beta: float = 5.0       # desc_conf = beta / InfoNCE loss: >= 1.001 <=> loss <= ~5 (of ln 1024 = 6.9)
@@ -111,11 +114,12 @@ def init_patch_constant(fc2: nn.Linear, channels: int, patch: int = 14) -> None:
         b.copy_(b[:, :1].expand_as(b).clone())
 
 
-def pair_targets(pairs: PairBatch, matches: int, rng: np.random.Generator, max_depth: float = 200.0
-                 ) -> Dict[str, torch.Tensor]:
+def pair_targets(pairs: PairBatch, matches: int, rng: np.random.Generator, max_depth: float = 200.0,
+                 both_directions: bool = True) -> Dict[str, torch.Tensor]:
     """Ground truth of a pair batch: ``pts1`` (B, H, W, 3) view-1 points in frame 1, ``pts2`` (B, H, W, 3) view-2
     points in frame 1 (NaN where no depth / beyond ``max_depth``), ``xy1``/``xy2`` (B, M, 2) sampled correspondences
-    (int64 x, y) with ``match_valid`` (B, M) (False pads pairs with fewer than M matches)."""
+    (int64 x, y) with ``match_valid`` (B, M) (False pads pairs with fewer than M matches), drawn from both views
+    unless ``both_directions`` is False (:func:`realm_ros.miniature.data.sample_correspondences`)."""
     a, b = pairs.first, pairs.second
     K = a.K
     n = len(a.rgb)
@@ -126,12 +130,11 @@ def pair_targets(pairs: PairBatch, matches: int, rng: np.random.Generator, max_d
         d2 = np.where(b.depth[i] <= max_depth, b.depth[i], np.inf)
         pts1.append(pts3d_in_frame(d1, K))
         pts2.append(pts3d_in_frame(d2, K, T12))
-        xy1, xy2 = correspondences(d1, d2, a.poses[i], b.poses[i], K)
-        m = min(matches, len(xy1))
-        pick = rng.choice(len(xy1), size=m, replace=False) if m else np.zeros(0, dtype=np.int64)
+        xy1, xy2 = sample_correspondences(d1, d2, a.poses[i], b.poses[i], K, matches, rng, both_directions)
+        m = len(xy1)
         pad = matches - m
-        xy1s.append(np.concatenate([xy1[pick], np.zeros((pad, 2), np.int64)]))
-        xy2s.append(np.concatenate([xy2[pick], np.zeros((pad, 2), np.int64)]))
+        xy1s.append(np.concatenate([xy1, np.zeros((pad, 2), np.int64)]))
+        xy2s.append(np.concatenate([xy2, np.zeros((pad, 2), np.int64)]))
         valid.append(np.arange(matches) < m)
     return dict(pts1=torch.from_numpy(np.stack(pts1)).float(), pts2=torch.from_numpy(np.stack(pts2)).float(),
                 xy1=torch.from_numpy(np.stack(xy1s)), xy2=torch.from_numpy(np.stack(xy2s)),
@@ -227,7 +230,7 @@ class DecoderTrainer:
 
     def losses(self, pairs: PairBatch) -> Dict[str, torch.Tensor]:
         cfg = self.cfg
-        gt = pair_targets(pairs, cfg.matches_per_pair, self.rng, cfg.max_depth)
+        gt = pair_targets(pairs, cfg.matches_per_pair, self.rng, cfg.max_depth, cfg.both_directions)
         t1, t2 = self.tokens(pairs.first.rgb), self.tokens(pairs.second.rgb)
         shape = tuple(pairs.first.rgb.shape[1:3])
         p1, p2 = self.decoder(t1, t2, shape, shape)

@@ -75,3 +75,37 @@ def test_pair_sampler_correspondences_agree_photometrically():
         c2 = pb.second.rgb[i][xy2[:, 1], xy2[:, 0]].astype(float)
         shuffled = c2[np.random.default_rng(1).permutation(len(c2))]
         assert np.abs(c1 - c2).mean() < 0.5 * np.abs(c1 - shuffled).mean()
+
+
+def test_sampled_correspondences_come_from_both_views_and_are_radius_neutral():
+    """The matching loss's sample must not favour contraction: drawn from view-1 pixels only (the old sampler), the
+    matches of street pairs shrink toward the image centre on average, whatever the order of the two views; drawn
+    from both views, the sample of (a, b) mirrors the sample of (b, a) and the mean log-radius ratio is ~0."""
+    from realm_ros.miniature.data import log_radius_ratio, sample_correspondences
+    ps = PairSampler(split_seeds('train', 4), 96, 8.0, 0.2, 0.5)
+    batch = ps.sample(10, np.random.default_rng(5))
+    K = batch.first.K
+    means = {False: [], True: []}
+    for i in range(10):
+        a = (batch.first.depth[i], batch.first.poses[i])
+        b = (batch.second.depth[i], batch.second.poses[i])
+        for both in (False, True):
+            fwd = sample_correspondences(a[0], b[0], a[1], b[1], K, 4000, np.random.default_rng(i), both)
+            rev = sample_correspondences(b[0], a[0], b[1], a[1], K, 4000, np.random.default_rng(i), both)
+            m_fwd = np.nanmean(log_radius_ratio(*fwd, K))
+            m_rev = np.nanmean(log_radius_ratio(*rev, K))
+            means[both] += [m_fwd, m_rev]
+            if both:
+                assert abs(m_fwd + m_rev) < 0.02                    # mirror images of each other
+                # unique pixels on both sides (one InfoNCE target per pixel)
+                assert len(np.unique(fwd[0][:, 1] * 96 + fwd[0][:, 0])) == len(fwd[0])
+                assert len(np.unique(fwd[1][:, 1] * 96 + fwd[1][:, 0])) == len(fwd[1])
+                one = sample_correspondences(a[0], b[0], a[1], b[1], K, 10 ** 6, np.random.default_rng(0), False)
+                full = sample_correspondences(a[0], b[0], a[1], b[1], K, 10 ** 6, np.random.default_rng(0), True)
+                # one-to-one (the old sample repeats view-2 pixels where the view contracts) with at least as many
+                # distinct view-2 pixels
+                assert len(full[0]) >= len(np.unique(one[1][:, 1] * 96 + one[1][:, 0]))
+    assert np.mean(means[False]) < -0.02                            # the old sampler contracts
+    assert abs(np.mean(means[True])) < 0.005
+    with pytest.raises(ValueError, match='count'):
+        sample_correspondences(a[0], b[0], a[1], b[1], K, -1, np.random.default_rng(0))

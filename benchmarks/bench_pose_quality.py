@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Pose you can trust? Zero-motion contraction, unrelated-scene pairs, symmetric inference, calibrated gates.
+
+    . .venv/realm_env.sh
+    OMP_NUM_THREADS=1 python benchmarks/bench_pose_quality.py --out /tmp/pose_quality       # shipped models
+    python benchmarks/bench_pose_quality.py --decoder other/mini_mast3r.safetensors --out /tmp/pq_other
+
+Steps (realm_ros/miniature/pose_checks.py): simulate (and cache) validation scenes (``val`` split) and the held-out
+test scenes of ``models/miniature_metrics.json``; collect per-pair records (motion, zero-motion and unrelated-scene
+pairs, RGB-RGB, event-event, RGB keyframe-event, both decoder orders); calibrate the gates and the covariance scale
+of the one-order (``direct``) and the symmetric estimate on the validation records (false-positive rate <= 5 %);
+score both on the test records; time one decoder order against both (batched), A/B in one process.
+Writes ``records_{val,test}.pkl`` and ``summary.json`` under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _timing(models, seq, toks, repeats: int) -> dict:
+    from realm_ros.geometry.symmetric import decode_both_orders
+    size = seq.rgb.shape[1]
+    a, b = toks['event'][0], toks['event'][min(6, len(seq) - 1)]
+    one, both = [], []
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            models.decoder(a, b, (size, size), (size, size))
+            t1 = time.perf_counter()
+            decode_both_orders(models.decoder, a, b, (size, size), (size, size))
+            t2 = time.perf_counter()
+            one.append(t1 - t0)
+            both.append(t2 - t1)
+    return {'one_order_s': {'min': min(one), 'median': float(np.median(one))},
+            'both_orders_batched_s': {'min': min(both), 'median': float(np.median(both))},
+            'ratio_median': float(np.median(both) / np.median(one)), 'threads': torch.get_num_threads(),
+            'device': 'cpu (shared machine: other jobs were running)'}
+
+
+def main(argv=None) -> int:
+    from realm_ros.miniature.data import split_seeds
+    from realm_ros.miniature.evaluate import EvalConfig, MiniModels, TestSequence, load_or_simulate, \
+        simulate_test_sequence
+    from realm_ros.miniature.pose_checks import calibrate_gates, collect_pose_records, sequence_tokens, \
+        summarize_records
+    from realm_ros.geometry.symmetric import PoseGates
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--models', default=str(REPO / 'models'))
+    p.add_argument('--decoder', default=None, help='decoder file (default: <models>/mini_mast3r.safetensors)')
+    p.add_argument('--out', required=True)
+    p.add_argument('--cache', default='/tmp/realm_pose_quality_cache', help='simulated sequences (.npz)')
+    p.add_argument('--val-sequences', type=int, default=2)
+    p.add_argument('--test-sequences', type=int, default=3)
+    p.add_argument('--val-stride', type=int, default=6)
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--records-only', action='store_true')
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    m = Path(args.models)
+    models = MiniModels.load(m / 'mini_teacher.safetensors', m / 'mini_realm.safetensors',
+                             m / 'mini_depth_head.safetensors', m / 'mini_seg_head.safetensors',
+                             args.decoder or m / 'mini_mast3r.safetensors')
+    t0 = time.time()
+
+    def log(s: str) -> None:
+        print(f'[{time.time() - t0:6.0f} s] {s}', flush=True)
+
+    cfg = EvalConfig(sequences=args.test_sequences)
+    test = load_or_simulate(cfg, args.cache, log)
+    cache = Path(args.cache)
+    val = []
+    for seed in split_seeds('val', args.val_sequences):
+        path = cache / f'val_{seed}_{cfg.image_size}px_{cfg.duration_s:g}s.npz'
+        if path.is_file():
+            val.append(TestSequence.load(path))
+        else:
+            log(f'simulating validation sequence {seed}')
+            seq = simulate_test_sequence(seed, cfg.image_size, cfg.duration_s, cfg.bins, cfg.normalization)
+            seq.save(path)
+            val.append(seq)
+    recs = {}
+    for name, seqs, stride in (('val', val, args.val_stride), ('test', test, cfg.pair_stride)):
+        path = out / f'records_{name}.pkl'
+        if path.is_file():
+            recs[name] = pickle.loads(path.read_bytes())
+            continue
+        recs[name] = collect_pose_records(models, seqs, gaps=cfg.pair_gaps, stride=stride, log=log)
+        path.write_bytes(pickle.dumps(recs[name]))
+    if args.records_only:
+        return 0
+    summary = {'decoder': str(args.decoder or m / 'mini_mast3r.safetensors')}
+    summary['timing'] = _timing(models, test[0], sequence_tokens(models, test[0]), 7)
+    for method in ('direct', 'symmetric'):
+        summary[method] = {'uncalibrated_test': summarize_records(recs['test'], method, PoseGates(
+            max_order_rot_deg=1e9, max_order_trans_ratio=1e9))}
+        cal = calibrate_gates(recs['val'], method)
+        g = cal['gates']
+        summary[method].update(gates=asdict(g), val=cal['val'], test=summarize_records(recs['test'], method, g))
+        log(f'{method}: gates {g}')
+    (out / 'summary.json').write_text(json.dumps(summary, indent=1, default=float) + '\n')
+    for method in ('direct', 'symmetric'):
+        for part in ('uncalibrated_test', 'test'):
+            for mode, s in summary[method][part].items():
+                print(f'{method:9s} {part:17s} {mode:11s} ' + ' '.join(
+                    f'{k}={v:.3g}' for k, v in s.items() if isinstance(v, float)))
+    print(json.dumps(summary['timing']))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Can a published pose be trusted? Pose checks of the miniature world beyond the plain accuracy of ``evaluate``.
+
+Three kinds of pairs per modality (``rgb_rgb``: teacher-teacher, ``event_event``: REALM-REALM, ``rgb_event``: RGB
+keyframe against the current event window):
+
+* ``motion`` - frames ``(k, k + gap)`` of one sequence (the accuracy pairs of :mod:`.evaluate`);
+* ``zero`` - no motion: the same frame in both views (``rgb_rgb`` / ``event_event``: the *same tokens*, so any
+  motion found is the decoder's bias; ``rgb_event``: the RGB frame and the event window ending at it, co-located
+  cameras). A decoder that contracts its matches toward the image centre shows up here as a match-radius ratio
+  ``r(view 2) / r(view 1)`` below 1 and as a backward PnP motion;
+* ``unrelated`` - frame ``k`` of one sequence against frame ``k`` of another scene: nothing to find.
+
+Every pair is decoded in both orders (:func:`realm_ros.geometry.symmetric.decode_both_orders`) and solved both ways,
+so one pass gives the one-order estimate (``direct``, what :func:`estimate_relative_pose` returns) and the symmetric
+one. :func:`collect_pose_records` returns one plain record per pair (features for gates, ground truth);
+:func:`summarize_records` scores a method (``'direct'`` or ``'symmetric'``) under given gates;
+:func:`calibrate_gates` picks gates and the covariance scale on validation records. ``benchmarks/bench_pose_quality.py``
+runs all of it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from realm_ros.geometry.pose import PnpParams
+from realm_ros.geometry.relative_pose import MatchingParams
+from realm_ros.geometry.symmetric import (PoseGates, _match_and_solve, combine_orders, decode_both_orders, gate_pose,
+                                          invert_pose_covariance, order_agreement)
+
+from .data import rgb_to_tensor
+from .metrics import pose_auc, relative_pose, rotation_error_deg, translation_angle_error_deg
+
+__all__ = ['MODES', 'KINDS', 'sequence_tokens', 'collect_pose_records', 'summarize_records', 'calibrate_gates',
+           'radius_ratio', 'pose_error_vector', 'is_false_positive', 'IDENTITY_TRANSLATION_M', 'IDENTITY_ROTATION_DEG']
+
+MODES = {'rgb_rgb': ('rgb', 'rgb'), 'event_event': ('event', 'event'), 'rgb_event': ('rgb', 'event')}
+KINDS = ('motion', 'zero', 'unrelated')
+#: a published pose of a zero-motion pair counts as a false positive beyond these (an "identity" pose is harmless)
+IDENTITY_TRANSLATION_M = 0.1
+IDENTITY_ROTATION_DEG = 0.5
+
+
+@torch.no_grad()
+def sequence_tokens(models, seq, bridge: str = 'teacher_norm_inverse', batch: int = 8,
+                    device: torch.device | str = 'cpu') -> Dict[str, List[torch.Tensor]]:
+    """Decoder input tokens of every frame of a :class:`TestSequence`: ``{'rgb': [(1, N, C)...], 'event': [...]}``
+    (teacher pre-norm patch tokens of the RGB frames, REALM tokens of the event windows through ``bridge``)."""
+    out: Dict[str, List[torch.Tensor]] = {'rgb': [], 'event': []}
+    for s in range(0, len(seq), batch):
+        sl = slice(s, min(len(seq), s + batch))
+        t = models.teacher.encoder.forward_features(rgb_to_tensor(seq.rgb[sl], device))
+        r = models.realm(torch.from_numpy(seq.voxels[sl].astype(np.float32)).to(device))
+        ev = models.realm.head_tokens(r, bridge)[:, 1:]
+        for i in range(sl.stop - sl.start):
+            out['rgb'].append(t['x_prenorm_patchtokens'][i:i + 1])
+            out['event'].append(ev[i:i + 1])
+    return out
+
+
+def radius_ratio(xy1: np.ndarray, xy2: np.ndarray, K1: np.ndarray, K2: np.ndarray, min_radius_px: float = 10.0
+                 ) -> float:
+    """Median ``r2 / r1`` of matched pixels (``r`` = distance to the principal point; pixels closer than
+    ``min_radius_px`` to it in view 1 are left out). Below 1: the matches contract toward the centre."""
+    if not len(xy1):
+        return float('nan')
+    r1 = np.linalg.norm(xy1 - np.array([K1[0, 2], K1[1, 2]]), axis=1)
+    r2 = np.linalg.norm(xy2 - np.array([K2[0, 2], K2[1, 2]]), axis=1)
+    ok = r1 >= min_radius_px
+    return float(np.median(r2[ok] / r1[ok])) if ok.any() else float('nan')
+
+
+def _pose_fields(res) -> Dict[str, object]:
+    return dict(ok=bool(res.ok), reason=res.reason, inliers=res.num_inliers, corr=res.num_correspondences,
+                ratio=res.inlier_ratio, T_cur_ref=res.T_cur_ref if res.R is not None else None,
+                cov=res.covariance)
+
+
+def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 6, 12), stride: int = 3,
+                         zero_stride: int = 6, unrelated_stride: int = 6, pnp: PnpParams = PnpParams(iterations=1000),
+                         matching: MatchingParams = MatchingParams(), bridge: str = 'teacher_norm_inverse',
+                         modes: Iterable[str] = tuple(MODES), device: torch.device | str = 'cpu',
+                         log: Callable[[str], None] = print) -> List[Dict[str, object]]:
+    """One record per pair (see the module docstring): ``mode``, ``kind``, ``gap``, ``seeds``, ``T_gt`` (T_cur_ref,
+    None for unrelated pairs), ``direct`` / ``swapped`` PnP fields, ``radius_ratio`` of the direct matches,
+    ``decode_s`` (both orders, batched)."""
+    size = sequences[0].rgb.shape[1]
+    shape = (size, size)
+    toks = [sequence_tokens(models, s, bridge, device=device) for s in sequences]
+    pairs = []
+    for si, seq in enumerate(sequences):
+        n = len(seq)
+        for gap in gaps:
+            for i in range(0, n - gap, stride):
+                pairs.append(('motion', gap, si, i, si, i + gap))
+        for i in range(0, n, zero_stride):
+            pairs.append(('zero', 0, si, i, si, i))
+        if len(sequences) > 1:
+            sj = (si + 1) % len(sequences)
+            for i in range(0, min(n, len(sequences[sj])), unrelated_stride):
+                pairs.append(('unrelated', -1, si, i, sj, i))
+    records: List[Dict[str, object]] = []
+    t_start = time.time()
+    for kind, gap, sa, i, sb, j in pairs:
+        A, B = sequences[sa], sequences[sb]
+        for mode in modes:
+            s1, s2 = MODES[mode]
+            tok1, tok2 = toks[sa][s1][i], toks[sb][s2][j]
+            K1 = A.K_rgb if s1 == 'rgb' else A.K_event
+            K2 = B.K_rgb if s2 == 'rgb' else B.K_event
+            T1 = A.T_world_rgb[i] if s1 == 'rgb' else A.T_world_event[i]
+            T2 = B.T_world_rgb[j] if s2 == 'rgb' else B.T_world_event[j]
+            t0 = time.perf_counter()
+            kf_d, cur_d, cur_s, kf_s = decode_both_orders(models.decoder, tok1, tok2, shape, shape)
+            t1 = time.perf_counter()
+            direct, m = _match_and_solve(kf_d, cur_d, K2, pnp, matching)
+            swapped, ms = _match_and_solve(cur_s, kf_s, K1, pnp, matching)
+            rec = dict(mode=mode, kind=kind, gap=gap, seeds=(int(A.seed), int(B.seed)), frames=(i, j),
+                       T_gt=relative_pose(T1, T2) if kind != 'unrelated' else None,
+                       direct=_pose_fields(direct), swapped=_pose_fields(swapped),
+                       radius_ratio=radius_ratio(m.xy1, m.xy2, K1, K2),
+                       radius_ratio_swapped=radius_ratio(ms.xy1, ms.xy2, K2, K1), decode_s=t1 - t0)
+            records.append(rec)
+    log(f'pose records: {len(records)} ({len(pairs)} pairs x {len(list(modes))} modes) in '
+        f'{time.time() - t_start:.0f} s')
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _inv(T: np.ndarray) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, :3] = T[:3, :3].T
+    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return out
+
+
+def pose_error_vector(T_ref_cur_est: np.ndarray, T_ref_cur_gt: np.ndarray) -> np.ndarray:
+    """6-vector error (x, y, z, rx, ry, rz) of a camera pose in the keyframe frame, in the covariance convention of
+    :class:`realm_ros.geometry.pose.PoseResult` (``t_est - t_gt``, ``log(R_est R_gt^T)``)."""
+    import cv2
+    w = cv2.Rodrigues(T_ref_cur_est[:3, :3] @ T_ref_cur_gt[:3, :3].T)[0].reshape(3)
+    return np.concatenate([T_ref_cur_est[:3, 3] - T_ref_cur_gt[:3, 3], w])
+
+
+def _estimate(rec: Dict[str, object], method: str, gates: PoseGates, pnp_direct_gates: bool = True):
+    """(published, reason, T_cur_ref, covariance, agreement) of a record under a method and gates."""
+    d, s = rec['direct'], rec['swapped']
+
+    class _R:  # minimal PoseResult-like view for gate_pose
+        def __init__(self, f):
+            self.ok, self.reason = f['ok'], f['reason']
+            self.num_inliers, self.inlier_ratio = f['inliers'], f['ratio']
+    if method == 'direct':
+        if not d['ok']:
+            return False, d['reason'], None, None, None
+        reason = gate_pose(_R(d), _R(d), None, 0.0, gates)
+        cov = d['cov'] * gates.covariance_scale if d['cov'] is not None else None
+        if cov is not None:
+            ft, fr = gates.covariance_floor
+            cov = cov + np.diag([ft] * 3 + [fr] * 3)
+        return not reason, reason, d['T_cur_ref'], cov, None
+    if method != 'symmetric':
+        raise ValueError(f"unknown method {method!r}; expected 'direct' or 'symmetric'")
+    if not (d['ok'] and s['ok']):
+        f = d if not d['ok'] else s
+        return False, f['reason'], None, None, None
+    T_a = _inv(d['T_cur_ref'])
+    T_b = s['T_cur_ref']
+    ag = order_agreement(T_a, T_b, gates.min_translation_m)
+    cov_b = invert_pose_covariance(s['cov'], _inv(s['T_cur_ref'])) if s['cov'] is not None else None
+    T, cov = combine_orders(T_a, T_b, d['cov'], cov_b, gates)
+    reason = gate_pose(_R(d), _R(s), ag, float(np.linalg.norm(T[:3, 3])), gates)
+    return not reason, reason, _inv(T), cov, ag
+
+
+def is_false_positive(rec: Dict[str, object], published: bool, T_cur_ref: Optional[np.ndarray]) -> bool:
+    """A published pose of an unrelated pair, or a published non-identity pose of a zero-motion pair (translation
+    beyond :data:`IDENTITY_TRANSLATION_M` or rotation beyond :data:`IDENTITY_ROTATION_DEG` from the truth)."""
+    if not published or rec['kind'] == 'motion':
+        return False
+    if rec['kind'] == 'unrelated':
+        return True
+    e = pose_error_vector(_inv(T_cur_ref), _inv(rec['T_gt']))
+    return bool(np.linalg.norm(e[:3]) > IDENTITY_TRANSLATION_M or np.degrees(np.linalg.norm(e[3:]))
+                > IDENTITY_ROTATION_DEG)
+
+
+def summarize_records(records: Sequence[Dict[str, object]], method: str, gates: PoseGates = PoseGates()
+                      ) -> Dict[str, Dict[str, object]]:
+    """Per mode: accuracy on motion pairs (all pairs; rejected ones count as failures with infinite error, as in
+    :mod:`.metrics`), the forward-sign rate, AUC_pose, the rate of published poses, the false-positive rates on
+    zero-motion and unrelated pairs, the zero-motion contraction and the normalised errors of the published
+    covariance (``nees`` = mean of ``e^T C^-1 e / 6``; per-axis variance of ``e_i / sigma_i``)."""
+    out: Dict[str, Dict[str, object]] = {}
+    for mode in sorted({r['mode'] for r in records}):
+        rs = [r for r in records if r['mode'] == mode]
+        rot, tdeg, mx, fwd_ok, nees, z_axes, pub_motion = [], [], [], [], [], [], []
+        fp = {'zero': [], 'unrelated': []}
+        zero_ratio, zero_back = [], []
+        for r in rs:
+            published, reason, T, cov, ag = _estimate(r, method, gates)
+            if r['kind'] == 'motion':
+                pub_motion.append(published)
+                Tg = r['T_gt']
+                if published:
+                    re = rotation_error_deg(T[:3, :3], Tg[:3, :3])
+                    te = translation_angle_error_deg(_inv(T)[:3, 3], _inv(Tg)[:3, 3])
+                    fwd_ok.append(bool(np.sign(_inv(T)[2, 3]) == np.sign(_inv(Tg)[2, 3])))
+                    if cov is not None:
+                        e = pose_error_vector(_inv(T), _inv(Tg))
+                        try:
+                            nees.append(float(e @ np.linalg.solve(cov, e)) / 6.0)
+                            z_axes.append(e / np.sqrt(np.maximum(np.diag(cov), 1e-30)))
+                        except np.linalg.LinAlgError:
+                            pass
+                else:
+                    re = te = float('inf')
+                    fwd_ok.append(False)
+                rot.append(re)
+                tdeg.append(te)
+                mx.append(max(re, te))
+            else:
+                fp[r['kind']].append(is_false_positive(r, published, T))
+                if r['kind'] == 'zero':
+                    zero_ratio.append(r['radius_ratio'])
+                    if r['direct']['ok']:
+                        zero_back.append(float(_inv(r['direct']['T_cur_ref'])[2, 3]
+                                               - _inv(r['T_gt'])[2, 3]))
+        auc = pose_auc(np.asarray(mx), (5.0, 10.0, 20.0)) if mx else [float('nan')] * 3
+        za = np.asarray(z_axes)
+        out[mode] = {
+            'motion_pairs': len(rot), 'published_rate': float(np.mean(pub_motion)) if pub_motion else float('nan'),
+            'rot_err_deg_median': float(np.median(rot)) if rot else float('nan'),
+            'trans_err_deg_median': float(np.median(tdeg)) if tdeg else float('nan'),
+            'forward_sign_correct': float(np.mean(fwd_ok)) if fwd_ok else float('nan'),
+            'auc_pose@5': auc[0], 'auc_pose@10': auc[1], 'auc_pose@20': auc[2],
+            'false_positive_rate_zero': float(np.mean(fp['zero'])) if fp['zero'] else float('nan'),
+            'false_positive_rate_unrelated': float(np.mean(fp['unrelated'])) if fp['unrelated'] else float('nan'),
+            'zero_pairs': len(fp['zero']), 'unrelated_pairs': len(fp['unrelated']),
+            'zero_motion_radius_ratio_median': float(np.nanmedian(zero_ratio)) if zero_ratio else float('nan'),
+            'zero_motion_direct_forward_m_median': float(np.median(zero_back)) if zero_back else float('nan'),
+            'nees_mean': float(np.mean(nees)) if nees else float('nan'),
+            'nees_median': float(np.median(nees)) if nees else float('nan'),
+            'normalised_error_var': [float(v) for v in za.var(0)] if len(za) > 1 else None,
+        }
+    return out
+
+
+def _false_positive_rate(records, method, gates) -> float:
+    flags = [is_false_positive(r, *_estimate(r, method, gates)[0:3:2]) for r in records if r['kind'] != 'motion']
+    return float(np.mean(flags)) if flags else 0.0
+
+
+def calibrate_gates(records: Sequence[Dict[str, object]], method: str = 'symmetric', max_fp_rate: float = 0.05,
+                    base: PoseGates = PoseGates(), modes: Optional[Iterable[str]] = None) -> Dict[str, object]:
+    """Choose gates on validation records: among a grid of (``min_inliers``, ``min_inlier_ratio``,
+    ``max_order_rot_deg``, ``max_order_trans_ratio``), the one that keeps the false-positive rate of every mode's
+    zero-motion + unrelated pairs at most ``max_fp_rate`` and maximises the mean AUC_pose@20 of the motion pairs
+    (ties: more published motion pairs); then ``covariance_scale`` so that the mean normalised squared error of the
+    published motion pairs is 1 (unit variance). Returns ``{'gates': PoseGates, 'val': summary, 'grid': size}``."""
+    modes = sorted(set(modes or {r['mode'] for r in records}))
+    by_mode = {m: [r for r in records if r['mode'] == m] for m in modes}
+    inl_grid = (12, 30, 50, 80, 120)
+    ratio_grid = (0.1, 0.2, 0.3)
+    rot_grid = (0.5, 1.0, 2.0, 4.0) if method == 'symmetric' else (base.max_order_rot_deg,)
+    tr_grid = (0.2, 0.35, 0.5, 0.75, 1.0, 1.5) if method == 'symmetric' else (base.max_order_trans_ratio,)
+    best, best_key = None, None
+    count = 0
+    for mi in inl_grid:
+        for ir in ratio_grid:
+            for mr in rot_grid:
+                for tr in tr_grid:
+                    g = replace(base, min_inliers=mi, min_inlier_ratio=ir, max_order_rot_deg=mr,
+                                max_order_trans_ratio=tr)
+                    count += 1
+                    if any(_false_positive_rate(by_mode[m], method, g) > max_fp_rate for m in modes):
+                        continue
+                    s = summarize_records(records, method, g)
+                    key = (float(np.mean([s[m]['auc_pose@20'] for m in modes])),
+                           float(np.mean([s[m]['published_rate'] for m in modes])))
+                    if best_key is None or key > best_key:
+                        best, best_key = g, key
+    if best is None:
+        best = replace(base, min_inliers=10 ** 9)      # nothing may be published at this false-positive rate
+    s = summarize_records(records, method, replace(best, covariance_scale=1.0, covariance_floor=(0.0, 0.0)))
+    nees = [s[m]['nees_mean'] for m in modes if np.isfinite(s[m]['nees_mean'])]
+    scale = float(np.mean(nees)) if nees else 1.0
+    best = replace(best, covariance_scale=round(scale, 4))
+    return {'gates': best, 'val': summarize_records(records, method, best), 'grid': count}

@@ -1,0 +1,207 @@
+"""Symmetric relative pose (realm_ros.geometry.symmetric): both decoder orders, combination, agreement, gates.
+
+A synthetic "decoder" renders a two-plane scene (wall ahead, ground below) for the camera poses named by the tokens:
+``pts3d`` from ray casting, descriptors from random Fourier features of the world point (so reciprocal matching finds
+the true correspondences). Its view-2 descriptors can be *contracted* toward the image centre by a factor, which is
+the bias found in the miniature decoder: the one-order estimate then reports the wrong translation, the symmetric
+one does not.
+"""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from realm_ros.geometry.keyframes import Keyframe
+from realm_ros.geometry.pose import PnpParams, PoseResult
+from realm_ros.geometry.relative_pose import MatchingParams, estimate_relative_pose
+from realm_ros.geometry.symmetric import (PoseGates, combine_orders, decode_both_orders, gate_pose,
+                                          invert_pose_covariance, order_agreement, symmetric_relative_pose)
+
+S = 64
+F = 48.0
+K = np.array([[F, 0, (S - 1) / 2], [0, F, (S - 1) / 2], [0, 0, 1.0]])
+
+
+def _pose(yaw_deg=0.0, t=(0.0, 0.0, 0.0)):
+    c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
+    T = np.eye(4)
+    T[:3, :3] = [[c, 0, s], [0, 1, 0], [-s, 0, c]]
+    T[:3, 3] = t
+    return T
+
+
+class FakeDecoder(torch.nn.Module):
+    """Decoder stand-in: tokens[0, 0, 0] is an index into ``poses`` (camera-to-world)."""
+
+    def __init__(self, poses, contraction=0.0, dim=32, seed=0):
+        super().__init__()
+        self.poses = poses
+        self.contraction = contraction
+        rng = np.random.default_rng(seed)
+        self.W = rng.normal(0, 1.2, (dim, 3))
+        self.b = rng.uniform(0, 2 * np.pi, dim)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def _world(self, T, scale):
+        ys, xs = np.mgrid[0:S, 0:S].astype(np.float64)
+        c = K[0, 2]
+        xs, ys = c + (xs - c) * scale, c + (ys - c) * scale
+        rays = np.stack([(xs - K[0, 2]) / F, (ys - K[1, 2]) / F, np.ones_like(xs)], -1)
+        d = rays @ T[:3, :3].T
+        o = T[:3, 3]
+        with np.errstate(divide='ignore', invalid='ignore'):
+            s_wall = (12.0 - o[2]) / d[..., 2]
+            s_ground = (1.6 - o[1]) / d[..., 1]
+        s_wall = np.where(s_wall > 0, s_wall, np.inf)
+        s_ground = np.where(s_ground > 0, s_ground, np.inf)
+        s = np.minimum(s_wall, s_ground)
+        return o + d * s[..., None], rays * s[..., None]
+
+    def _desc(self, X):
+        f = np.sin(X @ self.W.T + self.b)
+        return f / np.linalg.norm(f, axis=-1, keepdims=True)
+
+    def forward(self, t1, t2, shape1, shape2):
+        p1, p2 = [], []
+        for a, b in zip(t1[:, 0, 0].tolist(), t2[:, 0, 0].tolist()):
+            T1, T2 = self.poses[int(round(a))], self.poses[int(round(b))]
+            X1, cam1 = self._world(T1, 1.0)
+            # view 2's pixel q shows the point of pixel c + (q - c) / (1 - k): matches contract by (1 - k)
+            X2, _ = self._world(T2, 1.0 / (1.0 - self.contraction))
+            T12 = np.linalg.inv(T1) @ T2
+            X2_in_1 = (X2 - T1[:3, 3]) @ T1[:3, :3]
+            p1.append(dict(pts3d=cam1, conf=np.full((S, S), 3.0), desc=self._desc(X1), desc_conf=np.full((S, S), 2.0)))
+            p2.append(dict(pts3d_in_other_view=X2_in_1, conf=np.full((S, S), 3.0), desc=self._desc(X2),
+                           desc_conf=np.full((S, S), 2.0)))
+            del T12
+
+        def stack(ds):
+            return {k: torch.from_numpy(np.stack([d[k] for d in ds])).float() for k in ds[0]}
+        return stack(p1), stack(p2)
+
+
+def _tok(i):
+    t = torch.zeros(1, 4, 8)
+    t[..., 0] = float(i)
+    return t
+
+
+def _kf(i):
+    return Keyframe(id=i, source='rgb', tokens=_tok(i), cls=torch.zeros(8), image_shape=(S, S), K=K, stamp_ns=0)
+
+
+MATCH = MatchingParams(subsample=3)
+PNP = PnpParams(iterations=300, reprojection_error_px=2.0)
+
+
+def _trans_dir_err(T_ref_cur_est, T_ref_cur_gt):
+    a, b = T_ref_cur_est[:3, 3], T_ref_cur_gt[:3, 3]
+    return np.degrees(np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1)))
+
+
+def test_contraction_bias_flips_one_order_but_not_the_symmetric_estimate():
+    poses = [_pose(), _pose(1.0, (0.05, 0.0, 0.2))]
+    T_gt = np.linalg.inv(poses[0]) @ poses[1]                     # current camera in the keyframe frame
+    dec = FakeDecoder(poses, contraction=0.05)
+    one = estimate_relative_pose(dec, _kf(0), _tok(1), (S, S), K, pnp=PNP, matching=MATCH)
+    assert one.pose.ok
+    assert one.pose.T_ref_cur[2, 3] < 0 < T_gt[2, 3]              # the bias turns forward motion into backward
+    sym = symmetric_relative_pose(dec, _kf(0), _tok(1), (S, S), K, pnp=PNP, matching=MATCH,
+                                  gates=PoseGates(max_order_trans_ratio=10.0, max_order_rot_deg=10.0))
+    assert sym.pose.ok, sym.pose.reason
+    assert sym.pose.T_ref_cur[2, 3] > 0
+    assert _trans_dir_err(sym.pose.T_ref_cur, T_gt) < 25.0 < _trans_dir_err(one.pose.T_ref_cur, T_gt)
+    # the two orders disagree by about the bias: far more than without it
+    unbiased = symmetric_relative_pose(FakeDecoder(poses), _kf(0), _tok(1), (S, S), K, pnp=PNP, matching=MATCH)
+    assert unbiased.pose.ok, unbiased.pose.reason
+    assert _trans_dir_err(unbiased.pose.T_ref_cur, T_gt) < 5.0
+    assert unbiased.agreement.trans_m < 0.05 < sym.agreement.trans_m
+
+
+def test_zero_motion_same_tokens_symmetric_is_identity_and_default_gates_reject_the_bias():
+    dec = FakeDecoder([_pose()], contraction=0.03)
+    one = estimate_relative_pose(dec, _kf(0), _tok(0), (S, S), K, pnp=PNP, matching=MATCH)
+    assert one.pose.ok and one.pose.T_ref_cur[2, 3] < -0.1       # spurious backward motion
+    sym = symmetric_relative_pose(dec, _kf(0), _tok(0), (S, S), K, pnp=PNP, matching=MATCH)
+    ag = sym.agreement
+    assert ag.trans_m > 0.2 and ag.trans_ratio > 1.0
+    assert not sym.pose.ok and sym.pose.reason == 'order_disagreement_translation'
+    # the combined (ungated) estimate is the identity up to second order: the two orders' biases cancel
+    loose = symmetric_relative_pose(dec, _kf(0), _tok(0), (S, S), K, pnp=PNP, matching=MATCH,
+                                    gates=PoseGates(max_order_trans_ratio=1e9))
+    assert loose.pose.ok and np.linalg.norm(loose.pose.T_ref_cur[:3, 3]) < 0.02 * abs(one.pose.T_ref_cur[2, 3])
+    assert loose.pose.rotation_deg < 1e-6
+
+
+def test_decode_both_orders_batches_and_matches_two_calls():
+    dec = FakeDecoder([_pose(), _pose(2.0, (0, 0, 0.5))])
+    a, b, c, d = decode_both_orders(dec, _tok(0), _tok(1), (S, S), (S, S))
+    p1, p2 = dec(_tok(1), _tok(0), (S, S), (S, S))
+    assert torch.equal(c['desc'], p1['desc']) and torch.equal(d['desc'], p2['desc'])
+    q1, _ = dec(_tok(0), _tok(1), (S, S), (S, S))
+    assert torch.equal(a['pts3d'], q1['pts3d']) and a['pts3d'].shape[0] == 1
+
+
+def test_invert_pose_covariance_matches_sampled_inverses():
+    rng = np.random.default_rng(3)
+    T = _pose(20.0, (1.0, -0.5, 3.0))
+    A = rng.normal(size=(6, 6)) * 1e-3
+    C = A @ A.T
+    L = np.linalg.cholesky(C)
+    deltas = []
+    Ti = np.linalg.inv(T)
+    for _ in range(4000):
+        e = L @ rng.normal(size=6)
+        Tp = T.copy()
+        Tp[:3, :3] = cv2.Rodrigues(e[3:])[0] @ T[:3, :3]
+        Tp[:3, 3] = T[:3, 3] + e[:3]
+        Tpi = np.linalg.inv(Tp)
+        w = cv2.Rodrigues(Tpi[:3, :3] @ Ti[:3, :3].T)[0].reshape(3)
+        deltas.append(np.concatenate([Tpi[:3, 3] - Ti[:3, 3], w]))
+    emp = np.cov(np.asarray(deltas).T)
+    pred = invert_pose_covariance(C, T)
+    assert np.abs(emp - pred).max() < 0.08 * np.abs(pred).max()
+
+
+def test_combine_and_agreement():
+    T = _pose(4.0, (0.2, 0.0, 1.0))
+    Ta, Tb = T.copy(), T.copy()
+    Ta[:3, 3] += [0.0, 0.0, -0.1]
+    Tb[:3, 3] += [0.0, 0.0, 0.1]
+    Ta[:3, :3] = cv2.Rodrigues(np.array([0.0, 0.01, 0.0]))[0] @ T[:3, :3]
+    Tb[:3, :3] = cv2.Rodrigues(np.array([0.0, -0.01, 0.0]))[0] @ T[:3, :3]
+    C = np.eye(6) * 1e-4
+    Tm, cov = combine_orders(Ta, Tb, C, C, PoseGates(covariance_scale=2.0, covariance_floor=(1e-3, 0.0)))
+    np.testing.assert_allclose(Tm, T, atol=1e-9)
+    ag = order_agreement(Ta, Tb, min_translation_m=0.2)
+    assert ag.trans_m == pytest.approx(0.2) and ag.rot_deg == pytest.approx(np.degrees(0.02), rel=1e-6)
+    assert ag.trans_ratio == pytest.approx(0.2 / np.linalg.norm(T[:3, 3]), rel=0.05)
+    # covariance: scale * (mean + d d^T / 4) + floor; the disagreement shows up on z and ry
+    assert cov[2, 2] == pytest.approx(2.0 * (1e-4 + 0.01) + 1e-3)
+    assert cov[4, 4] == pytest.approx(2.0 * (1e-4 + 1e-4))
+    assert cov[0, 0] == pytest.approx(2.0 * 1e-4 + 1e-3)
+    assert combine_orders(Ta, Tb)[1] is None
+
+
+def test_gate_reasons_and_validation():
+    ok = PoseResult(ok=True, inliers=np.arange(50), num_correspondences=100)
+    few = PoseResult(ok=True, inliers=np.arange(5), num_correspondences=100)
+    bad = PoseResult(ok=False, reason='cheirality')
+    T = _pose(0.0, (0, 0, 1.0))
+    agree = order_agreement(T, T)
+    g = PoseGates(min_inliers=12, min_inlier_ratio=0.6, max_order_rot_deg=1.0, max_order_trans_ratio=0.5)
+    assert gate_pose(ok, ok, agree, 1.0, g) == 'low_inlier_ratio'
+    g = PoseGates(min_inliers=12, min_inlier_ratio=0.1, max_order_rot_deg=1.0, max_order_trans_ratio=0.5,
+                  max_translation_m=0.5)
+    assert gate_pose(ok, few, agree, 0.1, g) == 'too_few_inliers'
+    assert gate_pose(bad, ok, agree, 0.1, g) == 'cheirality'
+    assert gate_pose(ok, ok, agree, 1.0, g) == 'implausible_motion'
+    assert gate_pose(ok, ok, agree, 0.4, g) == ''
+    T2 = _pose(3.0, (0, 0, 1.0))
+    assert gate_pose(ok, ok, order_agreement(T, T2), 0.4, g) == 'order_disagreement_rotation'
+    T3 = _pose(0.0, (0, 0, -1.0))
+    assert gate_pose(ok, ok, order_agreement(T, T3), 0.4, g) == 'order_disagreement_translation'
+    with pytest.raises(ValueError, match='max_order_rot_deg'):
+        PoseGates(max_order_rot_deg=float('nan'))
+    with pytest.raises(ValueError, match='covariance_floor'):
+        PoseGates(covariance_floor=(-1.0, 0.0))
