@@ -8,8 +8,10 @@ Examples::
     ros2 launch realm_ros perception.launch.py sim:=true image_topic:=/rgb/image_raw \
         image_camera_info_topic:=/rgb/camera_info                          # cross-modal RGB keyframes
 
-Arguments left empty keep the value of ``params_file`` (config/perception.yaml by default). The node configures and
-activates itself (parameter ``autostart``); with a lifecycle manager set ``autostart:=false``.
+Arguments left empty keep the value of ``params_file`` (config/perception.yaml by default). With ``sim:=true`` the
+shipped miniature checkpoints and its time window are used for whatever the arguments and a user's ``params_file``
+leave unset (a file that sets any ``window.*`` keeps its window; see realm_ros/nodes/launch_params.py). The node
+configures and activates itself (parameter ``autostart``); with a lifecycle manager set ``autostart:=false``.
 """
 
 import os
@@ -23,17 +25,9 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 PACKAGE = 'realm_ros'
-
-#: launch argument -> node parameter it overrides when non-empty
-PARAMETER_ARGUMENTS = {
-    'realm_checkpoint': 'checkpoints.realm',
-    'dune_checkpoint': 'checkpoints.dune',
-    'depth_head_checkpoint': 'checkpoints.depth_head',
-    'seg_head_checkpoint': 'checkpoints.seg_head',
-    'mast3r_checkpoint': 'checkpoints.mast3r',
-    'device': 'device',
-    'frame_id': 'frame_id',
-}
+#: launch argument of each shipped miniature checkpoint role (sim:=true)
+SIM_ROLES = {'realm_checkpoint': 'realm', 'dune_checkpoint': 'teacher', 'depth_head_checkpoint': 'depth_head',
+             'seg_head_checkpoint': 'seg_head', 'mast3r_checkpoint': 'mast3r'}
 
 
 def _share() -> str:
@@ -61,26 +55,26 @@ def _rviz_config_for(path: str, namespace: str, node_name: str, frame_id: str) -
     return out
 
 
+def _sim_defaults() -> dict:
+    """The simulated rig comes with the miniature REALM trained on it (models/README.md): its checkpoints and the
+    window it was distilled with. Applied only where the arguments and a user's params_file leave them unset."""
+    from realm_ros.miniature.recipe import SHIPPED_FILES, DistillRecipe
+    from realm_ros.nodes.launch_params import PARAMETER_ARGUMENTS
+    defaults = {PARAMETER_ARGUMENTS[arg]: f'package://{PACKAGE}/models/{SHIPPED_FILES[role]}'
+                for arg, role in SIM_ROLES.items()}
+    defaults.update({'window.mode': 'time', 'window.duration_ms': float(DistillRecipe().window_ms)})
+    return defaults
+
+
 def _nodes(context, *args, **kwargs):
     """Build the nodes once the launch arguments are known (empty arguments do not override the params file)."""
+    from realm_ros.nodes.launch_params import PARAMETER_ARGUMENTS, perception_parameters
     get = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
-    overrides = {param: get(arg) for arg, param in PARAMETER_ARGUMENTS.items() if get(arg) != ''}
+    names = set(PARAMETER_ARGUMENTS) | {'params_file', 'node_name', 'namespace', 'use_sim_time', 'image_topic'}
+    parameters = perception_parameters({name: get(name) for name in names},
+                                       os.path.join(_share(), 'config', 'perception.yaml'),
+                                       _sim_defaults() if _is_true(get('sim')) else None)
     use_sim_time = _is_true(get('use_sim_time'))
-    overrides['use_sim_time'] = use_sim_time
-    if get('image_topic'):
-        overrides['keyframe.source'] = 'image'
-    if _is_true(get('sim')):
-        # The simulated rig comes with the miniature REALM trained on it (models/README.md): use those checkpoints
-        # for every role the arguments leave empty, and the window the miniature model was distilled with.
-        from realm_ros.miniature.recipe import SHIPPED_FILES, DistillRecipe
-        roles = {'realm_checkpoint': 'realm', 'dune_checkpoint': 'teacher', 'depth_head_checkpoint': 'depth_head',
-                 'seg_head_checkpoint': 'seg_head', 'mast3r_checkpoint': 'mast3r'}
-        for arg, role in roles.items():
-            if get(arg) == '':
-                overrides[PARAMETER_ARGUMENTS[arg]] = f'package://{PACKAGE}/models/{SHIPPED_FILES[role]}'
-        overrides.setdefault('window.mode', 'time')
-        overrides.setdefault('window.duration_ms', float(DistillRecipe().window_ms))
-    parameters = [get('params_file'), overrides] if get('params_file') else [overrides]
     namespace = get('namespace')
     events_topic = get('events_topic')
     camera_info_topic = get('camera_info_topic')

@@ -45,6 +45,82 @@ def test_params_file_declares_only_parameters_the_node_knows():
     assert sorted(set(PARAM_BY_NAME) - set(params)) == [], 'every parameter is documented in the YAML file'
 
 
+def _load_launch_file_with_stubs(monkeypatch):
+    """Import launch/perception.launch.py against minimal stand-ins of launch / launch_ros / ament_index_python
+    (runs everywhere); returns (module, {argument: default}, OpaqueFunction callable)."""
+    import types
+
+    class Declare:
+        def __init__(self, name, default_value='', **kw):
+            self.name, self.default_value = name, default_value
+
+    class Opaque:
+        def __init__(self, function):
+            self.function = function
+
+    class Config:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context[self.name]
+
+    class Node:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class NotFound(KeyError):
+        pass
+
+    def share(name):
+        raise NotFound(name)
+
+    mods = {
+        'launch': types.SimpleNamespace(LaunchDescription=lambda entities: entities),
+        'launch.actions': types.SimpleNamespace(DeclareLaunchArgument=Declare, OpaqueFunction=Opaque),
+        'launch.conditions': types.SimpleNamespace(IfCondition=lambda value: ('if', value)),
+        'launch.substitutions': types.SimpleNamespace(LaunchConfiguration=Config),
+        'launch_ros': types.SimpleNamespace(), 'launch_ros.actions': types.SimpleNamespace(Node=Node),
+        'ament_index_python': types.SimpleNamespace(),
+        'ament_index_python.packages': types.SimpleNamespace(PackageNotFoundError=NotFound,
+                                                             get_package_share_directory=share),
+    }
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    spec = importlib.util.spec_from_file_location('perception_launch_under_test', LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    entities = module.generate_launch_description()
+    defaults = {e.name: e.default_value for e in entities if isinstance(e, Declare)}
+    opaque = [e for e in entities if isinstance(e, Opaque)][0]
+    return module, defaults, opaque.function
+
+
+def _perception_params(monkeypatch, **arguments):
+    _, defaults, nodes = _load_launch_file_with_stubs(monkeypatch)
+    actions = nodes(dict(defaults, **arguments))
+    perception = [a for a in actions if a.kw.get('executable') == 'perception_node'][0]
+    sim = [a for a in actions if a.kw.get('executable') == 'sim_event_camera']
+    return perception.kw['parameters'], bool(sim)
+
+
+def test_sim_launch_keeps_the_window_of_a_users_params_file(monkeypatch, tmp_path):
+    user = tmp_path / 'mine.yaml'
+    user.write_text('/**:\n  ros__parameters:\n    window.mode: count\n    window.count: 40000\n')
+    params, sim = _perception_params(monkeypatch, sim='true', params_file=str(user))
+    assert sim and params[0] == str(user)
+    assert not any(k.startswith('window.') for k in params[1]), params[1]   # the user's window wins
+    assert params[1]['checkpoints.realm'].startswith('package://realm_ros/models/')
+
+
+def test_sim_launch_with_the_shipped_params_uses_the_miniature_window(monkeypatch):
+    params, sim = _perception_params(monkeypatch, sim='true')
+    assert sim and params[0] == str(REPO / 'config' / 'perception.yaml')
+    assert params[1]['window.mode'] == 'time' and params[1]['window.duration_ms'] > 0
+    params, sim = _perception_params(monkeypatch, realm_checkpoint='/x/realm.safetensors')
+    assert not sim and params[1] == {'checkpoints.realm': '/x/realm.safetensors', 'use_sim_time': False}
+
+
 if MISSING:
     def test_perception_launch_with_launch_pytest():
         pytest.skip(f'{", ".join(MISSING)} not installed (not on PyPI): run with a ROS 2 install that provides '
