@@ -270,13 +270,34 @@ def score(rec: Received, num_classes: int = 11) -> Dict[str, Any]:
     return result
 
 
-def latency_summary(rec: Received) -> Dict[str, Any]:
-    with rec.lock:
-        lat = np.array([(recv - stamp) * 1e-6 for stamp, recv, _ in rec.depth], dtype=np.float64)
+def _percentiles(lat: np.ndarray) -> Dict[str, Any]:
     if lat.size == 0:
         return {'samples': 0}
     return {'samples': int(lat.size), 'p50_ms': float(np.percentile(lat, 50)), 'p90_ms': float(np.percentile(lat, 90)),
-            'p99_ms': float(np.percentile(lat, 99)), 'max_ms': float(lat.max())}
+            'p95_ms': float(np.percentile(lat, 95)), 'p99_ms': float(np.percentile(lat, 99)),
+            'max_ms': float(lat.max())}
+
+
+def latency_summary(rec: Received) -> Dict[str, Any]:
+    """End-to-end latency of the depth outputs: receive wall time - stamp (the window's last event)."""
+    with rec.lock:
+        lat = np.array([(recv - stamp) * 1e-6 for stamp, recv, _ in rec.depth], dtype=np.float64)
+    return _percentiles(lat)
+
+
+def latency_by_output(rec: Received) -> Dict[str, Any]:
+    """Per output (depth, semantic, pose): end-to-end latency percentiles."""
+    with rec.lock:
+        rows = {'depth': [(s, r) for s, r, _ in rec.depth], 'semantic': [(s, r) for s, r, _ in rec.semantic],
+                'pose': [(s, r) for s, r, _, _ in rec.pose]}
+    return {k: _percentiles(np.array([(r - s) * 1e-6 for s, r in v], dtype=np.float64)) for k, v in rows.items()}
+
+
+def packet_loss(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, int]:
+    """Event packets the node received and lost (sequence gaps) according to its /diagnostics."""
+    ev = next((v for k, v in diagnostics.items() if k.endswith(': events')), {})
+    got, lost = int(float(ev.get('packets', 0))), int(float(ev.get('dropped_packets', 0)))
+    return {'received': got, 'lost': lost, 'sent': got + lost}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -614,6 +635,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             'rates_hz': {k: round(rec.rate_hz(k, recorded_s), 3) for k in
                          ('events_in', 'depth', 'semantic', 'depth/color', 'semantic/color', 'matches', 'pose')},
             'latency_ms_end_to_end': latency_summary(rec),
+            'latency_ms_by_output': latency_by_output(rec),
+            'event_packets': packet_loss(rec.diagnostics),
             'node_diagnostics': rec.diagnostics,
             **scores,
         }
@@ -639,6 +662,13 @@ def _print_summary(s: Dict[str, Any], out_dir: Path) -> None:
     if lat.get('samples'):
         print(f"  end-to-end latency: p50 {lat['p50_ms']:.0f} ms, p90 {lat['p90_ms']:.0f} ms, "
               f"max {lat['max_ms']:.0f} ms ({lat['samples']} outputs)")
+    for name, v in s.get('latency_ms_by_output', {}).items():
+        if v.get('samples'):
+            print(f"    {name:8s} latency p50 {v['p50_ms']:.0f} ms, p95 {v['p95_ms']:.0f} ms ({v['samples']} outputs)")
+    pk = s.get('event_packets', {})
+    if pk.get('sent'):
+        print(f"  event packets: {pk['received']} received, {pk['lost']} lost "
+              f"({100.0 * pk['lost'] / pk['sent']:.2f} %, sequence gaps seen by the node)")
     d = s.get('depth', {})
     if d.get('frames_scored'):
         print('  depth abs error: ' + ', '.join(f'{k} {v:.2f} m' for k, v in d.items()

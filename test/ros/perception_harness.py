@@ -19,7 +19,8 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-OUTPUTS = ('depth', 'depth/camera_info', 'depth/color', 'semantic', 'semantic/color', 'points', 'pose', 'matches')
+OUTPUTS = ('depth', 'depth/camera_info', 'depth/color', 'semantic', 'semantic/color', 'points', 'pose', 'matches',
+           'odometry', 'path')
 K_TEST = np.array([[330.0, 0.0, 318.0], [0.0, 331.0, 242.0], [0.0, 0.0, 1.0]])
 
 
@@ -153,6 +154,11 @@ class Probe:
         types = {'depth': Image, 'depth/camera_info': CameraInfo, 'depth/color': Image, 'semantic': Image,
                  'semantic/color': Image, 'points': PointCloud2, 'pose': PoseWithCovarianceStamped,
                  'matches': Image}
+        from nav_msgs.msg import Odometry, Path
+        from tf2_msgs.msg import TFMessage
+        types.update({'odometry': Odometry, 'path': Path})
+        self.received['tf'] = []
+        self.node.create_subscription(TFMessage, '/tf', self._recorder('tf'), 100)
         rel = ReliabilityPolicy.RELIABLE if output_qos == 'reliable' else ReliabilityPolicy.BEST_EFFORT
         qos = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST, reliability=rel)
         for topic, mtype in types.items():
