@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Dense outputs of one window (depth, semantic, points, colour images): the previous code path against
+:mod:`realm_ros.pipeline.dense`, in one process, on the shipped miniature models and simulated events.
+
+For each sensor size and thread count it times (min and median of ``--iters`` runs, after a warm-up):
+
+* ``voxel`` / ``encoder``     shared by both paths (voxel grid + spatial fit; REALM encoder), for context
+* ``depth``     previous: head + ``prep.to_sensor`` over the sensor + NaN mask + ``colorize_depth``;
+                new: ``dense.run_depth`` + ``dense.colorize_depth_region``
+* ``semantic``  previous: bridge + projector + head + ``prep.to_sensor`` + ``isfinite``/``nan_to_num``/``argmax``
+                + palette lookup + BGR copy; new: ``dense.run_semantic`` + ``render.colorize_labels``
+* ``sem_heads`` bridge + projector + segmentation head alone (the arithmetic both paths share)
+* ``points``    previous: ``backproject_depth`` + colour lookup in the BGR image; new: ``dense.point_cloud``
+* ``dense``     voxel + encoder + depth + semantic + points (the whole dense path of a window)
+
+Every run checks that both paths give identical depth (NaN at the same pixels), labels, colour images and points.
+The previous path is copied here from ``RealmPipeline._process`` as it was before the dense module.
+
+Usage::
+
+    python benchmarks/bench_dense.py                         # 640x480 and 1280x720, 1 and 2 threads
+    python benchmarks/bench_dense.py --sizes 640x480 --threads 1 --iters 30
+    python benchmarks/bench_dense.py --events cached.npz     # x, y, t, p (+ K) arrays instead of simulating
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from realm_ros.events import voxel_grid  # noqa: E402
+from realm_ros.events.spatial import prepare_input  # noqa: E402
+from realm_ros.events.types import EventArray  # noqa: E402
+from realm_ros.models import colorize_segmentation  # noqa: E402
+from realm_ros.pipeline import dense, render  # noqa: E402
+from realm_ros.pipeline.core import PipelineConfig, RealmPipeline  # noqa: E402
+
+IGNORE_LABEL = 255
+
+
+def load_events(size: Tuple[int, int], path: Optional[Path], seconds: float) -> Tuple[EventArray, np.ndarray]:
+    w, h = size
+    if path is not None:
+        z = np.load(path)
+        return EventArray.from_arrays(z['x'], z['y'], z['t'], z['p']), np.asarray(z['K'], np.float64)
+    from realm_ros.sim.simulator import SimConfig, Simulator
+    sim = Simulator(SimConfig(width=w, height=h, duration_s=seconds, seed=3))
+    chunks = list(sim.stream())
+    return chunks[-1].events, np.asarray(sim.event_camera.K, np.float64)
+
+
+def previous_depth(p: RealmPipeline, tokens, prep, n: int, size) -> Tuple[np.ndarray, np.ndarray]:
+    d = p.depth_head(tokens['x_norm_patchtokens'][:n], tokens['x_norm_clstoken'][:n], p.grid, out_size=size)
+    depth = prep.to_sensor(d.float()).squeeze(0)
+    depth = depth.cpu().numpy().astype(np.float32, copy=False)
+    depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
+    return depth, render.colorize_depth(depth, *p.config.depth_color_range)
+
+
+def previous_semantic(p: RealmPipeline, tokens, prep, n: int, size, bridge: str) -> Tuple[np.ndarray, np.ndarray]:
+    proj_in = p.encoder.head_tokens(tokens, bridge)[:n]
+    _, feat = p.projector(proj_in, p.grid)
+    logits = p.seg_head(feat, out_size=size)
+    logits = prep.to_sensor(logits.float())
+    valid = torch.isfinite(logits).all(dim=0)
+    labels = torch.where(valid, torch.nan_to_num(logits, nan=0.0).argmax(dim=0),
+                         torch.full_like(valid, IGNORE_LABEL, dtype=torch.long))
+    semantic = labels.to(torch.uint8).cpu().numpy()
+    return semantic, colorize_segmentation(semantic)[..., ::-1].copy()
+
+
+def previous_points(depth, K, stride, max_depth, semantic_color) -> Tuple[np.ndarray, np.ndarray]:
+    xyz, rows, cols = render.backproject_depth(depth, K, stride, max_depth)
+    return xyz, np.ascontiguousarray(semantic_color[rows, cols, ::-1])
+
+
+def timed(fn: Callable[[], object], warmup: int, iters: int) -> Tuple[Dict[str, float], object]:
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times: List[float] = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {'min': min(times), 'median': statistics.median(times)}, result
+
+
+def same_depth(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
+
+
+def bench_case(p: RealmPipeline, events: EventArray, K: np.ndarray, size: Tuple[int, int], threads: int,
+               warmup: int, iters: int) -> Dict[str, Dict[str, float]]:
+    torch.set_num_threads(threads)
+    w, h = size
+    cfg = p.config
+    mode = p.spatial_mode_for(h, w)
+    msize = (p.input_size, p.input_size)
+    bridge = cfg.bridge or p._head_bridge.get('semantic') or 'teacher_norm_inverse'
+    res: Dict[str, Dict[str, float]] = {}
+    with torch.inference_mode():
+        def make_prep():
+            vox = voxel_grid(events, bins=p.bins, height=h, width=w, normalization=p.default_normalization)
+            return prepare_input(vox, size=p.input_size, mode=mode)
+        res['voxel'], prep = timed(make_prep, warmup, iters)
+        n = prep.tensor.shape[0]
+        res['encoder'], tokens = timed(lambda: p.encoder(prep.tensor), warmup, iters)
+
+        res['depth_prev'], (d0, dc0) = timed(lambda: previous_depth(p, tokens, prep, n, msize), warmup, iters)
+
+        def new_depth():
+            d = dense.run_depth(p.depth_head, tokens, p.grid, prep, msize)
+            return d, dense.colorize_depth_region(d, *cfg.depth_color_range, prep=prep)
+        res['depth_new'], (d1, dc1) = timed(new_depth, warmup, iters)
+
+        def heads_only():
+            proj_in = p.encoder.head_tokens(tokens, bridge)[:n]
+            _, feat = p.projector(proj_in, p.grid)
+            return p.seg_head(feat, out_size=msize)
+        res['sem_heads'], _ = timed(heads_only, warmup, iters)
+        res['semantic_prev'], (s0, sc0) = timed(lambda: previous_semantic(p, tokens, prep, n, msize, bridge),
+                                                max(1, warmup // 2), max(3, iters // 3))
+
+        def new_semantic():
+            labels = dense.run_semantic(p.encoder, p.projector, p.seg_head, tokens, p.grid, prep, msize, bridge)
+            return labels, render.colorize_labels(labels)
+        res['semantic_new'], (s1, sc1) = timed(new_semantic, warmup, iters)
+
+        stride, maxd = cfg.points_stride, cfg.points_max_depth
+        res['points_prev'], (x0, r0) = timed(lambda: previous_points(d0, K, stride, maxd, sc0), warmup, iters)
+        res['points_new'], (x1, r1) = timed(lambda: dense.point_cloud(d1, K, stride, maxd, labels=s1),
+                                            warmup, iters)
+    checks = {'depth': same_depth(d0, d1), 'depth_color': np.array_equal(dc0, dc1),
+              'labels': np.array_equal(s0, s1), 'label_color': np.array_equal(sc0, sc1),
+              'points_xyz': np.array_equal(x0, x1), 'points_rgb': np.array_equal(r0, r1)}
+    if not all(checks.values()):
+        raise SystemExit(f'outputs differ at {w}x{h}, {threads} thread(s): {checks}')
+    for kind in ('prev', 'new'):
+        res[f'dense_{kind}'] = {q: sum(res[k][q] for k in ('voxel', 'encoder', f'depth_{kind}', f'semantic_{kind}',
+                                                            f'points_{kind}')) for q in ('min', 'median')}
+    res['_info'] = {'mode': mode, 'events': len(events), 'labels_seen': int((s1 != IGNORE_LABEL).sum()),
+                    'classes': int(len(np.unique(s1[s1 != IGNORE_LABEL]))), 'points': len(x1)}
+    return res
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--sizes', default='640x480,1280x720', help='sensor sizes WxH, comma separated')
+    ap.add_argument('--threads', default='1,2', help='torch thread counts, comma separated')
+    ap.add_argument('--iters', type=int, default=15)
+    ap.add_argument('--warmup', type=int, default=3)
+    ap.add_argument('--seconds', type=float, default=0.1, help='simulated seconds (events of the last frame)')
+    ap.add_argument('--events', type=Path, action='append', default=None,
+                    help='npz with x, y, t, p, K per size (in --sizes order) instead of simulating')
+    ap.add_argument('--models', type=Path, default=ROOT / 'models')
+    ap.add_argument('--json', type=Path, default=None)
+    args = ap.parse_args(argv)
+    sizes = [tuple(int(v) for v in s.lower().split('x')) for s in args.sizes.split(',') if s]
+    threads = [int(t) for t in args.threads.split(',') if t]
+    m = args.models
+    p = RealmPipeline(PipelineConfig(realm_checkpoint=str(m / 'mini_realm.safetensors'),
+                                     dune_checkpoint=str(m / 'mini_teacher.safetensors'),
+                                     depth_head_checkpoint=str(m / 'mini_depth_head.safetensors'),
+                                     seg_head_checkpoint=str(m / 'mini_seg_head.safetensors'),
+                                     heads=('depth', 'semantic', 'points'), device='cpu'))
+    results = {}
+    for i, size in enumerate(sizes):
+        path = args.events[i] if args.events and i < len(args.events) else None
+        events, K = load_events(size, path, args.seconds)
+        for t in threads:
+            r = bench_case(p, events, K, size, t, args.warmup, args.iters)
+            key = f'{size[0]}x{size[1]}_t{t}'
+            results[key] = r
+            info = r['_info']
+            print(f'\n{size[0]}x{size[1]}, {t} thread(s), mode {info["mode"]}, {info["events"]} events, '
+                  f'{info["points"]} points, {info["classes"]} classes; outputs identical; ms min / median')
+            print(f'  {"stage":<10} {"previous":>17} {"new":>17} {"speed-up":>9}')
+            for stage in ('voxel', 'encoder', 'sem_heads'):
+                print(f'  {stage:<10} {r[stage]["min"]:8.2f} /{r[stage]["median"]:7.2f}')
+            for stage in ('depth', 'semantic', 'points', 'dense'):
+                a, b = r[f'{stage}_prev'], r[f'{stage}_new']
+                print(f'  {stage:<10} {a["min"]:8.2f} /{a["median"]:7.2f} {b["min"]:8.2f} /{b["median"]:7.2f} '
+                      f'{a["min"] / b["min"]:8.1f}x')
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
