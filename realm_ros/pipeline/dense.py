@@ -22,11 +22,15 @@ extra views after the first ``prep.plan.num_inputs``)::
     labels = run_semantic(encoder, projector, seg_head, tokens, grid, prep, size, bridge)   # (H, W) uint8
     labels_bgr = render.colorize_labels(labels)                                # (H, W, 3) uint8 BGR
     xyz, rgb = point_cloud(depth, K, stride, max_depth, labels=labels)
+
+or all of it, with the pipeline's rules for which head needs what, in one call: :func:`compute_dense`.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Dict, Optional, Tuple
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -226,3 +230,52 @@ def point_cloud(depth: np.ndarray, K: np.ndarray, stride: int, max_depth: float,
     else:
         rgb = render.colorize_depth(depth[rows, cols], *depth_range)[:, ::-1]
     return xyz, np.ascontiguousarray(rgb)
+
+
+# ------------------------------------------------------------------------------------------------------ all at once
+@dataclass
+class DenseResult:
+    """The dense outputs of one window (None where the head is off); ``timings_ms``: depth_ms, semantic_ms,
+    points_ms of the heads that ran."""
+
+    depth: Optional[np.ndarray] = None
+    depth_color: Optional[np.ndarray] = None
+    semantic: Optional[np.ndarray] = None
+    semantic_color: Optional[np.ndarray] = None
+    points_xyz: Optional[np.ndarray] = None
+    points_rgb: Optional[np.ndarray] = None
+    timings_ms: Dict[str, float] = field(default_factory=dict)
+
+
+def compute_dense(heads: Iterable[str], tokens: Dict[str, Any], grid: Tuple[int, int], prep: Any,
+                  size: Tuple[int, int], K: np.ndarray, *, depth_head: Any = None, encoder: Any = None,
+                  projector: Any = None, seg_head: Any = None, bridge: str = 'teacher_norm_inverse',
+                  depth_color_range: Tuple[float, float] = (1.0, 81.0), points_stride: int = 2,
+                  points_max_depth: float = 80.0, autocast: Autocast = None) -> DenseResult:
+    """Every enabled dense head of one window: ``'depth'`` (depth + colour), ``'semantic'`` (labels + colour),
+    ``'points'`` (needs the depth head; coloured by class if ``'semantic'`` runs, else by depth).
+
+    Same outputs as the per-head expressions of ``RealmPipeline`` before this module (tests compare them).
+    """
+    heads = set(heads)
+    res = DenseResult()
+    depth = None
+    if 'depth' in heads or 'points' in heads:
+        t = time.perf_counter()
+        depth = run_depth(depth_head, tokens, grid, prep, size, autocast=autocast)
+        if 'depth' in heads:
+            res.depth = depth
+            res.depth_color = colorize_depth_region(depth, *depth_color_range, prep=prep)
+        res.timings_ms['depth_ms'] = (time.perf_counter() - t) * 1e3
+    if 'semantic' in heads:
+        t = time.perf_counter()
+        res.semantic = run_semantic(encoder, projector, seg_head, tokens, grid, prep, size, bridge, autocast=autocast)
+        res.semantic_color = render.colorize_labels(res.semantic)
+        res.timings_ms['semantic_ms'] = (time.perf_counter() - t) * 1e3
+    if 'points' in heads:
+        t = time.perf_counter()
+        res.points_xyz, res.points_rgb = point_cloud(depth, K, points_stride, points_max_depth,
+                                                     labels=res.semantic, depth_color=res.depth_color,
+                                                     depth_range=depth_color_range)
+        res.timings_ms['points_ms'] = (time.perf_counter() - t) * 1e3
+    return res

@@ -114,6 +114,55 @@ def test_dense_outputs_equal_the_previous_path_on_miniature_models(mini, mode, c
         assert np.array_equal(x0, x1) and np.array_equal(c0, c1)
 
 
+def ref_process_dense(pipe, heads, tokens, prep, K, n, size, bridge, cfg):
+    """The dense block of RealmPipeline._process_dense as it was before pipeline.dense (outputs only)."""
+    out = {}
+    if 'depth' in heads or 'points' in heads:
+        d = pipe.depth_head(tokens['x_norm_patchtokens'][:n], tokens['x_norm_clstoken'][:n], pipe.grid, out_size=size)
+        depth = prep.to_sensor(d.float()).squeeze(0)
+        depth = depth.cpu().numpy().astype(np.float32, copy=False)
+        depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
+        if 'depth' in heads:
+            out['depth'] = depth
+            out['depth_color'] = render.colorize_depth(depth, *cfg['depth_color_range'])
+    if 'semantic' in heads:
+        proj_in = pipe.encoder.head_tokens(tokens, bridge)[:n]
+        _, feat = pipe.projector(proj_in, pipe.grid)
+        out['semantic'] = ref_labels(pipe.seg_head(feat, out_size=size), prep)
+        out['semantic_color'] = ref_semantic_color(out['semantic'])
+    if 'points' in heads:
+        xyz, rows, cols = render.backproject_depth(depth, K, cfg['points_stride'], cfg['points_max_depth'])
+        if out.get('semantic_color') is not None:
+            rgb = out['semantic_color'][rows, cols, ::-1]
+        else:
+            rgb = (out['depth_color'] if out.get('depth_color') is not None else
+                   render.colorize_depth(depth, *cfg['depth_color_range']))[rows, cols, ::-1]
+        out['points_xyz'], out['points_rgb'] = xyz, np.ascontiguousarray(rgb)
+    return out
+
+
+@pytest.mark.parametrize('heads', [('depth', 'semantic', 'points'), ('depth',), ('semantic',), ('points',),
+                                   ('depth', 'points'), ('semantic', 'points')])
+def test_compute_dense_equals_the_previous_pipeline_block(mini, heads):
+    pipe, voxel, K = mini
+    prep = prepare_input(voxel, size=pipe.input_size, mode='crop')
+    size = (pipe.input_size, pipe.input_size)
+    cfg = dict(depth_color_range=(1.5, 60.0), points_stride=3, points_max_depth=50.0)
+    with torch.inference_mode():
+        tokens = pipe.encoder(prep.tensor)
+        ref = ref_process_dense(pipe, heads, tokens, prep, K, 1, size, 'student_prenorm', cfg)
+        got = dense.compute_dense(heads, tokens, pipe.grid, prep, size, K, depth_head=pipe.depth_head,
+                                  encoder=pipe.encoder, projector=pipe.projector, seg_head=pipe.seg_head,
+                                  bridge='student_prenorm', **cfg)
+    names = ('depth', 'depth_color', 'semantic', 'semantic_color', 'points_xyz', 'points_rgb')
+    for name in names:
+        a, b = ref.get(name), getattr(got, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == 'f'), name
+    assert set(got.timings_ms) == {f'{h}_ms' for h in heads} | ({'depth_ms'} if 'points' in heads else set())
+
+
 # ------------------------------------------------------------------------------ adversarial inputs
 PLANS = [((240, 320), 'crop'), ((240, 320), 'tile'), ((180, 200), 'pad'), ((260, 250), 'crop'),
          ((100, 130), 'crop'), ((500, 700), 'tile')]
