@@ -9,14 +9,22 @@ read back with ``np.frombuffer`` (zero copy).
 Supported image encodings: ``32FC1`` (depth in metres, NaN = invalid), ``bgr8``, ``rgb8``, ``bgra8``, ``rgba8``,
 ``mono8``, ``8UC1``, ``8UC3``, ``mono16``, ``16UC1``. Point clouds are ``x, y, z`` float32 plus the PCL/RViz packed
 colour field ``rgb`` (float32 whose bits are ``0x00RRGGBB``), 16 bytes per point.
+
+Official converters: on a ROS install, images go through ``cv_bridge`` (``CvBridge.cv2_to_imgmsg`` /
+``imgmsg_to_cv2``) and point clouds through ``sensor_msgs_py.point_cloud2.create_cloud`` (rosdep keys
+``cv_bridge``, ``sensor_msgs_py``). Where they do not import (PyPI-only set-ups, or a ``cv2`` / numpy ABI mismatch),
+or for inputs they do not handle (foreign byte order, odd row padding, empty images), the package's own conversions
+below are used. Both produce identical messages (tested); the inputs are validated here first either way, so
+errors name the problem the same way. ``official_converters()`` tells which path is active.
 """
 
 from __future__ import annotations
 
 import array
+import logging
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -26,6 +34,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 _NATIVE_BIG_ENDIAN = sys.byteorder == 'big'
+_log = logging.getLogger(__name__)
 
 #: encoding -> (numpy dtype, channels)
 IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
@@ -81,7 +90,8 @@ def _bytes_array(buffer: Any) -> array.array:
     out = array.array('B')
     if isinstance(buffer, np.ndarray):
         buffer = np.ascontiguousarray(buffer)
-        out.frombytes(memoryview(buffer).cast('B'))
+        if buffer.nbytes:  # (a view with a zero in its shape cannot be cast)
+            out.frombytes(memoryview(buffer).cast('B'))
     else:
         out.frombytes(buffer)
     return out
@@ -90,6 +100,42 @@ def _bytes_array(buffer: Any) -> array.array:
 def bytes_to_uint8_array(buffer: Any) -> array.array:
     """Public form of the ``uint8[]`` filler: ``array.array('B')`` with the bytes of ``buffer`` (one copy)."""
     return _bytes_array(buffer)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# official converters (ROS install) with the package's own as the fallback
+
+_OFFICIAL: Dict[str, Any] = {}     # name -> CvBridge instance / point_cloud2 module / None (not importable)
+_OFFICIAL_WHY: Dict[str, str] = {}
+
+
+def _official(name: str) -> Any:
+    """``CvBridge()`` for ``'cv_bridge'``, the module for ``'sensor_msgs_py'``; None where it does not import."""
+    if name not in _OFFICIAL:
+        try:
+            # only the ROS 2 packages (registered in the ament index): the PyPI 'cv-bridge' is a ROS 1 port that
+            # ignores row padding and fails on numpy 2
+            from ament_index_python.packages import get_package_prefix
+            get_package_prefix(name)
+            if name == 'cv_bridge':
+                from cv_bridge import CvBridge
+                _OFFICIAL[name] = CvBridge()
+            else:
+                from sensor_msgs_py import point_cloud2
+                _OFFICIAL[name] = point_cloud2
+            _OFFICIAL_WHY[name] = 'in use'
+        except Exception as exc:  # noqa: BLE001 - not installed, or cv2 / numpy ABI mismatch: own conversions
+            _OFFICIAL[name] = None
+            _OFFICIAL_WHY[name] = f'{type(exc).__name__}: {exc}'
+            _log.debug('%s not usable (%s): using the package conversions', name, _OFFICIAL_WHY[name])
+    return _OFFICIAL[name]
+
+
+def official_converters() -> Dict[str, str]:
+    """``{'cv_bridge': why, 'sensor_msgs_py': why}``: ``'in use'`` or the import error that selected the fallback."""
+    for name in ('cv_bridge', 'sensor_msgs_py'):
+        _official(name)
+    return dict(_OFFICIAL_WHY)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -117,6 +163,19 @@ def image_from_array(image: np.ndarray, encoding: str, header: Header) -> Image:
                          f'{encoding!r} ({dtype} x {channels})')
     if not arr.dtype.isnative:
         arr = arr.astype(dtype)
+    bridge = _official('cv_bridge')
+    if bridge is not None and arr.shape[0] > 0:
+        try:
+            msg = bridge.cv2_to_imgmsg(arr, encoding=encoding, header=header)
+        except Exception as exc:  # noqa: BLE001 - cv_bridge refused a valid input: the own conversion below
+            _log.debug('cv_bridge.cv2_to_imgmsg failed (%s): using the package conversion', exc)
+        else:
+            msg.is_bigendian = _NATIVE_BIG_ENDIAN and dtype.itemsize > 1   # native order (cv_bridge: only '>')
+            return msg
+    return _image_from_array_own(arr, encoding, dtype, channels, header)
+
+
+def _image_from_array_own(arr: np.ndarray, encoding: str, dtype: np.dtype, channels: int, header: Header) -> Image:
     msg = Image()
     msg.header = header
     msg.height = int(arr.shape[0])
@@ -145,6 +204,15 @@ def image_to_array(msg: Any) -> np.ndarray:
     raw = np.frombuffer(msg.data, dtype=np.uint8)
     if raw.size < height * step:
         raise ValueError(f'image data has {raw.size} bytes, expected {height * step} ({height} rows x step {step})')
+    bridge = _official('cv_bridge')
+    pixel = channels * dtype.itemsize
+    if bridge is not None and height > 0 and step % pixel == 0 and bool(msg.is_bigendian) == _NATIVE_BIG_ENDIAN:
+        try:
+            out = bridge.imgmsg_to_cv2(msg, desired_encoding='passthrough')
+        except Exception as exc:  # noqa: BLE001
+            _log.debug('cv_bridge.imgmsg_to_cv2 failed (%s): using the package conversion', exc)
+        else:
+            return out if out.dtype.isnative else out.astype(dtype)
     rows = raw[:height * step].reshape(height, step)[:, :row_bytes]
     typed_dtype = dtype.newbyteorder('>' if msg.is_bigendian else '<') if dtype.itemsize > 1 else dtype
     out = np.ascontiguousarray(rows).view(typed_dtype)
@@ -237,14 +305,24 @@ def pointcloud2_xyzrgb(xyz: np.ndarray, rgb: np.ndarray, header: Header) -> Poin
     points['y'] = xyz[:, 1]
     points['z'] = xyz[:, 2]
     points['rgb'] = pack_rgb(rgb)
+    fields = [PointField(name='x', offset=0, datatype=PointField.FLOAT32, count=1),
+              PointField(name='y', offset=4, datatype=PointField.FLOAT32, count=1),
+              PointField(name='z', offset=8, datatype=PointField.FLOAT32, count=1),
+              PointField(name='rgb', offset=12, datatype=PointField.FLOAT32, count=1)]
+    pc2 = _official('sensor_msgs_py')
+    if pc2 is not None:
+        try:  # the rgb bits travel as the float32 field the message declares (a view: no conversion)
+            msg = pc2.create_cloud(header, fields, points.view(pc2.dtype_from_fields(fields)))
+        except Exception as exc:  # noqa: BLE001
+            _log.debug('sensor_msgs_py create_cloud failed (%s): using the package conversion', exc)
+        else:
+            msg.is_dense = True   # non-finite points were dropped above
+            return msg
     msg = PointCloud2()
     msg.header = header
     msg.height = 1
     msg.width = len(points)
-    msg.fields = [PointField(name='x', offset=0, datatype=PointField.FLOAT32, count=1),
-                  PointField(name='y', offset=4, datatype=PointField.FLOAT32, count=1),
-                  PointField(name='z', offset=8, datatype=PointField.FLOAT32, count=1),
-                  PointField(name='rgb', offset=12, datatype=PointField.FLOAT32, count=1)]
+    msg.fields = fields
     msg.is_bigendian = _NATIVE_BIG_ENDIAN
     msg.point_step = XYZRGB_DTYPE.itemsize
     msg.row_step = msg.point_step * msg.width
