@@ -26,7 +26,7 @@ import numpy as np
 from realm_ros.common.errors import RealmError
 from realm_ros.common.stamps import stamp_to_ns
 
-from .codecs import Decoder, UnknownEncodingError, make_decoder, normalize_encoding
+from .codecs import Decoder, UnknownEncodingError, make_decoder, normalize_encoding, time_base_i64
 from .legacy import LegacyEventArray, legacy_events_from_message
 from .timesync import TIME_MODES, OffsetEstimator
 from .types import EventArray, TriggerArray, merge_counts
@@ -225,7 +225,8 @@ class EventPacketDecoder:
             firsts = [int(a.t[0]) for a in (ev, tr) if len(a)]
             if firsts and header is not None:
                 t_first = min(firsts)
-                sample = stamp_ns - t_first
+                # modulo 2^64 like the codecs' time_base arithmetic: a uint64 time_base >= 2^63 maps back exactly
+                sample = int(time_base_i64(stamp_ns - t_first))
                 if self.time_mode == 'header':
                     offset = sample
                 else:

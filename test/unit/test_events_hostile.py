@@ -83,3 +83,15 @@ def test_evt3_padding_words_are_padding_not_errors():
     # another type-9 word is still a reserved word
     r2 = dec.decode(np.array([0x9123], '<u2').tobytes())
     assert r2.errors == {'reserved_words': 1}
+
+
+@pytest.mark.parametrize('mode', ['smoothed', 'header'])
+def test_packet_decoder_maps_a_huge_time_base_back_to_ros_time(mode):
+    from events_testlib import packet
+    from realm_ros.events.packet import EventPacketDecoder
+    payload, _ = encode_mono([1, 2], [1, 1], [0, 4], [1, 0])
+    dec = EventPacketDecoder(time_mode=mode)
+    stamp = 1_700_000_000_000_000_000
+    ev = dec.decode_msg(packet(payload, encoding='mono', time_base=2 ** 63 + 5, stamp_ns=stamp))
+    assert dec.stats['decode_exceptions'] == 0, dec.last_error
+    assert ev.t.tolist() == [stamp, stamp + 4]       # offset taken modulo 2^64 like the decoded times
