@@ -83,6 +83,7 @@ class EventPacketDecoder:
         self._last_seq: Optional[int] = None
         self._last_out_t: Optional[int] = None
         self._retired: Dict[str, int] = {}
+        self._retired_padding = 0
         self._counts: Dict[str, int] = {
             'packets': 0, 'events': 0, 'triggers': 0, 'dropped_packets': 0, 'seq_gaps': 0, 'seq_resets': 0,
             'encoding_changes': 0, 'resolution_changes': 0, 'unknown_encoding': 0, 'bad_geometry': 0,
@@ -104,6 +105,9 @@ class EventPacketDecoder:
         if self.decoder is not None:
             merge_counts(dec_errors, self.decoder.stats['errors'])
         out['decoder_errors'] = dec_errors
+        # EVT3 padding words (0x9999): counted, but not errors
+        out['padding_words'] = self._retired_padding + (
+            int(self.decoder.stats.get('padding_words', 0)) if self.decoder is not None else 0)
         out['offset_resets'] = self.offset.resets
         out['offset_ns'] = self.offset.offset_ns
         return out
@@ -183,6 +187,7 @@ class EventPacketDecoder:
                 self._counts['resolution_changes'] += 1
             if self.decoder is not None:
                 merge_counts(self._retired, self.decoder.stats['errors'])
+                self._retired_padding += int(self.decoder.stats.get('padding_words', 0))
             self.offset.reset()
             self._last_out_t = None
         self.decoder = dec

@@ -95,3 +95,17 @@ def test_packet_decoder_maps_a_huge_time_base_back_to_ros_time(mode):
     ev = dec.decode_msg(packet(payload, encoding='mono', time_base=2 ** 63 + 5, stamp_ns=stamp))
     assert dec.stats['decode_exceptions'] == 0, dec.last_error
     assert ev.t.tolist() == [stamp, stamp + 4]       # offset taken modulo 2^64 like the decoded times
+
+
+def test_packet_decoder_reports_padding_apart_from_errors():
+    from events_testlib import packet
+    from realm_ros.events.packet import EventPacketDecoder
+    x, y, t, p = random_events(50, seed=5)
+    w = np.frombuffer(encode_evt3(x, y, t, p), '<u2')
+    padded = np.concatenate([w, [0x9999] * 4]).astype('<u2').tobytes()
+    dec = EventPacketDecoder(time_mode='sensor')
+    assert len(dec.decode_msg(packet(padded, seq=0))) == 50
+    assert dec.stats['padding_words'] == 4 and dec.num_errors == 0
+    assert 'padding_words' not in dec.stats['decoder_errors']
+    dec.decode_msg(packet(padded, width=320, height=240, seq=1))    # new decoder: the count carries over
+    assert dec.stats['padding_words'] == 8
