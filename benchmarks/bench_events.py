@@ -131,7 +131,7 @@ def dense_vector_stream(kind: str = 'edges', n_target: int = 2_000_000, seed: in
     Each microsecond a number of rows fire; a row is either a 32-pixel group (VECT_BASE_X + VECT_12 + VECT_12 +
     VECT_8, like Prophesee Gen4.1 sensors emit) with about half of its pixels set, or a single pixel (ADDR_Y + ADDR_X).
     ``kind='gen41'``: 5 % groups, 6 rows/us: ~2.6 bytes/event with vector-word counts in the proportions of the
-    Gen4.1 EVK3 sample in EVENTS_SPEC 1.3 (2.8 bytes/event). ``kind='edges'``: 30 % groups, 12 rows/us: ~0.9
+    Gen4.1 EVK3 sample in docs/formats.md#evt3 (2.8 bytes/event). ``kind='edges'``: 30 % groups, 12 rows/us: ~0.9
     bytes/event, a saturated sensor looking at strong edges.
     """
     pv, dens, rows = {'gen41': (0.05, 0.5, 6), 'edges': (0.3, 0.6, 12)}[kind]

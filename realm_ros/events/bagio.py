@@ -1,4 +1,4 @@
-"""ROS-free bag and RAW file input (EVENTS_SPEC 1.3 RAW header, section 3 rosbags notes).
+"""ROS-free bag and RAW file input (docs/formats.md#raw-files, docs/formats.md#bags).
 
 * ``make_typestore()``: a ROS 2 rosbags typestore with ``event_camera_msgs/msg/EventPacket``, its pre-2023 name
   ``event_array_msgs/msg/EventArray`` and the legacy ``dvs_msgs`` / ``prophesee_event_msgs`` EventArray types.
@@ -29,7 +29,8 @@ EVENT_PACKET_OLD_TYPE = 'event_array_msgs/msg/EventArray'
 EVENT_PACKET_TYPES = (EVENT_PACKET_TYPE, EVENT_PACKET_OLD_TYPE)
 EVENT_TYPES = EVENT_PACKET_TYPES + tuple(t for t in LEGACY_EVENT_ARRAY_TYPES if '/msg/' in t)
 
-#: The ROS 2 .msg text of event_camera_msgs/msg/EventPacket (field order matters for CDR; EVENTS_SPEC 1.1).
+#: The ROS 2 .msg text of event_camera_msgs/msg/EventPacket (field order matters for CDR;
+#: docs/formats.md#eventpacket-message).
 EVENT_PACKET_MSG = """# A packet of events encoded in a camera-specific format (see the `encoding` field).
 # event ros time = time_base + decoded event_time (for encodings that use time_base)
 std_msgs/Header header
@@ -108,7 +109,7 @@ def _open_ros2_readers(path: Path) -> List[Any]:
     raise BagReadError(f'cannot open bag {path}: {first_error}') from first_error
 
 
-def list_bag_topics(path: os.PathLike) -> Dict[str, str]:
+def list_bag_topics(path: str | os.PathLike[str]) -> Dict[str, str]:
     """{topic: msgtype} of a bag (ROS 2 directory / .db3 / .mcap, or ROS 1 .bag)."""
     out: Dict[str, str] = {}
     for reader in _open_readers(Path(path)):
@@ -145,7 +146,7 @@ def _deserialize(store: Any, raw: Any, msgtype: str, ros1: bool) -> Any:
     return store.deserialize_cdr(raw, msgtype)
 
 
-def iter_bag_messages(path: os.PathLike, topics: Optional[Sequence[str]] = None,
+def iter_bag_messages(path: str | os.PathLike[str], topics: Optional[Sequence[str]] = None,
                       errors: Optional[Dict[str, int]] = None) -> Iterator[Tuple[str, str, int, Any]]:
     """Yield ``(topic, msgtype, record_time_ns, msg)`` for every message of the selected topics, in file order.
 
@@ -157,7 +158,8 @@ def iter_bag_messages(path: os.PathLike, topics: Optional[Sequence[str]] = None,
 
     ``msg`` is a rosbags message object (field access like rclpy; ``uint8[]`` as numpy), or for the legacy
     dvs/prophesee EventArray types a ``LegacyEventArray`` with numpy events in ROS time.
-    Record times are the recorder's receive times: never use them for event timing (EVENTS_SPEC 1.8).
+    Record times are the recorder's receive times: never use them for event timing
+    (docs/formats.md#time-stamps-and-clocks).
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -220,7 +222,7 @@ class RawEvt3:
 
 
 def _parse_raw_header(f: Any) -> Tuple[List[str], int]:
-    """Read '%' lines; returns (lines, payload offset). Stops after a '% end' line (EVENTS_SPEC 1.3)."""
+    """Read '%' lines; returns (lines, payload offset). Stops after a '% end' line (docs/formats.md#evt3)."""
     lines: List[str] = []
     offset = 0
     while True:
@@ -331,7 +333,7 @@ def raw_evt3_geometry(path: os.PathLike) -> Tuple[Optional[int], Optional[int]]:
 
 
 def write_raw_evt3(path: os.PathLike, payload: Any, width: int, height: int) -> None:
-    """Write a RAW EVT3 file (header as in EVENTS_SPEC 1.3, then the payload bytes)."""
+    """Write a RAW EVT3 file (header as in docs/formats.md#evt3, then the payload bytes)."""
     head = (f'% evt 3.0\n% format EVT3;height={int(height)};width={int(width)}\n'
             f'% geometry {int(width)}x{int(height)}\n% end\n').encode()
     with open(path, 'wb') as f:

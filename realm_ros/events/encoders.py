@@ -1,4 +1,4 @@
-"""Encoders for every EventPacket encoding (EVENTS_SPEC 1.3-1.7).
+"""Encoders for every EventPacket encoding (docs/formats.md#encodings).
 
 Used by the tests (round trips against the decoders) and by the simulator to publish realistic packets.
 
@@ -23,7 +23,7 @@ from ._jit import njit
 
 EVT3_MAX_COORD = 2047  # 11-bit addresses
 EVT3_WRAP_US = 1 << 24
-_KEEPALIVE_STEP = 2048  # TIME_HIGH units between keep-alive words during gaps (< 4086, see EVENTS_SPEC 1.3)
+_KEEPALIVE_STEP = 2048  # TIME_HIGH units between keep-alive words during gaps (< 4086, see docs/formats.md#evt3)
 
 
 def _trigger_arrays(triggers: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -216,7 +216,7 @@ def _encode_libcaer_cmp_kernel(x, y, r, p, out):  # pragma: no cover - compiled
 
 
 def encode_libcaer_cmp(x: Any, y: Any, t_ns: Any, p: Any) -> Tuple[bytes, int]:
-    """Encode one ``libcaer_cmp`` message the way libcaer_driver does (EVENTS_SPEC 1.4).
+    """Encode one ``libcaer_cmp`` message the way libcaer_driver does (docs/formats.md#libcaer_cmp).
 
     Events are sorted by (t, x, p, y). ``time_base`` is the time of the first event; times must be on a 1 us
     grid relative to it and span less than 2^24 us (the format has no rollover).
@@ -250,7 +250,7 @@ def encode_libcaer_cmp(x: Any, y: Any, t_ns: Any, p: Any) -> Tuple[bytes, int]:
 
 
 def encode_libcaer(x: Any, y: Any, t_ns: Any, p: Any, time_base: Optional[int] = None) -> Tuple[bytes, int]:
-    """Encode libcaer polarity events (8 bytes: uint32 data, int32 31-bit microsecond time stamp; EVENTS_SPEC 1.5).
+    """Encode libcaer polarity events (8 bytes: uint32 data, int32 31-bit µs time stamp; docs/formats.md#libcaer).
 
     The on-wire time stamp is ``((t - time_base) / 1000) mod 2^31``; choose ``time_base`` so that the first stamp
     is close to 2^31 to exercise the rollover. Events keep their given order (a decoder adds 2^31 us whenever the

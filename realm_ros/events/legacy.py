@@ -1,5 +1,5 @@
 """Vectorised parsing of the legacy per-event message types ``dvs_msgs/EventArray`` and
-``prophesee_event_msgs/EventArray`` (EVENTS_SPEC 1.9).
+``prophesee_event_msgs/EventArray`` (docs/formats.md#legacy-event-arrays).
 
 Both carry one struct per event with an absolute ROS time stamp, so they decode straight to ROS time. Parsing
 works on the serialized bytes (ROS 2 CDR or ROS 1) with numpy strided views, never one Python object per event.
@@ -61,7 +61,8 @@ class LegacyEventArray:
     msgtype: str = 'dvs_msgs/msg/EventArray'
 
 
-# Element k >= 1 of a ROS 2 CDR Event[] array (EVENTS_SPEC 1.9): x@0, y@2, sec@6, nsec@10, pol@14, stride 16.
+# Element k >= 1 of a ROS 2 CDR Event[] array: x@0, y@2, sec@6, nsec@10, pol@14, stride 16
+# (docs/formats.md#legacy-event-arrays).
 _CDR_EVENT = np.dtype({'names': ['x', 'y', 'sec', 'nsec', 'pol'],
                        'formats': ['<u2', '<u2', '<i4', '<u4', 'u1'],
                        'offsets': [0, 2, 6, 10, 14], 'itemsize': 15})

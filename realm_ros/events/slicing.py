@@ -1,4 +1,4 @@
-"""Windows of events across packet boundaries (PAPER_FACTS: 150,000 events or 33 ms; training uses the window
+"""Windows of events across packet boundaries (docs/models.md#input: 150,000 events or 33 ms; training uses the window
 ending at each RGB frame time).
 
 * ``EventRingBuffer``: bounded, preallocated circular store of the most recent events (time-sorted input).

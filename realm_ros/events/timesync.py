@@ -1,4 +1,4 @@
-"""Sensor time -> ROS time (EVENTS_SPEC 1.8).
+"""Sensor time -> ROS time (docs/formats.md#time-stamps-and-clocks).
 
 Three clocks exist: the bag record time (never used), ``header.stamp`` (host wall clock when the driver received the
 first SDK packet of the message) and the sensor time decoded from the payload (evt3: device microseconds with no

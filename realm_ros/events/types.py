@@ -3,7 +3,7 @@
 ``EventArray`` is the currency of the whole package: four parallel arrays
 ``x`` (uint16, column), ``y`` (uint16, row), ``t`` (int64, nanoseconds) and ``p`` (uint8, 1 = ON / brighter,
 0 = OFF). What the time stamps mean (decoded sensor time or ROS time) depends on who produced the array; the
-codecs document it (EVENTS_SPEC sections 1.2-1.8).
+codecs document it (docs/formats.md#encodings).
 """
 from __future__ import annotations
 
@@ -175,8 +175,8 @@ class TriggerArray:
 class DecodeResult:
     """What one ``Decoder.decode`` call produced.
 
-    ``events`` and ``triggers`` carry the codec's decoded time in ns (EVENTS_SPEC 1.2); ``errors`` holds the error
-    counters incremented by this call only (the decoder's running totals are in ``Decoder.stats``).
+    ``events`` and ``triggers`` carry the codec's decoded time in ns (docs/formats.md#encodings); ``errors`` holds the
+    error counters incremented by this call only (the decoder's running totals are in ``Decoder.stats``).
     """
 
     events: EventArray

@@ -1,4 +1,4 @@
-"""Voxel grid of events (EVENTS_SPEC section 2): temporal bilinear splatting of +-1 polarities into B bins.
+"""Voxel grid of events (docs/formats.md#voxel-grid): temporal bilinear splatting of +-1 polarities into B bins.
 
 For event i of a window (time-sorted; t_0 first, t_{N-1} last):
 

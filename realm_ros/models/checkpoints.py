@@ -4,7 +4,8 @@ Every loader validates the *whole* file against the module it builds (missing ke
 single tensor is copied, and returns a freshly built module: a failure raises :class:`CheckpointError` (a
 ``ValueError``) whose message names the file and the problem, and nothing is left half-loaded.
 
-Official DUNE files (``MODEL_SPEC`` 1.6): ``{'model': state_dict, 'args': argparse.Namespace, 'iter': int, ...}``
+Official DUNE files (docs/models.md#dune-checkpoint-files):
+``{'model': state_dict, 'args': argparse.Namespace, 'iter': int, ...}``
 with keys ``encoder.*``, ``projectors.<teacher>.*``, ``teacher_norms.<teacher>.normalizers.<cls|patch>.{mean,std}``,
 optionally prefixed by ``module.`` / ``_orig_mod.``. Modules are sized from the file itself (register tokens, qkv
 bias, depth, width, pos-embed length) - never from a guess. These are pickles: :func:`read_checkpoint` first tries

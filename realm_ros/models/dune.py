@@ -1,8 +1,8 @@
 """DUNE encoder: a DINOv2-style Vision Transformer whose state-dict keys equal the official DUNE checkpoints.
 
-Clean-room implementation of the facts in ``MODEL_SPEC.md`` section 1 (no code copied from the reference repositories).
+Clean-room implementation of docs/models.md#dune-encoder (no code copied from the reference repositories).
 
-State-dict layout (``MODEL_SPEC`` 1.2, prefix ``encoder.`` inside an official ``ckpt['model']``)::
+State-dict layout (docs/models.md#dune-encoder, prefix ``encoder.`` inside an official ``ckpt['model']``)::
 
     cls_token (1, 1, D)   pos_embed (1, 1 + M*M, D)   [register_tokens (1, R, D) iff R > 0]   mask_token (1, D)
     patch_embed.proj.{weight (D, C, P, P), bias (D)}
@@ -12,7 +12,7 @@ State-dict layout (``MODEL_SPEC`` 1.2, prefix ``encoder.`` inside an official ``
 Maths: pre-norm blocks ``x = x + ls1(attn(norm1(x)))``, ``x = x + ls2(mlp(norm2(x)))``; LayerNorm eps 1e-6; exact (erf)
 GELU; attention through ``F.scaled_dot_product_attention`` (scale 1/sqrt(head_dim), no mask, no dropout).
 
-Three "encoder outputs" exist (``MODEL_SPEC`` 1.4), all available here:
+Three "encoder outputs" exist (docs/models.md#positional-embedding), all available here:
 
 * ``forward_features(x)`` / ``model(x)`` - the hub encoder: final ``norm`` applied
   (``x_norm_clstoken``, ``x_norm_patchtokens``); also returns the un-normed ``x_prenorm``.
@@ -128,8 +128,8 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int,
                           offset: float = 0.1, antialias: bool = False) -> torch.Tensor:
     """Resample a (1, 1 + M*M, D) positional embedding to a ``grid_h`` x ``grid_w`` patch grid.
 
-    Follows ``MODEL_SPEC`` 1.4 step 3: the table is returned unchanged when the grid is M x M (square and same count);
-    otherwise the M x M grid part is resampled in float32 with bicubic interpolation, ``antialias`` off, using the
+    Follows docs/models.md#positional-embedding: the table is returned unchanged when the grid is M x M (square and
+    same count); otherwise the M x M grid part is resampled in float32 with bicubic interpolation, ``antialias`` off, using the
     *scale factors* ``((grid_h + offset) / M, (grid_w + offset) / M)`` (not an output ``size``: the kernel uses the
     given factors, which changes the numbers). The cls slot is kept. Output (1, 1 + grid_h*grid_w, D), input dtype.
     """
@@ -165,7 +165,7 @@ class DinoVisionTransformer(nn.Module):
         qkv_bias, proj_bias, ffn_bias: biases of the attention input/output and MLP linears.
         layerscale_init: LayerScale init value (``None``/0 disables LayerScale and its ``ls*.gamma`` keys).
         num_register_tokens: register tokens R (0 for the DUNE paper checkpoint, 4 for the public-code default).
-        interpolate_offset, interpolate_antialias: pos-embed resampling rule (``MODEL_SPEC`` 1.4).
+        interpolate_offset, interpolate_antialias: pos-embed resampling rule (docs/models.md#positional-embedding).
     """
 
     def __init__(self, img_size: int = 448, patch_size: int = 14, in_chans: int = 3, embed_dim: int = 768,
@@ -240,7 +240,7 @@ class DinoVisionTransformer(nn.Module):
         return height // p, width // p
 
     def interpolate_pos_encoding(self, grid_h: int, grid_w: int) -> torch.Tensor:
-        """Positional embedding (1, 1 + grid_h*grid_w, D) for a patch grid (``MODEL_SPEC`` 1.4 step 3)."""
+        """Positional embedding (1, 1 + grid_h*grid_w, D) for a patch grid (docs/models.md#positional-embedding)."""
         return interpolate_pos_embed(self.pos_embed, grid_h, grid_w, self.interpolate_offset,
                                      self.interpolate_antialias)
 

@@ -1,6 +1,6 @@
 """The full DUNE model as stored in an official checkpoint: encoder + per-teacher projectors + teacher-norm statistics.
 
-State-dict keys equal ``ckpt['model']`` of the official files (``MODEL_SPEC`` 1.6)::
+State-dict keys equal ``ckpt['model']`` of the official files (docs/models.md#dune-checkpoint-files)::
 
     encoder.<DinoVisionTransformer keys>
     projectors.<teacher>.{blocks.0.*, linear.*[, scale]}             teachers e.g. dino2reg_vitlarge_14

@@ -1,7 +1,7 @@
 """REALM voxel embedder: event voxel grid (B, bins, H, W) -> token grid (B, grid*grid, embed_dim).
 
-The paper (``PAPER_FACTS.md``) fixes the structure - conv stem, three progressive downsampling stages of residual
-encoder blocks, projection to the embedding width, adaptive pooling to the token grid - and the size (5,232,832
+The paper fixes the structure (docs/models.md#voxel-embedder) - conv stem, three progressive downsampling stages of
+residual encoder blocks, projection to the embedding width, adaptive pooling to the token grid - and the size (5,232,832
 parameters) but not the widths. The defaults chosen here:
 
     stem     Conv3x3(5 -> 16, stride 1) + LN + GELU                             at H x W      (448 x 448)

@@ -141,7 +141,7 @@ class StudentConfig:
 
 @dataclass
 class DistillLossConfig:
-    """Distillation objective on the normalised CLS and patch tokens (PAPER_FACTS 'Distillation loss')."""
+    """Distillation objective on the normalised CLS and patch tokens (docs/models.md#distillation)."""
     l1_weight: float = _f(1.0, 'weight of the per-token L1 distance (mean |s - t| over channels)')
     l1_beta: float = _f(0.0, '0 = plain L1; > 0 = smooth-L1 (Huber) with this transition point')
     cosine_weight: float = _f(1.0, 'weight of the per-token cosine distance 1 - cos(s, t)')
@@ -195,7 +195,7 @@ class RunConfig:
 
 @dataclass
 class HeadModelConfig:
-    """Head architecture (PAPER_FACTS 'Architecture')."""
+    """Head architecture (docs/models.md#heads)."""
     depth_bins: int = _f(256, 'depth head bins (paper: 256)')
     min_depth: float = _f(1.0, 'first bin centre and lower clamp of depth targets, metres (paper: 1)')
     max_depth: float = _f(81.0, 'last bin centre and upper clamp of depth targets, metres (paper: 81)')

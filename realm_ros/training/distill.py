@@ -1,4 +1,4 @@
-"""REALM distillation objective and curricula (PAPER_FACTS "Distillation loss" and "Training recipe").
+"""REALM distillation objective and curricula (docs/models.md#distillation).
 
 * :func:`token_loss` - per-token weighted sum of an L1-type distance, the cosine distance and the MSE between student
   and teacher *normalised* tokens (``x_norm_clstoken``, ``x_norm_patchtokens``).

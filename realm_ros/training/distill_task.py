@@ -22,7 +22,7 @@ from .trainer import TrainTask
 
 __all__ = ['DistillTask', 'coverage_token_mask', 'check_trainable_set', 'TRAINABLE_PREFIXES']
 
-#: Parameter-name rules of the trainable set (PAPER_FACTS: only embedder, LoRA and final norm).
+#: Parameter-name rules of the trainable set (docs/models.md#realm-student: only embedder, LoRA and final norm).
 TRAINABLE_PREFIXES = ('embedder.', 'backbone.norm.')
 
 

@@ -1,4 +1,4 @@
-"""Head training on frozen DUNE features of RGB frames (PAPER_FACTS "Head training").
+"""Head training on frozen DUNE features of RGB frames (docs/models.md#head-training).
 
 * Depth (:class:`~realm_ros.models.heads.DepthBinsHead` on the normed tokens): targets with NaN/inf/<= 0 are masked,
   valid targets are clamped to ``[min_depth, max_depth]``; loss in log space = ``si_weight`` x scale-invariant log loss

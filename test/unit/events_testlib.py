@@ -13,7 +13,7 @@ EVT3_BAG = DATA / 'ecpy_test_events_1_evt3'
 EVT3_RAW = DATA / 'ecpy_test_events_1.raw'
 MONO_BAG = DATA / 'eccodecs_test_data_mono_cd'
 
-# EVENTS_SPEC section 6 (test_events_1, evt3 640x480)
+# docs/formats.md#test-recordings (test_events_1, evt3 640x480)
 TE1 = dict(events=343_474, on=125_183, off=218_291, sum_x=116_731_888, sum_y=80_879_209,
            t_first_us=7_139_845, t_last_us=9_218_023, triggers=4_157, edge0=2_078, edge1=2_079, trigger_id=6,
            first_trigger_us=7_139_840, sum_t_cd_us=2_851_601_611_994, sum_t_trig_us=33_999_437_880)

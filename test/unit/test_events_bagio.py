@@ -196,7 +196,8 @@ def test_ros1_event_packet_bag(tmp_path):
 
     ts1 = make_typestore(ros1=True)
     _, md5 = ts1.generate_msgdef('event_camera_msgs/msg/EventPacket', ros_version=1)
-    assert md5 == '8a6101b351a64529ac77bd8b71074e52'  # EVENTS_SPEC 1.1, recorded in the ROS 1 sample bag
+    # the md5 recorded in the ROS 1 sample bag (docs/formats.md#eventpacket-message)
+    assert md5 == '8a6101b351a64529ac77bd8b71074e52'
     T = ts1.types
     payload = evt3_payloads()[0][0]
     header = T['std_msgs/msg/Header'](seq=1, stamp=T['builtin_interfaces/msg/Time'](sec=3, nanosec=4), frame_id='c')

@@ -82,7 +82,7 @@ def test_legacy_parsers_raise_only_parse_errors(raw):
 
 
 def reference_evt3(words, width, height):
-    """Literal per-word EVT3 state machine from EVENTS_SPEC 1.3 (behaviour A), for checking the fast kernel."""
+    """Literal per-word EVT3 state machine from docs/formats.md#evt3, for checking the fast kernel."""
     out, trig = [], []
     phase, th, tl, y, have_y, em, bx, vp = 0, 0, 0, 0, False, False, 0, 0
     for w in words:
@@ -156,7 +156,7 @@ def test_evt3_kernel_matches_the_literal_state_machine(groups, start, cut):
 
 
 def reference_libcaer_cmp(messages, width, height):
-    """Literal libcaer_cmp decoder (EVENTS_SPEC 1.4) over (words, time_base) messages."""
+    """Literal libcaer_cmp decoder (docs/formats.md#libcaer_cmp) over (words, time_base) messages."""
     out = []
     x, have_x, by, vp, have_vb = 0, False, 0, 0, False
     for words, tb in messages:

@@ -1,4 +1,7 @@
-"""EventPacketDecoder: seq gaps, codec changes, sensor -> ROS time (EVENTS_SPEC 1.8), legacy arrays."""
+"""EventPacketDecoder: seq gaps, codec changes, sensor -> ROS time, legacy arrays.
+
+Time mapping: docs/formats.md#time-stamps-and-clocks.
+"""
 from types import SimpleNamespace
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Voxel grid: EVENTS_SPEC 2.7 oracle values, invariants (2.6), backends and devices."""
+"""Voxel grid: docs/formats.md#test-recordings values, docs/formats.md#invariants, backends and devices."""
 import numpy as np
 import pytest
 import torch
@@ -16,7 +16,7 @@ def window(start, dur):
 
 
 def reference_e2vid(ev, bins, h, w):
-    """Literal float64 E2VID events_to_voxel_grid (EVENTS_SPEC 2.2) with np.add.at, for comparison."""
+    """Literal float64 E2VID events_to_voxel_grid (docs/formats.md#voxel-grid) with np.add.at, for comparison."""
     grid = np.zeros((bins, h, w), np.float64)
     if len(ev) == 0:
         return grid

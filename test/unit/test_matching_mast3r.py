@@ -62,7 +62,7 @@ def test_vit_base_state_dict_equals_official_key_list():
     assert ours == spec                      # same names, same shapes, same order (733 entries minus 2 buffers)
     assert len(spec) == 731
     unique = sum(p.numel() for p in model.parameters())
-    assert unique == 347_389_648             # MODEL_SPEC 3.3 total unique in file
+    assert unique == 347_389_648             # docs/models.md#parameter-counts: unique in the file
     aliases = model.alias_keys()
     assert sorted(aliases) == sorted(f'mast3r.downstream_head{h}.dpt.scratch.layer_rn.{i}.weight'
                                      for h in (1, 2) for i in range(4))

@@ -47,7 +47,7 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def test_param_counts_match_paper_and_spec(base_r4):
     r0 = vit_base()
-    assert n_params(r0) == 86_315_520                      # REALM Table S6 / MODEL_SPEC 1.3 (0 registers)
+    assert n_params(r0) == 86_315_520                      # REALM Table S6, docs/models.md#dune-encoder (0 registers)
     assert n_params(r0.patch_embed) == 452_352
     assert n_params(r0) - n_params(r0.patch_embed) == 85_863_168
     assert n_params(base_r4) == 86_318_592
@@ -74,7 +74,7 @@ def test_layer_norm_eps_gelu_and_layerscale(base_r4):
 
 
 def reference_block(block, x):
-    """The block maths of MODEL_SPEC 1.4 step 5 written out with explicit softmax attention."""
+    """The block maths of docs/models.md#positional-embedding written out with explicit softmax attention."""
     b, t, d = x.shape
     h = block.attn.num_heads
     y = F.layer_norm(x, (d,), block.norm1.weight, block.norm1.bias, 1e-6)
@@ -178,7 +178,7 @@ def test_pos_embed_interpolation_non_square_518x392():
     assert out.shape == (1, 1 + 37 * 28, 8)
     torch.testing.assert_close(out[:, 0], pe[:, 0])
     grid = pe[0, 1:].reshape(32, 32, 8).double().numpy()
-    sh, sw = (37 + 0.1) / 32, (28 + 0.1) / 32              # the "+0.1" scale-factor rule of MODEL_SPEC 1.4
+    sh, sw = (37 + 0.1) / 32, (28 + 0.1) / 32              # "+0.1" rule: docs/models.md#positional-embedding
     ref = reference_resize_1d(grid, 37, sh)
     ref = reference_resize_1d(ref.transpose(1, 0, 2), 28, sw).transpose(1, 0, 2)
     np.testing.assert_allclose(out[0, 1:].reshape(37, 28, 8).numpy(), ref, rtol=1e-4, atol=1e-5)
