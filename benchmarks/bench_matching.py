@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from realm_ros.geometry.matching import fast_reciprocal_nn, reference_reciprocal_nn, triton_available  # noqa: E402
+from realm_ros.geometry.matching import fast_reciprocal_nn, reference_reciprocal_nn, triton_available
 
 
 def descriptor_pair(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,13 +95,13 @@ def bench_decoder(device: torch.device, repeats: int) -> None:
             model.set_attention_impl(impl)
             with torch.no_grad():
                 model(t1, t2, (size, size), (size, size))
-                t, _ = timed(lambda: model(t1, t2, (size, size), (size, size)), repeats, device)
+                t, _ = timed(lambda: model(t1, t2, (size, size), (size, size)), repeats, device)  # noqa: F821
             print(f'[{device.type}] decoder {name:8s} {size}x{size} attention={impl:8s}: {t * 1e3:9.1f} ms per pair')
         if device.type == 'cuda':
             model.cast_decoder(torch.bfloat16)
             with torch.no_grad():
                 model(t1, t2, (size, size), (size, size))
-                t, _ = timed(lambda: model(t1, t2, (size, size), (size, size)), repeats, device)
+                t, _ = timed(lambda: model(t1, t2, (size, size), (size, size)), repeats, device)  # noqa: F821
             print(f'[{device.type}] decoder {name:8s} {size}x{size} sdpa bf16 decoder : {t * 1e3:9.1f} ms per pair')
         del model
 

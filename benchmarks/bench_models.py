@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from realm_ros.models import (TINY_EMBEDDER, DepthBinsHead, DinoV2Projector, RealmEncoder,  # noqa: E402
+from realm_ros.models import (TINY_EMBEDDER, DepthBinsHead, DinoV2Projector, RealmEncoder,
                               SegmentationHead, VoxelEmbedder, bridge_tokens, vit_base, vit_tiny)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -37,6 +37,8 @@ __all__ = [
 DEPTH_CUTOFFS: tuple = (10.0, 20.0, 30.0)
 #: Error thresholds (degrees) of the pose AUCs.
 AUC_THRESHOLDS: tuple = (5.0, 10.0, 20.0)
+
+_trapezoid = getattr(np, 'trapezoid', None) or np.trapz  # numpy >= 2.0 renamed trapz
 
 
 # ----------------------------------------------------------------------------------------------------------- depth
@@ -174,7 +176,8 @@ def translation_angle_error_deg(t_est: np.ndarray, t_gt: np.ndarray, eps: float 
 
 def translation_error_m(t_est: np.ndarray, t_gt: np.ndarray) -> float:
     """Euclidean distance between two translations (metres when both are metric)."""
-    return float(np.linalg.norm(np.asarray(t_est, dtype=np.float64).ravel() - np.asarray(t_gt, dtype=np.float64).ravel()))
+    diff = np.asarray(t_est, dtype=np.float64).ravel() - np.asarray(t_gt, dtype=np.float64).ravel()
+    return float(np.linalg.norm(diff))
 
 
 def relative_pose(T_world_cam1: np.ndarray, T_world_cam2: np.ndarray) -> np.ndarray:
@@ -204,7 +207,7 @@ def pose_errors(T_est: Optional[np.ndarray], T_gt: np.ndarray) -> Dict[str, floa
             'max_deg': r if math.isnan(ta) else max(r, ta)}
 
 
-def pose_auc(errors: Sequence[float], thresholds: Sequence[float] = AUC_THRESHOLDS) -> List[float]:
+def pose_auc(errors: Union[Sequence[float], np.ndarray], thresholds: Sequence[float] = AUC_THRESHOLDS) -> List[float]:
     """Area under the cumulative error curve up to each threshold, normalised to [0, 1] (SuperGlue definition).
 
     The recall curve is the fraction of pairs with error <= e (failures / NaN count as infinite errors); its integral
@@ -224,7 +227,7 @@ def pose_auc(errors: Sequence[float], thresholds: Sequence[float] = AUC_THRESHOL
         last = int(np.searchsorted(e, th, side='right'))
         xs = np.concatenate([e[:last], [th]])
         ys = np.concatenate([recall[:last], [recall[last - 1]]])
-        aucs.append(float(np.trapezoid(ys, xs) / th) if hasattr(np, 'trapezoid') else float(np.trapz(ys, xs) / th))
+        aucs.append(float(_trapezoid(ys, xs) / th))
     return aucs
 
 

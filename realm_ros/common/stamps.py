@@ -14,7 +14,7 @@ def stamp_to_ns(stamp: Any) -> int:
     Reads ``sec`` and ``nanosec`` (ROS 2); a ROS 1 style ``nsec`` is accepted when ``nanosec`` is absent. Works on
     message objects from rclpy, rosbags or any object with those attributes.
     """
-    nsec = getattr(stamp, 'nanosec', None)
+    nsec: Any = getattr(stamp, 'nanosec', None)
     if nsec is None:
         nsec = getattr(stamp, 'nsec', 0)
     return int(stamp.sec) * NS_PER_S + int(nsec)

@@ -5,7 +5,7 @@ Main entry points::
     from realm_ros.models import load_dune, load_realm_checkpoint, RealmEncoder, VoxelEmbedder
     dune = load_dune('dune_vitbase14_448_paper.pth', device='cuda')   # DuneModel: .encoder, .projector, .teacher_norms
     student = RealmEncoder(dune.encoder, VoxelEmbedder())             # LoRA r=32 on qkv/proj/fc1/fc2
-    out = student(voxel)                                              # x_norm_clstoken, x_norm_patchtokens, x_prenorm...
+    out = student(voxel)                                              # x_norm_clstoken, x_norm_patchtokens, ...
 
 ``realm_ros.models.mast3r`` (DUNE-MASt3R decoder) is imported separately.
 """

@@ -65,7 +65,7 @@ class TrainTask(abc.ABC):
     def set_module(self, module: nn.Module) -> None:
         """Receive the (possibly DDP-wrapped) module to call in :meth:`train_step`."""
 
-    def on_epoch_start(self, epoch: int) -> None:
+    def on_epoch_start(self, epoch: int) -> None:  # noqa: B027 - optional hook, empty by default
         """Apply per-epoch curricula (mask dilation, token drop)."""
 
     @abc.abstractmethod
@@ -258,7 +258,7 @@ def load_checkpoint_file(path: str) -> Dict[str, Any]:
         state = torch.load(path, map_location='cpu', weights_only=False)
     except FileNotFoundError:
         raise TrainingError(f'--resume: no checkpoint at {path!r}') from None
-    except Exception as exc:  # corrupt pickle / zip
+    except Exception as exc:  # noqa: BLE001 - corrupt pickle / zip
         raise TrainingError(f'--resume: checkpoint {path!r} is unreadable: {exc}') from None
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         raise TrainingError(f'--resume: {path!r} is not a realm_ros training checkpoint')
@@ -305,7 +305,7 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
                 self.tb = SummaryWriter(os.path.join(out_dir, 'tensorboard'))
-            except Exception:  # tensorboard not installed: JSONL only
+            except Exception:  # noqa: BLE001 - tensorboard not installed: JSONL only
                 self.tb = None
                 print('[train] tensorboard is not installed: metrics go to metrics.jsonl only '
                       '(pip install tensorboard for TensorBoard scalars)', file=sys.stderr)

@@ -56,7 +56,7 @@ class DuneMast3rConfig:
     desc_mode: str = 'norm'
     desc_conf_mode: Mode | None = ('exp', 0.0, _INF)
     dpt_feature_dim: int = 256
-    dpt_layer_dims: tuple[int, int, int, int] = (96, 192, 384, 768)
+    dpt_layer_dims: tuple[int, ...] = (96, 192, 384, 768)
     local_mlp_ratio: float = 4.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -120,8 +120,8 @@ class DuneMast3rConfig:
     @classmethod
     def tiny(cls, **overrides: Any) -> DuneMast3rConfig:
         """Miniature decoder for tests and the simulated world (ViT-Ti/14 encoder width 192)."""
-        base = dict(enc_embed_dim=192, dec_embed_dim=192, dec_depth=2, dec_num_heads=3, dpt_feature_dim=32,
-                    dpt_layer_dims=(16, 32, 64, 128), local_mlp_ratio=1.0)
+        base: dict[str, Any] = dict(enc_embed_dim=192, dec_embed_dim=192, dec_depth=2, dec_num_heads=3,
+                                    dpt_feature_dim=32, dpt_layer_dims=(16, 32, 64, 128), local_mlp_ratio=1.0)
         base.update(overrides)
         return cls(**base)
 

@@ -32,8 +32,8 @@ class FeatureFusionBlock(nn.Module):
     def __init__(self, features: int) -> None:
         super().__init__()
         self.out_conv = nn.Conv2d(features, features, 1, bias=True)
-        self.resConfUnit1 = ResidualConvUnit(features)   # noqa: N815 (official key name)
-        self.resConfUnit2 = ResidualConvUnit(features)   # noqa: N815
+        self.resConfUnit1 = ResidualConvUnit(features)   # official key names (camelCase)
+        self.resConfUnit2 = ResidualConvUnit(features)
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
         out = x if skip is None else x + self.resConfUnit1(skip)

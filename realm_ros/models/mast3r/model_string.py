@@ -127,13 +127,16 @@ def parse_mast3r_model_string(model_str: str) -> DuneMast3rConfig:
     if isinstance(desc_mode, tuple) and len(desc_mode) >= 1:
         desc_mode = desc_mode[0]
     extra = {k: kw[k] for k in sorted(set(kw) & _IGNORED_KEYWORDS)}
+    depth_mode = mode('depth_mode')
+    if depth_mode is None:
+        raise DuneMast3rCheckpointError('model string: depth_mode=None, a DUNE-MASt3R head always has a depth mode')
     try:
         return DuneMast3rConfig(
             enc_embed_dim=int(args['enc_embed_dim']), dec_embed_dim=int(args['dec_embed_dim']),
             dec_depth=int(args['dec_depth']), dec_num_heads=int(args['dec_num_heads']),
             mlp_ratio=float(args['mlp_ratio']), rope_freq=float(m.group(1)),
             norm_im2_in_dec=bool(args['norm_im2_in_dec']), desc_dim=int(m_out.group(1)),
-            two_confs=bool(args['two_confs']), depth_mode=mode('depth_mode'), conf_mode=mode('conf_mode'),
+            two_confs=bool(args['two_confs']), depth_mode=depth_mode, conf_mode=mode('conf_mode'),
             desc_mode=str(desc_mode), desc_conf_mode=mode('desc_conf_mode'),
             dpt_feature_dim=int(kw.get('realm_dpt_feature_dim', 256)),
             dpt_layer_dims=tuple(int(v) for v in kw.get('realm_dpt_layer_dims', (96, 192, 384, 768))),

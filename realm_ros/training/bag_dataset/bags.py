@@ -41,7 +41,7 @@ def bag_topics(path: str) -> Dict[str, str]:
         raise DataError(f'bag {path!r} does not exist')
     try:
         return list_bag_topics(path)
-    except Exception as exc:  # rosbags raises many types for corrupt files
+    except Exception as exc:  # noqa: BLE001 - rosbags raises many types for corrupt files
         raise _bag_error(path, exc) from None
 
 
@@ -60,7 +60,7 @@ def iter_messages(path: str, topics: Sequence[str], errors: Dict[str, int]) -> I
             return
         except DataError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any storage failure names the bag
             raise _bag_error(path, exc) from None
         yield item
 
@@ -85,7 +85,7 @@ def decode_rgb(msg: Any) -> np.ndarray:
     from rosbags.image import message_to_cvimage
     try:
         img = message_to_cvimage(msg, 'rgb8')
-    except Exception:
+    except Exception:  # noqa: BLE001 - no direct rgb8 conversion: decode as stored
         img = np.asarray(message_to_cvimage(msg))
         if img.dtype == np.uint16:
             img = (img >> 8).astype(np.uint8)

@@ -182,7 +182,7 @@ def prepare_distill_bag(spec: BagSpec, data: Any, cache_root: str,
                 continue
             try:
                 img = decode_rgb(msg)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - counted, with examples in stats
                 rgb_decode_errors += 1
                 if len(rgb_error_examples) < 3:
                     rgb_error_examples.append(f'{type(exc).__name__}: {exc}')
@@ -196,6 +196,7 @@ def prepare_distill_bag(spec: BagSpec, data: Any, cache_root: str,
                     out_size = (w, h)
                     maps = identity_maps(w, h)
                 else:
+                    assert ev_cam is not None  # checked above: only identity extrinsics go without it
                     cam_rgb = rgb_cam if rgb_cam is not None else ev_cam
                     out_size = (ev_cam.width, ev_cam.height)
                     if ext_source == 'identity' and rgb_cam is None and (w, h) != out_size:
@@ -346,6 +347,7 @@ def prepare_heads_bag(spec: BagSpec, data: Any, task: str, cache_root: str,
             raise DataError(f'bag {path}: no decodable RGB frames on {tp.rgb!r} ({"; ".join(examples)})')
         if not gt_stamps:
             raise DataError(f'bag {path}: no decodable {task} images on {gt_topic!r} ({"; ".join(examples)})')
+        assert shape is not None and gt_shape is not None  # set with the first decoded frame / image
         if gt_shape != shape:
             raise DataError(f'bag {path}: {task} images are {gt_shape[1]}x{gt_shape[0]} but RGB frames '
                             f'{shape[1]}x{shape[0]}; ground truth must be registered to the RGB camera')
