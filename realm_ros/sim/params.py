@@ -73,7 +73,7 @@ SIM_PARAMETERS: tuple[SimParam, ...] = (
              0.0, 1e9),
     SimParam('use_cache', True, 'keep the simulated sequence on disk so the next start is immediate'),
     SimParam('cache_dir', '', 'cache folder (empty: $XDG_CACHE_HOME/realm_ros/sim or ~/.cache/realm_ros/sim)'),
-    SimParam('first_segment_s', 0.5, 'on a first start (no cache), publish once this much of the sequence is '
+    SimParam('first_segment_s', 0.3, 'on a first start (no cache), publish once this much of the sequence is '
              'simulated, replaying the simulated prefix while the rest is computed in a background process',
              0.05, 600.0),
     SimParam('diagnostics_period_s', 1.0, 'period of /diagnostics and of the lateness bookkeeping (s)', 0.1, 60.0),

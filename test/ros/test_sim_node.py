@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +92,209 @@ def test_sim_node_publishes_events_and_frames(child_env, tmp_path):
     # frames come at ~30 Hz of the node's clock
     stamps = [i.header.stamp.sec + i.header.stamp.nanosec * 1e-9 for i in images]
     assert np.median(np.diff(stamps)) == pytest.approx(1 / 30, abs=2e-3)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Shutdown and first start (issue: SIGINT during the precompute, double SIGINT from a terminal, slow first start)
+
+class _SimProcess:
+    """The node as a child process in its own process group, stdout and stderr collected line by line."""
+
+    def __init__(self, env, params: dict, ns: str) -> None:
+        import threading
+        cmd = [sys.executable, '-m', 'realm_ros.nodes.sim_camera_node', '--ros-args', '-r', f'__ns:={ns}']
+        for k, v in params.items():
+            cmd += ['-p', f'{k}:={v}']
+        self.t_start = time.monotonic()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self.out, self.err = [], []
+        self._readers = [threading.Thread(target=self._read, args=(s, dst), daemon=True)
+                         for s, dst in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _read(stream, dst):
+        for line in stream:
+            dst.append(line.rstrip())
+
+    @property
+    def text(self) -> str:
+        return '\n'.join(self.out + self.err)
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if text in self.text:
+                return True
+            time.sleep(0.02)
+        return text in self.text
+
+    def children(self) -> list[int]:
+        out = []
+        for task in Path(f'/proc/{self.proc.pid}/task').glob('*'):
+            try:
+                out += [int(x) for x in (task / 'children').read_text().split()]
+            except OSError:
+                pass
+        return out
+
+    def interrupt(self, twice: bool) -> float:
+        """SIGINT to the process (once), or twice to its whole process group as a terminal Ctrl-C does;
+        returns the seconds until it exited."""
+        t0 = time.monotonic()
+        if twice:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            time.sleep(0.05)
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return float('inf')
+        elapsed = time.monotonic() - t0
+        for t in self._readers:
+            t.join(timeout=2)
+        return elapsed
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _gone(pid: int, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                if f.read().split(') ')[-1].startswith('Z'):
+                    return True        # a zombie waiting for init: it has ended
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize('twice', [False, True], ids=['sigint', 'double_sigint_to_group'])
+def test_sigint_during_precompute_exits_cleanly_within_2s(child_env, tmp_path, twice):
+    # loop:=false waits for the whole (long) sequence before publishing: the node is in its precompute for minutes
+    params = {'width': 224, 'height': 224, 'duration_s': 60.0, 'loop': False, 'cache_dir': str(tmp_path)}
+    node = _SimProcess(child_env(), params, f'/simsig_{os.getpid()}_{int(twice)}')
+    try:
+        assert node.wait_for('in a background process', 60), node.text
+        deadline = time.monotonic() + 30
+        while not node.children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = node.children()
+        assert workers, 'no background simulation process\n' + node.text
+        time.sleep(1.0)                       # let it simulate for a while
+        elapsed = node.interrupt(twice)
+    finally:
+        node.kill()
+    assert elapsed < 2.0, f'exit took {elapsed:.2f} s\n{node.text}'
+    assert node.proc.returncode == 0, node.text
+    assert 'Traceback' not in node.text and 'KeyboardInterrupt' not in node.text, node.text
+    assert all(_gone(pid) for pid in workers), 'the simulation worker outlived the node'
+    assert not list(tmp_path.glob('seq_*.npz')), 'an interrupted precompute must not be cached'
+
+
+@pytest.mark.parametrize('twice', [False, True], ids=['sigint', 'double_sigint_to_group'])
+def test_sigint_while_publishing_exits_cleanly_within_2s(child_env, tmp_path, twice):
+    params = {'width': 64, 'height': 48, 'duration_s': 0.3, 'cache_dir': str(tmp_path), 'first_segment_s': 0.1}
+    node = _SimProcess(child_env(), params, f'/simpub_{os.getpid()}_{int(twice)}')
+    try:
+        assert node.wait_for('publishing the', 60), node.text
+        time.sleep(1.5)                       # publishing (and, for a while, still simulating the rest)
+        elapsed = node.interrupt(twice)
+    finally:
+        node.kill()
+    assert elapsed < 2.0, f'exit took {elapsed:.2f} s\n{node.text}'
+    assert node.proc.returncode == 0, node.text
+    assert 'Traceback' not in node.text and 'KeyboardInterrupt' not in node.text, node.text
+
+
+def test_first_start_publishes_within_seconds_with_an_empty_cache(child_env, tmp_path):
+    """The launch's default sequence (224x224, 3 s: tens of seconds of CPU to simulate) must not delay the first
+    packets: they come once the first segment is simulated, with progress in the log."""
+    from event_camera_msgs.msg import EventPacket
+
+    from realm_ros.events.packet import EventPacketDecoder
+    from realm_ros.nodes.qos import events_qos
+    from realm_ros.sim import topics as T
+
+    ns = f'/simfirst_{os.getpid()}'
+    params = {'cache_dir': str(tmp_path / 'empty_cache'), 'first_segment_s': 0.3, 'max_runtime_s': 60.0}
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    packets, t_first = [], None
+    node = None
+    try:
+        probe = rclpy.create_node(f'sim_first_probe_{os.getpid()}', context=context)
+        probe.create_subscription(EventPacket, ns + T.EVENTS_TOPIC, packets.append, events_qos())
+        executor = rclpy.executors.SingleThreadedExecutor(context=context)
+        executor.add_node(probe)
+        node = _SimProcess(child_env(), params, ns)
+        while time.monotonic() - node.t_start < 60 and node.proc.poll() is None:
+            executor.spin_once(timeout_sec=0.05)
+            if packets and t_first is None:
+                t_first = time.monotonic() - node.t_start
+            if t_first is not None and len(packets) >= 300:
+                break
+        probe.destroy_node()
+        assert node.proc.poll() is None, node.text
+        elapsed = node.interrupt(twice=False)
+    finally:
+        rclpy.shutdown(context=context)
+        if node is not None:
+            node.kill()
+    assert t_first is not None, node.text
+    # a few seconds on an idle 2-core machine; generous for a loaded one, far below the whole precompute
+    assert t_first < 15.0, f'first packet after {t_first:.1f} s\n{node.text}'
+    assert 'publishing the first' in node.text and 'replayed while the rest is simulated' in node.text, node.text
+    assert 'the whole 3.00 s loop is simulated' not in node.text.split('publishing the first')[0]
+    assert node.proc.returncode == 0 and elapsed < 2.0 and 'Traceback' not in node.text, node.text
+    dec = EventPacketDecoder()
+    n = sum(len(dec.decode_msg(m)) for m in packets)
+    assert n > 10_000 and dec.num_errors == 0
+    seqs = [m.seq for m in packets]
+    assert seqs == sorted(seqs)
+
+
+def test_declared_parameters_match_the_table():
+    """Every parameter is declared once, from realm_ros.sim.params, with its type, range, read-only flag and
+    description (config/sim_camera.yaml is checked against the same table in test/unit/test_sim_params.py)."""
+    from rcl_interfaces.msg import ParameterType
+
+    from realm_ros.nodes.sim_camera_node import SimCameraNode
+    from realm_ros.sim.params import SIM_PARAMETERS
+    types = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+             float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = SimCameraNode(context=context)
+        try:
+            declared = set(node._parameters) - {'use_sim_time', 'start_type_description_service'}  # rclpy's own
+            assert declared == {p.name for p in SIM_PARAMETERS}
+            for spec, d in zip(SIM_PARAMETERS, node.describe_parameters([p.name for p in SIM_PARAMETERS])):
+                assert node.get_parameter(spec.name).value == spec.default
+                assert d.type == types[spec.type] and d.description == spec.description and d.read_only
+                if spec.low is not None and spec.type is int:
+                    assert (d.integer_range[0].from_value, d.integer_range[0].to_value) == (spec.low, spec.high)
+                elif spec.low is not None and spec.type is float:
+                    r = d.floating_point_range[0]
+                    assert (r.from_value, r.to_value) == (spec.low, spec.high)
+                else:
+                    assert not d.integer_range and not d.floating_point_range
+            # read-only: refused at run time
+            result = node.set_parameters([rclpy.parameter.Parameter('rate', value=2.0)])[0]
+            assert not result.successful
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)

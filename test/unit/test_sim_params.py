@@ -48,7 +48,7 @@ def test_sim_config_from_defaults_and_overrides():
 
 def test_yaml_config_holds_the_table_defaults():
     text = (ROOT / 'config' / 'sim_camera.yaml').read_text()
-    assert text == yaml_text(), 'config/sim_camera.yaml is out of date: regenerate it with realm_ros.sim.params.yaml_text()'
+    assert text == yaml_text(), 'config/sim_camera.yaml is stale: regenerate it with realm_ros.sim.params.yaml_text()'
     yaml = pytest.importorskip('yaml')
     loaded = yaml.safe_load(text)['sim_event_camera']['ros__parameters']
     assert loaded == default_values()
