@@ -34,9 +34,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'test' / 'ros'))
+sys.path.insert(0, str(ROOT / 'test'))  # the realm_testing helper package
 
-from perception_harness import NodeProcess, Probe, load_packets, stamp_ns, write_params  # noqa: E402
+from realm_testing.perception import NodeProcess, Probe, load_packets, stamp_ns, write_params  # noqa: E402
 
 BAG = ROOT / 'test' / 'data' / 'ecpy_test_events_1_evt3'
 
@@ -127,7 +127,7 @@ def bench_empty_subscriber(packets: List, repeat: int = 8) -> Dict[str, float]:
     import rclpy
     from event_camera_msgs.msg import EventPacket
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from perception_harness import to_rclpy_packet
+    from realm_testing.perception import to_rclpy_packet
     topic = f'/bench_flood_{os.getpid()}/events'
     child = subprocess.Popen([sys.executable, '-c', EMPTY_SUBSCRIBER, topic, '25'], stdout=subprocess.PIPE,
                              text=True)

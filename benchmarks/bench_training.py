@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'test' / 'unit'))
+sys.path.insert(0, str(ROOT / 'test'))  # the realm_testing helper package
 
 import torch  # noqa: E402
 
@@ -78,7 +78,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from realm_ros.sim import write_sim_bag
-    from training_testlib import write_tiny_teacher
+    from realm_testing.training import write_tiny_teacher
 
     tmp = Path(tempfile.mkdtemp(prefix='bench_training_'))
     try:

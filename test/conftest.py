@@ -12,11 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TEST_DATA = REPO_ROOT / 'test' / 'data'
-EVT3_BAG = TEST_DATA / 'ecpy_test_events_1_evt3'
-EVT3_RAW = TEST_DATA / 'ecpy_test_events_1.raw'
-MONO_BAG = TEST_DATA / 'eccodecs_test_data_mono_cd'
+from realm_testing.paths import EVT3_BAG, EVT3_RAW, MONO_BAG, REPO_ROOT, TEST_DATA  # noqa: F401 (re-exported)
 
 HAVE_RCLPY = importlib.util.find_spec('rclpy') is not None
 

@@ -131,8 +131,7 @@ else:
     from launch.actions import IncludeLaunchDescription
     from launch.launch_description_sources import PythonLaunchDescriptionSource
 
-    sys.path.insert(0, str(REPO / 'test' / 'ros'))
-    from perception_harness import Probe, load_packets, write_params  # noqa: E402
+    from realm_testing.perception import Probe, load_packets, write_params
 
     NAMESPACE = f'launch_test_{os.getpid()}'
     EVENTS = f'/{NAMESPACE}/cam/events'
