@@ -66,6 +66,8 @@ def main(argv=None) -> int:
     p.add_argument('--val-sequences', type=int, default=2)
     p.add_argument('--test-sequences', type=int, default=3)
     p.add_argument('--val-stride', type=int, default=6)
+    p.add_argument('--test-stride', type=int, default=3, help='motion pairs every N frames (3: the shipped metrics)')
+    p.add_argument('--extra-stride', type=int, default=6, help='zero-motion / unrelated pairs every N frames')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--records-only', action='store_true')
     args = p.parse_args(argv)
@@ -95,12 +97,13 @@ def main(argv=None) -> int:
             seq.save(path)
             val.append(seq)
     recs = {}
-    for name, seqs, stride in (('val', val, args.val_stride), ('test', test, cfg.pair_stride)):
+    for name, seqs, stride in (('val', val, args.val_stride), ('test', test, args.test_stride)):
         path = out / f'records_{name}.pkl'
         if path.is_file():
             recs[name] = pickle.loads(path.read_bytes())
             continue
-        recs[name] = collect_pose_records(models, seqs, gaps=cfg.pair_gaps, stride=stride, log=log)
+        recs[name] = collect_pose_records(models, seqs, gaps=cfg.pair_gaps, stride=stride,
+                                          zero_stride=args.extra_stride, unrelated_stride=args.extra_stride, log=log)
         path.write_bytes(pickle.dumps(recs[name]))
     if args.records_only:
         return 0

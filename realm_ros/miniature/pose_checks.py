@@ -34,7 +34,7 @@ from realm_ros.geometry.symmetric import (PoseGates, _match_and_solve, combine_o
 from .data import rgb_to_tensor
 from .metrics import pose_auc, relative_pose, rotation_error_deg, translation_angle_error_deg
 
-__all__ = ['MODES', 'KINDS', 'sequence_tokens', 'collect_pose_records', 'summarize_records', 'calibrate_gates',
+__all__ = ['MODES', 'KINDS', 'sequence_tokens', 'zero_motion_contraction', 'collect_pose_records', 'summarize_records', 'calibrate_gates',
            'radius_ratio', 'pose_error_vector', 'is_false_positive', 'IDENTITY_TRANSLATION_M', 'IDENTITY_ROTATION_DEG']
 
 MODES = {'rgb_rgb': ('rgb', 'rgb'), 'event_event': ('event', 'event'), 'rgb_event': ('rgb', 'event')}
@@ -71,6 +71,38 @@ def radius_ratio(xy1: np.ndarray, xy2: np.ndarray, K1: np.ndarray, K2: np.ndarra
     r2 = np.linalg.norm(xy2 - np.array([K2[0, 2], K2[1, 2]]), axis=1)
     ok = r1 >= min_radius_px
     return float(np.median(r2[ok] / r1[ok])) if ok.any() else float('nan')
+
+
+@torch.no_grad()
+def zero_motion_contraction(decoder, tokens: Sequence[torch.Tensor], K: np.ndarray, image_size: int,
+                            pnp: PnpParams = PnpParams(iterations=1000),
+                            matching: MatchingParams = MatchingParams()) -> Dict[str, float]:
+    """The zero-motion test: the *same* tokens as both views (one order). An unbiased decoder matches every pixel
+    to itself; a decoder that contracts its matches gives a radius ratio below 1 and PnP a backward motion.
+
+    Returns the mean over views of the per-view median radius ratio ``r2 / r1`` (``contraction`` = 1 - that),
+    the mean log ratio over all matches, the median forward motion of PnP (``T_ref_cur`` z, metres; negative =
+    backward) and the fraction of views with a PnP motion beyond :data:`IDENTITY_TRANSLATION_M`."""
+    shape = (image_size, image_size)
+    ratios, logs, fwd, moved = [], [], [], []
+    for tok in tokens:
+        p1, p2 = decoder(tok, tok, shape, shape)
+        res, m = _match_and_solve(p1, p2, K, pnp, matching)
+        ratios.append(radius_ratio(m.xy1, m.xy2, K, K))
+        if m.count:
+            c = np.array([K[0, 2], K[1, 2]])
+            r1 = np.linalg.norm(m.xy1 - c, axis=1)
+            r2 = np.linalg.norm(m.xy2 - c, axis=1)
+            ok = (r1 >= 10) & (r2 >= 1)
+            logs.append(np.log(r2[ok] / r1[ok]))
+        if res.ok:
+            fwd.append(float(res.T_ref_cur[2, 3]))
+            moved.append(bool(np.linalg.norm(res.T_ref_cur[:3, 3]) > IDENTITY_TRANSLATION_M))
+    return {'views': len(tokens), 'radius_ratio': float(np.nanmean(ratios)) if ratios else float('nan'),
+            'contraction': 1.0 - float(np.nanmean(ratios)) if ratios else float('nan'),
+            'log_ratio_mean': float(np.mean(np.concatenate(logs))) if logs else float('nan'),
+            'pnp_forward_m_median': float(np.median(fwd)) if fwd else float('nan'),
+            'pnp_moved_fraction': float(np.mean(moved)) if moved else float('nan')}
 
 
 def _pose_fields(res) -> Dict[str, object]:
@@ -124,6 +156,8 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
                        radius_ratio=radius_ratio(m.xy1, m.xy2, K1, K2),
                        radius_ratio_swapped=radius_ratio(ms.xy1, ms.xy2, K2, K1), decode_s=t1 - t0)
             records.append(rec)
+        if len(records) % 60 < len(list(modes)):
+            log(f'pose records: {len(records)} of {len(pairs) * len(list(modes))} ({time.time() - t_start:.0f} s)')
     log(f'pose records: {len(records)} ({len(pairs)} pairs x {len(list(modes))} modes) in '
         f'{time.time() - t_start:.0f} s')
     return records
@@ -250,23 +284,32 @@ def summarize_records(records: Sequence[Dict[str, object]], method: str, gates: 
 
 
 def _false_positive_rate(records, method, gates) -> float:
-    flags = [is_false_positive(r, *_estimate(r, method, gates)[0:3:2]) for r in records if r['kind'] != 'motion']
-    return float(np.mean(flags)) if flags else 0.0
+    """The larger of the false-positive rates of the zero-motion and the unrelated-scene pairs."""
+    rates = []
+    for kind in ('zero', 'unrelated'):
+        flags = [is_false_positive(r, *_estimate(r, method, gates)[0:3:2]) for r in records if r['kind'] == kind]
+        if flags:
+            rates.append(float(np.mean(flags)))
+    return max(rates) if rates else 0.0
 
 
 def calibrate_gates(records: Sequence[Dict[str, object]], method: str = 'symmetric', max_fp_rate: float = 0.05,
-                    base: PoseGates = PoseGates(), modes: Optional[Iterable[str]] = None) -> Dict[str, object]:
+                    base: PoseGates = PoseGates(), modes: Optional[Iterable[str]] = None,
+                    grid: Optional[Dict[str, Sequence[float]]] = None) -> Dict[str, object]:
     """Choose gates on validation records: among a grid of (``min_inliers``, ``min_inlier_ratio``,
-    ``max_order_rot_deg``, ``max_order_trans_ratio``), the one that keeps the false-positive rate of every mode's
-    zero-motion + unrelated pairs at most ``max_fp_rate`` and maximises the mean AUC_pose@20 of the motion pairs
-    (ties: more published motion pairs); then ``covariance_scale`` so that the mean normalised squared error of the
+    ``max_order_rot_deg``, ``max_order_trans_ratio``), the one that keeps the false-positive rates of every mode's
+    zero-motion and of its unrelated pairs at most ``max_fp_rate`` and maximises the mean AUC_pose@20 of the motion pairs
+    (ties: more published motion pairs; ``grid`` overrides the candidate values by field name); then ``covariance_scale`` so that the mean normalised squared error of the
     published motion pairs is 1 (unit variance). Returns ``{'gates': PoseGates, 'val': summary, 'grid': size}``."""
     modes = sorted(set(modes or {r['mode'] for r in records}))
     by_mode = {m: [r for r in records if r['mode'] == m] for m in modes}
-    inl_grid = (12, 30, 50, 80, 120)
-    ratio_grid = (0.1, 0.2, 0.3)
-    rot_grid = (0.5, 1.0, 2.0, 4.0) if method == 'symmetric' else (base.max_order_rot_deg,)
-    tr_grid = (0.2, 0.35, 0.5, 0.75, 1.0, 1.5) if method == 'symmetric' else (base.max_order_trans_ratio,)
+    grid = dict(grid or {})
+    inl_grid = grid.get('min_inliers', (12, 30, 50, 80, 120))
+    ratio_grid = grid.get('min_inlier_ratio', (0.1, 0.2, 0.3))
+    rot_grid = grid.get('max_order_rot_deg', (0.5, 1.0, 2.0, 4.0)) if method == 'symmetric' \
+        else (base.max_order_rot_deg,)
+    tr_grid = grid.get('max_order_trans_ratio', (0.2, 0.35, 0.5, 0.75, 1.0, 1.5)) if method == 'symmetric' \
+        else (base.max_order_trans_ratio,)
     best, best_key = None, None
     count = 0
     for mi in inl_grid:
