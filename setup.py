@@ -28,7 +28,7 @@ setup(
     extras_require={
         # torch is pinned by scripts/setup_env.sh (CPU build) or installed by the user (CUDA build).
         'ml': ['torch', 'peft', 'safetensors', 'opencv-python-headless', 'rosbags', 'rosbags-image', 'numba', 'tqdm'],
-        'test': ['pytest', 'hypothesis', 'colcon-common-extensions'],
+        'test': ['pytest', 'hypothesis', 'colcon-common-extensions', 'ruff==0.17.6', 'mypy==2.4.1'],
     },
     zip_safe=True,
     maintainer='realm_ros maintainers',
