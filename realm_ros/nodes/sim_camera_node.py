@@ -171,7 +171,8 @@ class SimCameraNode(Node):
         cache_dir = p['cache_dir'] or None
         t0 = time.monotonic()
         seq, worker = start_sequence(cfg, int(p['packet_interval_us']), int(p['seed']), cache_dir,
-                                     bool(p['use_cache']), on_progress=self._log_progress)
+                                     bool(p['use_cache']), on_progress=self._log_progress,
+                                     urgent_s=float(p['first_segment_s']) if p['loop'] else 0.0)
         self.worker = worker
         if worker is None:
             log.info(f'loaded {len(seq.frames)} frames and {seq.num_events} events '

@@ -139,8 +139,9 @@ class SimWorker:
     """Runs :mod:`realm_ros.sim.worker` in a child process and feeds a :class:`ProgressiveSequence`."""
 
     def __init__(self, seq: ProgressiveSequence, cache_file: str | Path | None,
-                 on_progress: Callable[[ProgressiveSequence], None] | None = None) -> None:
+                 on_progress: Callable[[ProgressiveSequence], None] | None = None, urgent_s: float = 0.0) -> None:
         self.seq = seq
+        self.urgent_s = float(urgent_s)
         self.cache_file = str(cache_file) if cache_file else None
         self.on_progress = on_progress
         self.saved: str | None = None
@@ -154,7 +155,8 @@ class SimWorker:
                                      stdout=subprocess.PIPE, start_new_session=True)
         self.started = time.monotonic()
         assert self.proc.stdin is not None
-        pickle.dump((self.seq.config, self.cache_file), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump((self.seq.config, self.cache_file, self.urgent_s), self.proc.stdin,
+                    protocol=pickle.HIGHEST_PROTOCOL)
         self.proc.stdin.close()
         self._thread.start()
 
@@ -203,10 +205,10 @@ class SimWorker:
 
 
 def start_sequence(config: SimConfig, packet_interval_us: int, seed: int, cache_dir: str | None, use_cache: bool,
-                   on_progress: Callable[[ProgressiveSequence], None] | None = None
+                   on_progress: Callable[[ProgressiveSequence], None] | None = None, urgent_s: float = 0.0
                    ) -> tuple[ProgressiveSequence, SimWorker | None]:
     """The sequence of ``config``: complete from the cache when there, else filled by a started :class:`SimWorker`
-    (which saves it to the cache when done)."""
+    (which saves it to the cache when done; its first ``urgent_s`` seconds are simulated at normal priority)."""
     where = cache_path(config, cache_dir)
     if use_cache and where.exists():
         try:
@@ -214,7 +216,7 @@ def start_sequence(config: SimConfig, packet_interval_us: int, seed: int, cache_
         except (OSError, ValueError, KeyError) as exc:
             log.warning('ignoring the unreadable simulator cache %s (%s)', where, exc)
     seq = ProgressiveSequence(config, packet_interval_us, seed)
-    worker = SimWorker(seq, where if use_cache else None, on_progress)
+    worker = SimWorker(seq, where if use_cache else None, on_progress, urgent_s)
     worker.start()
     return seq, worker
 

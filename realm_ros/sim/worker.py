@@ -1,8 +1,9 @@
 """Background simulation process of the live node (ROS-free): ``python -m realm_ros.sim.worker``.
 
 The live node (``sim_event_camera``) starts this module as a child process in its own session (so a terminal Ctrl-C,
-which reaches the whole foreground process group, does not interrupt it half-way; the node stops it) at low CPU
-priority. It reads ``(SimConfig, cache_path or None)`` pickled from stdin, then writes length-prefixed pickled
+which reaches the whole foreground process group, does not interrupt it half-way; the node stops it). It reads
+``(SimConfig, cache_path or None, urgent_s)`` pickled from stdin (the first ``urgent_s`` simulated seconds, which the
+node waits for, run at normal priority; the rest at nice +10), then writes length-prefixed pickled
 messages to stdout while it simulates:
 
 * ``('meta', {'event_camera', 'rgb_camera', 'T_event_rgb', 'num_frames'})`` once, first;
@@ -66,16 +67,30 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def run(config: Any, cache_file: str | None, out: BinaryIO) -> None:
-    """Simulate ``config`` and stream it to ``out`` (see module docstring)."""
+def _lower_priority() -> None:
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
+def run(config: Any, cache_file: str | None, out: BinaryIO, urgent_s: float = 0.0) -> None:
+    """Simulate ``config`` and stream it to ``out`` (see module docstring). The first ``urgent_s`` seconds (what the
+    node waits for before it publishes) run at normal priority, the rest at nice +10."""
     from .sequence import SimSequence
     from .simulator import Simulator
+    niced = urgent_s <= 0
+    if niced:
+        _lower_priority()
     sim = Simulator(config)
     write_message(out, ('meta', {'event_camera': sim.event_camera, 'rgb_camera': sim.rgb_camera,
                                  'T_event_rgb': sim.T_event_rgb, 'num_frames': len(sim.frame_times_ns())}))
     events, frames = [], []
     for chunk in sim.stream():
         write_message(out, ('chunk', chunk.events, chunk.frame))
+        if not niced and chunk.frame.t_ns >= urgent_s * 1e9:
+            niced = True
+            _lower_priority()                    # the publisher and the perception node come first
         events.append(chunk.events)
         frames.append(chunk.frame)
     saved, error = None, None
@@ -93,13 +108,9 @@ def main() -> int:
     _die_with_parent()
     out = sys.stdout.buffer
     sys.stdout = sys.stderr                          # nothing else may write into the message stream
+    config, cache_file, urgent_s = pickle.load(sys.stdin.buffer)
     try:
-        os.nice(10)                                  # the publisher and the perception node come first
-    except OSError:
-        pass
-    config, cache_file = pickle.load(sys.stdin.buffer)
-    try:
-        run(config, str(Path(cache_file)) if cache_file else None, out)
+        run(config, str(Path(cache_file)) if cache_file else None, out, float(urgent_s))
     except (BrokenPipeError, OSError) as exc:
         if isinstance(exc, BrokenPipeError) or exc.errno == 32:
             return 0                                 # the node went away: nothing to report to

@@ -30,9 +30,12 @@ def test_sim_node_publishes_events_and_frames(child_env, tmp_path):
     proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     context = rclpy.Context()
     rclpy.init(context=context)
-    packets, images, infos, depths, poses = [], [], [], [], []
+    packets, images, infos, depths, poses, diags = [], [], [], [], [], []
     try:
         node = rclpy.create_node(f'sim_node_test_{os.getpid()}', context=context)
+        from diagnostic_msgs.msg import DiagnosticArray
+        node.create_subscription(DiagnosticArray, '/diagnostics', lambda m: diags.extend(
+            {kv.key: kv.value for kv in st.values} for st in m.status if node_name in st.name), 10)
         node.create_subscription(EventPacket, ns + T.EVENTS_TOPIC, packets.append, events_qos())
         node.create_subscription(Image, ns + T.RGB_IMAGE_TOPIC, images.append, qos_profile_sensor_data)
         node.create_subscription(CameraInfo, ns + T.EVENT_CAMERA_INFO_TOPIC, infos.append, qos_from_name('reliable'))
@@ -43,7 +46,8 @@ def test_sim_node_publishes_events_and_frames(child_env, tmp_path):
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and proc.poll() is None:
             executor.spin_once(timeout_sec=0.05)
-            if len(packets) >= 450 and len(images) >= 14 and infos and depths and poses:
+            if len(packets) >= 450 and len(images) >= 14 and infos and depths and poses and \
+                    any(float(d['sensor_s']) > 0.5 for d in diags):
                 break
         node.destroy_node()
     finally:
@@ -58,6 +62,11 @@ def test_sim_node_publishes_events_and_frames(child_env, tmp_path):
     assert len(packets) >= 450 and len(images) >= 14, f'packets {len(packets)}, images {len(images)}\n{out}'
     assert proc.returncode == 0, out
     assert infos and depths and poses, out
+    # /diagnostics: publishing figures and the lateness bookkeeping (late = more than one packet period, 1 ms)
+    d = diags[-1]
+    assert float(d['late_tolerance_ms']) == 1.0 and int(d['packets']) >= 450 and float(d['packets_per_s']) > 0
+    assert int(d['late_publishes']) <= int(d['packets']) and float(d['publisher_cpu_ms_per_sensor_s']) > 0
+    assert d['sequence_complete'] == 'True' and float(d['simulated_s']) == pytest.approx(0.233, abs=0.02)
     assert list(tmp_path.glob('seq_*.npz')), 'the precomputed sequence was not cached'
 
     dec = EventPacketDecoder()
