@@ -120,7 +120,8 @@ class SpatialPlan:
             return slice(self.crop_top, self.crop_top + s), slice(self.crop_left, self.crop_left + s)
         return slice(0, self.height), slice(0, self.width)
 
-    def _check_pred(self, pred: Any) -> Any:
+    def check_predictions(self, pred: Any) -> Any:
+        """``pred`` as a (num_inputs, K, size, size) tensor ((N, size, size) gets K = 1); ValueError otherwise."""
         import torch
 
         if not isinstance(pred, torch.Tensor):
@@ -132,21 +133,25 @@ class SpatialPlan:
                              f'{tuple(pred.shape)}')
         return pred
 
-    def to_sensor_region(self, pred: Any, interp: str = 'bilinear') -> Any:
+    def to_sensor_region(self, pred: Any, interp: str = 'bilinear', out: Any = None) -> Any:
         """(N, K, size, size) predictions -> (K, h, w) values of the sensor pixels in :meth:`sensor_region`.
 
         The same numbers as ``to_sensor(pred, interp)[:, rows, cols]`` without building (and NaN-filling) the
         full sensor-sized tensor: crop mode resizes to the crop square only; pad mode returns a view of ``pred``.
+        ``out``: optional contiguous float32 (1, K, side, side) tensor that a bilinear crop resize writes into (a
+        buffer reused window after window saves allocating - and page-faulting - a fresh one); other cases ignore it.
         """
         import torch
         import torch.nn.functional as F
 
-        pred = self._check_pred(pred)
+        pred = self.check_predictions(pred)
         k = pred.shape[1]
         if self.mode == 'crop':
             s = self.crop_side
             src = pred.float()
             if s != self.size:
+                if out is not None and interp == 'bilinear':
+                    return resize_bilinear(src, (s, s), out)[0]
                 kw = {'align_corners': False} if interp != 'nearest' else {}
                 src = F.interpolate(src, size=(s, s), mode=interp, **kw)
             return src[0]
@@ -232,6 +237,27 @@ class SpatialPlan:
         return u - pl + ox, v - pt + oy
 
 
+def resize_bilinear(src: Any, size: Tuple[int, int], out: Any = None) -> Any:
+    """``F.interpolate(src, size, mode='bilinear', align_corners=False)`` (same kernel, same numbers), written into
+    ``out`` (a contiguous tensor of the result's shape, dtype and device) when given."""
+    import torch
+    import torch.nn.functional as F
+
+    size = (int(size[0]), int(size[1]))
+    if out is None or (src.requires_grad and torch.is_grad_enabled()):
+        return F.interpolate(src, size=size, mode='bilinear', align_corners=False)
+    shape = tuple(src.shape[:2]) + size
+    if tuple(out.shape) != shape or out.dtype != src.dtype or out.device != src.device or not out.is_contiguous():
+        raise ValueError(f'out must be a contiguous {shape} {src.dtype} tensor on {src.device}, got '
+                         f'{tuple(out.shape)} {out.dtype} on {out.device}')
+    if not src.is_contiguous():         # (another memory format may pick another kernel: resize, then copy)
+        return out.copy_(F.interpolate(src, size=size, mode='bilinear', align_corners=False))
+    try:
+        return torch._C._nn.upsample_bilinear2d(src, size, False, None, None, out=out)
+    except (AttributeError, TypeError):    # no such out= variant in this torch build: same kernel, then a copy
+        return out.copy_(F.interpolate(src, size=size, mode='bilinear', align_corners=False))
+
+
 @dataclass
 class PreparedInput:
     """Model input tensor(s) plus the plan that maps outputs back to the sensor."""
@@ -247,9 +273,9 @@ class PreparedInput:
         """See ``SpatialPlan.to_sensor``."""
         return self.plan.to_sensor(pred, interp)
 
-    def to_sensor_region(self, pred: Any, interp: str = 'bilinear') -> Any:
+    def to_sensor_region(self, pred: Any, interp: str = 'bilinear', out: Any = None) -> Any:
         """See ``SpatialPlan.to_sensor_region``."""
-        return self.plan.to_sensor_region(pred, interp)
+        return self.plan.to_sensor_region(pred, interp, out)
 
     def sensor_region(self) -> Tuple[slice, slice]:
         """See ``SpatialPlan.sensor_region``."""

@@ -28,12 +28,16 @@ or all of it, with the pipeline's rules for which head needs what, in one call: 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
+
+from realm_ros.events.spatial import resize_bilinear
+from realm_ros.models.heads import SegmentationHead
 
 from . import render
 
@@ -44,6 +48,55 @@ FINITE_BOUND = 1e30
 CHUNK_ELEMENTS = 1 << 18
 
 Autocast = Optional[Callable[[], ContextManager[Any]]]
+
+
+class _Scratch(threading.local):
+    """Per-thread scratch buffers reused window after window (intermediate values only, never returned): a fresh
+    multi-megabyte allocation per window costs as much in page faults as the arithmetic that fills it."""
+
+    def __init__(self) -> None:
+        self.buffers: Dict[str, Any] = {}
+
+
+_SCRATCH = _Scratch()
+
+
+def _scratch_tensor(name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    buf = _SCRATCH.buffers.get(name)
+    if (not isinstance(buf, torch.Tensor) or tuple(buf.shape) != tuple(shape) or buf.dtype != like.dtype
+            or buf.device != like.device):
+        with torch.inference_mode(False):   # a normal tensor: writable in and outside inference mode
+            buf = torch.empty(shape, dtype=like.dtype, device=like.device)
+        _SCRATCH.buffers[name] = buf
+    return buf
+
+
+def _scratch_array(name: str, shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
+    buf = _SCRATCH.buffers.get(name)
+    if not isinstance(buf, np.ndarray) or buf.shape != tuple(shape) or buf.dtype != dtype:
+        buf = np.empty(shape, dtype)
+        _SCRATCH.buffers[name] = buf
+    return buf
+
+
+def clear_scratch() -> None:
+    """Drop this thread's scratch buffers (e.g. after a sensor-size change or before a long idle period)."""
+    _SCRATCH.buffers.clear()
+
+
+def _region(plan: Any, x: torch.Tensor, name: str) -> torch.Tensor:
+    """``plan.to_sensor_region(x)`` with the crop resize written into a reused CPU buffer."""
+    out = None
+    if x.device.type == 'cpu' and plan.mode == 'crop' and plan.crop_side != plan.size:
+        out = _scratch_tensor(name, (1, x.shape[1], plan.crop_side, plan.crop_side), x)
+    return plan.to_sensor_region(x, out=out)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:                                   # older torch: no device argument
+        return bool(torch.is_autocast_cpu_enabled()) if device_type == 'cpu' else bool(torch.is_autocast_enabled())
 
 
 def _ctx(autocast: Autocast) -> ContextManager[Any]:
@@ -70,7 +123,7 @@ def depth_to_sensor(depth_model: torch.Tensor, prep: Any, out: Optional[np.ndarr
     NaN. ``out`` (H, W) float32 is filled if given (else a new array).
     """
     plan = prep.plan
-    region = plan.to_sensor_region(depth_model.float())
+    region = _region(plan, plan.check_predictions(depth_model).detach().float(), 'depth_region')
     if region.shape[0] != 1:
         raise ValueError(f'depth predictions must have one channel, got {tuple(depth_model.shape)}')
     shape = (plan.height, plan.width)
@@ -143,8 +196,8 @@ def argmax_channels(values: np.ndarray, out: Optional[np.ndarray] = None) -> np.
     if h == 0 or w == 0:
         return out
     step = max(1, CHUNK_ELEMENTS // w)
-    best_buf = np.empty((min(step, h), w), values.dtype)
-    mask_buf = np.empty((min(step, h), w), bool)
+    best_buf = _scratch_array('argmax_best', (min(step, h), w), values.dtype)
+    mask_buf = _scratch_array('argmax_mask', (min(step, h), w), np.dtype(bool))
     for r0 in range(0, h, step):
         r1 = min(h, r0 + step)
         best, mask, dst = best_buf[:r1 - r0], mask_buf[:r1 - r0], out[r0:r1]
@@ -165,7 +218,7 @@ def labels_to_sensor(logits_model: torch.Tensor, prep: Any, out: Optional[np.nda
     class value is not finite. ``out`` (H, W) uint8 is filled if given.
     """
     plan = prep.plan
-    x = logits_model.float()
+    x = logits_model.detach().float()
     if x.dim() != 4 or x.shape[1] > 255:
         raise ValueError(f'expected (N, K <= 255, size, size) logits, got {tuple(x.shape)}')
     shape = (plan.height, plan.width)
@@ -175,7 +228,7 @@ def labels_to_sensor(logits_model: torch.Tensor, prep: Any, out: Optional[np.nda
         raise ValueError(f'out must be a {shape} uint8 array, got {out.shape} {out.dtype}')
     lo, hi = torch.aminmax(x)
     bounded = bool(torch.isfinite(lo) & torch.isfinite(hi)) and max(-float(lo), float(hi)) < FINITE_BOUND
-    region = plan.to_sensor_region(x)
+    region = _region(plan, plan.check_predictions(x), 'semantic_region')
     rows, cols = plan.sensor_region()
     if plan.mode == 'crop':
         out.fill(IGNORE_LABEL)
@@ -207,7 +260,13 @@ def run_semantic(encoder: Any, projector: Any, seg_head: Any, tokens: Dict[str, 
     with _ctx(autocast):
         proj_in = encoder.head_tokens(_head_view(tokens, n), bridge)
         _, feat = projector(proj_in, grid)
-        logits = seg_head(feat, out_size=size)
+        if (type(seg_head).forward is SegmentationHead.forward and feat.device.type == 'cpu'
+                and feat.dtype == torch.float32 and not _autocast_enabled('cpu')):
+            low = seg_head(feat)                  # its forward's own resize, into a reused buffer
+            logits = resize_bilinear(low, size, _scratch_tensor('semantic_model', tuple(low.shape[:2]) + tuple(size),
+                                                                low))
+        else:
+            logits = seg_head(feat, out_size=size)
     return labels_to_sensor(logits, prep, out=out)
 
 

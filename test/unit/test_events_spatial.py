@@ -106,6 +106,31 @@ def test_sensor_region_values_equal_the_full_mapping(mode, h, w, size):
         plan.to_sensor_region(torch.zeros(plan.num_inputs + 1, 1, size, size))
 
 
+def test_resize_bilinear_into_a_buffer_equals_interpolate():
+    from realm_ros.events.spatial import resize_bilinear
+    x = torch.randn(2, 11, 224, 224, generator=torch.Generator().manual_seed(0))
+    ref = torch.nn.functional.interpolate(x, size=(480, 480), mode='bilinear', align_corners=False)
+    buf = torch.empty(2, 11, 480, 480)
+    assert resize_bilinear(x, (480, 480), buf).data_ptr() == buf.data_ptr() and torch.equal(buf, ref)
+    with torch.inference_mode():                              # a normal buffer written in inference mode
+        assert torch.equal(resize_bilinear(x, (480, 480), buf), ref)
+    assert torch.equal(resize_bilinear(x, (480, 480)), ref)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(resize_bilinear(cl, (480, 480), buf),
+                       torch.nn.functional.interpolate(cl, size=(480, 480), mode='bilinear', align_corners=False))
+    g = x.clone().requires_grad_(True)
+    y = resize_bilinear(g, (480, 480), buf)                    # autograd: no out= write, a differentiable result
+    assert y.requires_grad and y.data_ptr() != buf.data_ptr()
+    with pytest.raises(ValueError, match='out must be a contiguous'):
+        resize_bilinear(x, (480, 480), torch.empty(2, 11, 480, 481))
+    with pytest.raises(ValueError, match='out must be a contiguous'):
+        resize_bilinear(x, (480, 480), torch.empty(2, 11, 480, 480, dtype=torch.float64))
+    plan = SpatialPlan.create(480, 640, 224, 'crop')
+    out = torch.empty(1, 3, 480, 480)
+    region = plan.to_sensor_region(x[:1, :3].contiguous(), out=out)
+    assert region.data_ptr() == out.data_ptr() and torch.equal(region, plan.to_sensor_region(x[:1, :3].contiguous()))
+
+
 def test_bad_inputs_are_rejected_with_clear_errors():
     with pytest.raises(ValueError, match='mode'):
         prepare_input(torch.zeros(5, 10, 10), 448, 'stretch')

@@ -163,6 +163,58 @@ def test_compute_dense_equals_the_previous_pipeline_block(mini, heads):
     assert set(got.timings_ms) == {f'{h}_ms' for h in heads} | ({'depth_ms'} if 'points' in heads else set())
 
 
+def test_semantic_under_autocast_and_with_other_heads_equals_reference(mini):
+    from realm_ros.models import SegmentationHead
+    pipe, voxel, _ = mini
+    prep = prepare_input(voxel, size=pipe.input_size, mode='crop')
+    size = (pipe.input_size, pipe.input_size)
+
+    class Shifted(SegmentationHead):                     # another forward: must be called as it is
+        def forward(self, features, out_size=None):
+            return super().forward(features, out_size) * torch.linspace(1, 2, self.num_classes)[None, :, None, None]
+
+    shifted = Shifted(pipe.seg_head.in_dim, pipe.seg_head.num_classes)
+    shifted.load_state_dict(pipe.seg_head.state_dict())
+
+    def bf16():
+        return torch.autocast('cpu', dtype=torch.bfloat16)
+    with torch.inference_mode():
+        tokens = pipe.encoder(prep.tensor)
+        for head, autocast in ((shifted, None), (pipe.seg_head, bf16)):
+            with (autocast() if autocast else torch.autocast('cpu', enabled=False)):
+                proj_in = pipe.encoder.head_tokens(tokens, 'student_prenorm')[:1]
+                _, feat = pipe.projector(proj_in, pipe.grid)
+                ref = ref_labels(head(feat, out_size=size), prep)
+            got = dense.run_semantic(pipe.encoder, pipe.projector, head, tokens, pipe.grid, prep, size,
+                                     'student_prenorm', autocast=autocast)
+            assert np.array_equal(got, ref)
+    assert not np.array_equal(got, dense.run_semantic(pipe.encoder, pipe.projector, shifted, tokens, pipe.grid, prep,
+                                                      size, 'student_prenorm'))
+
+
+def test_scratch_buffers_are_per_thread():
+    import threading
+    prep = _prep((480, 640), 'crop')
+    inputs = [torch.randn(1, 11, 224, 224, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    refs = [ref_labels(x, prep) for x in inputs]
+    results = {}
+
+    def work(i):
+        for _ in range(5):
+            results[i] = dense.labels_to_sensor(inputs[i], prep)
+            if not np.array_equal(results[i], refs[i]):
+                results[i] = None
+                return
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results[i] is not None and np.array_equal(results[i], refs[i]) for i in range(4))
+    dense.clear_scratch()
+    assert np.array_equal(dense.labels_to_sensor(inputs[0], prep), refs[0])
+
+
 # ------------------------------------------------------------------------------ adversarial inputs
 PLANS = [((240, 320), 'crop'), ((240, 320), 'tile'), ((180, 200), 'pad'), ((260, 250), 'crop'),
          ((100, 130), 'crop'), ((500, 700), 'tile')]
