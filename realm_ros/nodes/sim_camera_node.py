@@ -53,9 +53,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from ..sim import topics as T
 from ..sim.camera import rotation_to_quaternion
-from ..sim.live import LatenessMonitor, PassPlan, ProgressiveSequence, SimWorker, start_sequence
-from ..sim.packets import PacketData
+from ..sim.live import PassPlan, ProgressiveSequence, SimWorker, start_sequence
+from ..sim.packets import PacketData, shift_evt3_payload
 from ..sim.params import SIM_PARAMETERS, SimParam, check_values, sim_config_from_values
+from ..sim.replay import Replayer
 from ..sim.sequence import cache_path
 from .conversions import camera_info_from_intrinsics, image_from_array, make_header
 from .qos import events_qos, qos_from_name
@@ -110,10 +111,7 @@ class SimCameraNode(Node):
         self.pub_tf = self._make_tf_publisher()
         self.pub_diag = self._make_diagnostics_publisher()
         self.rate = float(p['rate'])
-        self.lateness = LatenessMonitor(p['packet_interval_us'] * 1e-6 / self.rate)
-        self.stats = {'packets': 0, 'events': 0, 'bytes': 0, 'frames': 0, 'loops': 0, 'prefix_passes': 0,
-                      'late_publishes': 0, 'max_lag_ms': 0.0}
-        self.sensor_s = 0.0                       # sensor time published so far (s)
+        self.replayer: Replayer | None = None
         self.worker: SimWorker | None = None
         self.sequence: ProgressiveSequence | None = None
         self.failed = False
@@ -122,7 +120,6 @@ class SimCameraNode(Node):
         self._thread = threading.Thread(target=self._run, name='sim_publisher', daemon=True)
         self._frame_msgs: dict[int, list] = {}
         self._serialized: dict[int, list[SerializedPacket]] = {}
-        self._diag_last = (time.monotonic(), 0.0, 0.0, 0.0, 0, 0)
         self._last_progress_log = 0.0
         self.create_timer(float(p['diagnostics_period_s']), self._publish_diagnostics)
 
@@ -216,127 +213,61 @@ class SimCameraNode(Node):
             self.finished.set()
 
     def _publish_loop(self, seq: ProgressiveSequence) -> None:
-        """Replay passes against the wall clock (module docstring); returns when stopping or done."""
-        p, log = self.params, self.get_logger()
+        """Replay passes against the wall clock (:class:`realm_ros.sim.replay.Replayer`, this node as its sink)."""
+        p = self.params
         self._serializer = PacketSerializer(self.sim_config.width, self.sim_config.height, T.EVENT_FRAME_ID)
         if not self._serializer.usable:
-            log.warning('EventPacket CDR layout not recognised: publishing message objects (more CPU per packet)')
-        loop, max_runtime = bool(p['loop']), float(p['max_runtime_s'])
-        self._seq_no, offset_us, n_pass, start = 0, 0, 0, None
-        last_log, announced_complete = 0.0, False
-        while not self._stop.is_set():
-            plan = seq.plan(float(p['first_segment_s']), whole=not loop, should_stop=self._stop.is_set)
-            if plan is None:
-                return
-            self._prepare(seq, plan)
-            if start is None:
-                start = (self.get_clock().now().nanoseconds, time.monotonic())
-                last_log = start[1]
-                if self.pub_tf is not None:
-                    self.pub_tf.publish(self._tf_msg(seq.T_event_rgb, start[0]))
-                if plan.complete:
-                    log.info(f'publishing the {plan.period_us * 1e-6:.2f} s sequence at {self.rate:g}x real time'
-                             + (' in a loop' if loop else ' once'))
-                else:
-                    log.info(f'publishing the first {plan.period_us * 1e-6:.2f} s of the loop at {self.rate:g}x real '
-                             f'time, replayed while the rest is simulated (the pose jumps back at the end of each '
-                             f'such pass)')
-                announced_complete = plan.complete
-            elif plan.complete and not announced_complete:
-                announced_complete = True
-                log.info(f'the whole {plan.period_us * 1e-6:.2f} s loop is simulated; replaying it from now on')
-            if not self._publish_pass(seq, plan, n_pass, offset_us, start, max_runtime):
-                return
-            offset_us += plan.period_us
-            n_pass += 1
-            self.stats['loops' if plan.complete else 'prefix_passes'] += 1
-            if not loop:
-                log.info(f'sequence finished (loop=false); published {self._summary()}')
-                return
-            if time.monotonic() - last_log >= 5.0:
-                last_log = time.monotonic()
-                log.info(f'published {self._summary()}')
+            self.get_logger().warning('EventPacket CDR layout not recognised: publishing message objects (more CPU '
+                                      'per packet)')
+        self.replayer = Replayer(seq, self, rate=self.rate, loop=bool(p['loop']),
+                                 first_segment_s=float(p['first_segment_s']), max_runtime_s=float(p['max_runtime_s']),
+                                 packet_interval_us=int(p['packet_interval_us']),
+                                 now_ros_ns=lambda: self.get_clock().now().nanoseconds, log=self.get_logger(),
+                                 stop=self._stop)
+        self.replayer.run()
 
-    def _publish_pass(self, seq: ProgressiveSequence, plan: PassPlan, n_pass: int, offset_us: int,
-                      start: tuple[int, float], max_runtime: float) -> bool:
-        base_ros = start[0] + offset_us * 1000
-        for i in range(0 if n_pass == 0 else 1, plan.num_frames):
-            if not self._publish_packets(seq.packets[i], i, base_ros, offset_us, start):
-                return False
-            t_ros = base_ros + seq.frames[i].t_ns
-            if not self._wait_until(t_ros, start):
-                return False
-            self._publish_frame(seq, i, t_ros)
-            if max_runtime > 0 and time.monotonic() - start[1] >= max_runtime:
-                self.get_logger().info(f'max_runtime_s reached; published {self._summary()}')
-                return False
-        return self._publish_packets(plan.end_packets, -1 if plan.complete else None, base_ros, offset_us, start)
-
-    def _prepare(self, seq: ProgressiveSequence, plan: PassPlan) -> None:
+    # ReplaySink ----------------------------------------------------------------------------------------------------
+    def prepare(self, seq: ProgressiveSequence, plan: PassPlan) -> None:
         """Serialise the packets and build the frame messages of a pass before it starts (once per frame: later
         passes only patch stamps), so that publishing does no per-message building."""
+        ser = self._serializer
         for i in range(plan.num_frames):
             if self._stop.is_set():
                 return
-            if i not in self._serialized and self._serializer.usable:
-                self._serialized[i] = [self._serializer.serialize(pkt) for pkt in seq.packets[i]]
+            if i not in self._serialized and ser.usable:
+                self._serialized[i] = [ser.serialize(pkt) for pkt in seq.packets[i]]
             if i not in self._frame_msgs:
                 self._frame_msgs[i] = self._build_frame(seq, i)
-        if plan.complete and -1 not in self._serialized and self._serializer.usable:
-            self._serialized[-1] = [self._serializer.serialize(pkt) for pkt in plan.end_packets]
+        if plan.complete and -1 not in self._serialized and ser.usable:
+            self._serialized[-1] = [ser.serialize(pkt) for pkt in plan.end_packets]
 
-    def _publish_packets(self, packets: list[PacketData], key: int | None, base_ros: int, shift_us: int,
-                         start: tuple[int, float]) -> bool:
-        """Publish ``packets`` at their due times; ``key`` caches their serialised form (None: not cached)."""
+    def started(self, start_ros_ns: int) -> None:
+        if self.pub_tf is not None and self.sequence is not None:
+            self.pub_tf.publish(self._tf_msg(self.sequence.T_event_rgb, start_ros_ns))
+
+    def packet(self, key: tuple[int, int] | None, pkt: PacketData, stamp_ns: int, seq_no: int,
+               shift_us: int) -> int:
         ser = self._serializer
-        blobs = self._serialized.get(key) if key is not None else None
-        if blobs is None and ser.usable:
-            blobs = [ser.serialize(pkt) for pkt in packets]
-            if key is not None:
-                self._serialized[key] = blobs
-        for j, pkt in enumerate(packets):
-            if not self._wait_until(base_ros + pkt.publish_ns, start):
-                return False
-            stamp = base_ros + pkt.stamp_ns
-            blob = blobs[j] if blobs is not None else None
-            if blob is not None:
-                self.pub_events.publish(ser.render(blob, stamp, self._seq_no, shift_us))
-                self.stats['bytes'] += blob.num_bytes
-            else:
-                from ..sim.packets import shift_evt3_payload
-                payload = shift_evt3_payload(pkt.payload, shift_us) if shift_us else pkt.payload
-                self.pub_events.publish(ser.message(payload, self._seq_no, stamp))
-                self.stats['bytes'] += len(payload)
-            self._seq_no += 1
-            self.stats['packets'] += 1
-            self.stats['events'] += pkt.num_events
-        return True
+        blob = None
+        if ser.usable:
+            blobs = self._serialized.get(key[0]) if key is not None else None
+            blob = blobs[key[1]] if blobs is not None else ser.serialize(pkt)
+        if blob is not None:
+            self.pub_events.publish(ser.render(blob, stamp_ns, seq_no, shift_us))
+            return blob.num_bytes
+        payload = shift_evt3_payload(pkt.payload, shift_us) if shift_us else pkt.payload
+        self.pub_events.publish(ser.message(payload, seq_no, stamp_ns))
+        return len(payload)
 
-    def _wait_until(self, t_ros_ns: int, start: tuple[int, float]) -> bool:
-        """Sleep until the wall time of ROS time ``t_ros_ns`` and book the lateness; False if stopping."""
-        due = start[1] + (t_ros_ns - start[0]) * 1e-9 / self.rate
-        while True:
-            lag = time.monotonic() - due
-            if lag >= 0:
-                if self.lateness.record(lag):
-                    self.stats['late_publishes'] = self.lateness.late
-                    self.stats['max_lag_ms'] = round(self.lateness.max_lag_s * 1e3, 2)
-                self.sensor_s = (t_ros_ns - start[0]) * 1e-9
-                return not self._stop.is_set()
-            if -lag < 0.005:
-                time.sleep(-lag)          # cheaper than Event.wait (~1000 short waits per second)
-            elif self._stop.wait(min(-lag, 0.05)):
-                return False
-
-    def _publish_frame(self, seq: ProgressiveSequence, i: int, t_ros: int) -> None:
-        msgs = self._frame_msgs.get(i)
+    def frame(self, index: int, t_ros_ns: int) -> None:
+        msgs = self._frame_msgs.get(index)
         if msgs is None:
-            msgs = self._frame_msgs[i] = self._build_frame(seq, i)
-        stamp = make_header(t_ros, '').stamp
+            assert self.sequence is not None
+            msgs = self._frame_msgs[index] = self._build_frame(self.sequence, index)
+        stamp = make_header(t_ros_ns, '').stamp
         for pub, msg in msgs:
             msg.header.stamp = stamp
             pub.publish(msg)
-        self.stats['frames'] += 1
 
     def _build_frame(self, seq: ProgressiveSequence, i: int) -> list:
         """The messages of frame ``i`` (built once; only their stamps change between passes)."""
@@ -366,29 +297,14 @@ class SimCameraNode(Node):
                 thread_cpu = 0.0
         return thread_cpu, time.process_time()
 
-    def _summary(self) -> dict:
-        out = dict(self.stats)
-        out['sensor_s'] = round(self.sensor_s, 2)
-        return out
-
     def _publish_diagnostics(self) -> None:
-        now = time.monotonic()
-        thread_cpu, proc_cpu = self.cpu_seconds()
-        t0, s0, c0, p0, n0, b0 = self._diag_last
-        self._diag_last = (now, self.sensor_s, thread_cpu, proc_cpu, self.stats['packets'], self.stats['bytes'])
-        period = self.lateness.take_period()
-        d_sensor, d_n = self.sensor_s - s0, self.stats['packets'] - n0
-        values = dict(self._summary())
-        values.update({
-            'late_in_period': period['late'], 'max_lag_in_period_ms': round(period['max_lag_s'] * 1e3, 2),
-            'late_tolerance_ms': round(self.lateness.tolerance_s * 1e3, 3),
-            'packets_per_s': round(d_n / (now - t0), 1) if now > t0 else 0.0,
-            'mean_packet_bytes': round((self.stats['bytes'] - b0) / d_n) if d_n else 0,
-            'publisher_cpu_ms_per_sensor_s': round((thread_cpu - c0) * 1e3 / d_sensor, 1) if d_sensor > 0 else 0.0,
-            'process_cpu_ms_per_sensor_s': round((proc_cpu - p0) * 1e3 / d_sensor, 1) if d_sensor > 0 else 0.0,
-            'simulated_s': round(self.sequence.simulated_s, 3) if self.sequence else 0.0,
-            'sequence_complete': bool(self.sequence and self.sequence.complete),
-        })
+        if self.replayer is None:
+            values = {'packets': 0, 'sensor_s': 0.0, 'simulated_s': round(self.sequence.simulated_s, 3) if
+                      self.sequence else 0.0, 'sequence_complete': bool(self.sequence and self.sequence.complete)}
+            period = {'late_in_period': 0, 'max_lag_in_period_ms': 0.0}
+        else:
+            values = self.replayer.period_figures(*self.cpu_seconds())
+            period = values
         self.last_diagnostics = values
         if self.pub_diag is None:
             return
@@ -396,13 +312,13 @@ class SimCameraNode(Node):
         st = DiagnosticStatus(name=f'{self.get_name()}: simulated event camera', hardware_id=NODE_NAME)
         if self.failed:
             st.level, st.message = DiagnosticStatus.ERROR, 'simulation failed'
-        elif period['late']:
+        elif period['late_in_period']:
             st.level = DiagnosticStatus.WARN
-            st.message = (f"{period['late']} publications later than one packet period "
-                          f"(max {period['max_lag_s'] * 1e3:.1f} ms)")
+            st.message = (f"{period['late_in_period']} publications later than one packet period "
+                          f"(max {period['max_lag_in_period_ms']:.1f} ms)")
         else:
             st.level = DiagnosticStatus.OK
-            st.message = 'publishing in real time' if self.sensor_s > 0 else 'simulating'
+            st.message = 'publishing in real time' if values['sensor_s'] > 0 else 'simulating'
         st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
