@@ -20,14 +20,20 @@ agreement with an fp32 reference.
 Speed (vs the reference, which runs the host loop in numpy, moves the active seeds to the device and back every
 half-step, and tiles a brute-force search in Python):
 
+* CPU (``backend='numba'``, the default there): a fused numba kernel computes each similarity as the same float32
+  fused-multiply-add chain as the official BLAS call and keeps a running first arg-max per database column, 4 queries
+  per pass over the cache-resident database chunks, without materialising similarities; queries are de-duplicated and
+  memoised (a pixel's neighbour is computed once), the search runs on ``torch.get_num_threads()`` threads, and
+  half-steps with only a few active seeds use the official call shapes (see :mod:`._matching_cpu`), so the matches
+  are identical to MASt3R's ``fast_reciprocal_NNs(..., dist='dot', block_size=2**13)``.
 * each half-step is one fused "matmul + running arg-max" pass over the database without materialising the
   similarity matrix (Triton kernel on CUDA; blockwise ``mm`` + ``max`` in PyTorch elsewhere), computing only the
   needed direction (no reduction whose result is thrown away);
 * on CUDA with Triton the whole loop is free of host synchronisation: active seeds are moved to the front with a
   stable sort on the device and kernel blocks past the (device-resident) active count return at once;
   without Triton the active set is compacted at iterations 1, 2, 4, 8 only (4 synchronisations instead of 2 per
-  iteration); on CPU the active set is compacted every half-step and the queries are de-duplicated and memoised
-  (a pixel's nearest neighbour is computed once).
+  iteration); the PyTorch backend on CPU (``backend='torch'``, the previous CPU design) compacts the active set every
+  half-step and de-duplicates and memoises the queries.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
+
+from . import _matching_cpu
 
 __all__ = ['ReciprocalMatches', 'fast_reciprocal_nn', 'reference_reciprocal_nn', 'seed_grid', 'triton_available']
 
@@ -234,7 +242,8 @@ def _pad_dim(desc: Tensor, dtype: torch.dtype) -> Tensor:
 
 def fast_reciprocal_nn(desc1: Any, desc2: Any, subsample: int = 8, *, max_iter: int = 10, border: int = 3,
                        device: torch.device | str | None = None, compute_dtype: torch.dtype | None = None,
-                       backend: str = 'auto', max_block_elems: int | None = None) -> ReciprocalMatches:
+                       backend: str = 'auto', max_block_elems: int | None = None, block_size: int = 8192,
+                       threads: int | None = None) -> ReciprocalMatches:
     """Mutual nearest-neighbour matches between two dense descriptor maps (MASt3R semantics, see module doc).
 
     Args:
@@ -246,9 +255,13 @@ def fast_reciprocal_nn(desc1: Any, desc2: Any, subsample: int = 8, *, max_iter: 
         border: drop pairs within this many pixels of an edge in either image (3 in the MASt3R README; 0 = off).
         device: where to compute (default: ``desc1``'s device).
         compute_dtype: similarity precision; default float16 on CUDA, float32 elsewhere.
-        backend: 'auto' (Triton on CUDA when available, else PyTorch), 'triton' or 'torch'.
+        backend: 'auto' (CUDA: Triton when available, else PyTorch; CPU: numba when installed and
+            ``compute_dtype`` is float32, else PyTorch), 'numba' (CPU only), 'triton' or 'torch'.
         max_block_elems: bound on similarities materialised at once by the PyTorch backend (default 2**26 on CUDA,
             2**20 on CPU, i.e. blocks that stay in cache).
+        block_size: the official matcher's ``block_size`` (2**13 in the MASt3R README call); the numba backend
+            reproduces its BLAS call shapes for half-steps with few active seeds, so that even their roundings agree.
+        threads: worker threads of the numba backend (default ``torch.get_num_threads()``).
 
     Returns:
         :class:`ReciprocalMatches` with int64 (M, 2) pixel coordinates (x, y) in each image.
@@ -267,16 +280,30 @@ def fast_reciprocal_nn(desc1: Any, desc2: Any, subsample: int = 8, *, max_iter: 
     if max_block_elems is None:
         max_block_elems = 1 << 26 if dev.type == 'cuda' else 1 << 20
     hw1, hw2 = (int(d1.shape[0]), int(d1.shape[1])), (int(d2.shape[0]), int(d2.shape[1]))
-    if backend not in ('auto', 'triton', 'torch'):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend not in ('auto', 'numba', 'triton', 'torch'):
+        raise ValueError(f"backend must be 'auto', 'numba', 'triton' or 'torch', got {backend!r}")
+    if block_size < 1:
+        raise ValueError(f'block_size must be >= 1, got {block_size}')
+    if threads is not None and threads < 1:
+        raise ValueError(f'threads must be >= 1, got {threads}')
     use_triton = backend == 'triton' or (backend == 'auto' and dev.type == 'cuda' and triton_available(dev))
     if use_triton and not triton_available(dev):
         raise RuntimeError('backend="triton" requested but Triton is not available for device ' + str(dev))
+    use_numba = backend == 'numba' or (backend == 'auto' and dev.type == 'cpu' and _matching_cpu.HAVE_NUMBA
+                                       and compute_dtype == torch.float32)
+    if use_numba and (dev.type != 'cpu' or compute_dtype != torch.float32 or not _matching_cpu.HAVE_NUMBA):
+        raise RuntimeError(f'backend="numba" needs numba, device cpu and compute_dtype float32 '
+                           f'(got device {dev}, {compute_dtype}, numba installed: {_matching_cpu.HAVE_NUMBA})')
 
     f1 = torch.nan_to_num(d1.reshape(-1, d1.shape[-1]).to(dev), nan=0.0, posinf=0.0, neginf=0.0)
     f2 = torch.nan_to_num(d2.reshape(-1, d2.shape[-1]).to(dev), nan=0.0, posinf=0.0, neginf=0.0)
     seeds = torch.from_numpy(seed_grid(hw1[0], hw1[1], subsample)).to(dev)
 
+    if use_numba:
+        with torch.no_grad():
+            i1, i2 = _matching_cpu.iterate_numba(f1.float().contiguous(), f2.float().contiguous(), seeds.numpy(),
+                                                 max_iter, block_size, threads)
+        return _finalize(torch.from_numpy(i1), torch.from_numpy(i2), hw1, hw2, border)
     with torch.no_grad():
         if use_triton:
             try:
@@ -387,8 +414,9 @@ def reference_reciprocal_nn(desc1: Any, desc2: Any, subsample: int = 8, *, max_i
     """Slow, literal implementation of the same semantics, structured like MASt3R's ``fast_reciprocal_NNs``.
 
     Host-side numpy state; every half-step sends the active queries to ``device``, runs a brute-force float32
-    search tiled in ``block_size`` x ``block_size`` blocks with a strict running minimum of the negated similarity,
-    and copies the result back; the loop stops when no seed is active.
+    search (one product when ``len(queries) * len(database) <= block_size**2``, else tiled in ``block_size`` x
+    ``block_size`` blocks with a strict running minimum of the negated similarity, as the official
+    ``bruteforce_reciprocal_nns``), and copies the result back; the loop stops when no seed is active.
     """
     d1 = _as_descriptor_map(desc1, 'desc1')
     d2 = _as_descriptor_map(desc2, 'desc2')
@@ -401,6 +429,8 @@ def reference_reciprocal_nn(desc1: Any, desc2: Any, subsample: int = 8, *, max_i
         a = src[torch.from_numpy(queries).to(dev)]
         best = torch.full((len(a),), torch.inf, device=dev)
         arg = torch.zeros(len(a), dtype=torch.int64, device=dev)
+        if len(a) * len(db) <= block_size ** 2:
+            return (-(a @ db.T)).min(dim=1).indices.cpu().numpy()
         for i in range(0, len(a), block_size):
             for j in range(0, len(db), block_size):
                 dist = -(a[i:i + block_size] @ db[j:j + block_size].T)

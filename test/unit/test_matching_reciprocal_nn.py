@@ -221,3 +221,87 @@ def test_cuda_backends_agree_with_reference():
     half = fast_reciprocal_nn(d1.cuda(), d2.cuda())
     common = len(set(map(tuple, np.hstack([half.xy1, half.xy2]))) & set(map(tuple, np.hstack([ref.xy1, ref.xy2]))))
     assert common >= 0.95 * ref.count
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CPU (numba) backend: fused dot-product arg-max kernel and the iteration around it
+
+_cpu = pytest.importorskip('realm_ros.geometry._matching_cpu')
+needs_numba = pytest.mark.skipif(not _cpu.HAVE_NUMBA, reason='numba is not installed')
+
+
+@needs_numba
+@pytest.mark.parametrize('n, p, d, threads', [(1, 300, 24, 1), (5, 5000, 24, 2), (13, 4097, 10, 1), (64, 2048, 8, 3)])
+def test_kernel_argmax_matches_float64_search(monkeypatch, n, p, d, threads):
+    """Unpadded shapes (rows not a multiple of 4, dims not a multiple of 8, columns not a multiple of the chunk)."""
+    monkeypatch.setattr(_cpu, 'CHUNK', 1024)                  # several chunks per search
+    g = np.random.default_rng(n + p)
+    q = g.standard_normal((n, d)).astype(np.float32)
+    db = g.standard_normal((p, d)).astype(np.float32)
+    got = _cpu.nn_search(_cpu.pad_dims(q), np.ascontiguousarray(_cpu.pad_dims(db).T), threads)
+    assert got.dtype == np.int64 and got.shape == (n,)
+    assert np.array_equal(got, _brute_nn(q, db))
+
+
+@needs_numba
+def test_kernel_ties_pick_lowest_index_across_lanes_and_chunks(monkeypatch):
+    monkeypatch.setattr(_cpu, 'CHUNK', 256)
+    g = np.random.default_rng(1)
+    d = 24
+    db = g.standard_normal((1500, d)).astype(np.float32) * 0.01       # all far below the planted copies
+    q = g.standard_normal((6, d)).astype(np.float32)
+    plant = {0: [900, 37, 1400], 1: [256, 512], 2: [5, 6, 7], 3: [1499, 1280], 4: [300, 44], 5: [0, 255]}
+    for row, cols in plant.items():
+        db[cols] = q[row]                                           # identical columns: identical similarities
+    got = _cpu.nn_search(q, np.ascontiguousarray(db.T), 2)
+    assert got.tolist() == [min(plant[r]) for r in range(6)]
+
+
+def test_official_nn_shapes_and_ties():
+    """Small-integer descriptors: every dot product is exact in float32 whatever the BLAS kernel, so ties are real."""
+    g = torch.Generator().manual_seed(3)
+    db = torch.randint(-3, 4, (50, 24), generator=g).float()
+    q = db[[7, 40, 3]].clone()
+    db[45] = db[7]                                                   # tie in a later block: the first one wins
+    db[2] = db[40]                                                   # tie in an earlier block: the earlier one wins
+    expected = torch.max(q @ db.T, dim=1).indices.tolist()
+    assert expected[:2] == [7, 2]
+    for bs in (8192, 7, 1):                                          # one product; tiled; one column per tile
+        assert _cpu.official_nn(q, db, bs).tolist() == expected, bs
+    assert _cpu.official_nn(q[:0], db, 8).shape == (0,)
+
+
+@needs_numba
+@pytest.mark.parametrize('small', [0, None])
+def test_numba_iteration_equals_reference(small):
+    """Every half-step through the kernel (small=0) and the default split (few active seeds -> official shapes)."""
+    from realm_ros.geometry.matching import _finalize
+    h, w = 40, 52
+    d1, d2 = _smooth_pair(h, w, seed=9, mix=0.4)
+    ref = reference_reciprocal_nn(d1, d2, subsample=2)
+    stats = {}
+    i1, i2 = _cpu.iterate_numba(d1.reshape(-1, 24), d2.reshape(-1, 24), seed_grid(h, w, 2), 10, 8192, 2, stats,
+                                small_queries=small)
+    m = _finalize(torch.from_numpy(i1), torch.from_numpy(i2), (h, w), (h, w), 3)
+    assert ref.count > 50 and np.array_equal(m.xy1, ref.xy1) and np.array_equal(m.xy2, ref.xy2)
+    assert stats['kernel_queries'] > 0 and stats['half_steps'] >= 4
+    if small == 0:
+        assert stats['official_queries'] == 0
+
+
+@needs_numba
+def test_numba_is_the_cpu_default_and_backends_agree():
+    d1, d2 = _smooth_pair(48, 64, seed=12, mix=0.45)
+    out = {b: fast_reciprocal_nn(d1, d2, subsample=2, backend=b) for b in ('auto', 'numba', 'torch')}
+    out['threads'] = fast_reciprocal_nn(d1, d2, subsample=2, backend='numba', threads=2)
+    for name, m in out.items():
+        assert np.array_equal(m.xy1, out['torch'].xy1) and np.array_equal(m.xy2, out['torch'].xy2), name
+    assert out['torch'].count > 50
+    with pytest.raises(RuntimeError, match='backend="numba" needs'):
+        fast_reciprocal_nn(d1, d2, backend='numba', compute_dtype=torch.float16)
+    with pytest.raises(ValueError, match='threads'):
+        fast_reciprocal_nn(d1, d2, threads=0)
+    with pytest.raises(ValueError, match='block_size'):
+        fast_reciprocal_nn(d1, d2, block_size=0)
+    with pytest.raises(ValueError, match="backend must be"):
+        fast_reciprocal_nn(d1, d2, backend='cuda')
