@@ -45,7 +45,7 @@ IGNORE_LABEL = 255
 #: model-resolution logits bounded by this stay finite through bilinear resizing and tile averaging
 FINITE_BOUND = 1e30
 #: elements per class plane processed at once by :func:`argmax_channels` (keeps the running maximum in cache)
-CHUNK_ELEMENTS = 1 << 18
+CHUNK_ELEMENTS = 1 << 20
 
 Autocast = Optional[Callable[[], ContextManager[Any]]]
 
@@ -182,7 +182,8 @@ def argmax_channels(values: np.ndarray, out: Optional[np.ndarray] = None) -> np.
     """Index of the largest value along axis 0 of (K, h, w) float values, as uint8 (K <= 255).
 
     Same result as ``torch.argmax(dim=0)`` / ``np.argmax(axis=0)`` for finite values (ties: the lowest index); a
-    running maximum over the K planes, ``CHUNK_ELEMENTS`` pixels at a time. ``out`` (h, w) uint8 may be a view.
+    running maximum over the K planes (branch-free: the same cost on noisy and smooth maps), ``CHUNK_ELEMENTS``
+    pixels at a time. ``out`` (h, w) uint8 may be a view.
     """
     if values.ndim != 3:
         raise ValueError(f'expected (K, h, w) values, got shape {values.shape}')
@@ -196,18 +197,23 @@ def argmax_channels(values: np.ndarray, out: Optional[np.ndarray] = None) -> np.
     if h == 0 or w == 0:
         return out
     step = max(1, CHUNK_ELEMENTS // w)
-    best_buf = _scratch_array('argmax_best', (min(step, h), w), values.dtype)
-    mask_buf = _scratch_array('argmax_mask', (min(step, h), w), np.dtype(bool))
+    rows = min(step, h)
+    best_buf = _scratch_array('argmax_best', (rows, w), values.dtype)
+    mask_buf = _scratch_array('argmax_mask', (rows, w), np.dtype(bool))
+    code_buf = _scratch_array('argmax_code', (rows, w), np.dtype(np.uint8))
     for r0 in range(0, h, step):
         r1 = min(h, r0 + step)
-        best, mask, dst = best_buf[:r1 - r0], mask_buf[:r1 - r0], out[r0:r1]
+        best, mask, code, dst = best_buf[:r1 - r0], mask_buf[:r1 - r0], code_buf[:r1 - r0], out[r0:r1]
         np.copyto(best, values[0, r0:r1])
         dst.fill(0)
+        mask_u8 = mask.view(np.uint8)
         for c in range(1, k):
             plane = values[c, r0:r1]
             np.greater(plane, best, out=mask)
             np.maximum(best, plane, out=best)
-            np.copyto(dst, np.uint8(c), where=mask)
+            # branch-free "dst[mask] = c": dst < c here, so max(dst, mask * c) is c where mask, dst elsewhere
+            np.multiply(mask_u8, np.uint8(c), out=code)
+            np.maximum(dst, code, out=dst)
     return out
 
 
