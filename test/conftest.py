@@ -20,7 +20,7 @@ HAVE_RCLPY = importlib.util.find_spec('rclpy') is not None
 def pytest_configure(config):
     config.addinivalue_line('markers', 'ros: needs rclpy and real DDS (skipped when rclpy is not importable)')
     config.addinivalue_line('markers', 'cuda: needs a CUDA device (skipped otherwise)')
-    config.addinivalue_line('markers', 'slow: takes more than ~20 s on 2 cores')
+    config.addinivalue_line('markers', 'slow: takes more than ~10 s on 2 cores; the fast tier skips it: -m "not slow"')
 
 
 def pytest_collection_modifyitems(config, items):
@@ -30,6 +30,16 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker('ros') and not HAVE_RCLPY:
             item.add_marker(pytest.mark.skip(reason='rclpy is not importable: run the tests through ./run.sh test '
                                                     'or source a ROS 2 install'))
+        if item.get_closest_marker('cuda') and not _have_cuda():
+            item.add_marker(pytest.mark.skip(reason='needs a CUDA device'))
+
+
+def _have_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 @pytest.fixture(autouse=True, scope='session')

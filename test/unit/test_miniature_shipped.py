@@ -36,7 +36,7 @@ def models():
 def test_metrics_file_describes_the_shipped_files(metrics):
     from realm_ros.models.checkpoints import sha256_file
     total = 0
-    for role, entry in metrics['files'].items():
+    for _role, entry in metrics['files'].items():
         path = MODELS / entry['file']
         assert sha256_file(path) == entry['sha256'], f'{path.name} is not the file the metrics were computed with'
         total += path.stat().st_size
@@ -55,6 +55,7 @@ def _close(a, b, abs_tol, what):
     assert abs(a - b) <= abs_tol, f'{what}: recomputed {a}, shipped {b} (tolerance {abs_tol})'
 
 
+@pytest.mark.slow
 def test_subset_metrics_recomputed_from_shipped_checkpoints(metrics, models):
     from realm_ros.miniature.evaluate import EvalConfig, evaluate, load_or_simulate
     sub = metrics['subset_check']
@@ -74,6 +75,7 @@ def test_subset_metrics_recomputed_from_shipped_checkpoints(metrics, models):
     _close(res['token_cosine']['patch'], ref['token_cosine']['patch'], 0.002, 'token cosine')
 
 
+@pytest.mark.slow
 def test_perception_pipeline_reproduces_the_evaluated_outputs(metrics, models):
     from realm_ros.events import voxel_grid
     from realm_ros.miniature.data import sim_config, split_seeds

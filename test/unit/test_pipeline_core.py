@@ -63,6 +63,7 @@ def test_one_window_gives_every_output_in_sensor_pixels(pipe, windows):
     assert out.matches_image.shape == (224, 448, 3)
 
 
+@pytest.mark.slow
 def test_second_window_is_matched_against_the_keyframe(pipe, windows):
     pipe.reset()
     pipe.update(keyframe_min_inliers=4, keyframe_max_failures=100, keyframe_max_translation=1e3,
@@ -175,6 +176,7 @@ def test_segmentation_without_projector_is_refused(ckpts, tmp_path):
     assert p.active_heads == ('depth', 'points')
 
 
+@pytest.mark.slow
 def test_rgb_keyframes_for_cross_modal_pose(ckpts, windows):
     p = RealmPipeline(tiny_pipeline_config(ckpts, keyframe_source='image', heads=('pose',)))
     out = p.process(windows[0], 480, 640, K_SENSOR, 1)

@@ -327,6 +327,7 @@ def test_cli_help_and_ros_args_without_rclpy(world, tmp_path):
     assert r.returncode == 2 and "task must be 'depth' or 'segmentation'" in r.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_two_processes(world, tmp_path):
     """DistributedDataParallel on CPU (gloo): distributed sampler, rank-0 logging/checkpoints/export."""
     out = tmp_path / 'ddp'
