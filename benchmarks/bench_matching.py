@@ -1,23 +1,39 @@
 #!/usr/bin/env python3
-"""Benchmark: fast reciprocal NN matching vs the literal reference, and the DUNE-MASt3R decoder forward.
+"""Benchmark: reciprocal NN matching (new CPU kernel vs the previous design vs the official MASt3R matcher), decoder.
 
-Both matchers run in the same process on the same descriptors; the script prints times and the speed-up ratio and
-checks that the matches agree (identical in float32; overlap reported for the float16 CUDA default).
+Matchers, run back to back in the same process on the same descriptors, interleaved (one run of each per round, so
+that load changes on a shared machine hit all of them alike):
+
+* official: MASt3R ``mast3r.fast_nn.fast_reciprocal_NNs(desc1, desc2, subsample_or_initxy1=8, device=...,
+  dist='dot', block_size=2**13)`` + the README border filter (3 px), imported from a checkout of
+  https://github.com/naver/mast3r (with its dust3r submodule) given by ``--mast3r-root`` or ``$MAST3R_ROOT``. Without
+  a checkout the baseline is ``reference_reciprocal_nn`` (a literal same-semantics re-implementation) and the
+  output says so. scipy is imported by ``mast3r.fast_nn`` but only used by its KD-tree path; when scipy is missing
+  a stub that raises on use is installed and the output says so.
+* previous: the previous CPU design, ``fast_reciprocal_nn(..., backend='torch')`` (blockwise ``mm`` + ``max``,
+  still selectable; CPU only).
+* new: ``fast_reciprocal_nn`` defaults (CPU: numba kernel; CUDA: Triton fp16, plus the fp32 variants).
+
+Per pair: min and median wall time over the rounds, min process CPU time (robust to time slicing by other
+processes; it sums all threads), ratios vs the new code, and whether the match sets are identical to the baseline.
 
 Descriptors: spatially smooth random fields plus noise (24-d, L2-normalised), the second image a shifted mix of the
 first and fresh noise, so that seeds need several iterations and some never converge, as on real image pairs.
 
 Usage:
-    python benchmarks/bench_matching.py                      # CPU 224 and 448 (+ CUDA 448 when available)
-    python benchmarks/bench_matching.py --sizes 224 --repeats 3
+    MAST3R_ROOT=/path/to/mast3r python benchmarks/bench_matching.py          # CPU 224 and 448 (+ CUDA)
+    python benchmarks/bench_matching.py --sizes 224 --repeats 5 --threads 1
     python benchmarks/bench_matching.py --decoder            # also time the decoder (tiny and ViT-B configs)
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from realm_ros.geometry.matching import fast_reciprocal_nn, reference_reciprocal_nn, triton_available
+from realm_ros.geometry.matching import fast_reciprocal_nn, reference_reciprocal_nn, seed_grid, triton_available
 
 
 def descriptor_pair(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,46 +55,12 @@ def descriptor_pair(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
 
 
 def timed(fn, repeats: int, device: torch.device) -> tuple[float, object]:
+    """Median wall time of ``repeats`` calls and the last output."""
     times, out = [], None
     for _ in range(repeats):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        t, _, out = run_timed(fn, device)
+        times.append(t)
     return statistics.median(times), out
-
-
-def pairs(m) -> set:
-    return set(map(tuple, np.hstack([m.xy1, m.xy2]).tolist()))
-
-
-def bench_matching(size: int, device: torch.device, repeats: int) -> None:
-    d1, d2 = descriptor_pair(size)
-    d1, d2 = d1.to(device), d2.to(device)
-    ref_reps = max(1, repeats if size <= 224 or device.type == 'cuda' else 1)
-    if device.type == 'cuda':                                   # warm-up (allocator, cuBLAS, Triton compile)
-        reference_reciprocal_nn(d1, d2)
-        fast_reciprocal_nn(d1, d2)
-        fast_reciprocal_nn(d1, d2, compute_dtype=torch.float32)
-        fast_reciprocal_nn(d1, d2, backend='torch')
-    t_ref, ref = timed(lambda: reference_reciprocal_nn(d1, d2), ref_reps, device)
-    print(f'[{device.type} {size}x{size}] reference (float32, host loop, 8192-blocks): {t_ref * 1e3:9.2f} ms  '
-          f'{ref.count} matches')
-    variants = [('fast torch float32', dict(backend='torch', compute_dtype=torch.float32))]
-    if device.type == 'cuda':
-        variants.append(('fast torch float16', dict(backend='torch')))
-        if triton_available(device):
-            variants.append(('fast triton float32', dict(backend='triton', compute_dtype=torch.float32)))
-            variants.append(('fast triton float16 (default)', dict(backend='triton')))
-    for name, kw in variants:
-        t, m = timed(lambda: fast_reciprocal_nn(d1, d2, **kw), repeats, device)
-        same = np.array_equal(m.xy1, ref.xy1) and np.array_equal(m.xy2, ref.xy2)
-        overlap = len(pairs(m) & pairs(ref)) / max(1, ref.count)
-        print(f'[{device.type} {size}x{size}] {name:32s}: {t * 1e3:9.2f} ms  {m.count} matches  '
-              f'identical={same} overlap={overlap:.3f}  speed-up x{t_ref / t:.1f}')
 
 
 def bench_decoder(device: torch.device, repeats: int) -> None:
@@ -106,23 +88,129 @@ def bench_decoder(device: torch.device, repeats: int) -> None:
         del model
 
 
+def load_official(root: str | None):
+    """``mast3r.fast_nn.fast_reciprocal_NNs`` from a checkout, or (None, reason)."""
+    if not root:
+        return None, 'no MASt3R checkout given (--mast3r-root / $MAST3R_ROOT)'
+    root_path = Path(root).expanduser().resolve()
+    if not (root_path / 'mast3r' / 'fast_nn.py').is_file():
+        return None, f'{root_path} is not a MASt3R checkout (mast3r/fast_nn.py missing)'
+    sys.path.insert(0, str(root_path))
+    note = ''
+    try:
+        importlib.import_module('scipy.spatial')
+    except ImportError:
+        stub = types.ModuleType('scipy.spatial')
+
+        class KDTree:  # stand-in: only the KD-tree path of fast_nn would use it
+            def __init__(self, *args, **kwargs):
+                raise RuntimeError('scipy is not installed (stub from bench_matching.py)')
+
+        stub.KDTree = KDTree
+        sys.modules.setdefault('scipy', types.ModuleType('scipy'))
+        sys.modules['scipy.spatial'] = stub
+        note = ' (scipy missing: KDTree stubbed, unused with dist="dot")'
+    try:
+        fast_nn = importlib.import_module('mast3r.fast_nn')
+    except Exception as exc:  # noqa: BLE001 - report any import problem and fall back
+        return None, f'importing mast3r.fast_nn from {root_path} failed: {type(exc).__name__}: {exc}'
+    return fast_nn.fast_reciprocal_NNs, f'official MASt3R fast_reciprocal_NNs from {root_path}{note}'
+
+
+def official_matches(fn, d1: torch.Tensor, d2: torch.Tensor, device: torch.device, border: int = 3):
+    """The README call and its border filter; returns (xy1, xy2) int64 (M, 2)."""
+    xy1, xy2 = fn(d1, d2, subsample_or_initxy1=8, device=device, dist='dot', block_size=2 ** 13)
+    xy1, xy2 = np.asarray(xy1, dtype=np.int64), np.asarray(xy2, dtype=np.int64)
+    h1, w1 = d1.shape[:2]
+    h2, w2 = d2.shape[:2]
+    keep = ((xy1[:, 0] >= border) & (xy1[:, 0] < w1 - border) & (xy1[:, 1] >= border) & (xy1[:, 1] < h1 - border)
+            & (xy2[:, 0] >= border) & (xy2[:, 0] < w2 - border) & (xy2[:, 1] >= border) & (xy2[:, 1] < h2 - border))
+    return xy1[keep], xy2[keep]
+
+
+def run_timed(fn, device: torch.device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, time.process_time() - c0, out
+
+
+def as_pairs(out) -> tuple[np.ndarray, np.ndarray]:
+    return (out.xy1, out.xy2) if hasattr(out, 'xy1') else out
+
+
+def bench_matching(size: int, device: torch.device, repeats: int, official, official_label: str,
+                   previous: bool) -> None:
+    d1, d2 = descriptor_pair(size)
+    d1, d2 = d1.to(device), d2.to(device)
+    tag = f'[{device.type} {size}x{size} {len(seed_grid(size, size, 8))} seeds]'
+    if official is not None:
+        base = ('official', lambda: official_matches(official, d1, d2, device))
+    else:
+        base = ('same-semantics reference', lambda: reference_reciprocal_nn(d1, d2))
+    runs = [base]
+    if previous and device.type == 'cpu':
+        runs.append(('previous (torch backend)', lambda: fast_reciprocal_nn(d1, d2, backend='torch')))
+    if device.type == 'cuda':
+        runs.append(('new torch fp32', lambda: fast_reciprocal_nn(d1, d2, backend='torch',
+                                                                  compute_dtype=torch.float32)))
+        if triton_available(device):
+            runs.append(('new triton fp32', lambda: fast_reciprocal_nn(d1, d2, backend='triton',
+                                                                       compute_dtype=torch.float32)))
+    runs.append(('new (default)', lambda: fast_reciprocal_nn(d1, d2)))
+    for _, fn in runs[1:]:                                      # warm-up (numba cache load, cuBLAS, Triton build)
+        fn()
+    if device.type == 'cuda':
+        runs[0][1]()
+    wall: dict[str, list[float]] = {name: [] for name, _ in runs}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in runs}
+    outs: dict[str, tuple] = {}
+    for _ in range(repeats):
+        for name, fn in runs:
+            t, c, out = run_timed(fn, device)
+            wall[name].append(t)
+            cpu[name].append(c)
+            outs[name] = as_pairs(out)
+    print(f'{tag} baseline: {official_label}')
+    ref = outs[base[0]]
+    new_name = runs[-1][0]
+    for name, _ in runs:
+        xy1, xy2 = outs[name]
+        same = np.array_equal(xy1, ref[0]) and np.array_equal(xy2, ref[1])
+        tmin, tmed, cmin = min(wall[name]), statistics.median(wall[name]), min(cpu[name])
+        line = (f'{tag} {name:26s}: wall min {tmin * 1e3:9.1f} ms  median {tmed * 1e3:9.1f} ms  '
+                f'cpu min {cmin * 1e3:9.1f} ms  {len(xy1)} matches  identical={same}')
+        if name != new_name:
+            n_min, n_med, n_cpu = min(wall[new_name]), statistics.median(wall[new_name]), min(cpu[new_name])
+            line += (f'  new is x{tmin / n_min:.1f} (wall min) x{tmed / n_med:.1f} (wall median) '
+                     f'x{cmin / n_cpu:.1f} (cpu min) faster')
+        print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--sizes', type=int, nargs='+', default=[224, 448])
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=3, help='interleaved rounds (report min and median)')
+    parser.add_argument('--threads', type=int, default=1, help='torch intra-op threads (= numba workers)')
+    parser.add_argument('--mast3r-root', default=os.environ.get('MAST3R_ROOT'),
+                        help='MASt3R checkout (default $MAST3R_ROOT); without it: same-semantics reference')
+    parser.add_argument('--no-previous', action='store_true', help='skip the previous design (torch backend)')
     parser.add_argument('--cpu-only', action='store_true')
     parser.add_argument('--decoder', action='store_true', help='also time the decoder forward')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    official, label = load_official(args.mast3r_root)
     print(f'torch {torch.__version__}, {args.threads} CPU threads, CUDA: '
-          f'{torch.cuda.get_device_name() if torch.cuda.is_available() else "none"}')
+          f'{torch.cuda.get_device_name() if torch.cuda.is_available() else "none"}; baseline: {label}')
     devices = [torch.device('cpu')]
     if torch.cuda.is_available() and not args.cpu_only:
         devices.append(torch.device('cuda'))
     for device in devices:
         for size in args.sizes:
-            bench_matching(size, device, args.repeats)
+            bench_matching(size, device, args.repeats, official, label, not args.no_previous)
         if args.decoder:
             bench_decoder(device, args.repeats)
 
