@@ -10,6 +10,8 @@
 2. The node as a subprocess (cache warmed first) for ``--seconds``: packets/s and bytes per packet received over DDS,
    sequence gaps (lost packets), and its own /diagnostics: late publications (later than one packet period),
    max lag, publisher-thread and whole-process CPU ms per second of sensor time.
+3. With ``--previous REV``: whole-process CPU (/proc utime + stime) per second of sensor time of this node and of the
+   node at git revision REV, same cached sequence, alternating runs (``--ab-rounds``).
 
 The machine may be shared: compare ratios measured in the same run, not absolute times across runs.
 """
@@ -149,6 +151,74 @@ def bench_node(width: int, height: int, seconds: float) -> None:
               f"max lag {diags[-1].get('max_lag_ms')} ms")
 
 
+_PREV_RUNNER = """
+import importlib.util, subprocess, sys
+src = subprocess.run(['git', '-C', sys.argv[1], 'show', sys.argv[2] + ':realm_ros/nodes/sim_camera_node.py'],
+                     capture_output=True, text=True, check=True).stdout
+import realm_ros.nodes
+spec = importlib.util.spec_from_loader('realm_ros.nodes._sim_camera_node_prev', loader=None)
+mod = importlib.util.module_from_spec(spec)
+mod.__package__ = 'realm_ros.nodes'
+exec(compile(src, 'sim_camera_node@' + sys.argv[2], 'exec'), mod.__dict__)
+sys.exit(mod.main(['sim_event_camera_prev'] + sys.argv[3:]))
+"""
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (s), from /proc."""
+    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def bench_ab(width: int, height: int, seconds: float, previous: str, rounds: int) -> None:
+    """Whole-process CPU per second of sensor time, this node vs ``previous`` (a git revision of the node), same
+    cached sequence, alternating runs; CPU over the steady window (after 4 s of publishing)."""
+    import rclpy
+    from event_camera_msgs.msg import EventPacket
+
+    from realm_ros.nodes.qos import events_qos
+    cache = tempfile.mkdtemp(prefix='bench_sim_ab_')
+    base = ['--ros-args', '-p', f'width:={width}', '-p', f'height:={height}', '-p', f'cache_dir:={cache}']
+    subprocess.run([sys.executable, '-m', 'realm_ros.nodes.sim_camera_node'] + base
+                   + ['-p', 'loop:=false', '-p', 'publish_ground_truth:=false'], capture_output=True, timeout=900)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    probe = rclpy.create_node('bench_sim_ab_probe', context=ctx)
+    ex = rclpy.executors.SingleThreadedExecutor(context=ctx)
+    ex.add_node(probe)
+    results: dict = {'current': [], f'previous ({previous})': []}
+    for r in range(rounds):
+        for name in results:
+            ns = f'/simab_{os.getpid()}_{r}_{len(name)}'
+            cmd = ([sys.executable, '-m', 'realm_ros.nodes.sim_camera_node'] if name == 'current' else
+                   [sys.executable, '-c', _PREV_RUNNER, str(ROOT), previous])
+            proc = subprocess.Popen(cmd + base + ['-r', f'__ns:={ns}'], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            got = []
+            sub = probe.create_subscription(EventPacket, ns + '/event_camera/events',
+                                            lambda m: got.append(time.monotonic()), events_qos())
+            deadline = time.monotonic() + 120
+            while not got and time.monotonic() < deadline:
+                ex.spin_once(timeout_sec=0.05)
+            t_warm = time.monotonic() + 4.0
+            while time.monotonic() < t_warm:
+                ex.spin_once(timeout_sec=0.05)
+            c0, n0, w0 = _proc_cpu_s(proc.pid), len(got), time.monotonic()
+            while time.monotonic() - w0 < seconds:
+                ex.spin_once(timeout_sec=0.05)
+            c1, n1, w1 = _proc_cpu_s(proc.pid), len(got), time.monotonic()
+            proc.send_signal(2)
+            proc.wait(timeout=20)
+            probe.destroy_subscription(sub)
+            results[name].append(((c1 - c0) * 1e3 / (w1 - w0), (n1 - n0) / (w1 - w0)))
+    for name, v in results.items():
+        cpu = [x[0] for x in v]
+        print(f'  {name:28s} process CPU ms per sensor second: min {min(cpu):6.1f} median {statistics.median(cpu):6.1f}'
+              f'  (packets received/s {statistics.median([x[1] for x in v]):.0f})')
+    probe.destroy_node()
+    rclpy.shutdown(context=ctx)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--width', type=int, default=224)
@@ -156,11 +226,16 @@ def main() -> int:
     ap.add_argument('--seconds', type=float, default=20.0)
     ap.add_argument('--repeat', type=int, default=5)
     ap.add_argument('--skip-node', action='store_true')
+    ap.add_argument('--previous', default='', help='git revision of the previous node for a whole-process CPU A/B '
+                    '(e.g. 3d6b999, the last commit before the pre-serialised replay)')
+    ap.add_argument('--ab-rounds', type=int, default=2)
     args = ap.parse_args()
     print(f'(shared machine possible; {os.cpu_count()} CPUs)')
     bench_publish(args.width, args.height, args.repeat)
     if not args.skip_node:
         bench_node(args.width, args.height, args.seconds)
+    if args.previous:
+        bench_ab(args.width, args.height, args.seconds, args.previous, args.ab_rounds)
     return 0
 
 

@@ -20,6 +20,9 @@ Topics written by :func:`write_sim_bag` and published by the ``sim_event_camera`
   ``/rgb/labels`` and ``/event_camera/labels`` (mono8 DSEC class ids)
 * ``/tf_static`` (tf2_msgs/msg/TFMessage: event_camera -> rgb_camera), ``/gt/pose`` (geometry_msgs/msg/PoseStamped,
   event camera in ``world``)
+
+The live node's ROS-free parts: :mod:`.params` (its one parameter table), :mod:`.live` (the sequence filled from the
+cache or by the background :mod:`.worker` process; lateness bookkeeping) and :mod:`.replay` (the real-time schedule).
 """
 from .bag import SimBagSummary, read_sim_info, write_sim_bag
 from .camera import PinholeCamera, invert_transform, quaternion_to_rotation, rotation_to_quaternion
