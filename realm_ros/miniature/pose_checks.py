@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ from realm_ros.geometry.symmetric import (PoseGates, _match_and_solve, combine_o
 from .data import rgb_to_tensor
 from .metrics import pose_auc, relative_pose, rotation_error_deg, translation_angle_error_deg
 
-__all__ = ['MODES', 'KINDS', 'sequence_tokens', 'zero_motion_contraction', 'collect_pose_records', 'summarize_records', 'calibrate_gates',
+__all__ = ['MODES', 'KINDS', 'sequence_tokens', 'zero_motion_contraction', 'collect_pose_records', 'summarize_records',
+           'calibrate_gates', 'fit_covariance',
            'radius_ratio', 'pose_error_vector', 'is_false_positive', 'IDENTITY_TRANSLATION_M', 'IDENTITY_ROTATION_DEG']
 
 MODES = {'rgb_rgb': ('rgb', 'rgb'), 'event_event': ('event', 'event'), 'rgb_event': ('rgb', 'event')}
@@ -293,43 +294,133 @@ def _false_positive_rate(records, method, gates) -> float:
     return max(rates) if rates else 0.0
 
 
+def _features(records: Sequence[Dict[str, object]], method: str, base: PoseGates) -> Dict[str, np.ndarray]:
+    """Per-record quantities that do not depend on the thresholds being calibrated (one pass over the records)."""
+    loose = replace(base, min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e12, max_order_trans_ratio=1e12,
+                    max_translation_m=0.0, covariance_scale=1.0, covariance_floor=(0.0, 0.0))
+    cols: Dict[str, list] = {k: [] for k in ('kind', 'ok', 'inl', 'ratio', 'rot_dis', 'tr_dis', 'max_err', 'fp',
+                                             'rot_err', 'dir_err', 'true_rot', 'err_vec', 'cov')}
+    for r in records:
+        published, _, T, cov, ag = _estimate(r, method, loose)
+        d, sw = r['direct'], r['swapped']
+        cols['kind'].append(r['kind'])
+        cols['ok'].append(published)
+        cols['inl'].append(d['inliers'] if method == 'direct' else min(d['inliers'], sw['inliers']))
+        cols['ratio'].append(d['ratio'] if method == 'direct' else min(d['ratio'], sw['ratio']))
+        cols['rot_dis'].append(ag.rot_deg if ag is not None else 0.0)
+        cols['tr_dis'].append(ag.trans_ratio if ag is not None else 0.0)
+        re = te = tr = float('inf')
+        e, c = np.full(6, np.nan), np.full((6, 6), np.nan)
+        if r['kind'] == 'motion':
+            Tg = r['T_gt']
+            tr = rotation_error_deg(np.eye(3), Tg[:3, :3])
+            if published:
+                re = rotation_error_deg(T[:3, :3], Tg[:3, :3])
+                te = translation_angle_error_deg(_inv(T)[:3, 3], _inv(Tg)[:3, 3])
+                e = pose_error_vector(_inv(T), _inv(Tg))
+                if cov is not None:
+                    c = cov
+        cols['rot_err'].append(re)
+        cols['dir_err'].append(te)
+        cols['true_rot'].append(tr)
+        cols['max_err'].append(max(re, te))
+        cols['err_vec'].append(e)
+        cols['cov'].append(c)
+        cols['fp'].append(is_false_positive(r, True, T) if published else False)
+    return {k: np.asarray(v) for k, v in cols.items()}
+
+
 def calibrate_gates(records: Sequence[Dict[str, object]], method: str = 'symmetric', max_fp_rate: float = 0.05,
-                    base: PoseGates = PoseGates(), modes: Optional[Iterable[str]] = None,
-                    grid: Optional[Dict[str, Sequence[float]]] = None) -> Dict[str, object]:
-    """Choose gates on validation records: among a grid of (``min_inliers``, ``min_inlier_ratio``,
-    ``max_order_rot_deg``, ``max_order_trans_ratio``), the one that keeps the false-positive rates of every mode's
-    zero-motion and of its unrelated pairs at most ``max_fp_rate`` and maximises the mean AUC_pose@20 of the motion pairs
-    (ties: more published motion pairs; ``grid`` overrides the candidate values by field name); then ``covariance_scale`` so that the mean normalised squared error of the
-    published motion pairs is 1 (unit variance). Returns ``{'gates': PoseGates, 'val': summary, 'grid': size}``."""
-    modes = sorted(set(modes or {r['mode'] for r in records}))
-    by_mode = {m: [r for r in records if r['mode'] == m] for m in modes}
+                    base: PoseGates = PoseGates(), grid: Optional[Dict[str, Sequence[float]]] = None,
+                    min_published: int = 5, max_direction_error_deg: float = 90.0) -> Dict[str, object]:
+    """Choose gates on validation records (of one mode, or pooled): among a grid of (``min_inliers``,
+    ``min_inlier_ratio``, ``max_order_rot_deg``, ``max_order_trans_ratio``; ``grid`` overrides the candidate values
+    by field name), the one that keeps the false-positive rate of the zero-motion pairs and of the unrelated pairs
+    each at most ``max_fp_rate``, whose published motion pairs (at least ``min_published``) are better than chance
+    (median rotation error below the median true rotation, i.e. better than assuming no motion, and median
+    translation-direction error below ``max_direction_error_deg``), and maximises AUC_pose@20 of the motion pairs
+    (rejected pairs count as failures; ties: more published motion pairs). No candidate: nothing is published
+    (``min_inliers`` = 1e9). Then the covariance model (:func:`fit_covariance`) on the published motion pairs.
+    Returns ``{'gates', 'val' (summary), 'grid' (size)}``."""
     grid = dict(grid or {})
-    inl_grid = grid.get('min_inliers', (12, 30, 50, 80, 120))
-    ratio_grid = grid.get('min_inlier_ratio', (0.1, 0.2, 0.3))
-    rot_grid = grid.get('max_order_rot_deg', (0.5, 1.0, 2.0, 4.0)) if method == 'symmetric' \
+    inl_grid = grid.get('min_inliers', (12, 30, 40, 50, 60, 70, 80, 100, 120, 150))
+    ratio_grid = grid.get('min_inlier_ratio', (0.1, 0.15, 0.18, 0.2, 0.22, 0.25, 0.3, 0.35, 0.4))
+    sym = method == 'symmetric'
+    rot_grid = grid.get('max_order_rot_deg', (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 1e9)) if sym \
         else (base.max_order_rot_deg,)
-    tr_grid = grid.get('max_order_trans_ratio', (0.2, 0.35, 0.5, 0.75, 1.0, 1.5)) if method == 'symmetric' \
+    tr_grid = grid.get('max_order_trans_ratio', (0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 1e9)) if sym \
         else (base.max_order_trans_ratio,)
-    best, best_key = None, None
-    count = 0
+    f = _features(records, method, base)
+    motion = f['kind'] == 'motion'
+    extra = {k: f['kind'] == k for k in ('zero', 'unrelated') if np.any(f['kind'] == k)}
+    best, best_key, count = None, None, 0
     for mi in inl_grid:
         for ir in ratio_grid:
             for mr in rot_grid:
                 for tr in tr_grid:
-                    g = replace(base, min_inliers=mi, min_inlier_ratio=ir, max_order_rot_deg=mr,
-                                max_order_trans_ratio=tr)
                     count += 1
-                    if any(_false_positive_rate(by_mode[m], method, g) > max_fp_rate for m in modes):
+                    pub = f['ok'] & (f['inl'] >= mi) & (f['ratio'] >= ir)
+                    if sym:
+                        pub &= (f['rot_dis'] <= mr) & (f['tr_dis'] <= tr)
+                    if any(np.mean(f['fp'][m] & pub[m]) > max_fp_rate for m in extra.values()):
                         continue
-                    s = summarize_records(records, method, g)
-                    key = (float(np.mean([s[m]['auc_pose@20'] for m in modes])),
-                           float(np.mean([s[m]['published_rate'] for m in modes])))
+                    kept = pub & motion
+                    if kept.sum() < min_published or not (
+                            np.median(f['rot_err'][kept]) < np.median(f['true_rot'][kept])
+                            and np.median(f['dir_err'][kept]) < max_direction_error_deg):
+                        continue                 # what would be published is not better than chance
+                    err = np.where(kept, f['max_err'], np.inf)[motion]
+                    key = (pose_auc(err, (20.0,))[0] if err.size else 0.0, float(np.mean(pub[motion])))
                     if best_key is None or key > best_key:
-                        best, best_key = g, key
+                        best_key = key
+                        best = replace(base, min_inliers=int(mi), min_inlier_ratio=float(ir),
+                                       max_order_rot_deg=float(mr), max_order_trans_ratio=float(tr))
     if best is None:
-        best = replace(base, min_inliers=10 ** 9)      # nothing may be published at this false-positive rate
-    s = summarize_records(records, method, replace(best, covariance_scale=1.0, covariance_floor=(0.0, 0.0)))
-    nees = [s[m]['nees_mean'] for m in modes if np.isfinite(s[m]['nees_mean'])]
-    scale = float(np.mean(nees)) if nees else 1.0
-    best = replace(best, covariance_scale=round(scale, 4))
+        best = replace(base, min_inliers=10 ** 9)      # nothing can be published: better than chance, few FPs
+    else:
+        kept = f['ok'] & motion & (f['inl'] >= best.min_inliers) & (f['ratio'] >= best.min_inlier_ratio)
+        if sym:
+            kept &= (f['rot_dis'] <= best.max_order_rot_deg) & (f['tr_dis'] <= best.max_order_trans_ratio)
+        scale, floor = fit_covariance(f['err_vec'][kept], f['cov'][kept])
+        best = replace(best, covariance_scale=scale, covariance_floor=floor)
     return {'gates': best, 'val': summarize_records(records, method, best), 'grid': count}
+
+
+def fit_covariance(errors: np.ndarray, covs: np.ndarray) -> Tuple[float, Tuple[float, float]]:
+    """``(scale, (floor_t, floor_r))`` of ``C = scale * C_est + diag(floor_t x3, floor_r x3)`` such that the
+    normalised squared errors ``e^T C^-1 e / 6`` of the given pairs have mean 1 and a median near that of a
+    chi-square with 6 degrees of freedom / 6 (0.89): a constant floor for the error the estimate's own covariance
+    does not see (decoder bias), a scale for the part it does. Grid search over the floor as a fraction of the
+    mean squared error per group (translation, rotation); the scale is then solved for mean 1 by bisection."""
+    errors = np.asarray(errors, np.float64).reshape(-1, 6)
+    covs = np.asarray(covs, np.float64).reshape(-1, 6, 6)
+    ok = np.isfinite(errors).all(1) & np.isfinite(covs).all((1, 2))
+    errors, covs = errors[ok], covs[ok]
+    if len(errors) < 3:
+        return 1.0, (0.0, 0.0)
+    msq_t = float(np.mean(errors[:, :3] ** 2))
+    msq_r = float(np.mean(errors[:, 3:] ** 2))
+
+    def nees(scale: float, ft: float, fr: float) -> np.ndarray:
+        C = scale * covs + np.diag([ft] * 3 + [fr] * 3)[None]
+        try:
+            return np.einsum('ni,ni->n', errors, np.linalg.solve(C, errors[..., None])[..., 0]) / 6.0
+        except np.linalg.LinAlgError:
+            return np.full(len(errors), np.inf)
+
+    best, best_cost = (1.0, (0.0, 0.0)), np.inf
+    for frac in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9):
+        ft, fr = frac * msq_t, frac * msq_r
+        lo, hi = -8.0, 8.0                          # log10 of the scale; mean NEES decreases with the scale
+        if np.mean(nees(10 ** lo, ft, fr)) < 1.0:
+            scale = 0.0                             # the floor alone already covers the errors
+        else:
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if np.mean(nees(10 ** mid, ft, fr)) > 1.0 else (lo, mid)
+            scale = 10 ** hi
+        v = nees(scale, ft, fr)
+        cost = (np.mean(v) - 1.0) ** 2 + (np.median(v) - 0.89) ** 2
+        if cost < best_cost:
+            best, best_cost = (float(f'{scale:.4g}'), (float(f'{ft:.4g}'), float(f'{fr:.4g}'))), cost
+    return best

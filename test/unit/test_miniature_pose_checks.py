@@ -94,3 +94,35 @@ def test_radius_ratio():
     xy2 = np.array([[86, 50], [50, 14], [14, 86], [50, 51]])                 # 10 % toward the centre
     assert radius_ratio(xy1, xy2, K, K) == pytest.approx(0.9, abs=1e-9)
     assert np.isnan(radius_ratio(np.zeros((0, 2)), np.zeros((0, 2)), K, K))
+
+
+def test_nothing_is_published_when_no_gate_is_better_than_chance():
+    rng = np.random.default_rng(2)
+    recs = []
+    for _ in range(30):                      # the estimate points anywhere: motion pairs are no better than chance
+        gt = _T([0.0, 0.0, rng.uniform(0.5, 1.0)], rng.normal(0, 1))
+        est = _T(rng.normal(0, 1, 3), rng.normal(0, 3))
+        recs.append(_record('motion', gt, est, est))
+    recs.append(_record('zero', np.eye(4), np.eye(4), np.eye(4)))
+    cal = calibrate_gates(recs, 'symmetric', grid=dict(min_inliers=(12,), min_inlier_ratio=(0.1,),
+                                                       max_order_rot_deg=(1e9,), max_order_trans_ratio=(1e9,)))
+    assert cal['gates'].min_inliers >= 10 ** 9
+    assert cal['val']['event_event']['published_rate'] == 0.0
+
+
+def test_fit_covariance_makes_normalised_errors_unit_variance():
+    from realm_ros.miniature.pose_checks import fit_covariance
+    rng = np.random.default_rng(4)
+    n = 400
+    covs = np.stack([np.eye(6) * rng.uniform(1e-6, 1e-4) for _ in range(n)])
+    # true error = what the estimate's covariance predicts x 30 plus a constant part it does not see
+    errors = np.stack([rng.multivariate_normal(np.zeros(6), 900 * c + np.diag([0.04] * 3 + [1e-4] * 3))
+                       for c in covs])
+    scale, (ft, fr) = fit_covariance(errors, covs)
+    C = scale * covs + np.diag([ft] * 3 + [fr] * 3)[None]
+    nees = np.einsum('ni,ni->n', errors, np.linalg.solve(C, errors[..., None])[..., 0]) / 6
+    assert np.mean(nees) == pytest.approx(1.0, abs=0.02)
+    assert 0.75 < np.median(nees) < 1.0
+    z = errors / np.sqrt(np.einsum('nii->ni', C))
+    assert np.all(np.abs(z.var(0) - 1) < 0.35)
+    assert fit_covariance(errors[:2], covs[:2]) == (1.0, (0.0, 0.0))
