@@ -237,7 +237,7 @@ def test_first_start_publishes_within_seconds_with_an_empty_cache(child_env, tmp
     from realm_ros.sim import topics as T
 
     ns = f'/simfirst_{os.getpid()}'
-    params = {'cache_dir': str(tmp_path / 'empty_cache'), 'first_segment_s': 0.3, 'max_runtime_s': 60.0}
+    params = {'cache_dir': str(tmp_path / 'empty_cache'), 'first_segment_s': 0.15, 'max_runtime_s': 60.0}
     context = rclpy.Context()
     rclpy.init(context=context)
     packets, t_first = [], None
