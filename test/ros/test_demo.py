@@ -5,10 +5,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO_ROOT
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_scores_against_ground_truth(tmp_path, child_env):
     out = tmp_path / 'demo_out'
     proc = subprocess.run([sys.executable, '-m', 'realm_ros.demo', '--out', str(out), '--duration', '8',
