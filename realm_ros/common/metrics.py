@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -38,7 +38,7 @@ DEPTH_CUTOFFS: tuple = (10.0, 20.0, 30.0)
 #: Error thresholds (degrees) of the pose AUCs.
 AUC_THRESHOLDS: tuple = (5.0, 10.0, 20.0)
 
-_trapezoid = getattr(np, 'trapezoid', None) or np.trapz  # numpy >= 2.0 renamed trapz
+_trapezoid = getattr(np, 'trapezoid', None) or getattr(np, 'trapz')  # noqa: B009 - numpy 2 renamed trapz (gone in 2.4)
 
 
 # ----------------------------------------------------------------------------------------------------------- depth
@@ -131,7 +131,7 @@ class ConfusionMatrix:
         return segmentation_scores(cm, class_names)
 
 
-def segmentation_scores(cm: np.ndarray, class_names: Optional[Sequence[str]] = None) -> Dict[str, object]:
+def segmentation_scores(cm: np.ndarray, class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Pixel accuracy, mIoU (mean over classes with a non-empty union) and per-class IoU of a confusion matrix.
 
     Returns ``{'accuracy', 'miou', 'iou': {name: IoU or None}, 'pixels'}``; ``None`` marks a class absent from both the

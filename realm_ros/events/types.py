@@ -18,7 +18,7 @@ T_DTYPE = np.int64
 P_DTYPE = np.uint8
 
 
-def _as(arr: Any, dtype: np.dtype) -> np.ndarray:
+def _as(arr: Any, dtype: Any) -> np.ndarray:
     a = np.asarray(arr)
     if a.dtype != dtype:
         a = a.astype(dtype)

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -171,7 +171,7 @@ class DistillLoss:
         return out
 
     @staticmethod
-    def from_config(loss_cfg: object, patch_size: int) -> 'DistillLoss':
+    def from_config(loss_cfg: Any, patch_size: int) -> 'DistillLoss':
         """Build from a :class:`~realm_ros.training.config.DistillLossConfig`."""
         c = loss_cfg
         weights = LossWeights(l1=c.l1_weight, cosine=c.cosine_weight, mse=c.mse_weight, cls=c.cls_weight,
