@@ -89,11 +89,13 @@ def timed(fn: Callable[[], object], warmup: int, iters: int) -> Tuple[Dict[str, 
     for _ in range(warmup):
         result = fn()
     times: List[float] = []
+    cpu: List[float] = []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         result = fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return {'min': min(times), 'median': statistics.median(times)}, result
+        cpu.append((time.process_time() - c0) * 1e3)
+    return {'min': min(times), 'median': statistics.median(times), 'cpu': min(cpu)}, result
 
 
 def same_depth(a: np.ndarray, b: np.ndarray) -> bool:
@@ -148,7 +150,7 @@ def bench_case(p: RealmPipeline, events: EventArray, K: np.ndarray, size: Tuple[
         raise SystemExit(f'outputs differ at {w}x{h}, {threads} thread(s): {checks}')
     for kind in ('prev', 'new'):
         res[f'dense_{kind}'] = {q: sum(res[k][q] for k in ('voxel', 'encoder', f'depth_{kind}', f'semantic_{kind}',
-                                                            f'points_{kind}')) for q in ('min', 'median')}
+                                                            f'points_{kind}')) for q in ('min', 'median', 'cpu')}
     res['_info'] = {'mode': mode, 'events': len(events), 'labels_seen': int((s1 != IGNORE_LABEL).sum()),
                     'classes': int(len(np.unique(s1[s1 != IGNORE_LABEL]))), 'points': len(x1)}
     return res
@@ -184,14 +186,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             results[key] = r
             info = r['_info']
             print(f'\n{size[0]}x{size[1]}, {t} thread(s), mode {info["mode"]}, {info["events"]} events, '
-                  f'{info["points"]} points, {info["classes"]} classes; outputs identical; ms min / median')
-            print(f'  {"stage":<10} {"previous":>17} {"new":>17} {"speed-up":>9}')
+                  f'{info["points"]} points, {info["classes"]} classes; outputs identical; ms wall min / median '
+                  f'| process CPU min; speed-up of the wall min (CPU min)')
+            print(f'  {"stage":<10} {"previous":>26} {"new":>26} {"speed-up":>16}')
             for stage in ('voxel', 'encoder', 'sem_heads'):
-                print(f'  {stage:<10} {r[stage]["min"]:8.2f} /{r[stage]["median"]:7.2f}')
+                a = r[stage]
+                print(f'  {stage:<10} {a["min"]:8.2f} /{a["median"]:7.2f} |{a["cpu"]:7.2f}')
             for stage in ('depth', 'semantic', 'points', 'dense'):
                 a, b = r[f'{stage}_prev'], r[f'{stage}_new']
-                print(f'  {stage:<10} {a["min"]:8.2f} /{a["median"]:7.2f} {b["min"]:8.2f} /{b["median"]:7.2f} '
-                      f'{a["min"] / b["min"]:8.1f}x')
+                print(f'  {stage:<10} {a["min"]:8.2f} /{a["median"]:7.2f} |{a["cpu"]:7.2f} '
+                      f'{b["min"]:8.2f} /{b["median"]:7.2f} |{b["cpu"]:7.2f} '
+                      f'{a["min"] / b["min"]:7.1f}x ({a["cpu"] / max(b["cpu"], 1e-3):5.1f}x)')
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
