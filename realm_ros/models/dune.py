@@ -130,8 +130,9 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int,
 
     Follows docs/models.md#positional-embedding: the table is returned unchanged when the grid is M x M (square and
     same count); otherwise the M x M grid part is resampled in float32 with bicubic interpolation, ``antialias`` off,
-    using the *scale factors* ``((grid_h + offset) / M, (grid_w + offset) / M)`` (not an output ``size``: the kernel uses the
-    given factors, which changes the numbers). The cls slot is kept. Output (1, 1 + grid_h*grid_w, D), input dtype.
+    using the *scale factors* ``((grid_h + offset) / M, (grid_w + offset) / M)`` (not an output ``size``: the kernel
+    uses the given factors, which changes the numbers). The cls slot is kept. Output (1, 1 + grid_h*grid_w, D), input
+    dtype.
     """
     n = pos_embed.shape[1] - 1
     if n == grid_h * grid_w and grid_h == grid_w:
