@@ -100,7 +100,7 @@ def _open_ros2_readers(path: Path) -> List[Any]:
                 r = Reader(f)
                 r.open()
                 readers.append(r)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 for r in readers:
                     r.close()
                 raise BagReadError(f'cannot open bag file {f}: {exc}') from exc
@@ -131,7 +131,7 @@ def _open_readers(path: Path) -> List[Any]:
             r = Reader1(path)
             r.open()
             return [r]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise BagReadError(f'cannot open ROS 1 bag {path}: {exc}') from exc
     return _open_ros2_readers(path)
 
@@ -185,13 +185,13 @@ def iter_bag_messages(path: str | os.PathLike[str], topics: Optional[Sequence[st
                     item = next(it)
                 except StopIteration:
                     break
-                except Exception as exc:  # noqa: BLE001 - storage layer error: truncated or corrupt file
+                except Exception as exc:  # storage layer error: truncated or corrupt file
                     raise BagReadError(f'bag {path} is truncated or corrupt after {count} messages: '
                                        f'{type(exc).__name__}: {exc}') from exc
                 conn, t_ns, raw = item
                 try:
                     msg = _deserialize(store, raw, conn.msgtype, ros1)
-                except Exception as exc:  # noqa: BLE001 (includes LegacyParseError)
+                except Exception as exc:  # includes LegacyParseError
                     if errors is None:
                         raise BagReadError(f'bag {path}: message {count} on {conn.topic} ({conn.msgtype}) cannot be '
                                            f'deserialized: {type(exc).__name__}: {exc}') from exc
@@ -338,7 +338,7 @@ def write_raw_evt3(path: os.PathLike, payload: Any, width: int, height: int) -> 
             f'% geometry {int(width)}x{int(height)}\n% end\n').encode()
     with open(path, 'wb') as f:
         f.write(head)
-        f.write(memoryview(np.ascontiguousarray(np.frombuffer(memoryview(payload).cast('B'), np.uint8))))
+        f.write(np.ascontiguousarray(np.frombuffer(memoryview(payload).cast('B'), np.uint8)).data)
 
 
 def is_raw_file(path: os.PathLike) -> bool:

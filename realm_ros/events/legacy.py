@@ -95,7 +95,7 @@ def parse_legacy_event_array_cdr(raw: Any, msgtype: str = 'dvs_msgs/msg/EventArr
     if buf[1] != 1:
         raise LegacyParseError(f'legacy EventArray: unsupported CDR encapsulation {bytes(buf[:2]).hex()} '
                                '(only little endian is supported)')
-    mv = buf
+    mv = buf.data  # memoryview for struct.unpack_from
     sec, nsec, slen = struct.unpack_from('<iII', mv, 4)
     _need(n_buf, 16 + slen, 'frame_id')
     frame_id = buf[16:16 + max(0, slen - 1)].tobytes().decode('utf-8', 'replace')
@@ -125,7 +125,7 @@ def parse_legacy_event_array_cdr(raw: Any, msgtype: str = 'dvs_msgs/msg/EventArr
 def parse_legacy_event_array_ros1(raw: Any, msgtype: str = 'dvs_msgs/EventArray') -> LegacyEventArray:
     """Parse a ROS 1 serialized dvs_msgs/prophesee_event_msgs EventArray (13 packed bytes per event)."""
     buf = np.frombuffer(memoryview(raw).cast('B'), dtype=np.uint8)
-    mv = buf
+    mv = buf.data  # memoryview for struct.unpack_from
     n_buf = len(buf)
     _need(n_buf, 16, 'header')
     _seq, sec, nsec, slen = struct.unpack_from('<IIII', mv, 0)

@@ -142,7 +142,7 @@ def _safe_globals() -> List[Any]:
     try:
         from numpy._core.multiarray import _reconstruct, scalar  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct, scalar
+        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
     allowed += [_reconstruct, scalar]
     dtypes = getattr(np, 'dtypes', None)
     if dtypes is not None:
@@ -163,7 +163,7 @@ def _torch_load(path: Path, allow_pickle: bool) -> Any:
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as safe_error:  # noqa: BLE001 - classified below
+    except Exception as safe_error:  # classified below
         if 'Unsupported global' not in str(safe_error):
             raise CheckpointError(f'{path}: cannot read the file as a PyTorch checkpoint (truncated, corrupt or not '
                                   f'a checkpoint): {_brief(safe_error)}') from safe_error
@@ -174,7 +174,7 @@ def _torch_load(path: Path, allow_pickle: bool) -> Any:
                 'once with realm-convert-checkpoint to avoid this', path)
     try:
         return torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise CheckpointError(f'{path}: cannot read the file as a PyTorch checkpoint (truncated, corrupt or not a '
                               f'checkpoint): {_brief(error)}') from error
 
@@ -192,7 +192,7 @@ def read_safetensors(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str,
             header = f.metadata() or {}
             for key in f.keys():
                 tensors[key] = f.get_tensor(key)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise CheckpointError(f'{p}: cannot read the file as safetensors (truncated or corrupt): '
                               f'{_brief(error)}') from error
     meta: Dict[str, Any] = {}
@@ -299,7 +299,7 @@ def _peek_safetensors_meta(path: Path) -> Tuple[List[str], Dict[str, Any]]:
             header = f.metadata() or {}
             keys = list(f.keys())
         return keys, json.loads(header.get(META_KEY, '{}'))
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise CheckpointError(f'{path}: unreadable safetensors header: {error}') from error
 
 
@@ -358,7 +358,7 @@ def _encoder_config(enc: Mapping[str, torch.Tensor], enc_args: Mapping[str, Any]
     if chunks != {0}:
         raise CheckpointError(f'{name}: expected one block chunk (keys encoder.blocks.0.<i>.*), found chunks '
                               f'{sorted(chunks)}')
-    depth = 1 + max(int(_BLOCK_RE.match(k).group(2)) for k in enc if _BLOCK_RE.match(k))
+    depth = 1 + max(int(mt.group(2)) for k in enc if (mt := _BLOCK_RE.match(k)))
     fc1 = _require(enc, 'blocks.0.0.mlp.fc1.weight', name, 2)
     reg = enc.get('register_tokens')
     num_heads = int(enc_args.get('num_heads') or max(1, dim // 64))
@@ -612,7 +612,7 @@ def load_realm_checkpoint(path: PathLike, dune: Union[None, str, os.PathLike, Du
     if mode == 'merged':
         with torch.device('meta'):  # every tensor comes from the file
             base = DinoVisionTransformer(**dune_arch)
-        base.patch_embed = None
+        base.patch_embed = None  # type: ignore[assignment]  # the voxel embedder replaces it
         enc_state = _sub(tensors, 'encoder.')
         expected = {k: v for k, v in base.state_dict().items() if not k.startswith('norm.')}
         _check_state(str(p), expected, enc_state, 'merged encoder', 'encoder.')
@@ -625,6 +625,7 @@ def load_realm_checkpoint(path: PathLike, dune: Union[None, str, os.PathLike, Du
         encoder.lora_rank = int(lora['rank'])
         encoder.merged = True
     else:
+        assert dune is not None  # checked above: mode 'lora' needs the teacher
         encoder = RealmEncoder(dune, embedder, lora_rank=int(lora['rank']), lora_alpha=lora['alpha'],
                                lora_dropout=lora['dropout'], copy_dune=True, lora_targets=lora['targets'])
         lora_state = _sub(tensors, 'lora.')

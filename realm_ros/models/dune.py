@@ -312,7 +312,9 @@ class DinoVisionTransformer(nn.Module):
     def get_encoder_output(self, x: torch.Tensor) -> torch.Tensor:
         """DUNE projector input: un-normed ``concat(cls, patch tokens)`` (B, 1+N, D), registers dropped."""
         out = self.forward_features(x, apply_norm=False)
-        return torch.cat([out['x_prenorm_clstoken'].unsqueeze(1), out['x_prenorm_patchtokens']], dim=1)
+        cls_token = out['x_prenorm_clstoken']
+        assert cls_token is not None
+        return torch.cat([cls_token.unsqueeze(1), out['x_prenorm_patchtokens']], dim=1)
 
     def get_mast3r_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """DUNE-MASt3R input: un-normed last-block patch tokens (B, N, D) (no cls, no registers, no final norm)."""

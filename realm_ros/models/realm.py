@@ -74,7 +74,7 @@ class RealmEncoder(nn.Module):
         if lora_rank < 0:
             raise ValueError(f'lora_rank must be >= 0, got {lora_rank}')
         backbone = copy.deepcopy(dune) if copy_dune else dune
-        backbone.patch_embed = None  # replaced by the voxel embedder
+        backbone.patch_embed = None  # type: ignore[assignment]  # replaced by the voxel embedder
         self.embedder = embedder
         self.backbone = backbone
         self.register_buffer('teacher_norm_weight', dune.norm.weight.detach().clone())
