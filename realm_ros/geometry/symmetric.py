@@ -33,7 +33,8 @@ from .pose import PnpParams, PoseResult
 from .relative_pose import MatchingParams, _pnp_on_device_gather, _sync
 
 __all__ = ['PoseGates', 'OrderAgreement', 'SymmetricPoseEstimate', 'decode_both_orders', 'symmetric_relative_pose',
-           'combine_orders', 'order_agreement', 'invert_pose_covariance', 'gate_pose', 'skew']
+           'combine_orders', 'order_agreement', 'invert_pose_covariance', 'gate_pose', 'skew', 'CALIBRATED_GATES',
+           'gates_for']
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class PoseGates:
       camera centre divided by ``max(mean translation norm, min_translation_m)``; a real motion keeps this small, a
       pair of unrelated views or a decoder bias does not.
     * ``max_translation_m`` (``implausible_motion``): a larger relative translation is not believed (0 disables).
+    * ``publish`` False (``not_better_than_chance``): no setting of the gates made this modality's poses better than
+      chance at the allowed false-positive rate during calibration, so none is published.
 
     The published covariance is ``covariance_scale * (0.5 (C_direct + C_swapped) + d d^T / 4) +
     diag(covariance_floor)`` where ``d`` is the 6-vector difference of the two estimates (the disagreement is a
@@ -64,6 +67,7 @@ class PoseGates:
     max_translation_m: float = 0.0
     covariance_scale: float = 1.0
     covariance_floor: tuple[float, float] = (0.0, 0.0)
+    publish: bool = True
 
     def __post_init__(self) -> None:
         for name in ('min_inlier_ratio', 'max_order_rot_deg', 'max_order_trans_ratio', 'min_translation_m',
@@ -76,6 +80,31 @@ class PoseGates:
         if len(self.covariance_floor) != 2 or min(self.covariance_floor) < 0:
             raise ValueError(f'PoseGates.covariance_floor must be (translation, rotation) >= 0, '
                              f'got {self.covariance_floor!r}')
+
+
+#: Gates calibrated for the shipped miniature models (``benchmarks/bench_pose_quality.py``: validation scenes
+#: 20000-20001, symmetric estimate, false-positive rate <= 5 % on zero-motion and on unrelated-scene pairs, published
+#: poses better than chance; see models/README.md). With that decoder, event-event and RGB keyframe-event poses are
+#: not better than chance at that false-positive rate, so they are not published; RGB-RGB poses are. Other decoders
+#: (the full-size DUNE-MASt3R) need their own calibration: pass ``PoseGates`` explicitly.
+CALIBRATED_GATES: dict[str, PoseGates] = {
+    'rgb_rgb': PoseGates(min_inliers=100, min_inlier_ratio=0.1, max_order_rot_deg=1e9, max_order_trans_ratio=1e9,
+                         covariance_scale=0.1861, covariance_floor=(0.6133, 0.0001557)),
+    'event_event': PoseGates(publish=False),
+    'rgb_event': PoseGates(publish=False),
+}
+
+_MODE_OF_SOURCES = {('rgb', 'rgb'): 'rgb_rgb', ('events', 'events'): 'event_event', ('rgb', 'events'): 'rgb_event'}
+
+
+def gates_for(keyframe_source: str, current_source: str = 'events') -> PoseGates:
+    """The calibrated :class:`PoseGates` of a keyframe source (``'rgb'`` / ``'events'``) against the current view's
+    source (the perception node: always ``'events'``)."""
+    key = (keyframe_source, current_source)
+    if key not in _MODE_OF_SOURCES:
+        raise ValueError(f'no calibrated gates for keyframe source {keyframe_source!r} against {current_source!r}; '
+                         f'known: {sorted(_MODE_OF_SOURCES)}')
+    return CALIBRATED_GATES[_MODE_OF_SOURCES[key]]
 
 
 @dataclass(frozen=True)
@@ -174,6 +203,8 @@ def combine_orders(T_direct: np.ndarray, T_swapped: np.ndarray, cov_direct: np.n
 def gate_pose(direct: PoseResult, swapped: PoseResult, agreement: OrderAgreement | None, translation_m: float,
               gates: PoseGates) -> str:
     """The first failing gate's reason ('' when all pass)."""
+    if not gates.publish:
+        return 'not_better_than_chance'
     for res in (direct, swapped):
         if not res.ok:
             return res.reason

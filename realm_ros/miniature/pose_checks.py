@@ -188,6 +188,8 @@ def _estimate(rec: Dict[str, object], method: str, gates: PoseGates, pnp_direct_
         def __init__(self, f):
             self.ok, self.reason = f['ok'], f['reason']
             self.num_inliers, self.inlier_ratio = f['inliers'], f['ratio']
+    if not gates.publish:
+        return False, 'not_better_than_chance', None, None, None
     if method == 'direct':
         if not d['ok']:
             return False, d['reason'], None, None, None
@@ -297,7 +299,7 @@ def _false_positive_rate(records, method, gates) -> float:
 def _features(records: Sequence[Dict[str, object]], method: str, base: PoseGates) -> Dict[str, np.ndarray]:
     """Per-record quantities that do not depend on the thresholds being calibrated (one pass over the records)."""
     loose = replace(base, min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e12, max_order_trans_ratio=1e12,
-                    max_translation_m=0.0, covariance_scale=1.0, covariance_floor=(0.0, 0.0))
+                    max_translation_m=0.0, covariance_scale=1.0, covariance_floor=(0.0, 0.0), publish=True)
     cols: Dict[str, list] = {k: [] for k in ('kind', 'ok', 'inl', 'ratio', 'rot_dis', 'tr_dis', 'max_err', 'fp',
                                              'rot_err', 'dir_err', 'true_rot', 'err_vec', 'cov')}
     for r in records:
@@ -340,7 +342,7 @@ def calibrate_gates(records: Sequence[Dict[str, object]], method: str = 'symmetr
     (median rotation error below the median true rotation, i.e. better than assuming no motion, and median
     translation-direction error below ``max_direction_error_deg``), and maximises AUC_pose@20 of the motion pairs
     (rejected pairs count as failures; ties: more published motion pairs). No candidate: nothing is published
-    (``min_inliers`` = 1e9). Then the covariance model (:func:`fit_covariance`) on the published motion pairs.
+    (``publish`` False). Then the covariance model (:func:`fit_covariance`) on the published motion pairs.
     Returns ``{'gates', 'val' (summary), 'grid' (size)}``."""
     grid = dict(grid or {})
     inl_grid = grid.get('min_inliers', (12, 30, 40, 50, 60, 70, 80, 100, 120, 150))
@@ -376,7 +378,7 @@ def calibrate_gates(records: Sequence[Dict[str, object]], method: str = 'symmetr
                         best = replace(base, min_inliers=int(mi), min_inlier_ratio=float(ir),
                                        max_order_rot_deg=float(mr), max_order_trans_ratio=float(tr))
     if best is None:
-        best = replace(base, min_inliers=10 ** 9)      # nothing can be published: better than chance, few FPs
+        best = replace(base, publish=False)         # no gate is better than chance with few false positives
     else:
         kept = f['ok'] & motion & (f['inl'] >= best.min_inliers) & (f['ratio'] >= best.min_inlier_ratio)
         if sym:

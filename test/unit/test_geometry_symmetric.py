@@ -201,7 +201,17 @@ def test_gate_reasons_and_validation():
     assert gate_pose(ok, ok, order_agreement(T, T2), 0.4, g) == 'order_disagreement_rotation'
     T3 = _pose(0.0, (0, 0, -1.0))
     assert gate_pose(ok, ok, order_agreement(T, T3), 0.4, g) == 'order_disagreement_translation'
+    assert gate_pose(ok, ok, agree, 0.4, PoseGates(publish=False)) == 'not_better_than_chance'
     with pytest.raises(ValueError, match='max_order_rot_deg'):
         PoseGates(max_order_rot_deg=float('nan'))
     with pytest.raises(ValueError, match='covariance_floor'):
         PoseGates(covariance_floor=(-1.0, 0.0))
+
+
+def test_calibrated_gate_table():
+    from realm_ros.geometry.symmetric import CALIBRATED_GATES, gates_for
+    assert gates_for('events') is CALIBRATED_GATES['event_event']
+    assert gates_for('rgb') is CALIBRATED_GATES['rgb_event']
+    assert gates_for('rgb', 'rgb') is CALIBRATED_GATES['rgb_rgb']
+    with pytest.raises(ValueError, match='keyframe source'):
+        gates_for('lidar')
