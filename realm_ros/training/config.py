@@ -29,7 +29,7 @@ import math
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import yaml
 
@@ -272,7 +272,7 @@ def _hints(cls: type) -> Dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def iter_leaf_fields(cls: type, prefix: str = '') -> Iterator[Tuple[str, Any, dataclasses.Field]]:
+def iter_leaf_fields(cls: Any, prefix: str = '') -> Iterator[Tuple[str, Any, dataclasses.Field]]:
     """Yield ``(dotted_name, type, field)`` for every leaf (non-dataclass) field of a config class."""
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
@@ -296,7 +296,7 @@ def get_dotted(cfg: Any, name: str) -> Any:
     return obj
 
 
-def _unknown(name: str, known: Sequence[str], source: str) -> ConfigError:
+def _unknown(name: str, known: Iterable[str], source: str) -> ConfigError:
     close = difflib.get_close_matches(name, list(known), n=3)
     hint = f' (did you mean {", ".join(close)}?)' if close else ''
     return ConfigError(f'{source}: unknown configuration field {name!r}{hint}')
@@ -532,7 +532,7 @@ def parse_bag_arg(text: Any, source: str = 'bags') -> BagSpec:
     if not isinstance(text, str) or not text:
         raise ConfigError(f'{source}: invalid bag entry {text!r}')
     path, sep, opt_text = text.partition('::')
-    opts: Dict[str, Any] = {}
+    opts = {}
     if sep:
         for item in filter(None, (s.strip() for s in opt_text.split(','))):
             if '=' not in item:
@@ -651,10 +651,10 @@ def validate_config(cfg: Any, require_io: bool = True) -> None:
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add ``--<dotted.name> VALUE`` for every leaf field of ``cls`` except the top-level I/O fields."""
     group = parser.add_argument_group('configuration overrides (any field; same names as in the YAML file)')
-    for name, tp, f in iter_leaf_fields(cls):
+    for name, _tp, f in iter_leaf_fields(cls):
         if '.' not in name:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         group.add_argument(f'--{name}', dest=f'cfg:{name}', metavar='V', default=argparse.SUPPRESS,
                            help=f"{f.metadata.get('help', '')} [default: {default!r}]".replace('%', '%%'))
 
