@@ -12,11 +12,13 @@ All windows are half-open in time: ``t_start <= t < t_end``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Union
+from typing import List, Literal, Optional, Union
 
 import numpy as np
 
 from .types import EventArray
+
+Side = Literal['left', 'right']  # np.searchsorted's side
 
 
 @dataclass
@@ -81,8 +83,8 @@ class EventRingBuffer:
         cap = self.capacity
         if n >= cap:
             self.overwritten += self._size + n - cap
-            src = events.slice(n - cap, n)
-            self._x[:], self._y[:], self._t[:], self._p[:] = src.x, src.y, src.t, src.p
+            last = events.slice(n - cap, n)
+            self._x[:], self._y[:], self._t[:], self._p[:] = last.x, last.y, last.t, last.p
             self._start, self._size = 0, cap
             return
         overflow = self._size + n - cap
@@ -105,7 +107,7 @@ class EventRingBuffer:
             return [(self._start, end)]
         return [(self._start, self.capacity), (0, end - self.capacity)]
 
-    def search(self, t_ns: int, side: str = 'left') -> int:
+    def search(self, t_ns: int, side: Side = 'left') -> int:
         """Logical index where ``t_ns`` would be inserted (like ``np.searchsorted`` on the held times)."""
         idx = 0
         for a, b in self._segments():
@@ -185,7 +187,7 @@ def window_ending_at(events: Union[EventArray, EventRingBuffer], t_end_ns: int, 
         return events.window_ending_at(t_end_ns, count, duration_ns, t_start_min_ns)
     t = events.t
 
-    def search(v: int, side: str = 'left') -> int:
+    def search(v: int, side: Side = 'left') -> int:
         return int(np.searchsorted(t, v, side=side))
 
     j = search(int(t_end_ns), 'left')
