@@ -7,10 +7,11 @@ lookups); only the work is cheaper:
 
 * values are mapped to the part of the sensor the model sees (:meth:`~realm_ros.events.spatial.SpatialPlan.
   to_sensor_region`; the crop square) instead of a NaN-filled full-size tensor;
-* the class argmax is a running maximum over the class planes in cache-sized row chunks (ties: the lowest class id,
-  as ``torch.argmax``); a pixel gets 255 where any class logit is not finite (checked once on the model-resolution
+* the class argmax is a branch-free running maximum over the class planes (ties: the lowest class id, as
+  ``torch.argmax``); a pixel gets 255 where any class logit is not finite (checked once on the model-resolution
   logits: bounded finite logits stay finite through bilinear resizing and tile averaging, anything else takes the
   explicit per-pixel check);
+* the sensor-size resizes (torch's bilinear kernel, so the same numbers) write into per-thread scratch buffers;
 * colour images are table lookups (:func:`~realm_ros.pipeline.render.colorize_labels`) and the depth colour map is
   evaluated only where the model sees the scene.
 
@@ -44,7 +45,7 @@ from . import render
 IGNORE_LABEL = 255
 #: model-resolution logits bounded by this stay finite through bilinear resizing and tile averaging
 FINITE_BOUND = 1e30
-#: elements per class plane processed at once by :func:`argmax_channels` (keeps the running maximum in cache)
+#: pixels per class plane processed at once by :func:`argmax_channels` (bounds its scratch buffers)
 CHUNK_ELEMENTS = 1 << 20
 
 Autocast = Optional[Callable[[], ContextManager[Any]]]
