@@ -630,7 +630,7 @@ class Trainer:
                         group_size = min(accum, self.micro_per_epoch - group_start)
                         last_in_group = (m - group_start) == group_size - 1
                         sync = (contextlib.nullcontext() if last_in_group or not self.info.distributed
-                                else self.wrapped.no_sync())  # type: ignore[operator]
+                                else self.wrapped.no_sync())
                         with sync:
                             with self._autocast():
                                 out = self.task.train_step(batch, epoch)
