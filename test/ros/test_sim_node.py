@@ -310,12 +310,12 @@ def test_declared_parameters_match_the_table():
 
 
 def test_preserialised_packets_equal_the_messages_they_replace():
-    """The node publishes patched CDR bytes; they must be exactly the serialised EventPacket of the shifted payload
+    """The node publishes patched CDR bytes; they must decode to exactly the EventPacket of the shifted payload
     (any stamp, seq and pass shift, including shifts that wrap the 12-bit TIME_HIGH field)."""
     from event_camera_msgs.msg import EventPacket
     from rclpy.serialization import deserialize_message, serialize_message
 
-    from realm_ros.nodes.sim_messages import PacketSerializer
+    from realm_ros.nodes.sim_messages import PacketSerializer, same_packet
     from realm_ros.sim.live import ProgressiveSequence
     from realm_ros.sim.packets import shift_evt3_payload
     from realm_ros.sim.params import sim_config_from_values
@@ -330,8 +330,9 @@ def test_preserialised_packets_equal_the_messages_they_replace():
         blob = ser.serialize(pkt)
         for shift_us in (0, 4096, 4096 * 4095, 4096 * 4097, 4096 * int(rng.integers(1, 10**6))):
             stamp, seq_no = int(rng.integers(0, 2**31 * 10**9)), int(rng.integers(0, 2**63))   # sec is int32
-            got = ser.render(blob, stamp, seq_no, shift_us)
-            want = serialize_message(ser.message(shift_evt3_payload(pkt.payload, shift_us), seq_no, stamp))
-            assert got == want
-            msg = deserialize_message(got, EventPacket)
-            assert msg.seq == seq_no and msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == stamp
+            got = deserialize_message(ser.render(blob, stamp, seq_no, shift_us), EventPacket)
+            want = ser.message(shift_evt3_payload(pkt.payload, shift_us), seq_no, stamp)
+            assert same_packet(got, want)
+            assert len(serialize_message(want)) == blob.num_bytes
+            assert got.seq == seq_no and got.header.stamp.sec * 10**9 + got.header.stamp.nanosec == stamp
+            assert (got.width, got.height, got.encoding) == (48, 40, 'evt3')
