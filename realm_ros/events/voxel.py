@@ -178,7 +178,8 @@ def _normalize_numpy_grid(flat: np.ndarray, normalization: str) -> None:
     """In-place non-zero normalisation of a float32 grid (CPU)."""
     if normalization == 'none':
         return
-    params = _normalization_params(*_nonzero_stats(flat), normalization)
+    count, total, total_sq = _nonzero_stats(flat)
+    params = _normalization_params(count, total, total_sq, normalization)
     if params is not None:
         _normalize_nonzero(flat, *params)
 
