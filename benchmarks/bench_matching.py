@@ -24,6 +24,7 @@ Usage:
     MAST3R_ROOT=/path/to/mast3r python benchmarks/bench_matching.py          # CPU 224 and 448 (+ CUDA)
     python benchmarks/bench_matching.py --sizes 224 --repeats 5 --threads 1
     python benchmarks/bench_matching.py --decoder            # also time the decoder (tiny and ViT-B configs)
+    python benchmarks/bench_matching.py --sizes 448 --cuda-only   # GPU check (benchmarks/gpu_check.sh)
 """
 from __future__ import annotations
 
@@ -180,9 +181,11 @@ def bench_matching(size: int, device: torch.device, repeats: int, official, offi
     for name, _ in runs:
         xy1, xy2 = outs[name]
         same = np.array_equal(xy1, ref[0]) and np.array_equal(xy2, ref[1])
+        common = set(map(tuple, np.hstack([xy1, xy2]).tolist())) & set(map(tuple, np.hstack(ref).tolist()))
         tmin, tmed, cmin = min(wall[name]), statistics.median(wall[name]), min(cpu[name])
         line = (f'{tag} {name:26s}: wall min {tmin * 1e3:9.1f} ms  median {tmed * 1e3:9.1f} ms  '
-                f'cpu min {cmin * 1e3:9.1f} ms  {len(xy1)} matches  identical={same}')
+                f'cpu min {cmin * 1e3:9.1f} ms  {len(xy1)} matches  identical={same}'
+                + ('' if same else f' (overlap {len(common) / max(1, len(ref[0])):.3f})'))
         if name != new_name:
             n_min, n_med, n_cpu = min(wall[new_name]), statistics.median(wall[new_name]), min(cpu[new_name])
             line += (f'  new is x{tmin / n_min:.1f} (wall min) x{tmed / n_med:.1f} (wall median) '
@@ -199,13 +202,16 @@ def main() -> None:
                         help='MASt3R checkout (default $MAST3R_ROOT); without it: same-semantics reference')
     parser.add_argument('--no-previous', action='store_true', help='skip the previous design (torch backend)')
     parser.add_argument('--cpu-only', action='store_true')
+    parser.add_argument('--cuda-only', action='store_true', help='skip the CPU runs (GPU checks)')
     parser.add_argument('--decoder', action='store_true', help='also time the decoder forward')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     official, label = load_official(args.mast3r_root)
     print(f'torch {torch.__version__}, {args.threads} CPU threads, CUDA: '
           f'{torch.cuda.get_device_name() if torch.cuda.is_available() else "none"}; baseline: {label}')
-    devices = [torch.device('cpu')]
+    if args.cuda_only and not torch.cuda.is_available():
+        parser.error('--cuda-only: CUDA is not available')
+    devices = [] if args.cuda_only else [torch.device('cpu')]
     if torch.cuda.is_available() and not args.cpu_only:
         devices.append(torch.device('cuda'))
     for device in devices:

@@ -54,6 +54,6 @@ step cuda_tests 240 "$PY" -m pytest -q -rs -p no:cacheprovider -k cuda \
     test/unit/test_training_trainer.py test/unit/test_pipeline_dense.py
 step bench_events 150 "$PY" benchmarks/bench_events.py --cuda --repeat 10
 step bench_models 180 "$PY" benchmarks/bench_models.py --device cuda --compile --json "$OUT_DIR/bench_models.json"
-step bench_matching 120 "$PY" benchmarks/bench_matching.py --sizes 448 --repeats 3
+step bench_matching 120 "$PY" benchmarks/bench_matching.py --sizes 448 --repeats 3 --cuda-only
 grep -h -E "CUDA|cuda|speed-up|ratio|x[0-9]" "$OUT_DIR"/bench_*.log >> "$SUMMARY" 2>/dev/null
 echo "logs in $OUT_DIR"
