@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from realm_testing.paths import REPO_ROOT
 
 
 @pytest.mark.slow

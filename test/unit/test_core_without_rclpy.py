@@ -3,7 +3,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import EVT3_BAG, REPO_ROOT
+from realm_testing.paths import EVT3_BAG, REPO_ROOT
 
 HIDE_ROS = textwrap.dedent('''
     import importlib.abc, sys

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from realm_testing.paths import REPO_ROOT
 
 EXECUTABLES = ['perception_node', 'train_from_bag', 'train_heads', 'sim_event_camera', 'realm-events',
                'realm-convert-checkpoint', 'realm-demo']
