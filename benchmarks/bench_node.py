@@ -11,7 +11,12 @@
    arrival minus the wall time at which the packet holding the window's last event was published (that packet =
    the last one whose header stamp is <= the depth stamp; +-1 packet = +-4 ms). Also the node's own
    receive-to-publish latency from /diagnostics. Repeated with only the depth head (runtime parameter).
-3. Sustained input: the recording is played back to back (>= 2 s of wall time, 8 passes for 'max') at ``--rates``
+3. Design comparison (``--designs``): the node with the SHIPPED miniature models (not random weights), 34 ms time
+   windows as the demo, the recording played at real-time pace ``--loops`` times, once with pose in its own worker
+   (``pose.decoupled: true``, this design) and once with pose after the dense heads of each window (``false``: the
+   previous single-worker design, same code otherwise). Per output (depth, pose): messages per second, latency
+   p50 / p95 (packet publish -> output receive, as in 2.), and event packets lost (sequence gaps the node counted).
+4. Sustained input: the recording is played back to back (>= 2 s of wall time, 8 passes for 'max') at ``--rates``
    x real time (0 = as fast as this Python publisher can); per rate the events the node ingested (diagnostics)
    divided by the ingest interval (first publish until the node's packet counter stops rising), packets lost
    (best effort: the DDS reader queue overflows when the callback falls behind), windows processed and dropped.
@@ -243,7 +248,7 @@ def bench_node(loops: int, rates: List[float]) -> None:
               f'{_pct(lat_depth, 95):.0f} ms; processing p50 {last["proc_p50"]:.0f} ms; output rate '
               f'{len(lat_depth) / (loops * span / 1e9):.2f} Hz')
 
-        print(f'\n[3] sustained input (depth head only), recording = {rec_rate / 1e3:.0f} kev/s, '
+        print(f'\n[4] sustained input (depth head only), recording = {rec_rate / 1e3:.0f} kev/s, '
               f'{len(packets)} packets in {span / 1e9:.2f} s')
         print('    rate x | publish s | ingest s | packets in/sent | kev/s ingested | ratio vs real time | windows '
               '(dropped)')
@@ -266,11 +271,68 @@ def bench_node(loops: int, rates: List[float]) -> None:
         node.stop()
 
 
+def bench_designs(loops: int) -> None:
+    from realm_ros.demo import MINI_FILES, models_dir
+    packets = load_packets(BAG)
+    span = stamp_ns(packets[-1]) - stamp_ns(packets[0]) + 4_000_000
+    mdir = models_dir()
+    ckpts = {role: mdir / name for role, name in MINI_FILES.items()}
+    work = Path(tempfile.mkdtemp(prefix='bench_design_'))
+    print(f'\n[3] design comparison: shipped miniature models, 34 ms windows, {loops} x {span / 1e9:.2f} s of '
+          'the recording at real-time pace')
+    print('    design                  | depth Hz | depth p50/p95 ms | pose Hz | pose p50/p95 ms | packets lost')
+    for decoupled in (False, True):
+        params = write_params(work / f'p{int(decoupled)}.yaml', ckpts, **{
+            'window.mode': 'time', 'window.duration_ms': 34.0, 'diagnostics.period_s': 0.25,
+            'memory_hold.timeout_s': 60.0, 'pose.decoupled': decoupled})
+        name = f'bench_design_{os.getpid()}_{int(decoupled)}'
+        ns = f'/{name}'
+        node = NodeProcess(name, [params], {'events': f'{ns}_in/events', 'camera_info': f'{ns}_in/camera_info'})
+        probe = None
+        try:
+            if not node.wait_for_line('active: waiting for event packets', 180):
+                raise SystemExit('node did not start:\n' + node.output)
+            probe = Probe(f'{name}_probe', ns, f'{ns}_in/events', f'{ns}_in/camera_info')
+            probe.wait_for_subscriber(30)
+            probe.play(packets[:50], rate=1.0)                                  # warm-up: first windows
+            time.sleep(3.0)
+            probe.clear()
+            pub_wall: List[float] = []
+            pub_stamp: List[int] = []
+
+            def on_pub(i, msg, wall):
+                pub_wall.append(wall)
+                pub_stamp.append(stamp_ns(msg))
+            wall = 0.0
+            for k in range(loops):
+                wall += probe.play(packets, rate=1.0, stamp_shift_ns=(k + 1) * span, on_publish=on_pub)
+            time.sleep(2.0)
+            d = probe.latest_diagnostics()
+
+            def lat(topic):
+                out = []
+                for r in probe.messages(topic):
+                    j = bisect.bisect_right(pub_stamp, stamp_ns(r.msg)) - 1
+                    if j >= 0 and stamp_ns(r.msg) >= pub_stamp[0]:
+                        out.append((r.wall - pub_wall[j]) * 1e3)
+                return out
+            ld, lp = lat('depth'), lat('pose')
+            label = 'pose in its own worker' if decoupled else 'pose after dense (prev.)'
+            print(f'    {label:23s} | {len(ld) / wall:8.2f} | {_pct(ld, 50):7.0f} / {_pct(ld, 95):6.0f} | '
+                  f'{len(lp) / wall:7.2f} | {_pct(lp, 50):6.0f} / {_pct(lp, 95):6.0f} | '
+                  f'{d["events"]["dropped_packets"]} of {loops * len(packets) + 50}')
+        finally:
+            if probe is not None:
+                probe.close()
+            node.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--loops', type=int, default=3)
     ap.add_argument('--rates', type=float, nargs='+', default=[1, 4, 16, 0])
     ap.add_argument('--skip-node', action='store_true', help='only the publish-cost part')
+    ap.add_argument('--designs', action='store_true', help='only the design comparison (section 3)')
     args = ap.parse_args()
     import torch
     print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
@@ -281,7 +343,10 @@ def main() -> None:
     print(f'    array.array + frombytes : {fast:.2f} / {cost["array.array + frombytes p95"]:.2f} ms')
     print(f'    numpy assignment (base) : {naive:.2f} / {cost["numpy assignment (baseline) p95"]:.2f} ms '
           f'-> x{naive / fast:.0f} faster; target < 2 ms: {"met" if fast < 2.0 else "NOT met"}')
-    if not args.skip_node:
+    if args.designs:
+        bench_designs(args.loops)
+    elif not args.skip_node:
+        bench_designs(args.loops)
         bench_node(args.loops, args.rates)
 
 

@@ -70,7 +70,13 @@ class OutputPublisher:
             self._tf = None
         self._last = {'dense': {}, 'pose': {}}
 
+    def _live(self) -> bool:
+        """False once the node's context is shut down (Ctrl-C): workers finishing a window publish nothing."""
+        return bool(self.publishers) and self._node.context.ok()
+
     def _publish(self, group: str, msgs: Dict[str, Any]) -> None:
+        if not self._live():
+            return
         for key, msg in msgs.items():
             pub = self.publishers.get(key)
             if pub is not None:
@@ -119,7 +125,7 @@ class OutputPublisher:
         cov = est.covariance if est.reference == 'fixed' else np.zeros((6, 6))
         header = conv.make_header(stamp_ns, fixed)
         pose_cov = conv.pose_with_covariance(R, t, cov, header)
-        if self._tf is not None and self._p('tf.publish'):
+        if self._tf is not None and self._p('tf.publish') and self._live():
             tr = TransformStamped()
             tr.header = header
             tr.child_frame_id = child
@@ -153,7 +159,7 @@ class OutputPublisher:
         """Republish the last outputs with ``stamp_ns`` (memory hold); False when there is nothing to hold."""
         with self._lock:
             groups = [dict(g) for g in self._last.values()]
-        if not any(groups):
+        if not any(groups) or not self._live():
             return False
         stamp = conv.ns_to_stamp(stamp_ns)
         for msgs in groups:

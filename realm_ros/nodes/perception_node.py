@@ -21,18 +21,17 @@ activates itself unless ``autostart`` is false).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
-from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from event_camera_msgs.msg import EventPacket
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, \
-    SetParametersResult
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -94,6 +93,7 @@ class PerceptionNode(LifecycleNode):
         self._log_times: Dict[str, float] = {}
         self._jump_handle: Any = None
         self._diag_memory: Dict[str, Any] = {}
+        self.context.on_shutdown(lambda: self._runner is not None and self._runner.signal_stop())
 
     def _p(self, name: str) -> Any:
         return self.get_parameter(name).value
@@ -107,27 +107,8 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------------------------ parameters
     def _validate_parameters(self, params: List[Any]) -> SetParametersResult:
-        pending = {p.name: p.value for p in params}
-        for p in params:
-            s = SETTING_BY_NAME.get(p.name)
-            problem = s.check(p.value) if s is not None else None
-            if problem is None and p.name.startswith('heads.') and p.value and self._pipeline is not None:
-                missing = self._pipeline.missing_for_head(p.name.split('.', 1)[1])
-                problem = f'{p.name} cannot be enabled: {missing}' if missing else None
-            if problem:
-                return SetParametersResult(successful=False, reason=problem)
-        count = pending.get('window.count', self._p('window.count'))
-        if count > pending.get('buffer.max_events', self._p('buffer.max_events')):
-            return SetParametersResult(successful=False, reason=f'window.count {count} exceeds buffer.max_events '
-                                       f'{self._p("buffer.max_events")}')
-        try:
-            if self._pipeline is not None:
-                self._pipeline.validate_runtime_changes(replace(self._pipeline.config,
-                                                                **settings.pipeline_runtime_settings(self._p, pending)))
-            StreamSettings(**settings.stream_settings(self._p, pending))
-        except ValueError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
-        return SetParametersResult(successful=True)
+        problem = settings.check_changes({p.name: p.value for p in params}, self._p, self._pipeline)
+        return SetParametersResult(successful=problem is None, reason=problem or '')
 
     def _apply_parameters(self, params: List[Any]) -> None:
         names = {p.name for p in params}
@@ -142,8 +123,9 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         import torch
+
         from realm_ros.pipeline import PipelineConfig, RealmPipeline
-        from realm_ros.pipeline.runner import PipelineRunner, torch_threads_for
+        from realm_ros.pipeline.runner import PipelineRunner, torch_threads_for, tune_allocator
         path = lambda name: resolve_path(str(self._p(name)))                  # noqa: E731
         try:
             config = PipelineConfig(
@@ -157,6 +139,11 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f'cannot configure: {exc}')
             self._last_error, self._pipeline = str(exc), None
             return TransitionCallbackReturn.FAILURE
+        from realm_ros.events import warmup
+        tune_allocator()
+        t0 = time.monotonic()
+        warmup(voxel=True)                  # every decoder / voxel kernel variant: no packet waits for a compile
+        self.get_logger().info(f'event kernels ready in {time.monotonic() - t0:.1f} s')
         decoupled = bool(self._p('pose.decoupled'))
         threads = torch_threads_for(int(self._p('inference.threads')), self._pipeline.device.type,
                                     2 if decoupled and 'pose' in self._pipeline.active_heads else 1)
@@ -205,24 +192,22 @@ class PerceptionNode(LifecycleNode):
         self.release()
         return TransitionCallbackReturn.SUCCESS
 
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.release()
-        return TransitionCallbackReturn.SUCCESS
+    on_shutdown = on_error = on_cleanup
 
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def _stop_inputs(self) -> None:
-        if self._runner is not None and not self._runner.stop(timeout=1.0):
+    def _stop_inputs(self, timeout: float = 1.0) -> bool:
+        """Stop the workers (waiting at most ``timeout``) and the subscriptions; True if a worker still runs."""
+        lingering = self._runner is not None and not self._runner.stop(timeout=timeout)
+        if lingering:
             self.get_logger().info('an inference was still running at stop: its outputs are discarded')
         for sub in self._input_subs:
             self.destroy_subscription(sub)
         self._input_subs = []
+        return lingering
 
-    def release(self) -> None:
-        """Stop the workers and free every ROS object and the models (cleanup, shutdown, exit)."""
-        self._stop_inputs()
+    def release(self, timeout: float = 1.0) -> bool:
+        """Stop the workers and free every ROS object and the models (cleanup, shutdown, exit); True if a worker
+        was still inside an inference (its models are then left to it and freed when it ends)."""
+        lingering = self._stop_inputs(timeout)
         for kind, obj in self._ros_objects:
             getattr(self, f'destroy_{kind}')(obj)
         self._ros_objects = []
@@ -231,9 +216,10 @@ class PerceptionNode(LifecycleNode):
             self._jump_handle = None
         if self._outputs is not None:
             self._outputs.destroy()
-        if self._pipeline is not None:
+        if self._pipeline is not None and not lingering:
             self._pipeline.close()
         self._pipeline = self._stream = self._runner = self._outputs = None
+        return lingering
 
     # ------------------------------------------------------------------------------------------------ inputs
     def _on_events(self, msg: Any) -> None:
@@ -326,7 +312,12 @@ class PerceptionNode(LifecycleNode):
 
 
 def main(args: Optional[List[str]] = None) -> int:
-    """Entry point of ``ros2 run realm_ros perception_node``; returns the process exit code."""
+    """Entry point of ``ros2 run realm_ros perception_node``: runs the node and ends the process with its exit code
+    (1 when configuration fails)."""
+    # rclpy's SIGINT / SIGTERM handlers shut the context down (spin then returns) and chain to the Python handler:
+    # make that one a no-op, so that Ctrl-C never raises KeyboardInterrupt inside an rclpy callback or task.
+    signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: None)
     rclpy.init(args=args)
     sys.setswitchinterval(0.0005)    # the events callback gets the GIL within 0.5 ms of asking, whatever workers do
     node = PerceptionNode()
@@ -351,10 +342,16 @@ def main(args: Optional[List[str]] = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)     # a second Ctrl-C (process group) must not interrupt exit
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        node.release()
-        executor.shutdown(timeout_sec=1.0)
+        node.release(timeout=0.5)
+        executor.shutdown(timeout_sec=0.5)
         node.destroy_node()
         rclpy.try_shutdown()
+    # Everything is released. Interpreter teardown (torch / numba / DDS library finalisers, a worker still inside
+    # an inference when ``lingering``) was measured at 3-5 s: end the process now, as Ctrl-C users expect.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
     return code
 
 

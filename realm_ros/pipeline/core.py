@@ -1,5 +1,8 @@
 """ROS-free REALM inference: one event window -> voxel grid -> tokens (once) -> every enabled head -> outputs.
 
+(Over 500 lines because it holds the checkpoint loading and cross-checks of six model files, the runtime
+configuration and both halves of a window; the heavy parts live in ``dense``, ``pose_tracker`` and ``render``.)
+
 Used by the perception node, the demo and the benchmarks::
 
     pipe = RealmPipeline(PipelineConfig(realm_checkpoint='realm.safetensors', dune_checkpoint='dune.pth',
@@ -38,7 +41,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from . import render
+from realm_ros.common.device import DeviceError
+from realm_ros.common.device import resolve_device as _resolve_device
+from realm_ros.common.errors import RealmError
+
+from . import dense, render
 from .pose_tracker import PoseEstimate, PoseInput, PoseOutput, PoseTracker
 
 _LOG = logging.getLogger(__name__)
@@ -50,7 +57,7 @@ PRECISIONS: Tuple[str, ...] = ('auto', 'fp32', 'fp16', 'bf16')
 IGNORE_LABEL = 255
 
 
-class WindowSkipped(RuntimeError):
+class WindowSkipped(RealmError, RuntimeError):
     """A window could not be processed for a transient reason (e.g. CUDA out of memory); ``reason`` is a short key."""
 
     def __init__(self, reason: str, message: str) -> None:
@@ -58,7 +65,7 @@ class WindowSkipped(RuntimeError):
         self.reason = reason
 
 
-class PipelineConfigError(ValueError):
+class PipelineConfigError(RealmError, ValueError):
     """The pipeline configuration or one of its checkpoints is unusable (the message names the file / value)."""
 
 
@@ -131,26 +138,12 @@ class PipelineOutput:
 
 
 def resolve_device(requested: str) -> Tuple[torch.device, Optional[str]]:
-    """Map 'auto' / 'cpu' / 'cuda' / 'cuda:N' to a usable device; CUDA without CUDA falls back to CPU with a warning.
-
-    Returns ``(device, warning or None)``; raises :class:`PipelineConfigError` for strings torch does not know.
-    """
-    req = (requested or 'auto').strip().lower()
-    if req == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu'), None
+    """:func:`realm_ros.common.device.resolve_device` with CUDA fallback (CPU + warning); a device string torch does
+    not know raises :class:`PipelineConfigError`."""
     try:
-        dev = torch.device(req)
-    except (RuntimeError, ValueError) as exc:
-        raise PipelineConfigError(f'invalid device {requested!r}: {exc}') from None
-    if dev.type == 'cuda':
-        if not torch.cuda.is_available():
-            return torch.device('cpu'), f'device {requested!r} requested but CUDA is not available: running on CPU'
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            return (torch.device('cuda:0'),
-                    f'device {requested!r} does not exist ({torch.cuda.device_count()} CUDA devices): using cuda:0')
-    elif dev.type not in ('cpu', 'mps', 'xpu'):
-        raise PipelineConfigError(f'unsupported device {requested!r}')
-    return dev, None
+        return _resolve_device(requested, cuda_fallback=True)
+    except DeviceError as exc:
+        raise PipelineConfigError(str(exc)) from None
 
 
 def resolve_precision(requested: str, device: torch.device) -> Tuple[Optional[torch.dtype], Optional[str]]:
@@ -548,45 +541,15 @@ class RealmPipeline:
                 cls=tokens['x_norm_clstoken'][idx].float().clone(),
                 K_model=np.asarray(pose_prep.model_intrinsics(K)[0], dtype=np.float64),
                 picture=render.voxel_picture(pose_prep.tensor[idx].float().cpu().numpy()))
-        if 'depth' in heads or 'points' in heads:
-            t2 = time.perf_counter()
-            with self._autocast():
-                d = self.depth_head(tokens['x_norm_patchtokens'][:n_dense], tokens['x_norm_clstoken'][:n_dense],
-                                    self.grid, out_size=size)
-            depth = prep.to_sensor(d.float()).squeeze(0)
-            depth = depth.cpu().numpy().astype(np.float32, copy=False)
-            depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
-            if 'depth' in heads:
-                out.depth = depth
-                out.depth_color = render.colorize_depth(depth, *cfg.depth_color_range)
-            timings['depth_ms'] = (time.perf_counter() - t2) * 1e3
-        if 'semantic' in heads:
-            t3 = time.perf_counter()
-            bridge = cfg.bridge or self._head_bridge.get('semantic') or 'teacher_norm_inverse'
-            with self._autocast():
-                proj_in = self.encoder.head_tokens(tokens, bridge)[:n_dense]
-                _, feat = self.projector(proj_in, self.grid)
-                logits = self.seg_head(feat, out_size=size)
-            logits = prep.to_sensor(logits.float())
-            valid = torch.isfinite(logits).all(dim=0)
-            labels = torch.where(valid, torch.nan_to_num(logits, nan=0.0).argmax(dim=0),
-                                 torch.full_like(valid, IGNORE_LABEL, dtype=torch.long))
-            out.semantic = labels.to(torch.uint8).cpu().numpy()
-            out.semantic_color = self._label_colors(out.semantic)[..., ::-1].copy()
-            timings['semantic_ms'] = (time.perf_counter() - t3) * 1e3
-        if 'points' in heads:
-            t4 = time.perf_counter()
-            xyz, rows, cols = render.backproject_depth(depth, K, cfg.points_stride, cfg.points_max_depth)
-            if out.semantic_color is not None:
-                rgb = out.semantic_color[rows, cols, ::-1]
-            else:
-                rgb = (out.depth_color if out.depth_color is not None else
-                       render.colorize_depth(depth, *cfg.depth_color_range))[rows, cols, ::-1]
-            out.points_xyz, out.points_rgb = xyz, np.ascontiguousarray(rgb)
-            timings['points_ms'] = (time.perf_counter() - t4) * 1e3
+        r = dense.compute_dense(heads, tokens, self.grid, prep, size, K,
+                                depth_head=self.depth_head, encoder=self.encoder, projector=self.projector,
+                                seg_head=self.seg_head,
+                                bridge=cfg.bridge or self._head_bridge.get('semantic') or 'teacher_norm_inverse',
+                                depth_color_range=cfg.depth_color_range, points_stride=cfg.points_stride,
+                                points_max_depth=cfg.points_max_depth, autocast=self._autocast)
+        out.depth, out.depth_color, out.semantic, out.semantic_color = (r.depth, r.depth_color, r.semantic,
+                                                                        r.semantic_color)
+        out.points_xyz, out.points_rgb = r.points_xyz, r.points_rgb
+        timings.update(r.timings_ms)
         timings['total_ms'] = (time.perf_counter() - t0) * 1e3
         return out, pose_input
-
-    def _label_colors(self, labels: np.ndarray) -> np.ndarray:
-        from realm_ros.models import colorize_segmentation
-        return colorize_segmentation(labels)

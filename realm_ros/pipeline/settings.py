@@ -263,3 +263,29 @@ def fallback_intrinsics(get: Getter, width: int, height: int) -> Any:
     cx, cy = float(get('camera.cx')), float(get('camera.cy'))
     return np.array([[fx, 0, (width - 1) / 2 if cx < 0 else cx], [0, fy, (height - 1) / 2 if cy < 0 else cy],
                      [0, 0, 1.0]])
+
+
+def check_changes(pending: Mapping[str, Any], get: Getter, pipeline: Any = None) -> Optional[str]:
+    """Why the parameter changes ``pending`` cannot be applied (None when they can): type / range / choices, the
+    window against the buffer, the stream rules, and with a running ``pipeline`` its runtime checks and whether an
+    enabled head has its weights."""
+    from dataclasses import replace
+    for name, value in pending.items():
+        setting = SETTING_BY_NAME.get(name)
+        problem = setting.check(value) if setting is not None else None
+        if problem is None and name.startswith('heads.') and value and pipeline is not None:
+            missing = pipeline.missing_for_head(name.split('.', 1)[1])
+            problem = f'{name} cannot be enabled: {missing}' if missing else None
+        if problem:
+            return problem
+    p = _overlay(get, pending)
+    if p('window.count') > p('buffer.max_events'):
+        return f'window.count {p("window.count")} exceeds buffer.max_events {p("buffer.max_events")}'
+    try:
+        from .stream import StreamSettings
+        StreamSettings(**stream_settings(get, pending))
+        if pipeline is not None:
+            pipeline.validate_runtime_changes(replace(pipeline.config, **pipeline_runtime_settings(get, pending)))
+    except ValueError as exc:
+        return str(exc)
+    return None

@@ -33,6 +33,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from realm_ros.common.errors import RealmError
 from realm_ros.events.codecs import SUPPORTED_ENCODINGS, normalize_encoding
 from realm_ros.events.packet import EventPacketDecoder, stamp_to_ns
 from realm_ros.events.types import EventArray
@@ -45,7 +46,7 @@ _LOG = logging.getLogger(__name__)
 StreamKey = Tuple[str, int, int]
 
 
-class BadPacket(ValueError):
+class BadPacket(RealmError, ValueError):
     """An event packet the stream refuses; ``kind`` names the problem (the diagnostics counter suffix)."""
 
     def __init__(self, kind: str, message: str) -> None:
@@ -342,7 +343,7 @@ class EventStream:
         c = self.counters.snapshot()
         dec = self.decoder_stats()
         codec_errors = {k: v for k, v in dec.items() if k.startswith('codec_errors.')}
-        decode_errors = sum(v for k, v in codec_errors.items() if k != 'codec_errors.padding_words')
+        decode_errors = sum(codec_errors.values())
         key = self.key
         values: Dict[str, Any] = {
             'packets': c.get('packets', 0), 'packets_per_s': self.packet_rate.rate(),
@@ -354,6 +355,7 @@ class EventStream:
             'time_jumps': c.get('time_jumps', 0), 'stream_resets': c.get('stream_resets', 0),
             'replayed_packets': c.get('replayed_packets', 0),
             'clamped_events': dec.get('clamped_events', 0), 'offset_resets': dec.get('offset_resets', 0),
+            'padding_words': dec.get('padding_words', 0),
             'buffered_events': self.scheduler.buffered_events,
             'buffer_overwritten_events': self.scheduler.evicted_events,
             'buffer_mb': window_memory_bytes(self.scheduler.capacity_events) / 2**20,

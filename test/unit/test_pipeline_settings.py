@@ -58,3 +58,28 @@ def test_settings_map_onto_the_core_configuration():
     assert settings.stream_settings(get, {'stream.change_window': 9})['change_window'] == 9      # pending wins
     K = settings.fallback_intrinsics(get, 640, 480)
     assert np.isclose(K[0, 0], 320 / np.tan(np.radians(35))) and K[0, 2] == 319.5 and K[1, 2] == 239.5
+
+
+def test_parameter_changes_are_checked_like_the_node_does():
+    values = validate({})
+    get = values.__getitem__
+    assert settings.check_changes({'window.count': 1000}, get) is None
+    assert 'is not one of' in settings.check_changes({'window.mode': 'frames'}, get)
+    assert 'exceeds buffer.max_events' in settings.check_changes({'window.count': 3_000_000}, get)
+    assert settings.check_changes({'window.count': 3_000_000, 'buffer.max_events': 4_000_000}, get) is None
+    assert 'outside' in settings.check_changes({'stream.change_fraction': 0.2}, get)
+
+    class NoPose:
+        config = None
+
+        def missing_for_head(self, head):
+            return 'no DUNE-MASt3R checkpoint' if head == 'pose' else ''
+
+        def validate_runtime_changes(self, config):
+            raise ValueError('depth colour range must satisfy 0 < min < max')
+    import dataclasses
+    from realm_ros.pipeline.core import PipelineConfig
+    NoPose.config = PipelineConfig()
+    assert 'cannot be enabled: no DUNE-MASt3R' in settings.check_changes({'heads.pose': True}, get, NoPose())
+    assert '0 < min < max' in settings.check_changes({'depth.color_min_m': 100.0}, get, NoPose())
+    assert dataclasses.is_dataclass(NoPose.config)
