@@ -48,7 +48,8 @@ from torch import Tensor
 
 from . import _matching_cpu
 
-__all__ = ['ReciprocalMatches', 'fast_reciprocal_nn', 'reference_reciprocal_nn', 'seed_grid', 'triton_available']
+__all__ = ['ReciprocalMatches', 'fast_reciprocal_nn', 'reference_reciprocal_nn', 'seed_grid', 'triton_available',
+           'warm_up_matching']
 
 _LOG = logging.getLogger(__name__)
 
@@ -317,6 +318,17 @@ def fast_reciprocal_nn(desc1: Any, desc2: Any, subsample: int = 8, *, max_iter: 
         else:
             idx1, idx2 = _iterate_torch(f1, f2, seeds, max_iter, compute_dtype, max_block_elems)
     return _finalize(idx1, idx2, hw1, hw2, border)
+
+
+def warm_up_matching(device: torch.device | str = 'cpu', dim: int = 24) -> None:
+    """Compile / load the matcher's kernels once (numba on CPU: a few seconds the first time on a machine, then read
+    from numba's cache; Triton on CUDA), e.g. when a pose worker starts, so that the first real pair does not pay it."""
+    g = torch.Generator().manual_seed(0)
+    d = torch.nn.functional.normalize(torch.randn(16, 16, dim, generator=g), dim=-1).to(device)
+    fast_reciprocal_nn(d, torch.roll(d, 1, 0), subsample=4)
+    if torch.device(device).type == 'cpu' and _matching_cpu.HAVE_NUMBA:       # the kernel path proper, not only the
+        _matching_cpu.nn_search(_matching_cpu.pad_dims(d.reshape(-1, dim).numpy()),   # few-seed official-shape path
+                                np.ascontiguousarray(_matching_cpu.pad_dims(d.reshape(-1, dim).numpy()).T), 1)
 
 
 def _iterate_triton(f1: Tensor, f2: Tensor, seeds: Tensor, max_iter: int, dtype: torch.dtype

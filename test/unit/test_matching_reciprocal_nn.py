@@ -305,3 +305,10 @@ def test_numba_is_the_cpu_default_and_backends_agree():
         fast_reciprocal_nn(d1, d2, block_size=0)
     with pytest.raises(ValueError, match="backend must be"):
         fast_reciprocal_nn(d1, d2, backend='cuda')
+
+
+@needs_numba
+def test_warm_up_compiles_the_kernel():
+    from realm_ros.geometry.matching import warm_up_matching
+    warm_up_matching('cpu', dim=10)
+    assert len(_cpu._kernel.signatures) >= 1 and len(_cpu._take.signatures) >= 1
