@@ -311,4 +311,4 @@ def test_numba_is_the_cpu_default_and_backends_agree():
 def test_warm_up_compiles_the_kernel():
     from realm_ros.geometry.matching import warm_up_matching
     warm_up_matching('cpu', dim=10)
-    assert len(_cpu._kernel.signatures) >= 1 and len(_cpu._take.signatures) >= 1
+    assert len(_cpu._kernel.signatures) >= 1
