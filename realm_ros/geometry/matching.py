@@ -1,6 +1,6 @@
 """Reciprocal nearest-neighbour matching of dense descriptors (MASt3R ``fast_reciprocal_NNs`` semantics, fast).
 
-Semantics (MODEL_SPEC.md section 4), shared by :func:`fast_reciprocal_nn` and the slow
+Semantics (those of ``mast3r/fast_nn.py`` with ``dist='dot'``), shared by :func:`fast_reciprocal_nn` and the slow
 :func:`reference_reciprocal_nn`:
 
 1. Seeds on a grid of image 1: rows/cols ``S//2, S//2 + S, ...`` (linear index ``x + W1 * y``, sorted).
@@ -21,8 +21,8 @@ Speed (vs the reference, which runs the host loop in numpy, moves the active see
 half-step, and tiles a brute-force search in Python):
 
 * CPU (``backend='numba'``, the default there): a fused numba kernel computes each similarity as the same float32
-  fused-multiply-add chain as the official BLAS call and keeps a running first arg-max per database column, 4 queries
-  per pass over the cache-resident database chunks, without materialising similarities; queries are de-duplicated and
+  fused-multiply-add chain as the official BLAS call and keeps the first arg-max, 4 queries per pass over each
+  cache-resident database chunk, without materialising similarities; queries are de-duplicated and
   memoised (a pixel's neighbour is computed once), the search runs on ``torch.get_num_threads()`` threads, and
   half-steps with only a few active seeds use the official call shapes (see :mod:`._matching_cpu`), so the matches
   are identical to MASt3R's ``fast_reciprocal_NNs(..., dist='dot', block_size=2**13)``.
