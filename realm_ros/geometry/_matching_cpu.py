@@ -10,10 +10,14 @@ rows MKL switches to another kernel whose roundings differ; half-steps with at m
 active seeds are therefore computed with the official call shapes through torch (:func:`official_nn`), which costs
 little because there are few of them.
 
-Speed: the kernel keeps 4 query rows in registers, streams the transposed database (D, P) in column chunks that stay
-in the L1/L2 caches, accumulates 8 descriptor dimensions per pass and updates a per-column running maximum (strict
-``>``: the earliest column wins), so the P-long similarity rows are never materialised and there is one pass over the
-database per 4 queries. The iteration computes each pixel's neighbour once (de-duplicated, memoised queries).
+Speed: the outer loop runs over column chunks of the transposed database (D x 2048 floats, resident in L2 while
+every query passes over them), the inner loop over blocks of 4 queries whose 8-dimension slices are kept in
+registers: 8 dimensions per pass are accumulated into per-query chunk buffers (vectorised over the columns), then a
+64-lane chunk maximum is compared with the query's running maximum; only a strictly larger one triggers the scan for
+its first column (so ties keep the earliest column, and the scan runs a few times per query). The P-long similarity
+rows are never materialised. ~55-65 GFLOP/s on one AVX-512 core (MKL sgemm: 89 at K = 1024, 12 at this K = 24
+shape). The iteration computes each pixel's neighbour once (de-duplicated, memoised queries) and splits the queries
+over ``threads`` workers (the kernel releases the GIL).
 """
 from __future__ import annotations
 
