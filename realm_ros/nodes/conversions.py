@@ -24,7 +24,7 @@ import array
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time

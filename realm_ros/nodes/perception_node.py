@@ -21,7 +21,6 @@ activates itself unless ``autostart`` is false).
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
@@ -42,6 +41,7 @@ from std_srvs.srv import Trigger
 from realm_ros.nodes import conversions as conv
 from realm_ros.nodes.diagnostics import node_statuses
 from realm_ros.nodes.messages import OutputPublisher, RosLogHandler, rgb8_from_image
+from realm_ros.nodes.process_exit import end_process
 from realm_ros.nodes.qos import events_qos, qos_from_name, sensor_input_qos
 from realm_ros.pipeline import settings
 from realm_ros.pipeline.settings import PERCEPTION_SETTINGS, SETTING_BY_NAME, Setting, resolve_path
@@ -311,6 +311,7 @@ class PerceptionNode(LifecycleNode):
                              memory=self._diag_memory)
 
 
+
 def main(args: Optional[List[str]] = None) -> int:
     """Entry point of ``ros2 run realm_ros perception_node``: runs the node and ends the process with its exit code
     (1 when configuration fails)."""
@@ -336,7 +337,7 @@ def main(args: Optional[List[str]] = None) -> int:
             executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except Exception:  # noqa: BLE001 - failing calls into a context that Ctrl-C already shut down are no errors
+    except Exception:
         if rclpy.ok():
             raise
     finally:
@@ -346,14 +347,7 @@ def main(args: Optional[List[str]] = None) -> int:
         executor.shutdown(timeout_sec=0.5)
         node.destroy_node()
         rclpy.try_shutdown()
-    # Everything is released. Interpreter teardown (torch / numba / DDS library finalisers, a worker still inside
-    # an inference when ``lingering``) was measured at 3-5 s: end the process now, as Ctrl-C users expect.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-    return code
-
+    end_process(code)           # interpreter teardown would take seconds (see process_exit)
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -36,8 +36,6 @@ defaults also in ``config/sim_camera.yaml``): ``seed``, ``width``, ``height``, `
 """
 from __future__ import annotations
 
-import logging
-import os
 import signal
 import sys
 import threading
@@ -352,6 +350,7 @@ def _pose_msg(T_world_cam: np.ndarray, header) -> PoseStamped:
     return msg
 
 
+
 def main(args: list[str] | None = None, exit_process: bool = True) -> int:
     """Console entry point ``sim_event_camera`` (``--ros-args -p name:=value`` for parameters).
 
@@ -394,10 +393,8 @@ def main(args: list[str] | None = None, exit_process: bool = True) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
     if exit_process:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(rc)
+        from realm_ros.nodes.process_exit import end_process
+        end_process(rc)
     return rc
 
 

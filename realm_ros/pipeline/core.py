@@ -474,7 +474,7 @@ class RealmPipeline:
             with self._lock, torch.inference_mode():
                 return self._process_dense(events, int(height), int(width),
                                            np.asarray(K, np.float64).reshape(3, 3), int(stamp_ns), want_pose)
-        except Exception as exc:  # noqa: BLE001 - only OOM is turned into a skip
+        except Exception as exc:
             self._raise_if_oom(exc)
             raise
 
@@ -484,7 +484,7 @@ class RealmPipeline:
             raise PipelineConfigError('pose is not available: ' + (self.missing_for_head('pose') or 'pipeline closed'))
         try:
             return self.pose_tracker.step(pose_input)
-        except Exception as exc:  # noqa: BLE001 - only OOM is turned into a skip
+        except Exception as exc:
             self._raise_if_oom(exc)
             raise
 

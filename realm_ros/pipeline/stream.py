@@ -165,7 +165,7 @@ class EventStream:
         except BadPacket as exc:
             self._count_bad(exc.kind)
             raise
-        except Exception as exc:  # noqa: BLE001 - a malformed message must never escape as anything else
+        except Exception as exc:
             self._count_bad('decode_exception')
             raise BadPacket('decode_exception', f'{type(exc).__name__}: {exc}') from exc
 
