@@ -93,7 +93,54 @@ def _kernel_py(q: np.ndarray, db_t: np.ndarray, chunk: int, best_v: np.ndarray, 
     for c0 in range(0, p, chunk):
         cn = min(chunk, p - c0)
         for i0 in range(0, n, 4):
-            for k0 in range(0, d, 8):
+            # dimensions 0-7 start the chains (a separate loop: no select between "start" and "continue")
+            x0, x1, x2, x3 = db_t[0, c0:c0 + cn], db_t[1, c0:c0 + cn], db_t[2, c0:c0 + cn], \
+                db_t[3, c0:c0 + cn]
+            x4, x5, x6, x7 = db_t[4, c0:c0 + cn], db_t[5, c0:c0 + cn], db_t[6, c0:c0 + cn], \
+                db_t[7, c0:c0 + cn]
+            p00, p01, p02, p03 = q[i0, 0], q[i0, 1], q[i0, 2], q[i0, 3]
+            p04, p05, p06, p07 = q[i0, 4], q[i0, 5], q[i0, 6], q[i0, 7]
+            p10, p11, p12, p13 = q[i0 + 1, 0], q[i0 + 1, 1], q[i0 + 1, 2], q[i0 + 1, 3]
+            p14, p15, p16, p17 = q[i0 + 1, 4], q[i0 + 1, 5], q[i0 + 1, 6], q[i0 + 1, 7]
+            p20, p21, p22, p23 = q[i0 + 2, 0], q[i0 + 2, 1], q[i0 + 2, 2], q[i0 + 2, 3]
+            p24, p25, p26, p27 = q[i0 + 2, 4], q[i0 + 2, 5], q[i0 + 2, 6], q[i0 + 2, 7]
+            p30, p31, p32, p33 = q[i0 + 3, 0], q[i0 + 3, 1], q[i0 + 3, 2], q[i0 + 3, 3]
+            p34, p35, p36, p37 = q[i0 + 3, 4], q[i0 + 3, 5], q[i0 + 3, 6], q[i0 + 3, 7]
+            for c in range(cn):
+                y0, y1, y2, y3, y4, y5, y6, y7 = x0[c], x1[c], x2[c], x3[c], x4[c], x5[c], x6[c], x7[c]
+                s = p00 * y0
+                s = s + p01 * y1
+                s = s + p02 * y2
+                s = s + p03 * y3
+                s = s + p04 * y4
+                s = s + p05 * y5
+                s = s + p06 * y6
+                a0[c] = s + p07 * y7
+                s = p10 * y0
+                s = s + p11 * y1
+                s = s + p12 * y2
+                s = s + p13 * y3
+                s = s + p14 * y4
+                s = s + p15 * y5
+                s = s + p16 * y6
+                a1[c] = s + p17 * y7
+                s = p20 * y0
+                s = s + p21 * y1
+                s = s + p22 * y2
+                s = s + p23 * y3
+                s = s + p24 * y4
+                s = s + p25 * y5
+                s = s + p26 * y6
+                a2[c] = s + p27 * y7
+                s = p30 * y0
+                s = s + p31 * y1
+                s = s + p32 * y2
+                s = s + p33 * y3
+                s = s + p34 * y4
+                s = s + p35 * y5
+                s = s + p36 * y6
+                a3[c] = s + p37 * y7
+            for k0 in range(8, d, 8):                   # dimensions k0 .. k0+7 continue them
                 x0, x1, x2, x3 = db_t[k0, c0:c0 + cn], db_t[k0 + 1, c0:c0 + cn], db_t[k0 + 2, c0:c0 + cn], \
                     db_t[k0 + 3, c0:c0 + cn]
                 x4, x5, x6, x7 = db_t[k0 + 4, c0:c0 + cn], db_t[k0 + 5, c0:c0 + cn], db_t[k0 + 6, c0:c0 + cn], \
@@ -106,10 +153,9 @@ def _kernel_py(q: np.ndarray, db_t: np.ndarray, chunk: int, best_v: np.ndarray, 
                 p24, p25, p26, p27 = q[i0 + 2, k0 + 4], q[i0 + 2, k0 + 5], q[i0 + 2, k0 + 6], q[i0 + 2, k0 + 7]
                 p30, p31, p32, p33 = q[i0 + 3, k0], q[i0 + 3, k0 + 1], q[i0 + 3, k0 + 2], q[i0 + 3, k0 + 3]
                 p34, p35, p36, p37 = q[i0 + 3, k0 + 4], q[i0 + 3, k0 + 5], q[i0 + 3, k0 + 6], q[i0 + 3, k0 + 7]
-                first = k0 == 0
                 for c in range(cn):
                     y0, y1, y2, y3, y4, y5, y6, y7 = x0[c], x1[c], x2[c], x3[c], x4[c], x5[c], x6[c], x7[c]
-                    s = p00 * y0 if first else a0[c] + p00 * y0
+                    s = a0[c] + p00 * y0
                     s = s + p01 * y1
                     s = s + p02 * y2
                     s = s + p03 * y3
@@ -117,7 +163,7 @@ def _kernel_py(q: np.ndarray, db_t: np.ndarray, chunk: int, best_v: np.ndarray, 
                     s = s + p05 * y5
                     s = s + p06 * y6
                     a0[c] = s + p07 * y7
-                    s = p10 * y0 if first else a1[c] + p10 * y0
+                    s = a1[c] + p10 * y0
                     s = s + p11 * y1
                     s = s + p12 * y2
                     s = s + p13 * y3
@@ -125,7 +171,7 @@ def _kernel_py(q: np.ndarray, db_t: np.ndarray, chunk: int, best_v: np.ndarray, 
                     s = s + p15 * y5
                     s = s + p16 * y6
                     a1[c] = s + p17 * y7
-                    s = p20 * y0 if first else a2[c] + p20 * y0
+                    s = a2[c] + p20 * y0
                     s = s + p21 * y1
                     s = s + p22 * y2
                     s = s + p23 * y3
@@ -133,7 +179,7 @@ def _kernel_py(q: np.ndarray, db_t: np.ndarray, chunk: int, best_v: np.ndarray, 
                     s = s + p25 * y5
                     s = s + p26 * y6
                     a2[c] = s + p27 * y7
-                    s = p30 * y0 if first else a3[c] + p30 * y0
+                    s = a3[c] + p30 * y0
                     s = s + p31 * y1
                     s = s + p32 * y2
                     s = s + p33 * y3
