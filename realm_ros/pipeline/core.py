@@ -171,6 +171,22 @@ def _is_cuda_oom(exc: BaseException) -> bool:
 
 # ---------------------------------------------------------------------------------------------------------------
 
+@dataclass
+class PipelineModules:
+    """The models of a pipeline: the REALM encoder (LoRA merged) and the optional teacher, heads and decoder.
+
+    ``sources`` names where each came from (file paths), for error messages.
+    """
+
+    encoder: Any
+    dune: Any = None
+    depth_head: Any = None
+    seg_head: Any = None
+    projector: Any = None
+    mast3r: Any = None
+    sources: Dict[str, str] = field(default_factory=dict)
+
+
 class RealmPipeline:
     """Loads the configured checkpoints once and turns event windows into outputs (thread-safe ``process``).
 
@@ -178,7 +194,8 @@ class RealmPipeline:
     configured checkpoint is missing or incompatible. ``warnings`` lists non-fatal set-up problems (CPU fallback ...).
     """
 
-    def __init__(self, config: PipelineConfig, log: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(self, config: PipelineConfig, log: Optional[Callable[[str], None]] = None, *,
+                 modules: Optional['PipelineModules'] = None) -> None:
         self.config = replace(config)
         self._log = log or _LOG.warning
         self._lock = threading.RLock()
@@ -193,7 +210,19 @@ class RealmPipeline:
         # CPU voxel grid built in place window after window (it is dead once the input tensor is prepared)
         self._voxel_buffer: Optional[torch.Tensor] = None
         self._validate_runtime(self.config)
-        self._load_models()
+        self._setup(modules if modules is not None else self._load_modules())
+
+    @classmethod
+    def from_checkpoints(cls, config: PipelineConfig, log: Optional[Callable[[str], None]] = None) -> 'RealmPipeline':
+        """Load the checkpoint files named in ``config`` (the same as the constructor without ``modules``)."""
+        return cls(config, log)
+
+    @classmethod
+    def from_modules(cls, modules: 'PipelineModules', config: Optional[PipelineConfig] = None,
+                     log: Optional[Callable[[str], None]] = None) -> 'RealmPipeline':
+        """A pipeline over already built modules (tests, notebooks, custom loading); the checkpoint paths of
+        ``config`` are ignored. The same cross-checks as for files apply."""
+        return cls(config or PipelineConfig(), log, modules=modules)
 
     # ------------------------------------------------------------------------------------------------ set-up
     def _warn(self, message: Optional[str]) -> None:
@@ -208,26 +237,51 @@ class RealmPipeline:
             raise FileNotFoundError(f'{what} checkpoint not found: {p}')
         return p
 
-    def _load_models(self) -> None:
+    def _load_modules(self) -> 'PipelineModules':
+        """Read the configured checkpoint files (names in every error)."""
         from realm_ros.models import load_dune, load_head_checkpoint, load_realm_checkpoint
         cfg = self.config
         if not cfg.realm_checkpoint:
             raise PipelineConfigError('no REALM encoder checkpoint configured (parameter checkpoints.realm)')
+        m = PipelineModules(encoder=None, sources={'encoder': cfg.realm_checkpoint})
         realm_path = self._existing(cfg.realm_checkpoint, 'REALM encoder')
-        self.dune = None
         if cfg.dune_checkpoint:
-            dune_path = self._existing(cfg.dune_checkpoint, 'DUNE')
-            self.dune = load_dune(dune_path, device='cpu')
-        self.encoder = load_realm_checkpoint(realm_path, dune=self.dune, device='cpu',
-                                             force=cfg.force_teacher_mismatch)
-        self.encoder.merge_lora()
+            m.dune = load_dune(self._existing(cfg.dune_checkpoint, 'DUNE'), device='cpu')
+            m.sources['dune'] = m.sources['projector'] = cfg.dune_checkpoint
+        m.encoder = load_realm_checkpoint(realm_path, dune=m.dune, device='cpu', force=cfg.force_teacher_mismatch)
+        m.encoder.merge_lora()
+        teacher_sha = (getattr(m.encoder, 'checkpoint_metadata', None) or {}).get('teacher_sha256')
+
+        def head(path: str, what: str, kind: str) -> Any:
+            return load_head_checkpoint(self._existing(path, what), device=self.device, kind=kind,
+                                        teacher_sha256=teacher_sha, force=cfg.force_teacher_mismatch)
+        if cfg.depth_head_checkpoint:
+            m.depth_head = head(cfg.depth_head_checkpoint, 'depth head', 'depth_bins')
+            m.sources['depth_head'] = cfg.depth_head_checkpoint
+        if cfg.seg_head_checkpoint:
+            m.seg_head = head(cfg.seg_head_checkpoint, 'segmentation head', 'segmentation')
+            m.sources['seg_head'] = cfg.seg_head_checkpoint
+            if cfg.projector_checkpoint:
+                m.projector = head(cfg.projector_checkpoint, 'DINOv2 projector', 'dinov2_projector')
+                m.sources['projector'] = cfg.projector_checkpoint
+        if cfg.mast3r_checkpoint:
+            from realm_ros.models.mast3r import load_dune_mast3r
+            m.mast3r = load_dune_mast3r(self._existing(cfg.mast3r_checkpoint, 'DUNE-MASt3R'), device=self.device)
+            m.sources['mast3r'] = cfg.mast3r_checkpoint
+        return m
+
+    def _setup(self, m: 'PipelineModules') -> None:
+        """Check the modules against each other, move them to the device, build the pose tracker."""
+        cfg = self.config
+        src = m.sources
+        self.dune = m.dune
+        self.encoder = m.encoder
         self.encoder.to(self.device).eval().requires_grad_(False)
         self.metadata: Dict[str, Any] = dict(getattr(self.encoder, 'checkpoint_metadata', {}) or {})
-        teacher_sha = self.metadata.get('teacher_sha256')
         self.patch_size = int(self.encoder.patch_size)
         grid = tuple(int(g) for g in self.encoder.grid_size)
         if grid[0] != grid[1]:
-            raise PipelineConfigError(f'{realm_path}: non-square token grid {grid} is not supported')
+            raise PipelineConfigError(f'{src.get("encoder")}: non-square token grid {grid} is not supported')
         self.grid = grid
         native = grid[0] * self.patch_size
         self.input_size = int(cfg.input_size) or native
@@ -238,45 +292,37 @@ class RealmPipeline:
         voxel_meta = self.metadata.get('voxel') or {}
         self.default_normalization = str(voxel_meta.get('normalization') or 'dsec')
         if self.default_normalization not in NORMALIZATIONS:
-            raise PipelineConfigError(f'{realm_path}: unknown voxel normalization {self.default_normalization!r}')
-
-        self.depth_head = self.projector = self.seg_head = self.mast3r = None
+            raise PipelineConfigError(f'{src.get("encoder")}: unknown voxel normalization '
+                                      f'{self.default_normalization!r}')
+        self.depth_head, self.seg_head, self.projector, self.mast3r = m.depth_head, m.seg_head, m.projector, m.mast3r
         self._head_bridge = {}
-        if cfg.depth_head_checkpoint:
-            p = self._existing(cfg.depth_head_checkpoint, 'depth head')
-            self.depth_head = load_head_checkpoint(p, device=self.device, kind='depth_bins',
-                                                   teacher_sha256=teacher_sha, force=cfg.force_teacher_mismatch)
-            self._check_width(self.depth_head.embed_dim, p)
-        if cfg.seg_head_checkpoint:
-            p = self._existing(cfg.seg_head_checkpoint, 'segmentation head')
-            self.seg_head = load_head_checkpoint(p, device=self.device, kind='segmentation',
-                                                 teacher_sha256=teacher_sha, force=cfg.force_teacher_mismatch)
-            self._head_bridge['semantic'] = (self.seg_head.checkpoint_metadata or {}).get('bridge')
-            if cfg.projector_checkpoint:
-                pp = self._existing(cfg.projector_checkpoint, 'DINOv2 projector')
-                self.projector = load_head_checkpoint(pp, device=self.device, kind='dinov2_projector',
-                                                      teacher_sha256=teacher_sha, force=cfg.force_teacher_mismatch)
-            elif self.dune is not None:
+        if self.depth_head is not None:
+            self.depth_head.to(self.device).eval()
+            self._check_width(self.depth_head.embed_dim, src.get('depth_head', 'depth head'))
+        if self.seg_head is not None:
+            self.seg_head.to(self.device).eval()
+            self._head_bridge['semantic'] = (getattr(self.seg_head, 'checkpoint_metadata', None) or {}).get('bridge')
+            if self.projector is None and self.dune is not None:
                 try:
                     self.projector = self.dune.projector
                 except KeyError as exc:
-                    raise PipelineConfigError(f'{cfg.dune_checkpoint}: {exc.args[0]}; the segmentation head needs '
+                    raise PipelineConfigError(f'{src.get("dune")}: {exc.args[0]}; the segmentation head needs '
                                               'the DINOv2 projector') from None
-                self.projector.to(self.device)
-            else:
-                raise PipelineConfigError(f'segmentation head {p} needs the DINOv2 projector: set checkpoints.dune '
-                                          '(official DUNE file) or checkpoints.projector')
-            self._check_width(self.projector.embed_dim, cfg.projector_checkpoint or cfg.dune_checkpoint)
+            if self.projector is None:
+                raise PipelineConfigError(f'segmentation head {src.get("seg_head", "")} needs the DINOv2 projector: '
+                                          'set checkpoints.dune (official DUNE file) or checkpoints.projector')
+            self.projector.to(self.device).eval()
+            self._check_width(self.projector.embed_dim, src.get('projector', 'DINOv2 projector'))
             if self.projector.out_dim != self.seg_head.in_dim:
-                raise PipelineConfigError(f'{p}: segmentation head expects {self.seg_head.in_dim}-d features but '
-                                          f'the projector outputs {self.projector.out_dim}')
-        if cfg.mast3r_checkpoint:
-            from realm_ros.models.mast3r import load_dune_mast3r
-            p = self._existing(cfg.mast3r_checkpoint, 'DUNE-MASt3R')
-            self.mast3r = load_dune_mast3r(p, device=self.device)
+                raise PipelineConfigError(f'{src.get("seg_head", "segmentation head")}: segmentation head expects '
+                                          f'{self.seg_head.in_dim}-d features but the projector outputs '
+                                          f'{self.projector.out_dim}')
+        if self.mast3r is not None:
+            self.mast3r.to(self.device).eval()
             if self.mast3r.config.enc_embed_dim != self.encoder.embed_dim:
-                raise PipelineConfigError(f'{p}: DUNE-MASt3R decoder expects {self.mast3r.config.enc_embed_dim}-d '
-                                          f'tokens, the REALM encoder produces {self.encoder.embed_dim}-d')
+                raise PipelineConfigError(f'{src.get("mast3r", "DUNE-MASt3R")}: DUNE-MASt3R decoder expects '
+                                          f'{self.mast3r.config.enc_embed_dim}-d tokens, the REALM encoder produces '
+                                          f'{self.encoder.embed_dim}-d')
         if cfg.keyframe_source == 'image':
             if self.dune is None:
                 raise PipelineConfigError('keyframe.source image needs the DUNE RGB encoder: set checkpoints.dune')

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict
 
 import torch
 
@@ -78,3 +78,32 @@ def tiny_pipeline_config(paths: Dict[str, Path], **overrides: object):
         mast3r_checkpoint=str(paths.get('mast3r', '')), device='cpu')
     kwargs.update(overrides)
     return PipelineConfig(**kwargs)
+
+
+def build_random_tiny_modules(seed: int = 0, projector_dim: int = 256, with_mast3r: bool = True) -> Any:
+    """The modules of :func:`write_random_tiny_checkpoints`, built in memory (no files) as
+    :class:`~realm_ros.pipeline.core.PipelineModules` for :meth:`RealmPipeline.from_modules`."""
+    from realm_ros.models import (DepthBinsHead, DinoV2Projector, RealmEncoder, SegmentationHead, VoxelEmbedder,
+                                  vit_tiny)
+    from realm_ros.models.embedder import TINY_EMBEDDER
+    from realm_ros.pipeline.core import PipelineModules
+
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        encoder = vit_tiny(img_size=TINY_INPUT_SIZE)
+        student = RealmEncoder(encoder, VoxelEmbedder(**TINY_EMBEDDER), lora_rank=4, lora_alpha=4, lora_dropout=0.0)
+        student.merge_lora()
+        modules = PipelineModules(
+            encoder=student,
+            depth_head=DepthBinsHead(embed_dim=encoder.embed_dim, bins=64, min_depth=1.0, max_depth=81.0),
+            seg_head=SegmentationHead(in_dim=projector_dim, classes=11),
+            projector=DinoV2Projector(embed_dim=encoder.embed_dim, out_dim=projector_dim, num_heads=encoder.num_heads),
+            sources={'encoder': 'in-memory tiny REALM', 'seg_head': 'in-memory segmentation head'})
+        if with_mast3r:
+            from realm_ros.models.mast3r import DuneMast3rConfig, DuneMast3rDecoder
+            modules.mast3r = DuneMast3rDecoder(DuneMast3rConfig.tiny(enc_embed_dim=encoder.embed_dim),
+                                               dune_backbone_name='tiny_dune')
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return modules

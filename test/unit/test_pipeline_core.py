@@ -207,3 +207,19 @@ def test_cuda_matches_cpu(ckpts, windows):
     b = gpu.process(windows[0], 480, 640, K_SENSOR, 1)
     assert np.allclose(a.depth, b.depth, atol=1e-2, equal_nan=True)
     assert (a.semantic == b.semantic).mean() > 0.99
+
+
+def test_pipeline_over_modules_built_in_memory(windows):
+    """RealmPipeline.from_modules: no checkpoint files, the same outputs and the same cross-checks."""
+    from realm_ros.pipeline.core import PipelineConfig, PipelineConfigError, RealmPipeline
+    from realm_ros.pipeline.tiny import build_random_tiny_modules
+    modules = build_random_tiny_modules()
+    pipe = RealmPipeline.from_modules(modules, PipelineConfig(match_subsample=16, pnp_iterations=100))
+    out = pipe.process(windows[0], height=480, width=640, K=K_SENSOR, stamp_ns=int(windows[0].t[-1]))
+    assert out.depth.shape == (480, 640) and out.semantic.shape == (480, 640) and out.matches_image is not None
+    assert np.isfinite(out.depth[:, 100:540]).all() and out.semantic[:, 100:540].max() < 11
+    assert pipe.diagnostics()['keyframes'] == 1
+    bad = build_random_tiny_modules(projector_dim=128)
+    bad.seg_head = build_random_tiny_modules().seg_head                    # expects 256-d features
+    with pytest.raises(PipelineConfigError, match='in-memory segmentation head.*256-d features.*128'):
+        RealmPipeline.from_modules(bad)
