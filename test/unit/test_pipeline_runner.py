@@ -214,3 +214,20 @@ def test_real_pipeline_in_the_runner(tmp_path):
     finally:
         runner.stop(timeout=5)
     assert pipe.diagnostics()['keyframes'] >= 1
+
+
+@pytest.mark.skipif(not __import__('torch').cuda.is_available(), reason='needs a CUDA device')
+def test_dense_and_pose_workers_share_one_cuda_device(tmp_path):
+    """Both workers on one GPU at once (two host threads issuing kernels): outputs of both kinds arrive."""
+    from realm_ros.pipeline import PipelineConfig, RealmPipeline
+    from realm_ros.pipeline.tiny import build_random_tiny_modules
+    pipe = RealmPipeline.from_modules(build_random_tiny_modules(), PipelineConfig(device='cuda', match_subsample=8))
+    assert pipe.device.type == 'cuda'
+    stream, sink, runner = make(pipe)
+    runner.start()
+    try:
+        feed(stream, runner, 30, 0.03)
+        assert wait(lambda: len(sink.pose_out) >= 3 and len(sink.dense_out) >= 10, 60)
+    finally:
+        runner.stop(timeout=5)
+    assert runner.diagnostics()['processing_errors'] == 0
