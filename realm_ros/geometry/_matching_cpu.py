@@ -281,10 +281,22 @@ def official_nn(queries: torch.Tensor, db: torch.Tensor, block_size: int) -> np.
     return arg.numpy()
 
 
+def _layouts(f: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major queries (P, D') and transposed database (D', P) of one image, with one copy: descriptor maps that
+    come channel-first in memory (e.g. permuted from (B, D, H, W)) already hold the transposed layout."""
+    d = f.shape[1]
+    if d % DIMS == 0 and f.t().is_contiguous():
+        db_t = f.t().numpy()
+        return np.ascontiguousarray(db_t.T), db_t
+    q = pad_dims(f.contiguous().numpy())
+    return q, np.ascontiguousarray(q.T)
+
+
 def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_iter: int, block_size: int = 8192,
                   threads: int | None = None, stats: dict | None = None, small_queries: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Seed iterations of ``fast_reciprocal_NNs`` on the CPU; ``f1`` (N1, D), ``f2`` (N2, D) float32 CPU tensors.
+    """Seed iterations of ``fast_reciprocal_NNs`` on the CPU; ``f1`` (N1, D), ``f2`` (N2, D) float32 CPU tensors
+    (any strides).
 
     Returns the converged (idx1, idx2) int64 pairs (not yet unique). ``stats`` (optional dict) receives the number
     of kernel queries, official-shape queries and half-steps, for the benchmark. ``small_queries`` overrides
@@ -292,11 +304,10 @@ def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_ite
     """
     threads = torch.get_num_threads() if threads is None else max(1, int(threads))
     small = small_query_limit(threads) if small_queries is None else int(small_queries)
-    a1, a2 = f1.numpy(), f2.numpy()
-    q1, q2 = pad_dims(a1), pad_dims(a2)
-    t1, t2 = np.ascontiguousarray(q1.T), np.ascontiguousarray(q2.T)
-    memo12 = np.full(len(a1), -1, np.int64)
-    memo21 = np.full(len(a2), -1, np.int64)
+    q1, t1 = _layouts(f1)
+    q2, t2 = _layouts(f2)
+    memo12 = np.full(len(q1), -1, np.int64)
+    memo21 = np.full(len(q2), -1, np.int64)
     counts = {'kernel_queries': 0, 'official_queries': 0, 'half_steps': 0}
 
     def half_step(points: np.ndarray, src: np.ndarray, db_t: np.ndarray, memo: np.ndarray,

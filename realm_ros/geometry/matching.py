@@ -302,7 +302,7 @@ def fast_reciprocal_nn(desc1: Any, desc2: Any, subsample: int = 8, *, max_iter: 
 
     if use_numba:
         with torch.no_grad():
-            i1, i2 = _matching_cpu.iterate_numba(f1.float().contiguous(), f2.float().contiguous(), seeds.numpy(),
+            i1, i2 = _matching_cpu.iterate_numba(f1.float(), f2.float(), seeds.numpy(),
                                                  max_iter, block_size, threads)
         return _finalize(torch.from_numpy(i1), torch.from_numpy(i2), hw1, hw2, border)
     with torch.no_grad():
