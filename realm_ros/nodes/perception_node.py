@@ -173,7 +173,7 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stream.reset('activated')
+        self._stream.reset('activated', count=False)
         self._outputs.clear_trajectory()
         self._input_subs = [
             self.create_subscription(EventPacket, 'events', self._on_events,

@@ -118,19 +118,21 @@ class EventStream:
         self._held: Deque[Tuple[StreamKey, Any, int]] = deque(maxlen=self.settings.change_window)
         self._jump: List[Tuple[Any, int, int]] = []     # (msg, stamp, recv) of a jump awaiting confirmation
 
-    def reset(self, reason: str) -> None:
-        """Forget the stream (decoder, windows, time line); ``generation`` increases. Thread-safe."""
+    def reset(self, reason: str, count: bool = True) -> None:
+        """Forget the stream (decoder, windows, time line); ``generation`` increases. Thread-safe. ``count``: report
+        it as a stream reset (not for a plain (re)start)."""
         with self._lock:
-            self._reset_locked(reason)
+            self._reset_locked(reason, count)
 
-    def _reset_locked(self, reason: str) -> None:
+    def _reset_locked(self, reason: str, count: bool = True) -> None:
         if self._decoder is not None:
             self._retire(self._decoder)
         self._clear()
         self.scheduler.reset()
         self.generation += 1
-        self.last_reset_reason = reason
-        self.counters.add('stream_resets')
+        if count:
+            self.last_reset_reason = reason
+            self.counters.add('stream_resets')
 
     def configure(self, settings: Optional[StreamSettings] = None, **window: Any) -> None:
         """New rules (``settings``) and / or window rule (``mode``, ``count``, ``duration_ns``, ``min_events``)."""
