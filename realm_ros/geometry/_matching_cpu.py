@@ -286,10 +286,9 @@ def _layouts(f: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     come channel-first in memory (e.g. permuted from (B, D, H, W)) already hold the transposed layout."""
     d = f.shape[1]
     if d % DIMS == 0 and f.t().is_contiguous():
-        db_t = f.t().numpy()
-        return np.ascontiguousarray(db_t.T), db_t
+        return f.contiguous().numpy(), f.t().numpy()
     q = pad_dims(f.contiguous().numpy())
-    return q, np.ascontiguousarray(q.T)
+    return q, torch.from_numpy(q).t().contiguous().numpy()
 
 
 def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_iter: int, block_size: int = 8192,
