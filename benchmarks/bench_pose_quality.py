@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     p.add_argument('--extra-stride', type=int, default=6, help='zero-motion / unrelated pairs every N frames')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--records-only', action='store_true')
+    p.add_argument('--write-metrics', default=None,
+                   help="also store the summary as 'pose_trust' in this metrics file (models/miniature_metrics.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -122,7 +124,20 @@ def main(argv=None) -> int:
             summary[method]['test'][mode] = summarize_records([r for r in recs['test'] if r['mode'] == mode],
                                                               method, g)[mode]
             log(f'{method} {mode}: gates {g}')
+    summary['config'] = {'val_seeds': [int(s.seed) for s in val], 'test_seeds': [int(s.seed) for s in test],
+                         'val_motion_stride': args.val_stride, 'test_motion_stride': args.test_stride,
+                         'extra_stride': args.extra_stride, 'pair_gaps': list(cfg.pair_gaps),
+                         'records': {k: len(v) for k, v in recs.items()},
+                         'command': 'python benchmarks/bench_pose_quality.py --out DIR ' + ' '.join(
+                             f'--{k.replace("_", "-")} {v}' for k, v in vars(args).items()
+                             if k not in ('out', 'cache', 'write_metrics', 'models', 'decoder', 'records_only')
+                             and v != p.get_default(k))}
     (out / 'summary.json').write_text(json.dumps(summary, indent=1, default=float) + '\n')
+    if args.write_metrics:
+        from realm_ros.miniature.evaluate import write_metrics
+        doc = json.loads(Path(args.write_metrics).read_text())
+        doc['pose_trust'] = json.loads(json.dumps(summary, default=float))
+        write_metrics(args.write_metrics, doc)
     for method in ('direct', 'symmetric'):
         for part in ('uncalibrated_test', 'test'):
             for mode, s in summary[method][part].items():

@@ -56,7 +56,8 @@ class PoseGates:
 
     The published covariance is ``covariance_scale * (0.5 (C_direct + C_swapped) + d d^T / 4) +
     diag(covariance_floor)`` where ``d`` is the 6-vector difference of the two estimates (the disagreement is a
-    sample of the error), ``covariance_floor`` = (translation m^2 x3, rotation rad^2 x3).
+    sample of the error), ``covariance_floor`` = (translation m^2, rotation rad^2) for all three axes each, or six
+    per-axis values (x, y, z m^2, rx, ry, rz rad^2).
     """
 
     min_inliers: int = 12
@@ -66,7 +67,7 @@ class PoseGates:
     min_translation_m: float = 0.2
     max_translation_m: float = 0.0
     covariance_scale: float = 1.0
-    covariance_floor: tuple[float, float] = (0.0, 0.0)
+    covariance_floor: tuple[float, ...] = (0.0, 0.0)
     publish: bool = True
 
     def __post_init__(self) -> None:
@@ -77,9 +78,16 @@ class PoseGates:
                 raise ValueError(f'PoseGates.{name} must be a finite number >= 0, got {v!r}')
         if self.min_inliers < 0:
             raise ValueError(f'PoseGates.min_inliers must be >= 0, got {self.min_inliers}')
-        if len(self.covariance_floor) != 2 or min(self.covariance_floor) < 0:
-            raise ValueError(f'PoseGates.covariance_floor must be (translation, rotation) >= 0, '
-                             f'got {self.covariance_floor!r}')
+        if len(self.covariance_floor) not in (2, 6) or not all(np.isfinite(v) and v >= 0
+                                                                for v in self.covariance_floor):
+            raise ValueError(f'PoseGates.covariance_floor must be (translation, rotation) or six per-axis values, '
+                             f'finite and >= 0, got {self.covariance_floor!r}')
+
+    @property
+    def floor_diagonal(self) -> np.ndarray:
+        """The covariance floor as a 6-vector (x, y, z, rx, ry, rz)."""
+        f = tuple(float(v) for v in self.covariance_floor)
+        return np.asarray(f if len(f) == 6 else [f[0]] * 3 + [f[1]] * 3)
 
 
 #: Gates calibrated for the shipped miniature models (``benchmarks/bench_pose_quality.py``: validation scenes
@@ -89,7 +97,8 @@ class PoseGates:
 #: (the full-size DUNE-MASt3R) need their own calibration: pass ``PoseGates`` explicitly.
 CALIBRATED_GATES: dict[str, PoseGates] = {
     'rgb_rgb': PoseGates(min_inliers=100, min_inlier_ratio=0.1, max_order_rot_deg=1e9, max_order_trans_ratio=1e9,
-                         covariance_scale=0.1861, covariance_floor=(0.6133, 0.0001557)),
+                         covariance_scale=0.0125,
+                         covariance_floor=(0.02385, 0.007167, 1.809, 7.559e-05, 0.0002559, 0.0001356)),
     'event_event': PoseGates(publish=False),
     'rgb_event': PoseGates(publish=False),
 }
@@ -195,8 +204,7 @@ def combine_orders(T_direct: np.ndarray, T_swapped: np.ndarray, cov_direct: np.n
         return T, None
     d = order_agreement(T_direct, T_swapped).delta
     cov = gates.covariance_scale * (0.5 * (np.asarray(cov_direct) + np.asarray(cov_swapped)) + np.outer(d, d) / 4)
-    ft, fr = gates.covariance_floor
-    cov = cov + np.diag([ft] * 3 + [fr] * 3)
+    cov = cov + np.diag(gates.floor_diagonal)
     return T, 0.5 * (cov + cov.T)
 
 

@@ -196,8 +196,7 @@ def _estimate(rec: Dict[str, object], method: str, gates: PoseGates, pnp_direct_
         reason = gate_pose(_R(d), _R(d), None, 0.0, gates)
         cov = d['cov'] * gates.covariance_scale if d['cov'] is not None else None
         if cov is not None:
-            ft, fr = gates.covariance_floor
-            cov = cov + np.diag([ft] * 3 + [fr] * 3)
+            cov = cov + np.diag(gates.floor_diagonal)
         return not reason, reason, d['T_cur_ref'], cov, None
     if method != 'symmetric':
         raise ValueError(f"unknown method {method!r}; expected 'direct' or 'symmetric'")
@@ -388,23 +387,22 @@ def calibrate_gates(records: Sequence[Dict[str, object]], method: str = 'symmetr
     return {'gates': best, 'val': summarize_records(records, method, best), 'grid': count}
 
 
-def fit_covariance(errors: np.ndarray, covs: np.ndarray) -> Tuple[float, Tuple[float, float]]:
-    """``(scale, (floor_t, floor_r))`` of ``C = scale * C_est + diag(floor_t x3, floor_r x3)`` such that the
+def fit_covariance(errors: np.ndarray, covs: np.ndarray) -> Tuple[float, Tuple[float, ...]]:
+    """``(scale, floor)`` of ``C = scale * C_est + diag(floor)`` (six per-axis values) such that the
     normalised squared errors ``e^T C^-1 e / 6`` of the given pairs have mean 1 and a median near that of a
     chi-square with 6 degrees of freedom / 6 (0.89): a constant floor for the error the estimate's own covariance
     does not see (decoder bias), a scale for the part it does. Grid search over the floor as a fraction of the
-    mean squared error per group (translation, rotation); the scale is then solved for mean 1 by bisection."""
+    mean squared error per axis; the scale is then solved for mean 1 by bisection."""
     errors = np.asarray(errors, np.float64).reshape(-1, 6)
     covs = np.asarray(covs, np.float64).reshape(-1, 6, 6)
     ok = np.isfinite(errors).all(1) & np.isfinite(covs).all((1, 2))
     errors, covs = errors[ok], covs[ok]
     if len(errors) < 3:
         return 1.0, (0.0, 0.0)
-    msq_t = float(np.mean(errors[:, :3] ** 2))
-    msq_r = float(np.mean(errors[:, 3:] ** 2))
+    msq = np.mean(errors ** 2, axis=0)
 
-    def nees(scale: float, ft: float, fr: float) -> np.ndarray:
-        C = scale * covs + np.diag([ft] * 3 + [fr] * 3)[None]
+    def nees(scale: float, floor: np.ndarray) -> np.ndarray:
+        C = scale * covs + np.diag(floor)[None]
         try:
             return np.einsum('ni,ni->n', errors, np.linalg.solve(C, errors[..., None])[..., 0]) / 6.0
         except np.linalg.LinAlgError:
@@ -412,17 +410,17 @@ def fit_covariance(errors: np.ndarray, covs: np.ndarray) -> Tuple[float, Tuple[f
 
     best, best_cost = (1.0, (0.0, 0.0)), np.inf
     for frac in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9):
-        ft, fr = frac * msq_t, frac * msq_r
+        floor = np.array([float(f'{v:.4g}') for v in frac * msq])
         lo, hi = -8.0, 8.0                          # log10 of the scale; mean NEES decreases with the scale
-        if np.mean(nees(10 ** lo, ft, fr)) < 1.0:
+        if np.mean(nees(10 ** lo, floor)) < 1.0:
             scale = 0.0                             # the floor alone already covers the errors
         else:
             for _ in range(60):
                 mid = 0.5 * (lo + hi)
-                lo, hi = (mid, hi) if np.mean(nees(10 ** mid, ft, fr)) > 1.0 else (lo, mid)
-            scale = 10 ** hi
-        v = nees(scale, ft, fr)
+                lo, hi = (mid, hi) if np.mean(nees(10 ** mid, floor)) > 1.0 else (lo, mid)
+            scale = float(f'{10 ** hi:.4g}')
+        v = nees(scale, floor)
         cost = (np.mean(v) - 1.0) ** 2 + (np.median(v) - 0.89) ** 2
         if cost < best_cost:
-            best, best_cost = (float(f'{scale:.4g}'), (float(f'{ft:.4g}'), float(f'{fr:.4g}'))), cost
+            best, best_cost = (scale, tuple(float(x) for x in floor)), cost
     return best

@@ -181,6 +181,8 @@ def test_combine_and_agreement():
     assert cov[4, 4] == pytest.approx(2.0 * (1e-4 + 1e-4))
     assert cov[0, 0] == pytest.approx(2.0 * 1e-4 + 1e-3)
     assert combine_orders(Ta, Tb)[1] is None
+    per_axis = combine_orders(Ta, Tb, C, C, PoseGates(covariance_floor=(1, 2, 3, 4, 5, 6)))[1]
+    np.testing.assert_allclose(np.diag(per_axis) - np.diag(combine_orders(Ta, Tb, C, C)[1]), [1, 2, 3, 4, 5, 6])
 
 
 def test_gate_reasons_and_validation():
@@ -206,6 +208,8 @@ def test_gate_reasons_and_validation():
         PoseGates(max_order_rot_deg=float('nan'))
     with pytest.raises(ValueError, match='covariance_floor'):
         PoseGates(covariance_floor=(-1.0, 0.0))
+    with pytest.raises(ValueError, match='covariance_floor'):
+        PoseGates(covariance_floor=(1.0, 0.0, 0.0))
 
 
 def test_calibrated_gate_table():
@@ -215,3 +219,21 @@ def test_calibrated_gate_table():
     assert gates_for('rgb', 'rgb') is CALIBRATED_GATES['rgb_rgb']
     with pytest.raises(ValueError, match='keyframe source'):
         gates_for('lidar')
+
+
+def test_calibrated_table_matches_the_recorded_calibration():
+    """models/miniature_metrics.json records the calibration run (pose_trust) the table was copied from."""
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+    from realm_ros.geometry.symmetric import CALIBRATED_GATES
+    doc = json.loads((Path(__file__).resolve().parents[2] / 'models' / 'miniature_metrics.json').read_text())
+    if 'pose_trust' not in doc:
+        pytest.skip('no pose_trust section (benchmarks/bench_pose_quality.py --write-metrics writes it)')
+    for mode, gates in doc['pose_trust']['symmetric']['gates'].items():
+        mine = asdict(CALIBRATED_GATES[mode])
+        assert mine['publish'] == gates['publish'], mode
+        if gates['publish']:
+            for k in ('min_inliers', 'min_inlier_ratio', 'covariance_scale'):
+                assert mine[k] == pytest.approx(gates[k]), (mode, k)
+            np.testing.assert_allclose(mine['covariance_floor'], gates['covariance_floor'], rtol=1e-6)

@@ -118,8 +118,9 @@ def test_fit_covariance_makes_normalised_errors_unit_variance():
     # true error = what the estimate's covariance predicts x 30 plus a constant part it does not see
     errors = np.stack([rng.multivariate_normal(np.zeros(6), 900 * c + np.diag([0.04] * 3 + [1e-4] * 3))
                        for c in covs])
-    scale, (ft, fr) = fit_covariance(errors, covs)
-    C = scale * covs + np.diag([ft] * 3 + [fr] * 3)[None]
+    scale, floor = fit_covariance(errors, covs)
+    assert len(floor) == 6 and floor[0] > floor[3]               # per axis: metres^2 vs radians^2
+    C = scale * covs + np.diag(floor)[None]
     nees = np.einsum('ni,ni->n', errors, np.linalg.solve(C, errors[..., None])[..., 0]) / 6
     assert np.mean(nees) == pytest.approx(1.0, abs=0.02)
     assert 0.75 < np.median(nees) < 1.0
