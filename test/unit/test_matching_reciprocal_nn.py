@@ -312,3 +312,17 @@ def test_warm_up_compiles_the_kernel():
     from realm_ros.geometry.matching import warm_up_matching
     warm_up_matching('cpu', dim=10)
     assert len(_cpu._kernel.signatures) >= 1
+
+
+@needs_numba
+def test_channel_first_and_row_major_maps_give_the_same_matches():
+    """(H, W, D) views of (D, H, W) storage (as a permuted head output) take the no-copy database layout."""
+    d1, d2 = _smooth_pair(36, 44, seed=21, mix=0.45)
+    cf1 = d1.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+    cf2 = d2.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+    assert not cf1.is_contiguous() and cf1.reshape(-1, 24).t().is_contiguous()
+    ref = reference_reciprocal_nn(d1.contiguous(), d2.contiguous(), subsample=2)
+    for a, b in ((d1.contiguous(), d2.contiguous()), (cf1, cf2), (cf1, d2.contiguous())):
+        m = fast_reciprocal_nn(a, b, subsample=2)
+        assert np.array_equal(m.xy1, ref.xy1) and np.array_equal(m.xy2, ref.xy2)
+    assert ref.count > 50
