@@ -9,9 +9,9 @@ DUNE-MASt3R input) and is supervised with simulator ground truth:
   ``conf * err - alpha * log(conf)`` with ``err = |p_hat - p| / max(|p|, 1 m)`` (relative far away, absolute up
   close, so a 100 m facade does not drown the near field) plus a weighted ray-direction error (reprojection, hence
   PnP, depends on it most); sky pixels are not supervised.
-* **Descriptors** - InfoNCE over ground-truth correspondences drawn from both views
-  (:func:`realm_ros.miniature.data.sample_correspondences`; drawing only view-1 pixels that stay visible in view 2
-  biases the matches toward the image centre, which PnP turns into backward motion):
+* **Descriptors** - InfoNCE over ground-truth correspondences (:func:`realm_ros.miniature.data.sample_correspondences`;
+  drawing only view-1 pixels that stay visible in view 2, as the shipped decoder was trained, biases the sample
+  toward contraction; ``both_directions=True`` draws from both views):
   for ``M`` sampled matches the descriptor of a pixel in view 1 must pick its partner in view 2 among the ``M``
   candidates (both directions, temperature ``tau``), weighted by the descriptor confidences with the same
   ``w * loss - beta * log(w)`` rule (descriptors get the unweighted InfoNCE gradient), so ``desc_conf`` learns
@@ -73,7 +73,10 @@ class DecoderConfig:
     conf_alpha: float = 0.6           # conf = alpha / err at the optimum: >= 1.5 (the PnP threshold) <=> err <= 0.4
     dir_weight: float = 10.0
     matches_per_pair: int = 1024
-    both_directions: bool = True      # matches drawn from both views (False: view-1 pixels only, biased inward)
+    # matches drawn from both views (radius-neutral) instead of view-1 pixels only (biased inward, log-radius -0.054
+    # on training pairs). False reproduces the shipped decoder bit for bit; switch to True with the next re-ship
+    # (models/README.md, "Pose you can trust").
+    both_directions: bool = False
     tau: float = 0.07
     match_weight: float = 1.0
     desc_conf_beta: float = 5.0       # desc_conf = beta / InfoNCE loss: >= 1.001 <=> loss <= ~5 (of ln 1024 = 6.9)
@@ -115,7 +118,7 @@ def init_patch_constant(fc2: nn.Linear, channels: int, patch: int = 14) -> None:
 
 
 def pair_targets(pairs: PairBatch, matches: int, rng: np.random.Generator, max_depth: float = 200.0,
-                 both_directions: bool = True) -> Dict[str, torch.Tensor]:
+                 both_directions: bool = False) -> Dict[str, torch.Tensor]:
     """Ground truth of a pair batch: ``pts1`` (B, H, W, 3) view-1 points in frame 1, ``pts2`` (B, H, W, 3) view-2
     points in frame 1 (NaN where no depth / beyond ``max_depth``), ``xy1``/``xy2`` (B, M, 2) sampled correspondences
     (int64 x, y) with ``match_valid`` (B, M) (False pads pairs with fewer than M matches), drawn from both views

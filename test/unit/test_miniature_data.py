@@ -109,3 +109,9 @@ def test_sampled_correspondences_come_from_both_views_and_are_radius_neutral():
     assert abs(np.mean(means[True])) < 0.005
     with pytest.raises(ValueError, match='count'):
         sample_correspondences(a[0], b[0], a[1], b[1], K, -1, np.random.default_rng(0))
+    # one direction = the sampler the shipped decoder was trained with (same draws from the same generator)
+    xy1, xy2 = correspondences(a[0], b[0], a[1], b[1], K)
+    pick = np.random.default_rng(9).choice(len(xy1), size=500, replace=False)
+    old = sample_correspondences(a[0], b[0], a[1], b[1], K, 500, np.random.default_rng(9), both_directions=False)
+    np.testing.assert_array_equal(old[0], xy1[pick])
+    np.testing.assert_array_equal(old[1], xy2[pick])
