@@ -19,7 +19,7 @@ import json
 import pickle
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np

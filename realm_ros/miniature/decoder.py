@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -41,8 +41,8 @@ from .teacher import round_to_half, warmup_cosine
 
 PATCH_AREA = 14 * 14
 
-__all__ = ['DecoderConfig', 'build_decoder', 'init_patch_constant', 'DecoderTrainer', 'train_decoder', 'pair_targets', 'pts3d_loss',
-           'matching_loss']
+__all__ = ['DecoderConfig', 'build_decoder', 'init_patch_constant', 'DecoderTrainer', 'train_decoder', 'pair_targets',
+           'pts3d_loss', 'matching_loss']
 
 
 @dataclass

@@ -237,3 +237,29 @@ def test_calibrated_table_matches_the_recorded_calibration():
             for k in ('min_inliers', 'min_inlier_ratio', 'covariance_scale'):
                 assert mine[k] == pytest.approx(gates[k]), (mode, k)
             np.testing.assert_allclose(mine['covariance_floor'], gates['covariance_floor'], rtol=1e-6)
+
+
+class _Textureless(FakeDecoder):
+    def forward(self, t1, t2, shape1, shape2):
+        p1, p2 = super().forward(t1, t2, shape1, shape2)
+        for p in (p1, p2):
+            p['desc'] = torch.ones_like(p['desc']) / np.sqrt(p['desc'].shape[-1])
+        return p1, p2
+
+
+def test_textureless_view_is_rejected_without_crashing():
+    dec = _Textureless([_pose(), _pose(1.0, (0, 0, 0.3))])
+    sym = symmetric_relative_pose(dec, _kf(0), _tok(1), (S, S), K, pnp=PNP, matching=MATCH)
+    assert not sym.pose.ok and sym.pose.reason and sym.agreement is None
+
+
+def test_different_input_sizes_decode_in_two_calls():
+    calls = []
+
+    class Counting(FakeDecoder):
+        def forward(self, t1, t2, shape1, shape2):
+            calls.append((tuple(shape1), tuple(shape2)))
+            return super().forward(t1, t2, (S, S), (S, S))
+    dec = Counting([_pose(), _pose(1.0, (0, 0, 0.3))])
+    decode_both_orders(dec, _tok(0), _tok(1), (S, S), (S, S + 14))
+    assert calls == [((S, S), (S, S + 14)), ((S, S + 14), (S, S))]
