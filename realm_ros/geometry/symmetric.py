@@ -34,7 +34,7 @@ from .relative_pose import MatchingParams, _pnp_on_device_gather, _sync
 
 __all__ = ['PoseGates', 'OrderAgreement', 'SymmetricPoseEstimate', 'decode_both_orders', 'symmetric_relative_pose',
            'combine_orders', 'order_agreement', 'invert_pose_covariance', 'gate_pose', 'skew', 'CALIBRATED_GATES',
-           'gates_for']
+           'gates_for', 'gates_for_decoder', 'MINIATURE_BACKBONE']
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,22 @@ CALIBRATED_GATES: dict[str, PoseGates] = {
 }
 
 _MODE_OF_SOURCES = {('rgb', 'rgb'): 'rgb_rgb', ('events', 'events'): 'event_event', ('rgb', 'events'): 'rgb_event'}
+
+
+#: ``dune_backbone_name`` of the shipped miniature decoder (``models/mini_mast3r``), whose gates are calibrated
+MINIATURE_BACKBONE = 'mini_teacher'
+
+
+def gates_for_decoder(decoder: Any, keyframe_source: str, current_source: str = 'events') -> PoseGates:
+    """Gates for a loaded decoder: the calibrated table (:func:`gates_for`) for the miniature decoder, the
+    uncalibrated defaults of :class:`PoseGates` (PnP's checks plus 2 deg / 0.6 order agreement) for any other
+    (e.g. the official DUNE-MASt3R; calibrate it with ``realm_ros.miniature.pose_checks.calibrate_gates`` on data
+    with ground truth)."""
+    if getattr(decoder, 'dune_backbone_name', '') == MINIATURE_BACKBONE:
+        return gates_for(keyframe_source, current_source)
+    if (keyframe_source, current_source) not in _MODE_OF_SOURCES:
+        raise ValueError(f'unknown keyframe source {keyframe_source!r} / current source {current_source!r}')
+    return PoseGates()
 
 
 def gates_for(keyframe_source: str, current_source: str = 'events') -> PoseGates:

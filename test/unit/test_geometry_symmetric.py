@@ -263,3 +263,14 @@ def test_different_input_sizes_decode_in_two_calls():
     dec = Counting([_pose(), _pose(1.0, (0, 0, 0.3))])
     decode_both_orders(dec, _tok(0), _tok(1), (S, S), (S, S + 14))
     assert calls == [((S, S), (S, S + 14)), ((S, S + 14), (S, S))]
+
+
+def test_gates_for_decoder_uses_the_table_only_for_the_miniature_decoder():
+    from realm_ros.geometry.symmetric import CALIBRATED_GATES, MINIATURE_BACKBONE, gates_for_decoder
+    dec = FakeDecoder([_pose()])
+    assert gates_for_decoder(dec, 'events') == PoseGates()
+    dec.dune_backbone_name = MINIATURE_BACKBONE
+    assert gates_for_decoder(dec, 'events') is CALIBRATED_GATES['event_event']
+    assert gates_for_decoder(dec, 'rgb') is CALIBRATED_GATES['rgb_event']
+    with pytest.raises(ValueError, match='source'):
+        gates_for_decoder(FakeDecoder([_pose()]), 'lidar')
