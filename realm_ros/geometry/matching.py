@@ -302,14 +302,14 @@ def fast_reciprocal_nn(desc1: Any, desc2: Any, subsample: int = 8, *, max_iter: 
 
     if use_numba:
         with torch.no_grad():
-            i1, i2 = _matching_cpu.iterate_numba(f1.float(), f2.float(), seeds.numpy(),
+            i1, i2 = _matching_cpu.iterate_numba(f1.detach().float(), f2.detach().float(), seeds.numpy(),
                                                  max_iter, block_size, threads)
         return _finalize(torch.from_numpy(i1), torch.from_numpy(i2), hw1, hw2, border)
     with torch.no_grad():
         if use_triton:
             try:
                 idx1, idx2 = _iterate_triton(f1, f2, seeds, max_iter, compute_dtype)
-            except Exception as exc:  # noqa: BLE001 - a kernel that fails to build must not break matching
+            except Exception as exc:  # a kernel that fails to build must not break matching
                 if backend == 'triton':
                     raise
                 _LOG.warning('Triton matcher failed (%s: %s); using the PyTorch backend', type(exc).__name__, exc)

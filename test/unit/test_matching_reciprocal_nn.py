@@ -322,7 +322,8 @@ def test_channel_first_and_row_major_maps_give_the_same_matches():
     cf2 = d2.permute(2, 0, 1).contiguous().permute(1, 2, 0)
     assert not cf1.is_contiguous() and cf1.reshape(-1, 24).t().is_contiguous()
     ref = reference_reciprocal_nn(d1.contiguous(), d2.contiguous(), subsample=2)
-    for a, b in ((d1.contiguous(), d2.contiguous()), (cf1, cf2), (cf1, d2.contiguous())):
+    grad1 = d1.clone().requires_grad_(True)                          # e.g. a head output outside no_grad
+    for a, b in ((d1.contiguous(), d2.contiguous()), (cf1, cf2), (cf1, d2.contiguous()), (grad1, d2)):
         m = fast_reciprocal_nn(a, b, subsample=2)
         assert np.array_equal(m.xy1, ref.xy1) and np.array_equal(m.xy2, ref.xy2)
     assert ref.count > 50
