@@ -104,12 +104,13 @@ class PipelineConfig:
     pnp_reprojection_px: float = 5.0
     pnp_iterations: int = 1000
     pnp_min_inliers: int = 12
+    pose_symmetric: bool = True         # both decoder orders + calibrated gates (realm_ros.geometry.symmetric)
 
 
 RUNTIME_FIELDS = ('heads', 'spatial_mode', 'normalization', 'depth_color_range', 'points_stride', 'points_max_depth',
                   'keyframe_min_inliers', 'keyframe_max_translation', 'keyframe_max_rotation_deg',
                   'keyframe_max_failures', 'keyframe_min_interval_s', 'pose_frame', 'max_matches_drawn',
-                  'match_subsample', 'pnp_reprojection_px', 'pnp_iterations')
+                  'match_subsample', 'pnp_reprojection_px', 'pnp_iterations', 'pose_symmetric')
 
 
 @dataclass

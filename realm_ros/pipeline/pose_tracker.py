@@ -128,6 +128,18 @@ class PoseTracker:
                                   source='rgb', T_fixed_kf=T_fixed,
                                   extras={'picture': np.ascontiguousarray(picture[..., ::-1])})
 
+    def _symmetric_pose(self, kf: Any, cur_tokens: torch.Tensor, size: Tuple[int, int], K_model: np.ndarray
+                        ) -> Tuple[Any, Any]:
+        """``pose.symmetric``: both decoder orders, combined pose, gates calibrated for the loaded decoder
+        (:mod:`realm_ros.geometry.symmetric`); returns (PoseResult, matches of the keyframe-first order)."""
+        from realm_ros.geometry.relative_pose import MatchingParams
+        from realm_ros.geometry.symmetric import gates_for_decoder, symmetric_relative_pose
+        pipe = self._pipe
+        est = symmetric_relative_pose(pipe.mast3r, kf, cur_tokens, size, K_model, pnp=pipe._pnp_params,
+                                      matching=MatchingParams(subsample=pipe.config.match_subsample, border=3),
+                                      gates=gates_for_decoder(pipe.mast3r, kf.source))
+        return est.pose, est.matches
+
     def step(self, inp: PoseInput) -> PoseOutput:
         """Match ``inp`` against the best keyframe, solve PnP, update the keyframe store."""
         import time
@@ -173,12 +185,17 @@ class PoseTracker:
                                             num_inliers=0, new_keyframe=True, T_fixed=kf.T_fixed_kf)
                 out.matches_image = render.draw_matches(picture, picture, np.zeros((0, 2)), np.zeros((0, 2)))
                 return
-        pred1, pred2 = pipe.mast3r(kf.tokens, cur_tokens, kf.image_shape, size)
-        matches = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], subsample=cfg.match_subsample, border=3)
-        result = solve_relative_pose_pnp(matches.xy1, matches.xy2, pred1['pts3d'][0], K_model,
-                                         conf_ref=pred1.get('conf', [None])[0],
-                                         desc_conf_ref=pred1.get('desc_conf', [None])[0],
-                                         desc_conf_cur=pred2.get('desc_conf', [None])[0], params=pipe._pnp_params)
+        if cfg.pose_symmetric:
+            result, matches = self._symmetric_pose(kf, cur_tokens, size, K_model)
+        else:
+            pred1, pred2 = pipe.mast3r(kf.tokens, cur_tokens, kf.image_shape, size)
+            matches = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], subsample=cfg.match_subsample,
+                                         border=3)
+            result = solve_relative_pose_pnp(matches.xy1, matches.xy2, pred1['pts3d'][0], K_model,
+                                             conf_ref=pred1.get('conf', [None])[0],
+                                             desc_conf_ref=pred1.get('desc_conf', [None])[0],
+                                             desc_conf_cur=pred2.get('desc_conf', [None])[0],
+                                             params=pipe._pnp_params)
         self._count('pose_attempts')
         decision = store.update(kf, result, stamp_ns)
         inliers = np.zeros(matches.count, bool)

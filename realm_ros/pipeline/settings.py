@@ -110,6 +110,9 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
     Setting('pose.reprojection_px', 5.0, 'PnP-RANSAC inlier threshold (model-input pixels)', runtime=True,
               float_range=(0.1, 100.0)),
     Setting('pose.ransac_iterations', 1000, 'PnP-RANSAC iterations', runtime=True, int_range=(10, 100_000)),
+    Setting('pose.symmetric', True, 'decode (keyframe, current) in both orders, average the pose with the inverted '
+              'swapped-order pose and publish it only through the calibrated gates (order agreement, inliers)',
+              runtime=True),
     # camera model
     Setting('camera.fx', 0.0, 'fallback focal length x (px) when no camera_info arrives; 0 = from hfov',
               runtime=True, float_range=(0.0, 1e6)),
@@ -251,7 +254,8 @@ def pipeline_runtime_settings(get: Getter, pending: Optional[Mapping[str, Any]] 
                 keyframe_max_failures=int(p('keyframe.max_failures')),
                 keyframe_min_interval_s=float(p('keyframe.min_interval_s')), pose_frame=p('pose.frame'),
                 max_matches_drawn=int(p('matches.max_drawn')), match_subsample=int(p('matches.subsample')),
-                pnp_reprojection_px=float(p('pose.reprojection_px')), pnp_iterations=int(p('pose.ransac_iterations')))
+                pnp_reprojection_px=float(p('pose.reprojection_px')), pnp_iterations=int(p('pose.ransac_iterations')),
+                pose_symmetric=bool(p('pose.symmetric')))
 
 
 def fallback_intrinsics(get: Getter, width: int, height: int) -> Any:
