@@ -390,20 +390,23 @@ def test_twenty_percent_garbage_keeps_depth_at_80_percent_of_its_clean_rate(node
                     payload = rng.integers(0, 256, int(rng.integers(0, 8000))).astype(np.uint8)
                     inject[i] = [to_rclpy_packet(m, shift, payload=payload, **kw)]
         probe.clear()
+        assert probe.wait_for(lambda: probe.latest_diagnostics(), 5)
+        w0 = int(probe.latest_diagnostics()['pipeline']['windows_processed'])
+        wall = 0.0
         for k in range(3):                                                    # ~6 s of sensor time
-            probe.play(hd, rate=1.0, stamp_shift_ns=shift + k * span, inject=inject)
-        lo, hi = stamp_ns(hd[0]) + shift, stamp_ns(hd[-1]) + shift + 2 * span
-        time.sleep(1.0)
-        return len({stamp_ns(r.msg) for r in probe.messages('depth') if lo <= stamp_ns(r.msg) <= hi})
+            wall += probe.play(hd, rate=1.0, stamp_shift_ns=shift + k * span, inject=inject)
+        time.sleep(0.6)                                                       # the last window, fresh diagnostics
+        return (int(probe.latest_diagnostics()['pipeline']['windows_processed']) - w0) / wall
 
     clean = phase(0, False)
     resets = int(probe.latest_diagnostics()['events']['stream_resets'])
     dirty = phase(1, True)
     ev = probe.latest_diagnostics()['events']
-    assert clean >= 3, node.output[-3000:]
+    assert clean >= 0.5, (clean, node.output[-3000:])                    # depth outputs per second
     assert dirty >= 0.8 * clean, (dirty, clean, ev, probe.latest_diagnostics()['pipeline'])
     assert int(ev['stream_resets']) == resets and (ev['width'], ev['height']) == ('1280', '720')
     assert int(ev['bad_packets']) > 0
+
 
 @pytest.mark.parametrize('signals', [1, 2])
 def test_sigint_ends_the_node_within_two_seconds_even_during_inference(checkpoints, packets, tmp_path, signals):
