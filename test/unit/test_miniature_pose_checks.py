@@ -127,3 +127,18 @@ def test_fit_covariance_makes_normalised_errors_unit_variance():
     z = errors / np.sqrt(np.einsum('nii->ni', C))
     assert np.all(np.abs(z.var(0) - 1) < 0.35)
     assert fit_covariance(errors[:2], covs[:2]) == (1.0, (0.0, 0.0))
+
+
+def test_zero_motion_contraction_measures_a_contracting_decoder():
+    import torch
+    from test_geometry_symmetric import FakeDecoder, K, S, _pose, _tok
+    from realm_ros.geometry.pose import PnpParams
+    from realm_ros.geometry.relative_pose import MatchingParams
+    from realm_ros.miniature.pose_checks import zero_motion_contraction
+    kw = dict(pnp=PnpParams(iterations=200, reprojection_error_px=2.0), matching=MatchingParams(subsample=3))
+    with torch.no_grad():
+        biased = zero_motion_contraction(FakeDecoder([_pose()], contraction=0.05), [_tok(0)], K, S, **kw)
+        clean = zero_motion_contraction(FakeDecoder([_pose()]), [_tok(0)], K, S, **kw)
+    assert biased['contraction'] == pytest.approx(0.05, abs=0.02) and biased['log_ratio_mean'] < -0.03
+    assert biased['pnp_forward_m_median'] < -0.1 and biased['pnp_moved_fraction'] == 1.0
+    assert abs(clean['contraction']) < 0.01 and abs(clean['log_ratio_mean']) < 1e-3     # every pixel on itself
