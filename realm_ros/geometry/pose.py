@@ -204,6 +204,18 @@ def _so3_exp(w: np.ndarray) -> np.ndarray:
     return cv2.Rodrigues(np.asarray(w, dtype=np.float64).reshape(3, 1))[0]
 
 
+def _so3_log(R: np.ndarray) -> np.ndarray:
+    """Rotation vector of ``R``, exact for small angles too (``cv2.Rodrigues`` returns 0 below ~1e-5 rad, which
+    made the numeric Jacobian of an identity rotation singular)."""
+    R = np.asarray(R, dtype=np.float64)
+    v = 0.5 * np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    s = float(np.linalg.norm(v))
+    c = (float(np.trace(R)) - 1.0) / 2.0
+    if s < 1e-3:                                   # angle / sin(angle) = 1 + angle^2 / 6 + ...
+        return v * (1.0 + s * s / 6.0) if c > 0 else cv2.Rodrigues(R)[0].reshape(3)
+    return v * (np.arctan2(s, c) / s)
+
+
 def _camera_pose_covariance(pts: np.ndarray, uv: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray,
                             max_condition: float) -> tuple[np.ndarray | None, float]:
     """Covariance of T_ref_cur from the inlier reprojection residuals (Gauss-Newton, numeric Jacobian)."""
@@ -213,7 +225,7 @@ def _camera_pose_covariance(pts: np.ndarray, uv: np.ndarray, K: np.ndarray, R: n
         Rp = _so3_exp(delta[3:]) @ Rc
         tp = tc + delta[:3]
         Rcr, tcr = Rp.T, -Rp.T @ tp
-        proj, _ = cv2.projectPoints(pts, cv2.Rodrigues(Rcr)[0], tcr, K, None)
+        proj, _ = cv2.projectPoints(pts, _so3_log(Rcr), tcr, K, None)
         return (proj.reshape(-1, 2) - uv).reshape(-1)
 
     r0 = residuals(np.zeros(6))

@@ -204,3 +204,20 @@ def test_resize_convention_matches_cv2_resize():
     back = tf.unmap_points(np.column_stack([xs.ravel(), ys.ravel()]))
     np.testing.assert_allclose(dst[ys, xs].ravel(), back[:, 0], atol=1e-4)
     np.testing.assert_allclose(dst_y[ys, xs].ravel(), back[:, 1], atol=1e-4)
+
+
+def test_covariance_of_an_exact_identity_pose_is_defined():
+    """Zero motion with exact correspondences (the same view twice): the numeric Jacobian must not lose the rotation
+    columns (cv2.Rodrigues snaps rotations below ~1e-5 rad to zero)."""
+    from realm_ros.geometry.pose import _camera_pose_covariance, _so3_log
+    rng = np.random.default_rng(0)
+    pts = rng.uniform([-3, -2, 4], [3, 2, 12], (300, 3))
+    K = np.array([[48.0, 0, 31.5], [0, 48, 31.5], [0, 0, 1]])
+    uv = pts @ K.T
+    uv = uv[:, :2] / uv[:, 2:]
+    uv_noisy = uv + rng.normal(0, 0.5, uv.shape)
+    cov, cond = _camera_pose_covariance(pts, uv_noisy, K, np.eye(3), np.zeros(3), 1e10)
+    assert cov is not None and np.isfinite(cond) and np.all(np.diag(cov) > 0)
+    for w in (np.array([1e-7, -2e-7, 3e-8]), np.array([0.3, -0.2, 0.1]), np.array([0.0, 3.0, 0.0])):
+        R = cv2.Rodrigues(w.reshape(3, 1))[0]
+        np.testing.assert_allclose(_so3_log(R), w, rtol=1e-6, atol=1e-12)

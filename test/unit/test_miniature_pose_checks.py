@@ -142,3 +142,4 @@ def test_zero_motion_contraction_measures_a_contracting_decoder():
     assert biased['contraction'] == pytest.approx(0.05, abs=0.02) and biased['log_ratio_mean'] < -0.03
     assert biased['pnp_forward_m_median'] < -0.1 and biased['pnp_moved_fraction'] == 1.0
     assert abs(clean['contraction']) < 0.01 and abs(clean['log_ratio_mean']) < 1e-3     # every pixel on itself
+    assert abs(clean['pnp_forward_m_median']) < 0.02 and clean['pnp_moved_fraction'] == 0.0
