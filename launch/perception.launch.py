@@ -66,10 +66,23 @@ def _sim_defaults() -> dict:
     return defaults
 
 
+def _require_rviz2() -> None:
+    """rviz:=true needs the rviz2 package. Checked before any node is started: launch would otherwise start the
+    perception node and the simulator, fail on rviz2, exit and leave both running without a parent."""
+    try:
+        get_package_share_directory('rviz2')
+    except PackageNotFoundError:
+        raise RuntimeError("rviz:=true, but the ROS package 'rviz2' is not installed (e.g. "
+                           "sudo apt install ros-$ROS_DISTRO-rviz2) or its install is not sourced; "
+                           'launch without rviz:=true, or run RViz elsewhere with config/realm.rviz') from None
+
+
 def _nodes(context, *args, **kwargs):
     """Build the nodes once the launch arguments are known (empty arguments do not override the params file)."""
     from realm_ros.nodes.launch_params import PARAMETER_ARGUMENTS, perception_parameters
     get = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
+    if _is_true(get('rviz')):
+        _require_rviz2()
     names = set(PARAMETER_ARGUMENTS) | {'params_file', 'node_name', 'namespace', 'use_sim_time', 'image_topic'}
     parameters = perception_parameters({name: get(name) for name in names},
                                        os.path.join(_share(), 'config', 'perception.yaml'),

@@ -236,6 +236,17 @@ def test_ros2_launch_sim_ends_within_2s_of_sigint_during_startup(tmp_path):
     _assert_clean_exit(code, elapsed, log_path.read_text())
 
 
+def test_rviz_without_rviz2_fails_before_starting_any_node(monkeypatch):
+    """rviz:=true where rviz2 is not installed: a clear error before any node is built (a real `ros2 launch` used
+    to start perception_node and sim_event_camera, fail on rviz2 and leave both running without a parent)."""
+    _, defaults, nodes = _load_launch_file_with_stubs(monkeypatch)   # the stub package index knows no package
+    with pytest.raises(RuntimeError, match=r"rviz:=true, but the ROS package 'rviz2' is not installed"):
+        nodes(dict(defaults, sim='true', rviz='true'))
+    actions = nodes(dict(defaults, sim='true', rviz='false'))          # without RViz the same launch builds its nodes
+    assert [a.kw['executable'] for a in actions] == ['perception_node', 'sim_event_camera', 'rviz2']
+    assert actions[-1].kw['condition'] == ('if', 'false')
+
+
 if MISSING:
     def test_perception_launch_with_launch_pytest():
         pytest.skip(f'{", ".join(MISSING)} not installed (not on PyPI): run with a ROS 2 install that provides '
