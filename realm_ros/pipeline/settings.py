@@ -133,7 +133,7 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
               runtime=True, float_range=(0.1, 1e6)),
     Setting('events.time_mode', 'smoothed', 'event time -> ROS time: smoothed header offset, per-packet header '
               'offset, or raw sensor time', choices=('smoothed', 'header', 'sensor')),
-    Setting('events.max_packet_span_s', 1.0, 'packets whose events lie farther than this from the packet stamp '
+    Setting('events.max_packet_span_s', 0.1, 'packets whose events lie farther than this from the packet stamp '
               'are rejected as corrupt (the decoder restarts)', runtime=True, float_range=(0.001, 3600.0)),
     Setting('max_sensor_size', 8192, 'packets claiming a larger width or height are rejected as malformed',
               int_range=(1, 65535)),

@@ -62,7 +62,7 @@ class StreamSettings:
     time_mode: str = 'smoothed'
     time_jump_backward_s: float = 0.5
     time_jump_forward_s: float = 30.0
-    max_packet_span_s: float = 1.0
+    max_packet_span_s: float = 0.1
     change_window: int = 20
     change_fraction: float = 0.8
     confirm_packets: int = 3
