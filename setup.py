@@ -38,8 +38,8 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'perception_node = realm_ros.nodes.perception_node:main',
-            'sim_event_camera = realm_ros.nodes.sim_camera_node:main',
+            'perception_node = realm_ros.nodes.entry:perception_node',
+            'sim_event_camera = realm_ros.nodes.entry:sim_event_camera',
             'train_from_bag = realm_ros.nodes.train_from_bag:main',
             'train_heads = realm_ros.nodes.train_heads:main',
             'realm-events = realm_ros.tools.events_cli:main',

@@ -318,10 +318,16 @@ class PerceptionNode(LifecycleNode):
 def main(args: Optional[List[str]] = None) -> int:
     """Entry point of ``ros2 run realm_ros perception_node``: runs the node and ends the process with its exit code
     (1 when configuration fails)."""
-    # rclpy's SIGINT / SIGTERM handlers shut the context down (spin then returns) and chain to the Python handler:
-    # make that one a no-op, so that Ctrl-C never raises KeyboardInterrupt inside an rclpy callback or task.
-    signal.signal(signal.SIGINT, lambda *_: None)
-    signal.signal(signal.SIGTERM, lambda *_: None)
+    # rclpy's SIGINT / SIGTERM handlers shut the context down (spin then returns) and chain to this Python handler:
+    # while spinning it does nothing (no KeyboardInterrupt inside an rclpy callback or task); before that (model
+    # loading and kernel warm-up can take 20 s on a first start) it ends the process at once.
+    spinning = [False]
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if not spinning[0]:
+            end_process(0)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     rclpy.init(args=args)
     sys.setswitchinterval(0.0005)    # the events callback gets the GIL within 0.5 ms of asking, whatever workers do
     node = PerceptionNode()
@@ -337,6 +343,7 @@ def main(args: Optional[List[str]] = None) -> int:
                 node.get_logger().fatal('activation failed; exiting')
                 code = 1
         if code == 0:
+            spinning[0] = True
             executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -217,10 +217,6 @@ def test_ros2_launch_sim_ends_within_2s_of_sigint_while_publishing(target, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason='SIGINT while a node imports its modules (perception_node: torch; '
-                   'sim_event_camera: numpy) raises KeyboardInterrupt (traceback, exit code -2) before main() sets its '
-                   'handlers; perception_node also ignores SIGINT/SIGTERM during configure (cold start: launch '
-                   'escalates to SIGKILL)')
 def test_ros2_launch_sim_ends_within_2s_of_sigint_during_startup(tmp_path):
     """Ctrl-C while the perception node is still starting (0.5 s after launch started it)."""
     why = _ros2_launch_ready()
