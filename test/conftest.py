@@ -16,6 +16,11 @@ from realm_testing.paths import EVT3_BAG, EVT3_RAW, MONO_BAG, REPO_ROOT, TEST_DA
 
 HAVE_RCLPY = importlib.util.find_spec('rclpy') is not None
 
+# The ROS tests talk over real DDS. `./run.sh test` keeps them on this host and off other users' domains; do the same
+# for `colcon test` / plain pytest in a ROS workspace (the user's own domain is left alone only if they chose one).
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
+
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'ros: needs rclpy and real DDS (skipped when rclpy is not importable)')
