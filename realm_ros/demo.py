@@ -431,7 +431,7 @@ def _ros_args(params: Dict[str, Any], remaps: Dict[str, str]) -> List[str]:
 
 
 def _start(cmd: List[str], log_path: Path, env: Dict[str, str]) -> subprocess.Popen:
-    log = open(log_path, 'w')                                   # noqa: SIM115 - closed with the process
+    log = open(log_path, 'w')                                   # closed with the process
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 

@@ -12,7 +12,7 @@ try:  # pragma: no cover - exercised implicitly
     import numba as _numba
 
     HAVE_NUMBA = True
-except Exception:  # pragma: no cover - numba is a declared dependency
+except Exception:  # noqa: BLE001  # pragma: no cover - numba is a declared dependency
     _numba = None
     HAVE_NUMBA = False
 
@@ -25,7 +25,7 @@ def njit(*args: Any, **kwargs: Any) -> Callable:
     def wrap(fn: Callable) -> Callable:
         if HAVE_NUMBA:
             return _numba.njit(**kwargs)(fn)
-        warnings.warn(f'numba is not installed: {fn.__name__} runs as slow pure Python', RuntimeWarning)
+        warnings.warn(f'numba is not installed: {fn.__name__} runs as slow pure Python', RuntimeWarning, stacklevel=2)
         return fn
 
     if args and callable(args[0]):

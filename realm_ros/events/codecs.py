@@ -1,4 +1,4 @@
-"""Stateful decoders for every EventPacket encoding (EVENTS_SPEC 1.2-1.7).
+"""Stateful decoders for every EventPacket encoding (docs/formats.md#encodings).
 
 ``make_decoder(encoding, width, height)`` returns one decoder per stream; keep one instance per
 (topic, encoding, width, height) because ``evt3`` is one continuous word stream cut at arbitrary word boundaries.
@@ -6,7 +6,7 @@
 Decoded time (ns) per codec:
 
 * ``evt3``: sensor microseconds x 1000, with 24-bit wrap tracking that persists across calls (behaviour (A) of
-  EVENTS_SPEC 1.3: event_camera_codecs; identical to openeb on real data). ``time_base`` is ignored.
+  docs/formats.md#evt3: event_camera_codecs; identical to openeb on real data). ``time_base`` is ignored.
 * ``libcaer_cmp``: ``time_base + (th | tl) * 1000``; time state resets every call, x/polarity state carries over.
 * ``libcaer``: ``time_base + wraps * 2^31 us + ts * 1000`` (31-bit rollover inside a message).
 * ``mono`` / ``trigger``: ``time_base + dt``.
@@ -528,7 +528,7 @@ def _swap16(buf: np.ndarray) -> np.ndarray:
 
 
 class Evt3Decoder(Decoder):
-    """Prophesee EVT 3.0 (EVENTS_SPEC 1.3): numba state machine incl. vector words, wraps, triggers.
+    """Prophesee EVT 3.0 (docs/formats.md#evt3): numba state machine incl. vector words, wraps, triggers.
 
     Info counters: ``rollovers`` (24-bit time wraps followed), ``housekeeping_words`` (OTHERS / CONTINUED).
     Error kinds: odd_length, before_time_base (words skipped before the first TIME_HIGH..TIME_LOW pair),
@@ -568,7 +568,7 @@ class Evt3Decoder(Decoder):
 
 
 class LibcaerCmpDecoder(Decoder):
-    """Compressed libcaer (EVENTS_SPEC 1.4): x is the sticky address, vectors run along y.
+    """Compressed libcaer (docs/formats.md#libcaer_cmp): x is the sticky address, vectors run along y.
 
     Error kinds: odd_length, out_of_range, time_backwards, reserved_words, no_column_address (ADDR_Y / VECT_8 before
     any ADDR_X), no_vector_base (VECT_8 before any VECT_BASE_Y).
@@ -635,7 +635,7 @@ class _Records64Decoder(Decoder):
 
 
 class LibcaerDecoder(_Records64Decoder):
-    """Uncompressed libcaer polarity events (EVENTS_SPEC 1.5) with the 31-bit microsecond rollover.
+    """Uncompressed libcaer polarity events (docs/formats.md#libcaer) with the 31-bit microsecond rollover.
 
     Error kinds: truncated_records, invalid_events (valid mark 0), bad_timestamp (negative), out_of_range,
     time_backwards.
@@ -672,7 +672,7 @@ class LibcaerDecoder(_Records64Decoder):
 
 
 class MonoDecoder(_Records64Decoder):
-    """Deprecated ``mono`` (EVENTS_SPEC 1.6): t = time_base + dt. Errors: truncated_records, out_of_range,
+    """Deprecated ``mono`` (docs/formats.md#mono): t = time_base + dt. Errors: truncated_records, out_of_range,
     time_backwards."""
 
     encoding = 'mono'
@@ -695,7 +695,7 @@ class MonoDecoder(_Records64Decoder):
 
 
 class TriggerDecoder(_Records64Decoder):
-    """Deprecated ``trigger`` (EVENTS_SPEC 1.7): edge bit 63, id bits 62..48 (as uint8), t = time_base + dt."""
+    """Deprecated ``trigger`` (docs/formats.md#trigger): edge bit 63, id bits 62..48 (as uint8), t = time_base + dt."""
 
     encoding = 'trigger'
     counter_names = ('packets', 'bytes', 'words', 'events', 'triggers', 'truncated_records', 'time_backwards')

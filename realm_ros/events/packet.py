@@ -5,8 +5,9 @@
 1. checks ``seq`` (gaps = dropped messages, counted; a lower value = publisher restart, counted),
 2. picks the codec by (encoding, width, height); a change replaces the decoder and restarts time mapping (counted);
    an unknown encoding is counted and reported in ``last_error`` (it raises only with ``strict=True``),
-3. decodes the payload with the stateful codec decoder (EVENTS_SPEC 1.2-1.7),
-4. maps sensor time to ROS time (EVENTS_SPEC 1.8): ``time_mode='smoothed'`` (default) adds a smoothed
+3. decodes the payload with the stateful codec decoder (docs/formats.md#encodings),
+4. maps sensor time to ROS time (docs/formats.md#time-stamps-and-clocks):
+   ``time_mode='smoothed'`` (default) adds a smoothed
    ``header.stamp - t_first_event`` offset; ``'header'`` uses each message's own offset; ``'sensor'`` returns decoded
    sensor time unchanged,
 5. keeps output time non-decreasing across messages (offset updates can step backwards; clamped events counted).
@@ -144,7 +145,7 @@ class EventPacketDecoder:
                 raise
             self.last_error = str(exc)
             return PacketResult(EventArray.empty(), TriggerArray.empty(), errors={'rejected': 1})
-        except Exception as exc:  # noqa: BLE001 - a malformed message must never take the node down
+        except Exception as exc:  # a malformed message must never take the node down
             if self.strict:
                 raise
             self._counts['decode_exceptions'] += 1

@@ -1,5 +1,5 @@
 """Spatial preparation of a (C, H, W) sensor-sized tensor for the 448 x 448 model input, and the way back
-(PAPER_FACTS "Input").
+(docs/models.md#input).
 
 Modes:
 

@@ -105,7 +105,7 @@ def intrinsics_after_crop(K: Any, x0: float, y0: float) -> np.ndarray:
 
 
 def intrinsics_after_resize(K: Any, src_wh: Sequence[int], dst_wh: Sequence[int]) -> np.ndarray:
-    """``K`` after resizing a (W, H) image to ``dst_wh`` (pixel-centre convention, see :meth:`PixelTransform.resize`)."""
+    """``K`` after resizing a (W, H) image to ``dst_wh`` (pixel centres; see :meth:`PixelTransform.resize`)."""
     return PixelTransform.resize(src_wh, dst_wh).apply_to_intrinsics(K)
 
 
@@ -159,7 +159,7 @@ class PoseResult:
         return self.num_inliers / self.num_correspondences if self.num_correspondences else 0.0
 
     @property
-    def T_cur_ref(self) -> np.ndarray:  # noqa: N802
+    def T_cur_ref(self) -> np.ndarray:
         """4x4 transform of keyframe-camera points into the current camera frame."""
         if self.R is None or self.t is None:
             raise ValueError(f'no pose: estimate rejected ({self.reason})')
@@ -168,7 +168,7 @@ class PoseResult:
         return T
 
     @property
-    def T_ref_cur(self) -> np.ndarray:  # noqa: N802
+    def T_ref_cur(self) -> np.ndarray:
         """4x4 pose of the current camera in the keyframe camera frame (the camera motion)."""
         T = self.T_cur_ref
         inv = np.eye(4)

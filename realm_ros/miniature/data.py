@@ -8,7 +8,8 @@
   occlusion test against the second view's depth.
 * :func:`sample_correspondences` - a training sample of correspondences drawn from *both* views (view-1 pixels seen
   in view 2 and view-2 pixels seen in view 1), so the sample does not favour contraction or expansion.
-* :func:`rgb_to_tensor` - DUNE preprocessing (``MODEL_SPEC`` 1.5: /255, ImageNet mean/std) of uint8 images.
+* :func:`rgb_to_tensor` - DUNE preprocessing of uint8 images (/255, ImageNet mean/std;
+  docs/models.md#dune-checkpoint-files).
 
 Scenes are built by :class:`realm_ros.sim.simulator.Simulator` (the same code the bags and the live node use), so the
 teacher sees exactly the world the events come from.

@@ -19,7 +19,6 @@ models that were trained against and evaluated. Generated data never leaves ``wo
 from __future__ import annotations
 
 import concurrent.futures as cf
-import copy
 import hashlib
 import json
 import multiprocessing
@@ -27,7 +26,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 

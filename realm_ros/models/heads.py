@@ -3,13 +3,13 @@
 * :class:`DepthBinsHead` (REALM Table S6: 393,728 parameters at 768 -> 256 bins): spatial path 1x1 conv on the patch
   grid, global path linear on the CLS token (broadcast), logits summed, softmax over 256 bins linearly spaced
   1..81 m, depth = expected bin value, bilinear upsampling to the requested size. Reads *normed* tokens.
-* :class:`DinoV2Projector` (``MODEL_SPEC`` section 2): one DINOv2 block + Linear(768 -> 1024); official keys
+* :class:`DinoV2Projector` (docs/models.md#dinov2-projector): one DINOv2 block + Linear(768 -> 1024); official keys
   ``blocks.0.*``, ``linear.*``; 7,874,560 parameters without qkv bias (paper checkpoint), 7,876,864 with.
   Reads *un-normed* ``concat(cls, patches)``; returns (cls (B, 1024), patches (B, 1024, H/14, W/14)).
 * :class:`SegmentationHead`: 1x1 conv 1024 -> 11 DSEC classes (11,275 parameters) on the projector patch map,
   bilinear upsampling.
 
-Bridges (``MODEL_SPEC`` section 9). REALM is distilled on *normed* tokens, but the projector and DUNE-MASt3R consume the
+Bridges (docs/models.md#bridges). REALM is distilled on *normed* tokens, but the projector and DUNE-MASt3R consume the
 teacher's *pre-norm* block output. :func:`bridge_tokens` builds that input from an encoder output dictionary:
 
 * ``'teacher_norm_inverse'`` - ``z = (x_norm - beta_t) / gamma_t`` with the *teacher's* final-norm affine: the

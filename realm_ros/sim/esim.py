@@ -1,4 +1,4 @@
-"""ESIM-style event generation from a sequence of intensity frames (EVENTS_SPEC section 4).
+"""ESIM-style event generation from a sequence of intensity frames (docs/formats.md#event-simulation).
 
 Model (per pixel):
 

@@ -1,6 +1,6 @@
 """Cut simulated events into EVT3 EventPacket payloads the way a metavision_driver does (ROS-free).
 
-Clocks (EVENTS_SPEC 1.8):
+Clocks (docs/formats.md#time-stamps-and-clocks):
 
 * *simulation time* ``t_sim`` (ns from the start of the sequence) is what :class:`~realm_ros.sim.Simulator` produces;
 * *sensor time* is the camera's microsecond counter: ``t_sensor_us = sensor_time_offset_us + t_sim // 1000``; only

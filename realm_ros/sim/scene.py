@@ -180,7 +180,7 @@ def generate_street_scene(seed: int, length_m: float = 120.0) -> Scene:
         _building_row(b, rng, side, x0, x1, ground_far)
         _street_furniture(b, rng, side, road_hw, walk_w, x0, x1)
     # end closures: buildings across the street at both ends
-    for xe, sgn in ((x0 - 6.0, -1.0), (x1 + 6.0, 1.0)):
+    for xe, _sgn in ((x0 - 6.0, -1.0), (x1 + 6.0, 1.0)):
         h = float(rng.uniform(12.0, 30.0))
         c0 = _pick(rng, _FACADE_COLOURS)
         b.box((xe, 0.0, 0.5 * h - 0.3), (6.0, ground_far + 30.0, 0.5 * h + 0.3), C.BUILDING, rc.TEX_FACADE, c0,

@@ -8,8 +8,8 @@ Sub-commands::
     realm-events topics    <bag>
 
 Inputs: ROS 2 bags (directory, .db3 or .mcap), ROS 1 .bag files, and Metavision RAW EVT3 files. Times are decoded
-sensor time by default (EVENTS_SPEC 1.2: evt3 = sensor microseconds x 1000; libcaer / mono = time_base based), or
-ROS time with ``--time ros`` (smoothed header-stamp offset, EVENTS_SPEC 1.8).
+sensor time by default (docs/formats.md#encodings: evt3 = sensor µs x 1000; libcaer / mono = time_base based), or
+ROS time with ``--time ros`` (smoothed header-stamp offset, docs/formats.md#time-stamps-and-clocks).
 
 ``summarize`` prints one JSON object with the keys: events, on, off, sum_x, sum_y, t_first_ns, t_last_ns, triggers,
 duration (s), rate (events/s), dropped (messages missing by seq), errors ({kind: count}, non-zero only).

@@ -37,7 +37,7 @@ def load_teacher(path: str, device: Any) -> Any:
         raise DataError(f'teacher checkpoint {path!r} does not exist')
     try:
         return load_dune(path, device='cpu').to(device)
-    except Exception as exc:  # CheckpointError, unpickling errors, ...
+    except Exception as exc:  # noqa: BLE001 - CheckpointError, unpickling errors, ...
         raise DataError(f'teacher checkpoint {path!r} cannot be loaded: {exc}') from None
 
 
@@ -89,8 +89,8 @@ def _make_caches(cfg: Any, info: Any, datasets: Dict[str, Any], shapes: Dict[str
         if ds is None or len(ds) == 0:
             continue
         directory = os.path.join(cache_root, f'teacher-{split}-{cache_key(**key, split=split)}')
-        make = lambda: FeatureCache(directory, ds.num_samples, shapes, cfg.run.teacher_cache_dtype,  # noqa: E731
-                                    dict(key, split=split))
+        def make(directory=directory, ds=ds, split=split):  # loop values bound now (called in this iteration)
+            return FeatureCache(directory, ds.num_samples, shapes, cfg.run.teacher_cache_dtype, dict(key, split=split))
         if info.distributed:
             import torch.distributed as dist
             if info.rank == 0:

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip('rclpy')
 
-from realm_ros.nodes import conversions as cv  # noqa: E402
+from realm_ros.nodes import conversions as cv
 
 
 def header(t_ns=1_675_956_550_318_916_461, frame='event_cam'):

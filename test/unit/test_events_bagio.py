@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from events_testlib import EVT3_BAG, EVT3_RAW, evt3_payloads
+from realm_testing.events import EVT3_BAG, EVT3_RAW, evt3_payloads
 from realm_ros.events.bagio import (EVENT_PACKET_MSG, BagReadError, iter_bag_messages, iter_raw_evt3_chunks,
                                     list_bag_topics, make_typestore, read_raw_evt3, write_raw_evt3)
 from realm_ros.events.legacy import parse_legacy_event_array_cdr, parse_legacy_event_array_ros1

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from events_testlib import EVT3_BAG, EVT3_RAW, MONO_BAG, TE1, evt3_payloads
+from realm_testing.events import EVT3_BAG, EVT3_RAW, MONO_BAG, TE1, evt3_payloads
 from realm_ros.events import encode_evt3
 from realm_ros.events.bagio import make_typestore
 from realm_ros.tools.events_cli import main

@@ -1,10 +1,10 @@
-"""Codec decoders: EVENTS_SPEC section 6 on the real recordings, encoder round trips, and error handling."""
+"""Codec decoders: docs/formats.md#test-recordings on the real recordings, encoder round trips, and error handling."""
 import array
 
 import numpy as np
 import pytest
 
-from events_testlib import (EVT3_RAW, MONO_BAG, TE1, evt3_payloads, random_events, sort_key_evt3,
+from realm_testing.events import (EVT3_RAW, MONO_BAG, TE1, evt3_payloads, random_events, sort_key_evt3,
                             te1_decoded)
 from realm_ros.events import (EventArray, UnknownEncodingError, encode_evt3, encode_libcaer, encode_libcaer_cmp,
                               encode_mono, encode_trigger, make_decoder)

@@ -3,7 +3,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from events_testlib import packet
+from realm_testing.events import packet
 from realm_ros.events import EventPacketDecoder, make_decoder
 from realm_ros.events.legacy import LegacyParseError, parse_legacy_event_array_cdr, parse_legacy_event_array_ros1
 

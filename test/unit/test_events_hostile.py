@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from events_testlib import random_events, sort_key_evt3
+from realm_testing.events import random_events, sort_key_evt3
 from realm_ros.events import (encode_evt3, encode_libcaer, encode_libcaer_cmp, encode_mono, encode_trigger,
                               make_decoder)
 from realm_ros.events.codecs import MAX_SENSOR_SIZE, SUPPORTED_ENCODINGS, time_base_i64
@@ -87,7 +87,7 @@ def test_evt3_padding_words_are_padding_not_errors():
 
 @pytest.mark.parametrize('mode', ['smoothed', 'header'])
 def test_packet_decoder_maps_a_huge_time_base_back_to_ros_time(mode):
-    from events_testlib import packet
+    from realm_testing.events import packet
     from realm_ros.events.packet import EventPacketDecoder
     payload, _ = encode_mono([1, 2], [1, 1], [0, 4], [1, 0])
     dec = EventPacketDecoder(time_mode=mode)
@@ -98,7 +98,7 @@ def test_packet_decoder_maps_a_huge_time_base_back_to_ros_time(mode):
 
 
 def test_packet_decoder_reports_padding_apart_from_errors():
-    from events_testlib import packet
+    from realm_testing.events import packet
     from realm_ros.events.packet import EventPacketDecoder
     x, y, t, p = random_events(50, seed=5)
     w = np.frombuffer(encode_evt3(x, y, t, p), '<u2')

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from events_testlib import TE1, evt3_payloads, packet
+from realm_testing.events import TE1, evt3_payloads, packet
 from realm_ros.events import (EventArray, EventPacketDecoder, OffsetEstimator, UnknownEncodingError, encode_evt3,
                               encode_mono)
 from realm_ros.events.legacy import Header, LegacyEventArray, Stamp

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from events_testlib import te1_decoded
+from realm_testing.events import te1_decoded
 from realm_ros.events import (EventArray, EventRingBuffer, FixedCountSlicer, FixedTimeSlicer, window_ending_at)
 
 

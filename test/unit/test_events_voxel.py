@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from events_testlib import te1_decoded
+from realm_testing.events import te1_decoded
 from realm_ros.events import EventArray, voxel_grid
 
 W1 = (7_139_845_000, 50_000_000)
@@ -199,7 +199,7 @@ def test_fixed_time_range(backend):
     assert g[:, 0, 1].tolist() == [1.0, 0, 0, 0, 0] and g[:, 0, 2].tolist() == [0, 1.0, 0, 0, 0]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     ev = window(*W2)
     for norm, atol in (('none', 1e-5), ('e2vid', 1e-4), ('dsec', 1e-4)):

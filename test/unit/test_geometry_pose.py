@@ -4,7 +4,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from realm_ros.geometry.pose import (
     PixelTransform, PnpParams, intrinsics_after_crop, intrinsics_after_pad, intrinsics_after_resize, solve_pnp,

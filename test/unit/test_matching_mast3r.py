@@ -361,7 +361,7 @@ def test_official_layout_variants_load(tmp_path):
 
 
 def test_converted_safetensors_loads(tmp_path):
-    """realm-convert-checkpoint output (safetensors + extra strings) loads directly and is preferred next to the .pth."""
+    """realm-convert-checkpoint output (safetensors + extra strings) loads directly, preferred next to the .pth."""
     from realm_ros.models.checkpoints import convert_checkpoint
     writer = _tiny_model(seed=5)
     pth = save_dune_mast3r(tmp_path / 'dm.pth', writer)
@@ -469,7 +469,7 @@ def test_cast_decoder_keeps_heads_float32():
     assert p1['pts3d'].dtype == torch.float32 and bool(torch.isfinite(p1['desc']).all())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.cuda
 def test_cuda_matches_cpu(tmp_path):
     writer = _tiny_model(seed=8)
     path = save_dune_mast3r(tmp_path / 'm.pth', writer)

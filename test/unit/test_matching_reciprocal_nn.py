@@ -211,7 +211,7 @@ def test_triton_kernel_in_interpreter_mode():
     assert proc.returncode == 0 and proc.stdout.startswith('OK'), proc.stdout + proc.stderr
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.cuda
 def test_cuda_backends_agree_with_reference():
     d1, d2 = _smooth_pair(224, 224, seed=4)
     ref = reference_reciprocal_nn(d1, d2, device='cuda')

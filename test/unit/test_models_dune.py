@@ -214,7 +214,7 @@ def test_full_size_vit_base_forward_smoke(base_r4):
     assert torch.isfinite(out['x_prenorm']).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.cuda
 def test_cuda_bf16_autocast_matches_fp32():
     torch.manual_seed(5)
     model = randomise(vit_tiny(num_register_tokens=4)).cuda().eval()

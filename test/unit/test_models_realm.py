@@ -205,7 +205,7 @@ def test_embedder_dim_must_match(tiny_teacher):
         RealmEncoder(tiny_teacher, VoxelEmbedder(embed_dim=768, grid_size=16))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.cuda
 def test_cuda_bf16_autocast_student(tiny_teacher):
     student = make_student(tiny_teacher).cuda().eval()
     voxel = torch.randn(2, 5, 224, 224, device='cuda')

@@ -199,7 +199,7 @@ def test_rgb_keyframes_for_cross_modal_pose(ckpts, windows):
                                                                              with_mast3r=False)['realm'])))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.cuda
 def test_cuda_matches_cpu(ckpts, windows):
     cpu = RealmPipeline(tiny_pipeline_config(ckpts, heads=('depth', 'semantic')))
     gpu = RealmPipeline(tiny_pipeline_config(ckpts, heads=('depth', 'semantic'), device='cuda', precision='fp32'))

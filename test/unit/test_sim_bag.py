@@ -56,7 +56,7 @@ def test_decoded_events_equal_the_simulated_events_in_ros_time(sqlite_bag, sim_r
     ref = EventArray.concat([c.events for c in chunks])
     dec = EventPacketDecoder()
     got, seqs, stamps, firsts, records = [], [], [], [], []
-    for topic, _type, t_rec, msg in iter_bag_messages(path, [T.EVENTS_TOPIC]):
+    for _topic, _type, t_rec, msg in iter_bag_messages(path, [T.EVENTS_TOPIC]):
         assert msg.encoding == 'evt3' and (msg.width, msg.height) == (64, 48) and msg.time_base == 0
         assert msg.header.frame_id == T.EVENT_FRAME_ID and not msg.is_bigendian
         ev = dec.decode_msg(msg)

@@ -18,7 +18,7 @@ from realm_ros.training import trainer as trainer_mod
 from realm_ros.training.bag_dataset import DistillDataset, prepare_distill_bag
 from realm_ros.training.config import BagSpec, EventDataConfig
 
-from training_testlib import FLAT_ROWS, H, W, write_tiny_teacher, write_training_bag
+from realm_testing.training import FLAT_ROWS, H, W, write_tiny_teacher, write_training_bag
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / 'config' / 'train_tiny.yaml')
@@ -205,7 +205,7 @@ def test_exports_run_in_the_perception_pipeline(world):
         pytest.skip('needs the training tests above')
     pipeline = pytest.importorskip('realm_ros.pipeline')
     from realm_ros.events import EventArray
-    from training_testlib import FX, simulate_events
+    from realm_testing.training import FX, simulate_events
     pipe = pipeline.RealmPipeline(pipeline.PipelineConfig(
         realm_checkpoint=str(files[0]), dune_checkpoint=world['teacher'], depth_head_checkpoint=str(files[1]),
         seg_head_checkpoint=str(files[2]), device='cpu', precision='fp32', heads=('depth', 'semantic'),

@@ -237,7 +237,7 @@ def test_bf16_autocast_on_cpu(tmp_path):
     assert len(got) == 3 and all(math.isfinite(v) for v in got)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.cuda
 @pytest.mark.parametrize('precision', ['bf16', 'fp16'])
 def test_cuda_autocast_and_grad_scaler(tmp_path, precision):
     info = DistInfo(0, 1, 0, torch.device('cuda', 0))
