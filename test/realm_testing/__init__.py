@@ -6,6 +6,7 @@
 * :mod:`.perception` - the perception node as a subprocess, a probe node, packet playback (needs rclpy).
 
 The package lives in ``test/``, which pytest puts on ``sys.path`` (``pythonpath = test`` in setup.cfg), so tests write
-``from realm_testing.events import TE1``. Scripts outside pytest (benchmarks) add ``test/`` once. The old module names
-(``events_testlib``, ``training_testlib``, ``perception_harness``) remain as re-exports while callers move over.
+``from realm_testing.events import TE1``. Scripts outside pytest (benchmarks) add ``test/`` once. Two old module names
+(``test/unit/events_testlib.py``, ``test/ros/perception_harness.py``) remain as re-exports until their last callers
+(test_pipeline_stream.py, test_perception_node.py) import the package.
 """
