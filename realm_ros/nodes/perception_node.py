@@ -21,6 +21,7 @@ activates itself unless ``autostart`` is false).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -40,6 +41,7 @@ from std_srvs.srv import Trigger
 
 from realm_ros.nodes import conversions as conv
 from realm_ros.nodes.diagnostics import node_statuses
+from realm_ros.nodes.intake import EventIntake
 from realm_ros.nodes.messages import OutputPublisher, RosLogHandler, rgb8_from_image
 from realm_ros.nodes.process_exit import end_process
 from realm_ros.nodes.qos import events_qos, qos_from_name, sensor_input_qos
@@ -85,6 +87,7 @@ class PerceptionNode(LifecycleNode):
         self._outputs: Any = None
         self._ros_objects: List[Tuple[str, Any]] = []
         self._input_subs: List[Any] = []
+        self._intake: Optional[EventIntake] = None
         self._camera_info: Optional[conv.CameraIntrinsics] = None
         self._camera_info_problem = ''
         self._k_source = 'none yet'
@@ -175,9 +178,9 @@ class PerceptionNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stream.reset('activated', count=False)
         self._outputs.clear_trajectory()
+        self._intake = EventIntake(self.context, f'{self.get_name()}_events', self.resolve_topic_name('events'),
+                                   EventPacket, events_qos(int(self._p('qos.events_depth'))), self._on_events)
         self._input_subs = [
-            self.create_subscription(EventPacket, 'events', self._on_events,
-                                     events_qos(int(self._p('qos.events_depth')))),
             self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, sensor_input_qos())]
         if self._p('keyframe.source') == 'image':
             self._input_subs += [
@@ -202,6 +205,9 @@ class PerceptionNode(LifecycleNode):
         lingering = self._runner is not None and not self._runner.stop(timeout=timeout)
         if lingering:
             self.get_logger().info('an inference was still running at stop: its outputs are discarded')
+        if self._intake is not None:
+            self._intake.close()
+            self._intake = None
         for sub in self._input_subs:
             self.destroy_subscription(sub)
         self._input_subs = []
@@ -315,6 +321,18 @@ class PerceptionNode(LifecycleNode):
 
 
 
+def make_executor() -> Any:
+    """The Python SingleThreadedExecutor; ``REALM_EXECUTOR=events`` tries rclpy's experimental C++ events executor
+    (measured here: its thread then kept a core busy and starved the inference workers, so it is not the default)."""
+    if os.environ.get('REALM_EXECUTOR', 'single') == 'events':
+        try:
+            from rclpy.experimental import EventsExecutor
+            return EventsExecutor()
+        except ImportError:
+            pass
+    return SingleThreadedExecutor()
+
+
 def main(args: Optional[List[str]] = None) -> int:
     """Entry point of ``ros2 run realm_ros perception_node``: runs the node and ends the process with its exit code
     (1 when configuration fails)."""
@@ -331,7 +349,7 @@ def main(args: Optional[List[str]] = None) -> int:
     rclpy.init(args=args)
     sys.setswitchinterval(0.0005)    # the events callback gets the GIL within 0.5 ms of asking, whatever workers do
     node = PerceptionNode()
-    executor = SingleThreadedExecutor()
+    executor = make_executor()
     executor.add_node(node)
     code = 0
     try:

@@ -51,6 +51,15 @@ class OutputSink(Protocol):
     def hold(self, stamp_ns: int, reason: str) -> bool: ...
 
 
+def name_os_thread(name: str) -> None:
+    """Give the calling thread its name in the OS too (``top -H``, ``ps -L``, py-spy); Linux only, best effort."""
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6').prctl(15, name.encode()[:15], 0, 0, 0)      # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def set_thread_niceness(nice: int) -> bool:
     """Lower the calling thread's CPU priority (Linux: per-thread nice value); False where not supported."""
     if nice <= 0 or not hasattr(os, 'setpriority'):
@@ -178,6 +187,7 @@ class PipelineRunner:
 
     # ------------------------------------------------------------------------------------------------ dense
     def _dense_loop(self) -> None:
+        name_os_thread('realm_dense')
         set_thread_niceness(self.nice)
         while not self._stop.is_set():
             self._wake.wait(timeout=0.05)
@@ -247,6 +257,7 @@ class PipelineRunner:
 
     # ------------------------------------------------------------------------------------------------ pose
     def _pose_loop(self) -> None:
+        name_os_thread('realm_pose')
         set_thread_niceness(self.nice)
         while not self._stop.is_set():
             self._pose_wake.wait(timeout=0.05)
