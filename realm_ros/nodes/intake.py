@@ -4,8 +4,10 @@ rclpy's executor rebuilds its wait set from every entity of the node for each me
 about a dozen services (parameters, lifecycle) besides its subscriptions and timers, which made each event packet
 cost ~0.5 ms of Python on the executor thread (1000 packets/s: half a core). The intake node holds one subscription
 and no services (its own name, no global arguments: the topic is the perception node's resolved ``events`` topic,
-remappings and namespace applied), and its executor runs in a dedicated thread, so packets are taken as they come
-whatever the main executor is doing.
+remappings and namespace applied), and a dedicated thread waits on it and, at each wake-up, takes every packet that
+has arrived (rclpy's wait set + ``take_message``, the calls its executor makes, without the executor's per-message
+task machinery); where that low-level interface differs, a SingleThreadedExecutor on the intake node does the same
+work. Packets are taken as they come, whatever the main executor is doing.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class EventIntake:
         from rclpy.node import Node
         self.node = Node(node_name, context=context, use_global_arguments=False, start_parameter_services=False,
                          enable_rosout=False)
+        self._callback = callback
         self.subscription = self.node.create_subscription(msg_type, topic, callback, qos)
         self._executor = SingleThreadedExecutor(context=context)
         self._executor.add_node(self.node)
@@ -31,9 +34,35 @@ class EventIntake:
         self._thread.start()
 
     def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
         from realm_ros.pipeline.runner import name_os_thread
         name_os_thread('realm_intake')
+        try:
+            self._drain_loop()
+        except Exception as exc:  # noqa: BLE001 - shutdown, or an rclpy whose low-level interface differs
+            if self._stop.is_set() or not self.node.context.ok():
+                return
+            self.node.get_logger().info(f'event intake through the executor ({type(exc).__name__}: {exc})')
+            self._executor_loop()
+
+    def _drain_loop(self) -> None:
+        """Wait for the subscription (100 ms at most), then take every message that is ready."""
+        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+        sub, context = self.subscription, self.node.context
+        wait_set = _rclpy.WaitSet(1, 0, 0, 0, 0, 0, context.handle)
+        while not self._stop.is_set() and context.ok():
+            with sub.handle, context.handle:
+                wait_set.clear_entities()
+                wait_set.add_subscription(sub.handle)
+                wait_set.wait(100_000_000)
+            while not self._stop.is_set():
+                with sub.handle:
+                    taken = sub.handle.take_message(sub.msg_type, sub.raw)
+                if taken is None:
+                    break
+                self._callback(taken[0])
+
+    def _executor_loop(self) -> None:
+        from rclpy.executors import ExternalShutdownException
         while not self._stop.is_set():
             try:
                 self._executor.spin_once(timeout_sec=0.1)
