@@ -630,7 +630,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         deadline = time.monotonic() + 3.0
         while not rec.events_xy and time.monotonic() < deadline:
             time.sleep(0.1)
-        collector.destroy_subscription(sampler)
+        del sampler                                                 # left to the collector's teardown
 
         sensor_shape = collector._realm_decoder_state.get('shape')
         scores = score(rec)

@@ -94,11 +94,13 @@ class OutputPublisher:
             msgs['depth_info'] = conv.camera_info_from_intrinsics(
                 out.K, out.width, out.height, header, D=info.D if info is not None else (),
                 distortion_model=info.distortion_model if info is not None else '')
-            msgs['depth_color'] = conv.image_from_array(out.depth_color, 'bgr8', header)
+            if out.depth_color is not None:
+                msgs['depth_color'] = conv.image_from_array(out.depth_color, 'bgr8', header)
         if out.semantic is not None:
             msgs['semantic'] = conv.image_from_array(out.semantic, 'mono8', header)
-            msgs['semantic_color'] = conv.image_from_array(out.semantic_color, 'bgr8', header)
-        if out.points_xyz is not None:
+            if out.semantic_color is not None:
+                msgs['semantic_color'] = conv.image_from_array(out.semantic_color, 'bgr8', header)
+        if out.points_xyz is not None and out.points_rgb is not None:
             msgs['points'] = conv.pointcloud2_xyzrgb(out.points_xyz, out.points_rgb, header)
         if out.pose is not None or out.matches_image is not None:        # pose computed with the window
             self.pose(PoseOutput(out.stamp_ns, out.pose, out.matches_image), frame_id)

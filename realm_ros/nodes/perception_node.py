@@ -162,8 +162,9 @@ class PerceptionNode(LifecycleNode):
                                    **{f'window_{k}': v for k, v in settings.window_settings(self._p).items()})
         qos = qos_from_name(self._p('qos.output'), int(self._p('qos.output_depth')))
         self._outputs = OutputPublisher(self, qos, self._p, lambda: self._camera_info)
+        stream = self._stream
         self._runner = PipelineRunner(self._pipeline, self._stream, self._outputs, self._intrinsics,
-                                      frame_id=lambda: self._p('frame_id') or self._stream.frame_id,
+                                      frame_id=lambda: self._p('frame_id') or stream.frame_id,
                                       decoupled=decoupled, nice=int(self._p('inference.nice')),
                                       memory_hold_timeout_s=float(self._p('memory_hold.timeout_s')))
         self._ros_objects = [
@@ -176,6 +177,7 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        assert self._stream is not None and self._outputs is not None, 'activated before configure'
         self._stream.reset('activated', count=False)
         self._outputs.clear_trajectory()
         self._intake = EventIntake(self.context, f'{self.get_name()}_events', self.resolve_topic_name('events'),
@@ -297,7 +299,7 @@ class PerceptionNode(LifecycleNode):
             f'camera_info size {info.width}x{info.height} differs from the events {width}x{height}')
         if self._outputs is not None:
             self._outputs.uses_camera_info = use_info
-        if use_info:
+        if use_info and info is not None:
             self._k_source = 'camera_info'
             return info.K, 'camera_info'
         self._k_source = 'fallback'

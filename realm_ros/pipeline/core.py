@@ -283,7 +283,7 @@ class RealmPipeline:
         grid = tuple(int(g) for g in self.encoder.grid_size)
         if grid[0] != grid[1]:
             raise PipelineConfigError(f'{src.get("encoder")}: non-square token grid {grid} is not supported')
-        self.grid = grid
+        self.grid: Tuple[int, int] = (grid[0], grid[1])
         native = grid[0] * self.patch_size
         self.input_size = int(cfg.input_size) or native
         if self.input_size != native:

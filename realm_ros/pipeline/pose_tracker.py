@@ -211,7 +211,7 @@ class PoseTracker:
             T, ref = T_kf_cur, 'keyframe'
             if cfg.pose_frame == 'fixed':
                 T, ref = decision.T_fixed_cur, 'fixed'
-                if T is not None:
+                if T is not None and kf.T_fixed_kf is not None:
                     R_fk = kf.T_fixed_kf[:3, :3]
                     A = np.kron(np.eye(2), R_fk)
                     cov = A @ cov @ A.T

@@ -40,8 +40,10 @@ class Setting:
             return f'{self.name}: expected {t.__name__}, got {type(value).__name__} {value!r}'
         if self.choices and value not in self.choices:
             return f'{self.name}: {value!r} is not one of {", ".join(repr(c) for c in self.choices)}'
-        rng = self.int_range if t is int else self.float_range if t is float else None
-        if rng is not None and not rng[0] <= value <= rng[1]:
+        rng: Optional[Tuple[float, float]] = (self.int_range if t is int else
+                                              self.float_range if t is float else None)
+        number: Any = value                 # (mypy narrows ``value`` to object after the type check)
+        if rng is not None and not rng[0] <= number <= rng[1]:
             return f'{self.name}: {value!r} is outside [{rng[0]}, {rng[1]}]'
         return None
 

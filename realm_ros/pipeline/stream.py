@@ -143,8 +143,9 @@ class EventStream:
                     self._held = deque(self._held, maxlen=settings.change_window)
                 self.settings = settings
             if window:
-                current = dict(mode=self.scheduler.mode, count=self.scheduler.count,
-                               duration_ns=self.scheduler.duration_ns, min_events=self.scheduler.min_events)
+                current: Dict[str, Any] = dict(mode=self.scheduler.mode, count=self.scheduler.count,
+                                               duration_ns=self.scheduler.duration_ns,
+                                               min_events=self.scheduler.min_events)
                 current.update(window)
                 self.scheduler.configure(**current)
 
@@ -191,8 +192,9 @@ class EventStream:
         with self._lock:
             replay = self._vote(key, msg, recv)
             if replay is None:
+                cur = self.key or ('', 0, 0)
                 raise BadPacket('other_stream', f'packet {key[0]} {key[1]}x{key[2]} differs from the stream '
-                                f'{self.key[0]} {self.key[1]}x{self.key[2]} (held aside: a change of stream needs '
+                                f'{cur[0]} {cur[1]}x{cur[2]} (held aside: a change of stream needs '
                                 f'{s.change_votes} of the last {s.change_window} packets)')
             confirmed = self._check_time(msg, stamp, recv)
             if confirmed is None:
@@ -268,7 +270,8 @@ class EventStream:
         self.counters.add('time_jumps')
         _LOG.warning('event stream: %s; restarting decoder, windows and keyframes', self.last_reset_reason)
         self.key = key
-        self._recent.append(key)
+        if key is not None:
+            self._recent.append(key)
         self._last_stamp = max(p[1] for p in pending)
         self.counters.add('replayed_packets', len(pending) - 1)
         return pending

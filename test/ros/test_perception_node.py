@@ -429,6 +429,7 @@ def test_twenty_percent_garbage_keeps_depth_at_80_percent_of_its_clean_rate(node
     assert int(ev['bad_packets']) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('signals', [1, 2])
 def test_sigint_ends_the_node_within_two_seconds_even_during_inference(checkpoints, packets, tmp_path, signals):
     """One Ctrl-C, or two (a terminal's Ctrl-C reaches the whole process group under ros2 launch): exit code 0 in
