@@ -46,6 +46,7 @@ from realm_ros.nodes.messages import OutputPublisher, RosLogHandler, rgb8_from_i
 from realm_ros.nodes.process_exit import end_process
 from realm_ros.nodes.qos import events_qos, qos_from_name, sensor_input_qos
 from realm_ros.pipeline import settings
+from realm_ros.pipeline.stats import LogThrottle
 from realm_ros.pipeline.settings import PERCEPTION_SETTINGS, SETTING_BY_NAME, Setting, resolve_path
 from realm_ros.pipeline.stream import BadPacket, EventStream, StreamSettings
 
@@ -93,20 +94,13 @@ class PerceptionNode(LifecycleNode):
         self._k_source = 'none yet'
         self._image_K: Optional[np.ndarray] = None
         self._last_error = ''
-        self._log_times: Dict[str, float] = {}
+        self._throttled = LogThrottle()
         self._jump_handle: Any = None
         self._diag_memory: Dict[str, Any] = {}
         self.context.on_shutdown(lambda: self._runner is not None and self._runner.signal_stop())
 
     def _p(self, name: str) -> Any:
         return self.get_parameter(name).value
-
-    def _throttled(self, key: str, period_s: float = 2.0) -> bool:
-        now = time.monotonic()
-        if now - self._log_times.get(key, -1e9) >= period_s:
-            self._log_times[key] = now
-            return True
-        return False
 
     # ------------------------------------------------------------------------------------------------ parameters
     def _validate_parameters(self, params: List[Any]) -> SetParametersResult:

@@ -32,7 +32,7 @@ import numpy as np
 
 from .core import PipelineOutput, RealmPipeline, WindowSkipped
 from .pose_tracker import PoseInput, PoseOutput
-from .stats import Counters, LatencyTracker, RateMeter
+from .stats import Counters, LatencyTracker, LogThrottle, RateMeter
 from .stream import EventStream
 from .windows import Window
 
@@ -126,7 +126,7 @@ class PipelineRunner:
         self._generation = stream.generation
         self._last_output_wall = 0.0
         self._last_output_stamp = 0
-        self._log_times: Dict[str, float] = {}
+        self._throttled = LogThrottle()
 
     # ------------------------------------------------------------------------------------------------ control
     @property
@@ -168,13 +168,6 @@ class PipelineRunner:
     def wake(self) -> None:
         """New events were buffered (called by the packet intake)."""
         self._wake.set()
-
-    def _throttled(self, key: str, period_s: float = 2.0) -> bool:
-        now = time.monotonic()
-        if now - self._log_times.get(key, -1e9) >= period_s:
-            self._log_times[key] = now
-            return True
-        return False
 
     def _error(self, where: str, exc: BaseException) -> None:
         if self._stop.is_set():             # shutting down: the sink may already be gone

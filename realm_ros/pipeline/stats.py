@@ -81,3 +81,19 @@ class RateMeter:
         with self._lock:
             self._trim(now)
             return sum(a for _, a in self._marks) / self._window
+
+
+class LogThrottle:
+    """``throttle(key)`` is True at most once per ``period_s`` per key: one log line per kind of problem, so that a
+    flood of bad input cannot flood the log."""
+
+    def __init__(self, period_s: float = 2.0) -> None:
+        self.period_s = float(period_s)
+        self._last: Dict[str, float] = {}
+
+    def __call__(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= self.period_s:
+            self._last[key] = now
+            return True
+        return False
