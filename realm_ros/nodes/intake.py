@@ -11,6 +11,7 @@ work. Packets are taken as they come, whatever the main executor is doing.
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Callable, Optional
 
@@ -83,3 +84,16 @@ class EventIntake:
         self._executor.shutdown(timeout_sec=0.1)
         self.node.destroy_subscription(self.subscription)
         self.node.destroy_node()
+
+
+def make_executor() -> Any:
+    """The Python SingleThreadedExecutor; ``REALM_EXECUTOR=events`` tries rclpy's experimental C++ events executor
+    (measured here: its thread then kept a core busy and starved the inference workers, so it is not the default)."""
+    if os.environ.get('REALM_EXECUTOR', 'single') == 'events':
+        try:
+            from rclpy.experimental import EventsExecutor
+            return EventsExecutor()
+        except ImportError:
+            pass
+    from rclpy.executors import SingleThreadedExecutor
+    return SingleThreadedExecutor()

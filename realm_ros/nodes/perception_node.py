@@ -21,7 +21,6 @@ activates itself unless ``autostart`` is false).
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
@@ -31,43 +30,29 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from event_camera_msgs.msg import EventPacket
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
 from realm_ros.nodes import conversions as conv
 from realm_ros.nodes.diagnostics import node_statuses
-from realm_ros.nodes.intake import EventIntake
+from realm_ros.nodes.intake import EventIntake, make_executor
+from realm_ros.nodes.parameters import descriptor
 from realm_ros.nodes.messages import OutputPublisher, RosLogHandler, rgb8_from_image
 from realm_ros.nodes.process_exit import end_process
 from realm_ros.nodes.qos import events_qos, qos_from_name, sensor_input_qos
 from realm_ros.pipeline import settings
 from realm_ros.pipeline.stats import LogThrottle
-from realm_ros.pipeline.settings import PERCEPTION_SETTINGS, SETTING_BY_NAME, Setting, resolve_path
+from realm_ros.pipeline.settings import PERCEPTION_SETTINGS, SETTING_BY_NAME, resolve_path
 from realm_ros.pipeline.stream import BadPacket, EventStream, StreamSettings
 
 __all__ = ['PerceptionNode', 'main', 'resolve_path', 'PARAM_BY_NAME']
 
 PARAM_BY_NAME = SETTING_BY_NAME
-_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-          float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
-
-
-def descriptor(s: Setting) -> ParameterDescriptor:
-    """The ROS parameter descriptor of a setting (type, description, read-only, choices, range)."""
-    d = ParameterDescriptor(name=s.name, type=_TYPES[s.type], description=s.description, read_only=not s.runtime)
-    if s.choices:
-        d.additional_constraints = 'one of: ' + ', '.join(repr(c) for c in s.choices)
-    if s.int_range is not None:
-        d.integer_range = [IntegerRange(from_value=s.int_range[0], to_value=s.int_range[1], step=0)]
-    if s.float_range is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=float(s.float_range[0]),
-                                                     to_value=float(s.float_range[1]), step=0.0)]
-    return d
 
 
 class PerceptionNode(LifecycleNode):
@@ -315,18 +300,6 @@ class PerceptionNode(LifecycleNode):
                              camera_info_problem=self._camera_info_problem, last_error=self._last_error,
                              memory=self._diag_memory)
 
-
-
-def make_executor() -> Any:
-    """The Python SingleThreadedExecutor; ``REALM_EXECUTOR=events`` tries rclpy's experimental C++ events executor
-    (measured here: its thread then kept a core busy and starved the inference workers, so it is not the default)."""
-    if os.environ.get('REALM_EXECUTOR', 'single') == 'events':
-        try:
-            from rclpy.experimental import EventsExecutor
-            return EventsExecutor()
-        except ImportError:
-            pass
-    return SingleThreadedExecutor()
 
 
 def main(args: Optional[List[str]] = None) -> int:
