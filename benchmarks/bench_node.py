@@ -50,6 +50,41 @@ def _pct(values: List[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float('nan')
 
 
+class PublishLog:
+    """Wall time at which each event packet was published; output latency = receive wall time - publish wall time of
+    the packet holding the window's last event (the last packet whose stamp is <= the output's stamp)."""
+
+    def __init__(self) -> None:
+        self.wall: List[float] = []
+        self.stamp: List[int] = []
+
+    def __call__(self, i: int, msg: object, wall: float) -> None:          # Probe.play(on_publish=...)
+        self.wall.append(wall)
+        self.stamp.append(stamp_ns(msg))
+
+    def latencies_ms(self, received: List) -> List[float]:
+        out = []
+        for r in received:
+            s = stamp_ns(r.msg)
+            j = bisect.bisect_right(self.stamp, s) - 1
+            if j >= 0 and s >= self.stamp[0]:
+                out.append((r.wall - self.wall[j]) * 1e3)
+        return out
+
+
+def start_node(name: str, params: Path):
+    """The node as a subprocess and a probe subscribed to its outputs (both ready)."""
+    ns = f'/{name}'
+    node = NodeProcess(name, [params], {'events': f'{ns}_in/events', 'camera_info': f'{ns}_in/camera_info'})
+    if not node.wait_for_line('active: waiting for event packets', 180):
+        node.stop()
+        raise SystemExit('node did not start:\n' + node.output)
+    probe = Probe(f'{name}_probe', ns, f'{ns}_in/events', f'{ns}_in/camera_info')
+    probe.wait_for_subscriber(30)
+    probe.wait_for(lambda: probe.latest_diagnostics(), 10)
+    return node, probe
+
+
 def bench_publish_cost(iterations: int = 200) -> Dict[str, float]:
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -167,24 +202,13 @@ def bench_node(loops: int, rates: List[float]) -> None:
                                                           'memory_hold.timeout_s': 60.0})
     name = f'bench_node_{os.getpid()}'
     ns = f'/{name}'
-    node = NodeProcess(name, [params], {'events': f'{ns}_in/events', 'camera_info': f'{ns}_in/camera_info'})
-    probe = None
+    node, probe = start_node(name, params)
     try:
-        if not node.wait_for_line('active: waiting for event packets', 180):
-            raise SystemExit('node did not start:\n' + node.output)
-        probe = Probe(f'{name}_probe', ns, f'{ns}_in/events', f'{ns}_in/camera_info')
-        probe.wait_for_subscriber(30)
-        probe.wait_for(lambda: probe.latest_diagnostics(), 10)
         shift = [0]
 
         def play(rate: float, repeat: int = 1) -> Dict[str, float]:
             """``repeat`` back-to-back passes of the recording; returns latency samples and throughput numbers."""
-            pub_wall: List[float] = []
-            pub_stamp: List[int] = []
-
-            def on_pub(i, msg, wall):
-                pub_wall.append(wall)
-                pub_stamp.append(stamp_ns(msg))
+            published = PublishLog()
             probe.clear()
             probe.wait_for(lambda: probe.latest_diagnostics(), 5)
             d0 = probe.latest_diagnostics()
@@ -193,7 +217,7 @@ def bench_node(loops: int, rates: List[float]) -> None:
             wall = 0.0
             t_start = time.monotonic()
             for _ in range(repeat):
-                wall += probe.play(packets, rate=rate, stamp_shift_ns=shift[0], on_publish=on_pub)
+                wall += probe.play(packets, rate=rate, stamp_shift_ns=shift[0], on_publish=published)
                 shift[0] += span + 5_000_000
             # the node may still be draining its queue: the ingest interval ends when its packet count stops rising
             last_count, last_change = -1, time.monotonic()
@@ -207,13 +231,8 @@ def bench_node(loops: int, rates: List[float]) -> None:
             ingest_s = max(last_change - t_start, wall)
             time.sleep(1.5)                  # let the last window finish
             d1 = probe.latest_diagnostics()
-            lat = []
-            for r in probe.messages('depth'):
-                s = stamp_ns(r.msg)
-                k = bisect.bisect_right(pub_stamp, s) - 1
-                if 0 <= k:
-                    lat.append((r.wall - pub_wall[k]) * 1e3)
-            return dict(wall_s=wall, ingest_s=ingest_s, latency=lat, depth_msgs=len(probe.messages('depth')),
+            return dict(wall_s=wall, ingest_s=ingest_s, latency=published.latencies_ms(probe.messages('depth')),
+                        depth_msgs=len(probe.messages('depth')),
                         events_in=int(d1['events']['events']) - ev0,
                         packets_in=int(d1['events']['packets']) - pk0,
                         windows=int(d1['pipeline']['windows_processed']) - w0,
@@ -266,8 +285,7 @@ def bench_node(loops: int, rates: List[float]) -> None:
         print(f'    baseline, rclpy subscriber with an empty callback flooded the same way: {base["received"]}/'
               f'{base["sent"]} packets, {rate_base:.0f} packets/s while receiving')
     finally:
-        if probe is not None:
-            probe.close()
+        probe.close()
         node.stop()
 
 
@@ -285,45 +303,24 @@ def bench_designs(loops: int) -> None:
         params = write_params(work / f'p{int(decoupled)}.yaml', ckpts, **{
             'window.mode': 'time', 'window.duration_ms': 34.0, 'diagnostics.period_s': 0.25,
             'memory_hold.timeout_s': 60.0, 'pose.decoupled': decoupled})
-        name = f'bench_design_{os.getpid()}_{int(decoupled)}'
-        ns = f'/{name}'
-        node = NodeProcess(name, [params], {'events': f'{ns}_in/events', 'camera_info': f'{ns}_in/camera_info'})
-        probe = None
+        node, probe = start_node(f'bench_design_{os.getpid()}_{int(decoupled)}', params)
         try:
-            if not node.wait_for_line('active: waiting for event packets', 180):
-                raise SystemExit('node did not start:\n' + node.output)
-            probe = Probe(f'{name}_probe', ns, f'{ns}_in/events', f'{ns}_in/camera_info')
-            probe.wait_for_subscriber(30)
             probe.play(packets[:50], rate=1.0)                                  # warm-up: first windows
             time.sleep(3.0)
             probe.clear()
-            pub_wall: List[float] = []
-            pub_stamp: List[int] = []
-
-            def on_pub(i, msg, wall):
-                pub_wall.append(wall)
-                pub_stamp.append(stamp_ns(msg))
+            published = PublishLog()
             wall = 0.0
             for k in range(loops):
-                wall += probe.play(packets, rate=1.0, stamp_shift_ns=(k + 1) * span, on_publish=on_pub)
+                wall += probe.play(packets, rate=1.0, stamp_shift_ns=(k + 1) * span, on_publish=published)
             time.sleep(2.0)
             d = probe.latest_diagnostics()
-
-            def lat(topic):
-                out = []
-                for r in probe.messages(topic):
-                    j = bisect.bisect_right(pub_stamp, stamp_ns(r.msg)) - 1
-                    if j >= 0 and stamp_ns(r.msg) >= pub_stamp[0]:
-                        out.append((r.wall - pub_wall[j]) * 1e3)
-                return out
-            ld, lp = lat('depth'), lat('pose')
+            ld, lp = (published.latencies_ms(probe.messages(t)) for t in ('depth', 'pose'))
             label = 'pose in its own worker' if decoupled else 'pose after dense (prev.)'
             print(f'    {label:23s} | {len(ld) / wall:8.2f} | {_pct(ld, 50):7.0f} / {_pct(ld, 95):6.0f} | '
                   f'{len(lp) / wall:7.2f} | {_pct(lp, 50):6.0f} / {_pct(lp, 95):6.0f} | '
                   f'{d["events"]["dropped_packets"]} of {loops * len(packets) + 50}')
         finally:
-            if probe is not None:
-                probe.close()
+            probe.close()
             node.stop()
 
 

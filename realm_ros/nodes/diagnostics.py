@@ -10,11 +10,6 @@ from realm_ros.nodes import conversions as conv
 def events_values(stream: Any, k_source: str, camera_info: Any, camera_info_problem: str) -> Dict[str, Any]:
     """Key/values of the events status (stream counters, decoder counters, camera model in use)."""
     values: Dict[str, Any] = dict(stream.diagnostics()) if stream is not None else {'packets': 0}
-    dec = stream.decoder_stats() if stream is not None else {}
-    c = stream.counters.snapshot() if stream is not None else {}
-    values['unknown_encoding'] = c.get('bad_packets.unknown_encoding', 0) + dec.get('unknown_encoding', 0)
-    values['clock_jumps'] = c.get('clock_jumps', 0)
-    values['bad_camera_info'] = c.get('bad_camera_info', 0)
     values['intrinsics'] = k_source
     values['camera_info'] = ('ok' if camera_info is not None and not camera_info_problem else
                              camera_info_problem or 'not received: fallback intrinsics')

@@ -54,7 +54,6 @@ HEADS: Tuple[str, ...] = ('depth', 'semantic', 'points', 'pose')
 SPATIAL_MODES: Tuple[str, ...] = ('auto', 'crop', 'pad', 'tile')
 NORMALIZATIONS: Tuple[str, ...] = ('dsec', 'e2vid', 'none')
 PRECISIONS: Tuple[str, ...] = ('auto', 'fp32', 'fp16', 'bf16')
-IGNORE_LABEL = 255
 
 
 class WindowSkipped(RealmError, RuntimeError):

@@ -12,6 +12,7 @@ view becomes a keyframe (too few inliers, too much motion, repeated failures, an
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -142,7 +143,6 @@ class PoseTracker:
 
     def step(self, inp: PoseInput) -> PoseOutput:
         """Match ``inp`` against the best keyframe, solve PnP, update the keyframe store."""
-        import time
         with self._lock, torch.inference_mode():
             t0 = time.perf_counter()
             self._apply_reset()

@@ -36,7 +36,6 @@ import numpy as np
 from realm_ros.common.errors import RealmError
 from realm_ros.events.codecs import SUPPORTED_ENCODINGS, normalize_encoding
 from realm_ros.events.packet import EventPacketDecoder, stamp_to_ns
-from realm_ros.events.types import EventArray
 
 from .stats import Counters, RateMeter
 from .windows import Window, WindowScheduler, window_memory_bytes
@@ -190,7 +189,7 @@ class EventStream:
                                 f'{s.max_sensor_size}')
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
-            replay = self._vote(key, msg, recv)
+            replay = self._vote(key, msg, stamp, recv)
             if replay is None:
                 cur = self.key or ('', 0, 0)
                 raise BadPacket('other_stream', f'packet {key[0]} {key[1]}x{key[2]} differs from the stream '
@@ -220,9 +219,8 @@ class EventStream:
             raise error
         return total
 
-    def _vote(self, key: StreamKey, msg: Any, recv: int) -> Optional[List[Tuple[Any, int, int]]]:
+    def _vote(self, key: StreamKey, msg: Any, stamp: int, recv: int) -> Optional[List[Tuple[Any, int, int]]]:
         """Stream identity with hysteresis: the packets to decode now, or None when ``msg`` is held aside."""
-        stamp = stamp_to_ns(msg.header.stamp)
         self._recent.append(key)
         if self.key is None:
             self.key = key
@@ -361,6 +359,8 @@ class EventStream:
             'replayed_packets': c.get('replayed_packets', 0),
             'clamped_events': dec.get('clamped_events', 0), 'offset_resets': dec.get('offset_resets', 0),
             'padding_words': dec.get('padding_words', 0),
+            'unknown_encoding': c.get('bad_packets.unknown_encoding', 0) + dec.get('unknown_encoding', 0),
+            'clock_jumps': c.get('clock_jumps', 0), 'bad_camera_info': c.get('bad_camera_info', 0),
             'buffered_events': self.scheduler.buffered_events,
             'buffer_overwritten_events': self.scheduler.evicted_events,
             'buffer_mb': window_memory_bytes(self.scheduler.capacity_events) / 2**20,
@@ -372,7 +372,3 @@ class EventStream:
         values.update(sorted((k, v) for k, v in c.items() if k.startswith('bad_packets.')))
         return values
 
-
-def empty_events() -> EventArray:
-    """An empty event array (for callers that need a neutral window)."""
-    return EventArray.empty()
