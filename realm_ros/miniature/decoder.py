@@ -60,10 +60,10 @@ class DecoderConfig:
     scene_duration_s: float = 12.0
     min_dt: float = 0.03
     max_dt: float = 0.5
-    steps: int = 700
+    steps: int = 800
     batch_size: int = 8
     low_res: int = 112                 # progressive resizing: the first low_res_steps steps use this image size
-    low_res_steps: int = 450
+    low_res_steps: int = 500
     low_res_batch_size: int = 16
     lr: float = 5e-4
     min_lr_ratio: float = 0.05
@@ -74,9 +74,8 @@ class DecoderConfig:
     dir_weight: float = 10.0
     matches_per_pair: int = 1024
     # matches drawn from both views (radius-neutral) instead of view-1 pixels only (biased inward, log-radius -0.054
-    # on training pairs). False reproduces the shipped decoder bit for bit; switch to True with the next re-ship
-    # (models/README.md, "Pose you can trust").
-    both_directions: bool = False
+    # on training pairs; the decoder shipped before 2026-12-06 was trained that way and contracted its matches)
+    both_directions: bool = True
     tau: float = 0.07
     match_weight: float = 1.0
     desc_conf_beta: float = 5.0       # desc_conf = beta / InfoNCE loss: >= 1.001 <=> loss <= ~5 (of ln 1024 = 6.9)
