@@ -22,9 +22,11 @@ and in ``DecodeResult.errors`` (this call). Hot loops are numba-compiled (``cach
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Tuple, Type
 
 import numpy as np
+
+from realm_ros.common.errors import RealmError
 
 from ._jit import njit
 from .types import DecodeResult, EventArray, TriggerArray
@@ -49,7 +51,7 @@ def time_base_i64(time_base: Any) -> np.int64:
     return np.int64(v - (1 << 64) if v >> 63 else v)
 
 
-class UnknownEncodingError(ValueError):
+class UnknownEncodingError(RealmError, ValueError):
     """The EventPacket ``encoding`` string names no supported codec."""
 
     def __init__(self, encoding: Any):
@@ -711,7 +713,7 @@ class TriggerDecoder(_Records64Decoder):
         return self._finish(nbytes, len(rec), errors, EventArray.empty(), TriggerArray(t, tid, edge))
 
 
-_DECODERS = {
+_DECODERS: Dict[str, Type[Decoder]] = {
     'evt3': Evt3Decoder,
     'libcaer_cmp': LibcaerCmpDecoder,
     'libcaer': LibcaerDecoder,

@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Mapping, Optional, Set
 
 import yaml
 
+from realm_ros.common.errors import RealmError
+
 #: launch argument -> node parameter it overrides when non-empty
 PARAMETER_ARGUMENTS = {
     'realm_checkpoint': 'checkpoints.realm',
@@ -34,7 +36,7 @@ PARAMETER_ARGUMENTS = {
 PARAMETER_GROUPS = ('window.',)
 
 
-class ParamsFileError(ValueError):
+class ParamsFileError(RealmError, ValueError):
     """The ``params_file`` cannot be read as a ROS 2 parameter file; the message names the file."""
 
 

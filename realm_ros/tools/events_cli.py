@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from realm_ros.common.errors import RealmError
 from realm_ros.events.bagio import (EVENT_TYPES, BagReadError, is_raw_file, iter_bag_messages,
                                     iter_raw_evt3_chunks, list_bag_topics, raw_evt3_geometry)
 from realm_ros.events.codecs import UnknownEncodingError, make_decoder
@@ -36,7 +37,7 @@ from realm_ros.events.types import EventArray, TriggerArray, merge_counts
 RAW_DEFAULT_SIZE = 2048
 
 
-class CliError(Exception):
+class CliError(RealmError):
     """A user-facing error (message printed, exit code 1)."""
 
 
@@ -131,7 +132,7 @@ def summarize(path: str, topic: Optional[str] = None, time_mode: str = 'sensor')
         if t_first is None:
             t_first = int(ev.t[0])
         t_last = int(ev.t[-1])
-    duration = (t_last - t_first) / 1e9 if n else 0.0
+    duration = (t_last - t_first) / 1e9 if t_first is not None and t_last is not None else 0.0
     return {
         'events': n, 'on': on, 'off': n - on, 'sum_x': sx, 'sum_y': sy,
         't_first_ns': t_first, 't_last_ns': t_last, 'triggers': n_trig,
