@@ -17,7 +17,7 @@ teacher sees exactly the world the events come from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ def split_seeds(split: str, count: int) -> List[int]:
     return [SPLIT_BASES[split] + i for i in range(count)]
 
 
-def sim_config(seed: int, image_size: int, duration_s: float, **overrides) -> SimConfig:
+def sim_config(seed: int, image_size: int, duration_s: float, **overrides: Any) -> SimConfig:
     """Simulator configuration of one miniature-world sequence.
 
     Square ``image_size`` event and RGB cameras (co-located, 80 deg FOV, the simulator default) so the network sees
@@ -53,8 +53,9 @@ def sim_config(seed: int, image_size: int, duration_s: float, **overrides) -> Si
     overridden, so the splits cover a range of flows.
     """
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xDA7A]))
-    kw = dict(seed=int(seed), duration_s=float(duration_s), width=int(image_size), height=int(image_size),
-              speed_mps=float(rng.uniform(3.0, 9.0)), motion_scale=float(rng.uniform(0.6, 1.4)))
+    kw: Dict[str, Any] = dict(seed=int(seed), duration_s=float(duration_s), width=int(image_size),
+                              height=int(image_size), speed_mps=float(rng.uniform(3.0, 9.0)),
+                              motion_scale=float(rng.uniform(0.6, 1.4)))
     kw.update(overrides)
     return SimConfig(**kw)
 
@@ -93,6 +94,10 @@ class _SceneBank:
         return self.sim(self.seeds[0]).rgb_camera
 
 
+#: One rendered frame: RGB uint8 (H, W, 3), depth (H, W), labels (H, W), camera-to-world pose (4, 4).
+Frame = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
 @dataclass
 class FrameBatch:
     """A batch of rendered frames: ``rgb`` (B, H, W, 3) uint8, ``depth`` (B, H, W) float32 metres (+inf sky),
@@ -118,7 +123,7 @@ class FrameSampler:
     def camera(self) -> PinholeCamera:
         return self.bank.camera
 
-    def render(self, seed: int, t_s: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def render(self, seed: int, t_s: float) -> Frame:
         """RGB uint8, depth, labels and the RGB camera pose of scene ``seed`` at trajectory time ``t_s``."""
         sim = self.bank.sim(seed)
         T = sim.pose_rgb(t_s * 1e9)
@@ -164,8 +169,8 @@ class PairSampler:
 
     def sample(self, batch: int, rng: np.random.Generator) -> PairBatch:
         bank = self.frames.bank
-        a: List[tuple] = []
-        b: List[tuple] = []
+        a: List[Frame] = []
+        b: List[Frame] = []
         dts = []
         for _ in range(batch):
             seed = bank.seeds[int(rng.integers(len(bank.seeds)))]
@@ -175,8 +180,9 @@ class PairSampler:
             b.append(self.frames.render(seed, t0 + dt))
             dts.append(dt)
 
-        def stack(items: List[tuple]) -> FrameBatch:
-            return FrameBatch(*(np.stack([it[i] for it in items]) for i in range(4)), K=self.camera.K)
+        def stack(items: List[Frame]) -> FrameBatch:
+            rgb, depth, labels, poses = (np.stack([it[i] for it in items]) for i in range(4))
+            return FrameBatch(rgb, depth, labels, poses, K=self.camera.K)
         return PairBatch(stack(a), stack(b), np.asarray(dts))
 
 

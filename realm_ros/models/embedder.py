@@ -21,7 +21,7 @@ The miniature configuration (:data:`TINY_EMBEDDER`) maps 224 x 224 to a 16 x 16 
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, Sequence, Tuple, TypedDict, Union
 
 import torch
 from torch import nn
@@ -35,9 +35,20 @@ DEFAULT_WIDTHS: Tuple[int, int, int, int] = (16, 64, 128, 256)
 DEFAULT_BLOCKS: Tuple[int, int, int] = (1, 2, 4)
 #: Parameter count printed in REALM Table S6.
 PAPER_EMBEDDER_PARAMS = 5_232_832
+
+
+class EmbedderParams(TypedDict):
+    """:class:`VoxelEmbedder` keyword arguments (``VoxelEmbedder(**params)``)."""
+
+    in_channels: int
+    embed_dim: int
+    grid_size: int
+    widths: Tuple[int, int, int, int]
+    blocks: Tuple[int, int, int]
+
+
 #: Miniature-world configuration (teacher ViT-Ti/14 at 224 x 224 -> 16 x 16 tokens of width 192).
-TINY_EMBEDDER: Dict[str, object] = dict(in_channels=5, embed_dim=192, grid_size=16, widths=(16, 32, 64, 128),
-                                        blocks=(1, 1, 2))
+TINY_EMBEDDER = EmbedderParams(in_channels=5, embed_dim=192, grid_size=16, widths=(16, 32, 64, 128), blocks=(1, 1, 2))
 
 
 class LayerNorm2d(nn.LayerNorm):

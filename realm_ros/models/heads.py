@@ -76,6 +76,14 @@ def tokens_to_grid(tokens: torch.Tensor, grid_hw: Tuple[int, int]) -> torch.Tens
     return tokens.transpose(1, 2).reshape(b, c, gh, gw)
 
 
+def _output_tensor(out: Dict[str, Optional[torch.Tensor]], key: str) -> torch.Tensor:
+    """``out[key]``, which must be a tensor (the dictionary also holds optional entries such as ``masks``)."""
+    value = out.get(key)
+    if value is None:
+        raise ValueError(f'encoder output has no tensor {key!r} (keys: {sorted(out)})')
+    return value
+
+
 def bridge_tokens(out: Dict[str, Optional[torch.Tensor]], bridge: str = 'teacher_norm_inverse',
                   norm_weight: Optional[torch.Tensor] = None,
                   norm_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -88,15 +96,16 @@ def bridge_tokens(out: Dict[str, Optional[torch.Tensor]], bridge: str = 'teacher
     DUNE-MASt3R takes the patch part ``[:, 1:]``.
     """
     if bridge in ('student_prenorm', 'prenorm'):
-        cls, patches = out['x_prenorm_clstoken'], out['x_prenorm_patchtokens']
+        cls, patches = _output_tensor(out, 'x_prenorm_clstoken'), _output_tensor(out, 'x_prenorm_patchtokens')
     elif bridge == 'teacher_norm_inverse':
         if norm_weight is None or norm_bias is None:
             raise ValueError("bridge 'teacher_norm_inverse' needs the teacher's final-norm weight and bias")
-        w = norm_weight.to(out['x_norm_patchtokens'].dtype)
+        normed_patches = _output_tensor(out, 'x_norm_patchtokens')
+        w = norm_weight.to(normed_patches.dtype)
         w = torch.where(w.abs() < 1e-6, torch.full_like(w, 1e-6) * torch.where(w < 0, -1.0, 1.0), w)
         b = norm_bias.to(w.dtype)
-        cls = (out['x_norm_clstoken'] - b) / w
-        patches = (out['x_norm_patchtokens'] - b) / w
+        cls = (_output_tensor(out, 'x_norm_clstoken') - b) / w
+        patches = (normed_patches - b) / w
     else:
         raise ValueError(f'unknown bridge {bridge!r}; choose one of {BRIDGES}')
     return torch.cat([cls.unsqueeze(1), patches], dim=1)

@@ -51,7 +51,7 @@ IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
 }
 
 # sensor_msgs/PointField datatype constants -> numpy dtypes
-_POINTFIELD_DTYPES = {
+_POINTFIELD_DTYPES: dict[int, np.dtype] = {
     PointField.INT8: np.dtype(np.int8), PointField.UINT8: np.dtype(np.uint8),
     PointField.INT16: np.dtype(np.int16), PointField.UINT16: np.dtype(np.uint16),
     PointField.INT32: np.dtype(np.int32), PointField.UINT32: np.dtype(np.uint32),
@@ -336,7 +336,9 @@ def pointcloud2_to_array(msg: Any) -> np.ndarray:
 
     Fields with ``count > 1`` become sub-arrays. Raises ``ValueError`` for unknown datatypes or short data.
     """
-    names, formats, offsets = [], [], []
+    names: list[str] = []
+    formats: list[np.dtype | tuple[np.dtype, tuple[int]]] = []
+    offsets: list[int] = []
     for f in msg.fields:
         if f.datatype not in _POINTFIELD_DTYPES:
             raise ValueError(f'PointField {f.name!r} has unknown datatype {f.datatype}')
@@ -367,14 +369,14 @@ def rotation_matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
     i = int(np.argmax(diag))
     s = 2.0 * np.sqrt(max(diag[i], 1e-300))
     if i == 0:
-        q = [s / 4, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
+        q_list = [s / 4, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
     elif i == 1:
-        q = [(R[0, 1] + R[1, 0]) / s, s / 4, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
+        q_list = [(R[0, 1] + R[1, 0]) / s, s / 4, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
     elif i == 2:
-        q = [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, s / 4, (R[1, 0] - R[0, 1]) / s]
+        q_list = [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, s / 4, (R[1, 0] - R[0, 1]) / s]
     else:
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, s / 4]
-    q = np.asarray(q)
+        q_list = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, s / 4]
+    q = np.asarray(q_list)
     q /= np.linalg.norm(q)
     return -q if q[3] < 0 else q
 

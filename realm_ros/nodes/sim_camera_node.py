@@ -37,7 +37,6 @@ defaults also in ``config/sim_camera.yaml``): ``seed``, ``width``, ``height``, `
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -74,9 +73,9 @@ def parameter_descriptor(spec: SimParam) -> ParameterDescriptor:
     """The ROS descriptor of one table entry (type, range or choices, read-only, description)."""
     d = ParameterDescriptor(name=spec.name, type=_ROS_TYPES[spec.type], description=spec.description,
                             read_only=spec.read_only)
-    if spec.low is not None and spec.type is int:
+    if spec.low is not None and spec.high is not None and spec.type is int:
         d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=0)]
-    elif spec.low is not None and spec.type is float:
+    elif spec.low is not None and spec.high is not None and spec.type is float:
         d.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high),
                                                      step=0.0)]
     if spec.choices:
@@ -117,7 +116,7 @@ class SimCameraNode(Node):
         self.finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name='sim_publisher', daemon=True)
         self._frame_msgs: dict[int, list] = {}
-        self._serialized: dict[int, list[SerializedPacket]] = {}
+        self._serialized: dict[int, list[SerializedPacket | None]] = {}   # None: built as a message when sent
         self._last_progress_log = 0.0
         self.create_timer(float(p['diagnostics_period_s']), self._publish_diagnostics)
 
@@ -249,7 +248,7 @@ class SimCameraNode(Node):
         blob = None
         if ser.usable:
             blobs = self._serialized.get(key[0]) if key is not None else None
-            blob = blobs[key[1]] if blobs is not None else ser.serialize(pkt)
+            blob = blobs[key[1]] if blobs is not None and key is not None else ser.serialize(pkt)
         if blob is not None:
             self.pub_events.publish(ser.render(blob, stamp_ns, seq_no, shift_us))
             return blob.num_bytes
@@ -269,7 +268,8 @@ class SimCameraNode(Node):
 
     def _build_frame(self, seq: ProgressiveSequence, i: int) -> list:
         """The messages of frame ``i`` (built once; only their stamps change between passes)."""
-        frame, rgb_cam, ev_cam = seq.frames[i], seq.rgb_camera, seq.event_camera
+        frame = seq.frames[i]
+        ev_cam, rgb_cam = seq.cameras()
         rgb_h, ev_h = make_header(0, T.RGB_FRAME_ID), make_header(0, T.EVENT_FRAME_ID)
         out = [(self.pub_rgb, image_from_array(frame.rgb, 'rgb8', rgb_h)),
                (self.pub_rgb_info, camera_info_from_intrinsics(rgb_cam.K, rgb_cam.width, rgb_cam.height, rgb_h,
@@ -379,7 +379,10 @@ def main(args: list[str] | None = None, exit_process: bool = True) -> int:
             executor.spin_once(timeout_sec=0.1)
         rc = 1 if node.failed else 0
     except Exception as exc:  # noqa: BLE001 - a clear message instead of a traceback for bad parameters
-        print(f'{NODE_NAME}: {type(exc).__name__}: {exc}', file=sys.stderr, flush=True)
+        # The node's logger (console and /rosout) once it exists; before that (bad parameters fail the constructor)
+        # a logger of the node's name, which writes the same [FATAL] line to the console (stderr).
+        logger = node.get_logger() if node is not None else rclpy.logging.get_logger(NODE_NAME)
+        logger.fatal(f'{type(exc).__name__}: {exc}')
         rc = 1
     finally:
         if node is not None:

@@ -68,7 +68,7 @@ class PacketSerializer:
         pkt = PacketData(0, 0, 0, _evt3_probe_payload(), 1, 0)
         ser = self.serialize(pkt)
         self.usable = ser is not None
-        if self.usable:
+        if ser is not None:
             got = self.render(ser, 123_456_789_012, 77, 4096 * 5)
             want = self.message(shift_evt3_payload(pkt.payload, 4096 * 5), 77, 123_456_789_012)
             self.usable = same_packet(deserialize_message(got, type(want)), want)

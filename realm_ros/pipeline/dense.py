@@ -325,7 +325,7 @@ def compute_dense(heads: Iterable[str], tokens: Dict[str, Any], grid: Tuple[int,
     """
     heads = set(heads)
     res = DenseResult()
-    depth = None
+    depth: Optional[np.ndarray] = None
     if 'depth' in heads or 'points' in heads:
         t = time.perf_counter()
         depth = run_depth(depth_head, tokens, grid, prep, size, autocast=autocast)
@@ -338,7 +338,7 @@ def compute_dense(heads: Iterable[str], tokens: Dict[str, Any], grid: Tuple[int,
         res.semantic = run_semantic(encoder, projector, seg_head, tokens, grid, prep, size, bridge, autocast=autocast)
         res.semantic_color = render.colorize_labels(res.semantic)
         res.timings_ms['semantic_ms'] = (time.perf_counter() - t) * 1e3
-    if 'points' in heads:
+    if 'points' in heads and depth is not None:     # depth ran: 'points' is one of its conditions above
         t = time.perf_counter()
         res.points_xyz, res.points_rgb = point_cloud(depth, K, points_stride, points_max_depth,
                                                      labels=res.semantic, depth_color=res.depth_color,

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any, Dict
 
 import torch
+
+if TYPE_CHECKING:
+    from .core import PipelineConfig
 
 TINY_INPUT_SIZE = 224
 
@@ -69,10 +72,11 @@ def write_random_tiny_checkpoints(directory: os.PathLike, seed: int = 0, lora_mo
     return paths
 
 
-def tiny_pipeline_config(paths: Dict[str, Path], **overrides: object):
-    """A :class:`~realm_ros.pipeline.PipelineConfig` for :func:`write_random_tiny_checkpoints` output (CPU)."""
+def tiny_pipeline_config(paths: Dict[str, Path], **overrides: Any) -> PipelineConfig:
+    """A :class:`~realm_ros.pipeline.PipelineConfig` for :func:`write_random_tiny_checkpoints` output (CPU);
+    ``overrides``: any other ``PipelineConfig`` fields."""
     from .core import PipelineConfig
-    kwargs: Dict[str, object] = dict(
+    kwargs: Dict[str, Any] = dict(
         realm_checkpoint=str(paths['realm']), dune_checkpoint=str(paths['dune']),
         depth_head_checkpoint=str(paths['depth_head']), seg_head_checkpoint=str(paths['seg_head']),
         mast3r_checkpoint=str(paths.get('mast3r', '')), device='cpu')

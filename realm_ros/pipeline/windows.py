@@ -48,6 +48,9 @@ class WindowScheduler:
         self.capacity_events = self._buffer.capacity
         self.mode = ''
         self.count = self.duration_ns = 0
+        self._latest_t: Optional[int] = None    # newest stream time, first event time, end of the last window
+        self._first_t: Optional[int] = None
+        self._last_end: Optional[int] = None
         self.reset()
         self.configure(mode, count, duration_ns, min_events)
 
@@ -76,9 +79,9 @@ class WindowScheduler:
             self._buffer.clear()
             self._buffer.total_appended = 0
             self._consumed = 0
-            self._latest_t: Optional[int] = None
-            self._first_t: Optional[int] = None
-            self._last_end: Optional[int] = None
+            self._latest_t = None
+            self._first_t = None
+            self._last_end = None
             self._latest_recv = 0
             self.out_of_order_events = 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,8 @@ def rot_z(a: float) -> np.ndarray:
 R_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
 
-def make_transform(R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """4x4 homogeneous transform from a 3x3 rotation and a translation."""
+def make_transform(R: np.ndarray, t: ArrayLike) -> np.ndarray:
+    """4x4 homogeneous transform from a 3x3 rotation and a translation (3 numbers)."""
     T = np.eye(4)
     T[:3, :3] = R
     T[:3, 3] = np.asarray(t, dtype=np.float64).reshape(3)

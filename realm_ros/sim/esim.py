@@ -181,11 +181,12 @@ class EsimEventGenerator:
 
     def step(self, intensity: np.ndarray, t_us: int) -> EventArray:
         """Add the frame at ``t_us`` and return the events of ``(t_prev, t_us]`` sorted by time."""
-        if self._ref is None:
+        t_prev_us = self._t_prev_us
+        if self._ref is None or t_prev_us is None:
             raise RuntimeError('EsimEventGenerator.step() before reset(): feed the first frame with reset()')
         t_us = int(t_us)
-        if t_us <= self._t_prev_us:
-            raise ValueError(f'frame time {t_us} us is not after the previous frame ({self._t_prev_us} us)')
+        if t_us <= t_prev_us:
+            raise ValueError(f'frame time {t_us} us is not after the previous frame ({t_prev_us} us)')
         cfg = self.config
         L_new = self.log_image(intensity)
         c_pos, c_neg = self.c_pos, self.c_neg
@@ -199,14 +200,14 @@ class EsimEventGenerator:
         tt = np.empty(total, np.int64)
         pp = np.empty(total, np.uint8)
         keep = np.empty(total, np.bool_)
-        dt_us = t_us - self._t_prev_us
+        dt_us = t_us - t_prev_us
         refr_us = -(-int(cfg.refractory_ns) // 1000)
-        _emit_crossings(self._L_prev, L_new, self._ref, c_pos, c_neg, self._t_last, counts, self._t_prev_us,
+        _emit_crossings(self._L_prev, L_new, self._ref, c_pos, c_neg, self._t_last, counts, t_prev_us,
                         float(dt_us), refr_us, idx, tt, pp, keep)
         if total and not keep.all():
             self.stats['suppressed_refractory'] += int(total - keep.sum())
             idx, tt, pp = idx[keep], tt[keep], pp[keep]
-        idx, tt, pp = self._add_noise(idx, tt, pp, self._t_prev_us, t_us)
+        idx, tt, pp = self._add_noise(idx, tt, pp, t_prev_us, t_us)
         order = np.argsort(tt, kind='stable')
         idx, tt, pp = idx[order], tt[order], pp[order]
         self._L_prev = L_new

@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from ..events.types import EventArray
+from .camera import PinholeCamera
 from .packets import DEFAULT_SENSOR_TIME_OFFSET_US, EVT3_TIME_HIGH_US, EventPacketizer, PacketData
 from .sequence import SimSequence, cache_path
 from .simulator import SimConfig, SimFrame
@@ -63,7 +64,8 @@ class ProgressiveSequence:
         self.packets: list[list[PacketData]] = []       # packets completed when frame i is reached
         self._prefix_tails: list[list[PacketData]] = []  # events after the last complete window, for prefix passes
         self.tail: list[PacketData] = []
-        self.event_camera = self.rgb_camera = None
+        self.event_camera: PinholeCamera | None = None     # set by set_meta() before the first frame
+        self.rgb_camera: PinholeCamera | None = None
         self.T_event_rgb = np.eye(4)
         self.num_frames_total: int | None = None
         self.num_events = 0
@@ -72,12 +74,19 @@ class ProgressiveSequence:
         self._cond = threading.Condition()
 
     # producer side ----------------------------------------------------------------------------------------------
-    def set_meta(self, event_camera, rgb_camera, T_event_rgb: np.ndarray, num_frames: int) -> None:
+    def set_meta(self, event_camera: PinholeCamera, rgb_camera: PinholeCamera, T_event_rgb: np.ndarray,
+                 num_frames: int) -> None:
         with self._cond:
             self.event_camera, self.rgb_camera = event_camera, rgb_camera
             self.T_event_rgb = np.asarray(T_event_rgb)
             self.num_frames_total = int(num_frames)
             self._cond.notify_all()
+
+    def cameras(self) -> tuple[PinholeCamera, PinholeCamera]:
+        """``(event_camera, rgb_camera)``; RuntimeError before :meth:`set_meta`."""
+        if self.event_camera is None or self.rgb_camera is None:
+            raise RuntimeError('the simulated sequence has no camera models yet (set_meta() not called)')
+        return self.event_camera, self.rgb_camera
 
     def add(self, events: EventArray, frame: SimFrame) -> None:
         """Append frame ``len(frames)`` and the events since the previous one (simulation ns)."""
@@ -146,7 +155,7 @@ class SimWorker:
         self.on_progress = on_progress
         self.saved: str | None = None
         self.cache_error: str | None = None
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self._thread = threading.Thread(target=self._read, name='sim_worker_reader', daemon=True)
         self.started = time.monotonic()
 
@@ -197,9 +206,9 @@ class SimWorker:
                 p.wait(timeout_s)
         if self._thread.is_alive():
             self._thread.join(timeout_s)
-        for f in (p.stdout,) if p is not None else ():
+        if p is not None and p.stdout is not None:
             try:
-                f.close()
+                p.stdout.close()
             except OSError:
                 pass
 

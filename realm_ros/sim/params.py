@@ -10,13 +10,14 @@ node runs (restart the node to change them).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 from .esim import EsimConfig
 from .simulator import SimConfig
 from .trajectory import TRAJECTORY_KINDS
 
 ParamValue = bool | int | float | str
+_V = TypeVar('_V', bool, int, float, str)
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class SimParam:
     read_only: bool = True
 
     @property
-    def type(self) -> type:
+    def type(self) -> type[ParamValue]:
         return type(self.default)
 
     def check(self, value: Any) -> ParamValue:
@@ -43,7 +44,8 @@ class SimParam:
             value = float(value)
         if type(value) is not t:
             raise ValueError(f"parameter '{self.name}' must be {t.__name__}, got {value!r} ({type(value).__name__})")
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+        if not isinstance(value, str) and (self.low is not None and value < self.low
+                                           or self.high is not None and value > self.high):
             raise ValueError(f"parameter '{self.name}' must be in [{self.low}, {self.high}], got {value!r}")
         if self.choices and value not in self.choices:
             raise ValueError(f"parameter '{self.name}' must be one of {', '.join(self.choices)}; got {value!r}")
@@ -98,14 +100,30 @@ def check_values(values: Mapping[str, Any]) -> dict[str, ParamValue]:
     return out
 
 
+def checked_value(values: Mapping[str, ParamValue], name: str, kind: type[_V]) -> _V:
+    """``values[name]`` typed as ``kind`` (the type its :class:`SimParam` declares; TypeError if it is not)."""
+    value = values[name]
+    if type(value) is not kind:
+        raise TypeError(f"parameter '{name}' is {type(value).__name__}, expected {kind.__name__}")
+    return value
+
+
 def sim_config_from_values(values: Mapping[str, Any]) -> SimConfig:
     """The :class:`SimConfig` the parameters describe (values as returned by :func:`check_values`)."""
     v = check_values(values)
-    return SimConfig(seed=v['seed'], duration_s=v['duration_s'], width=v['width'], height=v['height'],
-                     hfov_deg=v['hfov_deg'], rgb_rate_hz=v['rgb_rate_hz'], trajectory=v['trajectory'],
-                     speed_mps=v['speed_mps'], motion_scale=v['motion_scale'], baseline_m=v['baseline_m'],
-                     esim=EsimConfig(contrast_pos=v['contrast_threshold'], contrast_neg=v['contrast_threshold'],
-                                     background_rate_hz=v['background_rate_hz']))
+
+    def num(name: str) -> float:
+        return checked_value(v, name, float)
+
+    def whole(name: str) -> int:
+        return checked_value(v, name, int)
+
+    return SimConfig(seed=whole('seed'), duration_s=num('duration_s'), width=whole('width'), height=whole('height'),
+                     hfov_deg=num('hfov_deg'), rgb_rate_hz=num('rgb_rate_hz'),
+                     trajectory=checked_value(v, 'trajectory', str), speed_mps=num('speed_mps'),
+                     motion_scale=num('motion_scale'), baseline_m=num('baseline_m'),
+                     esim=EsimConfig(contrast_pos=num('contrast_threshold'), contrast_neg=num('contrast_threshold'),
+                                     background_rate_hz=num('background_rate_hz')))
 
 
 def yaml_text(node_name: str = 'sim_event_camera') -> str:

@@ -69,9 +69,12 @@ class SimSequence:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.tmp.npz')
         os.close(fd)
         try:
+            # numpy's stub also matches **arrays against savez's `allow_pickle: bool` (numpy >= 2.1 only, so it is
+            # not passed: numpy 1.26, the ROS installs' version, would store it as an array)
             np.savez(tmp, ev_x=ev.x, ev_y=ev.y, ev_t=ev.t, ev_p=ev.p, ev_counts=counts,
                      frame_t_ns=np.array([f.t_ns for f in self.frames], np.int64),
-                     config=np.frombuffer(_config_json(self.config).encode(), np.uint8), **arrays)
+                     config=np.frombuffer(_config_json(self.config).encode(), np.uint8),
+                     **arrays)  # type: ignore[arg-type]
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -24,7 +24,7 @@ import signal
 import struct
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 _HEADER = struct.Struct('<Q')
 
@@ -37,14 +37,14 @@ def write_message(stream: BinaryIO, message: Any) -> None:
     stream.flush()
 
 
-def read_message(stream: BinaryIO) -> Any:
+def read_message(stream: IO[bytes]) -> Any:
     """The next frame written by :func:`write_message`; EOFError at the end of the stream."""
     head = _read_exact(stream, _HEADER.size)
     (n,) = _HEADER.unpack(head)
     return pickle.loads(_read_exact(stream, n))
 
 
-def _read_exact(stream: BinaryIO, n: int) -> bytes:
+def _read_exact(stream: IO[bytes], n: int) -> bytes:
     parts, left = [], n
     while left:
         b = stream.read(left)
