@@ -63,6 +63,7 @@ class EvalConfig:
     point_conf_threshold: Optional[float] = None   # None: the pose solver's (and the node's) defaults
     desc_conf_threshold: Optional[float] = None
     batch_size: int = 8
+    symmetric: bool = True             # also score the symmetric (both decoder orders) estimate, ungated
 
 
 @dataclass
@@ -287,7 +288,10 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
     from realm_ros.geometry.keyframes import Keyframe
     from realm_ros.geometry.pose import PnpParams
     from realm_ros.geometry.relative_pose import estimate_relative_pose
+    from realm_ros.geometry.symmetric import PoseGates, symmetric_relative_pose
 
+    # the symmetric estimate is scored before any gate (every pair both orders solve), like the one-order one
+    open_gates = PoseGates(min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
     over = {k: v for k, v in (('point_conf_threshold', cfg.point_conf_threshold),
                               ('desc_conf_threshold', cfg.desc_conf_threshold)) if v is not None}
     pnp = PnpParams(iterations=cfg.pnp_iterations, **over)
@@ -300,8 +304,11 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
     no_motion = {m: PoseErrorAccumulator(AUC_THRESHOLDS) for m in modes}
     true_rot: Dict[str, List[float]] = {m: [] for m in modes}
     true_trans: Dict[str, List[float]] = {m: [] for m in modes}
-    inliers = {m: [] for m in modes}
+    inliers: Dict[str, List[int]] = {m: [] for m in modes}
     reasons: Dict[str, Dict[str, int]] = {m: {} for m in modes}
+    sym = {m: PoseErrorAccumulator(AUC_THRESHOLDS) for m in modes} if cfg.symmetric else {}
+    forward_ok: Dict[str, Dict[str, List[bool]]] = {'one_order': {m: [] for m in modes},
+                                                    'symmetric': {m: [] for m in modes}}
     for seq, rgb_tokens, ev_tokens in pose_data:
         n = len(seq)
         for gap in cfg.pair_gaps:
@@ -328,6 +335,13 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
                         inliers[mode].append(est.pose.num_inliers)
                     else:
                         reasons[mode][est.pose.reason] = reasons[mode].get(est.pose.reason, 0) + 1
+                    forward_ok['one_order'][mode].append(_forward_sign_ok(T_est, T_gt))
+                    if cfg.symmetric:
+                        s_est = symmetric_relative_pose(models.decoder, kf, tok2, (size, size), K2, pnp=pnp,
+                                                        gates=open_gates)
+                        T_sym = s_est.pose.T_cur_ref if s_est.pose.ok else None
+                        sym[mode].update(T_sym, T_gt)
+                        forward_ok['symmetric'][mode].append(_forward_sign_ok(T_sym, T_gt))
         log(f'evaluated relative pose on sequence {seq.seed}')
     out: Dict[str, object] = {}
     for mode in modes:
@@ -343,8 +357,24 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
                                        if k.startswith(('auc_rot', 'rot_err_deg_median', 'trans_err_deg_median',
                                                         'success', 'pairs'))}
                               for g in cfg.pair_gaps}
+        r['forward_sign_ok'] = _rate(forward_ok['one_order'][mode])
+        if cfg.symmetric:
+            rs = sym[mode].result()
+            rs['forward_sign_ok'] = _rate(forward_ok['symmetric'][mode])
+            r['symmetric'] = rs
         out[mode] = r
     return out
+
+
+def _forward_sign_ok(T_est: Optional[np.ndarray], T_gt: np.ndarray) -> bool:
+    """Whether the estimate moves the camera along its optical axis the same way as the truth (a failure: no)."""
+    if T_est is None:
+        return False
+    return bool(np.sign(T_est[2, 3]) == np.sign(T_gt[2, 3]))
+
+
+def _rate(flags: Sequence[bool]) -> Optional[float]:
+    return float(np.mean(flags)) if len(flags) else None
 
 
 def write_metrics(path: os.PathLike, metrics: Dict[str, object]) -> Path:
