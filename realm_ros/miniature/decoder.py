@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from torch import nn
 
 from realm_ros.models.dune_model import DuneModel
 from realm_ros.models.mast3r import DuneMast3rConfig, DuneMast3rDecoder
+from realm_ros.training.loop import OptimizerStep, run_steps
 
 from .data import PairBatch, PairSampler, pts3d_in_frame, rgb_to_tensor, sample_correspondences, split_seeds
 from .teacher import round_to_half, warmup_cosine
@@ -223,7 +224,7 @@ class DecoderTrainer:
                                        'weight_decay': cfg.weight_decay},
                                       {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
                                      lr=cfg.lr)
-        self.history: List[Dict[str, float]] = []
+        self.history: List[Dict[str, Any]] = []
 
     @torch.no_grad()
     def tokens(self, rgb: np.ndarray) -> torch.Tensor:
@@ -246,44 +247,41 @@ class DecoderTrainer:
                     match_acc=acc)
 
     def train(self) -> DuneMast3rDecoder:
+        """Run ``cfg.steps`` optimiser steps (:func:`realm_ros.training.loop.run_steps`), freeze the decoder and
+        round it to float16 values."""
         cfg = self.cfg
         self.decoder.train()
-        t0 = time.time()
-        run: Dict[str, float] = {}
-        count = 0
-        for step in range(cfg.steps):
-            for g in self.opt.param_groups:
-                g['lr'] = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+        stepper = OptimizerStep(self.opt, list(self.decoder.parameters()), self.schedule, cfg.grad_clip,
+                                name='decoder')
+
+        def compute(step: int) -> Dict[str, torch.Tensor]:
             if step < cfg.low_res_steps:
+                assert self.low_sampler is not None  # built whenever low_res_steps > 0
                 pairs = self.low_sampler.sample(cfg.low_res_batch_size, self.rng)
             else:
                 pairs = self.sampler.sample(cfg.batch_size, self.rng)
-            terms = self.losses(pairs)
-            self.opt.zero_grad(set_to_none=True)
-            terms['loss'].backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.decoder.parameters(), cfg.grad_clip)
-            self.opt.step()
-            for k, v in terms.items():
-                run[k] = run.get(k, 0.0) + float(v.detach())
-            count += 1
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                rec = {k: v / count for k, v in run.items()}
-                rec.update(step=step + 1, seconds=time.time() - t0)
-                self.history.append(rec)
-                self.log(f'decoder step {step + 1}/{cfg.steps} loss {rec["loss"]:.4f} (pts rel err '
-                         f'{rec["rel_err1"]:.3f}/{rec["rel_err2"]:.3f}, match acc {rec["match_acc"]:.3f}) '
-                         f'{rec["seconds"]:.0f} s')
-                run, count = {}, 0
+            return self.losses(pairs)
+
+        def on_record(rec: Dict[str, Any]) -> None:
+            self.history.append(rec)
+            self.log(f'decoder step {rec["step"]}/{cfg.steps} loss {rec["loss"]:.4f} (pts rel err '
+                     f'{rec["rel_err1"]:.3f}/{rec["rel_err2"]:.3f}, match acc {rec["match_acc"]:.3f}) '
+                     f'{rec["seconds"]:.0f} s')
+
+        run_steps(stepper, cfg.steps, compute, cfg.log_every, on_record)
         self.decoder.eval().requires_grad_(False)
         round_to_half(self.decoder)
         return self.decoder
+
+    def schedule(self, step: int) -> float:
+        """Learning-rate factor of optimiser step ``step`` (warm-up, then cosine to ``min_lr_ratio``)."""
+        return warmup_cosine(step, self.cfg.steps, self.cfg.warmup_steps, self.cfg.min_lr_ratio)
 
 
 @torch.no_grad()
 def calibrate_confidences(decoder: DuneMast3rDecoder, teacher: DuneModel, image_size: int, seeds: List[int],
                           pairs: int = 16, keep_points: float = 0.95, keep_matches: float = 0.95, seed: int = 7,
-                          device: torch.device | str = 'cpu') -> Dict[str, float]:
+                          device: torch.device | str = 'cpu') -> Dict[str, Any]:
     """Shift the confidence logits so that the pose solver's default thresholds keep a chosen fraction.
 
     The PnP step keeps keyframe points with ``conf >= 1.5`` and matches with ``min(desc_conf) >= 1.001``

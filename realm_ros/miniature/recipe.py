@@ -28,7 +28,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -156,7 +156,7 @@ PRESETS: Dict[str, Callable[[], RecipeConfig]] = {'full': RecipeConfig, 'toy': _
 
 # ---------------------------------------------------------------------------------------------------------------
 def _jsonable(obj: Any) -> Any:
-    if is_dataclass(obj):
+    if is_dataclass(obj) and not isinstance(obj, type):
         return _jsonable(asdict(obj))
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -237,7 +237,7 @@ def _write_bag_job(path: str, seconds: float, seed: int, image_size: int, max_fl
 class Recipe:
     """Runs the stages of a :class:`RecipeConfig` (see the module docstring)."""
 
-    def __init__(self, cfg: RecipeConfig, work_dir: os.PathLike, out_dir: os.PathLike,
+    def __init__(self, cfg: RecipeConfig, work_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
                  log: Callable[[str], None] = print, force: Sequence[str] = ()) -> None:
         self.cfg = cfg
         self.work = Path(work_dir)
@@ -427,7 +427,7 @@ class Recipe:
         models.decoder = None
         res = evaluate(models, seqs, cfg, self.device, self.log)
         scores = {b: res['segmentation'][f'realm_events[{b}]']['miou'] or 0.0 for b in BRIDGE_CHOICES}
-        best = max(scores, key=scores.get)
+        best = max(scores, key=lambda b: scores[b])
         tensors, meta = read_safetensors(self.shipped('seg_head'))
         meta['bridge'] = best
         meta['bridge_selection'] = {'val_miou': scores, 'val_sequences': res['sequences']}
@@ -465,7 +465,9 @@ class Recipe:
             return res
 
         teacher = timed('teacher', self.teacher)
-        bags = timed('bags', self.bags) if any(s in stages for s in ('bags', 'heads', 'distill')) else None
+        # the bags stage runs (or is reused) whenever heads or distill run; {} = not needed
+        need_bags = any(s in stages for s in ('bags', 'heads', 'distill'))
+        bags: Dict[str, Any] = timed('bags', self.bags) if need_bags else {}
         if 'heads' in stages:
             self.records['heads'] = timed('heads', lambda: self.heads(bags, teacher))
         if 'decoder' in stages:
@@ -565,7 +567,8 @@ def _last_jsonl(path: Path) -> List[Dict[str, Any]]:
     return vals or lines[-1:]
 
 
-def run_recipe(cfg: RecipeConfig, work_dir: Optional[os.PathLike] = None, out_dir: os.PathLike = 'models',
+def run_recipe(cfg: RecipeConfig, work_dir: Optional[os.PathLike] = None,
+               out_dir: Union[str, os.PathLike] = 'models',
                stages: Sequence[str] = STAGES, force: Sequence[str] = (),
                log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Run the recipe (see the module docstring); returns the metrics document when ``evaluate`` ran."""

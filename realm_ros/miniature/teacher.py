@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from realm_ros.models.dune import vit_tiny
 from realm_ros.models.dune_model import DINOV2_TEACHER, DuneModel
 from realm_ros.models.heads import DepthBinsHead, DinoV2Projector, SegmentationHead
 from realm_ros.sim.classes import NUM_CLASSES
+from realm_ros.training.loop import OptimizerStep, run_steps
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, FrameBatch, FrameSampler, rgb_to_tensor, split_seeds
 
@@ -139,7 +140,7 @@ class TeacherPretrainer:
                                       {'params': no_decay, 'weight_decay': 0.0}], lr=cfg.lr)
         sample = self.sampler.sample(32, np.random.default_rng(cfg.seed + 1))
         self.class_weights = class_weights_from_labels(sample.labels).to(self.device)
-        self.history: List[Dict[str, float]] = []
+        self.history: List[Dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------------------------ batches
     def _augment(self, batch: FrameBatch) -> Dict[str, torch.Tensor]:
@@ -188,7 +189,7 @@ class TeacherPretrainer:
         return dict(loss=loss, depth=l_depth.detach(), seg=l_seg.detach(), recon=l_rec.detach())
 
     @torch.no_grad()
-    def validate(self) -> Dict[str, float]:
+    def validate(self) -> Dict[str, Any]:
         """Temporary-head quality on fixed frames of ``val`` scenes (depth abs error <= 30 m, mIoU)."""
         from .metrics import ConfusionMatrix, DepthErrorAccumulator
         if not hasattr(self, '_val_batch'):
@@ -220,42 +221,39 @@ class TeacherPretrainer:
 
     # ------------------------------------------------------------------------------------------------ loop
     def train(self) -> DuneModel:
+        """Run ``cfg.steps`` optimiser steps (:func:`realm_ros.training.loop.run_steps`) and freeze the teacher."""
         cfg = self.cfg
         self.model.train()
         self.heads.train()
-        t0 = time.time()
-        run: Dict[str, float] = {}
-        for step in range(cfg.steps):
-            for g in self.opt.param_groups:
-                g['lr'] = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+        params = list(self.model.parameters()) + list(self.heads.parameters())
+        stepper = OptimizerStep(self.opt, params, self.schedule, cfg.grad_clip, name='teacher')
+
+        def compute(step: int) -> Dict[str, torch.Tensor]:
             if step < cfg.low_res_steps:
+                assert self.low_sampler is not None  # built whenever low_res_steps > 0
                 batch = self.low_sampler.sample(cfg.low_res_batch_size, self.rng)
             else:
                 batch = self.sampler.sample(cfg.batch_size, self.rng)
-            data = self._augment(batch)
-            terms = self.losses(data)
-            self.opt.zero_grad(set_to_none=True)
-            terms['loss'].backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(list(self.model.parameters()) + list(self.heads.parameters()),
-                                         cfg.grad_clip)
-            self.opt.step()
-            for k, v in terms.items():
-                run[k] = run.get(k, 0.0) + float(v.detach())
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                n = cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every
-                rec = {k: v / n for k, v in run.items()}
-                rec.update(step=step + 1, seconds=time.time() - t0)
-                if cfg.val_every and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
-                    rec.update({f'val_{k}': v for k, v in self.validate().items()})
-                self.history.append(rec)
-                val = (f' | val depth err <=10/30 m {rec["val_depth_abs_err_10m"]:.2f}/'
-                       f'{rec["val_depth_abs_err_30m"]:.2f} mIoU {rec["val_miou"]:.3f}') if 'val_miou' in rec else ''
-                self.log(f'teacher step {step + 1}/{cfg.steps} loss {rec["loss"]:.4f} (depth {rec["depth"]:.3f} '
-                         f'seg {rec["seg"]:.3f} recon {rec["recon"]:.3f}) {rec["seconds"]:.0f} s{val}')
-                run = {}
+            return self.losses(self._augment(batch))
+
+        def on_record(rec: Dict[str, Any]) -> None:
+            step = rec['step']
+            if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
+                rec.update({f'val_{k}': v for k, v in self.validate().items()})
+            self.history.append(rec)
+            val = (f' | val depth err <=10/30 m {rec["val_depth_abs_err_10m"]:.2f}/'
+                   f'{rec["val_depth_abs_err_30m"]:.2f} mIoU {rec["val_miou"]:.3f}') if 'val_miou' in rec else ''
+            self.log(f'teacher step {step}/{cfg.steps} loss {rec["loss"]:.4f} (depth {rec["depth"]:.3f} '
+                     f'seg {rec["seg"]:.3f} recon {rec["recon"]:.3f}) {rec["seconds"]:.0f} s{val}')
+
+        run_steps(stepper, cfg.steps, compute, cfg.log_every, on_record)
         self.model.eval().requires_grad_(False)
         return self.model
+
+    def schedule(self, step: int) -> float:
+        """Learning-rate factor of optimiser step ``step``: warm-up over ``warmup_steps``, cosine to
+        ``min_lr_ratio`` at ``steps`` (the ramp ends at the last warm-up step)."""
+        return warmup_cosine(step, self.cfg.steps, self.cfg.warmup_steps, self.cfg.min_lr_ratio)
 
 
 def train_teacher(cfg: TeacherConfig, device: torch.device | str = 'cpu',

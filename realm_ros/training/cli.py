@@ -7,12 +7,14 @@ clear one-line message on stderr and an exit code (see :mod:`realm_ros.training.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import sys
 import textwrap
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .config import (ConfigError, DistillConfig, HeadsConfig, add_config_arguments, build_config,
                      config_to_dict, parse_ros_args, render_yaml)
@@ -28,6 +30,37 @@ def _logger(prog: str, enabled: bool = True) -> Callable[[str], None]:
         if enabled:
             print(f'[{prog}] {msg}', file=sys.stderr, flush=True)
     return log
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to the *current* ``sys.stderr`` (which tests and embedding tools may replace)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; sys.stderr is always used
+        pass
+
+
+@contextlib.contextmanager
+def _stderr_logging() -> Iterator[None]:
+    """While a tool runs, the records of :mod:`realm_ros.training` (trainer progress, skipped steps, signals) go to
+    stderr as plain lines, once (not also to handlers of the root logger)."""
+    log = logging.getLogger('realm_ros.training')
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter('%(message)s'))
+    old_level, old_propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+        log.propagate = old_propagate
 
 
 def load_teacher(path: str, device: Any) -> Any:
@@ -396,11 +429,12 @@ def _main(prog: str, cls: type, description: str, run: Callable[[Any], Dict[str,
             args = parser.parse_args(rest)
         except SystemExit as exc:  # --help (0) or a usage error (2, message already printed)
             return int(exc.code or 0)
-        cfg = build_config(cls, args, ros_params, require_io=not args.print_config)
+        cfg: Any = build_config(cls, args, ros_params, require_io=not args.print_config)
         if args.print_config:
             sys.stdout.write(render_yaml(cfg))
             return 0
-        result = run(cfg)
+        with _stderr_logging():
+            result = run(cfg)
         if result.get('export'):  # rank 0 only
             print(f'{prog}: finished: {result.get("steps")} steps, exported {result["export"]}', file=sys.stderr)
         return 0

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -42,12 +43,14 @@ from realm_ros.common.device import resolve_device as _resolve_device
 from realm_ros.common.schedule import warmup_cosine
 
 from .errors import DivergenceError, Interrupted, StorageError, TrainingError
+from .loop import MetricWindow, OptimizerStep, StepOutcome
 
 __all__ = ['TrainTask', 'DistInfo', 'init_distributed', 'resolve_device', 'resolve_precision',
            'ResumableDistributedSampler', 'WarmupCosine', 'atomic_write_bytes', 'save_checkpoint_file',
            'load_checkpoint_file', 'MetricsLogger', 'Trainer', 'CHECKPOINT_FORMAT']
 
 CHECKPOINT_FORMAT = 'realm_ros.training.checkpoint/1'
+_LOG = logging.getLogger(__name__)
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -307,8 +310,8 @@ class MetricsLogger:
                 self.tb = SummaryWriter(os.path.join(out_dir, 'tensorboard'))
             except Exception:  # noqa: BLE001 - tensorboard not installed: JSONL only
                 self.tb = None
-                print('[train] tensorboard is not installed: metrics go to metrics.jsonl only '
-                      '(pip install tensorboard for TensorBoard scalars)', file=sys.stderr)
+                _LOG.warning('[train] tensorboard is not installed: metrics go to metrics.jsonl only '
+                             '(pip install tensorboard for TensorBoard scalars)')
 
     def _truncate_after(self, step: int) -> None:
         """Drop records newer than the resumed step, so the file reads as one uninterrupted run."""
@@ -359,8 +362,8 @@ class StopFlag:
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-        print(f'\n[train] {self.signal_name} received: finishing the current step and writing a checkpoint '
-              f'(press Ctrl-C again to abort without saving)', file=sys.stderr, flush=True)
+        _LOG.warning('[train] %s received: finishing the current step and writing a checkpoint (press Ctrl-C again '
+                     'to abort without saving)', self.signal_name)
 
     def __enter__(self) -> 'StopFlag':
         import threading
@@ -423,7 +426,6 @@ class Trainer:
         self.epoch = 0
         self.micro_in_epoch = 0
         self.global_step = 0
-        self.nonfinite = 0
         self.best_val: Optional[float] = None
         self.last_val: Dict[str, float] = {}
         self.history: List[float] = []  # per-step training loss (for callers and tests)
@@ -458,7 +460,18 @@ class Trainer:
             self.total_steps = min(self.total_steps, run.max_steps)
         warmup = optim.warmup_steps if optim.warmup_steps >= 0 else int(round(0.05 * self.total_steps))
         self.schedule = WarmupCosine(warmup, self.total_steps, optim.min_lr_ratio)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.stepper = OptimizerStep(self.optimizer, params, self.schedule, optim.grad_clip, self.scaler,
+                                     run.max_nonfinite, name=task.name, verbose=info.is_main)
+        self.scheduler = self.stepper.scheduler
+
+    @property
+    def nonfinite(self) -> int:
+        """Optimiser steps skipped so far for a NaN/inf loss or gradient (restored on resume)."""
+        return self.stepper.nonfinite
+
+    @nonfinite.setter
+    def nonfinite(self, value: int) -> None:
+        self.stepper.nonfinite = int(value)
 
     # -------------------------------------------------------------------------------------------------- helpers
     def _loader(self, dataset: Dataset, sampler: Any, shuffle_seed: int) -> DataLoader:
@@ -484,9 +497,9 @@ class Trainer:
         return tqdm(total=self.total_steps, initial=self.global_step, unit='step', dynamic_ncols=True,
                     desc=self.task.name, file=sys.stderr)
 
-    def _log(self, msg: str) -> None:
+    def _log(self, msg: str, level: int = logging.INFO) -> None:
         if self.info.is_main:
-            print(f'[{self.task.name}] {msg}', file=sys.stderr, flush=True)
+            _LOG.log(level, '[%s] %s', self.task.name, msg)
 
     # -------------------------------------------------------------------------------------------------- checkpoints
     def checkpoint_state(self) -> Dict[str, Any]:
@@ -591,6 +604,29 @@ class Trainer:
         return self.task.val_summary(sums)
 
     # -------------------------------------------------------------------------------------------------- main loop
+    def _record_step(self, group_losses: List[Dict[str, float]], outcome: StepOutcome, epoch: int,
+                     window: MetricWindow, bar: Any, logger: MetricsLogger) -> None:
+        """Per-step bookkeeping: the step's metrics (mean over its micro-batches) into :attr:`history`, the progress
+        bar and the metric window; a ``train`` record every ``run.log_every`` steps and at the last step."""
+        if group_losses:
+            step_metrics = {k: float(np.mean([g[k] for g in group_losses if k in g]))
+                            for k in group_losses[0] if k != 'n'}
+            n_samples = sum(g.get('n', 0.0) for g in group_losses)
+        else:
+            step_metrics, n_samples = {'loss': float('nan')}, 0.0
+        self.history.append(step_metrics.get('loss', float('nan')))
+        window.add(step_metrics, n_samples * self.info.world_size)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_metrics.get('loss', float('nan')):.4f}", lr=f'{outcome.lr:.2e}',
+                            sps=f'{window.samples_per_s:.1f}', epoch=epoch)
+        if window.due(self.global_step):
+            rec: Dict[str, Any] = {'kind': 'train', 'step': self.global_step, 'epoch': epoch, 'lr': outcome.lr,
+                                   'grad_norm': outcome.grad_norm, 'samples_per_s': window.samples_per_s,
+                                   'nonfinite': self.nonfinite}
+            rec.update(window.pop())
+            logger.log(rec)
+
     def fit(self, resume: bool = False) -> Dict[str, Any]:
         """Train until the last epoch or ``run.max_steps``; returns the final metrics and export path."""
         if self.info.is_main:
@@ -609,10 +645,7 @@ class Trainer:
                         * self.info.world_size})
         bar = self._progress()
         accum = self.optim_cfg.accumulation
-        window: Dict[str, float] = {}
-        window_steps = 0
-        window_t0 = time.perf_counter()
-        window_samples = 0.0
+        window = MetricWindow(self.run_cfg.log_every, self.total_steps)
         finished = self.global_step >= self.total_steps
         try:
             with self.stop:
@@ -635,10 +668,8 @@ class Trainer:
                             with self._autocast():
                                 out = self.task.train_step(batch, epoch)
                             loss = out['loss']
-                            finite = torch.isfinite(loss.detach()).float().reshape(())
-                            finite = _all_reduce(finite.cpu(), 'min', self.info)
-                            if float(finite) > 0:
-                                self.scaler.scale(loss.float() / group_size).backward()
+                            finite = _all_reduce(self.stepper.is_finite(loss).cpu(), 'min', self.info)
+                            if self.stepper.backward(loss, group_size, finite):
                                 group_losses.append({k: float(v.detach()) for k, v in out.items()
                                                      if v.dim() == 0})
                             else:
@@ -646,64 +677,12 @@ class Trainer:
                         self.micro_in_epoch += 1
                         if not last_in_group:
                             continue
-                        # ---------------------------------------------------------------- optimiser step
-                        skipped = group_bad
-                        grad_norm = float('nan')
-                        if not skipped:
-                            self.scaler.unscale_(self.optimizer)
-                            if self.optim_cfg.grad_clip > 0:
-                                gn = torch.nn.utils.clip_grad_norm_(self.params, self.optim_cfg.grad_clip)
-                            else:
-                                gn = torch.norm(torch.stack([p.grad.detach().float().norm()
-                                                             for p in self.params if p.grad is not None]))
-                            grad_norm = float(gn)
-                            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
-                                skipped = True
-                        if skipped:
-                            self.nonfinite += 1
-                            self.optimizer.zero_grad(set_to_none=True)
-                            if self.scaler.is_enabled():
-                                self.scaler.update()
-                            self._log(f'non-finite loss at step {self.global_step} (epoch {epoch}): step skipped '
-                                      f'({self.nonfinite}/{self.run_cfg.max_nonfinite})')
-                        else:
-                            self.scaler.step(self.optimizer)
-                            self.scaler.update()
-                            self.optimizer.zero_grad(set_to_none=True)
-                        lr = self.optimizer.param_groups[0]['lr']
-                        with warnings.catch_warnings():  # a skipped step still advances the schedule
-                            warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler.step')
-                            self.scheduler.step()
+                        outcome = self.stepper.step(group_bad, where=f' (epoch {epoch})')
                         self.global_step += 1
                         group_bad = False
-                        # ---------------------------------------------------------------- metrics
-                        if group_losses:
-                            step_metrics = {k: float(np.mean([g[k] for g in group_losses if k in g]))
-                                            for k in group_losses[0] if k != 'n'}
-                            n_samples = sum(g.get('n', 0.0) for g in group_losses)
-                        else:
-                            step_metrics, n_samples = {'loss': float('nan')}, 0.0
+                        self._record_step(group_losses, outcome, epoch, window, bar, logger)
                         group_losses = []
-                        self.history.append(step_metrics.get('loss', float('nan')))
-                        for k, v in step_metrics.items():
-                            window[k] = window.get(k, 0.0) + v
-                        window_steps += 1
-                        window_samples += n_samples * self.info.world_size
-                        if bar is not None:
-                            elapsed = max(1e-9, time.perf_counter() - window_t0)
-                            bar.update(1)
-                            bar.set_postfix(loss=f"{step_metrics.get('loss', float('nan')):.4f}", lr=f'{lr:.2e}',
-                                            sps=f'{window_samples / elapsed:.1f}', epoch=epoch)
-                        if self.global_step % self.run_cfg.log_every == 0 or self.global_step == self.total_steps:
-                            elapsed = max(1e-9, time.perf_counter() - window_t0)
-                            rec = {'kind': 'train', 'step': self.global_step, 'epoch': epoch, 'lr': lr,
-                                   'grad_norm': grad_norm, 'samples_per_s': window_samples / elapsed,
-                                   'nonfinite': self.nonfinite}
-                            rec.update({k: v / window_steps for k, v in window.items()})
-                            logger.log(rec)
-                            window, window_steps, window_samples = {}, 0, 0.0
-                            window_t0 = time.perf_counter()
-                        if self.nonfinite >= self.run_cfg.max_nonfinite:
+                        if self.stepper.diverged:
                             kept = (f'the last good checkpoint {self.last_path!r} was kept'
                                     if os.path.exists(self.last_path) else 'no checkpoint had been written yet')
                             logger.log({'kind': 'diverged', 'step': self.global_step, 'epoch': epoch})
