@@ -1,5 +1,9 @@
 """Stateful decoders for every EventPacket encoding (docs/formats.md#encodings).
 
+(Over 500 lines because the two numba state-machine kernels, evt3 and libcaer_cmp, share this file with the decoder
+classes that own their state arrays and counter layouts, so that a kernel's slot indices and its decoder cannot
+drift apart; the encoders that write the same formats live in ``encoders``.)
+
 ``make_decoder(encoding, width, height)`` returns one decoder per stream; keep one instance per
 (topic, encoding, width, height) because ``evt3`` is one continuous word stream cut at arbitrary word boundaries.
 
