@@ -1,6 +1,8 @@
 """The shared layer (realm_ros.common): no imports from the rest of the package, one exception base, one schedule,
 one stamp conversion, one device resolution."""
+import ast
 import importlib
+import importlib.util
 import inspect
 import math
 import pkgutil
@@ -128,8 +130,31 @@ def test_training_does_not_import_miniature():
             'print(sorted(m for m in sys.modules if m.startswith("realm_ros.miniature")))\n')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == '[]', out.stdout
-    src = ''.join(open(m.__file__).read() for m in _training_modules())
-    assert 'realm_ros.miniature' not in src and 'from ..miniature' not in src
+    # every import statement, function-level ones included (docstrings may name miniature modules)
+    imports = {(m.__name__, target) for m in _training_modules() for target in _imported_modules(m)}
+    bad = sorted((name, target) for name, target in imports if target.startswith('realm_ros.miniature'))
+    assert not bad, bad
+
+
+def _imported_modules(module):
+    """Absolute names of the modules every import statement of ``module`` (at any depth) refers to."""
+    package = module.__name__ if module.__file__.endswith('__init__.py') else module.__name__.rpartition('.')[0]
+    names = []
+    for node in ast.walk(ast.parse(open(module.__file__).read())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name('.' * node.level + (node.module or ''), package) if node.level \
+                else node.module
+            names += [base] + [f'{base}.{a.name}' for a in node.names]
+    return names
+
+
+def test_imported_modules_resolves_relative_imports():
+    import realm_ros.training.heads as heads
+    found = _imported_modules(heads)
+    assert 'realm_ros.training.feature_cache' in found, found       # relative, module level
+    assert 'realm_ros.common.metrics' in found, found               # absolute, inside a function
 
 
 def _training_modules():
