@@ -111,3 +111,117 @@ def test_help_gives_a_torchrun_command_that_works_in_a_colcon_install(prog, cls)
     assert f'torchrun --nproc_per_node N -m realm_ros.nodes.{prog} ...' in text
     import importlib
     assert callable(importlib.import_module(f'realm_ros.nodes.{prog}').main)  # the module the command names
+
+
+# ------------------------------------------------------------------------------------------------ declarations
+def _leaves(cls):
+    import typing
+
+    from realm_ros.training.fields import _strip_optional
+    for dotted, tp, f in iter_leaf_fields(cls):
+        base, optional = _strip_optional(tp)
+        item = typing.get_args(base)[0] if typing.get_origin(base) is list and typing.get_args(base) else None
+        yield dotted, base, item, optional, f
+
+
+@pytest.mark.parametrize('cls', [DistillConfig, HeadsConfig])
+def test_every_setting_is_declared_with_description_and_allowed_values(cls):
+    from realm_ros.training.fields import rule_of
+    for dotted, base, item, _, f in _leaves(cls):
+        assert len(f.metadata.get('help', '')) > 10, f'{dotted}: no description'
+        number = base in (int, float) or item in (int, float)
+        rule = rule_of(f)
+        if number:   # every number says what range it allows (or that it has none)
+            assert rule is not None and (rule.bounded or rule.unbounded or rule.choices), f'{dotted}: no range'
+        if rule is not None and rule.choices:
+            assert all(isinstance(c, base) for c in rule.choices), dotted
+
+
+def _outside(rule, tp):
+    """A value just outside the declared range (None when the range is open on that side)."""
+    step = 1 if tp is int else 0.5
+    if rule.ge is not None:
+        return tp(rule.ge - step)
+    if rule.gt is not None:
+        return tp(rule.gt)
+    if rule.le is not None:
+        return tp(rule.le + step)
+    return tp(rule.lt)
+
+
+def _inside(rule, tp):
+    step = 1 if tp is int else 0.25
+    for value in (rule.ge, None if rule.gt is None else rule.gt + step,
+                  rule.le, None if rule.lt is None else rule.lt - step):
+        if value is not None:
+            return tp(value)
+
+
+@pytest.mark.parametrize('cls', [DistillConfig, HeadsConfig])
+def test_validation_is_derived_from_the_declarations(cls):
+    """For every declared rule: a value outside is refused with a message naming the field and the rule, a value
+    at the edge passes the field checks."""
+    from realm_ros.training.fields import check_fields, rule_of
+    checked = 0
+    for dotted, base, item, _, f in _leaves(cls):
+        rule = rule_of(f)
+        if rule is None or not (rule.choices or rule.pattern or rule.bounded or rule.length is not None):
+            continue
+        label = dotted if not dotted.startswith('data.') else 'data: ' + dotted[5:]
+        bad_values = []
+        if rule.choices:
+            bad_values.append((f'not-{rule.choices[0]}', rule.describe_choices()))
+        if rule.pattern:
+            bad_values.append(('gpu0', rule.pattern_doc))
+        if rule.bounded and base in (int, float):
+            bad_values.append((_outside(rule, base), rule.describe_range()))
+        if rule.bounded and item in (int, float):
+            bad_values.append(([_outside(rule, item)] * (rule.length or 1), rule.describe_range()))
+        if rule.length is not None:
+            bad_values.append(([0.5] * (rule.length + 1), f'needs {rule.length} values'))
+        assert bad_values, dotted
+        for bad, words in bad_values:
+            cfg = cls()
+            obj = cfg
+            for part in dotted.split('.')[:-1]:
+                obj = getattr(obj, part)
+            setattr(obj, dotted.split('.')[-1], bad)
+            with pytest.raises(ConfigError) as exc:
+                config_mod.validate_config(cfg, require_io=False)
+            assert label in str(exc.value) and words in str(exc.value), (dotted, str(exc.value))
+            checked += 1
+        if rule.bounded and base in (int, float):
+            cfg = cls()
+            set_dotted(cfg, dotted, _inside(rule, base))
+            check_fields(cfg, skip='data.')
+            check_fields(cfg.data, where='data')
+    assert checked > 40
+
+
+def test_ros_param_values_follow_the_declared_type():
+    rest, params = parse_ros_args(['--print-config', '--ros-args', '-p', 'data.topics.rgb:=on', '-p', 'out:=0755',
+                                   '-p', 'optim.lr:=1e-4', '-p', 'data.min_events:=null', '-p',
+                                   'optim.betas:=[0.8, 0.9]', '-p', 'run.tensorboard:=false', '-p',
+                                   "teacher:='dune.pth'", '-p', 'bags:=[a.mcap, b.mcap::stride=3]', '--'])
+    assert rest == ['--print-config']
+    cfg = DistillConfig()
+    for name, value in params.items():
+        set_dotted(cfg, name, value, '--ros-args')
+    assert cfg.data.topics.rgb == 'on' and cfg.out == '0755'        # strings stay text (YAML: True, 493)
+    assert cfg.optim.lr == 1e-4 and cfg.data.min_events is None and cfg.optim.betas == [0.8, 0.9]
+    assert cfg.run.tensorboard is False and cfg.teacher == 'dune.pth'
+    assert cfg.bags == ['a.mcap', 'b.mcap::stride=3']
+    with pytest.raises(ConfigError, match='--ros-args: optim.epochs expects int'):
+        set_dotted(cfg, 'optim.epochs', parse_ros_args(['--ros-args', '-p', 'optim.epochs:=many'])[1]['optim.epochs'],
+                   '--ros-args')
+
+
+def test_help_and_yaml_show_the_allowed_values():
+    from realm_ros.training.cli import build_parser
+    text = ' '.join(build_parser('train_from_bag', DistillConfig, 'd').format_help().split())
+    assert 'micro-batches per optimiser step' in text and 'allowed: >= 1; default: 4' in text
+    assert "allowed: one of 'auto', 'fp32', 'bf16', 'fp16'; default: 'auto'" in text
+    yaml_text = (REPO / 'config' / 'train.yaml').read_text()
+    assert "in [0, 1)]\n  val_fraction: 0.05" in yaml_text
+    assert "[2 values; each in [0, 1)]\n  betas: [0.9, 0.999]" in yaml_text
+    assert "[one of 'depth', 'segmentation']\ntask: depth" in (REPO / 'config' / 'train_heads.yaml').read_text()
