@@ -10,7 +10,9 @@ test scenes of ``models/miniature_metrics.json``; collect per-pair records (moti
 pairs, RGB-RGB, event-event, RGB keyframe-event, both decoder orders); calibrate the gates and the covariance scale
 of the one-order (``direct``) and the symmetric estimate on the validation records (false-positive rate <= 5 %);
 score both on the test records; time one decoder order against both (batched), A/B in one process.
-Writes ``records_{val,test}.pkl`` and ``summary.json`` under ``--out``.
+Writes ``records_{val,test}.pkl`` and ``summary.json`` under ``--out``; ``--write-gates`` stores the calibrated
+symmetric gates in the decoder file (the perception node reads them from there), ``--write-metrics FILE`` the summary
+as ``pose_trust`` in a metrics file. The miniature recipe runs the same calibration (its ``calibrate`` stage).
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ import json
 import pickle
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +55,8 @@ def main(argv=None) -> int:
     from realm_ros.miniature.data import split_seeds
     from realm_ros.miniature.evaluate import EvalConfig, MiniModels, TestSequence, load_or_simulate, \
         simulate_test_sequence
-    from realm_ros.miniature.pose_checks import calibrate_gates, collect_pose_records, sequence_tokens, \
-        summarize_records
-    from realm_ros.geometry.symmetric import PoseGates
+    from realm_ros.miniature.pose_checks import calibrated_gates, collect_pose_records, pose_trust_summary, \
+        sequence_tokens, write_decoder_gates
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--models', default=str(REPO / 'models'))
@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     p.add_argument('--extra-stride', type=int, default=6, help='zero-motion / unrelated pairs every N frames')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--records-only', action='store_true')
+    p.add_argument('--write-gates', action='store_true',
+                   help='store the calibrated symmetric gates in the decoder file (extra.pose_gates; the node uses '
+                        'them for that decoder)')
     p.add_argument('--write-metrics', default=None,
                    help="also store the summary as 'pose_trust' in this metrics file (models/miniature_metrics.json)")
     args = p.parse_args(argv)
@@ -99,40 +102,38 @@ def main(argv=None) -> int:
             seq.save(path)
             val.append(seq)
     recs = {}
-    for name, seqs, stride in (('val', val, args.val_stride), ('test', test, args.test_stride)):
+    for name in ('val', 'test'):
         path = out / f'records_{name}.pkl'
         if path.is_file():
             recs[name] = pickle.loads(path.read_bytes())
-            continue
-        recs[name] = collect_pose_records(models, seqs, gaps=cfg.pair_gaps, stride=stride,
-                                          zero_stride=args.extra_stride, unrelated_stride=args.extra_stride, log=log)
-        path.write_bytes(pickle.dumps(recs[name]))
     if args.records_only:
+        for name, seqs, stride in (('val', val, args.val_stride), ('test', test, args.test_stride)):
+            if name not in recs:
+                recs[name] = collect_pose_records(models, seqs, gaps=cfg.pair_gaps, stride=stride,
+                                                  zero_stride=args.extra_stride, unrelated_stride=args.extra_stride,
+                                                  log=log)
+                (out / f'records_{name}.pkl').write_bytes(pickle.dumps(recs[name]))
         return 0
     summary = {'decoder': str(args.decoder or m / 'mini_mast3r.safetensors')}
+    summary.update(pose_trust_summary(models, val, test, gaps=cfg.pair_gaps, val_stride=args.val_stride,
+                                      test_stride=args.test_stride, extra_stride=args.extra_stride,
+                                      records=recs, log=log))
+    for name in ('val', 'test'):
+        (out / f'records_{name}.pkl').write_bytes(pickle.dumps(recs[name]))
     summary['timing'] = _timing(models, test[0], sequence_tokens(models, test[0]), 7)
-    modes = sorted({r['mode'] for r in recs['test']})
-    loose = PoseGates(max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
-    for method in ('direct', 'symmetric'):
-        summary[method] = {'uncalibrated_test': summarize_records(recs['test'], method, loose),
-                           'gates': {}, 'val': {}, 'test': {}}
-        for mode in modes:                       # gates per modality (the node knows its keyframe source)
-            cal = calibrate_gates([r for r in recs['val'] if r['mode'] == mode], method)
-            g = cal['gates']
-            summary[method]['gates'][mode] = asdict(g)
-            summary[method]['val'][mode] = cal['val'][mode]
-            summary[method]['test'][mode] = summarize_records([r for r in recs['test'] if r['mode'] == mode],
-                                                              method, g)[mode]
-            log(f'{method} {mode}: gates {g}')
     summary['config'] = {'val_seeds': [int(s.seed) for s in val], 'test_seeds': [int(s.seed) for s in test],
                          'val_motion_stride': args.val_stride, 'test_motion_stride': args.test_stride,
                          'extra_stride': args.extra_stride, 'pair_gaps': list(cfg.pair_gaps),
                          'records': {k: len(v) for k, v in recs.items()},
                          'command': 'python benchmarks/bench_pose_quality.py --out DIR ' + ' '.join(
                              f'--{k.replace("_", "-")} {v}' for k, v in vars(args).items()
-                             if k not in ('out', 'cache', 'write_metrics', 'models', 'decoder', 'records_only')
+                             if k not in ('out', 'cache', 'write_metrics', 'write_gates', 'models', 'decoder',
+                                          'records_only')
                              and v != p.get_default(k))}
     (out / 'summary.json').write_text(json.dumps(summary, indent=1, default=float) + '\n')
+    if args.write_gates:
+        write_decoder_gates(args.decoder or m / 'mini_mast3r.safetensors', calibrated_gates(summary))
+        print(f'symmetric gates written into {args.decoder or m / "mini_mast3r.safetensors"}')
     if args.write_metrics:
         from realm_ros.miniature.evaluate import write_metrics
         doc = json.loads(Path(args.write_metrics).read_text())

@@ -27,109 +27,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .gates import PoseGates, gates_for_decoder
 from .keyframes import Keyframe
 from .matching import ReciprocalMatches, fast_reciprocal_nn
 from .pose import PnpParams, PoseResult
 from .relative_pose import MatchingParams, _pnp_on_device_gather, _sync
 
 __all__ = ['PoseGates', 'OrderAgreement', 'SymmetricPoseEstimate', 'decode_both_orders', 'symmetric_relative_pose',
-           'combine_orders', 'order_agreement', 'invert_pose_covariance', 'gate_pose', 'skew', 'CALIBRATED_GATES',
-           'gates_for', 'gates_for_decoder', 'MINIATURE_BACKBONE']
-
-
-@dataclass(frozen=True)
-class PoseGates:
-    """When a pose may be published, and how its covariance is scaled (calibrated on the miniature world).
-
-    A pose is published only when every test passes; the first failing one is the rejection ``reason``:
-
-    * ``min_inliers`` / ``min_inlier_ratio`` (``too_few_inliers`` / ``low_inlier_ratio``): PnP inliers of *each*
-      order (PnP's own thresholds in :class:`PnpParams` still apply first).
-    * ``max_order_rot_deg`` (``order_disagreement_rotation``): angle between the rotation of the direct estimate and
-      the inverted swapped-order estimate.
-    * ``max_order_trans_ratio`` (``order_disagreement_translation``): distance between the two estimates of the
-      camera centre divided by ``max(mean translation norm, min_translation_m)``; a real motion keeps this small, a
-      pair of unrelated views or a decoder bias does not.
-    * ``max_translation_m`` (``implausible_motion``): a larger relative translation is not believed (0 disables).
-    * ``publish`` False (``not_better_than_chance``): no setting of the gates made this modality's poses better than
-      chance at the allowed false-positive rate during calibration, so none is published.
-
-    The published covariance is ``covariance_scale * (0.5 (C_direct + C_swapped) + d d^T / 4) +
-    diag(covariance_floor)`` where ``d`` is the 6-vector difference of the two estimates (the disagreement is a
-    sample of the error), ``covariance_floor`` = (translation m^2, rotation rad^2) for all three axes each, or six
-    per-axis values (x, y, z m^2, rx, ry, rz rad^2).
-    """
-
-    min_inliers: int = 12
-    min_inlier_ratio: float = 0.1
-    max_order_rot_deg: float = 2.0
-    max_order_trans_ratio: float = 0.6
-    min_translation_m: float = 0.2
-    max_translation_m: float = 0.0
-    covariance_scale: float = 1.0
-    covariance_floor: tuple[float, ...] = (0.0, 0.0)
-    publish: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ('min_inlier_ratio', 'max_order_rot_deg', 'max_order_trans_ratio', 'min_translation_m',
-                     'max_translation_m', 'covariance_scale'):
-            v = getattr(self, name)
-            if not np.isfinite(v) or v < 0:
-                raise ValueError(f'PoseGates.{name} must be a finite number >= 0, got {v!r}')
-        if self.min_inliers < 0:
-            raise ValueError(f'PoseGates.min_inliers must be >= 0, got {self.min_inliers}')
-        if len(self.covariance_floor) not in (2, 6) or not all(np.isfinite(v) and v >= 0
-                                                                for v in self.covariance_floor):
-            raise ValueError(f'PoseGates.covariance_floor must be (translation, rotation) or six per-axis values, '
-                             f'finite and >= 0, got {self.covariance_floor!r}')
-
-    @property
-    def floor_diagonal(self) -> np.ndarray:
-        """The covariance floor as a 6-vector (x, y, z, rx, ry, rz)."""
-        f = tuple(float(v) for v in self.covariance_floor)
-        return np.asarray(f if len(f) == 6 else [f[0]] * 3 + [f[1]] * 3)
-
-
-#: Gates calibrated for the shipped miniature models (``benchmarks/bench_pose_quality.py``: validation scenes
-#: 20000-20001, symmetric estimate, false-positive rate <= 5 % on zero-motion and on unrelated-scene pairs, published
-#: poses better than chance; see models/README.md). With that decoder, event-event and RGB keyframe-event poses are
-#: not better than chance at that false-positive rate, so they are not published; RGB-RGB poses are. Other decoders
-#: (the full-size DUNE-MASt3R) need their own calibration: pass ``PoseGates`` explicitly.
-CALIBRATED_GATES: dict[str, PoseGates] = {
-    'rgb_rgb': PoseGates(min_inliers=100, min_inlier_ratio=0.1, max_order_rot_deg=1e9, max_order_trans_ratio=1e9,
-                         covariance_scale=0.0125,
-                         covariance_floor=(0.02385, 0.007167, 1.809, 7.559e-05, 0.0002559, 0.0001356)),
-    'event_event': PoseGates(publish=False),
-    'rgb_event': PoseGates(publish=False),
-}
-
-_MODE_OF_SOURCES = {('rgb', 'rgb'): 'rgb_rgb', ('events', 'events'): 'event_event', ('rgb', 'events'): 'rgb_event'}
-
-
-#: ``dune_backbone_name`` of the shipped miniature decoder (``models/mini_mast3r``), whose gates are calibrated
-MINIATURE_BACKBONE = 'mini_teacher'
-
-
-def gates_for_decoder(decoder: Any, keyframe_source: str, current_source: str = 'events') -> PoseGates:
-    """Gates for a loaded decoder: the calibrated table (:func:`gates_for`) for the miniature decoder, the
-    uncalibrated defaults of :class:`PoseGates` (PnP's checks plus 2 deg / 0.6 order agreement) for any other
-    (e.g. the official DUNE-MASt3R; calibrate it with ``realm_ros.miniature.pose_checks.calibrate_gates`` on data
-    with ground truth)."""
-    if getattr(decoder, 'dune_backbone_name', '') == MINIATURE_BACKBONE:
-        return gates_for(keyframe_source, current_source)
-    if (keyframe_source, current_source) not in _MODE_OF_SOURCES:
-        raise ValueError(f'unknown keyframe source {keyframe_source!r} / current source {current_source!r}')
-    return PoseGates()
-
-
-def gates_for(keyframe_source: str, current_source: str = 'events') -> PoseGates:
-    """The calibrated :class:`PoseGates` of a keyframe source (``'rgb'`` / ``'events'``) against the current view's
-    source (the perception node: always ``'events'``)."""
-    key = (keyframe_source, current_source)
-    if key not in _MODE_OF_SOURCES:
-        raise ValueError(f'no calibrated gates for keyframe source {keyframe_source!r} against {current_source!r}; '
-                         f'known: {sorted(_MODE_OF_SOURCES)}')
-    return CALIBRATED_GATES[_MODE_OF_SOURCES[key]]
+           'combine_orders', 'order_agreement', 'invert_pose_covariance', 'gate_pose', 'skew', 'gates_for_decoder']
 
 
 @dataclass(frozen=True)

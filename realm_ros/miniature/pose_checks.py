@@ -35,7 +35,7 @@ from .data import rgb_to_tensor
 from .metrics import pose_auc, relative_pose, rotation_error_deg, translation_angle_error_deg
 
 __all__ = ['MODES', 'KINDS', 'sequence_tokens', 'zero_motion_contraction', 'collect_pose_records', 'summarize_records',
-           'calibrate_gates', 'fit_covariance',
+           'calibrate_gates', 'fit_covariance', 'pose_trust_summary', 'calibrated_gates', 'write_decoder_gates',
            'radius_ratio', 'pose_error_vector', 'is_false_positive', 'IDENTITY_TRANSLATION_M', 'IDENTITY_ROTATION_DEG']
 
 MODES = {'rgb_rgb': ('rgb', 'rgb'), 'event_event': ('event', 'event'), 'rgb_event': ('rgb', 'event')}
@@ -424,3 +424,73 @@ def fit_covariance(errors: np.ndarray, covs: np.ndarray) -> Tuple[float, Tuple[f
         if cost < best_cost:
             best, best_cost = (scale, tuple(float(x) for x in floor)), cost
     return best
+
+
+def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int] = (3, 6, 12), val_stride: int = 6,
+                       test_stride: int = 3, extra_stride: int = 6, max_fp_rate: float = 0.05,
+                       records: Optional[Dict[str, List[Dict[str, object]]]] = None,
+                       log: Callable[[str], None] = print) -> Dict[str, object]:
+    """Calibrate the gates of the one-order (``direct``) and the symmetric estimate per mode on the validation
+    sequences and score them on the test sequences (zero-motion, unrelated-scene and motion pairs).
+
+    ``records`` (``{'val': [...], 'test': [...]}``) reuses collected records; missing parts are collected and stored
+    in it. Returns ``{method: {'uncalibrated_test', 'gates' ({mode: PoseGates as dict}), 'val', 'test'}}`` plus
+    ``'records'`` (counts); ``summary['symmetric']['gates']`` is what a decoder checkpoint carries
+    (:func:`realm_ros.geometry.gates.pose_gates_metadata`)."""
+    from dataclasses import asdict
+    gaps = tuple(gaps)
+    recs = records if records is not None else {}
+    for name, seqs, stride in (('val', val, val_stride), ('test', test, test_stride)):
+        if name not in recs:
+            recs[name] = collect_pose_records(models, seqs, gaps=gaps, stride=stride, zero_stride=extra_stride,
+                                              unrelated_stride=extra_stride, log=log)
+    modes = sorted({str(r['mode']) for r in recs['test']})
+    loose = PoseGates(max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
+    summary: Dict[str, object] = {}
+    for method in ('direct', 'symmetric'):
+        part: Dict[str, Dict[str, object]] = {'uncalibrated_test': summarize_records(recs['test'], method, loose),
+                                              'gates': {}, 'val': {}, 'test': {}}
+        for mode in modes:                       # gates per modality (the node knows its keyframe source)
+            cal = calibrate_gates([r for r in recs['val'] if r['mode'] == mode], method, max_fp_rate=max_fp_rate)
+            g = cal['gates']
+            assert isinstance(g, PoseGates)
+            part['gates'][mode] = asdict(g)
+            part['val'][mode] = cal['val'][mode]
+            part['test'][mode] = summarize_records([r for r in recs['test'] if r['mode'] == mode], method, g)[mode]
+            log(f'{method} {mode}: gates {g}')
+        summary[method] = part
+    summary['records'] = {k: len(v) for k, v in recs.items()}
+    summary['val_seeds'] = [int(s.seed) for s in val]
+    summary['test_seeds'] = [int(s.seed) for s in test]
+    summary['strides'] = {'val_motion': val_stride, 'test_motion': test_stride, 'zero_and_unrelated': extra_stride}
+    summary['pair_gaps'] = list(gaps)
+    summary['max_fp_rate'] = max_fp_rate
+    return summary
+
+
+def calibrated_gates(summary: Dict[str, object], method: str = 'symmetric') -> Dict[str, PoseGates]:
+    """``{mode: PoseGates}`` of a :func:`pose_trust_summary` (JSON round-tripped or not)."""
+    from realm_ros.geometry.gates import parse_pose_gates
+    part = summary[method]
+    assert isinstance(part, dict)
+    return parse_pose_gates(part['gates'], f'pose_trust.{method}.gates')
+
+
+def write_decoder_gates(path, gates: Dict[str, PoseGates]) -> None:
+    """Store calibrated gates in a decoder safetensors file (``extra.pose_gates``) and its ``.json`` sidecar, in
+    place; the tensors are untouched."""
+    import json
+    from pathlib import Path
+
+    from realm_ros.geometry.gates import pose_gates_metadata
+    from realm_ros.models.checkpoints import read_safetensors, write_safetensors
+    path = Path(path)
+    tensors, meta = read_safetensors(path)
+    meta = dict(meta)
+    extra = dict(meta.get('extra') or {})
+    extra['pose_gates'] = pose_gates_metadata(gates)
+    meta['extra'] = extra
+    write_safetensors(path, tensors, meta)
+    sidecar = path.with_suffix('.json')
+    if sidecar.is_file():
+        sidecar.write_text(json.dumps(meta, indent=2, sort_keys=True) + '\n')

@@ -48,7 +48,7 @@ SHIPPED_FILES: Dict[str, str] = {
     'depth_head': 'mini_depth_head.safetensors', 'seg_head': 'mini_seg_head.safetensors',
     'mast3r': 'mini_mast3r.safetensors', 'metrics': 'miniature_metrics.json',
 }
-STAGES: Tuple[str, ...] = ('teacher', 'bags', 'heads', 'decoder', 'distill', 'evaluate', 'ship')
+STAGES: Tuple[str, ...] = ('teacher', 'bags', 'heads', 'decoder', 'distill', 'calibrate', 'evaluate', 'ship')
 
 
 def default_work_dir() -> Path:
@@ -109,6 +109,18 @@ class DistillRecipe:
 
 
 @dataclass
+class CalibrateRecipe:
+    """Pose-gate calibration of the decoder + REALM pair (:func:`realm_ros.miniature.pose_checks.pose_trust_summary`):
+    gates chosen on validation scenes, scored on the test scenes of ``eval``, stored in the shipped decoder."""
+
+    val_sequences: int = 2
+    val_stride: int = 6               # motion pairs every N frames on validation scenes
+    test_stride: int = 3              # ... on test scenes (the accuracy pairs of ``evaluate``)
+    extra_stride: int = 6             # zero-motion and unrelated-scene pairs every N frames
+    max_fp_rate: float = 0.05
+
+
+@dataclass
 class RecipeConfig:
     """The whole recipe. ``PRESETS['full']`` is the shipped run; ``PRESETS['toy']`` a seconds-long smoke test."""
 
@@ -121,6 +133,7 @@ class RecipeConfig:
     heads: HeadsRecipe = field(default_factory=HeadsRecipe)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     distill: DistillRecipe = field(default_factory=DistillRecipe)
+    calibrate: CalibrateRecipe = field(default_factory=CalibrateRecipe)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bridge_val: EvalConfig = field(default_factory=lambda: EvalConfig(sequences=1, duration_s=1.0,
                                                                       compare_bridges=True))
@@ -143,6 +156,7 @@ def _toy() -> RecipeConfig:
         distill=DistillRecipe(epochs=2, batch_size=4, lora_rank=2, lora_alpha=2.0, embedder_widths=(16, 16, 32, 32),
                               embedder_blocks=(1, 1, 1), mask_dilation_epochs=(1,), mask_dilation_patches=(1,),
                               token_drop_start_epoch=1, min_events=50),
+        calibrate=CalibrateRecipe(val_sequences=1, val_stride=3, test_stride=3, extra_stride=3),
         eval=EvalConfig(image_size=size, sequences=1, duration_s=0.3, pair_gaps=(2,), pair_stride=3,
                         pnp_iterations=200),
         bridge_val=EvalConfig(image_size=size, sequences=1, duration_s=0.2, pair_gaps=(2,), compare_bridges=True),
@@ -247,6 +261,7 @@ class Recipe:
         self.ship_dir = self.work / 'ship'
         self.timings: Dict[str, float] = {}
         self.records: Dict[str, Any] = {}
+        self.pose_trust: Optional[Dict[str, Any]] = None
         self.device = torch.device(cfg.device)
         self.work.mkdir(parents=True, exist_ok=True)
         self.ship_dir.mkdir(parents=True, exist_ok=True)
@@ -413,6 +428,33 @@ class Recipe:
         ship_checkpoint(run_dir / 'realm.safetensors', self.shipped('realm'), half=False)
         return st.finish(dict(config=conf, argv=argv, metrics=_last_jsonl(run_dir / 'metrics.jsonl')))
 
+    def calibrate(self, teacher: Dict[str, Any]) -> Dict[str, Any]:
+        """Calibrate the pose gates of the shipped decoder with the shipped REALM (validation scenes), score them on
+        the test scenes, and store the symmetric estimate's gates in the decoder file (``extra.pose_gates``)."""
+        from .pose_checks import calibrated_gates, pose_trust_summary, write_decoder_gates
+
+        c = self.cfg.calibrate
+        deps = (_hash('decoder', self.cfg.image_size, self.cfg.decoder, teacher['sha256_file']),
+                _hash('distill', self.cfg.image_size, self.cfg.distill, teacher['sha256_file'],
+                      _hash('bags', self.cfg.image_size, self.cfg.bags)), self.cfg.eval)
+        st = self._stage('calibrate', c, *deps)
+        done = st.done()
+        if done is None:
+            st.start()
+            ev = replace(self.cfg.eval, image_size=self.cfg.image_size)
+            val = _val_sequences(replace(ev, sequences=c.val_sequences), self.work / 'val_data', self.log)
+            test = load_or_simulate(ev, self.work / 'test_data', self.log)
+            summary = pose_trust_summary(self.models(), val, test, gaps=ev.pair_gaps, val_stride=c.val_stride,
+                                         test_stride=c.test_stride, extra_stride=c.extra_stride,
+                                         max_fp_rate=c.max_fp_rate, log=self.log)
+            done = st.finish(dict(pose_trust=summary))
+        gates = calibrated_gates(done['pose_trust'])
+        from realm_ros.models.mast3r import load_dune_mast3r
+        if load_dune_mast3r(self.shipped('mast3r')).pose_gates != gates:   # a re-trained file of the same settings
+            write_decoder_gates(self.shipped('mast3r'), gates)
+            self.log(f'pose gates written into {self.shipped("mast3r")}')
+        return done
+
     def models(self) -> MiniModels:
         return MiniModels.load(self.shipped('teacher'), self.shipped('realm'), self.shipped('depth_head'),
                                self.shipped('seg_head'), self.shipped('mast3r'), device=str(self.device))
@@ -474,6 +516,8 @@ class Recipe:
             self.records['decoder'] = timed('decoder', lambda: self.decoder(teacher))
         if 'distill' in stages:
             self.records['distill'] = timed('distill', lambda: self.distill(bags, teacher))
+        if 'calibrate' in stages:
+            self.pose_trust = timed('calibrate', lambda: self.calibrate(teacher))['pose_trust']
         result: Dict[str, Any] = {}
         if 'evaluate' in stages:
             result = timed('evaluate', self.evaluate)
@@ -516,6 +560,7 @@ class Recipe:
             'test': ev['test'],
             'eval_config': _jsonable(ev['eval_config']),
             'subset_check': _jsonable(ev['subset']),
+            'pose_trust': _jsonable(self.pose_trust),
             'training': _jsonable({'teacher': {k: v for k, v in teacher.items() if k != 'key'},
                                    'bags': {k: v for k, v in (bags or {}).items() if k not in ('key', 'written')},
                                    **{k: v for k, v in self.records.items()}}),

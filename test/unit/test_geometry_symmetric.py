@@ -212,31 +212,23 @@ def test_gate_reasons_and_validation():
         PoseGates(covariance_floor=(1.0, 0.0, 0.0))
 
 
-def test_calibrated_gate_table():
-    from realm_ros.geometry.symmetric import CALIBRATED_GATES, gates_for
-    assert gates_for('events') is CALIBRATED_GATES['event_event']
-    assert gates_for('rgb') is CALIBRATED_GATES['rgb_event']
-    assert gates_for('rgb', 'rgb') is CALIBRATED_GATES['rgb_rgb']
-    with pytest.raises(ValueError, match='keyframe source'):
-        gates_for('lidar')
-
-
-def test_calibrated_table_matches_the_recorded_calibration():
-    """models/miniature_metrics.json records the calibration run (pose_trust) the table was copied from."""
+def test_pose_gates_metadata_round_trip_and_errors():
+    from realm_ros.geometry.gates import parse_pose_gates, pose_gates_metadata
+    gates = {'rgb_rgb': PoseGates(min_inliers=100, covariance_scale=0.0125,
+                                  covariance_floor=(0.02, 0.007, 1.8, 7e-05, 2e-4, 1e-4)),
+             'event_event': PoseGates(publish=False)}
+    meta = pose_gates_metadata(gates)
     import json
-    from dataclasses import asdict
-    from pathlib import Path
-    from realm_ros.geometry.symmetric import CALIBRATED_GATES
-    doc = json.loads((Path(__file__).resolve().parents[2] / 'models' / 'miniature_metrics.json').read_text())
-    if 'pose_trust' not in doc:
-        pytest.skip('no pose_trust section (benchmarks/bench_pose_quality.py --write-metrics writes it)')
-    for mode, gates in doc['pose_trust']['symmetric']['gates'].items():
-        mine = asdict(CALIBRATED_GATES[mode])
-        assert mine['publish'] == gates['publish'], mode
-        if gates['publish']:
-            for k in ('min_inliers', 'min_inlier_ratio', 'covariance_scale'):
-                assert mine[k] == pytest.approx(gates[k]), (mode, k)
-            np.testing.assert_allclose(mine['covariance_floor'], gates['covariance_floor'], rtol=1e-6)
+    assert parse_pose_gates(json.loads(json.dumps(meta))) == gates      # survives JSON (tuples become lists)
+    assert parse_pose_gates(None) == {}
+    with pytest.raises(ValueError, match=r'file\.st: unknown pose mode .lidar_rgb.'):
+        parse_pose_gates({'lidar_rgb': {}}, 'file.st')
+    with pytest.raises(ValueError, match=r'f\.event_event: unknown gate setting.*min_inlier\b'):
+        parse_pose_gates({'event_event': {'min_inlier': 3}}, 'f')
+    with pytest.raises(ValueError, match=r'f\.rgb_event: PoseGates\.max_order_rot_deg'):
+        parse_pose_gates({'rgb_event': {'max_order_rot_deg': -1.0}}, 'f')
+    with pytest.raises(ValueError, match='expected a mapping'):
+        parse_pose_gates([1, 2], 'f')
 
 
 class _Textureless(FakeDecoder):
@@ -265,12 +257,48 @@ def test_different_input_sizes_decode_in_two_calls():
     assert calls == [((S, S), (S, S + 14)), ((S, S + 14), (S, S))]
 
 
-def test_gates_for_decoder_uses_the_table_only_for_the_miniature_decoder():
-    from realm_ros.geometry.symmetric import CALIBRATED_GATES, MINIATURE_BACKBONE, gates_for_decoder
+def test_gates_for_decoder_uses_the_decoders_own_calibration():
+    from realm_ros.geometry.symmetric import gates_for_decoder
     dec = FakeDecoder([_pose()])
-    assert gates_for_decoder(dec, 'events') == PoseGates()
-    dec.dune_backbone_name = MINIATURE_BACKBONE
-    assert gates_for_decoder(dec, 'events') is CALIBRATED_GATES['event_event']
-    assert gates_for_decoder(dec, 'rgb') is CALIBRATED_GATES['rgb_event']
+    assert gates_for_decoder(dec, 'events') == PoseGates()              # uncalibrated decoder: the defaults
+    calibrated = {'event_event': PoseGates(publish=False), 'rgb_event': PoseGates(min_inliers=40)}
+    dec.pose_gates = calibrated
+    assert gates_for_decoder(dec, 'events') is calibrated['event_event']
+    assert gates_for_decoder(dec, 'rgb') is calibrated['rgb_event']
+    assert gates_for_decoder(dec, 'rgb', 'rgb') == PoseGates()          # no calibration for that mode
     with pytest.raises(ValueError, match='source'):
-        gates_for_decoder(FakeDecoder([_pose()]), 'lidar')
+        gates_for_decoder(dec, 'lidar')
+
+
+def test_decoder_checkpoint_carries_its_gates(tmp_path):
+    """load_dune_mast3r parses ``extra.pose_gates`` of the file into ``decoder.pose_gates``; bad gates are a
+    checkpoint error naming the file; the shipped decoder carries the calibration recorded in the metrics file."""
+    import json
+    from pathlib import Path
+    from realm_ros.geometry.gates import pose_gates_metadata
+    from realm_ros.models.checkpoints import read_safetensors, write_safetensors
+    from realm_ros.models.mast3r import DuneMast3rCheckpointError, load_dune_mast3r
+    models = Path(__file__).resolve().parents[2] / 'models'
+    tensors, meta = read_safetensors(models / 'mini_mast3r.safetensors')
+    meta = json.loads(json.dumps(meta))
+    meta['extra']['pose_gates'] = pose_gates_metadata({'rgb_event': PoseGates(min_inliers=77)})
+    write_safetensors(tmp_path / 'dec.safetensors', tensors, meta)
+    assert load_dune_mast3r(tmp_path / 'dec.safetensors').pose_gates == {'rgb_event': PoseGates(min_inliers=77)}
+    meta['extra']['pose_gates'] = {'rgb_event': {'min_inliers': -5}}
+    write_safetensors(tmp_path / 'bad.safetensors', tensors, meta)
+    with pytest.raises(DuneMast3rCheckpointError, match=r'bad\.safetensors: pose_gates\.rgb_event'):
+        load_dune_mast3r(tmp_path / 'bad.safetensors')
+    del meta['extra']['pose_gates']
+    write_safetensors(tmp_path / 'none.safetensors', tensors, meta)
+    assert load_dune_mast3r(tmp_path / 'none.safetensors').pose_gates == {}
+
+    shipped = load_dune_mast3r(models / 'mini_mast3r.safetensors').pose_gates
+    doc = json.loads((models / 'miniature_metrics.json').read_text())
+    recorded = doc['pose_trust']['symmetric']['gates']
+    assert set(shipped) == {'rgb_rgb', 'event_event', 'rgb_event'} == set(recorded)
+    for mode, gates in recorded.items():
+        assert shipped[mode].publish == gates['publish'], mode
+        for k in ('min_inliers', 'min_inlier_ratio', 'max_order_rot_deg', 'max_order_trans_ratio',
+                  'covariance_scale'):
+            assert getattr(shipped[mode], k) == pytest.approx(gates[k]), (mode, k)
+        np.testing.assert_allclose(shipped[mode].covariance_floor, gates['covariance_floor'], rtol=1e-6)

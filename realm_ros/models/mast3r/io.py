@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from realm_ros.common.files import chmod_like_new_file
+from realm_ros.geometry.gates import parse_pose_gates
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, DuneMast3rCheckpointError
 from .model import DuneMast3rDecoder
@@ -100,7 +101,9 @@ def load_dune_mast3r(path: str | os.PathLike[str], device: torch.device | str = 
         allow_pickle: allow full unpickling when the safe loader refuses the file (trusted files only).
 
     Returns:
-        A :class:`DuneMast3rDecoder` in eval mode with ``requires_grad=False`` parameters.
+        A :class:`DuneMast3rDecoder` in eval mode with ``requires_grad=False`` parameters, and ``pose_gates``: the
+        pose gates calibrated for this decoder when the file carries them (optional metadata ``pose_gates``, see
+        :mod:`realm_ros.geometry.gates`; invalid gates are a checkpoint error), else ``{}``.
     """
     from ..checkpoints import read_checkpoint
 
@@ -120,6 +123,10 @@ def load_dune_mast3r(path: str | os.PathLike[str], device: torch.device | str = 
         raise DuneMast3rCheckpointError(f'{path}: {exc}') from None
     backbone = extra.get('dune_backbone_name', '')
     backbone = backbone if isinstance(backbone, str) else str(backbone)
+    try:
+        pose_gates = parse_pose_gates(extra.get('pose_gates'), f'{path}: pose_gates')
+    except ValueError as exc:
+        raise DuneMast3rCheckpointError(str(exc)) from None
 
     with torch.device('meta'):
         model = DuneMast3rDecoder(config, dune_backbone_name=backbone)
@@ -132,6 +139,7 @@ def load_dune_mast3r(path: str | os.PathLike[str], device: torch.device | str = 
     model.to(device)
     if dtype is not None:
         model.cast_decoder(dtype)
+    model.pose_gates = pose_gates
     return model
 
 

@@ -1,0 +1,132 @@
+"""When a relative pose may be published: :class:`PoseGates`, and where calibrated gates are kept.
+
+Gates are a property of a decoder: they are calibrated for one decoder on pairs with ground truth
+(:func:`realm_ros.miniature.pose_checks.calibrate_gates`, run by the miniature recipe and by
+``benchmarks/bench_pose_quality.py --write-gates``) and stored in that decoder's safetensors metadata
+(``extra.pose_gates``: ``{mode: {field: value}}`` for the modes ``rgb_rgb``, ``event_event``, ``rgb_event``), so the
+gates travel with the file they were calibrated for. :func:`realm_ros.models.mast3r.load_dune_mast3r` parses them
+(:func:`parse_pose_gates`) into ``decoder.pose_gates``; a decoder without calibration (e.g. the official
+DUNE-MASt3R) gets the defaults of :class:`PoseGates` (PnP's own checks plus order agreement).
+
+ROS-free, numpy only.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+__all__ = ['PoseGates', 'MODES', 'mode_for', 'parse_pose_gates', 'pose_gates_metadata', 'gates_for_decoder']
+
+#: the pose modes: keyframe source x current source
+MODES: dict[tuple[str, str], str] = {('rgb', 'rgb'): 'rgb_rgb', ('events', 'events'): 'event_event',
+                                     ('rgb', 'events'): 'rgb_event'}
+
+
+@dataclass(frozen=True)
+class PoseGates:
+    """When a pose may be published, and how its covariance is scaled (calibrated on the miniature world).
+
+    A pose is published only when every test passes; the first failing one is the rejection ``reason``:
+
+    * ``min_inliers`` / ``min_inlier_ratio`` (``too_few_inliers`` / ``low_inlier_ratio``): PnP inliers of *each*
+      order (PnP's own thresholds in :class:`PnpParams` still apply first).
+    * ``max_order_rot_deg`` (``order_disagreement_rotation``): angle between the rotation of the direct estimate and
+      the inverted swapped-order estimate.
+    * ``max_order_trans_ratio`` (``order_disagreement_translation``): distance between the two estimates of the
+      camera centre divided by ``max(mean translation norm, min_translation_m)``; a real motion keeps this small, a
+      pair of unrelated views or a decoder bias does not.
+    * ``max_translation_m`` (``implausible_motion``): a larger relative translation is not believed (0 disables).
+    * ``publish`` False (``not_better_than_chance``): no setting of the gates made this modality's poses better than
+      chance at the allowed false-positive rate during calibration, so none is published.
+
+    The published covariance is ``covariance_scale * (0.5 (C_direct + C_swapped) + d d^T / 4) +
+    diag(covariance_floor)`` where ``d`` is the 6-vector difference of the two estimates (the disagreement is a
+    sample of the error), ``covariance_floor`` = (translation m^2, rotation rad^2) for all three axes each, or six
+    per-axis values (x, y, z m^2, rx, ry, rz rad^2).
+    """
+
+    min_inliers: int = 12
+    min_inlier_ratio: float = 0.1
+    max_order_rot_deg: float = 2.0
+    max_order_trans_ratio: float = 0.6
+    min_translation_m: float = 0.2
+    max_translation_m: float = 0.0
+    covariance_scale: float = 1.0
+    covariance_floor: tuple[float, ...] = (0.0, 0.0)
+    publish: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ('min_inlier_ratio', 'max_order_rot_deg', 'max_order_trans_ratio', 'min_translation_m',
+                     'max_translation_m', 'covariance_scale'):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f'PoseGates.{name} must be a finite number >= 0, got {v!r}')
+        if self.min_inliers < 0:
+            raise ValueError(f'PoseGates.min_inliers must be >= 0, got {self.min_inliers}')
+        if len(self.covariance_floor) not in (2, 6) or not all(np.isfinite(v) and v >= 0
+                                                                for v in self.covariance_floor):
+            raise ValueError(f'PoseGates.covariance_floor must be (translation, rotation) or six per-axis values, '
+                             f'finite and >= 0, got {self.covariance_floor!r}')
+
+    @property
+    def floor_diagonal(self) -> np.ndarray:
+        """The covariance floor as a 6-vector (x, y, z, rx, ry, rz)."""
+        f = tuple(float(v) for v in self.covariance_floor)
+        return np.asarray(f if len(f) == 6 else [f[0]] * 3 + [f[1]] * 3)
+
+
+
+
+def mode_for(keyframe_source: str, current_source: str = 'events') -> str:
+    """``'rgb_rgb'`` / ``'event_event'`` / ``'rgb_event'`` for a keyframe source against the current view's source."""
+    key = (keyframe_source, current_source)
+    if key not in MODES:
+        raise ValueError(f'unknown keyframe source {keyframe_source!r} / current source {current_source!r}; known: '
+                         f'{sorted(MODES)}')
+    return MODES[key]
+
+
+def parse_pose_gates(obj: Any, where: str = 'pose_gates') -> dict[str, PoseGates]:
+    """``{mode: PoseGates}`` from checkpoint metadata (``{mode: {field: value}}``); ``None`` -> ``{}``.
+
+    Raises ``ValueError`` naming ``where`` and the offending entry for an unknown mode or field or an invalid value.
+    """
+    if obj is None:
+        return {}
+    if not isinstance(obj, Mapping):
+        raise ValueError(f'{where}: expected a mapping of pose mode -> gate settings, got {type(obj).__name__}')
+    known = {f.name for f in fields(PoseGates)}
+    out: dict[str, PoseGates] = {}
+    for mode, values in obj.items():
+        if mode not in MODES.values():
+            raise ValueError(f'{where}: unknown pose mode {mode!r}; known: {sorted(MODES.values())}')
+        if not isinstance(values, Mapping):
+            raise ValueError(f'{where}.{mode}: expected a mapping of gate settings, got {type(values).__name__}')
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f'{where}.{mode}: unknown gate setting(s) {unknown}; known: {sorted(known)}')
+        kw = dict(values)
+        if 'covariance_floor' in kw:
+            kw['covariance_floor'] = tuple(kw['covariance_floor'])
+        try:
+            out[mode] = PoseGates(**kw)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f'{where}.{mode}: {exc}') from None
+    return out
+
+
+def pose_gates_metadata(gates: Mapping[str, PoseGates]) -> dict[str, dict[str, Any]]:
+    """The JSON form of ``{mode: PoseGates}`` stored in a decoder checkpoint (inverse of :func:`parse_pose_gates`)."""
+    return {mode: {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(g).items()}
+            for mode, g in gates.items()}
+
+
+def gates_for_decoder(decoder: Any, keyframe_source: str, current_source: str = 'events') -> PoseGates:
+    """The gates a loaded decoder was calibrated with (``decoder.pose_gates``, from its checkpoint) for this pair
+    of sources, or the uncalibrated defaults of :class:`PoseGates` when its file carries none for that mode."""
+    mode = mode_for(keyframe_source, current_source)
+    calibrated = getattr(decoder, 'pose_gates', None) or {}
+    return calibrated.get(mode, PoseGates())
