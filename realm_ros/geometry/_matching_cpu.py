@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from . import _matching_tiles as _tiles
+
 try:  # numba is a declared dependency of the 'ml' extra; without it the PyTorch backend is used
     import numba as _numba
     HAVE_NUMBA = True
@@ -291,25 +293,49 @@ def _layouts(f: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return q, torch.from_numpy(q).t().contiguous().numpy()
 
 
+def _pruned_search(queries: np.ndarray, db: _tiles.TiledDatabase, threads: int) -> np.ndarray:
+    """:func:`._matching_tiles.pruned_nn_search` with the queries split over ``threads`` workers."""
+    n = queries.shape[0]
+    workers = max(1, min(int(threads), n // 64))
+    if workers == 1:
+        return _tiles.pruned_nn_search(queries, db)
+    out = np.empty(n, np.int64)
+    edges = [n * w // workers for w in range(workers + 1)]
+    futures = [_pool(workers).submit(_tiles.pruned_nn_search, queries[a:b], db, out[a:b])
+               for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    for f in futures:
+        f.result()
+    return out
+
+
 def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_iter: int, block_size: int = 8192,
-                  threads: int | None = None, stats: dict | None = None, small_queries: int | None = None
+                  threads: int | None = None, stats: dict | None = None, small_queries: int | None = None,
+                  hw1: tuple[int, int] | None = None, hw2: tuple[int, int] | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Seed iterations of ``fast_reciprocal_NNs`` on the CPU; ``f1`` (N1, D), ``f2`` (N2, D) float32 CPU tensors
     (any strides).
 
     Returns the converged (idx1, idx2) int64 pairs (not yet unique). ``stats`` (optional dict) receives the number
     of kernel queries, official-shape queries and half-steps, for the benchmark. ``small_queries`` overrides
-    :func:`small_query_limit` (0: every half-step through the kernel, for tests).
+    :func:`small_query_limit` (0: every half-step through the kernel, for tests). With both image shapes ``hw1`` /
+    ``hw2`` (H, W) given, the kernel searches are the exact pruned search of :mod:`._matching_tiles` (same
+    neighbours, ~1/8 of the similarities on smooth descriptor maps); without them, the full search.
     """
     threads = torch.get_num_threads() if threads is None else max(1, int(threads))
     small = small_query_limit(threads) if small_queries is None else int(small_queries)
-    q1, t1 = _layouts(f1)
-    q2, t2 = _layouts(f2)
+    prune = hw1 is not None and hw2 is not None
+    if prune:
+        q1, q2 = pad_dims(f1.contiguous().numpy()), pad_dims(f2.contiguous().numpy())
+        db1: object = _tiles.tile_database(q1, *hw1)
+        db2: object = _tiles.tile_database(q2, *hw2)
+    else:
+        q1, db1 = _layouts(f1)
+        q2, db2 = _layouts(f2)
     memo12 = np.full(len(q1), -1, np.int64)
     memo21 = np.full(len(q2), -1, np.int64)
     counts = {'kernel_queries': 0, 'official_queries': 0, 'half_steps': 0}
 
-    def half_step(points: np.ndarray, src: np.ndarray, db_t: np.ndarray, memo: np.ndarray,
+    def half_step(points: np.ndarray, src: np.ndarray, db_k: object, memo: np.ndarray,
                   src_t: torch.Tensor, db: torch.Tensor) -> np.ndarray:
         counts['half_steps'] += 1
         if len(points) <= small:                 # few rows: the official BLAS call shapes, bit for bit
@@ -319,7 +345,10 @@ def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_ite
         missing = uniq[memo[uniq] < 0]
         if len(missing):
             counts['kernel_queries'] += len(missing)
-            memo[missing] = nn_search(src[missing], db_t, threads)
+            if prune:
+                memo[missing] = _pruned_search(src[missing], db_k, threads)
+            else:
+                memo[missing] = nn_search(src[missing], db_k, threads)
         return memo[points]
 
     xy1 = seeds.astype(np.int64).copy()
@@ -328,9 +357,9 @@ def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_ite
     notyet = np.ones(len(xy1), dtype=bool)
     niter = 0
     while notyet.any():
-        xy2[notyet] = half_step(xy1[notyet], q1, t2, memo12, f1, f2)
+        xy2[notyet] = half_step(xy1[notyet], q1, db2, memo12, f1, f2)
         notyet &= old2 != xy2
-        xy1[notyet] = half_step(xy2[notyet], q2, t1, memo21, f2, f1)
+        xy1[notyet] = half_step(xy2[notyet], q2, db1, memo21, f2, f1)
         notyet &= old1 != xy1
         niter += 1
         if niter >= max_iter:

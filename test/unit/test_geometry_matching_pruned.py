@@ -1,0 +1,136 @@
+"""The pruned CPU nearest-neighbour search (8 x 8 tiles, Cauchy-Schwarz bound) returns exactly what the full search
+returns: same neighbours, ties to the lowest pixel index, any image size / descriptor width."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from realm_ros.geometry import _matching_cpu, _matching_tiles
+from realm_ros.geometry.matching import fast_reciprocal_nn, reference_reciprocal_nn
+
+pytestmark = pytest.mark.skipif(not _matching_cpu.HAVE_NUMBA, reason='numba not installed')
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _smooth(h: int, w: int, d: int, seed: int, noise: float = 0.2) -> np.ndarray:
+    """Smooth random field + noise, L2-normalised (like decoder descriptor maps: most tiles prunable)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(1, d, h // 7 + 2, w // 7 + 2, generator=g)
+    m = torch.nn.functional.interpolate(base, size=(h, w), mode='bilinear', align_corners=False)[0].permute(1, 2, 0)
+    return _unit((m + noise * torch.randn(h, w, d, generator=g)).numpy())
+
+
+def _full(queries: np.ndarray, db: np.ndarray) -> np.ndarray:
+    """The unpruned kernel (the previous CPU search) on the same rows."""
+    q = _matching_cpu.pad_dims(np.ascontiguousarray(queries, dtype=np.float32))
+    t = np.ascontiguousarray(_matching_cpu.pad_dims(np.ascontiguousarray(db, dtype=np.float32)).T)
+    return _matching_cpu.nn_search(q, t, 1)
+
+
+@pytest.mark.parametrize('h, w, d, noise', [(224, 224, 24, 0.2), (37, 53, 24, 0.05), (16, 70, 10, 0.3),
+                                            (5, 9, 30, 0.2), (64, 64, 24, 3.0)])
+def test_pruned_search_equals_full_search(h, w, d, noise):
+    db = _smooth(h, w, d, seed=h + w, noise=noise).reshape(-1, d)
+    q = _smooth(h, w, d, seed=h * w, noise=noise).reshape(-1, d)
+    q = q[::max(1, len(q) // 400)]
+    tiled = _matching_tiles.tile_database(db, h, w)
+    got = _matching_tiles.pruned_nn_search(q, tiled)
+    np.testing.assert_array_equal(got, _full(q, db))
+    # and the true (float64) neighbour wherever it is unambiguous in float32
+    s = q.astype(np.float64) @ db.astype(np.float64).T
+    srt = np.sort(s, axis=1)
+    clear = srt[:, -1] - srt[:, -2] > 1e-5
+    np.testing.assert_array_equal(got[clear], s.argmax(1)[clear])
+
+
+def test_pruning_skips_most_tiles_on_smooth_maps_but_not_the_answer():
+    """Smooth maps: the bound prunes (the search is much cheaper than the full one), answers still identical."""
+    h = w = 96
+    db = _smooth(h, w, 24, seed=1, noise=0.05).reshape(-1, 24)
+    tiled = _matching_tiles.tile_database(db, h, w)
+    q = db[::7]
+    qq = q.astype(np.float64)
+    best = (qq @ db.astype(np.float64).T).max(1)
+    bound = qq @ tiled.centres_t.astype(np.float64) + np.linalg.norm(qq, axis=1)[:, None] * tiled.radius[None]
+    assert np.mean(bound >= best[:, None]) < 0.5                           # most tiles are pruned
+    assert np.all(bound.max(1) >= best)                                    # never the one holding the maximum
+    np.testing.assert_array_equal(_matching_tiles.pruned_nn_search(q, tiled), _full(q, db))
+
+
+@pytest.mark.parametrize('low_first', [True, False])
+def test_exact_ties_across_tiles_pick_the_lowest_pixel_index(low_first):
+    """Two pixels in different tiles hold the very descriptor of the query (bit-identical similarities): the lower
+    linear index wins whichever tile is visited first (the best-bound tile is visited first)."""
+    h, w, d = 32, 32, 24
+    db = _smooth(h, w, d, seed=5, noise=0.3).reshape(-1, d).copy()
+    q = _unit(np.random.default_rng(0).normal(size=(1, d)))
+    lo, hi = 3 + w * 2, 20 + w * 25                        # tiles 0 and 11
+    db[lo] = db[hi] = q[0]
+    target_tile = hi if low_first else lo                   # make the *other* tile's bound the largest
+    ty, tx = divmod(target_tile, w)
+    ty, tx = ty // 8 * 8, tx // 8 * 8
+    db.reshape(h, w, d)[ty:ty + 8, tx:tx + 8] = q[0]
+    db.reshape(h, w, d)[ty, tx] = _unit(-q)[0]              # keep the tile from being a single point
+    tiled = _matching_tiles.tile_database(db, h, w)
+    got = _matching_tiles.pruned_nn_search(q, tiled)
+    want = np.flatnonzero((db == q[0]).all(1)).min()
+    assert got[0] == want == _full(q, db)[0]
+
+
+def test_padding_of_edge_tiles_never_wins():
+    """Edge tiles are padded with a copy of their first pixel (same index): no index outside the image appears."""
+    h, w, d = 9, 10, 24
+    db = _smooth(h, w, d, seed=3).reshape(-1, d)
+    tiled = _matching_tiles.tile_database(db, h, w)
+    assert tiled.values.shape == (4, 24, 64) and tiled.index.max() < h * w
+    got = _matching_tiles.pruned_nn_search(db, tiled)
+    np.testing.assert_array_equal(got, _full(db, db))
+
+
+def test_large_and_small_magnitudes_keep_the_bound_valid():
+    h, w, d = 40, 40, 24
+    base = _smooth(h, w, d, seed=9, noise=0.1).reshape(-1, d)
+    for scale in (1e-15, 1e15):
+        db = (base * scale).astype(np.float32)
+        q = (base[::5] * np.float32(scale)).astype(np.float32)
+        tiled = _matching_tiles.tile_database(db, h, w)
+        np.testing.assert_array_equal(_matching_tiles.pruned_nn_search(q, tiled), _full(q, db))
+
+
+def test_bad_inputs_are_named():
+    db = _smooth(16, 16, 24, seed=0).reshape(-1, 24)
+    with pytest.raises(ValueError, match='height x width'):
+        _matching_tiles.tile_database(db, 15, 16)
+    tiled = _matching_tiles.tile_database(db, 16, 16)
+    with pytest.raises(ValueError, match='queries'):
+        _matching_tiles.pruned_nn_search(np.zeros((3, 32), np.float32), tiled)
+    with pytest.raises(ValueError, match=r'\(N, D\)'):
+        _matching_tiles.tile_database(db.reshape(16, 16, 24), 16, 16)
+
+
+@pytest.mark.parametrize('threads', [1, 2])
+@pytest.mark.parametrize('h1, w1, h2, w2', [(64, 64, 64, 64), (40, 56, 48, 40)])
+def test_reciprocal_matches_identical_with_and_without_pruning(h1, w1, h2, w2, threads):
+    d1 = torch.from_numpy(_smooth(h1, w1, 24, seed=h1))
+    d2 = torch.from_numpy(_smooth(h2, w2, 24, seed=w2 + 1))
+    d2[: min(h1, h2), : min(w1, w2)] = torch.from_numpy(_unit(
+        0.7 * d1[: min(h1, h2), : min(w1, w2)].numpy() + 0.3 * _smooth(min(h1, h2), min(w1, w2), 24, seed=4)))
+    a = fast_reciprocal_nn(d1, d2, subsample=4, threads=threads)
+    b = fast_reciprocal_nn(d1, d2, subsample=4, threads=threads, prune=False)
+    c = reference_reciprocal_nn(d1, d2, subsample=4)
+    assert a.count > 20
+    for m in (b, c):
+        np.testing.assert_array_equal(a.xy1, m.xy1)
+        np.testing.assert_array_equal(a.xy2, m.xy2)
+    # every half-step through the pruned kernel (no few-seed official-shape path)
+    i1, i2 = _matching_cpu.iterate_numba(d1.reshape(-1, 24), d2.reshape(-1, 24),
+                                         np.arange(0, h1 * w1, 5), 10, threads=threads, small_queries=0,
+                                         hw1=(h1, w1), hw2=(h2, w2))
+    j1, j2 = _matching_cpu.iterate_numba(d1.reshape(-1, 24), d2.reshape(-1, 24),
+                                         np.arange(0, h1 * w1, 5), 10, threads=threads, small_queries=0)
+    np.testing.assert_array_equal(i1, j1)
+    np.testing.assert_array_equal(i2, j2)
