@@ -259,15 +259,39 @@ def score(rec: Received, num_classes: int = 11) -> Dict[str, Any]:
                            **cm.scores(DSEC_CLASSES)} if matched else {'frames_scored': 0})
 
     pacc = PoseErrorAccumulator()
+    no_motion = PoseErrorAccumulator()       # "the camera did not move": what an estimate must beat
+    forward_ok: List[bool] = []
     pairs = 0
     for (s0, _r0, T0, f0), (s1, _r1, T1, f1) in zip(poses, poses[1:]):
         g0, g1 = _nearest(gt_pose, s0), _nearest(gt_pose, s1)
         if g0 is None or g1 is None or f0 != f1 or s1 == s0:
             continue
-        pacc.update(relative_pose(T0, T1), relative_pose(g0, g1))
+        T_est, T_gt = relative_pose(T0, T1), relative_pose(g0, g1)
+        pacc.update(T_est, T_gt)
+        no_motion.update(np.eye(4), T_gt)
+        forward_ok.append(bool(np.sign(T_est[2, 3]) == np.sign(T_gt[2, 3])))
         pairs += 1
-    result['pose'] = {'pairs_scored': pairs, **pacc.result()} if pairs else {'pairs_scored': 0}
+    if pairs:
+        base = no_motion.result()
+        result['pose'] = {'pairs_scored': pairs, **pacc.result(), 'forward_sign_ok': float(np.mean(forward_ok)),
+                          'no_motion_rot_err_deg_median': base['rot_err_deg_median']}
+    else:
+        result['pose'] = {'pairs_scored': 0}
     return result
+
+
+def pose_outcomes(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, int]:
+    """The node's pose attempts and rejections by reason (``pose_attempts``, ``pose_rejected.<reason>``, ...) from
+    its /diagnostics: every estimate it did not publish is counted there with the gate that stopped it."""
+    out: Dict[str, int] = {}
+    for values in diagnostics.values():
+        for k, v in values.items():
+            if k.startswith(('pose_attempts', 'pose_rejected.', 'pose_without_keyframe')):
+                try:
+                    out[k] = int(float(v))
+                except ValueError:
+                    continue
+    return out
 
 
 def _percentiles(lat: np.ndarray) -> Dict[str, Any]:
@@ -645,6 +669,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             'latency_ms_end_to_end': latency_summary(rec),
             'latency_ms_by_output': latency_by_output(rec),
             'event_packets': packet_loss(rec.diagnostics),
+            'pose_outcomes': pose_outcomes(rec.diagnostics),
             'node_diagnostics': rec.diagnostics,
             **scores,
         }
@@ -686,7 +711,13 @@ def _print_summary(s: Dict[str, Any], out_dir: Path) -> None:
         print(f"  semantics: mIoU {m.get('miou', float('nan')):.3f} over {m['frames_scored']} frames")
     pz = s.get('pose', {})
     if pz.get('pairs_scored'):
-        print('  pose: ' + ', '.join(f'{k} {v:.3g}' for k, v in pz.items() if isinstance(v, float)))
+        print(f"  pose ({pz['pairs_scored']} consecutive published pairs): rotation error median "
+              f"{pz['rot_err_deg_median']:.2f} deg (no-motion baseline {pz['no_motion_rot_err_deg_median']:.2f}), "
+              f"translation direction error median {pz['trans_err_deg_median']:.1f} deg, forward sign right "
+              f"{100 * pz['forward_sign_ok']:.0f} %, AUC_pose@20 {pz.get('auc_pose@20', float('nan')):.2f}")
+    po = s.get('pose_outcomes', {})
+    if po:
+        print('  pose estimates (node diagnostics): ' + ', '.join(f'{k} {v}' for k, v in sorted(po.items())))
     print(f'  wrote {out_dir / "summary.json"} and {out_dir / "panel.png"}')
 
 

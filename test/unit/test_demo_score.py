@@ -1,0 +1,48 @@
+"""The demo's live pose score: consecutive published poses against ground truth, the no-motion baseline, the
+forward-sign rate, and the node's pose outcomes from /diagnostics."""
+import numpy as np
+import pytest
+
+from realm_ros.demo import Received, pose_outcomes, score
+
+
+def _T(z: float, yaw_deg: float = 0.0) -> np.ndarray:
+    a = np.deg2rad(yaw_deg)
+    T = np.eye(4)
+    T[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
+    T[2, 3] = z
+    return T
+
+
+def _received(est_sign: float) -> Received:
+    rec = Received()
+    for k in range(6):
+        stamp = 1_000_000_000 + k * 100_000_000
+        rec.gt_pose[stamp] = _T(0.5 * k, 1.0 * k)                       # forward, turning 1 deg per step
+        rec.pose.append((stamp, stamp, _T(est_sign * 0.5 * k, 1.0 * k), 'odom'))
+    return rec
+
+
+def test_pose_score_reports_forward_sign_and_no_motion_baseline():
+    good = score(_received(+1.0))['pose']
+    assert good['pairs_scored'] == 5
+    assert good['forward_sign_ok'] == 1.0
+    assert good['rot_err_deg_median'] == pytest.approx(0.0, abs=1e-6)
+    assert good['no_motion_rot_err_deg_median'] == pytest.approx(1.0, abs=1e-6)
+    assert good['trans_err_deg_median'] < 1.0
+    bad = score(_received(-1.0))['pose']                                  # moving backward: wrong sign
+    assert bad['forward_sign_ok'] == 0.0 and bad['trans_err_deg_median'] > 90.0
+
+
+def test_no_published_pose_scores_nothing():
+    rec = _received(1.0)
+    rec.pose.clear()
+    assert score(rec)['pose'] == {'pairs_scored': 0}
+
+
+def test_pose_outcomes_from_diagnostics():
+    diag = {'realm: pose': {'pose_attempts': '12', 'pose_rejected.not_better_than_chance': '9',
+                            'pose_rejected.too_few_inliers': '3', 'rate_hz': '2.1'},
+            'realm: events': {'packets': '100'}, 'realm: other': {'pose_without_keyframe': 'n/a'}}
+    assert pose_outcomes(diag) == {'pose_attempts': 12, 'pose_rejected.not_better_than_chance': 9,
+                                   'pose_rejected.too_few_inliers': 3}
