@@ -11,7 +11,9 @@ Modules (import what you need; this package import itself stays light so that ``
   :mod:`~realm_ros.training.distill_task` - the distillation task (teacher, student, trainable set, export).
 * :mod:`~realm_ros.training.heads` - depth (SI log + gradient) and segmentation (focal + Dice) losses, head task.
 * :mod:`~realm_ros.training.trainer` - resumable AdamW/cosine/AMP/accumulation/DDP loop, atomic checkpoints;
-  :mod:`~realm_ros.training.loop` - the optimiser step it shares with the miniature pretrainers.
+  :mod:`~realm_ros.training.loop` - the optimiser step it shares with the miniature pretrainers;
+  :mod:`~realm_ros.training.distributed` - process group, devices, resumable sampler;
+  :mod:`~realm_ros.training.storage` - atomic checkpoint files, RNG state, metrics.jsonl.
 * :mod:`~realm_ros.training.feature_cache` - optional on-disk teacher-feature cache.
 * :mod:`~realm_ros.training.cli` - ``train_from_bag`` / ``train_heads`` front ends (``distill_main``, ``heads_main``).
 * :mod:`~realm_ros.training.errors` - error classes and the exit codes of the tools.

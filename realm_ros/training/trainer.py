@@ -11,26 +11,24 @@ position inside the epoch); non-finite losses skipped and counted (too many -> :
 checkpoint); disk full -> :class:`StorageError` with the previous checkpoint intact.
 
 The model-specific part is a :class:`TrainTask`: it owns the modules, turns a batch into a loss dictionary, computes
-validation sums and exports the final artefact.
+validation sums and exports the final artefact. The optimiser step itself (clip, schedule, non-finite skip, metric
+window) is :mod:`realm_ros.training.loop`, shared with the miniature pretrainers; process groups, devices and the
+resumable sampler are in :mod:`realm_ros.training.distributed`; atomic checkpoint files, RNG state and
+``metrics.jsonl`` in :mod:`realm_ros.training.storage` (their names are re-exported here).
 """
 from __future__ import annotations
 
 import abc
 import contextlib
-import errno
-import io
-import json
 import logging
 import math
 import os
-import random
 import shutil
 import signal
 import sys
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -38,20 +36,20 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from realm_ros.common.device import DeviceError
-from realm_ros.common.device import resolve_device as _resolve_device
 from realm_ros.common.schedule import warmup_cosine
 
-from .errors import DivergenceError, Interrupted, StorageError, TrainingError
+from .distributed import (DistInfo, ResumableDistributedSampler, all_reduce, init_distributed, resolve_device,
+                          resolve_precision, worker_init)
+from .errors import DivergenceError, Interrupted, TrainingError
 from .loop import MetricWindow, OptimizerStep, StepOutcome
+from .storage import (CHECKPOINT_FORMAT, MetricsLogger, atomic_write_bytes, load_checkpoint_file, rng_state,
+                      save_checkpoint_file, seed_everything, set_rng_state, storage_error)
 
 __all__ = ['TrainTask', 'DistInfo', 'init_distributed', 'resolve_device', 'resolve_precision',
            'ResumableDistributedSampler', 'WarmupCosine', 'atomic_write_bytes', 'save_checkpoint_file',
-           'load_checkpoint_file', 'MetricsLogger', 'Trainer', 'CHECKPOINT_FORMAT']
+           'load_checkpoint_file', 'MetricsLogger', 'Trainer', 'CHECKPOINT_FORMAT', 'seed_everything', 'StopFlag']
 
-CHECKPOINT_FORMAT = 'realm_ros.training.checkpoint/1'
 _LOG = logging.getLogger(__name__)
-_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 # ====================================================================================================== task API
@@ -100,97 +98,6 @@ class TrainTask(abc.ABC):
     def export(self, out_dir: str, metrics: Mapping[str, Any]) -> str:
         """Write the final artefact (rank 0 only) and return its path."""
 
-
-# ====================================================================================================== devices
-@dataclass
-class DistInfo:
-    """Process-group facts: ``rank``/``world_size``/``local_rank`` (1 process: 0/1/0) and the device to use."""
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``'auto'`` -> the local rank's CUDA device if available, else CPU; ``'cuda'`` -> the local rank's GPU.
-
-    :func:`realm_ros.common.device.resolve_device` without the CPU fallback: CUDA asked for where there is none (or a
-    GPU index past the last one) is a :class:`TrainingError`.
-    """
-    try:
-        return _resolve_device(spec, local_rank=local_rank, cuda_fallback=False)[0]
-    except DeviceError as exc:
-        raise TrainingError(f'run.device: {exc}') from None
-
-
-def init_distributed(device_spec: str) -> DistInfo:
-    """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, Gloo on CPU)."""
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    device = resolve_device(device_spec, local_rank)
-    if world > 1 and not dist.is_initialized():
-        if device.type == 'cuda':
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
-    return DistInfo(rank, world, local_rank, device)
-
-
-def resolve_precision(spec: str, device: torch.device) -> Tuple[Optional[torch.dtype], bool]:
-    """``(autocast dtype or None, use a gradient scaler)`` for ``run.precision`` on ``device``."""
-    if spec == 'auto':
-        if device.type != 'cuda':
-            return None, False
-        spec = 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
-    if spec == 'fp32':
-        return None, False
-    if spec == 'bf16':
-        return torch.bfloat16, False
-    if spec == 'fp16':
-        if device.type != 'cuda':
-            raise TrainingError('run.precision fp16 needs CUDA (use bf16 or fp32 on CPU)')
-        return torch.float16, True
-    raise TrainingError(f'unknown precision {spec!r}')
-
-
-# ====================================================================================================== data order
-class ResumableDistributedSampler(DistributedSampler):
-    """:class:`DistributedSampler` (per-epoch seeded shuffle, rank partition) that can start mid-epoch.
-
-    ``set_position(epoch, start)`` selects the epoch's permutation and skips this rank's first ``start`` indices, so a
-    resumed run sees exactly the samples the interrupted run had not seen yet, without loading the skipped ones.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-        self.start = 0
-
-    def set_position(self, epoch: int, start: int = 0) -> None:
-        self.set_epoch(epoch)
-        self.start = int(start)
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.start:])
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples - self.start)
-
-
-def _worker_init(worker_id: int) -> None:
-    """Data workers ignore SIGINT: the main process handles it and writes the checkpoint."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
-
-
 # ====================================================================================================== schedule
 class WarmupCosine:
     """LR factor: linear warm-up over ``warmup`` steps, then cosine decay from 1 to ``min_ratio`` at ``total``."""
@@ -203,148 +110,6 @@ class WarmupCosine:
     def __call__(self, step: int) -> float:
         # the ramp ends where the cosine starts (ramp = warmup + 1)
         return warmup_cosine(step, self.total, self.warmup, self.min_ratio, ramp=self.warmup + 1)
-
-
-# ====================================================================================================== checkpoints
-def _storage_error(path: str, exc: OSError, what: str) -> StorageError:
-    if exc.errno in _DISK_FULL_ERRNOS:
-        reason = 'disk full (or quota / file-size limit reached)'
-    else:
-        reason = exc.strerror or str(exc)
-    return StorageError(f'cannot write {what} {path!r}: {reason}')
-
-
-def atomic_write_bytes(path: str, data: bytes, min_free_bytes: int = 0, what: str = 'file') -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same directory, fsync, rename).
-
-    Raises :class:`StorageError` when less than ``len(data) + min_free_bytes`` is free or the write fails; the previous
-    ``path`` is left untouched and the temporary file removed.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        free = shutil.disk_usage(directory).free
-    except OSError as exc:
-        raise _storage_error(path, exc, what) from None
-    if free < len(data) + min_free_bytes:
-        raise StorageError(f'cannot write {what} {path!r}: disk full ({free / 1e6:.1f} MB free, '
-                           f'{(len(data) + min_free_bytes) / 1e6:.1f} MB needed)')
-    tmp = f'{path}.tmp.{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise _storage_error(path, exc, what) from None
-    with contextlib.suppress(OSError):  # make the rename durable
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def save_checkpoint_file(path: str, state: Mapping[str, Any], min_free_bytes: int = 0) -> None:
-    """``torch.save`` ``state`` atomically (see :func:`atomic_write_bytes`)."""
-    buf = io.BytesIO()
-    torch.save(dict(state), buf)
-    atomic_write_bytes(path, buf.getvalue(), min_free_bytes, 'checkpoint')
-
-
-def load_checkpoint_file(path: str) -> Dict[str, Any]:
-    """Load a training checkpoint written by :func:`save_checkpoint_file` (our own trusted file, full pickle)."""
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=False)
-    except FileNotFoundError:
-        raise TrainingError(f'--resume: no checkpoint at {path!r}') from None
-    except Exception as exc:  # noqa: BLE001 - corrupt pickle / zip
-        raise TrainingError(f'--resume: checkpoint {path!r} is unreadable: {exc}') from None
-    if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
-        raise TrainingError(f'--resume: {path!r} is not a realm_ros training checkpoint')
-    return state
-
-
-def _rng_state() -> Dict[str, Any]:
-    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state['cuda'])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-# ====================================================================================================== metrics
-class MetricsLogger:
-    """JSON-lines metrics (``metrics.jsonl``) and optional TensorBoard; active on rank 0 only."""
-
-    def __init__(self, out_dir: str, enabled: bool, tensorboard: bool, resume_step: Optional[int] = None) -> None:
-        self.enabled = enabled
-        self.path = os.path.join(out_dir, 'metrics.jsonl')
-        self.tb = None
-        if not enabled:
-            return
-        if resume_step is not None and os.path.exists(self.path):
-            self._truncate_after(resume_step)
-        elif resume_step is None and os.path.exists(self.path):
-            os.remove(self.path)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-                self.tb = SummaryWriter(os.path.join(out_dir, 'tensorboard'))
-            except Exception:  # noqa: BLE001 - tensorboard not installed: JSONL only
-                self.tb = None
-                _LOG.warning('[train] tensorboard is not installed: metrics go to metrics.jsonl only '
-                             '(pip install tensorboard for TensorBoard scalars)')
-
-    def _truncate_after(self, step: int) -> None:
-        """Drop records newer than the resumed step, so the file reads as one uninterrupted run."""
-        kept = []
-        with open(self.path, encoding='utf-8') as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if rec.get('step', 0) <= step and rec.get('kind') != 'end':
-                    kept.append(json.dumps(rec))
-        atomic_write_bytes(self.path, ('\n'.join(kept) + ('\n' if kept else '')).encode(), what='metrics file')
-
-    def log(self, record: Dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        record = {k: (float(v) if isinstance(v, (np.floating, torch.Tensor)) else v) for k, v in record.items()}
-        try:
-            with open(self.path, 'a', encoding='utf-8') as fh:
-                fh.write(json.dumps(record) + '\n')
-        except OSError as exc:
-            raise _storage_error(self.path, exc, 'metrics file') from None
-        if self.tb is not None:
-            kind = record.get('kind', 'train')
-            step = int(record.get('step', 0))
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ('step', 'epoch') and not isinstance(value, bool):
-                    self.tb.add_scalar(f'{kind}/{key}', value, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 # ====================================================================================================== signals
@@ -376,16 +141,7 @@ class StopFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
-
 # ====================================================================================================== trainer
-def _all_reduce(value: torch.Tensor, op: str, info: DistInfo) -> torch.Tensor:
-    if not info.distributed:
-        return value
-    t = value.detach().clone().to(info.device)
-    dist.all_reduce(t, op={'sum': dist.ReduceOp.SUM, 'max': dist.ReduceOp.MAX, 'min': dist.ReduceOp.MIN}[op])
-    return t.cpu()
-
-
 def _collate_default(samples: List[Any]) -> Any:
     return torch.utils.data.default_collate(samples)
 
@@ -479,7 +235,7 @@ class Trainer:
         gen.manual_seed(shuffle_seed)  # keeps the global RNG untouched by DataLoader iterator creation
         return DataLoader(dataset, batch_size=self.optim_cfg.batch_size, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=self.collate_fn,
-                          pin_memory=self.info.device.type == 'cuda', worker_init_fn=_worker_init,
+                          pin_memory=self.info.device.type == 'cuda', worker_init_fn=worker_init,
                           generator=gen, persistent_workers=False,
                           prefetch_factor=2 if self.num_workers > 0 else None)
 
@@ -503,7 +259,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------------- checkpoints
     def checkpoint_state(self) -> Dict[str, Any]:
-        rng = _rng_state()
+        rng = rng_state()
         if self.info.distributed:
             gathered: List[Any] = [None] * self.info.world_size
             dist.all_gather_object(gathered, rng)
@@ -539,7 +295,7 @@ class Trainer:
                 try:
                     shutil.copyfile(self.last_path, epoch_path)
                 except OSError as exc:
-                    raise _storage_error(epoch_path, exc, 'checkpoint') from None
+                    raise storage_error(epoch_path, exc, 'checkpoint') from None
             epochs = sorted(f for f in os.listdir(self.ckpt_dir) if f.startswith('epoch_') and f.endswith('.pt'))
             for old in epochs[:-self.run_cfg.keep_checkpoints]:
                 with contextlib.suppress(OSError):
@@ -569,7 +325,7 @@ class Trainer:
         self.scaler.load_state_dict(state['scaler'])
         rngs = state['rng']
         if len(rngs) == self.info.world_size:
-            _set_rng_state(rngs[self.info.rank])
+            set_rng_state(rngs[self.info.rank])
         else:
             seed_everything(self.run_cfg.seed + 7919 * self.info.rank + state['global_step'])
         self.epoch = int(state['epoch'])
@@ -600,7 +356,7 @@ class Trainer:
                     sums[key] = sums.get(key, torch.zeros((), dtype=torch.float64)) + value.detach().double().cpu()
         self.wrapped.train()
         if self.info.distributed:  # every rank has the same keys (each rank holds at least one sample)
-            sums = {k: _all_reduce(sums[k], 'sum', self.info) for k in sorted(sums)}
+            sums = {k: all_reduce(sums[k], 'sum', self.info) for k in sorted(sums)}
         return self.task.val_summary(sums)
 
     # -------------------------------------------------------------------------------------------------- main loop
@@ -668,7 +424,7 @@ class Trainer:
                             with self._autocast():
                                 out = self.task.train_step(batch, epoch)
                             loss = out['loss']
-                            finite = _all_reduce(self.stepper.is_finite(loss).cpu(), 'min', self.info)
+                            finite = all_reduce(self.stepper.is_finite(loss).cpu(), 'min', self.info)
                             if self.stepper.backward(loss, group_size, finite):
                                 group_losses.append({k: float(v.detach()) for k, v in out.items()
                                                      if v.dim() == 0})
@@ -692,7 +448,7 @@ class Trainer:
                         if self.step_callback is not None:
                             self.step_callback(self)
                         stop = torch.tensor(1.0 if self.stop.requested else 0.0)
-                        if float(_all_reduce(stop, 'max', self.info)) > 0:
+                        if float(all_reduce(stop, 'max', self.info)) > 0:
                             self.save_checkpoint(epoch_end=False)
                             logger.log({'kind': 'interrupted', 'step': self.global_step, 'epoch': epoch})
                             raise Interrupted(f'stopped by {self.stop.signal_name or "request"} at step '
