@@ -24,7 +24,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -221,7 +221,7 @@ def _nan_to_none(obj):
 
 @torch.no_grad()
 def evaluate(models: MiniModels, sequences: Sequence[TestSequence], cfg: EvalConfig,
-             device: torch.device | str = 'cpu', log: Callable[[str], None] = print) -> Dict[str, object]:
+             device: torch.device | str = 'cpu', log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Score the models on ``sequences`` (see the module docstring); returns a JSON-serialisable dictionary."""
     device = torch.device(device)
     size = cfg.image_size
@@ -267,7 +267,7 @@ def evaluate(models: MiniModels, sequences: Sequence[TestSequence], cfg: EvalCon
         log(f'evaluated dense heads on sequence {seq.seed} ({n} frames, '
             f'{int(seq.num_events.mean())} events per window)')
 
-    result: Dict[str, object] = {
+    result: Dict[str, Any] = {
         'frames': frames, 'sequences': [int(s.seed) for s in sequences],
         'events_per_window_mean': float(np.mean(np.concatenate([s.num_events for s in sequences]))),
         'depth': {k: v.result() for k, v in depth_acc.items()},
@@ -284,7 +284,7 @@ def evaluate(models: MiniModels, sequences: Sequence[TestSequence], cfg: EvalCon
 
 
 def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch.device,
-                   log: Callable[[str], None]) -> Dict[str, object]:
+                   log: Callable[[str], None]) -> Dict[str, Any]:
     from realm_ros.geometry.keyframes import Keyframe
     from realm_ros.geometry.pose import PnpParams
     from realm_ros.geometry.relative_pose import estimate_relative_pose
@@ -292,8 +292,8 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
 
     # the symmetric estimate is scored before any gate (every pair both orders solve), like the one-order one
     open_gates = PoseGates(min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
-    over = {k: v for k, v in (('point_conf_threshold', cfg.point_conf_threshold),
-                              ('desc_conf_threshold', cfg.desc_conf_threshold)) if v is not None}
+    over: Dict[str, Any] = {k: v for k, v in (('point_conf_threshold', cfg.point_conf_threshold),
+                                              ('desc_conf_threshold', cfg.desc_conf_threshold)) if v is not None}
     pnp = PnpParams(iterations=cfg.pnp_iterations, **over)
     size = cfg.image_size
     modes = {'rgb_rgb': ('rgb', 'rgb'), 'event_event': ('event', 'event'), 'rgb_event': ('rgb', 'event')}
@@ -343,7 +343,7 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
                         sym[mode].update(T_sym, T_gt)
                         forward_ok['symmetric'][mode].append(_forward_sign_ok(T_sym, T_gt))
         log(f'evaluated relative pose on sequence {seq.seed}')
-    out: Dict[str, object] = {}
+    out: Dict[str, Any] = {}
     for mode in modes:
         r = acc[mode].result()
         r['inliers_median'] = float(np.median(inliers[mode])) if inliers[mode] else 0.0
@@ -377,7 +377,7 @@ def _rate(flags: Sequence[bool]) -> Optional[float]:
     return float(np.mean(flags)) if len(flags) else None
 
 
-def write_metrics(path: os.PathLike, metrics: Dict[str, object]) -> Path:
+def write_metrics(path: os.PathLike, metrics: Dict[str, Any]) -> Path:
     """Write a metrics dictionary as pretty JSON (atomic)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -106,7 +106,7 @@ def zero_motion_contraction(decoder, tokens: Sequence[torch.Tensor], K: np.ndarr
             'pnp_moved_fraction': float(np.mean(moved)) if moved else float('nan')}
 
 
-def _pose_fields(res) -> Dict[str, object]:
+def _pose_fields(res) -> Dict[str, Any]:
     return dict(ok=bool(res.ok), reason=res.reason, inliers=res.num_inliers, corr=res.num_correspondences,
                 ratio=res.inlier_ratio, T_cur_ref=res.T_cur_ref if res.R is not None else None,
                 cov=res.covariance)
@@ -116,7 +116,7 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
                          zero_stride: int = 6, unrelated_stride: int = 6, pnp: PnpParams = PnpParams(iterations=1000),
                          matching: MatchingParams = MatchingParams(), bridge: str = 'teacher_norm_inverse',
                          modes: Iterable[str] = tuple(MODES), device: torch.device | str = 'cpu',
-                         log: Callable[[str], None] = print) -> List[Dict[str, object]]:
+                         log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
     """One record per pair (see the module docstring): ``mode``, ``kind``, ``gap``, ``seeds``, ``T_gt`` (T_cur_ref,
     None for unrelated pairs), ``direct`` / ``swapped`` PnP fields, ``radius_ratio`` of the direct matches,
     ``decode_s`` (both orders, batched)."""
@@ -135,7 +135,7 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
             sj = (si + 1) % len(sequences)
             for i in range(0, min(n, len(sequences[sj])), unrelated_stride):
                 pairs.append(('unrelated', -1, si, i, sj, i))
-    records: List[Dict[str, object]] = []
+    records: List[Dict[str, Any]] = []
     t_start = time.time()
     for kind, gap, sa, i, sb, j in pairs:
         A, B = sequences[sa], sequences[sb]
@@ -180,20 +180,23 @@ def pose_error_vector(T_ref_cur_est: np.ndarray, T_ref_cur_gt: np.ndarray) -> np
     return np.concatenate([T_ref_cur_est[:3, 3] - T_ref_cur_gt[:3, 3], w])
 
 
-def _estimate(rec: Dict[str, object], method: str, gates: PoseGates, pnp_direct_gates: bool = True):
+def _estimate(rec: Dict[str, Any], method: str, gates: PoseGates, pnp_direct_gates: bool = True):
     """(published, reason, T_cur_ref, covariance, agreement) of a record under a method and gates."""
     d, s = rec['direct'], rec['swapped']
 
-    class _R:  # minimal PoseResult-like view for gate_pose
-        def __init__(self, f):
+    class _R:  # minimal PoseResult-like view for gate_pose (reads ok, reason, num_inliers, inlier_ratio)
+        def __init__(self, f: Dict[str, Any]) -> None:
             self.ok, self.reason = f['ok'], f['reason']
             self.num_inliers, self.inlier_ratio = f['inliers'], f['ratio']
+
+    def view(f: Dict[str, Any]) -> Any:
+        return _R(f)
     if not gates.publish:
         return False, 'not_better_than_chance', None, None, None
     if method == 'direct':
         if not d['ok']:
             return False, d['reason'], None, None, None
-        reason = gate_pose(_R(d), _R(d), None, 0.0, gates)
+        reason = gate_pose(view(d), view(d), None, 0.0, gates)
         cov = d['cov'] * gates.covariance_scale if d['cov'] is not None else None
         if cov is not None:
             cov = cov + np.diag(gates.floor_diagonal)
@@ -208,33 +211,35 @@ def _estimate(rec: Dict[str, object], method: str, gates: PoseGates, pnp_direct_
     ag = order_agreement(T_a, T_b, gates.min_translation_m)
     cov_b = invert_pose_covariance(s['cov'], _inv(s['T_cur_ref'])) if s['cov'] is not None else None
     T, cov = combine_orders(T_a, T_b, d['cov'], cov_b, gates)
-    reason = gate_pose(_R(d), _R(s), ag, float(np.linalg.norm(T[:3, 3])), gates)
+    reason = gate_pose(view(d), view(s), ag, float(np.linalg.norm(T[:3, 3])), gates)
     return not reason, reason, _inv(T), cov, ag
 
 
-def is_false_positive(rec: Dict[str, object], published: bool, T_cur_ref: Optional[np.ndarray]) -> bool:
+def is_false_positive(rec: Dict[str, Any], published: bool, T_cur_ref: Optional[np.ndarray]) -> bool:
     """A published pose of an unrelated pair, or a published non-identity pose of a zero-motion pair (translation
     beyond :data:`IDENTITY_TRANSLATION_M` or rotation beyond :data:`IDENTITY_ROTATION_DEG` from the truth)."""
     if not published or rec['kind'] == 'motion':
         return False
     if rec['kind'] == 'unrelated':
         return True
+    if T_cur_ref is None:
+        raise ValueError('a published pose needs its T_cur_ref')
     e = pose_error_vector(_inv(T_cur_ref), _inv(rec['T_gt']))
     return bool(np.linalg.norm(e[:3]) > IDENTITY_TRANSLATION_M or np.degrees(np.linalg.norm(e[3:]))
                 > IDENTITY_ROTATION_DEG)
 
 
-def summarize_records(records: Sequence[Dict[str, object]], method: str, gates: PoseGates = PoseGates()
-                      ) -> Dict[str, Dict[str, object]]:
+def summarize_records(records: Sequence[Dict[str, Any]], method: str, gates: PoseGates = PoseGates()
+                      ) -> Dict[str, Dict[str, Any]]:
     """Per mode: accuracy on motion pairs (all pairs; rejected ones count as failures with infinite error, as in
     :mod:`.metrics`), the forward-sign rate, AUC_pose, the rate of published poses, the false-positive rates on
     zero-motion and unrelated pairs, the zero-motion contraction and the normalised errors of the published
     covariance (``nees`` = mean of ``e^T C^-1 e / 6``; per-axis variance of ``e_i / sigma_i``)."""
-    out: Dict[str, Dict[str, object]] = {}
+    out: Dict[str, Dict[str, Any]] = {}
     for mode in sorted({r['mode'] for r in records}):
         rs = [r for r in records if r['mode'] == mode]
         rot, tdeg, mx, fwd_ok, nees, z_axes, pub_motion = [], [], [], [], [], [], []
-        fp = {'zero': [], 'unrelated': []}
+        fp: Dict[str, List[bool]] = {'zero': [], 'unrelated': []}
         zero_ratio, zero_back = [], []
         for r in rs:
             published, reason, T, cov, ag = _estimate(r, method, gates)
@@ -295,7 +300,7 @@ def _false_positive_rate(records, method, gates) -> float:
     return max(rates) if rates else 0.0
 
 
-def _features(records: Sequence[Dict[str, object]], method: str, base: PoseGates) -> Dict[str, np.ndarray]:
+def _features(records: Sequence[Dict[str, Any]], method: str, base: PoseGates) -> Dict[str, np.ndarray]:
     """Per-record quantities that do not depend on the thresholds being calibrated (one pass over the records)."""
     loose = replace(base, min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e12, max_order_trans_ratio=1e12,
                     max_translation_m=0.0, covariance_scale=1.0, covariance_floor=(0.0, 0.0), publish=True)
@@ -331,9 +336,9 @@ def _features(records: Sequence[Dict[str, object]], method: str, base: PoseGates
     return {k: np.asarray(v) for k, v in cols.items()}
 
 
-def calibrate_gates(records: Sequence[Dict[str, object]], method: str = 'symmetric', max_fp_rate: float = 0.05,
+def calibrate_gates(records: Sequence[Dict[str, Any]], method: str = 'symmetric', max_fp_rate: float = 0.05,
                     base: PoseGates = PoseGates(), grid: Optional[Dict[str, Sequence[float]]] = None,
-                    min_published: int = 5, max_direction_error_deg: float = 90.0) -> Dict[str, object]:
+                    min_published: int = 5, max_direction_error_deg: float = 90.0) -> Dict[str, Any]:
     """Choose gates on validation records (of one mode, or pooled): among a grid of (``min_inliers``,
     ``min_inlier_ratio``, ``max_order_rot_deg``, ``max_order_trans_ratio``; ``grid`` overrides the candidate values
     by field name), the one that keeps the false-positive rate of the zero-motion pairs and of the unrelated pairs
@@ -408,7 +413,8 @@ def fit_covariance(errors: np.ndarray, covs: np.ndarray) -> Tuple[float, Tuple[f
         except np.linalg.LinAlgError:
             return np.full(len(errors), np.inf)
 
-    best, best_cost = (1.0, (0.0, 0.0)), np.inf
+    best: Tuple[float, Tuple[float, ...]] = (1.0, (0.0, 0.0))
+    best_cost = np.inf
     for frac in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9):
         floor = np.array([float(f'{v:.4g}') for v in frac * msq])
         lo, hi = -8.0, 8.0                          # log10 of the scale; mean NEES decreases with the scale
@@ -428,8 +434,8 @@ def fit_covariance(errors: np.ndarray, covs: np.ndarray) -> Tuple[float, Tuple[f
 
 def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int] = (3, 6, 12), val_stride: int = 6,
                        test_stride: int = 3, extra_stride: int = 6, max_fp_rate: float = 0.05,
-                       records: Optional[Dict[str, List[Dict[str, object]]]] = None,
-                       log: Callable[[str], None] = print) -> Dict[str, object]:
+                       records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
+                       log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Calibrate the gates of the one-order (``direct``) and the symmetric estimate per mode on the validation
     sequences and score them on the test sequences (zero-motion, unrelated-scene and motion pairs).
 
@@ -446,9 +452,9 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
                                               unrelated_stride=extra_stride, log=log)
     modes = sorted({str(r['mode']) for r in recs['test']})
     loose = PoseGates(max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
-    summary: Dict[str, object] = {}
+    summary: Dict[str, Any] = {}
     for method in ('direct', 'symmetric'):
-        part: Dict[str, Dict[str, object]] = {'uncalibrated_test': summarize_records(recs['test'], method, loose),
+        part: Dict[str, Dict[str, Any]] = {'uncalibrated_test': summarize_records(recs['test'], method, loose),
                                               'gates': {}, 'val': {}, 'test': {}}
         for mode in modes:                       # gates per modality (the node knows its keyframe source)
             cal = calibrate_gates([r for r in recs['val'] if r['mode'] == mode], method, max_fp_rate=max_fp_rate)
@@ -468,7 +474,7 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
     return summary
 
 
-def calibrated_gates(summary: Dict[str, object], method: str = 'symmetric') -> Dict[str, PoseGates]:
+def calibrated_gates(summary: Dict[str, Any], method: str = 'symmetric') -> Dict[str, PoseGates]:
     """``{mode: PoseGates}`` of a :func:`pose_trust_summary` (JSON round-tripped or not)."""
     from realm_ros.geometry.gates import parse_pose_gates
     part = summary[method]
