@@ -318,7 +318,7 @@ class Trainer:
                     'world_size': self.info.world_size}[key]
             if state.get(key) != ours:
                 self._log(f'warning: {key} changed since the checkpoint ({state.get(key)} -> {ours}); '
-                          f'the resumed data order is not identical to an uninterrupted run')
+                          f'the resumed data order is not identical to an uninterrupted run', logging.WARNING)
         self.task.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])

@@ -250,3 +250,23 @@ def test_cuda_autocast_and_grad_scaler(tmp_path, precision):
     assert got[-1] < got[0]
     make_resumed = Trainer(ToyTask(), ToyData(), ToyData(8), optim, run, str(tmp_path), info, {}, num_workers=0)
     make_resumed.fit(resume=True)  # nothing left to do, but the scaler/optimizer states load on CUDA
+
+
+def test_progress_goes_through_logging_and_the_cli_prints_it_on_stderr(tmp_path, capsys, caplog):
+    import logging
+
+    from realm_ros.training.cli import _stderr_logging
+    with caplog.at_level(logging.INFO, logger='realm_ros.training'):
+        make(tmp_path / 'a', epochs=1, tensorboard=False).fit()
+    msgs = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert ('realm_ros.training.trainer', logging.INFO, '[toy] done: 3 steps, exported '
+            f'{tmp_path / "a" / "toy.pt"}') in msgs
+    assert capsys.readouterr().err == ''                 # a library call prints nothing itself
+    log = logging.getLogger('realm_ros.training')
+    before = (list(log.handlers), log.propagate, log.level)
+    with _stderr_logging():
+        make(tmp_path / 'b', task=ToyTask(nan_after=2), epochs=1, tensorboard=False, max_nonfinite=9).fit()
+    err = capsys.readouterr().err
+    assert '[toy] non-finite loss at step 1 (epoch 0): step skipped (1/9)' in err
+    assert f'[toy] done: 3 steps, exported {tmp_path / "b" / "toy.pt"}' in err
+    assert (list(log.handlers), log.propagate, log.level) == before     # the CLI's handler is gone again
