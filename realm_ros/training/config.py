@@ -342,7 +342,8 @@ def validate_config(cfg: Any, require_io: bool = True) -> None:
                'loss.mask_dilation_epochs must be increasing')
     if isinstance(cfg, HeadsConfig):
         h = cfg.head
-        _check(h.min_depth < h.max_depth, 'head.min_depth must be positive and below head.max_depth')
+        _check(h.min_depth < h.max_depth,
+               f'head.min_depth ({h.min_depth}) must be below head.max_depth ({h.max_depth})')
         sl = cfg.seg_loss
         _check(not sl.class_weights or len(sl.class_weights) == h.classes,
                f'seg_loss.class_weights has {len(sl.class_weights)} values, head.classes is {h.classes}')
@@ -350,7 +351,6 @@ def validate_config(cfg: Any, require_io: bool = True) -> None:
         _check(len(cfg.bags) > 0, 'no bags given (--bags BAG [BAG ...] or bags: in the config file)')
         _check(bool(cfg.teacher), 'no teacher checkpoint given (--teacher CKPT)')
         _check(bool(cfg.out), 'no output directory given (--out DIR)')
-
 
 
 # ====================================================================================================== command line
