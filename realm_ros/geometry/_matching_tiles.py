@@ -50,13 +50,14 @@ class TiledDatabase(NamedTuple):
     num_pixels: int         # P
 
 
-def _tile_py(desc: np.ndarray, h: int, w: int, tile: int, margin: float, values: np.ndarray, index: np.ndarray,
+def _tile_py(desc_t: np.ndarray, h: int, w: int, tile: int, margin: float, values: np.ndarray, index: np.ndarray,
              centres_t: np.ndarray, radius: np.ndarray) -> None:
-    d = desc.shape[1]
+    """Fill the tile layout from the transposed descriptors ``desc_t`` (D, H*W); see :class:`TiledDatabase`."""
+    d = desc_t.shape[0]
     ntx = (w + tile - 1) // tile
     nty = (h + tile - 1) // tile
     ss = tile * tile
-    c = np.zeros(d, np.float64)
+    err = np.empty(ss, np.float64)
     for ty in range(nty):
         for tx in range(ntx):
             t = ty * ntx + tx
@@ -65,34 +66,32 @@ def _tile_py(desc: np.ndarray, h: int, w: int, tile: int, margin: float, values:
             s = 0
             for y in range(y0, y1):
                 for x in range(x0, x1):
-                    p = x + w * y
-                    index[t, s] = p
-                    for k in range(d):
-                        values[t, k, s] = desc[p, k]
+                    index[t, s] = x + w * y
                     s += 1
             n = s
-            first = index[t, 0]
             while s < ss:                       # padding: copies of the tile's first pixel
-                index[t, s] = first
-                for k in range(d):
-                    values[t, k, s] = desc[first, k]
+                index[t, s] = index[t, 0]
                 s += 1
+            for j in range(ss):
+                err[j] = 0.0
+            cn = 0.0
             for k in range(d):
+                row = desc_t[k]
+                vals = values[t, k]
+                for j in range(ss):
+                    vals[j] = row[index[t, j]]
                 acc = 0.0
                 for j in range(n):
-                    acc += values[t, k, j]
-                c[k] = acc / n
-                centres_t[k, t] = np.float32(c[k])
-            cn = 0.0
+                    acc += np.float64(vals[j])
+                c = np.float32(acc / n)
+                centres_t[k, t] = c
+                cn += np.float64(c) * np.float64(c)
+                for j in range(n):
+                    e = np.float64(vals[j]) - np.float64(c)
+                    err[j] += e * e
             r = 0.0
-            for k in range(d):
-                cn += np.float64(centres_t[k, t]) ** 2
             for j in range(n):
-                e = 0.0
-                for k in range(d):
-                    v = np.float64(values[t, k, j]) - np.float64(centres_t[k, t])
-                    e += v * v
-                r = max(r, e)
+                r = max(r, err[j])
             r = math.sqrt(r)
             cn = math.sqrt(cn)
             inflated = r + margin * (cn + r) + 1e-30
@@ -286,9 +285,9 @@ if HAVE_NUMBA:
     _JIT = dict(nogil=True, boundscheck=False, error_model='numpy', cache=True)
     _tile = _numba.njit(**_JIT)(_tile_py)
     _first_of = _numba.njit(**_JIT)(_first_of_py)
-    _fold = _numba.njit(**_JIT)(_fold_py)
-    _eval_tile = _numba.njit(fastmath={'contract'}, **_JIT)(_eval_tile_py)
-    _eval_tile4 = _numba.njit(fastmath={'contract'}, **_JIT)(_eval_tile4_py)
+    _fold = _numba.njit(inline='always', **_JIT)(_fold_py)
+    _eval_tile = _numba.njit(fastmath={'contract'}, inline='always', **_JIT)(_eval_tile_py)
+    _eval_tile4 = _numba.njit(fastmath={'contract'}, inline='always', **_JIT)(_eval_tile4_py)
     _search = _numba.njit(fastmath={'contract'}, **_JIT)(_search_py)
 else:  # pragma: no cover - the matcher uses the PyTorch backend without numba
     _tile, _first_of, _fold, _eval_tile, _eval_tile4, _search = (_tile_py, _first_of_py, _fold_py, _eval_tile_py,
@@ -321,7 +320,7 @@ def tile_database(desc: np.ndarray, height: int, width: int) -> TiledDatabase:
     index = np.empty((nt, TILE * TILE), np.int64)
     centres_t = np.empty((d, nt), np.float32)
     radius = np.empty(nt, np.float32)
-    _tile(desc, height, width, TILE, MARGIN, values, index, centres_t, radius)
+    _tile(np.ascontiguousarray(desc.T), height, width, TILE, MARGIN, values, index, centres_t, radius)
     return TiledDatabase(values, index, centres_t, radius, p)
 
 

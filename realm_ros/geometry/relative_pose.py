@@ -30,6 +30,7 @@ class MatchingParams:
     border: int = 3
     max_iter: int = 10
     compute_dtype: torch.dtype | None = None      # None: float16 on CUDA, float32 on CPU
+    prune: bool = True                            # CPU: exact tile-bound pruning of the search (same matches)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def estimate_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, ima
     _sync(device)
     t1 = time.perf_counter()
     matches = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], matching.subsample, max_iter=matching.max_iter,
-                                 border=matching.border, compute_dtype=matching.compute_dtype)
+                                 border=matching.border, compute_dtype=matching.compute_dtype, prune=matching.prune)
     t2 = time.perf_counter()
     if matches.count:
         pose = _pnp_on_device_gather(pred1, pred2, matches, K_cur, pnp)

@@ -151,33 +151,91 @@ def gate_pose(direct: PoseResult, swapped: PoseResult, agreement: OrderAgreement
     return ''
 
 
-def decode_both_orders(decoder: Any, tokens_kf: Tensor, tokens_cur: Tensor, shape_kf: Any, shape_cur: Any
+def _descriptor_head(head: Any, tokens: list[Tensor], grid: tuple[int, int], like: Tensor) -> Tensor:
+    """``CatMlpDptHead.forward`` without its DPT branch: the raw head channels with the point / confidence channels
+    left at zero and the descriptor channels computed exactly as the full head does. ``like`` is the other view's
+    raw output of the same call: its memory format is the one the DPT branch gives (channels-last from the CPU
+    convolutions), which ``torch.cat`` passes on; the same layout makes the post-processed ``desc`` (normalised
+    over the channels) and ``desc_conf`` bit-identical."""
+    from realm_ros.models.mast3r.config import PATCH_SIZE
+    nh, nw = grid
+    local = head.head_local_features(torch.cat([tokens[0], tokens[-1]], dim=-1))     # (B, N, C * 14 * 14)
+    b = local.shape[0]
+    local = torch.nn.functional.pixel_shuffle(local.transpose(-1, -2).reshape(b, -1, nh, nw), PATCH_SIZE)
+    fmt = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous() \
+        else torch.contiguous_format
+    dense = torch.zeros((b, head.dpt.head[-1].out_channels, local.shape[2], local.shape[3]), dtype=local.dtype,
+                        device=local.device).contiguous(memory_format=fmt)
+    return torch.cat([dense, local], dim=1)
+
+
+def _decode_pair(decoder: Any, t1: Tensor, t2: Tensor, shape1: Any, shape2: Any, view2_points: bool
+                 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``decoder(t1, t2, shape1, shape2)``; with ``view2_points`` False, the ``catmlp+dpt`` head and a separate
+    descriptor confidence (``two_confs``), view 2's DPT branch (points and their confidence, which pose never reads:
+    PnP takes view 1's points) is skipped and view 2 gets only ``desc`` / ``desc_conf`` (bit-identical to the full
+    forward)."""
+    from realm_ros.models.mast3r.heads import CatMlpDptHead
+    from realm_ros.models.mast3r.model import DuneMast3rDecoder, _as_hw
+    from realm_ros.models.mast3r.postprocess import postprocess_head_output
+    if view2_points or not isinstance(decoder, DuneMast3rDecoder) or not decoder.config.two_confs \
+            or not isinstance(decoder.mast3r.downstream_head2, CatMlpDptHead):
+        return decoder(t1, t2, shape1, shape2)      # (without two_confs, desc_conf is the DPT's confidence)
+    hw1, hw2 = _as_hw(shape1, 'shape1'), _as_hw(shape2, 'shape2')
+    grid1 = decoder._check_tokens(t1, hw1, 'tokens1')
+    grid2 = decoder._check_tokens(t2, hw2, 'tokens2')
+    dec1, dec2 = decoder.decode(t1, t2, grid1, grid2)
+    with torch.autocast(device_type=t1.device.type, enabled=False):
+        raw1 = decoder.mast3r.downstream_head1([t.float() for t in dec1], grid1)
+        raw2 = _descriptor_head(decoder.mast3r.downstream_head2, [t.float() for t in dec2], grid2, raw1)
+        pred1 = postprocess_head_output(raw1, decoder.config)
+        pred2 = postprocess_head_output(raw2, decoder.config)
+    pred2.pop('pts3d')
+    pred2.pop('conf', None)
+    return pred1, pred2
+
+
+def decode_both_orders(decoder: Any, tokens_kf: Tensor, tokens_cur: Tensor, shape_kf: Any, shape_cur: Any, *,
+                       view2_points: bool = True
                        ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
     """Decoder outputs of (keyframe, current) and (current, keyframe): ``(kf_direct, cur_direct, cur_swapped,
-    kf_swapped)``, each with a batch dimension of 1. One batched call when both inputs have the same size."""
+    kf_swapped)``, each with a batch dimension of 1. One batched call when both inputs have the same size.
+
+    ``view2_points`` False: the view-2 outputs (``cur_direct``, ``kf_swapped``) hold only ``desc`` and
+    ``desc_conf`` (what matching and PnP read of view 2); the decoder then skips their DPT branch, which is about
+    half of its head cost. The outputs that are returned are bit-identical either way."""
     device = next(decoder.parameters()).device
     a = (tokens_kf if tokens_kf.ndim == 3 else tokens_kf[None]).to(device)
     b = (tokens_cur if tokens_cur.ndim == 3 else tokens_cur[None]).to(device)
     with torch.no_grad():
         if tuple(shape_kf) == tuple(shape_cur) and a.shape == b.shape:
-            p1, p2 = decoder(torch.cat([a, b]), torch.cat([b, a]), tuple(shape_kf), tuple(shape_cur))
+            p1, p2 = _decode_pair(decoder, torch.cat([a, b]), torch.cat([b, a]), tuple(shape_kf), tuple(shape_cur),
+                                  view2_points)
             first = {k: v[:1] for k, v in p1.items()}
             second = {k: v[:1] for k, v in p2.items()}
             swap1 = {k: v[1:2] for k, v in p1.items()}
             swap2 = {k: v[1:2] for k, v in p2.items()}
             return first, second, swap1, swap2
-        f1, f2 = decoder(a, b, tuple(shape_kf), tuple(shape_cur))
-        s1, s2 = decoder(b, a, tuple(shape_cur), tuple(shape_kf))
+        f1, f2 = _decode_pair(decoder, a, b, tuple(shape_kf), tuple(shape_cur), view2_points)
+        s1, s2 = _decode_pair(decoder, b, a, tuple(shape_cur), tuple(shape_kf), view2_points)
         return f1, f2, s1, s2
 
 
 def _match_and_solve(pred1: dict[str, Tensor], pred2: dict[str, Tensor], K2: Any, pnp: PnpParams,
-                     matching: MatchingParams) -> tuple[PoseResult, ReciprocalMatches]:
+                     matching: MatchingParams, timings: dict[str, float] | None = None, order: str = ''
+                     ) -> tuple[PoseResult, ReciprocalMatches]:
+    t0 = time.perf_counter()
     matches = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], matching.subsample, max_iter=matching.max_iter,
-                                 border=matching.border, compute_dtype=matching.compute_dtype)
+                                 border=matching.border, compute_dtype=matching.compute_dtype, prune=matching.prune)
+    t1 = time.perf_counter()
     if not matches.count:
-        return PoseResult(ok=False, reason='too_few_matches'), matches
-    return _pnp_on_device_gather(pred1, pred2, matches, K2, pnp), matches
+        res = PoseResult(ok=False, reason='too_few_matches')
+    else:
+        res = _pnp_on_device_gather(pred1, pred2, matches, K2, pnp)
+    if timings is not None:
+        timings[f'matching_{order}'] = t1 - t0
+        timings[f'pnp_{order}'] = time.perf_counter() - t1
+    return res, matches
 
 
 def _desc_conf_median(pred1: dict[str, Tensor], pred2: dict[str, Tensor], m: ReciprocalMatches) -> float:
@@ -190,24 +248,29 @@ def _desc_conf_median(pred1: dict[str, Tensor], pred2: dict[str, Tensor], m: Rec
 
 def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, image_shape: Any, K_cur: Any, *,
                             pnp: PnpParams = PnpParams(), matching: MatchingParams = MatchingParams(),
-                            gates: PoseGates = PoseGates(), keep_predictions: bool = False
-                            ) -> SymmetricPoseEstimate:
+                            gates: PoseGates = PoseGates(), keep_predictions: bool = False,
+                            view2_points: bool = False) -> SymmetricPoseEstimate:
     """Relative pose of the current view against ``keyframe`` from both decoder orders (see the module docstring).
 
     Same arguments as :func:`realm_ros.geometry.relative_pose.estimate_relative_pose` plus ``gates``. The returned
     ``pose`` has ``T_cur_ref`` / ``T_ref_cur`` like the one-order estimate, the inliers and correspondence count of
     the direct order, and the covariance of :func:`combine_orders`; it is rejected (``ok`` False, ``reason`` from
     :func:`gate_pose`) when either order fails or the two disagree beyond the gates.
+
+    ``view2_points`` (default False, or True with ``keep_predictions``): also compute view 2's pointmap in each order,
+    which the estimate does not use (see :func:`decode_both_orders`; the result is identical either way).
+    ``timings_s`` has ``decoder``, ``matching_direct`` / ``matching_swapped``, ``pnp_direct`` / ``pnp_swapped``
+    and ``combine`` (seconds).
     """
     device = next(decoder.parameters()).device
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     kf_d, cur_d, cur_s, kf_s = decode_both_orders(decoder, keyframe.tokens, tokens, keyframe.image_shape,
-                                                  image_shape)
+                                                  image_shape, view2_points=view2_points or keep_predictions)
     _sync(device)
     t1 = time.perf_counter()
-    direct, m_direct = _match_and_solve(kf_d, cur_d, K_cur, pnp, matching)
-    swapped, _ = _match_and_solve(cur_s, kf_s, keyframe.K, pnp, matching)
+    direct, m_direct = _match_and_solve(kf_d, cur_d, K_cur, pnp, matching, timings, 'direct')
+    swapped, _ = _match_and_solve(cur_s, kf_s, keyframe.K, pnp, matching, timings, 'swapped')
     t2 = time.perf_counter()
     timings.update(decoder=t1 - t0, matching_pnp=t2 - t1)
     agreement = None
@@ -227,8 +290,10 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     else:
         failed = direct if not direct.ok else swapped
         pose = replace(failed, ok=False, reason=failed.reason or 'pnp_failed')
+    dcm = _desc_conf_median(kf_d, cur_d, m_direct)
+    timings['combine'] = time.perf_counter() - t2
     return SymmetricPoseEstimate(pose=pose, direct=direct, swapped=swapped, agreement=agreement, matches=m_direct,
                                  keyframe_id=keyframe.id, timings_s=timings,
                                  pred_keyframe=kf_d if keep_predictions else None,
                                  pred_current=cur_d if keep_predictions else None,
-                                 desc_conf_median=_desc_conf_median(kf_d, cur_d, m_direct))
+                                 desc_conf_median=dcm)

@@ -129,16 +129,19 @@ class PoseTracker:
                                   source='rgb', T_fixed_kf=T_fixed,
                                   extras={'picture': np.ascontiguousarray(picture[..., ::-1])})
 
-    def _symmetric_pose(self, kf: Any, cur_tokens: torch.Tensor, size: Tuple[int, int], K_model: np.ndarray
-                        ) -> Tuple[Any, Any]:
+    def _symmetric_pose(self, kf: Any, cur_tokens: torch.Tensor, size: Tuple[int, int], K_model: np.ndarray,
+                        timings_ms: Optional[Dict[str, float]] = None) -> Tuple[Any, Any]:
         """``pose.symmetric``: both decoder orders, combined pose, gates calibrated for the loaded decoder
-        (:mod:`realm_ros.geometry.symmetric`); returns (PoseResult, matches of the keyframe-first order)."""
+        (:mod:`realm_ros.geometry.symmetric`); returns (PoseResult, matches of the keyframe-first order) and adds
+        the stage times to ``timings_ms`` (``pose_decoder_ms``, ``pose_matching_direct_ms``, ...)."""
         from realm_ros.geometry.relative_pose import MatchingParams
         from realm_ros.geometry.symmetric import gates_for_decoder, symmetric_relative_pose
         pipe = self._pipe
         est = symmetric_relative_pose(pipe.mast3r, kf, cur_tokens, size, K_model, pnp=pipe._pnp_params,
                                       matching=MatchingParams(subsample=pipe.config.match_subsample, border=3),
                                       gates=gates_for_decoder(pipe.mast3r, kf.source))
+        if timings_ms is not None:
+            timings_ms.update({f'pose_{k}_ms': v * 1e3 for k, v in est.timings_s.items()})
         return est.pose, est.matches
 
     def step(self, inp: PoseInput) -> PoseOutput:
@@ -186,7 +189,7 @@ class PoseTracker:
                 out.matches_image = render.draw_matches(picture, picture, np.zeros((0, 2)), np.zeros((0, 2)))
                 return
         if cfg.pose_symmetric:
-            result, matches = self._symmetric_pose(kf, cur_tokens, size, K_model)
+            result, matches = self._symmetric_pose(kf, cur_tokens, size, K_model, out.timings_ms)
         else:
             pred1, pred2 = pipe.mast3r(kf.tokens, cur_tokens, kf.image_shape, size)
             matches = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], subsample=cfg.match_subsample,

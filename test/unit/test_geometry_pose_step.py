@@ -1,0 +1,89 @@
+"""The cheaper symmetric pose step gives the same results as the previous one: view 2's pointmap skipped in the
+decoder (outputs that are returned are bit-identical), pruned matching, and the stage timings it reports."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from realm_ros.geometry.keyframes import Keyframe
+from realm_ros.geometry.pose import PnpParams
+from realm_ros.geometry.relative_pose import MatchingParams
+from realm_ros.geometry.symmetric import PoseGates, decode_both_orders, symmetric_relative_pose
+from realm_ros.models.mast3r import DuneMast3rConfig, DuneMast3rDecoder
+
+MINI = Path(__file__).resolve().parents[2] / 'models' / 'mini_mast3r.safetensors'
+K = np.array([[150.0, 0.0, 111.5], [0.0, 150.0, 111.5], [0.0, 0.0, 1.0]])
+
+
+def _decoder(seed: int = 0, **overrides) -> DuneMast3rDecoder:
+    torch.manual_seed(seed)
+    dec = DuneMast3rDecoder(DuneMast3rConfig.tiny(**overrides)).eval()
+    for p in dec.parameters():
+        p.requires_grad_(False)
+    return dec
+
+
+def _tokens(n: int, seed: int, width: int = 192) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, n, width, generator=g)
+
+
+@pytest.mark.parametrize('shapes', [((56, 56), (56, 56)), ((56, 70), (70, 42))])
+@pytest.mark.parametrize('overrides', [{}, {'two_confs': False}])
+def test_view2_without_points_is_bit_identical(shapes, overrides):
+    dec = _decoder(**overrides)
+    (h1, w1), (h2, w2) = shapes
+    a, b = _tokens(h1 * w1 // 196, 1), _tokens(h2 * w2 // 196, 2)
+    with torch.inference_mode():
+        full = decode_both_orders(dec, a, b, (h1, w1), (h2, w2))
+        lean = decode_both_orders(dec, a, b, (h1, w1), (h2, w2), view2_points=False)
+    for i, (f, g) in enumerate(zip(full, lean)):
+        view2 = i in (1, 3) and dec.config.two_confs    # cur_direct, kf_swapped (without two_confs, desc_conf
+        assert set(g) == ({'desc', 'desc_conf'} if view2 else set(f))     # comes from the DPT: nothing skipped)
+        for key in g:
+            assert torch.equal(f[key], g[key]), (i, key)
+
+
+@pytest.mark.skipif(not MINI.is_file(), reason='miniature decoder not shipped')
+def test_symmetric_pose_identical_with_the_cheaper_step():
+    """The shipped miniature decoder on two related token sets: the new defaults (view-2 pointmap skipped, pruned
+    matching) and the previous step give the same matches, inliers, poses and covariances; stage timings reported."""
+    from realm_ros.models.mast3r.io import load_dune_mast3r
+    dec = load_dune_mast3r(MINI)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 256, 192, generator=g)
+    kf_tokens = base + 0.3 * torch.randn(1, 256, 192, generator=g)
+    cur = base + 0.3 * torch.randn(1, 256, 192, generator=g)
+    kf = Keyframe(id=0, tokens=kf_tokens, cls=torch.zeros(192), image_shape=(224, 224), K=K, stamp_ns=0,
+                  source='events')
+    pnp = PnpParams(iterations=200)
+    gates = PoseGates(min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
+    with torch.inference_mode():
+        old = symmetric_relative_pose(dec, kf, cur, (224, 224), K, pnp=pnp, gates=gates,
+                                      matching=MatchingParams(prune=False), view2_points=True)
+        new = symmetric_relative_pose(dec, kf, cur, (224, 224), K, pnp=pnp, gates=gates)
+    assert new.matches.count > 50
+    np.testing.assert_array_equal(new.matches.xy1, old.matches.xy1)
+    np.testing.assert_array_equal(new.matches.xy2, old.matches.xy2)
+    for a, b in ((new.direct, old.direct), (new.swapped, old.swapped), (new.pose, old.pose)):
+        assert (a.ok, a.reason, a.num_correspondences) == (b.ok, b.reason, b.num_correspondences)
+        np.testing.assert_array_equal(a.inliers, b.inliers)
+        for x, y in ((a.R, b.R), (a.t, b.t), (a.covariance, b.covariance)):
+            assert (x is None and y is None) or np.array_equal(x, y)
+    assert new.desc_conf_median == old.desc_conf_median
+    assert {'decoder', 'matching_direct', 'matching_swapped', 'pnp_direct', 'pnp_swapped',
+            'combine'} <= set(new.timings_s)
+    assert all(v >= 0 for v in new.timings_s.values())
+
+
+def test_keep_predictions_still_returns_view2_points():
+    dec = _decoder()
+    kf = Keyframe(id=0, tokens=_tokens(16, 1), cls=torch.zeros(192), image_shape=(56, 56), K=K, stamp_ns=0,
+                  source='events')
+    with torch.inference_mode():
+        est = symmetric_relative_pose(dec, kf, _tokens(16, 2), (56, 56), K, keep_predictions=True,
+                                      matching=MatchingParams(subsample=4))
+    assert 'pts3d_in_other_view' in est.pred_current and 'pts3d' in est.pred_keyframe
