@@ -24,6 +24,7 @@ tokens at that size, the decoder is resolution-agnostic), four times cheaper per
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Tuple
@@ -39,6 +40,8 @@ from realm_ros.training.loop import OptimizerStep, run_steps
 
 from .data import PairBatch, PairSampler, pts3d_in_frame, rgb_to_tensor, sample_correspondences, split_seeds
 from .teacher import round_to_half, warmup_cosine
+
+_LOG = logging.getLogger(__name__)
 
 PATCH_AREA = 14 * 14
 
@@ -205,7 +208,7 @@ class DecoderTrainer:
     """Trains a tiny decoder on a frozen teacher with pairs from the training scenes."""
 
     def __init__(self, cfg: DecoderConfig, teacher: DuneModel, image_size: int, device: torch.device | str = 'cpu',
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = _LOG.info) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self.log = log
@@ -334,7 +337,7 @@ def calibrate_confidences(decoder: DuneMast3rDecoder, teacher: DuneModel, image_
 
 
 def train_decoder(cfg: DecoderConfig, teacher: DuneModel, image_size: int, device: torch.device | str = 'cpu',
-                  log: Callable[[str], None] = print) -> Tuple[DuneMast3rDecoder, Dict[str, object]]:
+                  log: Callable[[str], None] = _LOG.info) -> Tuple[DuneMast3rDecoder, Dict[str, object]]:
     """Train the decoder, then calibrate its confidences on validation scenes; returns the frozen
     (float16-rounded) decoder and a training record."""
     trainer = DecoderTrainer(cfg, teacher, image_size, device, log)

@@ -19,6 +19,7 @@ Scored (with :mod:`realm_ros.miniature.metrics`):
 """
 from __future__ import annotations
 
+import logging
 import json
 import math
 import os
@@ -36,6 +37,8 @@ from realm_ros.sim.simulator import Simulator
 from .data import rgb_to_tensor, sim_config, split_seeds
 from .metrics import (AUC_THRESHOLDS, ConfusionMatrix, DepthErrorAccumulator, PoseErrorAccumulator, relative_pose,
                       rotation_error_deg)
+
+_LOG = logging.getLogger(__name__)
 
 __all__ = ['EvalConfig', 'TestSequence', 'simulate_test_sequence', 'load_or_simulate', 'MiniModels',
            'evaluate', 'BRIDGE_CHOICES']
@@ -132,7 +135,7 @@ def simulate_test_sequence(seed: int, image_size: int, duration_s: float, bins: 
 
 
 def load_or_simulate(cfg: EvalConfig, cache_dir: Optional[os.PathLike] = None,
-                     log: Callable[[str], None] = print) -> List[TestSequence]:
+                     log: Callable[[str], None] = _LOG.info) -> List[TestSequence]:
     """The configured test sequences, simulated once and cached as ``.npz`` under ``cache_dir`` (if given)."""
     seeds = split_seeds('test', cfg.first_sequence + cfg.sequences)[cfg.first_sequence:]
     out = []
@@ -221,7 +224,7 @@ def _nan_to_none(obj):
 
 @torch.no_grad()
 def evaluate(models: MiniModels, sequences: Sequence[TestSequence], cfg: EvalConfig,
-             device: torch.device | str = 'cpu', log: Callable[[str], None] = print) -> Dict[str, Any]:
+             device: torch.device | str = 'cpu', log: Callable[[str], None] = _LOG.info) -> Dict[str, Any]:
     """Score the models on ``sequences`` (see the module docstring); returns a JSON-serialisable dictionary."""
     device = torch.device(device)
     size = cfg.image_size

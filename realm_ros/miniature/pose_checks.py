@@ -19,6 +19,7 @@ runs all of it.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -33,6 +34,8 @@ from realm_ros.geometry.symmetric import (PoseGates, _match_and_solve, combine_o
 
 from .data import rgb_to_tensor
 from .metrics import pose_auc, relative_pose, rotation_error_deg, translation_angle_error_deg
+
+_LOG = logging.getLogger(__name__)
 
 __all__ = ['MODES', 'KINDS', 'sequence_tokens', 'zero_motion_contraction', 'collect_pose_records', 'summarize_records',
            'calibrate_gates', 'fit_covariance', 'pose_trust_summary', 'calibrated_gates', 'write_decoder_gates',
@@ -116,7 +119,7 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
                          zero_stride: int = 6, unrelated_stride: int = 6, pnp: PnpParams = PnpParams(iterations=1000),
                          matching: MatchingParams = MatchingParams(), bridge: str = 'teacher_norm_inverse',
                          modes: Iterable[str] = tuple(MODES), device: torch.device | str = 'cpu',
-                         log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+                         log: Callable[[str], None] = _LOG.info) -> List[Dict[str, Any]]:
     """One record per pair (see the module docstring): ``mode``, ``kind``, ``gap``, ``seeds``, ``T_gt`` (T_cur_ref,
     None for unrelated pairs), ``direct`` / ``swapped`` PnP fields, ``radius_ratio`` of the direct matches,
     ``decode_s`` (both orders, batched)."""
@@ -435,7 +438,7 @@ def fit_covariance(errors: np.ndarray, covs: np.ndarray) -> Tuple[float, Tuple[f
 def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int] = (3, 6, 12), val_stride: int = 6,
                        test_stride: int = 3, extra_stride: int = 6, max_fp_rate: float = 0.05,
                        records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
-                       log: Callable[[str], None] = print) -> Dict[str, Any]:
+                       log: Callable[[str], None] = _LOG.info) -> Dict[str, Any]:
     """Calibrate the gates of the one-order (``direct``) and the symmetric estimate per mode on the validation
     sequences and score them on the test sequences (zero-motion, unrelated-scene and motion pairs).
 

@@ -18,6 +18,7 @@ models that were trained against and evaluated. Generated data never leaves ``wo
 """
 from __future__ import annotations
 
+import logging
 import concurrent.futures as cf
 import hashlib
 import json
@@ -39,7 +40,9 @@ from .decoder import DecoderConfig, train_decoder
 from .evaluate import BRIDGE_CHOICES, EvalConfig, MiniModels, evaluate, load_or_simulate, write_metrics
 from .teacher import TeacherConfig, train_teacher
 
-__all__ = ['BagsConfig', 'HeadsRecipe', 'DistillRecipe', 'RecipeConfig', 'PRESETS', 'SHIPPED_FILES', 'run_recipe',
+_LOG = logging.getLogger(__name__)
+
+__all__ = ['BagsConfig', 'HeadsRecipe', 'DistillRecipe', 'CalibrateRecipe', 'RecipeConfig', 'PRESETS', 'SHIPPED_FILES', 'run_recipe',
            'default_work_dir', 'ship_checkpoint', 'STAGES']
 
 #: Names of the shipped files (in ``out_dir``) by role.
@@ -252,7 +255,7 @@ class Recipe:
     """Runs the stages of a :class:`RecipeConfig` (see the module docstring)."""
 
     def __init__(self, cfg: RecipeConfig, work_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
-                 log: Callable[[str], None] = print, force: Sequence[str] = ()) -> None:
+                 log: Callable[[str], None] = _LOG.info, force: Sequence[str] = ()) -> None:
         self.cfg = cfg
         self.work = Path(work_dir)
         self.out = Path(out_dir)
@@ -615,6 +618,6 @@ def _last_jsonl(path: Path) -> List[Dict[str, Any]]:
 def run_recipe(cfg: RecipeConfig, work_dir: Optional[os.PathLike] = None,
                out_dir: Union[str, os.PathLike] = 'models',
                stages: Sequence[str] = STAGES, force: Sequence[str] = (),
-               log: Callable[[str], None] = print) -> Dict[str, Any]:
+               log: Callable[[str], None] = _LOG.info) -> Dict[str, Any]:
     """Run the recipe (see the module docstring); returns the metrics document when ``evaluate`` ran."""
     return Recipe(cfg, work_dir or default_work_dir(), out_dir, log, force).run(stages)

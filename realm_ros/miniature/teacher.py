@@ -20,6 +20,7 @@ Only the encoder and the projector are kept: :func:`train_teacher` returns the f
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List
@@ -37,6 +38,8 @@ from realm_ros.sim.classes import NUM_CLASSES
 from realm_ros.training.loop import OptimizerStep, run_steps
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, FrameBatch, FrameSampler, rgb_to_tensor, split_seeds
+
+_LOG = logging.getLogger(__name__)
 
 __all__ = ['TeacherConfig', 'build_teacher', 'TeacherPretrainer', 'train_teacher', 'round_to_half',
            'patch_luminance_targets', 'class_weights_from_labels', 'warmup_cosine']
@@ -115,7 +118,7 @@ class TeacherPretrainer:
     """Runs the multi-task pretraining loop (see the module docstring)."""
 
     def __init__(self, cfg: TeacherConfig, device: torch.device | str = 'cpu',
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = _LOG.info) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self.log = log
@@ -257,7 +260,7 @@ class TeacherPretrainer:
 
 
 def train_teacher(cfg: TeacherConfig, device: torch.device | str = 'cpu',
-                  log: Callable[[str], None] = print) -> tuple[DuneModel, Dict[str, object]]:
+                  log: Callable[[str], None] = _LOG.info) -> tuple[DuneModel, Dict[str, object]]:
     """Train the mini teacher; returns the frozen model and a training record."""
     trainer = TeacherPretrainer(cfg, device, log)
     t0 = time.time()
