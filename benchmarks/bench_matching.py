@@ -12,17 +12,22 @@ that load changes on a shared machine hit all of them alike):
   a stub that raises on use is installed and the output says so.
 * previous: the previous CPU design, ``fast_reciprocal_nn(..., backend='torch')`` (blockwise ``mm`` + ``max``,
   still selectable; CPU only).
-* new: ``fast_reciprocal_nn`` defaults (CPU: numba kernel; CUDA: Triton fp16, plus the fp32 variants).
+* numba full search: the CPU kernel without the tile-bound pruning (``prune=False``, the design before it).
+* new: ``fast_reciprocal_nn`` defaults (CPU: numba kernel with exact tile-bound pruning; CUDA: Triton fp16, plus
+  the fp32 variants).
 
 Per pair: min and median wall time over the rounds, min process CPU time (robust to time slicing by other
 processes; it sums all threads), ratios vs the new code, and whether the match sets are identical to the baseline.
 
-Descriptors: spatially smooth random fields plus noise (24-d, L2-normalised), the second image a shifted mix of the
-first and fresh noise, so that seeds need several iterations and some never converge, as on real image pairs.
+Descriptors (``--descriptors``): ``synthetic`` (default): spatially smooth random fields plus noise (24-d,
+L2-normalised), the second image a shifted mix of the first and 40 % fresh noise, so that seeds need several
+iterations and some never converge; ``decoder``: the shipped miniature decoder's descriptor maps of two simulated
+event windows 6 frames apart (keyframe-first order, 224 x 224 only: what the pose step matches).
 
 Usage:
     MAST3R_ROOT=/path/to/mast3r python benchmarks/bench_matching.py          # CPU 224 and 448 (+ CUDA)
     python benchmarks/bench_matching.py --sizes 224 --repeats 5 --threads 1
+    python benchmarks/bench_matching.py --sizes 224 --descriptors decoder     # the miniature decoder's maps
     python benchmarks/bench_matching.py --decoder            # also time the decoder (tiny and ViT-B configs)
     python benchmarks/bench_matching.py --sizes 448 --cuda-only   # GPU check (benchmarks/gpu_check.sh)
 """
@@ -53,6 +58,28 @@ def descriptor_pair(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
     d1 = d1 / d1.norm(dim=-1, keepdim=True)
     d2 = 0.6 * torch.roll(d1, (5, 9), (0, 1)) + 0.4 * torch.randn(size, size, 24, generator=g)
     return d1, d2 / d2.norm(dim=-1, keepdim=True)
+
+
+def decoder_pair(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Descriptor maps of the shipped miniature decoder: simulated event windows 1 and 7 of the first held-out test
+    scene through the miniature REALM encoder, decoded as (window 1, window 7)."""
+    from realm_ros.miniature.data import sim_config, split_seeds
+    from realm_ros.pipeline.core import PipelineConfig, RealmPipeline
+    from realm_ros.sim.simulator import Simulator
+    if size != 224:
+        raise SystemExit('--descriptors decoder: the miniature models run at 224 x 224 only')
+    m = Path(__file__).resolve().parents[1] / 'models'
+    sim = Simulator(sim_config(split_seeds('test', 1)[0], 224, 0.3))
+    chunks = list(sim.stream())[1:8]
+    pipe = RealmPipeline(PipelineConfig(realm_checkpoint=str(m / 'mini_realm.safetensors'),
+                                        dune_checkpoint=str(m / 'mini_teacher.safetensors'),
+                                        mast3r_checkpoint=str(m / 'mini_mast3r.safetensors'), device='cpu',
+                                        precision='fp32', heads=('pose',)))
+    inputs = [pipe.process_dense(c.events, 224, 224, sim.event_camera.K, c.t_end_ns)[1] for c in (chunks[0],
+                                                                                                  chunks[6])]
+    with torch.inference_mode():
+        p1, p2 = pipe.mast3r(inputs[0].tokens, inputs[1].tokens, (224, 224), (224, 224))
+    return p1['desc'][0].clone(), p2['desc'][0].clone()
 
 
 def timed(fn, repeats: int, device: torch.device) -> tuple[float, object]:
@@ -144,10 +171,11 @@ def as_pairs(out) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bench_matching(size: int, device: torch.device, repeats: int, official, official_label: str,
-                   previous: bool) -> None:
-    d1, d2 = descriptor_pair(size)
+                   previous: bool, descriptors: str = 'synthetic',
+                   pair: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    d1, d2 = pair if pair is not None else descriptor_pair(size)
     d1, d2 = d1.to(device), d2.to(device)
-    tag = f'[{device.type} {size}x{size} {len(seed_grid(size, size, 8))} seeds]'
+    tag = f'[{device.type} {size}x{size} {descriptors} {len(seed_grid(size, size, 8))} seeds]'
     if official is not None:
         base = ('official', lambda: official_matches(official, d1, d2, device))
     else:
@@ -155,6 +183,8 @@ def bench_matching(size: int, device: torch.device, repeats: int, official, offi
     runs = [base]
     if previous and device.type == 'cpu':
         runs.append(('previous (torch backend)', lambda: fast_reciprocal_nn(d1, d2, backend='torch')))
+    if device.type == 'cpu':
+        runs.append(('numba full search', lambda: fast_reciprocal_nn(d1, d2, prune=False)))
     if device.type == 'cuda':
         runs.append(('new torch fp32', lambda: fast_reciprocal_nn(d1, d2, backend='torch',
                                                                   compute_dtype=torch.float32)))
@@ -204,8 +234,13 @@ def main() -> None:
     parser.add_argument('--cpu-only', action='store_true')
     parser.add_argument('--cuda-only', action='store_true', help='skip the CPU runs (GPU checks)')
     parser.add_argument('--decoder', action='store_true', help='also time the decoder forward')
+    parser.add_argument('--descriptors', choices=('synthetic', 'decoder'), default='synthetic',
+                        help="'decoder': the shipped miniature decoder's maps of simulated events (224 only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    pairs = {}
+    if args.descriptors == 'decoder':       # before load_official: its scipy stub would break the model imports
+        pairs = {size: decoder_pair(size) for size in args.sizes}
     official, label = load_official(args.mast3r_root)
     print(f'torch {torch.__version__}, {args.threads} CPU threads, CUDA: '
           f'{torch.cuda.get_device_name() if torch.cuda.is_available() else "none"}; baseline: {label}')
@@ -216,7 +251,8 @@ def main() -> None:
         devices.append(torch.device('cuda'))
     for device in devices:
         for size in args.sizes:
-            bench_matching(size, device, args.repeats, official, label, not args.no_previous)
+            bench_matching(size, device, args.repeats, official, label, not args.no_previous, args.descriptors,
+                           pairs.get(size))
         if args.decoder:
             bench_decoder(device, args.repeats)
 

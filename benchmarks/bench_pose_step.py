@@ -247,6 +247,90 @@ def whole_step(pipe: Any, inputs: List[Any], repeats: int) -> Dict[str, Any]:
             'identical': bool(identical), 'windows': len(inputs), 'diagnostics': diag}
 
 
+def pnp_kernel_accuracy(args: argparse.Namespace) -> Dict[str, Any]:
+    """Pose accuracy of the RANSAC hypothesis kernels (``PnpParams.ransac_kernel``) on the same matches.
+
+    The held-out test scenes of the shipped metrics (``realm_ros.miniature``), all three modes, the pair sets of
+    :func:`realm_ros.miniature.pose_checks.collect_pose_records` (motion pairs at gaps 3 / 6 / 12, zero-motion and
+    unrelated-scene pairs); every pair is decoded and matched once and solved with each kernel, then scored with
+    :func:`~realm_ros.miniature.pose_checks.summarize_records`: the one-order estimate with PnP's own checks only
+    and the symmetric estimate with the uncalibrated default gates."""
+    from realm_ros.geometry.pose import PnpParams
+    from realm_ros.geometry.relative_pose import MatchingParams
+    from realm_ros.geometry.symmetric import PoseGates, _match_and_solve, decode_both_orders
+    from realm_ros.miniature.evaluate import EvalConfig, MiniModels, load_or_simulate
+    from realm_ros.miniature.metrics import relative_pose
+    from realm_ros.miniature.pose_checks import MODES, _pose_fields, radius_ratio, sequence_tokens, \
+        summarize_records
+    m = Path(args.models)
+    models = MiniModels.load(m / 'mini_teacher.safetensors', m / 'mini_realm.safetensors',
+                             m / 'mini_depth_head.safetensors', m / 'mini_seg_head.safetensors',
+                             m / 'mini_mast3r.safetensors')
+    cfg = EvalConfig(sequences=args.pnp_accuracy)
+    seqs = load_or_simulate(cfg, args.cache, print)
+    kernels = {'sqpnp': PnpParams(iterations=args.pnp_iterations),
+               'ap3p': PnpParams(iterations=args.pnp_iterations, ransac_kernel='ap3p')}
+    matching = MatchingParams()
+    size = seqs[0].rgb.shape[1]
+    shape = (size, size)
+    toks = [sequence_tokens(models, s) for s in seqs]
+    pairs = []
+    for si, seq in enumerate(seqs):
+        for gap in cfg.pair_gaps:
+            pairs += [('motion', gap, si, i, si, i + gap) for i in range(0, len(seq) - gap, cfg.pair_stride)]
+        pairs += [('zero', 0, si, i, si, i) for i in range(0, len(seq), 6)]
+        if len(seqs) > 1:
+            sj = (si + 1) % len(seqs)
+            pairs += [('unrelated', -1, si, i, sj, i) for i in range(0, min(len(seq), len(seqs[sj])), 6)]
+    records: Dict[str, List[Dict[str, Any]]] = {k: [] for k in kernels}
+    pnp_s: Dict[str, List[float]] = {k: [] for k in kernels}
+    t_start = time.time()
+    with torch.inference_mode():
+        for n, (kind, gap, sa, i, sb, j) in enumerate(pairs):
+            A, B = seqs[sa], seqs[sb]
+            for mode, (s1, s2) in MODES.items():
+                K1 = A.K_rgb if s1 == 'rgb' else A.K_event
+                K2 = B.K_rgb if s2 == 'rgb' else B.K_event
+                T1 = A.T_world_rgb[i] if s1 == 'rgb' else A.T_world_event[i]
+                T2 = B.T_world_rgb[j] if s2 == 'rgb' else B.T_world_event[j]
+                kf_d, cur_d, cur_s, kf_s = decode_both_orders(models.decoder, toks[sa][s1][i], toks[sb][s2][j],
+                                                              shape, shape, view2_points=False)
+                for name, pnp in kernels.items():
+                    t0 = time.process_time()
+                    direct, md = _match_and_solve(kf_d, cur_d, K2, pnp, matching)
+                    swapped, ms = _match_and_solve(cur_s, kf_s, K1, pnp, matching)
+                    pnp_s[name].append(time.process_time() - t0)
+                    records[name].append(dict(
+                        mode=mode, kind=kind, gap=gap, seeds=(int(A.seed), int(B.seed)), frames=(i, j),
+                        T_gt=relative_pose(T1, T2) if kind != 'unrelated' else None, direct=_pose_fields(direct),
+                        swapped=_pose_fields(swapped), radius_ratio=radius_ratio(md.xy1, md.xy2, K1, K2),
+                        radius_ratio_swapped=radius_ratio(ms.xy1, ms.xy2, K2, K1)))
+            if n % 40 == 0:
+                print(f'  pnp accuracy: pair {n} of {len(pairs)} ({time.time() - t_start:.0f} s)', flush=True)
+    all_pass = PoseGates(min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
+    out: Dict[str, Any] = {'pairs': len(pairs), 'seeds': [int(s.seed) for s in seqs],
+                           'iterations': args.pnp_iterations}
+    for name in kernels:
+        out[name] = {'direct_pnp_checks_only': summarize_records(records[name], 'direct', all_pass),
+                     'symmetric_default_gates': summarize_records(records[name], 'symmetric', PoseGates()),
+                     'matching_plus_pnp_cpu_ms': _stats(pnp_s[name])}
+    return out
+
+
+def _print_accuracy(acc: Dict[str, Any]) -> None:
+    keys = ('published_rate', 'rot_err_deg_median', 'trans_err_deg_median', 'auc_pose@5', 'auc_pose@10',
+            'auc_pose@20', 'forward_sign_correct', 'false_positive_rate_zero', 'false_positive_rate_unrelated')
+    print(f'\nPnP RANSAC kernel accuracy ({acc["pairs"]} pairs x 3 modes, test seeds {acc["seeds"]}, '
+          f'{acc["iterations"]} iterations); matching + both PnPs CPU ms (min / median): ' + ', '.join(
+              f'{k} {acc[k]["matching_plus_pnp_cpu_ms"]["min_ms"]:.1f} / '
+              f'{acc[k]["matching_plus_pnp_cpu_ms"]["median_ms"]:.1f}' for k in ('sqpnp', 'ap3p')))
+    for method in ('direct_pnp_checks_only', 'symmetric_default_gates'):
+        for mode in acc['sqpnp'][method]:
+            for kernel in ('sqpnp', 'ap3p'):
+                r = acc[kernel][method][mode]
+                print(f'{method:24s} {mode:11s} {kernel:5s} ' + ' '.join(f'{k}={r[k]:.3g}' for k in keys))
+
+
 def _print_table(title: str, result: Dict[str, Any], keys: List[str]) -> None:
     prev, new = result['variants']['previous'], result['variants']['new']
     print(f'\n{title} (ms; min / median; n = {new[keys[0]]["n"]}; identical results: {result["identical"]})')
@@ -270,15 +354,25 @@ def main(argv: Any = None) -> int:
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--pnp-iterations', type=int, default=1000, help='pose.ransac_iterations (node default 1000)')
     p.add_argument('--skip-whole', action='store_true', help='only the stage breakdown')
+    p.add_argument('--pnp-accuracy', type=int, default=0, metavar='N',
+                   help='also score the RANSAC kernels (sqpnp / ap3p) on N held-out test scenes (slow)')
+    p.add_argument('--only-pnp-accuracy', action='store_true', help='skip the timing sections')
+    p.add_argument('--cache', default='/tmp/realm_pose_step_cache', help='simulated test scenes (.npz)')
     p.add_argument('--json', default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    out: Dict[str, Any] = {'threads': args.threads, 'pnp_iterations': args.pnp_iterations, 'torch': torch.__version__}
+    if args.only_pnp_accuracy:
+        out['pnp_accuracy'] = pnp_kernel_accuracy(args)
+        _print_accuracy(out['pnp_accuracy'])
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        return 0
     t0 = time.perf_counter()
     pipe, inputs = _load(args)
     pairs = [k for k in (args.pairs or [1, 3, 6, 9, 12]) if 0 < k < len(inputs)]
     print(f'{len(inputs)} windows, set-up {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}; '
           f'pairs (keyframe 0, current k): {pairs}')
-    out: Dict[str, Any] = {'threads': args.threads, 'pnp_iterations': args.pnp_iterations, 'torch': torch.__version__}
     out['breakdown'] = stage_breakdown(pipe, inputs, pairs, args.repeats)
     _print_table('symmetric_relative_pose', out['breakdown'],
                  ['total', 'total_cpu', *STAGES, *[f'pnp.{k}' for k in (*PNP_PARTS, 'other')]])
@@ -289,8 +383,11 @@ def main(argv: Any = None) -> int:
                      ['step', 'step_cpu', *STAGES, 'keyframe_select', 'keyframe_update', 'keyframe_add',
                       'draw_matches', 'other'])
         print('diagnostics (last pass):', json.dumps(out['whole']['diagnostics']))
+    if args.pnp_accuracy:
+        out['pnp_accuracy'] = pnp_kernel_accuracy(args)
+        _print_accuracy(out['pnp_accuracy'])
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
     ok = out['breakdown']['identical'] and out.get('whole', {}).get('identical', True)
     return 0 if ok else 1
 

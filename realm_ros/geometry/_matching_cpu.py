@@ -293,18 +293,28 @@ def _layouts(f: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return q, torch.from_numpy(q).t().contiguous().numpy()
 
 
-def _pruned_search(queries: np.ndarray, db: _tiles.TiledDatabase, threads: int) -> np.ndarray:
-    """:func:`._matching_tiles.pruned_nn_search` with the queries split over ``threads`` workers."""
+#: the pruned search falls back to the full kernel when more than this fraction of the (tile, query) pairs survive
+#: its first pass (it evaluates a similarity at ~1/3 of the full kernel's speed, so beyond this it does not pay)
+PRUNE_MAX_FRACTION = 0.3
+
+
+def _pruned_search(queries: np.ndarray, db: _tiles.TiledDatabase, threads: int, full_db_t) -> np.ndarray:
+    """:func:`._matching_tiles.pruned_nn_search` with the queries split over ``threads`` workers; a chunk whose
+    bounds prune too little goes through the full kernel (``full_db_t()`` gives the transposed database)."""
     n = queries.shape[0]
     workers = max(1, min(int(threads), n // 64))
-    if workers == 1:
-        return _tiles.pruned_nn_search(queries, db)
     out = np.empty(n, np.int64)
     edges = [n * w // workers for w in range(workers + 1)]
-    futures = [_pool(workers).submit(_tiles.pruned_nn_search, queries[a:b], db, out[a:b])
-               for a, b in zip(edges[:-1], edges[1:]) if b > a]
-    for f in futures:
-        f.result()
+    chunks = [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    if workers == 1:
+        done = [_tiles.pruned_nn_search(queries, db, out, PRUNE_MAX_FRACTION)]
+    else:
+        futures = [_pool(workers).submit(_tiles.pruned_nn_search, queries[a:b], db, out[a:b], PRUNE_MAX_FRACTION)
+                   for a, b in chunks]
+        done = [f.result() for f in futures]
+    rough = [(a, b) for (a, b), r in zip(chunks, done) if r is None]
+    for a, b in rough:
+        out[a:b] = nn_search(queries[a:b], full_db_t(), threads if len(rough) == 1 else 1)
     return out
 
 
@@ -324,10 +334,19 @@ def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_ite
     threads = torch.get_num_threads() if threads is None else max(1, int(threads))
     small = small_query_limit(threads) if small_queries is None else int(small_queries)
     prune = hw1 is not None and hw2 is not None
+    full_t: dict[int, np.ndarray] = {}
     if prune:
         q1, q2 = pad_dims(f1.contiguous().numpy()), pad_dims(f2.contiguous().numpy())
-        db1: object = _tiles.tile_database(q1, *hw1)
-        db2: object = _tiles.tile_database(q2, *hw2)
+        # pruned search into an image whose tiles are tight enough, the full kernel into a rough one
+        db1: object = _tiles.tile_database(q1, *hw1) if _tiles.prunable(q1, *hw1) else None
+        db2: object = _tiles.tile_database(q2, *hw2) if _tiles.prunable(q2, *hw2) else None
+
+        def transposed(which: int) -> np.ndarray:        # the full kernel's layout, built on first need
+            if which not in full_t:
+                full_t[which] = torch.from_numpy(q1 if which == 1 else q2).t().contiguous().numpy()
+            return full_t[which]
+        db1 = db1 if db1 is not None else transposed(1)
+        db2 = db2 if db2 is not None else transposed(2)
     else:
         q1, db1 = _layouts(f1)
         q2, db2 = _layouts(f2)
@@ -345,8 +364,9 @@ def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_ite
         missing = uniq[memo[uniq] < 0]
         if len(missing):
             counts['kernel_queries'] += len(missing)
-            if prune:
-                memo[missing] = _pruned_search(src[missing], db_k, threads)
+            if isinstance(db_k, _tiles.TiledDatabase):
+                which = 1 if db_k is db1 else 2
+                memo[missing] = _pruned_search(src[missing], db_k, threads, lambda: transposed(which))
             else:
                 memo[missing] = nn_search(src[missing], db_k, threads)
         return memo[points]

@@ -33,7 +33,7 @@ except Exception:  # noqa: BLE001 - any import failure means "no numba"
     _numba = None
     HAVE_NUMBA = False
 
-__all__ = ['TILE', 'TiledDatabase', 'tile_database', 'pruned_nn_search', 'MARGIN']
+__all__ = ['TILE', 'TiledDatabase', 'tile_database', 'pruned_nn_search', 'prunable', 'MARGIN']
 
 TILE = 8            # tile side in pixels
 SLOTS = TILE * TILE  # pixels per tile (a multiple of 16)
@@ -218,13 +218,15 @@ def _first_of_py(acc: np.ndarray, idx: np.ndarray, m: float) -> int:
 
 
 def _search_py(q: np.ndarray, values: np.ndarray, index: np.ndarray, centres_t: np.ndarray, radius: np.ndarray,
-               num_pixels: int, margin: float, out: np.ndarray) -> None:
+               num_pixels: int, margin: float, max_fraction: float, out: np.ndarray) -> bool:
     """First arg-max over all pixels of ``q[i] . x`` for each query row, skipping tiles whose bound is too low.
 
     Two passes: each query first evaluates the tile with its largest bound (a high running maximum from the start);
     then the tiles are visited in index order, each for the queries whose bound reaches their running maximum, so
     that a tile is read from memory once per call, not once per query. The bounds are computed tile by tile,
-    vectorised over the queries."""
+    vectorised over the queries. Returns False (``out`` untouched) when more than ``max_fraction`` of the
+    (tile, query) pairs would still have to be evaluated after the first pass: the pruning does not pay on such maps
+    and the caller runs the full search."""
     n, d = q.shape
     nt = values.shape[0]
     qt = np.empty((d, n), np.float32)
@@ -260,6 +262,13 @@ def _search_py(q: np.ndarray, values: np.ndarray, index: np.ndarray, centres_t: 
         t = t0[i]
         _eval_tile(q, i, values[t], index[t], acc, lanes, best_v, best_i)
         bnd[t, i] = -np.inf                     # done
+    todo = 0
+    for t in range(nt):
+        b = bnd[t]
+        for i in range(n):
+            todo += 0 if b[i] < best_v[i] else 1
+    if todo > max_fraction * n * nt:
+        return False
     a1, a2, a3 = np.empty(SLOTS, np.float32), np.empty(SLOTS, np.float32), np.empty(SLOTS, np.float32)
     sel = np.empty(4, np.int64)
     for t in range(nt):
@@ -279,6 +288,7 @@ def _search_py(q: np.ndarray, values: np.ndarray, index: np.ndarray, centres_t: 
             _eval_tile(q, sel[j], blk, idx, acc, lanes, best_v, best_i)
     for i in range(n):
         out[i] = best_i[i] if best_i[i] < num_pixels else 0
+    return True
 
 
 if HAVE_NUMBA:
@@ -308,6 +318,24 @@ def _pad8(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def prunable(desc: np.ndarray, height: int, width: int, max_radius: float = 0.5, samples: int = 8) -> bool:
+    """Whether the tile bound can prune on this map: the median radius of ``samples`` x ``samples`` tiles spread
+    over the image, relative to the median descriptor norm, is below ``max_radius``. Rough maps (e.g. mostly noise)
+    fail and are searched in full (same result, without the tiling and bound costs)."""
+    x = np.asarray(desc).reshape(height, width, -1)
+    ty = np.linspace(0, max(0, height - TILE), samples).astype(np.int64)
+    tx = np.linspace(0, max(0, width - TILE), samples).astype(np.int64)
+    dy = np.arange(min(TILE, height))
+    dx = np.arange(min(TILE, width))
+    yy = (ty[:, None, None, None] + dy[None, None, :, None]).repeat(samples, 1).repeat(len(dx), 3)
+    xx = (tx[None, :, None, None] + dx[None, None, None, :]).repeat(samples, 0).repeat(len(dy), 2)
+    t = x[yy, xx].reshape(samples * samples, -1, x.shape[-1]).astype(np.float64)
+    radii = np.linalg.norm(t - t.mean(1, keepdims=True), axis=2).max(1)
+    scale = float(np.median(np.linalg.norm(t, axis=2)))
+    r = float(np.median(radii))
+    return bool(np.isfinite(r) and scale > 0 and r < max_radius * scale)
+
+
 def tile_database(desc: np.ndarray, height: int, width: int) -> TiledDatabase:
     """Tile layout, centres and inflated radii of one image's descriptors ``desc`` (H*W, D) row-major (D is padded
     to a multiple of 8 with zeros)."""
@@ -324,10 +352,12 @@ def tile_database(desc: np.ndarray, height: int, width: int) -> TiledDatabase:
     return TiledDatabase(values, index, centres_t, radius, p)
 
 
-def pruned_nn_search(queries: np.ndarray, db: TiledDatabase, out: np.ndarray | None = None) -> np.ndarray:
+def pruned_nn_search(queries: np.ndarray, db: TiledDatabase, out: np.ndarray | None = None,
+                     max_fraction: float = 1.0) -> np.ndarray | None:
     """Index of the most similar database pixel for each query row (first index among equal maxima), exact.
 
-    ``queries`` (n, D) with the database's D (before padding). Returns int64 (n,).
+    ``queries`` (n, D) with the database's D (before padding). Returns int64 (n,), or None when more than
+    ``max_fraction`` of the (tile, query) pairs survive the first pass (rough maps: use the full search instead).
     """
     queries = _pad8(queries)
     if queries.ndim != 2 or queries.shape[1] != db.values.shape[1]:
@@ -335,6 +365,7 @@ def pruned_nn_search(queries: np.ndarray, db: TiledDatabase, out: np.ndarray | N
                          f'got {queries.shape}')
     if out is None:
         out = np.empty(queries.shape[0], np.int64)
-    if queries.shape[0]:
-        _search(queries, db.values, db.index, db.centres_t, db.radius, db.num_pixels, MARGIN, out)
+    if queries.shape[0] and not _search(queries, db.values, db.index, db.centres_t, db.radius, db.num_pixels,
+                                        MARGIN, float(max_fraction), out):
+        return None
     return out

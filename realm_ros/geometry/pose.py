@@ -117,6 +117,9 @@ def intrinsics_after_pad(K: Any, left: float, top: float) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 # Results and parameters
 
+_RANSAC_FLAGS = {'sqpnp': cv2.SOLVEPNP_SQPNP, 'ap3p': cv2.SOLVEPNP_AP3P}
+
+
 @dataclass(frozen=True)
 class PnpParams:
     """PnP-RANSAC settings and acceptance thresholds (defaults follow MASt3R visloc: SQPnP, 5 px, 0.9999)."""
@@ -135,6 +138,13 @@ class PnpParams:
     min_pixel_spread_px: float = 2.0        # 2nd singular value (px, RMS) of the centred pixels
     max_condition: float = 1e10             # of the 6x6 Gauss-Newton matrix
     seed: int | None = 0                    # OpenCV RNG seed (reproducible RANSAC); None leaves it alone
+    ransac_kernel: str = 'sqpnp'            # hypotheses: 'sqpnp' (OpenCV: EPnP on 5 points, SQPnP on the inliers)
+    #                                         or 'ap3p' (4 points, EPnP on the inliers; ~2.5x cheaper per call)
+
+    def __post_init__(self) -> None:
+        if self.ransac_kernel not in _RANSAC_FLAGS:
+            raise ValueError(f'PnpParams.ransac_kernel must be one of {sorted(_RANSAC_FLAGS)}, '
+                             f'got {self.ransac_kernel!r}')
 
 
 @dataclass(frozen=True)
@@ -287,7 +297,7 @@ def solve_pnp(points3d: Any, pixels: Any, K: Any, params: PnpParams = PnpParams(
         ok, rvec, tvec, inl = cv2.solvePnPRansac(
             pts, uv, K, None, iterationsCount=int(params.iterations),
             reprojectionError=float(params.reprojection_error_px), confidence=float(params.confidence),
-            flags=cv2.SOLVEPNP_SQPNP)
+            flags=_RANSAC_FLAGS[params.ransac_kernel])
     except cv2.error as exc:
         return _reject(f'pnp_failed: {str(exc).strip().splitlines()[-1][:120]}', n_in)
     if not ok or inl is None or rvec is None:

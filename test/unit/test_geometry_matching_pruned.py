@@ -134,3 +134,27 @@ def test_reciprocal_matches_identical_with_and_without_pruning(h1, w1, h2, w2, t
                                          np.arange(0, h1 * w1, 5), 10, threads=threads, small_queries=0)
     np.testing.assert_array_equal(i1, j1)
     np.testing.assert_array_equal(i2, j2)
+
+
+def test_rough_maps_and_unprofitable_chunks_fall_back_to_the_full_search(monkeypatch):
+    """A noise map is not tiled at all (``prunable`` False); a chunk whose bounds prune too little is searched by
+    the full kernel: identical results either way."""
+    h = w = 48
+    base = torch.randn(1, 24, 3, 3, generator=torch.Generator().manual_seed(2))
+    smooth = torch.nn.functional.interpolate(base, size=(h, w), mode='bilinear', align_corners=False)[0]
+    smooth = _unit(smooth.permute(1, 2, 0).reshape(-1, 24).numpy())
+    noise = _unit(np.random.default_rng(1).normal(size=(h * w, 24)))
+    assert _matching_tiles.prunable(smooth, h, w) and not _matching_tiles.prunable(noise, h, w)
+    tiled = _matching_tiles.tile_database(smooth, h, w)
+    q = noise[::5]
+    assert _matching_tiles.pruned_nn_search(q, tiled, max_fraction=0.0) is None
+    monkeypatch.setattr(_matching_cpu, 'PRUNE_MAX_FRACTION', 0.0)
+    t = np.ascontiguousarray(_matching_cpu.pad_dims(smooth).T)
+    for threads in (1, 2):
+        got = _matching_cpu._pruned_search(_matching_cpu.pad_dims(q), tiled, threads, lambda: t)
+        np.testing.assert_array_equal(got, _full(q, smooth))
+    d1, d2 = torch.from_numpy(smooth.reshape(h, w, 24)), torch.from_numpy(noise.reshape(h, w, 24))
+    for a, b in ((d1, d2), (d2, d1)):
+        m, r = fast_reciprocal_nn(a, b, subsample=4), fast_reciprocal_nn(a, b, subsample=4, prune=False)
+        np.testing.assert_array_equal(m.xy1, r.xy1)
+        np.testing.assert_array_equal(m.xy2, r.xy2)

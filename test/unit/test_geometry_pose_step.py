@@ -87,3 +87,27 @@ def test_keep_predictions_still_returns_view2_points():
         est = symmetric_relative_pose(dec, kf, _tokens(16, 2), (56, 56), K, keep_predictions=True,
                                       matching=MatchingParams(subsample=4))
     assert 'pts3d_in_other_view' in est.pred_current and 'pts3d' in est.pred_keyframe
+
+
+@pytest.mark.parametrize('kernel', ['sqpnp', 'ap3p'])
+def test_ransac_kernels_recover_a_known_pose_with_outliers(kernel):
+    from realm_ros.geometry.pose import solve_pnp
+    rng = np.random.default_rng(4)
+    pts = rng.uniform([-3, -2, 4], [3, 2, 12], size=(300, 3))
+    R = np.array([[0.995, -0.0998, 0.0], [0.0998, 0.995, 0.0], [0.0, 0.0, 1.0]])
+    R = np.linalg.svd(R)[0] @ np.linalg.svd(R)[2]
+    t = np.array([0.2, -0.1, 0.5])
+    cam = pts @ R.T + t
+    uv = (cam @ K.T)[:, :2] / cam[:, 2:]
+    uv += rng.normal(scale=0.5, size=uv.shape)
+    bad = rng.random(300) < 0.6                           # 60 % outliers
+    uv[bad] = rng.uniform(0, 224, size=(int(bad.sum()), 2))
+    res = solve_pnp(pts, uv, K, PnpParams(iterations=1000, ransac_kernel=kernel))
+    assert res.ok
+    assert np.abs(res.R - R).max() < 5e-3 and np.abs(res.t - t).max() < 0.05
+    assert set(np.flatnonzero(~bad)) - set(res.inliers.tolist()) == set() or res.num_inliers >= 0.95 * (~bad).sum()
+
+
+def test_unknown_ransac_kernel_is_named():
+    with pytest.raises(ValueError, match='ransac_kernel'):
+        PnpParams(ransac_kernel='p5p')
