@@ -27,16 +27,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional
 
 import numpy as np
 
+from .demo_panel import write_panel
+from .demo_scores import (Received, latency_by_output, latency_summary, packet_loss, pose_outcomes,
+                          score)
+
 NAMESPACE = '/realm_demo'
 NODE = 'perception_node'
-GT_MATCH_TOLERANCE_NS = 20_000_000      # an output and a ground-truth frame belong together within 20 ms
+
+__all__ = ['main', 'build_parser', 'models_dir', 'resolve_checkpoints', 'Received', 'score', 'pose_outcomes',
+           'write_panel']
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -83,30 +87,6 @@ def resolve_checkpoints(args: argparse.Namespace) -> Dict[str, str]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # collection
-
-@dataclass
-class Received:
-    """Everything the collector heard, with wall-clock receive times (ns)."""
-
-    depth: Deque[Tuple[int, int, np.ndarray]] = field(default_factory=lambda: deque(maxlen=400))   # (stamp, recv, d)
-    semantic: Deque[Tuple[int, int, np.ndarray]] = field(default_factory=lambda: deque(maxlen=400))
-    pose: List[Tuple[int, int, np.ndarray, str]] = field(default_factory=list)          # (stamp, recv, T, frame)
-    images: Dict[str, Tuple[int, np.ndarray]] = field(default_factory=dict)             # latest colour images
-    gt_depth: Dict[int, np.ndarray] = field(default_factory=dict)
-    gt_labels: Dict[int, np.ndarray] = field(default_factory=dict)
-    gt_pose: Dict[int, np.ndarray] = field(default_factory=dict)
-    counts: Dict[str, int] = field(default_factory=dict)
-    diagnostics: Dict[str, Dict[str, str]] = field(default_factory=dict)
-    events_xy: Deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=200))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def tick(self, name: str) -> None:
-        self.counts[name] = self.counts.get(name, 0) + 1
-
-    def rate_hz(self, name: str, seconds: float) -> float:
-        """Messages per second over a recording of ``seconds``."""
-        return self.counts.get(name, 0) / max(1e-9, seconds)
-
 
 def _pose_matrix(pose: Any) -> np.ndarray:
     from realm_ros.nodes.conversions import quaternion_to_rotation_matrix
@@ -212,232 +192,6 @@ def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str,
                                                                 qos_profile_sensor_data)
     node._realm_decoder_state = decoder_state                    # for the panel's sensor size
     return node
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# scoring
-
-def _nearest(store: Dict[int, np.ndarray], stamp: int) -> Optional[np.ndarray]:
-    if not store:
-        return None
-    keys = np.fromiter(store.keys(), dtype=np.int64)
-    i = int(np.argmin(np.abs(keys - stamp)))
-    return store[int(keys[i])] if abs(int(keys[i]) - stamp) <= GT_MATCH_TOLERANCE_NS else None
-
-
-def score(rec: Received, num_classes: int = 11) -> Dict[str, Any]:
-    """Depth, segmentation and pose scores of the collected outputs against the ground truth of the same stamps."""
-    from realm_ros.miniature.metrics import (ConfusionMatrix, DepthErrorAccumulator, PoseErrorAccumulator,
-                                             relative_pose)
-    with rec.lock:
-        depth = list(rec.depth)
-        semantic = list(rec.semantic)
-        poses = list(rec.pose)
-        gt_depth, gt_labels, gt_pose = dict(rec.gt_depth), dict(rec.gt_labels), dict(rec.gt_pose)
-    result: Dict[str, Any] = {}
-
-    acc = DepthErrorAccumulator()
-    matched = 0
-    for stamp, _recv, pred in depth:
-        gt = _nearest(gt_depth, stamp)
-        if gt is not None and gt.shape == pred.shape:
-            acc.update(pred, gt)
-            matched += 1
-    result['depth'] = {'frames_scored': matched, **acc.result()} if matched else {'frames_scored': 0}
-
-    from realm_ros.models.heads import DSEC_CLASSES
-    cm = ConfusionMatrix(num_classes)
-    matched = unpredicted = 0
-    for stamp, _recv, pred in semantic:
-        gt = _nearest(gt_labels, stamp)
-        if gt is not None and gt.shape == pred.shape:
-            no_pred = pred >= num_classes                       # 255: outside what the model saw
-            unpredicted += int(no_pred.sum())
-            cm.update(np.where(no_pred, 0, pred), np.where(no_pred, cm.ignore_index, gt))
-            matched += 1
-    result['semantic'] = ({'frames_scored': matched, 'pixels_without_prediction': unpredicted,
-                           **cm.scores(DSEC_CLASSES)} if matched else {'frames_scored': 0})
-
-    pacc = PoseErrorAccumulator()
-    no_motion = PoseErrorAccumulator()       # "the camera did not move": what an estimate must beat
-    forward_ok: List[bool] = []
-    pairs = 0
-    for (s0, _r0, T0, f0), (s1, _r1, T1, f1) in zip(poses, poses[1:]):
-        g0, g1 = _nearest(gt_pose, s0), _nearest(gt_pose, s1)
-        if g0 is None or g1 is None or f0 != f1 or s1 == s0:
-            continue
-        T_est, T_gt = relative_pose(T0, T1), relative_pose(g0, g1)
-        pacc.update(T_est, T_gt)
-        no_motion.update(np.eye(4), T_gt)
-        forward_ok.append(bool(np.sign(T_est[2, 3]) == np.sign(T_gt[2, 3])))
-        pairs += 1
-    if pairs:
-        base = no_motion.result()
-        result['pose'] = {'pairs_scored': pairs, **pacc.result(), 'forward_sign_ok': float(np.mean(forward_ok)),
-                          'no_motion_rot_err_deg_median': base['rot_err_deg_median']}
-    else:
-        result['pose'] = {'pairs_scored': 0}
-    return result
-
-
-def pose_outcomes(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, int]:
-    """The node's pose attempts and rejections by reason (``pose_attempts``, ``pose_rejected.<reason>``, ...) from
-    its /diagnostics: every estimate it did not publish is counted there with the gate that stopped it."""
-    out: Dict[str, int] = {}
-    for values in diagnostics.values():
-        for k, v in values.items():
-            if k.startswith(('pose_attempts', 'pose_rejected.', 'pose_without_keyframe')):
-                try:
-                    out[k] = int(float(v))
-                except ValueError:
-                    continue
-    return out
-
-
-def _percentiles(lat: np.ndarray) -> Dict[str, Any]:
-    if lat.size == 0:
-        return {'samples': 0}
-    return {'samples': int(lat.size), 'p50_ms': float(np.percentile(lat, 50)), 'p90_ms': float(np.percentile(lat, 90)),
-            'p95_ms': float(np.percentile(lat, 95)), 'p99_ms': float(np.percentile(lat, 99)),
-            'max_ms': float(lat.max())}
-
-
-def latency_summary(rec: Received) -> Dict[str, Any]:
-    """End-to-end latency of the depth outputs: receive wall time - stamp (the window's last event)."""
-    with rec.lock:
-        lat = np.array([(recv - stamp) * 1e-6 for stamp, recv, _ in rec.depth], dtype=np.float64)
-    return _percentiles(lat)
-
-
-def latency_by_output(rec: Received) -> Dict[str, Any]:
-    """Per output (depth, semantic, pose): end-to-end latency percentiles."""
-    with rec.lock:
-        rows = {'depth': [(s, r) for s, r, _ in rec.depth], 'semantic': [(s, r) for s, r, _ in rec.semantic],
-                'pose': [(s, r) for s, r, _, _ in rec.pose]}
-    return {k: _percentiles(np.array([(r - s) * 1e-6 for s, r in v], dtype=np.float64)) for k, v in rows.items()}
-
-
-def packet_loss(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, int]:
-    """Event packets the node received and lost (sequence gaps) according to its /diagnostics."""
-    ev = next((v for k, v in diagnostics.items() if k.endswith(': events')), {})
-    got, lost = int(float(ev.get('packets', 0))), int(float(ev.get('dropped_packets', 0)))
-    return {'received': got, 'lost': lost, 'sent': got + lost}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# panel
-
-def _label(img: np.ndarray, text: str) -> np.ndarray:
-    import cv2
-    out = img.copy()
-    cv2.rectangle(out, (0, 0), (out.shape[1], 18), (0, 0, 0), -1)
-    cv2.putText(out, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
-
-
-def _tile(img: Optional[np.ndarray], size: Tuple[int, int], text: str) -> np.ndarray:
-    import cv2
-    h, w = size
-    if img is None:
-        canvas = np.full((h, w, 3), 40, np.uint8)
-        cv2.putText(canvas, 'no data', (w // 2 - 30, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (200, 200, 200), 1)
-        return _label(canvas, text)
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    scale = min(w / img.shape[1], h / img.shape[0])
-    resized = cv2.resize(img, (max(1, int(img.shape[1] * scale)), max(1, int(img.shape[0] * scale))),
-                         interpolation=cv2.INTER_NEAREST)
-    canvas = np.zeros((h, w, 3), np.uint8)
-    y0, x0 = (h - resized.shape[0]) // 2, (w - resized.shape[1]) // 2
-    canvas[y0:y0 + resized.shape[0], x0:x0 + resized.shape[1]] = resized
-    return _label(canvas, text)
-
-
-def _trajectory_picture(rec: Received, size: Tuple[int, int]) -> np.ndarray:
-    """Top view (x-z plane of the first camera) of ground-truth and estimated camera positions.
-
-    Estimates come from ``~/pose`` in the fixed frame (chained from the first keyframe), ground truth from the
-    simulator, both expressed relative to the pose at the first estimate (or the first ground truth when the node
-    published no pose, e.g. every estimate was rejected)."""
-    import cv2
-    h, w = size
-    canvas = np.full((h, w, 3), 255, np.uint8)
-    with rec.lock:
-        poses = [(s, T) for s, _r, T, _f in rec.pose]
-        gt = dict(rec.gt_pose)
-    if not poses and not gt:
-        return _tile(None, size, 'trajectory')
-    if poses:
-        t0, t1 = poses[0][0], poses[-1][0]
-        G0 = _nearest(gt, t0)
-        E0inv = np.linalg.inv(poses[0][1])
-        est_pos = [(E0inv @ T)[:3, 3] for _s, T in poses]
-    else:
-        t0, t1 = min(gt), max(gt)
-        G0 = gt[t0]
-        est_pos = []
-    gt_pos = []
-    if G0 is not None:
-        G0inv = np.linalg.inv(G0)
-        gt_pos = [(G0inv @ gt[s])[:3, 3] for s in sorted(gt) if t0 <= s <= t1]
-    pts = np.array(est_pos + gt_pos) if (est_pos or gt_pos) else np.zeros((1, 3))
-    xz = pts[:, [0, 2]]
-    lo, hi = xz.min(0), xz.max(0)
-    span = max(float((hi - lo).max()), 1e-3)
-
-    def to_px(p: np.ndarray) -> Tuple[int, int]:
-        u = (p[0] - lo[0]) / span * (w - 40) + 20
-        v = h - 40 - (p[2] - lo[1]) / span * (h - 80)
-        return int(u), int(v)
-
-    for seq, colour in ((gt_pos, (0, 160, 0)), (est_pos, (0, 0, 220))):
-        for a, b in zip(seq, seq[1:]):
-            cv2.line(canvas, to_px(a), to_px(b), colour, 2, cv2.LINE_AA)
-    cv2.putText(canvas, 'ground truth', (8, h - 24), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 160, 0), 1)
-    cv2.putText(canvas, 'estimate (~/pose)' if est_pos else 'no pose published (estimates rejected)',
-                (8, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 220), 1)
-    return _label(canvas, 'trajectory (top view, x-z of the first camera)')
-
-
-def write_panel(rec: Received, path: Path, sensor_shape: Optional[Tuple[int, int]]) -> None:
-    import cv2
-
-    from realm_ros.models.heads import colorize_segmentation
-    from realm_ros.pipeline.render import colorize_depth
-    size = (240, 320)
-    with rec.lock:
-        images = dict(rec.images)
-        events = list(rec.events_xy)
-        depth_stamp = images.get('depth', (None, None))[0]
-        sem_stamp = images.get('semantic', (None, None))[0]
-        gt_d = _nearest(rec.gt_depth, depth_stamp) if depth_stamp is not None else None
-        gt_l = _nearest(rec.gt_labels, sem_stamp) if sem_stamp is not None else None
-    ev_img = None
-    if events and sensor_shape:
-        xyp = np.concatenate(events[-40:])
-        h, w = sensor_shape
-        ev_img = np.full((h, w, 3), 255, np.uint8)
-        ok = (xyp[:, 0] < w) & (xyp[:, 1] < h)
-        xyp = xyp[ok]
-        ev_img[xyp[:, 1], xyp[:, 0]] = np.where(xyp[:, 2:3] == 1, [[40, 40, 230]], [[230, 90, 30]]).astype(np.uint8)
-    gt_d_img = colorize_depth(gt_d.astype(np.float32), 1.0, 81.0) if gt_d is not None else None
-    gt_l_img = None
-    if gt_l is not None:
-        gt_l_img = colorize_segmentation(gt_l.astype(np.int64))
-        gt_l_img = np.ascontiguousarray(gt_l_img[..., ::-1])        # palette is RGB, panel is BGR
-    tiles = [
-        _tile(ev_img, size, 'events (red ON, blue OFF)'),
-        _tile(images.get('depth/color', (0, None))[1], size, 'depth (REALM on events)'),
-        _tile(gt_d_img, size, 'depth ground truth'),
-        _tile(images.get('matches', (0, None))[1], size, 'matches (keyframe | current)'),
-        _tile(images.get('semantic/color', (0, None))[1], size, 'semantics (REALM on events)'),
-        _tile(gt_l_img, size, 'semantics ground truth'),
-    ]
-    traj = _trajectory_picture(rec, (size[0] * 2, size[1]))
-    grid = np.vstack([np.hstack(tiles[:3]), np.hstack(tiles[3:])])
-    panel = np.hstack([grid, traj])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), panel)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -682,7 +436,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         stop.set()
         for name in ('node', 'sim'):
             _stop(procs.get(name))
+        if player is not None:
+            player.join(timeout=5.0)
         executor.shutdown()
+        spin.join(timeout=5.0)         # destroying the node while the spin thread still waits on it raises
         collector.destroy_node()
         rclpy.try_shutdown()
 

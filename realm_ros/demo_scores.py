@@ -1,0 +1,148 @@
+"""``realm-demo`` results: what the collector received, and its scores against the simulator's ground truth.
+
+:class:`Received` holds the outputs (with wall-clock receive times), the ground truth and the node's diagnostics;
+:func:`score` gives depth error, mIoU and the pose errors of consecutive published poses (with the no-motion baseline
+and the forward-sign rate); :func:`latency_by_output`, :func:`packet_loss` and :func:`pose_outcomes` read latency and
+the node's own counters. ROS-free: the collector (``realm_ros.demo``) fills :class:`Received`.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+import numpy as np
+
+GT_MATCH_TOLERANCE_NS = 20_000_000      # an output and a ground-truth frame belong together within 20 ms
+
+
+@dataclass
+class Received:
+    """Everything the collector heard, with wall-clock receive times (ns)."""
+
+    depth: Deque[Tuple[int, int, np.ndarray]] = field(default_factory=lambda: deque(maxlen=400))   # (stamp, recv, d)
+    semantic: Deque[Tuple[int, int, np.ndarray]] = field(default_factory=lambda: deque(maxlen=400))
+    pose: List[Tuple[int, int, np.ndarray, str]] = field(default_factory=list)          # (stamp, recv, T, frame)
+    images: Dict[str, Tuple[int, np.ndarray]] = field(default_factory=dict)             # latest colour images
+    gt_depth: Dict[int, np.ndarray] = field(default_factory=dict)
+    gt_labels: Dict[int, np.ndarray] = field(default_factory=dict)
+    gt_pose: Dict[int, np.ndarray] = field(default_factory=dict)
+    counts: Dict[str, int] = field(default_factory=dict)
+    diagnostics: Dict[str, Dict[str, str]] = field(default_factory=dict)
+    events_xy: Deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=200))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def tick(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def rate_hz(self, name: str, seconds: float) -> float:
+        """Messages per second over a recording of ``seconds``."""
+        return self.counts.get(name, 0) / max(1e-9, seconds)
+
+
+def nearest_ground_truth(store: Dict[int, np.ndarray], stamp: int) -> Optional[np.ndarray]:
+    if not store:
+        return None
+    keys = np.fromiter(store.keys(), dtype=np.int64)
+    i = int(np.argmin(np.abs(keys - stamp)))
+    return store[int(keys[i])] if abs(int(keys[i]) - stamp) <= GT_MATCH_TOLERANCE_NS else None
+
+
+def score(rec: Received, num_classes: int = 11) -> Dict[str, Any]:
+    """Depth, segmentation and pose scores of the collected outputs against the ground truth of the same stamps."""
+    from realm_ros.miniature.metrics import (ConfusionMatrix, DepthErrorAccumulator, PoseErrorAccumulator,
+                                             relative_pose)
+    with rec.lock:
+        depth = list(rec.depth)
+        semantic = list(rec.semantic)
+        poses = list(rec.pose)
+        gt_depth, gt_labels, gt_pose = dict(rec.gt_depth), dict(rec.gt_labels), dict(rec.gt_pose)
+    result: Dict[str, Any] = {}
+
+    acc = DepthErrorAccumulator()
+    matched = 0
+    for stamp, _recv, pred in depth:
+        gt = nearest_ground_truth(gt_depth, stamp)
+        if gt is not None and gt.shape == pred.shape:
+            acc.update(pred, gt)
+            matched += 1
+    result['depth'] = {'frames_scored': matched, **acc.result()} if matched else {'frames_scored': 0}
+
+    from realm_ros.models.heads import DSEC_CLASSES
+    cm = ConfusionMatrix(num_classes)
+    matched = unpredicted = 0
+    for stamp, _recv, pred in semantic:
+        gt = nearest_ground_truth(gt_labels, stamp)
+        if gt is not None and gt.shape == pred.shape:
+            no_pred = pred >= num_classes                       # 255: outside what the model saw
+            unpredicted += int(no_pred.sum())
+            cm.update(np.where(no_pred, 0, pred), np.where(no_pred, cm.ignore_index, gt))
+            matched += 1
+    result['semantic'] = ({'frames_scored': matched, 'pixels_without_prediction': unpredicted,
+                           **cm.scores(DSEC_CLASSES)} if matched else {'frames_scored': 0})
+
+    pacc = PoseErrorAccumulator()
+    no_motion = PoseErrorAccumulator()       # "the camera did not move": what an estimate must beat
+    forward_ok: List[bool] = []
+    pairs = 0
+    for (s0, _r0, T0, f0), (s1, _r1, T1, f1) in zip(poses, poses[1:]):
+        g0, g1 = nearest_ground_truth(gt_pose, s0), nearest_ground_truth(gt_pose, s1)
+        if g0 is None or g1 is None or f0 != f1 or s1 == s0:
+            continue
+        T_est, T_gt = relative_pose(T0, T1), relative_pose(g0, g1)
+        pacc.update(T_est, T_gt)
+        no_motion.update(np.eye(4), T_gt)
+        forward_ok.append(bool(np.sign(T_est[2, 3]) == np.sign(T_gt[2, 3])))
+        pairs += 1
+    if pairs:
+        base = no_motion.result()
+        result['pose'] = {'pairs_scored': pairs, **pacc.result(), 'forward_sign_ok': float(np.mean(forward_ok)),
+                          'no_motion_rot_err_deg_median': base['rot_err_deg_median']}
+    else:
+        result['pose'] = {'pairs_scored': 0}
+    return result
+
+
+def pose_outcomes(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, int]:
+    """The node's pose attempts and rejections by reason (``pose_attempts``, ``pose_rejected.<reason>``, ...) from
+    its /diagnostics: every estimate it did not publish is counted there with the gate that stopped it."""
+    out: Dict[str, int] = {}
+    for values in diagnostics.values():
+        for k, v in values.items():
+            if k.startswith(('pose_attempts', 'pose_rejected.', 'pose_without_keyframe')):
+                try:
+                    out[k] = int(float(v))
+                except ValueError:
+                    continue
+    return out
+
+
+def _percentiles(lat: np.ndarray) -> Dict[str, Any]:
+    if lat.size == 0:
+        return {'samples': 0}
+    return {'samples': int(lat.size), 'p50_ms': float(np.percentile(lat, 50)), 'p90_ms': float(np.percentile(lat, 90)),
+            'p95_ms': float(np.percentile(lat, 95)), 'p99_ms': float(np.percentile(lat, 99)),
+            'max_ms': float(lat.max())}
+
+
+def latency_summary(rec: Received) -> Dict[str, Any]:
+    """End-to-end latency of the depth outputs: receive wall time - stamp (the window's last event)."""
+    with rec.lock:
+        lat = np.array([(recv - stamp) * 1e-6 for stamp, recv, _ in rec.depth], dtype=np.float64)
+    return _percentiles(lat)
+
+
+def latency_by_output(rec: Received) -> Dict[str, Any]:
+    """Per output (depth, semantic, pose): end-to-end latency percentiles."""
+    with rec.lock:
+        rows = {'depth': [(s, r) for s, r, _ in rec.depth], 'semantic': [(s, r) for s, r, _ in rec.semantic],
+                'pose': [(s, r) for s, r, _, _ in rec.pose]}
+    return {k: _percentiles(np.array([(r - s) * 1e-6 for s, r in v], dtype=np.float64)) for k, v in rows.items()}
+
+
+def packet_loss(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, int]:
+    """Event packets the node received and lost (sequence gaps) according to its /diagnostics."""
+    ev = next((v for k, v in diagnostics.items() if k.endswith(': events')), {})
+    got, lost = int(float(ev.get('packets', 0))), int(float(ev.get('dropped_packets', 0)))
+    return {'received': got, 'lost': lost, 'sent': got + lost}
