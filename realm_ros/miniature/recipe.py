@@ -9,12 +9,19 @@ Stages (each caches its outputs under ``work_dir`` and is skipped when its input
 3. ``heads``    - depth and segmentation heads on the frozen teacher with ``train_heads`` (the TRAIN tool) on the bags.
 4. ``decoder``  - the tiny DUNE-MASt3R decoder (:mod:`.decoder`) on the frozen teacher, ground truth from the renderer.
 5. ``distill``  - REALM-mini with ``train_from_bag`` (the TRAIN tool, its CLI entry point) on the bags.
-6. ``evaluate`` - held-out ``test`` sequences (:mod:`.evaluate`): the segmentation bridge is chosen on a ``val``
+6. ``calibrate`` - pose gates of the decoder + REALM pair (:func:`.pose_checks.pose_trust_summary`: chosen on
+   ``val`` scenes with zero-motion and unrelated-scene pairs, scored on the test scenes), stored in the shipped
+   decoder's metadata (``extra.pose_gates``) and as ``pose_trust`` in the metrics file.
+7. ``evaluate`` - held-out ``test`` sequences (:mod:`.evaluate`): the segmentation bridge is chosen on a ``val``
    sequence, then everything is scored on the test scenes and on a small fixed subset (the unit test recomputes it).
-7. ``ship``     - copies the float16 files and ``miniature_metrics.json`` into ``out_dir`` (``models/``).
+8. ``ship``     - copies the float16 files and ``miniature_metrics.json`` into ``out_dir`` (``models/``).
 
 All checkpoints are rounded to float16 *before* anything downstream uses them, so the shipped files are exactly the
 models that were trained against and evaluated. Generated data never leaves ``work_dir``.
+
+Size: over 500 lines because the stage bookkeeping (cache keys, done markers, resumption) and the stages that drive
+the training CLIs belong together; the training itself lives in :mod:`.teacher`, :mod:`.decoder` and
+:mod:`realm_ros.training`.
 """
 from __future__ import annotations
 

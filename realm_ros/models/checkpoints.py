@@ -34,6 +34,9 @@ A 'lora' checkpoint needs the DUNE teacher it was trained from; a 'merged' one i
 teacher whose SHA-256 differs from ``teacher_sha256`` is refused (:class:`TeacherMismatchError`) unless
 ``force=True``. Head checkpoints (``realm_ros.head``) store one head's tensors + ``kind``, ``config`` and the teacher
 hash, with the same rule.
+
+Size: over 500 lines because every checkpoint kind (official DUNE, converted, REALM, heads) goes through the same
+read / validate / build path defined here; the DUNE-MASt3R loader lives in :mod:`realm_ros.models.mast3r.io`.
 """
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ Internal module: use :class:`realm_ros.sim.render.Renderer`. Everything here is 
 disk) and works on plain arrays. Texture patterns are box-filtered analytically over the pixel footprint (pulse trains,
 bands, discs) and noise octaves finer than ~4 pixels fade to their mean, so a moving camera sees stable edges instead of
 aliasing sparkle (sparkle would be converted into spurious events).
+
+Size: over 500 lines because numba kernels can only call kernels it compiles with them; splitting the intersection,
+texture and shading kernels across modules would not make any of them usable alone.
 """
 from __future__ import annotations
 
