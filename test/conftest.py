@@ -26,6 +26,7 @@ def pytest_configure(config):
     config.addinivalue_line('markers', 'ros: needs rclpy and real DDS (skipped when rclpy is not importable)')
     config.addinivalue_line('markers', 'cuda: needs a CUDA device (skipped otherwise)')
     config.addinivalue_line('markers', 'slow: takes more than ~10 s on 2 cores; the fast tier skips it: -m "not slow"')
+    config.addinivalue_line('markers', 'linter: runs the project linter over the sources (as ament_flake8 tests do)')
 
 
 def pytest_collection_modifyitems(config, items):

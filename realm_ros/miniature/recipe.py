@@ -49,7 +49,8 @@ from .teacher import TeacherConfig, train_teacher
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ['BagsConfig', 'HeadsRecipe', 'DistillRecipe', 'CalibrateRecipe', 'RecipeConfig', 'PRESETS', 'SHIPPED_FILES', 'run_recipe',
+__all__ = ['BagsConfig', 'HeadsRecipe', 'DistillRecipe', 'CalibrateRecipe', 'RecipeConfig', 'PRESETS', 'SHIPPED_FILES',
+           'run_recipe',
            'default_work_dir', 'ship_checkpoint', 'STAGES']
 
 #: Names of the shipped files (in ``out_dir``) by role.
