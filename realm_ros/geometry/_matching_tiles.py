@@ -50,10 +50,10 @@ class TiledDatabase(NamedTuple):
     num_pixels: int         # P
 
 
-def _tile_py(desc_t: np.ndarray, h: int, w: int, tile: int, margin: float, values: np.ndarray, index: np.ndarray,
+def _tile_py(desc: np.ndarray, h: int, w: int, tile: int, margin: float, values: np.ndarray, index: np.ndarray,
              centres_t: np.ndarray, radius: np.ndarray) -> None:
-    """Fill the tile layout from the transposed descriptors ``desc_t`` (D, H*W); see :class:`TiledDatabase`."""
-    d = desc_t.shape[0]
+    """Fill the tile layout from the row-major descriptors ``desc`` (H*W, D); see :class:`TiledDatabase`."""
+    d = desc.shape[1]
     ntx = (w + tile - 1) // tile
     nty = (h + tile - 1) // tile
     ss = tile * tile
@@ -63,23 +63,27 @@ def _tile_py(desc_t: np.ndarray, h: int, w: int, tile: int, margin: float, value
             t = ty * ntx + tx
             y0, x0 = ty * tile, tx * tile
             y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
+            blk = values[t]
             s = 0
             for y in range(y0, y1):
                 for x in range(x0, x1):
-                    index[t, s] = x + w * y
+                    p = x + w * y
+                    index[t, s] = p
+                    for k in range(d):
+                        blk[k, s] = desc[p, k]
                     s += 1
             n = s
+            first = index[t, 0]
             while s < ss:                       # padding: copies of the tile's first pixel
-                index[t, s] = index[t, 0]
+                index[t, s] = first
+                for k in range(d):
+                    blk[k, s] = desc[first, k]
                 s += 1
             for j in range(ss):
                 err[j] = 0.0
             cn = 0.0
             for k in range(d):
-                row = desc_t[k]
-                vals = values[t, k]
-                for j in range(ss):
-                    vals[j] = row[index[t, j]]
+                vals = blk[k]
                 acc = 0.0
                 for j in range(n):
                     acc += np.float64(vals[j])
@@ -98,20 +102,20 @@ def _tile_py(desc_t: np.ndarray, h: int, w: int, tile: int, margin: float, value
             radius[t] = np.float32(inflated) * np.float32(1.0 + 1e-6) if math.isfinite(inflated) else np.inf
 
 
-def _fold_py(acc: np.ndarray, lanes: np.ndarray, idx: np.ndarray, i: int, best_v: np.ndarray,
-             best_i: np.ndarray) -> None:
+def _fold_py(acc: np.ndarray, idx: np.ndarray, i: int, best_v: np.ndarray, best_i: np.ndarray) -> None:
     """Fold one tile's similarities ``acc`` (slot order, pixel indices ``idx``) into query i's running (maximum,
-    lowest pixel index of the maximum)."""
-    for s in range(16):                          # 16-lane running maximum (vectorises), then the lanes
-        lanes[s] = -np.inf
-    for s0 in range(0, SLOTS, 16):
-        for s in range(16):
-            v = acc[s0 + s]
-            lanes[s] = v if v > lanes[s] else lanes[s]
-    m = -np.inf
-    for s in range(16):
-        m = lanes[s] if lanes[s] > m else m
+    lowest pixel index of the maximum). Most tiles hold nothing >= the running maximum: a vectorised test first,
+    the maximum and its lowest index only for the others (NaN similarities are never taken, as in the full
+    search)."""
     bv = best_v[i]
+    hit = 0
+    for s in range(SLOTS):
+        hit |= acc[s] >= bv
+    if hit == 0:
+        return
+    m = -np.inf
+    for s in range(SLOTS):
+        m = acc[s] if acc[s] > m else m
     if m > bv or m == bv:
         cand = _first_of(acc, idx, m)
         if cand < 0:
@@ -123,8 +127,8 @@ def _fold_py(acc: np.ndarray, lanes: np.ndarray, idx: np.ndarray, i: int, best_v
             best_i[i] = cand
 
 
-def _eval_tile_py(q: np.ndarray, i: int, blk: np.ndarray, idx: np.ndarray, acc: np.ndarray, lanes: np.ndarray,
-                  best_v: np.ndarray, best_i: np.ndarray) -> None:
+def _eval_tile_py(q: np.ndarray, i: int, blk: np.ndarray, idx: np.ndarray, acc: np.ndarray, best_v: np.ndarray,
+                  best_i: np.ndarray) -> None:
     """Similarities of query ``q[i]`` with the pixels of one tile (``blk`` (D, SLOTS)), folded into its maximum."""
     d = q.shape[1]
     for k0 in range(0, d, 8):                    # the FMA chain of the full search, 8 dimensions per pass
@@ -150,12 +154,12 @@ def _eval_tile_py(q: np.ndarray, i: int, blk: np.ndarray, idx: np.ndarray, acc: 
                 v = v + p5 * blk[k0 + 5, s]
                 v = v + p6 * blk[k0 + 6, s]
                 acc[s] = v + p7 * blk[k0 + 7, s]
-    _fold(acc, lanes, idx, i, best_v, best_i)
+    _fold(acc, idx, i, best_v, best_i)
 
 
 def _eval_tile4_py(q: np.ndarray, i0: int, i1: int, i2: int, i3: int, blk: np.ndarray, idx: np.ndarray,
-                   a0: np.ndarray, a1: np.ndarray, a2: np.ndarray, a3: np.ndarray, lanes: np.ndarray,
-                   best_v: np.ndarray, best_i: np.ndarray) -> None:
+                   a0: np.ndarray, a1: np.ndarray, a2: np.ndarray, a3: np.ndarray, best_v: np.ndarray,
+                   best_i: np.ndarray) -> None:
     """:func:`_eval_tile` for four queries at once (each database value loaded once for the four chains; separate
     accumulators so that LLVM sees they do not alias)."""
     d = q.shape[1]
@@ -202,10 +206,10 @@ def _eval_tile4_py(q: np.ndarray, i0: int, i1: int, i2: int, i3: int, blk: np.nd
                 v = v + p31 * y1
                 v = v + p32 * y2
                 a3[s] = v + p33 * y3
-    _fold(a0, lanes, idx, i0, best_v, best_i)
-    _fold(a1, lanes, idx, i1, best_v, best_i)
-    _fold(a2, lanes, idx, i2, best_v, best_i)
-    _fold(a3, lanes, idx, i3, best_v, best_i)
+    _fold(a0, idx, i0, best_v, best_i)
+    _fold(a1, idx, i1, best_v, best_i)
+    _fold(a2, idx, i2, best_v, best_i)
+    _fold(a3, idx, i3, best_v, best_i)
 
 
 def _first_of_py(acc: np.ndarray, idx: np.ndarray, m: float) -> int:
@@ -255,12 +259,11 @@ def _search_py(q: np.ndarray, values: np.ndarray, index: np.ndarray, centres_t: 
             top[i] = b[i] if better else top[i]
             t0[i] = t if better else t0[i]
     acc = np.empty(SLOTS, np.float32)
-    lanes = np.empty(16, np.float32)
     best_v = np.full(n, -np.inf, np.float32)
     best_i = np.full(n, num_pixels, np.int64)
     for i in range(n):
         t = t0[i]
-        _eval_tile(q, i, values[t], index[t], acc, lanes, best_v, best_i)
+        _eval_tile(q, i, values[t], index[t], acc, best_v, best_i)
         bnd[t, i] = -np.inf                     # done
     todo = 0
     for t in range(nt):
@@ -281,11 +284,10 @@ def _search_py(q: np.ndarray, values: np.ndarray, index: np.ndarray, centres_t: 
                 sel[ns] = i
                 ns += 1
                 if ns == 4:
-                    _eval_tile4(q, sel[0], sel[1], sel[2], sel[3], blk, idx, acc, a1, a2, a3, lanes, best_v,
-                                best_i)
+                    _eval_tile4(q, sel[0], sel[1], sel[2], sel[3], blk, idx, acc, a1, a2, a3, best_v, best_i)
                     ns = 0
         for j in range(ns):
-            _eval_tile(q, sel[j], blk, idx, acc, lanes, best_v, best_i)
+            _eval_tile(q, sel[j], blk, idx, acc, best_v, best_i)
     for i in range(n):
         out[i] = best_i[i] if best_i[i] < num_pixels else 0
     return True
@@ -348,7 +350,7 @@ def tile_database(desc: np.ndarray, height: int, width: int) -> TiledDatabase:
     index = np.empty((nt, TILE * TILE), np.int64)
     centres_t = np.empty((d, nt), np.float32)
     radius = np.empty(nt, np.float32)
-    _tile(np.ascontiguousarray(desc.T), height, width, TILE, MARGIN, values, index, centres_t, radius)
+    _tile(desc, height, width, TILE, MARGIN, values, index, centres_t, radius)
     return TiledDatabase(values, index, centres_t, radius, p)
 
 
