@@ -248,7 +248,7 @@ def whole_step(pipe: Any, inputs: List[Any], repeats: int) -> Dict[str, Any]:
 
 
 def pnp_kernel_accuracy(args: argparse.Namespace) -> Dict[str, Any]:
-    """Pose accuracy of the RANSAC hypothesis kernels (``PnpParams.ransac_kernel``) on the same matches.
+    """Pose accuracy of RANSAC variants (``PnpParams.ransac_kernel`` / ``iterations``) on the same matches.
 
     The held-out test scenes of the shipped metrics (``realm_ros.miniature``), all three modes, the pair sets of
     :func:`realm_ros.miniature.pose_checks.collect_pose_records` (motion pairs at gaps 3 / 6 / 12, zero-motion and
@@ -268,8 +268,10 @@ def pnp_kernel_accuracy(args: argparse.Namespace) -> Dict[str, Any]:
                              m / 'mini_mast3r.safetensors')
     cfg = EvalConfig(sequences=args.pnp_accuracy)
     seqs = load_or_simulate(cfg, args.cache, print)
-    kernels = {'sqpnp': PnpParams(iterations=args.pnp_iterations),
-               'ap3p': PnpParams(iterations=args.pnp_iterations, ransac_kernel='ap3p')}
+    kernels = {}
+    for v in args.pnp_variants:
+        kernel, _, iters = v.partition(':')
+        kernels[v] = PnpParams(iterations=int(iters or args.pnp_iterations), ransac_kernel=kernel)
     matching = MatchingParams()
     size = seqs[0].rgb.shape[1]
     shape = (size, size)
@@ -308,8 +310,7 @@ def pnp_kernel_accuracy(args: argparse.Namespace) -> Dict[str, Any]:
             if n % 40 == 0:
                 print(f'  pnp accuracy: pair {n} of {len(pairs)} ({time.time() - t_start:.0f} s)', flush=True)
     all_pass = PoseGates(min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
-    out: Dict[str, Any] = {'pairs': len(pairs), 'seeds': [int(s.seed) for s in seqs],
-                           'iterations': args.pnp_iterations}
+    out: Dict[str, Any] = {'pairs': len(pairs), 'seeds': [int(s.seed) for s in seqs], 'variants': list(kernels)}
     for name in kernels:
         out[name] = {'direct_pnp_checks_only': summarize_records(records[name], 'direct', all_pass),
                      'symmetric_default_gates': summarize_records(records[name], 'symmetric', PoseGates()),
@@ -320,15 +321,16 @@ def pnp_kernel_accuracy(args: argparse.Namespace) -> Dict[str, Any]:
 def _print_accuracy(acc: Dict[str, Any]) -> None:
     keys = ('published_rate', 'rot_err_deg_median', 'trans_err_deg_median', 'auc_pose@5', 'auc_pose@10',
             'auc_pose@20', 'forward_sign_correct', 'false_positive_rate_zero', 'false_positive_rate_unrelated')
-    print(f'\nPnP RANSAC kernel accuracy ({acc["pairs"]} pairs x 3 modes, test seeds {acc["seeds"]}, '
-          f'{acc["iterations"]} iterations); matching + both PnPs CPU ms (min / median): ' + ', '.join(
+    variants = acc['variants']
+    print(f'\nPnP RANSAC variant accuracy ({acc["pairs"]} pairs x 3 modes, test seeds {acc["seeds"]}); '
+          f'matching + both PnPs CPU ms (min / median): ' + ', '.join(
               f'{k} {acc[k]["matching_plus_pnp_cpu_ms"]["min_ms"]:.1f} / '
-              f'{acc[k]["matching_plus_pnp_cpu_ms"]["median_ms"]:.1f}' for k in ('sqpnp', 'ap3p')))
+              f'{acc[k]["matching_plus_pnp_cpu_ms"]["median_ms"]:.1f}' for k in variants))
     for method in ('direct_pnp_checks_only', 'symmetric_default_gates'):
-        for mode in acc['sqpnp'][method]:
-            for kernel in ('sqpnp', 'ap3p'):
+        for mode in acc[variants[0]][method]:
+            for kernel in variants:
                 r = acc[kernel][method][mode]
-                print(f'{method:24s} {mode:11s} {kernel:5s} ' + ' '.join(f'{k}={r[k]:.3g}' for k in keys))
+                print(f'{method:24s} {mode:11s} {kernel:10s} ' + ' '.join(f'{k}={r[k]:.3g}' for k in keys))
 
 
 def _print_table(title: str, result: Dict[str, Any], keys: List[str]) -> None:
@@ -355,7 +357,9 @@ def main(argv: Any = None) -> int:
     p.add_argument('--pnp-iterations', type=int, default=1000, help='pose.ransac_iterations (node default 1000)')
     p.add_argument('--skip-whole', action='store_true', help='only the stage breakdown')
     p.add_argument('--pnp-accuracy', type=int, default=0, metavar='N',
-                   help='also score the RANSAC kernels (sqpnp / ap3p) on N held-out test scenes (slow)')
+                   help='also score the RANSAC variants (--pnp-variants) on N held-out test scenes (slow)')
+    p.add_argument('--pnp-variants', nargs='+', default=['sqpnp', 'ap3p'], metavar='KERNEL[:ITERATIONS]',
+                   help="RANSAC variants scored by --pnp-accuracy (default: sqpnp ap3p at --pnp-iterations)")
     p.add_argument('--only-pnp-accuracy', action='store_true', help='skip the timing sections')
     p.add_argument('--cache', default='/tmp/realm_pose_step_cache', help='simulated test scenes (.npz)')
     p.add_argument('--json', default=None)

@@ -333,20 +333,19 @@ def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_ite
     """
     threads = torch.get_num_threads() if threads is None else max(1, int(threads))
     small = small_query_limit(threads) if small_queries is None else int(small_queries)
-    prune = hw1 is not None and hw2 is not None
     full_t: dict[int, np.ndarray] = {}
-    if prune:
+    db1: np.ndarray | _tiles.TiledDatabase
+    db2: np.ndarray | _tiles.TiledDatabase
+    if hw1 is not None and hw2 is not None:
         q1, q2 = pad_dims(f1.contiguous().numpy()), pad_dims(f2.contiguous().numpy())
-        # pruned search into an image whose tiles are tight enough, the full kernel into a rough one
-        db1: object = _tiles.tile_database(q1, *hw1) if _tiles.prunable(q1, *hw1) else None
-        db2: object = _tiles.tile_database(q2, *hw2) if _tiles.prunable(q2, *hw2) else None
 
         def transposed(which: int) -> np.ndarray:        # the full kernel's layout, built on first need
             if which not in full_t:
                 full_t[which] = torch.from_numpy(q1 if which == 1 else q2).t().contiguous().numpy()
             return full_t[which]
-        db1 = db1 if db1 is not None else transposed(1)
-        db2 = db2 if db2 is not None else transposed(2)
+        # pruned search into an image whose tiles are tight enough, the full kernel into a rough one
+        db1 = _tiles.tile_database(q1, hw1[0], hw1[1]) if _tiles.prunable(q1, hw1[0], hw1[1]) else transposed(1)
+        db2 = _tiles.tile_database(q2, hw2[0], hw2[1]) if _tiles.prunable(q2, hw2[0], hw2[1]) else transposed(2)
     else:
         q1, db1 = _layouts(f1)
         q2, db2 = _layouts(f2)
@@ -354,7 +353,7 @@ def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_ite
     memo21 = np.full(len(q2), -1, np.int64)
     counts = {'kernel_queries': 0, 'official_queries': 0, 'half_steps': 0}
 
-    def half_step(points: np.ndarray, src: np.ndarray, db_k: object, memo: np.ndarray,
+    def half_step(points: np.ndarray, src: np.ndarray, db_k: np.ndarray | _tiles.TiledDatabase, memo: np.ndarray,
                   src_t: torch.Tensor, db: torch.Tensor) -> np.ndarray:
         counts['half_steps'] += 1
         if len(points) <= small:                 # few rows: the official BLAS call shapes, bit for bit

@@ -44,7 +44,7 @@ class TiledDatabase(NamedTuple):
     """One image as the database of the pruned search (see :func:`tile_database`)."""
 
     values: np.ndarray      # (T, D, 64) float32: tile t, dimension d, slot s
-    index: np.ndarray       # (T, 64) int64: linear pixel index x + W y of each slot
+    pixel: np.ndarray       # (T, 64) int64: linear pixel index x + W y of each slot
     centres_t: np.ndarray   # (D, T) float32: tile centres, transposed (the bounds vectorise over tiles)
     radius: np.ndarray      # (T,) float32: max |x - c| over the tile, inflated (inf where not finite)
     num_pixels: int         # P
@@ -367,7 +367,7 @@ def pruned_nn_search(queries: np.ndarray, db: TiledDatabase, out: np.ndarray | N
                          f'got {queries.shape}')
     if out is None:
         out = np.empty(queries.shape[0], np.int64)
-    if queries.shape[0] and not _search(queries, db.values, db.index, db.centres_t, db.radius, db.num_pixels,
+    if queries.shape[0] and not _search(queries, db.values, db.pixel, db.centres_t, db.radius, db.num_pixels,
                                         MARGIN, float(max_fraction), out):
         return None
     return out

@@ -86,7 +86,7 @@ def test_padding_of_edge_tiles_never_wins():
     h, w, d = 9, 10, 24
     db = _smooth(h, w, d, seed=3).reshape(-1, d)
     tiled = _matching_tiles.tile_database(db, h, w)
-    assert tiled.values.shape == (4, 24, 64) and tiled.index.max() < h * w
+    assert tiled.values.shape == (4, 24, 64) and tiled.pixel.max() < h * w
     got = _matching_tiles.pruned_nn_search(db, tiled)
     np.testing.assert_array_equal(got, _full(db, db))
 
