@@ -263,6 +263,18 @@ def small_query_limit(threads: int | None = None) -> int:
     return max(32, 16 * max(1, int(threads)))
 
 
+_SCRATCH = threading.local()
+
+
+def _product_buffer(rows: int, cols: int) -> torch.Tensor:
+    """A (rows, cols) float32 view of this thread's scratch product buffer (grown as needed)."""
+    buf = getattr(_SCRATCH, 'product', None)
+    if buf is None or buf.shape[0] < rows or buf.shape[1] != cols:
+        buf = torch.empty((max(rows, 32), cols), dtype=torch.float32)
+        _SCRATCH.product = buf
+    return buf[:rows]
+
+
 def official_nn(queries: torch.Tensor, db: torch.Tensor, block_size: int) -> np.ndarray:
     """Arg-max of ``queries @ db.T`` with MASt3R's call shapes: one product when ``len(A) * len(B) <= block_size**2``,
     else ``block_size``-row tiles of both with a strict running comparison (earlier tile wins ties)."""
@@ -270,7 +282,12 @@ def official_nn(queries: torch.Tensor, db: torch.Tensor, block_size: int) -> np.
     if a == 0:
         return np.empty(0, np.int64)
     if a * db.shape[0] <= block_size ** 2:
-        return torch.max(queries @ db.T, dim=1).indices.numpy().astype(np.int64)
+        if queries.dtype != torch.float32 or db.dtype != torch.float32:
+            return torch.max(queries @ db.T, dim=1).indices.numpy().astype(np.int64)
+        # the same single product, into a reused buffer (a fresh multi-megabyte result costs page faults), and the
+        # first maximum of each row (np.argmax, like torch.max, returns the first of equal maxima)
+        sims = torch.mm(queries, db.T, out=_product_buffer(a, db.shape[0]))
+        return np.argmax(sims.numpy(), axis=1).astype(np.int64)
     best = torch.full((a,), -torch.inf, dtype=queries.dtype)
     arg = torch.full((a,), -1, dtype=torch.int64)
     for i in range(0, a, block_size):
