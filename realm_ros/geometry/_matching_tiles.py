@@ -293,9 +293,50 @@ def _search_py(q: np.ndarray, values: np.ndarray, index: np.ndarray, centres_t: 
     return True
 
 
+def _sample_tiles_py(desc: np.ndarray, h: int, w: int, tile: int, samples: int, out: np.ndarray) -> None:
+    """Radius (``out[0]``) and mean descriptor norm (``out[1]``) of ``samples`` x ``samples`` tiles spread over the
+    image (row-major ``desc`` (H*W, D))."""
+    d = desc.shape[1]
+    c = np.empty(d, np.float64)
+    j = 0
+    for sy in range(samples):
+        y0 = (max(0, h - tile) * sy) // max(1, samples - 1)
+        for sx in range(samples):
+            x0 = (max(0, w - tile) * sx) // max(1, samples - 1)
+            y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
+            n = (y1 - y0) * (x1 - x0)
+            for k in range(d):
+                c[k] = 0.0
+            nsum = 0.0
+            for y in range(y0, y1):
+                for x in range(x0, x1):
+                    p = x + w * y
+                    e = 0.0
+                    for k in range(d):
+                        v = np.float64(desc[p, k])
+                        c[k] += v
+                        e += v * v
+                    nsum += math.sqrt(e)
+            for k in range(d):
+                c[k] /= n
+            r = 0.0
+            for y in range(y0, y1):
+                for x in range(x0, x1):
+                    p = x + w * y
+                    e = 0.0
+                    for k in range(d):
+                        v = np.float64(desc[p, k]) - c[k]
+                        e += v * v
+                    r = max(r, e)
+            out[0, j] = math.sqrt(r)
+            out[1, j] = nsum / n
+            j += 1
+
+
 if HAVE_NUMBA:
     _JIT = dict(nogil=True, boundscheck=False, error_model='numpy', cache=True)
     _tile = _numba.njit(**_JIT)(_tile_py)
+    _sample_tiles = _numba.njit(**_JIT)(_sample_tiles_py)
     _first_of = _numba.njit(**_JIT)(_first_of_py)
     _fold = _numba.njit(inline='always', **_JIT)(_fold_py)
     _eval_tile = _numba.njit(fastmath={'contract'}, inline='always', **_JIT)(_eval_tile_py)
@@ -304,6 +345,7 @@ if HAVE_NUMBA:
 else:  # pragma: no cover - the matcher uses the PyTorch backend without numba
     _tile, _first_of, _fold, _eval_tile, _eval_tile4, _search = (_tile_py, _first_of_py, _fold_py, _eval_tile_py,
                                                                  _eval_tile4_py, _search_py)
+    _sample_tiles = _sample_tiles_py
 
 
 def _pad8(x: np.ndarray) -> np.ndarray:
@@ -322,19 +364,13 @@ def _pad8(x: np.ndarray) -> np.ndarray:
 
 def prunable(desc: np.ndarray, height: int, width: int, max_radius: float = 0.5, samples: int = 8) -> bool:
     """Whether the tile bound can prune on this map: the median radius of ``samples`` x ``samples`` tiles spread
-    over the image, relative to the median descriptor norm, is below ``max_radius``. Rough maps (e.g. mostly noise)
-    fail and are searched in full (same result, without the tiling and bound costs)."""
-    x = np.asarray(desc).reshape(height, width, -1)
-    ty = np.linspace(0, max(0, height - TILE), samples).astype(np.int64)
-    tx = np.linspace(0, max(0, width - TILE), samples).astype(np.int64)
-    dy = np.arange(min(TILE, height))
-    dx = np.arange(min(TILE, width))
-    yy = (ty[:, None, None, None] + dy[None, None, :, None]).repeat(samples, 1).repeat(len(dx), 3)
-    xx = (tx[None, :, None, None] + dx[None, None, None, :]).repeat(samples, 0).repeat(len(dy), 2)
-    t = x[yy, xx].reshape(samples * samples, -1, x.shape[-1]).astype(np.float64)
-    radii = np.linalg.norm(t - t.mean(1, keepdims=True), axis=2).max(1)
-    scale = float(np.median(np.linalg.norm(t, axis=2)))
-    r = float(np.median(radii))
+    over the image, relative to their median descriptor norm, is below ``max_radius``. Rough maps (e.g. mostly
+    noise) fail and are searched in full (same result, without the tiling and bound costs)."""
+    stats = np.empty((2, samples * samples), np.float64)
+    _sample_tiles(np.ascontiguousarray(desc, dtype=np.float32).reshape(height * width, -1), height, width, TILE,
+                  samples, stats)
+    r = float(np.median(stats[0]))
+    scale = float(np.median(stats[1]))
     return bool(np.isfinite(r) and scale > 0 and r < max_radius * scale)
 
 
