@@ -351,21 +351,23 @@ def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_ite
     threads = torch.get_num_threads() if threads is None else max(1, int(threads))
     small = small_query_limit(threads) if small_queries is None else int(small_queries)
     full_t: dict[int, np.ndarray] = {}
-    db1: np.ndarray | _tiles.TiledDatabase
-    db2: np.ndarray | _tiles.TiledDatabase
-    if hw1 is not None and hw2 is not None:
-        q1, q2 = pad_dims(f1.contiguous().numpy()), pad_dims(f2.contiguous().numpy())
 
-        def transposed(which: int) -> np.ndarray:        # the full kernel's layout, built on first need
-            if which not in full_t:
-                full_t[which] = torch.from_numpy(q1 if which == 1 else q2).t().contiguous().numpy()
-            return full_t[which]
-        # pruned search into an image whose tiles are tight enough, the full kernel into a rough one
-        db1 = _tiles.tile_database(q1, hw1[0], hw1[1]) if _tiles.prunable(q1, hw1[0], hw1[1]) else transposed(1)
-        db2 = _tiles.tile_database(q2, hw2[0], hw2[1]) if _tiles.prunable(q2, hw2[0], hw2[1]) else transposed(2)
-    else:
-        q1, db1 = _layouts(f1)
-        q2, db2 = _layouts(f2)
+    def transposed(which: int) -> np.ndarray:            # the full kernel's layout of a tiled image, on first need
+        if which not in full_t:
+            full_t[which] = torch.from_numpy(q1 if which == 1 else q2).t().contiguous().numpy()
+        return full_t[which]
+
+    def layouts(f: torch.Tensor, hw: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | _tiles.TiledDatabase]:
+        """Queries and database of one image: tiled for the pruned search when its tiles are tight enough, else
+        the full kernel's transposed layout (one copy either way)."""
+        if hw is not None and _tiles.prunable(f.numpy(), hw[0], hw[1]):
+            q = pad_dims(f.contiguous().numpy())
+            return q, _tiles.tile_database(q, hw[0], hw[1])
+        return _layouts(f)
+
+    prune = hw1 is not None and hw2 is not None
+    q1, db1 = layouts(f1, hw1 if prune else None)
+    q2, db2 = layouts(f2, hw2 if prune else None)
     memo12 = np.full(len(q1), -1, np.int64)
     memo21 = np.full(len(q2), -1, np.int64)
     counts = {'kernel_queries': 0, 'official_queries': 0, 'half_steps': 0}

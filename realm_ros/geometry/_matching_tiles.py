@@ -367,8 +367,8 @@ def prunable(desc: np.ndarray, height: int, width: int, max_radius: float = 0.5,
     over the image, relative to their median descriptor norm, is below ``max_radius``. Rough maps (e.g. mostly
     noise) fail and are searched in full (same result, without the tiling and bound costs)."""
     stats = np.empty((2, samples * samples), np.float64)
-    _sample_tiles(np.ascontiguousarray(desc, dtype=np.float32).reshape(height * width, -1), height, width, TILE,
-                  samples, stats)
+    _sample_tiles(np.asarray(desc, dtype=np.float32).reshape(height * width, -1), height, width, TILE, samples,
+                  stats)                                # any strides (e.g. a channel-first map): no copy
     r = float(np.median(stats[0]))
     scale = float(np.median(stats[1]))
     return bool(np.isfinite(r) and scale > 0 and r < max_radius * scale)
