@@ -10,8 +10,8 @@ import pytest
 
 rclpy = pytest.importorskip('rclpy')
 
-from perception_harness import (K_TEST, NodeProcess, Probe, load_packets, stamp_ns,  # noqa: E402
-                                to_rclpy_packet, write_params)
+from realm_testing.perception import (K_TEST, NodeProcess, Probe, load_packets, stamp_ns,  # noqa: E402
+                                      to_rclpy_packet, write_params)
 
 NAME = f'perception_test_{os.getpid()}'
 NS = f'/{NAME}'

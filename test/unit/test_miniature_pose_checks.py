@@ -131,7 +131,9 @@ def test_fit_covariance_makes_normalised_errors_unit_variance():
 
 def test_zero_motion_contraction_measures_a_contracting_decoder():
     import torch
-    from test_geometry_symmetric import FakeDecoder, K, S, _pose, _tok
+    from realm_testing.geometry import K, S, FakeDecoder
+    from realm_testing.geometry import pose_yaw as _pose
+    from realm_testing.geometry import tokens as _tok
     from realm_ros.geometry.pose import PnpParams
     from realm_ros.geometry.relative_pose import MatchingParams
     from realm_ros.miniature.pose_checks import zero_motion_contraction

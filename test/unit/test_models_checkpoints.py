@@ -16,7 +16,7 @@ from realm_ros.models import (CheckpointError, DinoV2Projector, DuneModel, Realm
                               load_realm_checkpoint, read_safetensors, save_dune_checkpoint, save_head_checkpoint,
                               save_realm_checkpoint, vit_tiny, write_safetensors)
 from realm_ros.models import convert
-from test_models_dune import randomise, read_keys
+from realm_testing.models import randomise, read_keys
 
 TEACHERS = ('dino2reg_vitlarge_14', 'mast3r_vitlarge_16', 'multihmr_vitlarge_14_672')
 

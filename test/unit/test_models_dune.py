@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,17 +10,7 @@ import torch.nn.functional as F
 
 from realm_ros.models.dune import DinoVisionTransformer, interpolate_pos_embed, vit_base, vit_small, vit_tiny
 
-KEYS_DIR = Path(__file__).resolve().parents[1] / 'data' / 'model_keys'
-
-
-def read_keys(name: str) -> dict:
-    out = {}
-    for line in (KEYS_DIR / name).read_text().splitlines():
-        if line.startswith('#') or not line.strip():
-            continue
-        key, shape, _ = line.split('\t')
-        out[key] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-    return out
+from realm_testing.models import randomise, read_keys
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -32,17 +21,6 @@ def n_params(module: torch.nn.Module) -> int:
 def base_r4() -> DinoVisionTransformer:
     torch.manual_seed(0)
     return vit_base(num_register_tokens=4).eval()
-
-
-def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights of a size that makes every branch matter (LayerScale 1e-4 would hide the blocks)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if 'gamma' in name or 'norm' in name else 0.1))
-            if name.endswith('norm.weight') or name.endswith('norm1.weight') or name.endswith('norm2.weight'):
-                p.add_(1.0)
-    return model
 
 
 def test_param_counts_match_paper_and_spec(base_r4):

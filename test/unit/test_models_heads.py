@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from realm_ros.models.dune import vit_tiny
 from realm_ros.models.heads import (DSEC_CLASSES, DSEC_PALETTE, DepthBinsHead, DinoV2Projector, SegmentationHead,
                                     bridge_tokens, colorize_segmentation, tokens_to_grid)
-from test_models_dune import randomise, read_keys
+from realm_testing.models import randomise, read_keys
 
 
 def n_params(module):

@@ -8,7 +8,7 @@ from torch import nn
 from realm_ros.models.dune import vit_base, vit_tiny
 from realm_ros.models.embedder import PAPER_EMBEDDER_PARAMS, TINY_EMBEDDER, VoxelEmbedder
 from realm_ros.models.realm import RealmEncoder, lora_param_count
-from test_models_dune import randomise
+from realm_testing.models import randomise
 
 
 def n_params(module):

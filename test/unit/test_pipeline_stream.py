@@ -4,7 +4,7 @@ Fed with the real evt3 recording (test/data) as duck-typed EventPacket messages,
 import numpy as np
 import pytest
 
-from events_testlib import evt3_payloads, packet
+from realm_testing.events import evt3_payloads, packet
 from realm_ros.events.encoders import encode_mono
 from realm_ros.events.packet import EventPacketDecoder
 from realm_ros.pipeline.stream import BadPacket, EventStream, StreamSettings
