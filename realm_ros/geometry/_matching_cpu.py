@@ -4,8 +4,10 @@ Arithmetic (why the matches are identical to MASt3R's ``fast_reciprocal_NNs(...,
 the official matcher computes ``A @ B.T`` with float32 BLAS and takes the first maximum of each row. For the shapes
 it produces (K = D = 24, four or more query rows per thread) MKL's sgemm kernel evaluates every similarity as the
 sequential fused multiply-add chain ``fma(q[D-1], x[D-1], ... fma(q[1], x[1], q[0] * x[0]))``. The numba kernel
-below computes exactly that chain (``fastmath={'contract'}`` lets LLVM fuse each ``s + q * x``; nothing is
-re-associated) and keeps the first maximum, so it returns the same neighbour, ties included. With very few query
+below computes exactly that chain with explicit ``llvm.fma.f32`` calls (:func:`._matching_tiles.fma32`; with
+``fastmath={'contract'}``, as before 2026-12-06, LLVM fused the first two products the other way round,
+``fma(q[0], x[0], q[1] * x[1])``, which differs from MKL by one ulp in ~6 % of the similarities) and keeps the first
+maximum, so it returns the same neighbour, ties included. With very few query
 rows MKL switches to another kernel whose roundings differ; half-steps with at most :func:`small_query_limit`
 active seeds are therefore computed with the official call shapes through torch (:func:`official_nn`), which costs
 little because there are few of them.
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from . import _matching_tiles as _tiles
+from ._matching_tiles import fma32 as _fma
 
 try:  # numba is a declared dependency of the 'ml' extra; without it the PyTorch backend is used
     import numba as _numba
@@ -111,37 +114,37 @@ def _kernel_py(q: np.ndarray, db_t: np.ndarray, chunk: int, best_v: np.ndarray, 
             for c in range(cn):
                 y0, y1, y2, y3, y4, y5, y6, y7 = x0[c], x1[c], x2[c], x3[c], x4[c], x5[c], x6[c], x7[c]
                 s = p00 * y0
-                s = s + p01 * y1
-                s = s + p02 * y2
-                s = s + p03 * y3
-                s = s + p04 * y4
-                s = s + p05 * y5
-                s = s + p06 * y6
-                a0[c] = s + p07 * y7
+                s = _fma(p01, y1, s)
+                s = _fma(p02, y2, s)
+                s = _fma(p03, y3, s)
+                s = _fma(p04, y4, s)
+                s = _fma(p05, y5, s)
+                s = _fma(p06, y6, s)
+                a0[c] = _fma(p07, y7, s)
                 s = p10 * y0
-                s = s + p11 * y1
-                s = s + p12 * y2
-                s = s + p13 * y3
-                s = s + p14 * y4
-                s = s + p15 * y5
-                s = s + p16 * y6
-                a1[c] = s + p17 * y7
+                s = _fma(p11, y1, s)
+                s = _fma(p12, y2, s)
+                s = _fma(p13, y3, s)
+                s = _fma(p14, y4, s)
+                s = _fma(p15, y5, s)
+                s = _fma(p16, y6, s)
+                a1[c] = _fma(p17, y7, s)
                 s = p20 * y0
-                s = s + p21 * y1
-                s = s + p22 * y2
-                s = s + p23 * y3
-                s = s + p24 * y4
-                s = s + p25 * y5
-                s = s + p26 * y6
-                a2[c] = s + p27 * y7
+                s = _fma(p21, y1, s)
+                s = _fma(p22, y2, s)
+                s = _fma(p23, y3, s)
+                s = _fma(p24, y4, s)
+                s = _fma(p25, y5, s)
+                s = _fma(p26, y6, s)
+                a2[c] = _fma(p27, y7, s)
                 s = p30 * y0
-                s = s + p31 * y1
-                s = s + p32 * y2
-                s = s + p33 * y3
-                s = s + p34 * y4
-                s = s + p35 * y5
-                s = s + p36 * y6
-                a3[c] = s + p37 * y7
+                s = _fma(p31, y1, s)
+                s = _fma(p32, y2, s)
+                s = _fma(p33, y3, s)
+                s = _fma(p34, y4, s)
+                s = _fma(p35, y5, s)
+                s = _fma(p36, y6, s)
+                a3[c] = _fma(p37, y7, s)
             for k0 in range(8, d, 8):                   # dimensions k0 .. k0+7 continue them
                 x0, x1, x2, x3 = db_t[k0, c0:c0 + cn], db_t[k0 + 1, c0:c0 + cn], db_t[k0 + 2, c0:c0 + cn], \
                     db_t[k0 + 3, c0:c0 + cn]
@@ -157,38 +160,38 @@ def _kernel_py(q: np.ndarray, db_t: np.ndarray, chunk: int, best_v: np.ndarray, 
                 p34, p35, p36, p37 = q[i0 + 3, k0 + 4], q[i0 + 3, k0 + 5], q[i0 + 3, k0 + 6], q[i0 + 3, k0 + 7]
                 for c in range(cn):
                     y0, y1, y2, y3, y4, y5, y6, y7 = x0[c], x1[c], x2[c], x3[c], x4[c], x5[c], x6[c], x7[c]
-                    s = a0[c] + p00 * y0
-                    s = s + p01 * y1
-                    s = s + p02 * y2
-                    s = s + p03 * y3
-                    s = s + p04 * y4
-                    s = s + p05 * y5
-                    s = s + p06 * y6
-                    a0[c] = s + p07 * y7
-                    s = a1[c] + p10 * y0
-                    s = s + p11 * y1
-                    s = s + p12 * y2
-                    s = s + p13 * y3
-                    s = s + p14 * y4
-                    s = s + p15 * y5
-                    s = s + p16 * y6
-                    a1[c] = s + p17 * y7
-                    s = a2[c] + p20 * y0
-                    s = s + p21 * y1
-                    s = s + p22 * y2
-                    s = s + p23 * y3
-                    s = s + p24 * y4
-                    s = s + p25 * y5
-                    s = s + p26 * y6
-                    a2[c] = s + p27 * y7
-                    s = a3[c] + p30 * y0
-                    s = s + p31 * y1
-                    s = s + p32 * y2
-                    s = s + p33 * y3
-                    s = s + p34 * y4
-                    s = s + p35 * y5
-                    s = s + p36 * y6
-                    a3[c] = s + p37 * y7
+                    s = _fma(p00, y0, a0[c])
+                    s = _fma(p01, y1, s)
+                    s = _fma(p02, y2, s)
+                    s = _fma(p03, y3, s)
+                    s = _fma(p04, y4, s)
+                    s = _fma(p05, y5, s)
+                    s = _fma(p06, y6, s)
+                    a0[c] = _fma(p07, y7, s)
+                    s = _fma(p10, y0, a1[c])
+                    s = _fma(p11, y1, s)
+                    s = _fma(p12, y2, s)
+                    s = _fma(p13, y3, s)
+                    s = _fma(p14, y4, s)
+                    s = _fma(p15, y5, s)
+                    s = _fma(p16, y6, s)
+                    a1[c] = _fma(p17, y7, s)
+                    s = _fma(p20, y0, a2[c])
+                    s = _fma(p21, y1, s)
+                    s = _fma(p22, y2, s)
+                    s = _fma(p23, y3, s)
+                    s = _fma(p24, y4, s)
+                    s = _fma(p25, y5, s)
+                    s = _fma(p26, y6, s)
+                    a2[c] = _fma(p27, y7, s)
+                    s = _fma(p30, y0, a3[c])
+                    s = _fma(p31, y1, s)
+                    s = _fma(p32, y2, s)
+                    s = _fma(p33, y3, s)
+                    s = _fma(p34, y4, s)
+                    s = _fma(p35, y5, s)
+                    s = _fma(p36, y6, s)
+                    a3[c] = _fma(p37, y7, s)
             _take(a0, cn, c0, i0, best_v, best_i, lanes)
             _take(a1, cn, c0, i0 + 1, best_v, best_i, lanes)
             _take(a2, cn, c0, i0 + 2, best_v, best_i, lanes)
@@ -200,7 +203,7 @@ if HAVE_NUMBA:
     _chunk_max = _numba.njit(**_JIT)(_chunk_max_py)
     _first_index = _numba.njit(**_JIT)(_first_index_py)
     _take = _numba.njit(**_JIT)(_take_py)
-    _kernel = _numba.njit(fastmath={'contract'}, **_JIT)(_kernel_py)
+    _kernel = _numba.njit(**_JIT)(_kernel_py)
 else:  # pragma: no cover - the matcher selects the PyTorch backend when numba is missing
     _chunk_max, _first_index, _take, _kernel = _chunk_max_py, _first_index_py, _take_py, None
 

@@ -33,6 +33,34 @@ except Exception:  # noqa: BLE001 - any import failure means "no numba"
     _numba = None
     HAVE_NUMBA = False
 
+
+def _fma_py(a: float, b: float, c: float) -> float:
+    """``a * b + c`` rounded once to float32 (Python fallback; the product of two float32 is exact in float64)."""
+    return float(np.float32(np.float64(a) * np.float64(b) + np.float64(c)))
+
+
+if HAVE_NUMBA:
+    from llvmlite import ir as _ir
+    from numba.core import types as _types
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def _fma_intrinsic(typingctx, a, b, c):
+        """float32 fused multiply-add ``a * b + c`` (``llvm.fma.f32``: one rounding, vectorises to vfmadd).
+        Written out instead of left to ``fastmath={'contract'}``: LLVM may contract ``x0 * y0 + x1 * y1`` either
+        way round, and the first two terms must be ``fma(x1, y1, round(x0 * y0))`` as in MKL's sgemm."""
+        sig = _types.float32(_types.float32, _types.float32, _types.float32)
+
+        def codegen(context, builder, signature, args):
+            f32 = _ir.FloatType()
+            fn = builder.module.declare_intrinsic('llvm.fma', [f32], _ir.FunctionType(f32, [f32, f32, f32]))
+            return builder.call(fn, args)
+        return sig, codegen
+    fma32 = _fma_intrinsic
+else:  # pragma: no cover
+    fma32 = _fma_py
+_fma = fma32
+
 __all__ = ['TILE', 'TiledDatabase', 'tile_database', 'pruned_nn_search', 'prunable', 'MARGIN']
 
 TILE = 8            # tile side in pixels
@@ -137,23 +165,23 @@ def _eval_tile_py(q: np.ndarray, i: int, blk: np.ndarray, idx: np.ndarray, acc: 
         if k0 == 0:
             for s in range(SLOTS):
                 v = p0 * blk[k0, s]
-                v = v + p1 * blk[k0 + 1, s]
-                v = v + p2 * blk[k0 + 2, s]
-                v = v + p3 * blk[k0 + 3, s]
-                v = v + p4 * blk[k0 + 4, s]
-                v = v + p5 * blk[k0 + 5, s]
-                v = v + p6 * blk[k0 + 6, s]
-                acc[s] = v + p7 * blk[k0 + 7, s]
+                v = _fma(p1, blk[k0 + 1, s], v)
+                v = _fma(p2, blk[k0 + 2, s], v)
+                v = _fma(p3, blk[k0 + 3, s], v)
+                v = _fma(p4, blk[k0 + 4, s], v)
+                v = _fma(p5, blk[k0 + 5, s], v)
+                v = _fma(p6, blk[k0 + 6, s], v)
+                acc[s] = _fma(p7, blk[k0 + 7, s], v)
         else:
             for s in range(SLOTS):
-                v = acc[s] + p0 * blk[k0, s]
-                v = v + p1 * blk[k0 + 1, s]
-                v = v + p2 * blk[k0 + 2, s]
-                v = v + p3 * blk[k0 + 3, s]
-                v = v + p4 * blk[k0 + 4, s]
-                v = v + p5 * blk[k0 + 5, s]
-                v = v + p6 * blk[k0 + 6, s]
-                acc[s] = v + p7 * blk[k0 + 7, s]
+                v = _fma(p0, blk[k0, s], acc[s])
+                v = _fma(p1, blk[k0 + 1, s], v)
+                v = _fma(p2, blk[k0 + 2, s], v)
+                v = _fma(p3, blk[k0 + 3, s], v)
+                v = _fma(p4, blk[k0 + 4, s], v)
+                v = _fma(p5, blk[k0 + 5, s], v)
+                v = _fma(p6, blk[k0 + 6, s], v)
+                acc[s] = _fma(p7, blk[k0 + 7, s], v)
     _fold(acc, idx, i, best_v, best_i)
 
 
@@ -172,40 +200,40 @@ def _eval_tile4_py(q: np.ndarray, i0: int, i1: int, i2: int, i3: int, blk: np.nd
             for s in range(SLOTS):
                 y0, y1, y2, y3 = blk[k0, s], blk[k0 + 1, s], blk[k0 + 2, s], blk[k0 + 3, s]
                 v = p00 * y0
-                v = v + p01 * y1
-                v = v + p02 * y2
-                a0[s] = v + p03 * y3
+                v = _fma(p01, y1, v)
+                v = _fma(p02, y2, v)
+                a0[s] = _fma(p03, y3, v)
                 v = p10 * y0
-                v = v + p11 * y1
-                v = v + p12 * y2
-                a1[s] = v + p13 * y3
+                v = _fma(p11, y1, v)
+                v = _fma(p12, y2, v)
+                a1[s] = _fma(p13, y3, v)
                 v = p20 * y0
-                v = v + p21 * y1
-                v = v + p22 * y2
-                a2[s] = v + p23 * y3
+                v = _fma(p21, y1, v)
+                v = _fma(p22, y2, v)
+                a2[s] = _fma(p23, y3, v)
                 v = p30 * y0
-                v = v + p31 * y1
-                v = v + p32 * y2
-                a3[s] = v + p33 * y3
+                v = _fma(p31, y1, v)
+                v = _fma(p32, y2, v)
+                a3[s] = _fma(p33, y3, v)
         else:
             for s in range(SLOTS):
                 y0, y1, y2, y3 = blk[k0, s], blk[k0 + 1, s], blk[k0 + 2, s], blk[k0 + 3, s]
-                v = a0[s] + p00 * y0
-                v = v + p01 * y1
-                v = v + p02 * y2
-                a0[s] = v + p03 * y3
-                v = a1[s] + p10 * y0
-                v = v + p11 * y1
-                v = v + p12 * y2
-                a1[s] = v + p13 * y3
-                v = a2[s] + p20 * y0
-                v = v + p21 * y1
-                v = v + p22 * y2
-                a2[s] = v + p23 * y3
-                v = a3[s] + p30 * y0
-                v = v + p31 * y1
-                v = v + p32 * y2
-                a3[s] = v + p33 * y3
+                v = _fma(p00, y0, a0[s])
+                v = _fma(p01, y1, v)
+                v = _fma(p02, y2, v)
+                a0[s] = _fma(p03, y3, v)
+                v = _fma(p10, y0, a1[s])
+                v = _fma(p11, y1, v)
+                v = _fma(p12, y2, v)
+                a1[s] = _fma(p13, y3, v)
+                v = _fma(p20, y0, a2[s])
+                v = _fma(p21, y1, v)
+                v = _fma(p22, y2, v)
+                a2[s] = _fma(p23, y3, v)
+                v = _fma(p30, y0, a3[s])
+                v = _fma(p31, y1, v)
+                v = _fma(p32, y2, v)
+                a3[s] = _fma(p33, y3, v)
     _fold(a0, idx, i0, best_v, best_i)
     _fold(a1, idx, i1, best_v, best_i)
     _fold(a2, idx, i2, best_v, best_i)
@@ -339,9 +367,9 @@ if HAVE_NUMBA:
     _sample_tiles = _numba.njit(**_JIT)(_sample_tiles_py)
     _first_of = _numba.njit(**_JIT)(_first_of_py)
     _fold = _numba.njit(inline='always', **_JIT)(_fold_py)
-    _eval_tile = _numba.njit(fastmath={'contract'}, inline='always', **_JIT)(_eval_tile_py)
-    _eval_tile4 = _numba.njit(fastmath={'contract'}, inline='always', **_JIT)(_eval_tile4_py)
-    _search = _numba.njit(fastmath={'contract'}, **_JIT)(_search_py)
+    _eval_tile = _numba.njit(inline='always', **_JIT)(_eval_tile_py)
+    _eval_tile4 = _numba.njit(inline='always', **_JIT)(_eval_tile4_py)
+    _search = _numba.njit(**_JIT)(_search_py)
 else:  # pragma: no cover - the matcher uses the PyTorch backend without numba
     _tile, _first_of, _fold, _eval_tile, _eval_tile4, _search = (_tile_py, _first_of_py, _fold_py, _eval_tile_py,
                                                                  _eval_tile4_py, _search_py)
