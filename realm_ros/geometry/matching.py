@@ -336,6 +336,13 @@ def warm_up_matching(device: torch.device | str = 'cpu', dim: int = 24) -> None:
     if torch.device(device).type == 'cpu' and _matching_cpu.HAVE_NUMBA:       # the kernel path proper, not only the
         _matching_cpu.nn_search(_matching_cpu.pad_dims(d.reshape(-1, dim).numpy()),   # few-seed official-shape path
                                 np.ascontiguousarray(_matching_cpu.pad_dims(d.reshape(-1, dim).numpy()).T), 1)
+        # and the pruned search (tiling, the sample test, both tile kernels) on a smooth map it tiles
+        from . import _matching_tiles
+        smooth = torch.nn.functional.interpolate(torch.randn(1, dim, 3, 3, generator=g), size=(32, 32),
+                                                 mode='bilinear', align_corners=False)[0].permute(1, 2, 0)
+        flat = torch.nn.functional.normalize(smooth, dim=-1).reshape(-1, dim).contiguous().numpy()
+        _matching_tiles.prunable(flat, 32, 32)
+        _matching_tiles.pruned_nn_search(flat[::3], _matching_tiles.tile_database(flat, 32, 32))
 
 
 def _iterate_triton(f1: Tensor, f2: Tensor, seeds: Tensor, max_iter: int, dtype: torch.dtype

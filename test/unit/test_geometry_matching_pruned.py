@@ -196,3 +196,11 @@ def test_kernels_compute_the_sequential_fma_chain_bit_for_bit():
         four[i] = bv[i]
     for got in (full, one, four):
         np.testing.assert_array_equal(got, want)
+
+
+def test_warm_up_compiles_the_pruned_search():
+    """The perception node warms the matcher before the first pose: the tile kernels must be among what it loads."""
+    from realm_ros.geometry.matching import warm_up_matching
+    warm_up_matching('cpu')
+    for fn in (_matching_tiles._search, _matching_tiles._tile, _matching_tiles._sample_tiles):
+        assert len(fn.signatures) >= 1
