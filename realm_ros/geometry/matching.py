@@ -64,7 +64,7 @@ class ReciprocalMatches(NamedTuple):
     xy2: np.ndarray
 
     @property
-    def count(self) -> int:
+    def count(self) -> int:  # type: ignore[override]  # public name of M since the first release; tuple.count unused
         """Number of matches M."""
         return int(self.xy1.shape[0])
 
