@@ -114,6 +114,7 @@ class PipelineRunner:
         self.rates = {'dense': RateMeter(window_s=5.0), 'pose': RateMeter(window_s=5.0)}
         self.latency = {'dense': LatencyTracker(), 'pose': LatencyTracker()}
         self.processing = {'dense': LatencyTracker(), 'pose': LatencyTracker()}
+        self.pose_stages: Dict[str, LatencyTracker] = {}              # per-stage times of the pose steps
         self.last_error = ''
         self.hold_active = False
         self.hold_reason = ''
@@ -269,6 +270,7 @@ class PipelineRunner:
                 if self._stop.is_set():
                     break
                 self.processing['pose'].add(time.monotonic() - t0)
+                self._pose_stage_times(getattr(out, 'timings_ms', None) or {})
                 self.sink.pose(out, frame_id)
                 self.counters.add('pose_steps')
                 self._delivered('pose', pose_input.recv_monotonic_ns)
@@ -277,6 +279,16 @@ class PipelineRunner:
                 self.last_error = str(exc)
             except Exception as exc:  # noqa: BLE001
                 self._error('pose', exc)
+
+    def _pose_stage_times(self, timings_ms: Dict[str, float]) -> None:
+        """Keep the per-stage times of a pose step (``pose_decoder_ms``, ``pose_matching_direct_ms``, ...)."""
+        for key, ms in timings_ms.items():
+            if key == 'pose_ms' or not key.startswith('pose_') or not key.endswith('_ms'):
+                continue
+            tracker = self.pose_stages.get(key)
+            if tracker is None:
+                tracker = self.pose_stages.setdefault(key, LatencyTracker(maxlen=200))
+            tracker.add(float(ms) * 1e-3)
 
     # ------------------------------------------------------------------------------------------------ hold
     def _maybe_hold(self) -> None:
@@ -322,5 +334,8 @@ class PipelineRunner:
             values[f'{output}_latency_ms_max'] = lat.get('max', nan)
             values[f'{output}_processing_ms_p50'] = proc.get('p50', nan)
             values[f'{output}_processing_ms_p95'] = proc.get('p95', nan)
+        for key, tracker in sorted(self.pose_stages.items()):          # where a pose step's time goes
+            stage = tracker.percentiles_ms() or {}
+            values[f'{key}_p50'] = stage.get('p50', nan)
         values.update(sorted((k, v) for k, v in c.items() if k.startswith(('windows_skipped.', 'processing_errors.'))))
         return values

@@ -42,7 +42,10 @@ class TimedPipeline:
         self.pose_calls.append(inp.stamp_ns)
         self.pose_started.set()
         time.sleep(self.pose_s)
-        return PoseOutput(inp.stamp_ns, pose=None, matches_image=np.zeros((2, 4, 3), np.uint8))
+        out = PoseOutput(inp.stamp_ns, pose=None, matches_image=np.zeros((2, 4, 3), np.uint8))
+        out.timings_ms.update(pose_ms=self.pose_s * 1e3, pose_decoder_ms=self.pose_s * 600.0,
+                              pose_matching_direct_ms=self.pose_s * 150.0)
+        return out
 
     def reset(self):
         self.resets += 1
@@ -113,6 +116,8 @@ def test_dense_outputs_do_not_wait_for_pose_and_pose_takes_the_newest_window():
     d = runner.diagnostics()
     assert d['pose_inputs_replaced'] >= 5 and d['windows_processed'] == len(sink.dense_out)
     assert d['dense_rate_hz'] > d['pose_rate_hz'] > 0 and d['dense_latency_ms_p50'] < d['pose_latency_ms_p50']
+    assert d['pose_decoder_ms_p50'] == pytest.approx(360.0) and d['pose_matching_direct_ms_p50'] == pytest.approx(90.0)
+    assert 'pose_ms_p50' not in d                          # the whole step is pose_processing_ms_*
 
 
 def test_without_decoupling_pose_runs_after_the_dense_heads_of_the_same_window():
