@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     (out / 'summary.json').write_text(json.dumps(summary, indent=1, default=float) + '\n')
     if args.write_gates:
         write_decoder_gates(args.decoder or m / 'mini_mast3r.safetensors', calibrated_gates(summary))
-        print(f'symmetric gates written into {args.decoder or m / "mini_mast3r.safetensors"}')
+        print(f'calibrated gates (symmetric and direct) written into {args.decoder or m / "mini_mast3r.safetensors"}')
     if args.write_metrics:
         from realm_ros.miniature.evaluate import write_metrics
         doc = json.loads(Path(args.write_metrics).read_text())

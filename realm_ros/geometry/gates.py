@@ -3,10 +3,11 @@
 Gates are a property of a decoder: they are calibrated for one decoder on pairs with ground truth
 (:func:`realm_ros.miniature.pose_checks.calibrate_gates`, run by the miniature recipe and by
 ``benchmarks/bench_pose_quality.py --write-gates``) and stored in that decoder's safetensors metadata
-(``extra.pose_gates``: ``{mode: {field: value}}`` for the modes ``rgb_rgb``, ``event_event``, ``rgb_event``), so the
-gates travel with the file they were calibrated for. :func:`realm_ros.models.mast3r.load_dune_mast3r` parses them
-(:func:`parse_pose_gates`) into ``decoder.pose_gates``; a decoder without calibration (e.g. the official
-DUNE-MASt3R) gets the defaults of :class:`PoseGates` (PnP's own checks plus order agreement).
+(``extra.pose_gates``: ``{method: {mode: {field: value}}}`` for the methods ``symmetric`` / ``direct`` and the modes
+``rgb_rgb``, ``event_event``, ``rgb_event``), so the gates travel with the file they were calibrated for.
+:func:`realm_ros.models.mast3r.load_dune_mast3r` parses them (:func:`parse_pose_gates`) into ``decoder.pose_gates``;
+a decoder without calibration (e.g. the official DUNE-MASt3R) gets the defaults of :class:`PoseGates` (PnP's own
+checks plus order agreement).
 
 ROS-free, numpy only.
 """
@@ -18,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['PoseGates', 'MODES', 'mode_for', 'parse_pose_gates', 'pose_gates_metadata', 'gates_for_decoder']
+__all__ = ['PoseGates', 'METHODS', 'MODES', 'mode_for', 'parse_pose_gates', 'pose_gates_metadata', 'gates_for_decoder']
 
+#: the estimate methods gates are calibrated for: both decoder orders combined, or the keyframe-first order alone
+METHODS = ('symmetric', 'direct')
 #: the pose modes: keyframe source x current source
 MODES: dict[tuple[str, str], str] = {('rgb', 'rgb'): 'rgb_rgb', ('events', 'events'): 'event_event',
                                      ('rgb', 'events'): 'rgb_event'}
@@ -89,13 +92,7 @@ def mode_for(keyframe_source: str, current_source: str = 'events') -> str:
     return MODES[key]
 
 
-def parse_pose_gates(obj: Any, where: str = 'pose_gates') -> dict[str, PoseGates]:
-    """``{mode: PoseGates}`` from checkpoint metadata (``{mode: {field: value}}``); ``None`` -> ``{}``.
-
-    Raises ``ValueError`` naming ``where`` and the offending entry for an unknown mode or field or an invalid value.
-    """
-    if obj is None:
-        return {}
+def _parse_modes(obj: Any, where: str) -> dict[str, PoseGates]:
     if not isinstance(obj, Mapping):
         raise ValueError(f'{where}: expected a mapping of pose mode -> gate settings, got {type(obj).__name__}')
     known = {f.name for f in fields(PoseGates)}
@@ -118,15 +115,40 @@ def parse_pose_gates(obj: Any, where: str = 'pose_gates') -> dict[str, PoseGates
     return out
 
 
-def pose_gates_metadata(gates: Mapping[str, PoseGates]) -> dict[str, dict[str, Any]]:
-    """The JSON form of ``{mode: PoseGates}`` stored in a decoder checkpoint (inverse of :func:`parse_pose_gates`)."""
-    return {mode: {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(g).items()}
-            for mode, g in gates.items()}
+def parse_pose_gates(obj: Any, where: str = 'pose_gates') -> dict[str, dict[str, PoseGates]]:
+    """``{method: {mode: PoseGates}}`` from checkpoint metadata (``{method: {mode: {field: value}}}``, methods
+    ``symmetric`` / ``direct``); ``None`` -> ``{}``.
+
+    Raises ``ValueError`` naming ``where`` and the offending entry for an unknown method, mode or field or an invalid
+    value.
+    """
+    if obj is None:
+        return {}
+    if not isinstance(obj, Mapping):
+        raise ValueError(f'{where}: expected a mapping of estimate method -> pose modes, got {type(obj).__name__}')
+    out: dict[str, dict[str, PoseGates]] = {}
+    for method, modes in obj.items():
+        if method not in METHODS:
+            raise ValueError(f'{where}: unknown estimate method {method!r}; known: {list(METHODS)}')
+        out[method] = _parse_modes(modes, f'{where}.{method}')
+    return out
 
 
-def gates_for_decoder(decoder: Any, keyframe_source: str, current_source: str = 'events') -> PoseGates:
+def pose_gates_metadata(gates: Mapping[str, Mapping[str, PoseGates]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The JSON form of ``{method: {mode: PoseGates}}`` stored in a decoder checkpoint (inverse of
+    :func:`parse_pose_gates`)."""
+    return {method: {mode: {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(g).items()}
+                     for mode, g in modes.items()}
+            for method, modes in gates.items()}
+
+
+def gates_for_decoder(decoder: Any, keyframe_source: str, current_source: str = 'events',
+                      method: str = 'symmetric') -> PoseGates:
     """The gates a loaded decoder was calibrated with (``decoder.pose_gates``, from its checkpoint) for this pair
-    of sources, or the uncalibrated defaults of :class:`PoseGates` when its file carries none for that mode."""
+    of sources and estimate method (``'symmetric'``: both decoder orders; ``'direct'``: one order), or the
+    uncalibrated defaults of :class:`PoseGates` when its file carries none for them."""
+    if method not in METHODS:
+        raise ValueError(f'unknown estimate method {method!r}; known: {list(METHODS)}')
     mode = mode_for(keyframe_source, current_source)
     calibrated = getattr(decoder, 'pose_gates', None) or {}
-    return calibrated.get(mode, PoseGates())
+    return calibrated.get(method, {}).get(mode, PoseGates())

@@ -444,8 +444,8 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
 
     ``records`` (``{'val': [...], 'test': [...]}``) reuses collected records; missing parts are collected and stored
     in it. Returns ``{method: {'uncalibrated_test', 'gates' ({mode: PoseGates as dict}), 'val', 'test'}}`` plus
-    ``'records'`` (counts); ``summary['symmetric']['gates']`` is what a decoder checkpoint carries
-    (:func:`realm_ros.geometry.gates.pose_gates_metadata`)."""
+    ``'records'`` (counts); the gates of both methods are what a decoder checkpoint carries
+    (:func:`calibrated_gates`, :func:`realm_ros.geometry.gates.pose_gates_metadata`)."""
     from dataclasses import asdict
     gaps = tuple(gaps)
     recs = records if records is not None else {}
@@ -477,15 +477,14 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
     return summary
 
 
-def calibrated_gates(summary: Dict[str, Any], method: str = 'symmetric') -> Dict[str, PoseGates]:
-    """``{mode: PoseGates}`` of a :func:`pose_trust_summary` (JSON round-tripped or not)."""
-    from realm_ros.geometry.gates import parse_pose_gates
-    part = summary[method]
-    assert isinstance(part, dict)
-    return parse_pose_gates(part['gates'], f'pose_trust.{method}.gates')
+def calibrated_gates(summary: Dict[str, Any]) -> Dict[str, Dict[str, PoseGates]]:
+    """``{method: {mode: PoseGates}}`` of a :func:`pose_trust_summary` (JSON round-tripped or not): what a decoder
+    checkpoint carries."""
+    from realm_ros.geometry.gates import METHODS, parse_pose_gates
+    return parse_pose_gates({m: summary[m]['gates'] for m in METHODS}, 'pose_trust')
 
 
-def write_decoder_gates(path, gates: Dict[str, PoseGates]) -> None:
+def write_decoder_gates(path, gates: Dict[str, Dict[str, PoseGates]]) -> None:
     """Store calibrated gates in a decoder safetensors file (``extra.pose_gates``) and its ``.json`` sidecar, in
     place; the tensors are untouched."""
     import json

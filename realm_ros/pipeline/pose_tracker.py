@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -144,6 +144,16 @@ class PoseTracker:
             timings_ms.update({f'pose_{k}_ms': v * 1e3 for k, v in est.timings_s.items()})
         return est.pose, est.matches
 
+    def _gate_direct(self, result: Any, keyframe_source: str) -> Any:
+        """``pose.symmetric: false``: the one-order estimate through the gates calibrated for it (``direct``)."""
+        from realm_ros.geometry.gates import gates_for_decoder
+        from realm_ros.geometry.symmetric import gate_pose
+        if not result.ok:
+            return result
+        gates = gates_for_decoder(self._pipe.mast3r, keyframe_source, method='direct')
+        reason = gate_pose(result, result, None, float(np.linalg.norm(result.t)), gates)
+        return replace(result, ok=False, reason=reason) if reason else result
+
     def step(self, inp: PoseInput) -> PoseOutput:
         """Match ``inp`` against the best keyframe, solve PnP, update the keyframe store."""
         with self._lock, torch.inference_mode():
@@ -199,6 +209,7 @@ class PoseTracker:
                                              desc_conf_ref=pred1.get('desc_conf', [None])[0],
                                              desc_conf_cur=pred2.get('desc_conf', [None])[0],
                                              params=pipe._pnp_params)
+            result = self._gate_direct(result, kf.source)
         self._count('pose_attempts')
         decision = store.update(kf, result, stamp_ns)
         inliers = np.zeros(matches.count, bool)

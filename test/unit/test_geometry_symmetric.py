@@ -149,22 +149,27 @@ def test_gate_reasons_and_validation():
 
 
 def test_pose_gates_metadata_round_trip_and_errors():
-    from realm_ros.geometry.gates import parse_pose_gates, pose_gates_metadata
-    gates = {'rgb_rgb': PoseGates(min_inliers=100, covariance_scale=0.0125,
-                                  covariance_floor=(0.02, 0.007, 1.8, 7e-05, 2e-4, 1e-4)),
-             'event_event': PoseGates(publish=False)}
-    meta = pose_gates_metadata(gates)
     import json
+    from realm_ros.geometry.gates import parse_pose_gates, pose_gates_metadata
+    gates = {'symmetric': {'rgb_rgb': PoseGates(min_inliers=100, covariance_scale=0.0125,
+                                                covariance_floor=(0.02, 0.007, 1.8, 7e-05, 2e-4, 1e-4)),
+                           'event_event': PoseGates(publish=False)},
+             'direct': {'rgb_event': PoseGates(min_inliers=40)}}
+    meta = pose_gates_metadata(gates)
     assert parse_pose_gates(json.loads(json.dumps(meta))) == gates      # survives JSON (tuples become lists)
     assert parse_pose_gates(None) == {}
-    with pytest.raises(ValueError, match=r'file\.st: unknown pose mode .lidar_rgb.'):
-        parse_pose_gates({'lidar_rgb': {}}, 'file.st')
-    with pytest.raises(ValueError, match=r'f\.event_event: unknown gate setting.*min_inlier\b'):
-        parse_pose_gates({'event_event': {'min_inlier': 3}}, 'f')
-    with pytest.raises(ValueError, match=r'f\.rgb_event: PoseGates\.max_order_rot_deg'):
-        parse_pose_gates({'rgb_event': {'max_order_rot_deg': -1.0}}, 'f')
+    with pytest.raises(ValueError, match=r'file\.st: unknown estimate method .both.'):
+        parse_pose_gates({'both': {}}, 'file.st')
+    with pytest.raises(ValueError, match=r'file\.st\.direct: unknown pose mode .lidar_rgb.'):
+        parse_pose_gates({'direct': {'lidar_rgb': {}}}, 'file.st')
+    with pytest.raises(ValueError, match=r'f\.symmetric\.event_event: unknown gate setting.*min_inlier\b'):
+        parse_pose_gates({'symmetric': {'event_event': {'min_inlier': 3}}}, 'f')
+    with pytest.raises(ValueError, match=r'f\.symmetric\.rgb_event: PoseGates\.max_order_rot_deg'):
+        parse_pose_gates({'symmetric': {'rgb_event': {'max_order_rot_deg': -1.0}}}, 'f')
     with pytest.raises(ValueError, match='expected a mapping'):
         parse_pose_gates([1, 2], 'f')
+    with pytest.raises(ValueError, match='expected a mapping'):
+        parse_pose_gates({'direct': [1]}, 'f')
 
 
 class _Textureless(FakeDecoder):
@@ -197,13 +202,18 @@ def test_gates_for_decoder_uses_the_decoders_own_calibration():
     from realm_ros.geometry.symmetric import gates_for_decoder
     dec = FakeDecoder([_pose()])
     assert gates_for_decoder(dec, 'events') == PoseGates()              # uncalibrated decoder: the defaults
-    calibrated = {'event_event': PoseGates(publish=False), 'rgb_event': PoseGates(min_inliers=40)}
+    calibrated = {'symmetric': {'event_event': PoseGates(publish=False), 'rgb_event': PoseGates(min_inliers=40)},
+                  'direct': {'event_event': PoseGates(min_inliers=90)}}
     dec.pose_gates = calibrated
-    assert gates_for_decoder(dec, 'events') is calibrated['event_event']
-    assert gates_for_decoder(dec, 'rgb') is calibrated['rgb_event']
-    assert gates_for_decoder(dec, 'rgb', 'rgb') == PoseGates()          # no calibration for that mode
+    assert gates_for_decoder(dec, 'events') is calibrated['symmetric']['event_event']
+    assert gates_for_decoder(dec, 'rgb') is calibrated['symmetric']['rgb_event']
+    assert gates_for_decoder(dec, 'events', method='direct') is calibrated['direct']['event_event']
+    assert gates_for_decoder(dec, 'rgb', method='direct') == PoseGates()   # no calibration for that method/mode
+    assert gates_for_decoder(dec, 'rgb', 'rgb') == PoseGates()
     with pytest.raises(ValueError, match='source'):
         gates_for_decoder(dec, 'lidar')
+    with pytest.raises(ValueError, match='method'):
+        gates_for_decoder(dec, 'rgb', method='both')
 
 
 def test_decoder_checkpoint_carries_its_gates(tmp_path):
@@ -211,18 +221,19 @@ def test_decoder_checkpoint_carries_its_gates(tmp_path):
     checkpoint error naming the file; the shipped decoder carries the calibration recorded in the metrics file."""
     import json
     from pathlib import Path
-    from realm_ros.geometry.gates import pose_gates_metadata
+    from realm_ros.geometry.gates import METHODS, pose_gates_metadata
     from realm_ros.models.checkpoints import read_safetensors, write_safetensors
     from realm_ros.models.mast3r import DuneMast3rCheckpointError, load_dune_mast3r
     models = Path(__file__).resolve().parents[2] / 'models'
     tensors, meta = read_safetensors(models / 'mini_mast3r.safetensors')
     meta = json.loads(json.dumps(meta))
-    meta['extra']['pose_gates'] = pose_gates_metadata({'rgb_event': PoseGates(min_inliers=77)})
+    mine = {'direct': {'rgb_event': PoseGates(min_inliers=77)}}
+    meta['extra']['pose_gates'] = pose_gates_metadata(mine)
     write_safetensors(tmp_path / 'dec.safetensors', tensors, meta)
-    assert load_dune_mast3r(tmp_path / 'dec.safetensors').pose_gates == {'rgb_event': PoseGates(min_inliers=77)}
-    meta['extra']['pose_gates'] = {'rgb_event': {'min_inliers': -5}}
+    assert load_dune_mast3r(tmp_path / 'dec.safetensors').pose_gates == mine
+    meta['extra']['pose_gates'] = {'direct': {'rgb_event': {'min_inliers': -5}}}
     write_safetensors(tmp_path / 'bad.safetensors', tensors, meta)
-    with pytest.raises(DuneMast3rCheckpointError, match=r'bad\.safetensors: pose_gates\.rgb_event'):
+    with pytest.raises(DuneMast3rCheckpointError, match=r'bad\.safetensors: pose_gates\.direct\.rgb_event'):
         load_dune_mast3r(tmp_path / 'bad.safetensors')
     del meta['extra']['pose_gates']
     write_safetensors(tmp_path / 'none.safetensors', tensors, meta)
@@ -230,11 +241,32 @@ def test_decoder_checkpoint_carries_its_gates(tmp_path):
 
     shipped = load_dune_mast3r(models / 'mini_mast3r.safetensors').pose_gates
     doc = json.loads((models / 'miniature_metrics.json').read_text())
-    recorded = doc['pose_trust']['symmetric']['gates']
-    assert set(shipped) == {'rgb_rgb', 'event_event', 'rgb_event'} == set(recorded)
-    for mode, gates in recorded.items():
-        assert shipped[mode].publish == gates['publish'], mode
-        for k in ('min_inliers', 'min_inlier_ratio', 'max_order_rot_deg', 'max_order_trans_ratio',
-                  'covariance_scale'):
-            assert getattr(shipped[mode], k) == pytest.approx(gates[k]), (mode, k)
-        np.testing.assert_allclose(shipped[mode].covariance_floor, gates['covariance_floor'], rtol=1e-6)
+    for method in METHODS:
+        recorded = doc['pose_trust'][method]['gates']
+        assert set(shipped[method]) == {'rgb_rgb', 'event_event', 'rgb_event'} == set(recorded)
+        for mode, gates in recorded.items():
+            got = shipped[method][mode]
+            assert got.publish == gates['publish'], (method, mode)
+            for k in ('min_inliers', 'min_inlier_ratio', 'max_order_rot_deg', 'max_order_trans_ratio',
+                      'covariance_scale'):
+                assert getattr(got, k) == pytest.approx(gates[k]), (method, mode, k)
+            np.testing.assert_allclose(got.covariance_floor, gates['covariance_floor'], rtol=1e-6)
+
+
+def test_one_order_estimate_goes_through_the_direct_gates():
+    """``pose.symmetric: false``: the node applies the gates calibrated for the one-order estimate."""
+    from types import SimpleNamespace
+
+    from realm_ros.geometry.pose import PoseResult
+    from realm_ros.pipeline.pose_tracker import PoseTracker
+    tracker = PoseTracker.__new__(PoseTracker)
+    tracker._pipe = SimpleNamespace(mast3r=SimpleNamespace(pose_gates={
+        'direct': {'event_event': PoseGates(min_inliers=50), 'rgb_event': PoseGates(publish=False)}}))
+    res = PoseResult(ok=True, R=np.eye(3), t=np.array([0.0, 0.0, 0.3]), inliers=np.arange(40), num_correspondences=80)
+    assert tracker._gate_direct(res, 'events').reason == 'too_few_inliers'
+    assert not tracker._gate_direct(res, 'events').ok
+    assert tracker._gate_direct(res, 'rgb').reason == 'not_better_than_chance'
+    many = PoseResult(ok=True, R=np.eye(3), t=np.array([0.0, 0.0, 0.3]), inliers=np.arange(60), num_correspondences=80)
+    assert tracker._gate_direct(many, 'events') is many                  # passes: published unchanged
+    failed = PoseResult(ok=False, reason='pnp_failed')
+    assert tracker._gate_direct(failed, 'events') is failed

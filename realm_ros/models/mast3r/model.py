@@ -75,7 +75,7 @@ class DuneMast3rDecoder(nn.Module):
         super().__init__()
         self.config = config or DuneMast3rConfig.vit_base()
         self.dune_backbone_name = dune_backbone_name
-        #: pose gates calibrated for this decoder ({mode: PoseGates}, from its checkpoint; empty: uncalibrated)
+        #: pose gates calibrated for this decoder ({method: {mode: PoseGates}} from its checkpoint; {}: uncalibrated)
         self.pose_gates: dict[str, Any] = {}
         self.register_buffer('imagenet_mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('imagenet_std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
