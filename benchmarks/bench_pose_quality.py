@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from realm_ros.miniature.data import split_seeds
     from realm_ros.miniature.evaluate import EvalConfig, MiniModels, TestSequence, load_or_simulate, \
         simulate_test_sequence
-    from realm_ros.miniature.pose_checks import calibrated_gates, collect_pose_records, pose_trust_summary, \
+    from realm_ros.miniature.pose_checks import calibrated_gates, collect_trust_records, pose_trust_summary, \
         sequence_tokens, write_decoder_gates
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,12 +107,10 @@ def main(argv=None) -> int:
         if path.is_file():
             recs[name] = pickle.loads(path.read_bytes())
     if args.records_only:
-        for name, seqs, stride in (('val', val, args.val_stride), ('test', test, args.test_stride)):
-            if name not in recs:
-                recs[name] = collect_pose_records(models, seqs, gaps=cfg.pair_gaps, stride=stride,
-                                                  zero_stride=args.extra_stride, unrelated_stride=args.extra_stride,
-                                                  log=log)
-                (out / f'records_{name}.pkl').write_bytes(pickle.dumps(recs[name]))
+        collect_trust_records(models, val, test, cfg.pair_gaps, args.val_stride, args.test_stride, args.extra_stride,
+                              recs, log)
+        for name in ('val', 'test'):
+            (out / f'records_{name}.pkl').write_bytes(pickle.dumps(recs[name]))
         return 0
     summary = {'decoder': str(args.decoder or m / 'mini_mast3r.safetensors')}
     summary.update(pose_trust_summary(models, val, test, gaps=cfg.pair_gaps, val_stride=args.val_stride,

@@ -89,3 +89,13 @@ def child_env():
 @pytest.fixture(scope='session')
 def python_exe() -> str:
     return sys.executable
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread (bit-level comparisons of training steps), then restore the count."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -38,7 +38,8 @@ from .metrics import pose_auc, relative_pose, rotation_error_deg, translation_an
 _LOG = logging.getLogger(__name__)
 
 __all__ = ['MODES', 'KINDS', 'sequence_tokens', 'zero_motion_contraction', 'collect_pose_records', 'summarize_records',
-           'calibrate_gates', 'fit_covariance', 'pose_trust_summary', 'calibrated_gates', 'write_decoder_gates',
+           'calibrate_gates', 'fit_covariance', 'collect_trust_records', 'pose_trust_summary', 'calibrated_gates',
+           'write_decoder_gates',
            'radius_ratio', 'pose_error_vector', 'is_false_positive', 'IDENTITY_TRANSLATION_M', 'IDENTITY_ROTATION_DEG']
 
 MODES = {'rgb_rgb': ('rgb', 'rgb'), 'event_event': ('event', 'event'), 'rgb_event': ('rgb', 'event')}
@@ -440,6 +441,21 @@ def fit_covariance(errors: np.ndarray, covs: np.ndarray) -> Tuple[float, Tuple[f
     return best
 
 
+def collect_trust_records(models, val: Sequence, test: Sequence, gaps: Iterable[int] = (3, 6, 12),
+                          val_stride: int = 6, test_stride: int = 3, extra_stride: int = 6,
+                          records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
+                          log: Callable[[str], None] = _LOG.info) -> Dict[str, List[Dict[str, Any]]]:
+    """``{'val': [...], 'test': [...]}`` records of the validation and test sequences (:func:`collect_pose_records`,
+    motion pairs every ``*_stride`` frames, zero-motion and unrelated pairs every ``extra_stride``); parts already
+    in ``records`` are kept, missing ones are collected into it."""
+    recs = records if records is not None else {}
+    for name, seqs, stride in (('val', val, val_stride), ('test', test, test_stride)):
+        if name not in recs:
+            recs[name] = collect_pose_records(models, seqs, gaps=tuple(gaps), stride=stride,
+                                              zero_stride=extra_stride, unrelated_stride=extra_stride, log=log)
+    return recs
+
+
 def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int] = (3, 6, 12), val_stride: int = 6,
                        test_stride: int = 3, extra_stride: int = 6, max_fp_rate: float = 0.05,
                        records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
@@ -453,11 +469,7 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
     (:func:`calibrated_gates`, :func:`realm_ros.geometry.gates.pose_gates_metadata`)."""
     from dataclasses import asdict
     gaps = tuple(gaps)
-    recs = records if records is not None else {}
-    for name, seqs, stride in (('val', val, val_stride), ('test', test, test_stride)):
-        if name not in recs:
-            recs[name] = collect_pose_records(models, seqs, gaps=gaps, stride=stride, zero_stride=extra_stride,
-                                              unrelated_stride=extra_stride, log=log)
+    recs = collect_trust_records(models, val, test, gaps, val_stride, test_stride, extra_stride, records, log)
     modes = sorted({str(r['mode']) for r in recs['test']})
     loose = PoseGates(max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
     summary: Dict[str, Any] = {}

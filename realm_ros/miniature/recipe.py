@@ -280,8 +280,18 @@ class Recipe:
     def shipped(self, role: str) -> Path:
         return self.ship_dir / SHIPPED_FILES[role]
 
+    def _key(self, name: str, *deps: Any) -> str:
+        """The cache key of a stage: its name, the image size and what it depends on."""
+        return _hash(name, self.cfg.image_size, *deps)
+
+    def _decoder_key(self, teacher: Dict[str, Any]) -> str:
+        return self._key('decoder', self.cfg.decoder, teacher['sha256_file'])
+
+    def _distill_key(self, teacher: Dict[str, Any]) -> str:
+        return self._key('distill', self.cfg.distill, teacher['sha256_file'], self._key('bags', self.cfg.bags))
+
     def _stage(self, name: str, *deps: Any) -> _Stage:
-        st = _Stage(self.work, name, _hash(name, self.cfg.image_size, *deps))
+        st = _Stage(self.work, name, self._key(name, *deps))
         if name in self.force and st.marker.exists():
             st.marker.unlink()
         return st
@@ -442,13 +452,12 @@ class Recipe:
     def calibrate(self, teacher: Dict[str, Any]) -> Dict[str, Any]:
         """Calibrate the pose gates of the shipped decoder with the shipped REALM (validation scenes), score them on
         the test scenes, and store the symmetric estimate's gates in the decoder file (``extra.pose_gates``)."""
+        from realm_ros.models.mast3r import load_dune_mast3r
+
         from .pose_checks import calibrated_gates, pose_trust_summary, write_decoder_gates
 
         c = self.cfg.calibrate
-        deps = (_hash('decoder', self.cfg.image_size, self.cfg.decoder, teacher['sha256_file']),
-                _hash('distill', self.cfg.image_size, self.cfg.distill, teacher['sha256_file'],
-                      _hash('bags', self.cfg.image_size, self.cfg.bags)), self.cfg.eval)
-        st = self._stage('calibrate', c, *deps)
+        st = self._stage('calibrate', c, self._decoder_key(teacher), self._distill_key(teacher), self.cfg.eval)
         done = st.done()
         if done is None:
             st.start()
@@ -460,7 +469,6 @@ class Recipe:
                                          max_fp_rate=c.max_fp_rate, log=self.log)
             done = st.finish(dict(pose_trust=summary))
         gates = calibrated_gates(done['pose_trust'])
-        from realm_ros.models.mast3r import load_dune_mast3r
         if load_dune_mast3r(self.shipped('mast3r')).pose_gates != gates:   # a re-trained file of the same settings
             write_decoder_gates(self.shipped('mast3r'), gates)
             self.log(f'pose gates written into {self.shipped("mast3r")}')

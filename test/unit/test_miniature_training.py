@@ -11,12 +11,7 @@ from realm_ros.miniature.teacher import (TeacherConfig, TeacherPretrainer, patch
                                          warmup_cosine)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def test_warmup_cosine_schedule():

@@ -19,12 +19,7 @@ from realm_ros.training.loop import MetricWindow, OptimizerStep, run_steps
 STEPS, WARMUP, LR, CLIP, MIN_RATIO = 8, 3, 0.05, 0.5, 0.1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def make_model():
