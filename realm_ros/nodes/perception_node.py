@@ -101,6 +101,7 @@ class PerceptionNode(LifecycleNode):
             self._pipeline.update(**settings.pipeline_runtime_settings(self._p))
         if self._runner is not None:
             self._runner.memory_hold_timeout_s = float(self._p('memory_hold.timeout_s'))
+            self._runner.pose_max_rate_hz = float(self._p('pose.max_rate_hz'))
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -145,6 +146,8 @@ class PerceptionNode(LifecycleNode):
         self._runner = PipelineRunner(self._pipeline, self._stream, self._outputs, self._intrinsics,
                                       frame_id=lambda: self._p('frame_id') or stream.frame_id,
                                       decoupled=decoupled, nice=int(self._p('inference.nice')),
+                                      pose_nice=int(self._p('inference.pose_nice')),
+                                      pose_max_rate_hz=float(self._p('pose.max_rate_hz')),
                                       memory_hold_timeout_s=float(self._p('memory_hold.timeout_s')))
         self._ros_objects = [
             ('publisher', self.create_publisher(DiagnosticArray, '/diagnostics', 10)),

@@ -13,8 +13,11 @@ The perception node keeps up with the sensor by never letting one output wait fo
 
 Both workers run at a lower CPU priority (``nice``) and, on the CPU, with a bounded number of torch threads, so the
 thread that receives event packets (and the DDS threads of the process) always get a core: on an overloaded machine
-the node drops *windows*, never packets. Per-output rates and latencies (arrival of the packet that completed the
-window -> output handed to the sink) are kept separately (:meth:`diagnostics`).
+the node drops *windows*, never packets. The pose worker may run at a lower priority still (``pose_nice``), so that
+when the cores are shared the dense outputs keep their rate and pose takes what is left, and its rate may be capped
+(``pose_max_rate_hz``, changeable while running) to leave CPU to the rest of the robot. Per-output rates and
+latencies (arrival of the packet that completed the window -> output handed to the sink) are kept separately
+(:meth:`diagnostics`).
 
 Stopping never waits for a long inference: :meth:`stop` signals the workers and joins them for at most its
 ``timeout``; outputs computed after the stop are discarded.
@@ -101,6 +104,7 @@ class PipelineRunner:
 
     def __init__(self, pipeline: RealmPipeline, stream: EventStream, sink: OutputSink, intrinsics: Intrinsics, *,
                  frame_id: Callable[[], str] = lambda: '', decoupled: bool = True, nice: int = 10,
+                 pose_nice: Optional[int] = None, pose_max_rate_hz: float = 0.0,
                  memory_hold_timeout_s: float = 0.5) -> None:
         self.pipeline = pipeline
         self.stream = stream
@@ -109,6 +113,8 @@ class PipelineRunner:
         self.frame_id = frame_id
         self.decoupled = bool(decoupled)
         self.nice = int(nice)
+        self.pose_nice = self.nice if pose_nice is None else int(pose_nice)
+        self.pose_max_rate_hz = float(pose_max_rate_hz)      # 0: no cap; read before every pose step
         self.memory_hold_timeout_s = float(memory_hold_timeout_s)
         self.counters = Counters()
         self.rates = {'dense': RateMeter(window_s=5.0), 'pose': RateMeter(window_s=5.0)}
@@ -252,10 +258,16 @@ class PipelineRunner:
     # ------------------------------------------------------------------------------------------------ pose
     def _pose_loop(self) -> None:
         name_os_thread('realm_pose')
-        set_thread_niceness(self.nice)
+        set_thread_niceness(self.pose_nice)
+        next_start = 0.0
         while not self._stop.is_set():
             self._pose_wake.wait(timeout=0.05)
             self._pose_wake.clear()
+            rate = self.pose_max_rate_hz
+            if rate > 0 and time.monotonic() < next_start:     # rate cap: the mailbox keeps only the newest tokens
+                self._stop.wait(next_start - time.monotonic())
+                if self._stop.is_set():
+                    break
             with self._mailbox_lock:
                 item, self._mailbox = self._mailbox, None
             if item is None or self._stop.is_set():
@@ -266,6 +278,7 @@ class PipelineRunner:
                 continue
             try:
                 t0 = time.monotonic()
+                next_start = t0 + (1.0 / rate if rate > 0 else 0.0)
                 out = self.pipeline.process_pose(pose_input)
                 if self._stop.is_set():
                     break
@@ -318,6 +331,7 @@ class PipelineRunner:
         c = self.counters.snapshot()
         values: Dict[str, Any] = {
             'state': 'active' if self.running else 'inactive', 'decoupled_pose': str(self.decoupled).lower(),
+            'pose_max_rate_hz': self.pose_max_rate_hz,
             'windows_processed': c.get('windows_processed', 0), 'empty_windows': c.get('empty_windows', 0),
             'memory_holds': c.get('memory_holds', 0), 'memory_hold': str(self.hold_active).lower(),
             'processing_errors': c.get('processing_errors', 0), 'pose_steps': c.get('pose_steps', 0),

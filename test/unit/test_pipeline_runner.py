@@ -203,6 +203,53 @@ def test_thread_niceness_and_thread_count():
     assert torch_threads_for(0, 'cpu', 2) >= 1
 
 
+def test_pose_worker_runs_at_its_own_lower_priority():
+    import os
+    seen = {}
+    pipe = TimedPipeline(dense_s=0.01, pose_s=0.05)
+    dense, pose = pipe.process_dense, pipe.process_pose
+
+    def nice_of_caller(key, fn):
+        def wrapped(*a, **kw):
+            seen.setdefault(key, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return fn(*a, **kw)
+        return wrapped
+    pipe.process_dense, pipe.process_pose = nice_of_caller('dense', dense), nice_of_caller('pose', pose)
+    stream = EventStream(window_mode='count', window_count=2000, capacity_events=100_000)
+    stream.key = ('evt3', 64, 48)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    runner = PipelineRunner(pipe, stream, Sink(), lambda w, h: (np.eye(3), 'fallback'), nice=base + 2,
+                            pose_nice=base + 6)
+    runner.start()
+    try:
+        feed(stream, runner, 5, 0.05)
+        assert wait(lambda: 'pose' in seen)
+    finally:
+        runner.stop(timeout=2.0)
+    assert seen['dense'] == min(base + 2, 19) and seen['pose'] == min(base + 6, 19)
+
+
+def test_pose_rate_cap_takes_the_newest_tokens_and_can_change_while_running():
+    pipe = TimedPipeline(dense_s=0.005, pose_s=0.01)
+    stream, sink, runner = make(pipe)
+    runner.pose_max_rate_hz = 4.0
+    runner.start()
+    try:
+        feed(stream, runner, 30, 0.05)                     # 1.5 s of windows at 20 Hz
+        capped = len(pipe.pose_calls)
+        runner.pose_max_rate_hz = 0.0                      # lifted while running
+        n0 = len(pipe.pose_calls)
+        feed(stream, runner, 20, 0.05, t0=10**10)
+        uncapped = len(pipe.pose_calls) - n0
+    finally:
+        runner.stop(timeout=2.0)
+    assert 4 <= capped <= 8                                # ~4 Hz over 1.5 s (the first step starts at once)
+    starts = np.diff(pipe.pose_calls[:capped])
+    assert uncapped >= 12                                  # without the cap about one step per window
+    assert runner.diagnostics()['pose_inputs_replaced'] >= 15
+    assert np.all(starts > 0)                              # always a newer window, never a stale one
+
+
 @pytest.mark.slow
 def test_real_pipeline_in_the_runner(tmp_path):
     from realm_ros.pipeline import PipelineConfig, RealmPipeline
