@@ -50,6 +50,29 @@ def test_embedder_tokens_are_local_and_row_major():
     assert not changed[0, 15]
 
 
+def test_embedder_inference_path_keeps_channels_last_and_the_same_tokens():
+    """Without autograd the per-pixel norms hand their channels-last view straight to the next convolution (no
+    NCHW copy); the tokens equal the training-path ones up to the convolutions' rounding."""
+    from realm_ros.models.embedder import LayerNorm2d
+    torch.manual_seed(1)
+    emb = VoxelEmbedder(**TINY_EMBEDDER).eval()
+    with torch.no_grad():
+        for p in emb.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    occupied = torch.rand(2, 1, 224, 224) < 0.05
+    voxel = torch.where(occupied, torch.randn(2, 5, 224, 224), torch.zeros(()))
+    norm = LayerNorm2d(8)
+    x = torch.randn(1, 8, 6, 5).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y_inf = norm(x)
+        fast = emb(voxel)
+    y_train = norm(x)
+    assert y_inf.is_contiguous(memory_format=torch.channels_last) and not y_inf.is_contiguous()
+    assert y_train.is_contiguous() and torch.equal(y_inf, y_train.detach())
+    reference = emb(voxel).detach()
+    assert torch.allclose(fast, reference, atol=1e-5, rtol=1e-5)
+
+
 def test_models_embedder_gradients_bounded_on_sparse_events():
     """Mostly-empty voxel grids (the normal case) must not blow up the embedder's gradients: with the usual
     LayerNorm eps (1e-6) the all-zero channel vectors of empty pixels amplify gradients ~1e6-fold (norm ~4e4 here)."""
