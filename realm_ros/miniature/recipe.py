@@ -31,6 +31,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import pickle
 import platform
 import shutil
 import time
@@ -464,9 +465,15 @@ class Recipe:
             ev = replace(self.cfg.eval, image_size=self.cfg.image_size)
             val = _val_sequences(replace(ev, sequences=c.val_sequences), self.work / 'val_data', self.log)
             test = load_or_simulate(ev, self.work / 'test_data', self.log)
+            records: Dict[str, List[Dict[str, Any]]] = {}
             summary = pose_trust_summary(self.models(), val, test, gaps=ev.pair_gaps, val_stride=c.val_stride,
                                          test_stride=c.test_stride, extra_stride=c.extra_stride,
-                                         max_fp_rate=c.max_fp_rate, log=self.log)
+                                         max_fp_rate=c.max_fp_rate, records=records, log=self.log)
+            # the per-pair records, for studying other gates or covariance models without re-running the decoder
+            # (benchmarks/bench_pose_quality.py reads the same format)
+            for part, recs in records.items():
+                with open(st.dir / f'records_{part}.pkl', 'wb') as fh:
+                    pickle.dump(recs, fh)
             done = st.finish(dict(pose_trust=summary))
         gates = calibrated_gates(done['pose_trust'])
         if load_dune_mast3r(self.shipped('mast3r')).pose_gates != gates:   # a re-trained file of the same settings

@@ -30,6 +30,10 @@ def test_toy_recipe_ships_a_decoder_with_its_calibrated_gates(tmp_path):
     assert set(trust['symmetric']['gates']) == {'rgb_rgb', 'event_event', 'rgb_event'}
     assert trust['records']['val'] > 0 and trust['records']['test'] > 0
     assert load_dune_mast3r(out / SHIPPED_FILES['mast3r']).pose_gates == calibrated_gates(trust)
+    import pickle
+    for part in ('val', 'test'):                                 # the per-pair records are kept for later studies
+        recs = pickle.loads((tmp_path / 'work' / 'calibrate' / f'records_{part}.pkl').read_bytes())
+        assert len(recs) == trust['records'][part] and {'mode', 'kind'} <= set(recs[0])
     for mode, r in doc['test']['pose'].items():
         assert r['symmetric']['pairs'] == r['pairs'], mode
         assert 0.0 <= r['forward_sign_ok'] <= 1.0
