@@ -290,6 +290,12 @@ def test_runtime_parameters_switch_heads_and_are_validated(node, probe, packets)
     # diagnostics come at 1 Hz: the first one after probe.clear() may not have arrived yet
     assert probe.wait_for(lambda: probe.latest_diagnostics().get('pipeline', {}).get('heads') == 'depth,points', 5)
     call(setp, SetParameters.Request(parameters=[param('heads.semantic', True), param('heads.pose', True)]))
+    # the pose rate cap reaches the running pose worker; out-of-range values are refused
+    assert not call(setp, SetParameters.Request(parameters=[param('pose.max_rate_hz', -1.0)])).results[0].successful
+    assert call(setp, SetParameters.Request(parameters=[param('pose.max_rate_hz', 2.5)])).results[0].successful
+    assert probe.wait_for(lambda: float(probe.latest_diagnostics().get('pipeline', {}).get('pose_max_rate_hz', 0))
+                          == 2.5, 5)
+    assert call(setp, SetParameters.Request(parameters=[param('pose.max_rate_hz', 0.0)])).results[0].successful
     from std_srvs.srv import Trigger
     trigger = probe.node.create_client(Trigger, f'{NS}/new_keyframe')
     assert trigger.wait_for_service(10)
