@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from realm_ros.geometry.symmetric import PoseGates
-from realm_ros.miniature.pose_checks import (calibrate_gates, is_false_positive, pose_error_vector, radius_ratio,
-                                             summarize_records)
+from realm_ros.miniature.pose_checks import (calibrate_gates, false_positive_bound, is_false_positive,
+                                             pose_error_vector, radius_ratio, summarize_records)
 
 
 def _T(t, yaw_deg=0.0):
@@ -35,7 +35,7 @@ def _record(kind, gt, direct, swapped_T_ref_cur, mode='event_event', inliers=100
 
 def _biased_set(rng, n=40):
     """Forward motion with a backward bias of 0.3 m in the direct order (+0.3 m in the swapped one), zero-motion
-    pairs with the same bias, unrelated pairs where the two orders disagree at random."""
+    pairs with the same bias, unrelated pairs where the two orders disagree at random (rotations 5-15 deg apart)."""
     recs = []
     for _ in range(n):
         gt = _T([rng.normal(0, 0.05), 0.0, rng.uniform(0.4, 1.0)], rng.normal(0, 1))
@@ -47,13 +47,15 @@ def _biased_set(rng, n=40):
     for _ in range(n // 2):
         d, s = _T([0, 0, -0.3]), _T([0, 0, 0.3])
         recs.append(_record('zero', np.eye(4), d, s))
-        a, b = _T(rng.normal(0, 1, 3), rng.normal(0, 5)), _T(rng.normal(0, 1, 3), rng.normal(0, 5))
+        yaw = rng.normal(0, 5)
+        a = _T(rng.normal(0, 1, 3), yaw)
+        b = _T(rng.normal(0, 1, 3), yaw + rng.choice([-1, 1]) * rng.uniform(5, 15))
         recs.append(_record('unrelated', None, a, b, inliers=int(rng.integers(40, 120))))
     return recs
 
 
 def test_symmetric_scoring_removes_the_bias_and_gates_reject_zero_and_unrelated_pairs():
-    recs = _biased_set(np.random.default_rng(0))
+    recs = _biased_set(np.random.default_rng(0), n=120)      # 60 zero-motion and 60 unrelated pairs
     loose = PoseGates(max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
     d = summarize_records(recs, 'direct', loose)['event_event']
     s = summarize_records(recs, 'symmetric', loose)['event_event']
@@ -71,6 +73,28 @@ def test_symmetric_scoring_removes_the_bias_and_gates_reject_zero_and_unrelated_
     assert out['auc_pose@20'] > direct['auc_pose@20']
     # the covariance scale makes the normalised squared error ~1 on the calibration set
     assert out['nees_mean'] == pytest.approx(1.0, rel=1e-3)
+
+
+def test_false_positive_bound_is_the_clopper_pearson_upper_limit():
+    assert false_positive_bound(0, 60) == pytest.approx(1 - 0.05 ** (1 / 60), rel=1e-9)      # 4.87 %
+    assert false_positive_bound(1, 60) == pytest.approx(0.0766, abs=2e-4)                   # tables: 7.66 %
+    assert false_positive_bound(0, 20) > 0.13 and false_positive_bound(0, 0) == 1.0
+    assert false_positive_bound(3, 100, 0.5) < false_positive_bound(3, 100, 0.95)
+
+
+def test_a_gate_that_lets_one_of_sixty_unrelated_pairs_through_is_refused():
+    rng = np.random.default_rng(4)
+    recs = [r for r in _biased_set(rng, n=120) if r['kind'] != 'unrelated']
+    unrelated = []
+    for _ in range(59):                      # unrelated pairs the order agreement rejects
+        unrelated.append(_record('unrelated', None, _T(rng.normal(0, 1, 3), 0.0), _T(rng.normal(0, 1, 3), 10.0)))
+    agreeing = _T([0.8, 0.1, 0.5], 4.0)      # ... and one whose two orders agree by chance
+    grid = dict(min_inliers=(12,), min_inlier_ratio=(0.1,), max_order_rot_deg=(1.0,), max_order_trans_ratio=(1.5,))
+    one_in_60 = recs + unrelated + [_record('unrelated', None, agreeing, agreeing)]
+    assert calibrate_gates(one_in_60, 'symmetric', grid=grid)['gates'].publish is False   # 1/60: bound 7.7 % > 5 %
+    none_in_60 = recs + unrelated + [_record('unrelated', None, _T([1, 0, 0]), _T([-1, 0, 0], 20))]
+    assert calibrate_gates(none_in_60, 'symmetric', grid=grid)['gates'].publish is True   # 0/60: bound 4.9 %
+    assert calibrate_gates(none_in_60, 'symmetric', grid=grid, confidence=0.99)['gates'].publish is False
 
 
 def test_false_positive_definition_and_error_vector():
