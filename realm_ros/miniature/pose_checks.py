@@ -37,9 +37,9 @@ from .metrics import pose_auc, relative_pose, rotation_error_deg, translation_an
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ['MODES', 'KINDS', 'sequence_tokens', 'zero_motion_contraction', 'collect_pose_records', 'summarize_records', 'false_positive_bound',
-           'calibrate_gates', 'fit_covariance', 'collect_trust_records', 'pose_trust_summary', 'calibrated_gates',
-           'write_decoder_gates',
+__all__ = ['MODES', 'KINDS', 'sequence_tokens', 'zero_motion_contraction', 'collect_pose_records', 'summarize_records',
+           'false_positive_bound', 'calibrate_gates', 'fit_covariance', 'collect_trust_records', 'pose_trust_summary',
+           'calibrated_gates', 'write_decoder_gates',
            'radius_ratio', 'pose_error_vector', 'is_false_positive', 'IDENTITY_TRANSLATION_M', 'IDENTITY_ROTATION_DEG']
 
 MODES = {'rgb_rgb': ('rgb', 'rgb'), 'event_event': ('event', 'event'), 'rgb_event': ('rgb', 'event')}
@@ -488,7 +488,7 @@ def collect_trust_records(models, val: Sequence, test: Sequence, gaps: Iterable[
 
 def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int] = (3, 6, 12), val_stride: int = 6,
                        test_stride: int = 3, extra_stride: int = 6, max_fp_rate: float = 0.05,
-                       records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
+                       confidence: float = 0.95, records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
                        log: Callable[[str], None] = _LOG.info) -> Dict[str, Any]:
     """Calibrate the gates of the one-order (``direct``) and the symmetric estimate per mode on the validation
     sequences and score them on the test sequences (zero-motion, unrelated-scene and motion pairs).
@@ -507,7 +507,8 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
         part: Dict[str, Dict[str, Any]] = {'uncalibrated_test': summarize_records(recs['test'], method, loose),
                                               'gates': {}, 'val': {}, 'test': {}}
         for mode in modes:                       # gates per modality (the node knows its keyframe source)
-            cal = calibrate_gates([r for r in recs['val'] if r['mode'] == mode], method, max_fp_rate=max_fp_rate)
+            cal = calibrate_gates([r for r in recs['val'] if r['mode'] == mode], method, max_fp_rate=max_fp_rate,
+                                  confidence=confidence)
             g = cal['gates']
             assert isinstance(g, PoseGates)
             part['gates'][mode] = asdict(g)
@@ -521,6 +522,7 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
     summary['strides'] = {'val_motion': val_stride, 'test_motion': test_stride, 'zero_and_unrelated': extra_stride}
     summary['pair_gaps'] = list(gaps)
     summary['max_fp_rate'] = max_fp_rate
+    summary['fp_confidence'] = confidence
     return summary
 
 
