@@ -82,7 +82,7 @@ def test_false_positive_bound_is_the_clopper_pearson_upper_limit():
     assert false_positive_bound(3, 100, 0.5) < false_positive_bound(3, 100, 0.95)
 
 
-def test_a_gate_that_lets_one_of_sixty_unrelated_pairs_through_is_refused():
+def test_with_a_confidence_a_gate_that_lets_one_of_sixty_unrelated_pairs_through_is_refused():
     rng = np.random.default_rng(4)
     recs = [r for r in _biased_set(rng, n=120) if r['kind'] != 'unrelated']
     unrelated = []
@@ -91,9 +91,10 @@ def test_a_gate_that_lets_one_of_sixty_unrelated_pairs_through_is_refused():
     agreeing = _T([0.8, 0.1, 0.5], 4.0)      # ... and one whose two orders agree by chance
     grid = dict(min_inliers=(12,), min_inlier_ratio=(0.1,), max_order_rot_deg=(1.0,), max_order_trans_ratio=(1.5,))
     one_in_60 = recs + unrelated + [_record('unrelated', None, agreeing, agreeing)]
-    assert calibrate_gates(one_in_60, 'symmetric', grid=grid)['gates'].publish is False   # 1/60: bound 7.7 % > 5 %
+    assert calibrate_gates(one_in_60, 'symmetric', grid=grid)['gates'].publish is True    # (1 + 1) / 62 = 3.2 %
+    assert calibrate_gates(one_in_60, 'symmetric', grid=grid, confidence=0.95)['gates'].publish is False  # CP 7.7 %
     none_in_60 = recs + unrelated + [_record('unrelated', None, _T([1, 0, 0]), _T([-1, 0, 0], 20))]
-    assert calibrate_gates(none_in_60, 'symmetric', grid=grid)['gates'].publish is True   # 0/60: bound 4.9 %
+    assert calibrate_gates(none_in_60, 'symmetric', grid=grid, confidence=0.95)['gates'].publish is True  # CP 4.9 %
     assert calibrate_gates(none_in_60, 'symmetric', grid=grid, confidence=0.99)['gates'].publish is False
 
 
