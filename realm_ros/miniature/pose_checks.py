@@ -388,8 +388,8 @@ def calibrate_gates(records: Sequence[Dict[str, Any]], method: str = 'symmetric'
     as ``(fp + 1) / (n + 2)`` (``confidence`` None, the rule of the shipped gates), or at their one-sided upper
     confidence bound (:func:`false_positive_bound` at ``confidence``, stricter); with few validation pairs nothing
     qualifies either way. Neither protects against validation scenes whose unrelated pairs are easier to reject than
-    the test scenes' (models/README.md: with a REALM distilled at LoRA r=64, gates that passed 0 of 160 unrelated
-    validation pairs passed 12 of 60 test pairs). No candidate: nothing is published
+    the test scenes' (models/README.md: with a REALM distilled at LoRA r=64, gates that passed 0 of 80 unrelated
+    validation pairs passed 8 of 60 test pairs). No candidate: nothing is published
     (``publish`` False). Then the covariance model (:func:`fit_covariance`) on the published motion pairs.
     Returns ``{'gates', 'val' (summary), 'grid' (size)}``."""
     grid = dict(grid or {})
