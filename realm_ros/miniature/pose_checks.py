@@ -29,8 +29,8 @@ import torch
 
 from realm_ros.geometry.pose import PnpParams
 from realm_ros.geometry.relative_pose import MatchingParams
-from realm_ros.geometry.symmetric import (PoseGates, _match_and_solve, combine_orders, decode_both_orders, gate_pose,
-                                          invert_pose_covariance, order_agreement)
+from realm_ros.geometry.symmetric import (PoseGates, _desc_conf_median, _match_and_solve, combine_orders,
+                                          decode_both_orders, gate_pose, invert_pose_covariance, order_agreement)
 
 from .data import rgb_to_tensor
 from .metrics import pose_auc, relative_pose, rotation_error_deg, translation_angle_error_deg
@@ -123,7 +123,8 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
                          log: Callable[[str], None] = _LOG.info) -> List[Dict[str, Any]]:
     """One record per pair (see the module docstring): ``mode``, ``kind``, ``gap``, ``seeds``, ``T_gt`` (T_cur_ref,
     None for unrelated pairs), ``direct`` / ``swapped`` PnP fields, ``radius_ratio`` of the direct matches,
-    ``decode_s`` (both orders, batched)."""
+    ``decode_s`` (both orders, batched), ``desc_conf`` / ``desc_conf_swapped`` (median descriptor confidence of the
+    matches) and ``matches`` / ``matches_swapped``."""
     size = sequences[0].rgb.shape[1]
     shape = (size, size)
     toks = [sequence_tokens(models, s, bridge, device=device) for s in sequences]
@@ -159,7 +160,11 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
                        T_gt=relative_pose(T1, T2) if kind != 'unrelated' else None,
                        direct=_pose_fields(direct), swapped=_pose_fields(swapped),
                        radius_ratio=radius_ratio(m.xy1, m.xy2, K1, K2),
-                       radius_ratio_swapped=radius_ratio(ms.xy1, ms.xy2, K2, K1), decode_s=t1 - t0)
+                       radius_ratio_swapped=radius_ratio(ms.xy1, ms.xy2, K2, K1), decode_s=t1 - t0,
+                       # candidate gate features for later studies (not used by the calibration yet)
+                       desc_conf=_desc_conf_median(kf_d, cur_d, m),
+                       desc_conf_swapped=_desc_conf_median(cur_s, kf_s, ms),
+                       matches=int(m.count), matches_swapped=int(ms.count))
             records.append(rec)
         if len(records) % 60 < len(list(modes)):
             log(f'pose records: {len(records)} of {len(pairs) * len(list(modes))} ({time.time() - t_start:.0f} s)')
