@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .gates import PoseGates, gates_for_decoder
+from .gates import PoseGates, gates_for_decoder, token_grid, view_similarity
 from .keyframes import Keyframe
 from .matching import ReciprocalMatches, fast_reciprocal_nn
 from .pose import PnpParams, PoseResult
@@ -62,6 +62,7 @@ class SymmetricPoseEstimate:
     pred_keyframe: dict[str, Tensor] | None = None
     pred_current: dict[str, Tensor] | None = None
     desc_conf_median: float = float('nan')  # median min(desc_conf) over the direct matches
+    view_similarity: float = float('nan')   # :func:`realm_ros.geometry.gates.view_similarity` of the two views
 
 
 def skew(v: Any) -> np.ndarray:
@@ -130,10 +131,13 @@ def combine_orders(T_direct: np.ndarray, T_swapped: np.ndarray, cov_direct: np.n
 
 
 def gate_pose(direct: PoseResult, swapped: PoseResult, agreement: OrderAgreement | None, translation_m: float,
-              gates: PoseGates) -> str:
-    """The first failing gate's reason ('' when all pass)."""
+              gates: PoseGates, similarity: float | None = None) -> str:
+    """The first failing gate's reason ('' when all pass). ``similarity`` (:func:`view_similarity` of the pair)
+    None skips the appearance gate (callers that do not know it)."""
     if not gates.publish:
         return 'not_better_than_chance'
+    if similarity is not None and gates.min_view_similarity > -1.0 and not similarity >= gates.min_view_similarity:
+        return 'dissimilar_views'
     for res in (direct, swapped):
         if not res.ok:
             return res.reason
@@ -261,9 +265,21 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     which the estimate does not use (see :func:`decode_both_orders`; the result is identical either way).
     ``timings_s`` has ``decoder``, ``matching_direct`` / ``matching_swapped``, ``pnp_direct`` / ``pnp_swapped``
     and ``combine`` (seconds).
+
+    The appearance gate comes first: when the views are less alike than ``gates.min_view_similarity`` the pair is
+    rejected as ``dissimilar_views`` without decoding (no matches, ``timings_s`` has only ``similarity``).
     """
     device = next(decoder.parameters()).device
     timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    sim = view_similarity(keyframe.tokens, token_grid(keyframe.image_shape, keyframe.tokens), tokens,
+                          token_grid(image_shape, tokens))
+    timings['similarity'] = time.perf_counter() - t0
+    if gates.publish and gates.min_view_similarity > -1.0 and not sim >= gates.min_view_similarity:
+        rejected = PoseResult(ok=False, reason='dissimilar_views')
+        none = ReciprocalMatches(np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64))
+        return SymmetricPoseEstimate(pose=rejected, direct=rejected, swapped=rejected, agreement=None, matches=none,
+                                     keyframe_id=keyframe.id, timings_s=timings, view_similarity=sim)
     t0 = time.perf_counter()
     kf_d, cur_d, cur_s, kf_s = decode_both_orders(decoder, keyframe.tokens, tokens, keyframe.image_shape,
                                                   image_shape, view2_points=view2_points or keep_predictions)
@@ -282,7 +298,7 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
         cov_b = invert_pose_covariance(swapped.covariance, swapped.T_ref_cur) \
             if swapped.covariance is not None else None
         T, cov = combine_orders(T_a, T_b, direct.covariance, cov_b, gates)
-        reason = gate_pose(direct, swapped, agreement, float(np.linalg.norm(T[:3, 3])), gates)
+        reason = gate_pose(direct, swapped, agreement, float(np.linalg.norm(T[:3, 3])), gates, sim)
         Tc = _inv(T)
         pose = PoseResult(ok=not reason, reason=reason, R=Tc[:3, :3], t=Tc[:3, 3], inliers=direct.inliers,
                           num_correspondences=direct.num_correspondences,
@@ -296,4 +312,4 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
                                  keyframe_id=keyframe.id, timings_s=timings,
                                  pred_keyframe=kf_d if keep_predictions else None,
                                  pred_current=cur_d if keep_predictions else None,
-                                 desc_conf_median=dcm)
+                                 desc_conf_median=dcm, view_similarity=sim)

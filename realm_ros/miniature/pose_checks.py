@@ -31,6 +31,7 @@ import torch
 
 from realm_ros.geometry.pose import PnpParams
 from realm_ros.geometry.relative_pose import MatchingParams
+from realm_ros.geometry.gates import token_grid, view_similarity
 from realm_ros.geometry.symmetric import (PoseGates, _desc_conf_median, _match_and_solve, combine_orders,
                                           decode_both_orders, gate_pose, invert_pose_covariance, order_agreement)
 
@@ -41,7 +42,7 @@ _LOG = logging.getLogger(__name__)
 
 __all__ = ['MODES', 'KINDS', 'sequence_tokens', 'zero_motion_contraction', 'collect_pose_records', 'summarize_records',
            'false_positive_bound', 'calibrate_gates', 'fit_covariance', 'collect_trust_records', 'pose_trust_summary',
-           'calibrated_gates', 'write_decoder_gates',
+           'calibrated_gates', 'write_decoder_gates', 'similarity_threshold',
            'radius_ratio', 'pose_error_vector', 'is_false_positive', 'IDENTITY_TRANSLATION_M', 'IDENTITY_ROTATION_DEG']
 
 MODES = {'rgb_rgb': ('rgb', 'rgb'), 'event_event': ('event', 'event'), 'rgb_event': ('rgb', 'event')}
@@ -126,7 +127,8 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
     """One record per pair (see the module docstring): ``mode``, ``kind``, ``gap``, ``seeds``, ``T_gt`` (T_cur_ref,
     None for unrelated pairs), ``direct`` / ``swapped`` PnP fields, ``radius_ratio`` of the direct matches,
     ``decode_s`` (both orders, batched), ``desc_conf`` / ``desc_conf_swapped`` (median descriptor confidence of the
-    matches) and ``matches`` / ``matches_swapped``."""
+    matches), ``matches`` / ``matches_swapped`` and ``view_similarity`` (the appearance gate's measure,
+    :func:`realm_ros.geometry.gates.view_similarity`)."""
     size = sequences[0].rgb.shape[1]
     shape = (size, size)
     toks = [sequence_tokens(models, s, bridge, device=device) for s in sequences]
@@ -166,7 +168,8 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
                        # candidate gate features for later studies (not used by the calibration yet)
                        desc_conf=_desc_conf_median(kf_d, cur_d, m),
                        desc_conf_swapped=_desc_conf_median(cur_s, kf_s, ms),
-                       matches=int(m.count), matches_swapped=int(ms.count))
+                       matches=int(m.count), matches_swapped=int(ms.count),
+                       view_similarity=view_similarity(tok1, token_grid(shape, tok1), tok2, token_grid(shape, tok2)))
             records.append(rec)
         if len(records) % 60 < len(list(modes)):
             log(f'pose records: {len(records)} of {len(pairs) * len(list(modes))} ({time.time() - t_start:.0f} s)')
@@ -204,6 +207,9 @@ def _estimate(rec: Dict[str, Any], method: str, gates: PoseGates, pnp_direct_gat
         return _R(f)
     if not gates.publish:
         return False, 'not_better_than_chance', None, None, None
+    sim = rec.get('view_similarity')                 # None in records collected before the appearance gate
+    if sim is not None and gates.min_view_similarity > -1.0 and not sim >= gates.min_view_similarity:
+        return False, 'dissimilar_views', None, None, None
     if method == 'direct':
         if not d['ok']:
             return False, d['reason'], None, None, None
@@ -314,13 +320,16 @@ def _false_positive_rate(records, method, gates) -> float:
 def _features(records: Sequence[Dict[str, Any]], method: str, base: PoseGates) -> Dict[str, np.ndarray]:
     """Per-record quantities that do not depend on the thresholds being calibrated (one pass over the records)."""
     loose = replace(base, min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e12, max_order_trans_ratio=1e12,
-                    max_translation_m=0.0, covariance_scale=1.0, covariance_floor=(0.0, 0.0), publish=True)
+                    max_translation_m=0.0, covariance_scale=1.0, covariance_floor=(0.0, 0.0), publish=True,
+                    min_view_similarity=-1.0)
     cols: Dict[str, list] = {k: [] for k in ('kind', 'ok', 'inl', 'ratio', 'rot_dis', 'tr_dis', 'max_err', 'fp',
-                                             'rot_err', 'dir_err', 'true_rot', 'err_vec', 'cov')}
+                                             'rot_err', 'dir_err', 'true_rot', 'err_vec', 'cov', 'sim')}
     for r in records:
         published, _, T, cov, ag = _estimate(r, method, loose)
         d, sw = r['direct'], r['swapped']
         cols['kind'].append(r['kind'])
+        sim = r.get('view_similarity')
+        cols['sim'].append(float('nan') if sim is None else float(sim))
         cols['ok'].append(published)
         cols['inl'].append(d['inliers'] if method == 'direct' else min(d['inliers'], sw['inliers']))
         cols['ratio'].append(d['ratio'] if method == 'direct' else min(d['ratio'], sw['ratio']))
@@ -378,7 +387,7 @@ def _fp_rate(fp: int, n: int, confidence: Optional[float]) -> float:
 def calibrate_gates(records: Sequence[Dict[str, Any]], method: str = 'symmetric', max_fp_rate: float = 0.05,
                     base: PoseGates = PoseGates(), grid: Optional[Dict[str, Sequence[float]]] = None,
                     min_published: int = 5, max_direction_error_deg: float = 90.0,
-                    confidence: Optional[float] = None) -> Dict[str, Any]:
+                    confidence: Optional[float] = None, view_similarity_gate: bool = True) -> Dict[str, Any]:
     """Choose gates on validation records (of one mode, or pooled): among a grid of (``min_inliers``,
     ``min_inlier_ratio``, ``max_order_rot_deg``, ``max_order_trans_ratio``; ``grid`` overrides the candidate values
     by field name), the one that keeps the false-positive rate of the zero-motion pairs and of the unrelated pairs
@@ -390,8 +399,14 @@ def calibrate_gates(records: Sequence[Dict[str, Any]], method: str = 'symmetric'
     confidence bound (:func:`false_positive_bound` at ``confidence``, stricter); with few validation pairs nothing
     qualifies either way. Neither protects against validation scenes whose unrelated pairs are easier to reject than
     the test scenes' (models/README.md: with a REALM distilled at LoRA r=64, gates that passed 0 of 80 unrelated
-    validation pairs passed 8 of 60 test pairs). No candidate: nothing is published
-    (``publish`` False). Then the covariance model (:func:`fit_covariance`) on the published motion pairs.
+    validation pairs passed 8 of 60 test pairs); the appearance gate is the guard against that.
+
+    Appearance gate first (``view_similarity_gate`` and records that carry ``view_similarity``): the lowest
+    ``min_view_similarity`` that, *on its own*, keeps the estimated rate of unrelated validation pairs passing it
+    within ``max_fp_rate`` (same rate rule). The geometric grid is then searched on the pairs it passes, so a pose
+    is published only when the views look alike *and* the geometry checks out: two checks, each calibrated to the
+    limit alone, that fail on different pairs. No candidate: nothing is published (``publish`` False). Then the
+    covariance model (:func:`fit_covariance`) on the published motion pairs.
     Returns ``{'gates', 'val' (summary), 'grid' (size)}``."""
     grid = dict(grid or {})
     inl_grid = grid.get('min_inliers', (12, 30, 40, 50, 60, 70, 80, 100, 120, 150))
@@ -404,13 +419,18 @@ def calibrate_gates(records: Sequence[Dict[str, Any]], method: str = 'symmetric'
     f = _features(records, method, base)
     motion = f['kind'] == 'motion'
     extra = {k: f['kind'] == k for k in ('zero', 'unrelated') if np.any(f['kind'] == k)}
+    min_sim = base.min_view_similarity
+    if view_similarity_gate and 'unrelated' in extra and np.all(np.isfinite(f['sim'])):
+        min_sim = similarity_threshold(f['sim'][extra['unrelated']], max_fp_rate, confidence)
+    looks_alike = f['sim'] >= min_sim if min_sim > -1.0 else np.ones(len(motion), bool)
+    base = replace(base, min_view_similarity=float(min_sim))
     best, best_key, count = None, None, 0
     for mi in inl_grid:
         for ir in ratio_grid:
             for mr in rot_grid:
                 for tr in tr_grid:
                     count += 1
-                    pub = f['ok'] & (f['inl'] >= mi) & (f['ratio'] >= ir)
+                    pub = f['ok'] & looks_alike & (f['inl'] >= mi) & (f['ratio'] >= ir)
                     if sym:
                         pub &= (f['rot_dis'] <= mr) & (f['tr_dis'] <= tr)
                     # a handful of validation pairs cannot vouch for a rate they are too few to measure (a gate
@@ -432,12 +452,34 @@ def calibrate_gates(records: Sequence[Dict[str, Any]], method: str = 'symmetric'
     if best is None:
         best = replace(base, publish=False)         # no gate is better than chance with few false positives
     else:
-        kept = f['ok'] & motion & (f['inl'] >= best.min_inliers) & (f['ratio'] >= best.min_inlier_ratio)
+        kept = f['ok'] & looks_alike & motion & (f['inl'] >= best.min_inliers) & (f['ratio'] >= best.min_inlier_ratio)
         if sym:
             kept &= (f['rot_dis'] <= best.max_order_rot_deg) & (f['tr_dis'] <= best.max_order_trans_ratio)
         scale, floor = fit_covariance(f['err_vec'][kept], f['cov'][kept])
         best = replace(best, covariance_scale=scale, covariance_floor=floor)
     return {'gates': best, 'val': summarize_records(records, method, best), 'grid': count}
+
+
+def similarity_threshold(unrelated: np.ndarray, max_fp_rate: float = 0.05, confidence: Optional[float] = None
+                         ) -> float:
+    """The appearance gate's threshold: the lowest ``min_view_similarity`` at which the unrelated-scene pairs'
+    similarities (``unrelated``, 1-D) passing it keep the estimated rate (``(k + 1) / (n + 2)``, or the upper
+    confidence bound at ``confidence``) within ``max_fp_rate``. Lets the ``k`` most similar pairs pass for the
+    largest such ``k`` (the threshold is the ``(k + 1)``-th largest similarity rounded up to the next multiple of
+    1e-6, strictly above it); -1 (no gate) when all may pass; above every value when none may (then nothing can be
+    calibrated)."""
+    u = np.sort(np.asarray(unrelated, dtype=np.float64).reshape(-1))[::-1]
+    if u.size == 0 or not np.all(np.isfinite(u)):
+        raise ValueError(f'need finite similarities of unrelated pairs, got {u.size} values')
+    n = int(u.size)
+    k = 0
+    while k < n and _fp_rate(k + 1, n, confidence) <= max_fp_rate:
+        k += 1
+    if k >= n:
+        return -1.0
+    if _fp_rate(k, n, confidence) > max_fp_rate:
+        k = 0                                        # not even 0 passes is provably enough: let none pass
+    return float(min(1.0, (math.floor(u[k] * 1e6) + 1) / 1e6))
 
 
 def fit_covariance(errors: np.ndarray, covs: np.ndarray) -> Tuple[float, Tuple[float, ...]]:

@@ -144,14 +144,17 @@ class PoseTracker:
             timings_ms.update({f'pose_{k}_ms': v * 1e3 for k, v in est.timings_s.items()})
         return est.pose, est.matches
 
-    def _gate_direct(self, result: Any, keyframe_source: str) -> Any:
-        """``pose.symmetric: false``: the one-order estimate through the gates calibrated for it (``direct``)."""
-        from realm_ros.geometry.gates import gates_for_decoder
+    def _gate_direct(self, result: Any, kf: Any, cur_tokens: torch.Tensor, size: Tuple[int, int]) -> Any:
+        """``pose.symmetric: false``: the one-order estimate through the gates calibrated for it (``direct``),
+        the appearance gate included."""
+        from realm_ros.geometry.gates import gates_for_decoder, token_grid, view_similarity
         from realm_ros.geometry.symmetric import gate_pose
         if not result.ok:
             return result
-        gates = gates_for_decoder(self._pipe.mast3r, keyframe_source, method='direct')
-        reason = gate_pose(result, result, None, float(np.linalg.norm(result.t)), gates)
+        gates = gates_for_decoder(self._pipe.mast3r, kf.source, method='direct')
+        sim = view_similarity(kf.tokens, token_grid(kf.image_shape, kf.tokens), cur_tokens,
+                              token_grid(size, cur_tokens))
+        reason = gate_pose(result, result, None, float(np.linalg.norm(result.t)), gates, sim)
         return replace(result, ok=False, reason=reason) if reason else result
 
     def step(self, inp: PoseInput) -> PoseOutput:
@@ -209,7 +212,7 @@ class PoseTracker:
                                              desc_conf_ref=pred1.get('desc_conf', [None])[0],
                                              desc_conf_cur=pred2.get('desc_conf', [None])[0],
                                              params=pipe._pnp_params)
-            result = self._gate_direct(result, kf.source)
+            result = self._gate_direct(result, kf, cur_tokens, size)
         self._count('pose_attempts')
         decision = store.update(kf, result, stamp_ns)
         inliers = np.zeros(matches.count, bool)

@@ -254,19 +254,79 @@ def test_decoder_checkpoint_carries_its_gates(tmp_path):
 
 
 def test_one_order_estimate_goes_through_the_direct_gates():
-    """``pose.symmetric: false``: the node applies the gates calibrated for the one-order estimate."""
+    """``pose.symmetric: false``: the node applies the gates calibrated for the one-order estimate, the appearance
+    gate included."""
     from types import SimpleNamespace
 
     from realm_ros.geometry.pose import PoseResult
     from realm_ros.pipeline.pose_tracker import PoseTracker
     tracker = PoseTracker.__new__(PoseTracker)
     tracker._pipe = SimpleNamespace(mast3r=SimpleNamespace(pose_gates={
-        'direct': {'event_event': PoseGates(min_inliers=50), 'rgb_event': PoseGates(publish=False)}}))
+        'direct': {'event_event': PoseGates(min_inliers=50, min_view_similarity=0.9),
+                   'rgb_event': PoseGates(publish=False)}}))
+    g = torch.Generator().manual_seed(0)
+    tok = torch.randn(1, 16, 8, generator=g)
+    other = torch.randn(1, 16, 8, generator=g)
+    ev, rgb = SimpleNamespace(source='events', tokens=tok, image_shape=(56, 56)), \
+        SimpleNamespace(source='rgb', tokens=tok, image_shape=(56, 56))
     res = PoseResult(ok=True, R=np.eye(3), t=np.array([0.0, 0.0, 0.3]), inliers=np.arange(40), num_correspondences=80)
-    assert tracker._gate_direct(res, 'events').reason == 'too_few_inliers'
-    assert not tracker._gate_direct(res, 'events').ok
-    assert tracker._gate_direct(res, 'rgb').reason == 'not_better_than_chance'
+    assert tracker._gate_direct(res, ev, tok, (56, 56)).reason == 'too_few_inliers'
+    assert not tracker._gate_direct(res, ev, tok, (56, 56)).ok
+    assert tracker._gate_direct(res, rgb, tok, (56, 56)).reason == 'not_better_than_chance'
     many = PoseResult(ok=True, R=np.eye(3), t=np.array([0.0, 0.0, 0.3]), inliers=np.arange(60), num_correspondences=80)
-    assert tracker._gate_direct(many, 'events') is many                  # passes: published unchanged
+    assert tracker._gate_direct(many, ev, tok, (56, 56)) is many                  # passes: published unchanged
+    assert tracker._gate_direct(many, ev, other, (56, 56)).reason == 'dissimilar_views'
     failed = PoseResult(ok=False, reason='pnp_failed')
-    assert tracker._gate_direct(failed, 'events') is failed
+    assert tracker._gate_direct(failed, ev, tok, (56, 56)) is failed
+
+
+def test_view_similarity_keeps_the_layout_and_checks_its_input():
+    from realm_ros.geometry.gates import token_grid, view_similarity
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(16, 16, 32, generator=g) + 4.0 * torch.randn(32, generator=g)   # a shared direction
+    tok = base.reshape(1, 256, 32)
+    assert view_similarity(tok, (16, 16), tok.clone(), (16, 16)) == pytest.approx(1.0, abs=1e-12)
+    # the same tokens, rearranged: top and bottom halves swapped. The plain mean cannot see it; the 2 x 2 layout can
+    flipped = torch.cat([base[8:], base[:8]]).reshape(1, 256, 32)
+    plain = view_similarity(tok, (16, 16), flipped, (16, 16), cells=1)
+    layout = view_similarity(tok, (16, 16), flipped, (16, 16))
+    assert plain == pytest.approx(1.0, abs=1e-9) and layout < plain - 1e-3
+    # numpy input, other grids: each view is pooled to 2 x 2, so a 14 x 18 grid compares with a 16 x 16 one
+    other = np.random.default_rng(0).normal(size=(14 * 18, 32))
+    assert -1.0 <= view_similarity(tok, (16, 16), other, (14, 18)) <= 1.0
+    with pytest.raises(ValueError, match='tokens_b: expected .252, C. tokens on a 14 x 18 grid'):
+        view_similarity(tok, (16, 16), other[:100], (14, 18))
+    with pytest.raises(ValueError, match='non-finite'):
+        view_similarity(tok, (16, 16), np.full((256, 32), np.nan), (16, 16))
+    with pytest.raises(ValueError, match='channel counts'):
+        view_similarity(tok, (16, 16), other[:, :16], (14, 18))
+    assert token_grid((224, 224), tok) == (16, 16)
+    assert token_grid((196, 252), torch.zeros(1, 252, 8)) == (14, 18)
+    assert token_grid((S, S), _tok(0)) == (2, 2)                   # test doubles: the grid of the token count
+    with pytest.raises(ValueError, match='do not form a patch grid'):
+        token_grid((224, 224), torch.zeros(1, 7, 8))
+    with pytest.raises(ValueError, match='min_view_similarity'):
+        PoseGates(min_view_similarity=1.5)
+
+
+def test_dissimilar_views_are_rejected_before_decoding():
+    calls = []
+
+    class Counting(FakeDecoder):
+        def forward(self, t1, t2, shape1, shape2):
+            calls.append(1)
+            return super().forward(t1, t2, shape1, shape2)
+    dec = Counting([_pose(), _pose(1.0, (0.05, 0.0, 0.2))])
+    kf = Keyframe(id=0, source='events', tokens=torch.tensor([[[1.0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]]]),
+                  cls=torch.zeros(3), image_shape=(S, S), K=K, stamp_ns=0)
+    far = torch.tensor([[[0.0, 1, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]]])          # half of the layout differs
+    gates = PoseGates(min_view_similarity=0.9, max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
+    est = symmetric_relative_pose(dec, kf, far, (S, S), K, pnp=PNP, matching=MATCH, gates=gates)
+    assert est.view_similarity == pytest.approx(0.5)
+    assert not est.pose.ok and est.pose.reason == 'dissimilar_views' and est.matches.count == 0
+    assert calls == [] and set(est.timings_s) == {'similarity'}
+    # alike enough: decoded as usual, and the similarity is reported
+    near = kf.tokens.clone()
+    est = symmetric_relative_pose(dec, kf, near, (S, S), K, pnp=PNP, matching=MATCH, gates=gates)
+    assert calls and est.view_similarity == pytest.approx(1.0) and est.pose.reason != 'dissimilar_views'
+    assert gate_pose(est.direct, est.swapped, est.agreement, 0.1, gates, 0.5) == 'dissimilar_views'

@@ -26,8 +26,8 @@ def _pipe(symmetric):
                                         heads=('pose',), pose_symmetric=symmetric, pnp_iterations=300))
 
 
-GATE_REASONS = {'not_better_than_chance', 'too_few_inliers', 'low_inlier_ratio', 'order_disagreement_rotation',
-                'order_disagreement_translation', 'implausible_motion'}
+GATE_REASONS = {'not_better_than_chance', 'dissimilar_views', 'too_few_inliers', 'low_inlier_ratio',
+                'order_disagreement_rotation', 'order_disagreement_translation', 'implausible_motion'}
 PNP_REASONS = {'non_finite_input', 'too_few_matches', 'degenerate_points', 'degenerate_pixels', 'pnp_failed',
                'non_finite_pose', 'cheirality'}
 

@@ -170,3 +170,61 @@ def test_zero_motion_contraction_measures_a_contracting_decoder():
     assert biased['pnp_forward_m_median'] < -0.1 and biased['pnp_moved_fraction'] == 1.0
     assert abs(clean['contraction']) < 0.01 and abs(clean['log_ratio_mean']) < 1e-3     # every pixel on itself
     assert abs(clean['pnp_forward_m_median']) < 0.02 and clean['pnp_moved_fraction'] == 0.0
+
+
+def _lookalike_set(rng, n=80):
+    """Motion pairs whose two orders agree, and unrelated pairs of look-alike scenes whose two orders agree as
+    well (geometry alone cannot reject them) but whose views are less alike (``view_similarity``)."""
+    recs = []
+    for _ in range(n):
+        gt = _T([rng.normal(0, 0.05), 0.0, rng.uniform(0.4, 1.0)], rng.normal(0, 1))
+        est = gt.copy()
+        est[:3, 3] += rng.normal(0, 0.02, 3)
+        r = _record('motion', gt, est, est, inliers=int(rng.integers(80, 150)))
+        r['view_similarity'] = float(rng.uniform(0.95, 0.99))
+        recs.append(r)
+        z = _record('zero', np.eye(4), np.eye(4), np.eye(4), inliers=300)
+        z['view_similarity'] = 1.0
+        recs.append(z)
+        fake = _T([0, 0, rng.uniform(0.1, 0.3)])
+        u = _record('unrelated', None, fake, fake, inliers=int(rng.integers(80, 150)))
+        u['view_similarity'] = float(rng.uniform(0.80, 0.95))
+        recs.append(u)
+    return recs
+
+
+def test_similarity_threshold_lets_the_allowed_number_of_unrelated_pairs_pass():
+    from realm_ros.miniature.pose_checks import similarity_threshold
+    u = np.linspace(0.5, 0.9, 80)                         # (k + 1) / 82 <= 0.05 allows k = 3 of 80 pairs
+    thr = similarity_threshold(u, 0.05)
+    assert int(np.sum(u >= thr)) == 3 and u[-4] < thr <= u[-4] + 1.1e-6
+    # the upper confidence bound allows fewer: at 95 %, 0 of 80 is a 3.7 % bound, 1 of 80 a 5.8 % bound
+    thr95 = similarity_threshold(u, 0.05, confidence=0.95)
+    assert int(np.sum(u >= thr95)) == 0 and thr95 > u[-1]
+    assert similarity_threshold(u, 1.0) == -1.0           # every pair may pass: no gate
+    assert similarity_threshold(u[:10], 0.05) > u[:10].max()        # 10 pairs cannot vouch for 5 %: none may pass
+    with pytest.raises(ValueError, match='finite'):
+        similarity_threshold(np.array([0.5, np.nan]))
+
+
+def test_calibration_adds_the_appearance_gate_where_geometry_lets_look_alike_scenes_through():
+    recs = _lookalike_set(np.random.default_rng(1))
+    grid = dict(min_inliers=(12, 100), min_inlier_ratio=(0.1,), max_order_rot_deg=(1.0, 1e9),
+                max_order_trans_ratio=(0.5, 1e9))
+    without = calibrate_gates(recs, 'symmetric', grid=grid, view_similarity_gate=False)
+    assert without['gates'].min_view_similarity == -1.0
+    # geometry alone: only the inlier count is left to reject the look-alike pairs, at the cost of most motion pairs
+    assert without['val']['event_event']['published_rate'] < 0.6
+    cal = calibrate_gates(recs, 'symmetric', grid=grid)
+    g = cal['gates']
+    assert 0.94 < g.min_view_similarity < 0.95 and g.publish
+    out = cal['val']['event_event']
+    assert out['false_positive_rate_unrelated'] <= 0.05
+    assert out['published_rate'] > 0.9                    # motion pairs look alike: nearly all are published
+    # the gate is applied by name: a record below the threshold is rejected as dissimilar views
+    from realm_ros.miniature.pose_checks import _estimate
+    low = next(r for r in recs if r['kind'] == 'unrelated' and r['view_similarity'] < 0.9)
+    assert _estimate(low, 'symmetric', g)[1] == 'dissimilar_views'
+    # records without the measure (collected before the gate existed) calibrate as before
+    old = [{k: v for k, v in r.items() if k != 'view_similarity'} for r in recs]
+    assert calibrate_gates(old, 'symmetric', grid=grid)['gates'] == without['gates']

@@ -33,7 +33,8 @@ def test_toy_recipe_ships_a_decoder_with_its_calibrated_gates(tmp_path):
     import pickle
     for part in ('val', 'test'):                                 # the per-pair records are kept for later studies
         recs = pickle.loads((tmp_path / 'work' / 'calibrate' / f'records_{part}.pkl').read_bytes())
-        assert len(recs) == trust['records'][part] and {'mode', 'kind', 'desc_conf', 'matches'} <= set(recs[0])
+        assert len(recs) == trust['records'][part]
+        assert {'mode', 'kind', 'desc_conf', 'matches', 'view_similarity'} <= set(recs[0])
     for mode, r in doc['test']['pose'].items():
         assert r['symmetric']['pairs'] == r['pairs'], mode
         assert 0.0 <= r['forward_sign_ok'] <= 1.0
