@@ -244,11 +244,12 @@ def test_decoder_checkpoint_carries_its_gates(tmp_path):
     for method in METHODS:
         recorded = doc['pose_trust'][method]['gates']
         assert set(shipped[method]) == {'rgb_rgb', 'event_event', 'rgb_event'} == set(recorded)
+        assert shipped[method]['event_event'].min_view_similarity > 0.9       # the appearance gate is calibrated
         for mode, gates in recorded.items():
             got = shipped[method][mode]
             assert got.publish == gates['publish'], (method, mode)
-            for k in ('min_inliers', 'min_inlier_ratio', 'max_order_rot_deg', 'max_order_trans_ratio',
-                      'covariance_scale'):
+            for k in ('min_inliers', 'min_inlier_ratio', 'min_view_similarity', 'max_order_rot_deg',
+                      'max_order_trans_ratio', 'covariance_scale'):
                 assert getattr(got, k) == pytest.approx(gates[k]), (method, mode, k)
             np.testing.assert_allclose(got.covariance_floor, gates['covariance_floor'], rtol=1e-6)
 
