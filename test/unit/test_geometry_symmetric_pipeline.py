@@ -42,10 +42,10 @@ def test_event_poses_go_through_the_decoders_calibrated_gates(chunks):
         outs = [pipe.process(c.events, 224, 224, sim.event_camera.K, c.t_end_ns) for c in cs]
         assert outs[0].pose is not None and outs[0].pose.new_keyframe          # first window: the keyframe
         diag = pipe.diagnostics()
-        published = [o for o in outs[1:] if o.pose is not None and not o.pose.new_keyframe]
+        published = [o for o in outs[1:] if o.pose is not None]    # (a published pose may also start a keyframe)
         rejected = {k.split('.', 1)[1]: v for k, v in diag.items() if k.startswith('pose_rejected.')}
         assert diag['pose_attempts'] == len(published) + sum(rejected.values()), (symmetric, diag)
-        assert rejected and set(rejected) <= GATE_REASONS | PNP_REASONS, rejected
+        assert set(rejected) <= GATE_REASONS | PNP_REASONS, rejected
         if not gates.publish:                          # this mode was not better than chance in calibration
             assert not published and set(rejected) == {'not_better_than_chance'}, (symmetric, rejected)
         else:
