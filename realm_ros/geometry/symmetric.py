@@ -34,7 +34,8 @@ from .pose import PnpParams, PoseResult
 from .relative_pose import MatchingParams, _pnp_on_device_gather, _sync
 
 __all__ = ['PoseGates', 'OrderAgreement', 'SymmetricPoseEstimate', 'decode_both_orders', 'symmetric_relative_pose',
-           'combine_orders', 'order_agreement', 'invert_pose_covariance', 'gate_pose', 'skew', 'gates_for_decoder']
+           'combine_orders', 'order_agreement', 'invert_pose_covariance', 'gate_pose', 'order_gate', 'skew',
+           'gates_for_decoder']
 
 
 @dataclass(frozen=True)
@@ -139,12 +140,9 @@ def gate_pose(direct: PoseResult, swapped: PoseResult, agreement: OrderAgreement
     if similarity is not None and gates.min_view_similarity > -1.0 and not similarity >= gates.min_view_similarity:
         return 'dissimilar_views'
     for res in (direct, swapped):
-        if not res.ok:
-            return res.reason
-        if res.num_inliers < gates.min_inliers:
-            return 'too_few_inliers'
-        if res.inlier_ratio < gates.min_inlier_ratio:
-            return 'low_inlier_ratio'
+        reason = order_gate(res, gates)
+        if reason:
+            return reason
     if agreement is not None:
         if agreement.rot_deg > gates.max_order_rot_deg:
             return 'order_disagreement_rotation'
@@ -152,6 +150,18 @@ def gate_pose(direct: PoseResult, swapped: PoseResult, agreement: OrderAgreement
             return 'order_disagreement_translation'
     if gates.max_translation_m > 0 and translation_m > gates.max_translation_m:
         return 'implausible_motion'
+    return ''
+
+
+def order_gate(res: PoseResult, gates: PoseGates) -> str:
+    """The gates one order's PnP result must pass on its own (solved, ``min_inliers``, ``min_inlier_ratio``): the
+    first failing one's reason, '' when it passes."""
+    if not res.ok:
+        return res.reason or 'pnp_failed'
+    if res.num_inliers < gates.min_inliers:
+        return 'too_few_inliers'
+    if res.inlier_ratio < gates.min_inlier_ratio:
+        return 'low_inlier_ratio'
     return ''
 
 
@@ -267,7 +277,11 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     and ``combine`` (seconds).
 
     The appearance gate comes first: when the views are less alike than ``gates.min_view_similarity`` the pair is
-    rejected as ``dissimilar_views`` without decoding (no matches, ``timings_s`` has only ``similarity``).
+    rejected as ``dissimilar_views`` without decoding (no matches, ``timings_s`` has only ``similarity``). When the
+    direct order alone already fails its gates (:func:`order_gate`: not solved, too few inliers, low inlier ratio)
+    the swapped order is not matched and solved: the estimate is rejected for the direct order's reason (``swapped``
+    is then a result with reason ``not_solved``). Published estimates are the same either way; only a rejection
+    whose two orders both fail may name the direct order's reason where it named the swapped order's before.
     """
     device = next(decoder.parameters()).device
     timings: dict[str, float] = {}
@@ -286,12 +300,18 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     _sync(device)
     t1 = time.perf_counter()
     direct, m_direct = _match_and_solve(kf_d, cur_d, K_cur, pnp, matching, timings, 'direct')
-    swapped, _ = _match_and_solve(cur_s, kf_s, keyframe.K, pnp, matching, timings, 'swapped')
+    early = order_gate(direct, gates) if gates.publish else ''
+    if early:
+        swapped = PoseResult(ok=False, reason='not_solved')
+    else:
+        swapped, _ = _match_and_solve(cur_s, kf_s, keyframe.K, pnp, matching, timings, 'swapped')
     t2 = time.perf_counter()
     timings.update(decoder=t1 - t0, matching_pnp=t2 - t1)
     agreement = None
     pose: PoseResult
-    if direct.ok and swapped.ok:
+    if early:
+        pose = replace(direct, ok=False, reason=early)
+    elif direct.ok and swapped.ok:
         T_a = direct.T_ref_cur
         T_b = swapped.T_cur_ref                   # the swapped order's reference is the current view
         agreement = order_agreement(T_a, T_b, gates.min_translation_m)

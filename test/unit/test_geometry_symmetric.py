@@ -331,3 +331,29 @@ def test_dissimilar_views_are_rejected_before_decoding():
     est = symmetric_relative_pose(dec, kf, near, (S, S), K, pnp=PNP, matching=MATCH, gates=gates)
     assert calls and est.view_similarity == pytest.approx(1.0) and est.pose.reason != 'dissimilar_views'
     assert gate_pose(est.direct, est.swapped, est.agreement, 0.1, gates, 0.5) == 'dissimilar_views'
+
+
+def test_swapped_order_is_not_solved_when_the_direct_order_already_fails_its_gates(monkeypatch):
+    """Same published outcome, less work: a direct order with too few inliers rejects the estimate before the
+    swapped order is matched and solved."""
+    import realm_ros.geometry.symmetric as sym_mod
+    solved = []
+    real = sym_mod._match_and_solve
+
+    def counting(*a, **kw):
+        solved.append(a[-1] if len(a) > 6 else kw.get('order'))
+        return real(*a, **kw)
+    monkeypatch.setattr(sym_mod, '_match_and_solve', counting)
+    dec = FakeDecoder([_pose(), _pose(1.0, (0.05, 0.0, 0.2))])
+    loose = PoseGates(max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
+    full = symmetric_relative_pose(dec, _kf(0), _tok(1), (S, S), K, pnp=PNP, matching=MATCH, gates=loose)
+    assert full.pose.ok and solved == ['direct', 'swapped']
+    n = full.direct.num_inliers
+    solved.clear()
+    strict = PoseGates(min_inliers=n + 1, max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
+    est = symmetric_relative_pose(dec, _kf(0), _tok(1), (S, S), K, pnp=PNP, matching=MATCH, gates=strict)
+    assert solved == ['direct'] and not est.pose.ok and est.pose.reason == 'too_few_inliers'
+    assert est.swapped.reason == 'not_solved' and est.matches.count == full.matches.count
+    np.testing.assert_array_equal(est.pose.inliers, full.direct.inliers)
+    # what the full computation would have said about the same pair
+    assert gate_pose(full.direct, full.swapped, full.agreement, 0.2, strict) == 'too_few_inliers'
