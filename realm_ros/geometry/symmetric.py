@@ -276,7 +276,8 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     ``timings_s`` has ``decoder``, ``matching_direct`` / ``matching_swapped``, ``pnp_direct`` / ``pnp_swapped``
     and ``combine`` (seconds).
 
-    The appearance gate comes first: when the views are less alike than ``gates.min_view_similarity`` the pair is
+    Tokens with NaN or infinite values are rejected as ``non_finite_input`` without decoding. The appearance gate
+    comes next: when the views are less alike than ``gates.min_view_similarity`` the pair is
     rejected as ``dissimilar_views`` without decoding (no matches, ``timings_s`` has only ``similarity``). When the
     direct order alone already fails its gates (:func:`order_gate`: not solved, too few inliers, low inlier ratio)
     the swapped order is not matched and solved: the estimate is rejected for the direct order's reason (``swapped``
@@ -286,14 +287,19 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     device = next(decoder.parameters()).device
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+
+    def rejected_early(reason: str, sim: float) -> SymmetricPoseEstimate:
+        rejected = PoseResult(ok=False, reason=reason)
+        none = ReciprocalMatches(np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64))
+        return SymmetricPoseEstimate(pose=rejected, direct=rejected, swapped=rejected, agreement=None, matches=none,
+                                     keyframe_id=keyframe.id, timings_s=timings, view_similarity=sim)
+    if not (bool(torch.isfinite(tokens).all()) and bool(torch.isfinite(keyframe.tokens).all())):
+        return rejected_early('non_finite_input', float('nan'))      # a broken model output: nothing to decode
     sim = view_similarity(keyframe.tokens, token_grid(keyframe.image_shape, keyframe.tokens), tokens,
                           token_grid(image_shape, tokens))
     timings['similarity'] = time.perf_counter() - t0
     if gates.publish and gates.min_view_similarity > -1.0 and not sim >= gates.min_view_similarity:
-        rejected = PoseResult(ok=False, reason='dissimilar_views')
-        none = ReciprocalMatches(np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64))
-        return SymmetricPoseEstimate(pose=rejected, direct=rejected, swapped=rejected, agreement=None, matches=none,
-                                     keyframe_id=keyframe.id, timings_s=timings, view_similarity=sim)
+        return rejected_early('dissimilar_views', sim)
     t0 = time.perf_counter()
     kf_d, cur_d, cur_s, kf_s = decode_both_orders(decoder, keyframe.tokens, tokens, keyframe.image_shape,
                                                   image_shape, view2_points=view2_points or keep_predictions)

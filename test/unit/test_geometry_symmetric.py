@@ -357,3 +357,18 @@ def test_swapped_order_is_not_solved_when_the_direct_order_already_fails_its_gat
     np.testing.assert_array_equal(est.pose.inliers, full.direct.inliers)
     # what the full computation would have said about the same pair
     assert gate_pose(full.direct, full.swapped, full.agreement, 0.2, strict) == 'too_few_inliers'
+
+
+def test_non_finite_tokens_are_rejected_without_decoding():
+    calls = []
+
+    class Counting(FakeDecoder):
+        def forward(self, t1, t2, shape1, shape2):
+            calls.append(1)
+            return super().forward(t1, t2, shape1, shape2)
+    dec = Counting([_pose(), _pose(1.0, (0.05, 0.0, 0.2))])
+    bad = _tok(1).clone()
+    bad[0, 2, 3] = float('nan')
+    est = symmetric_relative_pose(dec, _kf(0), bad, (S, S), K, pnp=PNP, matching=MATCH)
+    assert not est.pose.ok and est.pose.reason == 'non_finite_input' and calls == []
+    assert np.isnan(est.view_similarity) and est.matches.count == 0
