@@ -540,7 +540,7 @@ def collect_trust_records(models, val: Sequence, test: Sequence, gaps: Iterable[
 def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int] = (3, 6, 12), val_stride: int = 6,
                        test_stride: int = 3, extra_stride: int = 6, max_fp_rate: float = 0.05,
                        confidence: Optional[float] = None, records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
-                       log: Callable[[str], None] = _LOG.info) -> Dict[str, Any]:
+                       log: Callable[[str], None] = _LOG.info, view_similarity_gate: bool = True) -> Dict[str, Any]:
     """Calibrate the gates of the one-order (``direct``) and the symmetric estimate per mode on the validation
     sequences and score them on the test sequences (zero-motion, unrelated-scene and motion pairs).
 
@@ -559,7 +559,7 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
                                               'gates': {}, 'val': {}, 'test': {}}
         for mode in modes:                       # gates per modality (the node knows its keyframe source)
             cal = calibrate_gates([r for r in recs['val'] if r['mode'] == mode], method, max_fp_rate=max_fp_rate,
-                                  confidence=confidence)
+                                  confidence=confidence, view_similarity_gate=view_similarity_gate)
             g = cal['gates']
             assert isinstance(g, PoseGates)
             part['gates'][mode] = asdict(g)
@@ -574,6 +574,7 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
     summary['pair_gaps'] = list(gaps)
     summary['max_fp_rate'] = max_fp_rate
     summary['fp_confidence'] = confidence
+    summary['view_similarity_gate'] = view_similarity_gate
     return summary
 
 

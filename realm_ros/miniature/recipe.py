@@ -130,6 +130,7 @@ class CalibrateRecipe:
     test_stride: int = 3              # ... on test scenes (the accuracy pairs of ``evaluate``)
     extra_stride: int = 3             # zero-motion and unrelated-scene pairs every N frames
     max_fp_rate: float = 0.05
+    view_similarity_gate: bool = True  # calibrate the appearance gate (PoseGates.min_view_similarity) first
 
 
 @dataclass
@@ -468,7 +469,8 @@ class Recipe:
             records: Dict[str, List[Dict[str, Any]]] = {}
             summary = pose_trust_summary(self.models(), val, test, gaps=ev.pair_gaps, val_stride=c.val_stride,
                                          test_stride=c.test_stride, extra_stride=c.extra_stride,
-                                         max_fp_rate=c.max_fp_rate, records=records, log=self.log)
+                                         max_fp_rate=c.max_fp_rate, records=records, log=self.log,
+                                         view_similarity_gate=c.view_similarity_gate)
             # the per-pair records, for studying other gates or covariance models without re-running the decoder
             # (benchmarks/bench_pose_quality.py reads the same format)
             for part, recs in records.items():
