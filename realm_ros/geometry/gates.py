@@ -9,6 +9,8 @@ Gates are a property of a decoder: they are calibrated for one decoder on pairs 
 a decoder without calibration (e.g. the official DUNE-MASt3R) gets the defaults of :class:`PoseGates` (PnP's own
 checks plus order agreement).
 
+The appearance measure of the gate (:func:`view_similarity`, :func:`token_grid`) lives here too.
+
 ROS-free, numpy only.
 """
 from __future__ import annotations
@@ -38,8 +40,9 @@ class PoseGates:
 
     * ``min_view_similarity`` (``dissimilar_views``): :func:`view_similarity` of the keyframe's and the current
       view's decoder input tokens. An appearance check, calibrated on its own (on unrelated-scene validation pairs)
-      before the geometric gates: geometry alone let pairs of two look-alike streets through (order-agreement gates
-      that passed 1 of 160 unrelated validation pairs passed 12 of 60 unrelated test pairs). -1 disables it; the
+      before the geometric gates: geometry alone let pairs of two look-alike streets through (for a better-distilled
+      miniature student, gates that passed 1 of 160 unrelated validation pairs passed 12 of 60 unrelated test
+      pairs; models/README.md). -1 disables it; the
       symmetric estimate checks it before decoding, so a rejected pair costs no decoder pass.
     * ``min_inliers`` / ``min_inlier_ratio`` (``too_few_inliers`` / ``low_inlier_ratio``): PnP inliers of *each*
       order (PnP's own thresholds in :class:`PnpParams` still apply first).
