@@ -81,6 +81,8 @@ class PoseTracker:
         self._lock = threading.RLock()
         self._pending_image: Optional[Tuple[np.ndarray, np.ndarray, int]] = None
         self._reset_requested = False
+        # the newest view whose pose in the fixed frame is known: (tokens, cls, K, stamp, picture, T_fixed)
+        self._last_posed: Optional[Tuple[torch.Tensor, torch.Tensor, np.ndarray, int, Any, np.ndarray]] = None
         self.keyframes = KeyframeStore(pipeline._keyframe_policy(pipeline.config), device=pipeline.device)
 
     # ------------------------------------------------------------------------------------------------ control
@@ -93,6 +95,7 @@ class PoseTracker:
             self._reset_requested = False
             self.keyframes.clear()
             self._pending_image = None
+            self._last_posed = None
 
     def request_keyframe(self) -> None:
         self.keyframes.request_new()
@@ -239,9 +242,22 @@ class PoseTracker:
                                         keyframe_stamp_ns=kf.stamp_ns, num_matches=matches.count,
                                         num_inliers=result.num_inliers, new_keyframe=False,
                                         T_fixed=decision.T_fixed_cur)
+        if result.ok and decision.T_fixed_cur is not None and not image_source:
+            self._last_posed = (cur_tokens, cur_cls, K_model, stamp_ns, picture, decision.T_fixed_cur)
         if decision.add:
-            new = self._image_keyframe(None) if image_source else add_current(decision.T_fixed_cur)
-            if new is not None:
-                self._count('keyframe_reason.' + decision.reason.split(' ')[0])
-                if out.pose is not None:
-                    out.pose.new_keyframe = True
+            last = self._last_posed
+            if (not image_source and decision.T_fixed_cur is None and decision.reason.startswith('tracking_lost')
+                    and last is not None and last[3] > kf.stamp_ns):
+                # tracking lost: the newest view with a known fixed-frame pose becomes the keyframe (not the current
+                # one, whose pose is unknown), so later estimates against it still chain into pose.fixed_frame
+                self._last_posed = None
+                self._count('event_keyframes')
+                self._count('keyframe_reason.tracking_lost_last_posed')
+                store.add(last[0], last[1], size, last[2], last[3], source='events', T_fixed_kf=last[5],
+                          extras={'picture': last[4]})
+            else:
+                new = self._image_keyframe(None) if image_source else add_current(decision.T_fixed_cur)
+                if new is not None:
+                    self._count('keyframe_reason.' + decision.reason.split(' ')[0])
+                    if out.pose is not None:
+                        out.pose.new_keyframe = True
