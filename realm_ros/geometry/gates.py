@@ -88,6 +88,11 @@ class PoseGates:
             raise ValueError(f'PoseGates.covariance_floor must be (translation, rotation) or six per-axis values, '
                              f'finite and >= 0, got {self.covariance_floor!r}')
 
+    def views_differ(self, similarity: float) -> bool:
+        """True when ``similarity`` (:func:`view_similarity`) fails the appearance gate (NaN fails; never when the
+        gate is off, ``min_view_similarity`` -1)."""
+        return self.min_view_similarity > -1.0 and not similarity >= self.min_view_similarity
+
     @property
     def floor_diagonal(self) -> np.ndarray:
         """The covariance floor as a 6-vector (x, y, z, rx, ry, rz)."""

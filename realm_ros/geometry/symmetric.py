@@ -137,7 +137,7 @@ def gate_pose(direct: PoseResult, swapped: PoseResult, agreement: OrderAgreement
     None skips the appearance gate (callers that do not know it)."""
     if not gates.publish:
         return 'not_better_than_chance'
-    if similarity is not None and gates.min_view_similarity > -1.0 and not similarity >= gates.min_view_similarity:
+    if similarity is not None and gates.views_differ(similarity):
         return 'dissimilar_views'
     for res in (direct, swapped):
         reason = order_gate(res, gates)
@@ -298,7 +298,7 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     sim = view_similarity(keyframe.tokens, token_grid(keyframe.image_shape, keyframe.tokens), tokens,
                           token_grid(image_shape, tokens))
     timings['similarity'] = time.perf_counter() - t0
-    if gates.publish and gates.min_view_similarity > -1.0 and not sim >= gates.min_view_similarity:
+    if gates.publish and gates.views_differ(sim):
         return rejected_early('dissimilar_views', sim)
     t0 = time.perf_counter()
     kf_d, cur_d, cur_s, kf_s = decode_both_orders(decoder, keyframe.tokens, tokens, keyframe.image_shape,

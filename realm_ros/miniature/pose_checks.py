@@ -208,7 +208,7 @@ def _estimate(rec: Dict[str, Any], method: str, gates: PoseGates, pnp_direct_gat
     if not gates.publish:
         return False, 'not_better_than_chance', None, None, None
     sim = rec.get('view_similarity')                 # None in records collected before the appearance gate
-    if sim is not None and gates.min_view_similarity > -1.0 and not sim >= gates.min_view_similarity:
+    if sim is not None and gates.views_differ(sim):
         return False, 'dissimilar_views', None, None, None
     if method == 'direct':
         if not d['ok']:
@@ -477,8 +477,6 @@ def similarity_threshold(unrelated: np.ndarray, max_fp_rate: float = 0.05, confi
         k += 1
     if k >= n:
         return -1.0
-    if _fp_rate(k, n, confidence) > max_fp_rate:
-        k = 0                                        # not even 0 passes is provably enough: let none pass
     return float(min(1.0, (math.floor(u[k] * 1e6) + 1) / 1e6))
 
 

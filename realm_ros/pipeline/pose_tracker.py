@@ -81,8 +81,8 @@ class PoseTracker:
         self._lock = threading.RLock()
         self._pending_image: Optional[Tuple[np.ndarray, np.ndarray, int]] = None
         self._reset_requested = False
-        # the newest view whose pose in the fixed frame is known: (tokens, cls, K, stamp, picture, T_fixed)
-        self._last_posed: Optional[Tuple[torch.Tensor, torch.Tensor, np.ndarray, int, Any, np.ndarray]] = None
+        # the newest view whose pose in the fixed frame is known, and that pose
+        self._last_posed: Optional[Tuple[PoseInput, np.ndarray]] = None
         self.keyframes = KeyframeStore(pipeline._keyframe_policy(pipeline.config), device=pipeline.device)
 
     # ------------------------------------------------------------------------------------------------ control
@@ -182,10 +182,10 @@ class PoseTracker:
         sources = ('rgb',) if image_source else ('events',)
         first = len(store) == 0
 
-        def add_current(T_fixed: Optional[np.ndarray]) -> Any:
+        def add_current(T_fixed: Optional[np.ndarray], view: PoseInput = inp) -> Any:
             self._count('event_keyframes')
-            return store.add(cur_tokens, cur_cls, size, K_model, stamp_ns, source='events', T_fixed_kf=T_fixed,
-                             extras={'picture': picture})
+            return store.add(view.tokens, view.cls, size, view.K_model, view.stamp_ns, source='events',
+                             T_fixed_kf=T_fixed, extras={'picture': view.picture})
 
         kf = store.select(cur_cls, sources)
         if kf is None:
@@ -243,18 +243,16 @@ class PoseTracker:
                                         num_inliers=result.num_inliers, new_keyframe=False,
                                         T_fixed=decision.T_fixed_cur)
         if result.ok and decision.T_fixed_cur is not None and not image_source:
-            self._last_posed = (cur_tokens, cur_cls, K_model, stamp_ns, picture, decision.T_fixed_cur)
+            self._last_posed = (inp, decision.T_fixed_cur)
         if decision.add:
             last = self._last_posed
             if (not image_source and decision.T_fixed_cur is None and decision.reason.startswith('tracking_lost')
-                    and last is not None and last[3] > kf.stamp_ns):
+                    and last is not None and last[0].stamp_ns > kf.stamp_ns):
                 # tracking lost: the newest view with a known fixed-frame pose becomes the keyframe (not the current
                 # one, whose pose is unknown), so later estimates against it still chain into pose.fixed_frame
                 self._last_posed = None
-                self._count('event_keyframes')
+                add_current(last[1], view=last[0])
                 self._count('keyframe_reason.tracking_lost_last_posed')
-                store.add(last[0], last[1], size, last[2], last[3], source='events', T_fixed_kf=last[5],
-                          extras={'picture': last[4]})
             else:
                 new = self._image_keyframe(None) if image_source else add_current(decision.T_fixed_cur)
                 if new is not None:

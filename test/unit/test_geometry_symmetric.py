@@ -310,14 +310,21 @@ def test_view_similarity_keeps_the_layout_and_checks_its_input():
         PoseGates(min_view_similarity=1.5)
 
 
-def test_dissimilar_views_are_rejected_before_decoding():
-    calls = []
+class _CountingDecoder(FakeDecoder):
+    """FakeDecoder that records its calls (``calls``): shows whether a pair was decoded at all."""
 
-    class Counting(FakeDecoder):
-        def forward(self, t1, t2, shape1, shape2):
-            calls.append(1)
-            return super().forward(t1, t2, shape1, shape2)
-    dec = Counting([_pose(), _pose(1.0, (0.05, 0.0, 0.2))])
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls = []
+
+    def forward(self, t1, t2, shape1, shape2):
+        self.calls.append(1)
+        return super().forward(t1, t2, shape1, shape2)
+
+
+def test_dissimilar_views_are_rejected_before_decoding():
+    dec = _CountingDecoder([_pose(), _pose(1.0, (0.05, 0.0, 0.2))])
+    calls = dec.calls
     kf = Keyframe(id=0, source='events', tokens=torch.tensor([[[1.0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]]]),
                   cls=torch.zeros(3), image_shape=(S, S), K=K, stamp_ns=0)
     far = torch.tensor([[[0.0, 1, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]]])          # half of the layout differs
@@ -360,13 +367,8 @@ def test_swapped_order_is_not_solved_when_the_direct_order_already_fails_its_gat
 
 
 def test_non_finite_tokens_are_rejected_without_decoding():
-    calls = []
-
-    class Counting(FakeDecoder):
-        def forward(self, t1, t2, shape1, shape2):
-            calls.append(1)
-            return super().forward(t1, t2, shape1, shape2)
-    dec = Counting([_pose(), _pose(1.0, (0.05, 0.0, 0.2))])
+    dec = _CountingDecoder([_pose(), _pose(1.0, (0.05, 0.0, 0.2))])
+    calls = dec.calls
     bad = _tok(1).clone()
     bad[0, 2, 3] = float('nan')
     est = symmetric_relative_pose(dec, _kf(0), bad, (S, S), K, pnp=PNP, matching=MATCH)
