@@ -230,16 +230,32 @@ def play_bag(bag: str, topics: Dict[str, str], stop: threading.Event, node: Any,
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
 
-    from realm_ros.events.bagio import iter_bag_messages
-    from realm_ros.nodes.conversions import bytes_to_uint8_array, ns_to_stamp, stamp_to_ns
+    from realm_ros.nodes.participant import OwnParticipantNode
 
     kinds = {topics['events']: (EventPacket, qos_profile_sensor_data)}
     if topics.get('camera_info'):
         kinds[topics['camera_info']] = (CameraInfo, 10)
     if topics.get('image'):
         kinds[topics['image']] = (Image, 10)
-    pubs = {t: node.create_publisher(cls, f'{NAMESPACE}/play{t}' if not t.startswith('/') else f'{NAMESPACE}{t}', q)
-            for t, (cls, q) in kinds.items()}
+    # the event packets in a DDS participant of their own, so that images cannot push them out of the shared-memory
+    # transport's buffers before the node reads them (see realm_ros.nodes.participant)
+    events_node = OwnParticipantNode(f'{node.get_name()}_events', domain_id=node.context.get_domain_id())
+    try:
+        pubs = {t: (events_node.node if cls is EventPacket else node).create_publisher(
+                    cls, f'{NAMESPACE}/play{t}' if not t.startswith('/') else f'{NAMESPACE}{t}', q)
+                for t, (cls, q) in kinds.items()}
+        _replay(bag, kinds, pubs, stop, rate)
+    finally:
+        events_node.close()
+
+
+def _replay(bag: str, kinds: Dict[str, Any], pubs: Dict[str, Any], stop: threading.Event, rate: float) -> None:
+    from event_camera_msgs.msg import EventPacket
+    from sensor_msgs.msg import Image
+
+    from realm_ros.events.bagio import iter_bag_messages
+    from realm_ros.nodes.conversions import bytes_to_uint8_array, ns_to_stamp, stamp_to_ns
+
     t0_wall = time.time_ns()
     t0_bag = None
     for topic, _msgtype, _t, m in iter_bag_messages(bag, topics=list(kinds)):

@@ -36,6 +36,7 @@ defaults also in ``config/sim_camera.yaml``): ``seed``, ``width``, ``height``, `
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -56,6 +57,7 @@ from ..sim.params import SIM_PARAMETERS, SimParam, check_values, sim_config_from
 from ..sim.replay import Replayer
 from ..sim.sequence import cache_path
 from .conversions import camera_info_from_intrinsics, image_from_array, make_header
+from .participant import EVENTS_SHM_SEGMENT_BYTES, OwnParticipantNode, shm_profile_skipped, use_large_shm_segment
 from .qos import events_qos, qos_from_name
 from .sim_messages import PacketSerializer, SerializedPacket
 
@@ -94,7 +96,12 @@ class SimCameraNode(Node):
         reliable = qos_from_name('reliable', 10)
         from event_camera_msgs.msg import EventPacket
         from sensor_msgs.msg import CameraInfo, Image
-        self.pub_events = self.create_publisher(EventPacket, _rel(T.EVENTS_TOPIC), events_qos())
+        # the packets in a DDS participant of their own, so that the images cannot push them out of the shared-
+        # memory transport's buffers before a busy subscriber reads them (see realm_ros.nodes.participant)
+        self._events = OwnParticipantNode(f'{self.get_name()}_events', self.get_namespace(),
+                                          self.context.get_domain_id())
+        self.pub_events = self._events.node.create_publisher(
+            EventPacket, self.resolve_topic_name(_rel(T.EVENTS_TOPIC)), events_qos())
         self.pub_rgb = self.create_publisher(Image, _rel(T.RGB_IMAGE_TOPIC), reliable)
         self.pub_rgb_info = self.create_publisher(CameraInfo, _rel(T.RGB_CAMERA_INFO_TOPIC), reliable)
         self.pub_ev_info = self.create_publisher(CameraInfo, _rel(T.EVENT_CAMERA_INFO_TOPIC), reliable)
@@ -126,6 +133,12 @@ class SimCameraNode(Node):
         for spec in SIM_PARAMETERS:
             values[spec.name] = self.declare_parameter(spec.name, spec.default, parameter_descriptor(spec)).value
         return check_values(values)
+
+    def destroy_node(self) -> None:
+        try:
+            self._events.close()
+        finally:
+            super().destroy_node()
 
     def _make_tf_publisher(self):
         try:
@@ -367,11 +380,15 @@ def main(args: list[str] | None = None, exit_process: bool = True) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
     from rclpy.signals import SignalHandlerOptions
+    shm_profile = use_large_shm_segment()     # before the first participant: a 16 MB shared-memory segment
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     rc = 0
     try:
         node = SimCameraNode()
+        node.get_logger().info(
+            f'Fast DDS shared-memory segment {EVENTS_SHM_SEGMENT_BYTES >> 20} MB ({shm_profile})' if shm_profile else
+            f'DDS transports left as configured ({shm_profile_skipped(os.environ)})')
         node.start()
         executor = rclpy.executors.SingleThreadedExecutor()
         executor.add_node(node)
