@@ -1,13 +1,14 @@
 """Choosing the torch device from a user's setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``xpu``)."""
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
 
 from .errors import RealmError
 
-__all__ = ['DeviceError', 'resolve_device']
+__all__ = ['DeviceError', 'cpu_has_native_bf16', 'resolve_device']
 
 
 class DeviceError(RealmError, ValueError):
@@ -51,3 +52,21 @@ def resolve_device(requested: Optional[str], *, local_rank: Optional[int] = None
     elif dev.type not in ('cpu', 'mps', 'xpu'):
         raise DeviceError(f'unsupported device {requested!r}')
     return dev, None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16(cpuinfo: str = '/proc/cpuinfo') -> bool:
+    """Whether this CPU computes bfloat16 dot products in hardware (x86 ``avx512_bf16`` or ``amx_bf16``, as Linux
+    reports them) and torch's oneDNN backend can use them. Elsewhere (other CPUs, other systems) False: oneDNN would
+    emulate bfloat16, which is slower than float32."""
+    try:
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return False
+        with open(cpuinfo) as fh:
+            for line in fh:
+                if line.startswith('flags'):
+                    flags = set(line.split(':', 1)[1].split())
+                    return bool(flags & {'avx512_bf16', 'amx_bf16'})
+    except (OSError, AttributeError, RuntimeError):
+        pass
+    return False

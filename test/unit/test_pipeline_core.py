@@ -223,3 +223,35 @@ def test_pipeline_over_modules_built_in_memory(windows):
     bad.seg_head = build_random_tiny_modules().seg_head                    # expects 256-d features
     with pytest.raises(PipelineConfigError, match='in-memory segmentation head.*256-d features.*128'):
         RealmPipeline.from_modules(bad)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# precision on the CPU: fp32 unless asked; bf16 warns where the processor does not have it
+
+def test_cpu_precision_choices(monkeypatch):
+    import realm_ros.pipeline.core as core
+    cpu = torch.device('cpu')
+    for native in (True, False):
+        monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda native=native: native)
+        assert core.resolve_precision('auto', cpu) == (None, None)       # fp32: the pose estimates depend on it
+        assert core.resolve_precision('fp32', cpu) == (None, None)
+        dtype, warning = core.resolve_precision('bf16', cpu)
+        assert dtype is torch.bfloat16
+        assert (warning is None) is native and (native or 'emulated and slower than fp32' in warning)
+        dtype, warning = core.resolve_precision('fp16', cpu)
+        assert dtype is None and 'fp16 is not supported for CPU' in warning
+    with pytest.raises(core.PipelineConfigError, match="invalid precision 'int8'"):
+        core.resolve_precision('int8', cpu)
+
+
+@pytest.mark.parametrize('flags, native', [('fpu avx512f avx512_bf16 avx512_vnni', True),
+                                           ('fpu avx512f amx_bf16 amx_tile', True),
+                                           ('fpu avx2 avx512f avx512bw', False)])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    from realm_ros.common.device import cpu_has_native_bf16
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this torch build's oneDNN has no bf16 support")
+    info = tmp_path / 'cpuinfo'
+    info.write_text(f'processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n')
+    assert cpu_has_native_bf16(str(info)) is native
+    assert cpu_has_native_bf16(str(tmp_path / 'missing')) is False
