@@ -49,6 +49,9 @@ def test_sim_node_publishes_events_and_frames(child_env, tmp_path):
             if len(packets) >= 450 and len(images) >= 14 and infos and depths and poses and \
                     any(float(d['sensor_s']) > 0.5 for d in diags):
                 break
+        # the packets come from a DDS participant of their own (named after the node), the images from the node's
+        ev_pubs = node.get_publishers_info_by_topic(ns + T.EVENTS_TOPIC)
+        img_pubs = node.get_publishers_info_by_topic(ns + T.RGB_IMAGE_TOPIC)
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
@@ -60,6 +63,10 @@ def test_sim_node_publishes_events_and_frames(child_env, tmp_path):
             proc.kill()
             out, _ = proc.communicate()
     assert len(packets) >= 450 and len(images) >= 14, f'packets {len(packets)}, images {len(images)}\n{out}'
+    assert [(p.node_name, p.node_namespace) for p in ev_pubs] == [(f'{node_name}_events', ns)], ev_pubs
+    assert [p.node_name for p in img_pubs] == [node_name], img_pubs
+    # an endpoint GID starts with its participant's GUID prefix (12 bytes)
+    assert bytes(ev_pubs[0].endpoint_gid[:12]) != bytes(img_pubs[0].endpoint_gid[:12])
     assert proc.returncode == 0, out
     assert infos and depths and poses, out
     # /diagnostics: publishing figures and the lateness bookkeeping (late = more than one packet period, 1 ms)
