@@ -81,7 +81,7 @@ def use_large_shm_segment(size_bytes: int = EVENTS_SHM_SEGMENT_BYTES,
     (no multicast discovery, 127.0.0.1 as the initial peer) and the range becomes ``SYSTEM_DEFAULT``, so that rmw
     uses the profile as it is (for LOCALHOST it would add transports of its own to it). Returns the profile's path,
     or None (with nothing changed) when the RMW is not Fast DDS, a Fast DDS profile, builtin-transport choice or
-    static peers are configured, ``ROS_LOCALHOST_ONLY=1`` or discovery is off."""
+    static peers are configured, ``ROS_LOCALHOST_ONLY=1``, discovery is off, or the file cannot be written."""
     env = os.environ if environ is None else environ
     reason = shm_profile_skipped(env)
     if reason is not None:
@@ -98,9 +98,12 @@ def use_large_shm_segment(size_bytes: int = EVENTS_SHM_SEGMENT_BYTES,
         same = False
     if not same:
         tmp = f'{path}.{os.getpid()}'
-        with open(tmp, 'w') as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, 'w') as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except OSError:                 # a read-only or full temporary directory: run with the defaults
+            return None
     env['FASTDDS_DEFAULT_PROFILES_FILE'] = path
     if localhost:
         env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'SYSTEM_DEFAULT'

@@ -388,7 +388,7 @@ def main(args: list[str] | None = None, exit_process: bool = True) -> int:
         node = SimCameraNode()
         node.get_logger().info(
             f'Fast DDS shared-memory segment {EVENTS_SHM_SEGMENT_BYTES >> 20} MB ({shm_profile})' if shm_profile else
-            f'DDS transports left as configured ({shm_profile_skipped(os.environ)})')
+            f'DDS transports left as configured ({shm_profile_skipped(os.environ) or "profile not writable"})')
         node.start()
         executor = rclpy.executors.SingleThreadedExecutor()
         executor.add_node(node)

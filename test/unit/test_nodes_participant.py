@@ -66,3 +66,9 @@ def test_nothing_configured_is_not_skipped():
     assert shm_profile_skipped({}) is None
     assert shm_profile_skipped({'RMW_IMPLEMENTATION': 'rmw_fastrtps_dynamic_cpp',
                                 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'}) is None
+
+
+def test_an_unwritable_temporary_directory_leaves_the_defaults(tmp_path, monkeypatch):
+    monkeypatch.setattr('tempfile.tempdir', str(tmp_path / 'does_not_exist'))
+    env = {}
+    assert use_large_shm_segment(environ=env) is None and env == {}
