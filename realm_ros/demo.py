@@ -33,8 +33,8 @@ from typing import Any, Deque, Dict, List, Optional
 import numpy as np
 
 from .demo_panel import write_panel
-from .demo_scores import (Received, latency_by_output, latency_summary, packet_loss, pose_outcomes,
-                          score)
+from .demo_scores import (Received, latency_by_output, latency_summary, packet_loss, pose_outcomes, score,
+                          simulator_publishing, simulator_status)
 
 NAMESPACE = '/realm_demo'
 NODE = 'perception_node'
@@ -153,7 +153,7 @@ def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str,
     def diag_cb(msg: DiagnosticArray) -> None:
         with rec.lock:
             for status in msg.status:
-                if status.name.startswith(NODE) or NODE in status.name:
+                if status.name.startswith(NODE) or NODE in status.name or 'sim_event_camera' in status.name:
                     rec.diagnostics[status.name] = diagnostic_values(status)
 
     def events_cb(msg: EventPacket) -> None:
@@ -407,6 +407,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             rec.pose.clear()
         t_rec = time.monotonic()
         packets0 = packet_loss(rec.diagnostics)['received']
+        sim0 = simulator_status(rec.diagnostics)
         while time.monotonic() - t_rec < args.duration:
             time.sleep(1.0)
             elapsed = time.monotonic() - t_rec
@@ -439,6 +440,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             'latency_ms_end_to_end': latency_summary(rec),
             'latency_ms_by_output': latency_by_output(rec),
             'event_packets': packet_loss(rec.diagnostics),
+            'simulator_publishing': simulator_publishing(sim0, simulator_status(rec.diagnostics)),
             'pose_outcomes': pose_outcomes(rec.diagnostics),
             'node_diagnostics': rec.diagnostics,
             **scores,
@@ -475,6 +477,11 @@ def _print_summary(s: Dict[str, Any], out_dir: Path) -> None:
     if pk.get('sent'):
         print(f"  event packets: {pk['received']} received, {pk['lost']} lost "
               f"({100.0 * pk['lost'] / pk['sent']:.2f} %, sequence gaps seen by the node)")
+    sp = s.get('simulator_publishing', {})
+    if sp.get('packets'):
+        print(f"  simulator: {sp['packets']} packets published, {sp['late_publishes']} later than one packet period "
+              f"({100.0 * sp['late_fraction']:.2f} %; largest lag since its start "
+              f"{sp['max_lag_ms_since_start']:.0f} ms)")
     d = s.get('depth', {})
     if d.get('frames_scored'):
         print('  depth abs error: ' + ', '.join(f'{k} {v:.2f} m' for k, v in d.items()

@@ -146,3 +146,27 @@ def packet_loss(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, int]:
     ev = next((v for k, v in diagnostics.items() if k.endswith(': events')), {})
     got, lost = int(float(ev.get('packets', 0))), int(float(ev.get('dropped_packets', 0)))
     return {'received': got, 'lost': lost, 'sent': got + lost}
+
+
+def simulator_status(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, str]:
+    """The newest /diagnostics values of ``sim_event_camera`` (empty when it reported none)."""
+    return dict(next((v for k, v in diagnostics.items() if k.endswith(': simulated event camera')), {}))
+
+
+def simulator_publishing(before: Dict[str, str], after: Dict[str, str]) -> Dict[str, Any]:
+    """What the simulator published between two of its /diagnostics reports: packets, publications later than one
+    packet period (its real-time figure), and the largest lag since it started (empty without a report)."""
+    if not after:
+        return {}
+
+    def num(d: Dict[str, str], key: str) -> float:
+        try:
+            return float(d.get(key, 0.0))
+        except (TypeError, ValueError):
+            return 0.0
+
+    packets = int(num(after, 'packets') - num(before, 'packets'))
+    late = int(num(after, 'late_publishes') - num(before, 'late_publishes'))
+    return {'packets': packets, 'late_publishes': late, 'late_fraction': late / packets if packets > 0 else 0.0,
+            'max_lag_ms_since_start': num(after, 'max_lag_ms'),
+            'process_cpu_ms_per_sensor_s': num(after, 'process_cpu_ms_per_sensor_s')}

@@ -46,3 +46,18 @@ def test_pose_outcomes_from_diagnostics():
             'realm: events': {'packets': '100'}, 'realm: other': {'pose_without_keyframe': 'n/a'}}
     assert pose_outcomes(diag) == {'pose_attempts': 12, 'pose_rejected.not_better_than_chance': 9,
                                    'pose_rejected.too_few_inliers': 3}
+
+
+def test_simulator_publishing_counts_the_recording_only():
+    from realm_ros.demo_scores import simulator_publishing, simulator_status
+    start = {'/realm_demo/sim_event_camera: simulated event camera': {'packets': '5000', 'late_publishes': '40',
+                                                                     'max_lag_ms': '120.5'},
+             '/realm_demo/perception_node: events': {'packets': '4990'}}
+    end = {'/realm_demo/sim_event_camera: simulated event camera': {'packets': '25000', 'late_publishes': '60',
+                                                                   'max_lag_ms': '130.0',
+                                                                   'process_cpu_ms_per_sensor_s': '210.5'}}
+    s = simulator_publishing(simulator_status(start), simulator_status(end))
+    assert s == {'packets': 20000, 'late_publishes': 20, 'late_fraction': 0.001, 'max_lag_ms_since_start': 130.0,
+                 'process_cpu_ms_per_sensor_s': 210.5}
+    assert simulator_publishing({}, simulator_status({'x: events': {}})) == {}          # no simulator (a bag)
+    assert simulator_publishing({}, {'packets': 'n/a'})['packets'] == 0
