@@ -21,6 +21,7 @@ activates itself unless ``autostart`` is false).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -42,6 +43,7 @@ from realm_ros.nodes import conversions as conv
 from realm_ros.nodes.diagnostics import node_statuses
 from realm_ros.nodes.intake import EventIntake, make_executor
 from realm_ros.nodes.parameters import descriptor
+from realm_ros.nodes.participant import SHM_SEGMENT_BYTES, shm_profile_skipped, use_large_shm_segment
 from realm_ros.nodes.messages import OutputPublisher, RosLogHandler, rgb8_from_image
 from realm_ros.nodes.process_exit import end_process
 from realm_ros.nodes.qos import events_qos, qos_from_name, sensor_input_qos
@@ -318,9 +320,15 @@ def main(args: Optional[List[str]] = None) -> int:
             end_process(0)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # a 16 MB Fast DDS shared-memory segment: one window's outputs (~0.6 MB at 224 x 224, several MB at 640 x 480)
+    # overflow the default 512 KB, and a reliable subscriber (RViz) then waits for retransmissions
+    shm_profile = use_large_shm_segment()
     rclpy.init(args=args)
     sys.setswitchinterval(0.0005)    # the events callback gets the GIL within 0.5 ms of asking, whatever workers do
     node = PerceptionNode()
+    node.get_logger().info(
+        f'Fast DDS shared-memory segment {SHM_SEGMENT_BYTES >> 20} MB ({shm_profile})' if shm_profile else
+        f'DDS transports left as configured ({shm_profile_skipped(os.environ) or "profile not writable"})')
     executor = make_executor()
     executor.add_node(node)
     code = 0

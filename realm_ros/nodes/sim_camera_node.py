@@ -57,7 +57,7 @@ from ..sim.params import SIM_PARAMETERS, SimParam, check_values, sim_config_from
 from ..sim.replay import Replayer
 from ..sim.sequence import cache_path
 from .conversions import camera_info_from_intrinsics, image_from_array, make_header
-from .participant import EVENTS_SHM_SEGMENT_BYTES, OwnParticipantNode, shm_profile_skipped, use_large_shm_segment
+from .participant import SHM_SEGMENT_BYTES, OwnParticipantNode, shm_profile_skipped, use_large_shm_segment
 from .qos import events_qos, qos_from_name
 from .sim_messages import PacketSerializer, SerializedPacket
 
@@ -387,7 +387,7 @@ def main(args: list[str] | None = None, exit_process: bool = True) -> int:
     try:
         node = SimCameraNode()
         node.get_logger().info(
-            f'Fast DDS shared-memory segment {EVENTS_SHM_SEGMENT_BYTES >> 20} MB ({shm_profile})' if shm_profile else
+            f'Fast DDS shared-memory segment {SHM_SEGMENT_BYTES >> 20} MB ({shm_profile})' if shm_profile else
             f'DDS transports left as configured ({shm_profile_skipped(os.environ) or "profile not writable"})')
         node.start()
         executor = rclpy.executors.SingleThreadedExecutor()

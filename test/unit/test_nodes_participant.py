@@ -3,7 +3,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from realm_ros.nodes.participant import EVENTS_SHM_SEGMENT_BYTES, shm_profile_skipped, use_large_shm_segment
+from realm_ros.nodes.participant import SHM_SEGMENT_BYTES, shm_profile_skipped, use_large_shm_segment
 
 NS = {'f': 'http://www.eprosima.com'}
 
@@ -21,7 +21,7 @@ def test_default_range_gets_a_large_segment_and_both_builtin_transports(tmp_path
     path = use_large_shm_segment(environ=env)
     assert path is not None and env['FASTDDS_DEFAULT_PROFILES_FILE'] == path and path.startswith(str(tmp_path))
     root, size, part = _profile(path)
-    assert size == EVENTS_SHM_SEGMENT_BYTES == 16 * 1024 * 1024
+    assert size == SHM_SEGMENT_BYTES == 16 * 1024 * 1024
     assert part.get('is_default_profile') == 'true'
     types = [t.text for t in root.findall('.//f:transport_descriptor/f:type', NS)]
     assert types == ['SHM', 'UDPv4']
