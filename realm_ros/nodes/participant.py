@@ -165,3 +165,11 @@ class OwnParticipantNode:
                 destroy = getattr(self.context, 'destroy', None)
                 if destroy is not None:     # finalises the participant: its shared-memory files are unlinked
                     destroy()
+
+
+def transport_summary(profile: Optional[str], environ: Optional[Mapping[str, str]] = None) -> str:
+    """One log line on what :func:`use_large_shm_segment` did (``profile``: its return value)."""
+    if profile:
+        return f'Fast DDS shared-memory segment {SHM_SEGMENT_BYTES >> 20} MB ({profile})'
+    reason = shm_profile_skipped(os.environ if environ is None else environ) or 'the profile could not be written'
+    return f'DDS transports left as configured ({reason})'

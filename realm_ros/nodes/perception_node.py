@@ -21,7 +21,6 @@ activates itself unless ``autostart`` is false).
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
@@ -43,7 +42,7 @@ from realm_ros.nodes import conversions as conv
 from realm_ros.nodes.diagnostics import node_statuses
 from realm_ros.nodes.intake import EventIntake, make_executor
 from realm_ros.nodes.parameters import descriptor
-from realm_ros.nodes.participant import SHM_SEGMENT_BYTES, shm_profile_skipped, use_large_shm_segment
+from realm_ros.nodes.participant import transport_summary, use_large_shm_segment
 from realm_ros.nodes.messages import OutputPublisher, RosLogHandler, rgb8_from_image
 from realm_ros.nodes.process_exit import end_process
 from realm_ros.nodes.qos import events_qos, qos_from_name, sensor_input_qos
@@ -326,9 +325,7 @@ def main(args: Optional[List[str]] = None) -> int:
     rclpy.init(args=args)
     sys.setswitchinterval(0.0005)    # the events callback gets the GIL within 0.5 ms of asking, whatever workers do
     node = PerceptionNode()
-    node.get_logger().info(
-        f'Fast DDS shared-memory segment {SHM_SEGMENT_BYTES >> 20} MB ({shm_profile})' if shm_profile else
-        f'DDS transports left as configured ({shm_profile_skipped(os.environ) or "profile not writable"})')
+    node.get_logger().info(transport_summary(shm_profile))
     executor = make_executor()
     executor.add_node(node)
     code = 0

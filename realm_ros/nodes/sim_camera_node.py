@@ -36,7 +36,6 @@ defaults also in ``config/sim_camera.yaml``): ``seed``, ``width``, ``height``, `
 """
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -57,7 +56,7 @@ from ..sim.params import SIM_PARAMETERS, SimParam, check_values, sim_config_from
 from ..sim.replay import Replayer
 from ..sim.sequence import cache_path
 from .conversions import camera_info_from_intrinsics, image_from_array, make_header
-from .participant import SHM_SEGMENT_BYTES, OwnParticipantNode, shm_profile_skipped, use_large_shm_segment
+from .participant import OwnParticipantNode, transport_summary, use_large_shm_segment
 from .qos import events_qos, qos_from_name
 from .sim_messages import PacketSerializer, SerializedPacket
 
@@ -386,9 +385,7 @@ def main(args: list[str] | None = None, exit_process: bool = True) -> int:
     rc = 0
     try:
         node = SimCameraNode()
-        node.get_logger().info(
-            f'Fast DDS shared-memory segment {SHM_SEGMENT_BYTES >> 20} MB ({shm_profile})' if shm_profile else
-            f'DDS transports left as configured ({shm_profile_skipped(os.environ) or "profile not writable"})')
+        node.get_logger().info(transport_summary(shm_profile))
         node.start()
         executor = rclpy.executors.SingleThreadedExecutor()
         executor.add_node(node)

@@ -72,3 +72,11 @@ def test_an_unwritable_temporary_directory_leaves_the_defaults(tmp_path, monkeyp
     monkeypatch.setattr('tempfile.tempdir', str(tmp_path / 'does_not_exist'))
     env = {}
     assert use_large_shm_segment(environ=env) is None and env == {}
+
+
+def test_transport_summary_says_what_was_done():
+    from realm_ros.nodes.participant import transport_summary
+    assert transport_summary('/tmp/x.xml', {}) == 'Fast DDS shared-memory segment 16 MB (/tmp/x.xml)'
+    assert transport_summary(None, {'RMW_IMPLEMENTATION': 'rmw_zenoh_cpp'}) == \
+        'DDS transports left as configured (RMW_IMPLEMENTATION=rmw_zenoh_cpp)'
+    assert transport_summary(None, {}) == 'DDS transports left as configured (the profile could not be written)'
