@@ -87,7 +87,8 @@ def use_large_shm_segment(size_bytes: int = SHM_SEGMENT_BYTES,
     (no multicast discovery, 127.0.0.1 as the initial peer) and the range becomes ``SYSTEM_DEFAULT``, so that rmw
     uses the profile as it is (for LOCALHOST it would add transports of its own to it). Returns the profile's path,
     or None (with nothing changed) when the RMW is not Fast DDS, a Fast DDS profile, builtin-transport choice or
-    static peers are configured, ``ROS_LOCALHOST_ONLY=1``, discovery is off, or the file cannot be written."""
+    static peers are configured, ``ROS_LOCALHOST_ONLY=1``, discovery is off, ``/dev/shm`` has less than
+    :data:`SHM_MIN_FREE_BYTES` free (Docker's default 64 MB would fill up), or the file cannot be written."""
     env = os.environ if environ is None else environ
     reason = shm_profile_skipped(env)
     if reason is not None:
@@ -130,7 +131,23 @@ def shm_profile_skipped(env: Mapping[str, str]) -> Optional[str]:
         return 'ROS_STATIC_PEERS is set'
     if env.get('ROS_AUTOMATIC_DISCOVERY_RANGE', '').upper() not in ('', 'SUBNET', 'SYSTEM_DEFAULT', 'LOCALHOST'):
         return f'ROS_AUTOMATIC_DISCOVERY_RANGE={env["ROS_AUTOMATIC_DISCOVERY_RANGE"]}'
+    free = shm_free_bytes()
+    if free is not None and free < SHM_MIN_FREE_BYTES:
+        return f'/dev/shm has {free >> 20} MB free (a container\'s default 64 MB?)'
     return None
+
+
+#: Free space ``/dev/shm`` must have for the large segment (a few processes' segments; Docker's default is 64 MB).
+SHM_MIN_FREE_BYTES = 8 * SHM_SEGMENT_BYTES
+
+
+def shm_free_bytes(path: str = '/dev/shm') -> Optional[int]:
+    """Free bytes of the shared-memory file system (None where there is none, e.g. not Linux)."""
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return int(st.f_bavail) * int(st.f_frsize)
 
 
 class OwnParticipantNode:

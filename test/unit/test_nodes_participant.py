@@ -80,3 +80,13 @@ def test_transport_summary_says_what_was_done():
     assert transport_summary(None, {'RMW_IMPLEMENTATION': 'rmw_zenoh_cpp'}) == \
         'DDS transports left as configured (RMW_IMPLEMENTATION=rmw_zenoh_cpp)'
     assert transport_summary(None, {}) == 'DDS transports left as configured (the profile could not be written)'
+
+
+def test_a_small_dev_shm_leaves_the_defaults(monkeypatch):
+    import realm_ros.nodes.participant as participant
+    monkeypatch.setattr(participant, 'shm_free_bytes', lambda path='/dev/shm': 64 << 20)
+    env = {}
+    assert participant.shm_profile_skipped(env) == "/dev/shm has 64 MB free (a container's default 64 MB?)"
+    assert participant.use_large_shm_segment(environ=env) is None and env == {}
+    monkeypatch.setattr(participant, 'shm_free_bytes', lambda path='/dev/shm': None)      # no /dev/shm at all
+    assert participant.shm_profile_skipped({}) is None
