@@ -336,9 +336,16 @@ def test_lifecycle_deactivate_cleanup_and_restart(node, probe, packets):
     assert probe.wait_for(lambda: len(probe.messages('depth')) > 0, 60), node.output[-3000:]
 
 
+def _fastdds_segments() -> set:
+    """Fast DDS shared-memory segments on this host (``fastdds_<16 hex digits>``)."""
+    import re
+    return {n for n in os.listdir('/dev/shm') if re.fullmatch(r'fastdds_[0-9a-f]{16}', n)}
+
+
 def test_missing_checkpoint_refuses_to_start_and_names_the_file(checkpoints, tmp_path):
     missing = tmp_path / 'no_such_realm.safetensors'
     params = write_params(tmp_path / 'p.yaml', checkpoints, **{'checkpoints.realm': str(missing)})
+    before = _fastdds_segments() if os.path.isdir('/dev/shm') else set()
     proc = NodeProcess(f'{NAME}_nockpt', [params], {})
     try:
         proc.proc.wait(timeout=120)
@@ -346,6 +353,11 @@ def test_missing_checkpoint_refuses_to_start_and_names_the_file(checkpoints, tmp
         code = proc.stop()
     assert code == 1, proc.output
     assert str(missing) in proc.output and 'cannot configure' in proc.output
+    # a clean exit: no traceback (rclpy called the result of a shutdown lambda), and the DDS participant finalised
+    # (rclpy's LifecycleNode kept it alive and Fast DDS left a shared-memory segment behind at every exit)
+    assert 'Traceback' not in proc.output, proc.output
+    if os.path.isdir('/dev/shm'):
+        assert not _fastdds_segments() - before, 'the node left a Fast DDS shared-memory segment behind'
 
 
 def test_checkpoint_paths_resolve_home_variables_and_package_urls(monkeypatch):
