@@ -35,7 +35,7 @@ from .relative_pose import MatchingParams, _pnp_on_device_gather, _sync
 
 __all__ = ['PoseGates', 'OrderAgreement', 'SymmetricPoseEstimate', 'decode_both_orders', 'symmetric_relative_pose',
            'combine_orders', 'order_agreement', 'invert_pose_covariance', 'gate_pose', 'order_gate', 'skew',
-           'gates_for_decoder']
+           'gates_for_decoder', 'keyframe_similarity']
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,13 @@ def gate_pose(direct: PoseResult, swapped: PoseResult, agreement: OrderAgreement
     if gates.max_translation_m > 0 and translation_m > gates.max_translation_m:
         return 'implausible_motion'
     return ''
+
+
+def keyframe_similarity(keyframe: Keyframe, tokens: Tensor, image_shape: tuple[int, int]) -> float:
+    """:func:`view_similarity` of a keyframe and the current view's decoder input tokens (the appearance gate's
+    measure)."""
+    return view_similarity(keyframe.tokens, token_grid(keyframe.image_shape, keyframe.tokens), tokens,
+                           token_grid(image_shape, tokens))
 
 
 def order_gate(res: PoseResult, gates: PoseGates) -> str:
@@ -295,8 +302,7 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
                                      keyframe_id=keyframe.id, timings_s=timings, view_similarity=sim)
     if not (bool(torch.isfinite(tokens).all()) and bool(torch.isfinite(keyframe.tokens).all())):
         return rejected_early('non_finite_input', float('nan'))      # a broken model output: nothing to decode
-    sim = view_similarity(keyframe.tokens, token_grid(keyframe.image_shape, keyframe.tokens), tokens,
-                          token_grid(image_shape, tokens))
+    sim = keyframe_similarity(keyframe, tokens, image_shape)
     timings['similarity'] = time.perf_counter() - t0
     if gates.publish and gates.views_differ(sim):
         return rejected_early('dissimilar_views', sim)

@@ -32,9 +32,13 @@ from typing import Any, Mapping, MutableMapping, Optional
 #: Shared-memory segment of the simulator and the perception node (Fast DDS's default is 512 KB).
 SHM_SEGMENT_BYTES = 16 * 1024 * 1024
 
+#: Free space ``/dev/shm`` must have for the large segment (a few processes' segments; Docker's default is 64 MB).
+SHM_MIN_FREE_BYTES = 8 * SHM_SEGMENT_BYTES
+
 _PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
 <!-- written by realm_ros (realm_ros/nodes/participant.py): Fast DDS's builtin transports (shared memory + UDPv4) with
-     a {size}-byte shared-memory segment instead of 512 KB, so that event packets survive a busy subscriber{note} -->
+     a {size}-byte shared-memory segment instead of 512 KB, so that event packets and large outputs survive a busy
+     subscriber{note} -->
 <profiles xmlns="http://www.eprosima.com">
   <transport_descriptors>
     <transport_descriptor>
@@ -47,7 +51,7 @@ _PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
       <type>UDPv4</type>{udp_extra}
     </transport_descriptor>
   </transport_descriptors>
-  <participant profile_name="realm_ros_events" is_default_profile="true">
+  <participant profile_name="realm_ros" is_default_profile="true">
     <rtps>{builtin}
       <userTransports>
         <transport_id>realm_ros_shm</transport_id>
@@ -90,8 +94,7 @@ def use_large_shm_segment(size_bytes: int = SHM_SEGMENT_BYTES,
     static peers are configured, ``ROS_LOCALHOST_ONLY=1``, discovery is off, ``/dev/shm`` has less than
     :data:`SHM_MIN_FREE_BYTES` free (Docker's default 64 MB would fill up), or the file cannot be written."""
     env = os.environ if environ is None else environ
-    reason = shm_profile_skipped(env)
-    if reason is not None:
+    if shm_profile_skipped(env) is not None:
         return None
     localhost = env.get('ROS_AUTOMATIC_DISCOVERY_RANGE', '').upper() == 'LOCALHOST'
     name = f'realm_ros_fastdds_shm_{int(size_bytes)}{"_localhost" if localhost else ""}.xml'
@@ -136,9 +139,6 @@ def shm_profile_skipped(env: Mapping[str, str]) -> Optional[str]:
         return f'/dev/shm has {free >> 20} MB free (a container\'s default 64 MB?)'
     return None
 
-
-#: Free space ``/dev/shm`` must have for the large segment (a few processes' segments; Docker's default is 64 MB).
-SHM_MIN_FREE_BYTES = 8 * SHM_SEGMENT_BYTES
 
 
 def shm_free_bytes(path: str = '/dev/shm') -> Optional[int]:

@@ -150,13 +150,12 @@ class PoseTracker:
     def _gate_direct(self, result: Any, kf: Any, cur_tokens: torch.Tensor, size: Tuple[int, int]) -> Any:
         """``pose.symmetric: false``: the one-order estimate through the gates calibrated for it (``direct``),
         the appearance gate included."""
-        from realm_ros.geometry.gates import gates_for_decoder, token_grid, view_similarity
-        from realm_ros.geometry.symmetric import gate_pose
+        from realm_ros.geometry.gates import gates_for_decoder
+        from realm_ros.geometry.symmetric import gate_pose, keyframe_similarity
         if not result.ok:
             return result
         gates = gates_for_decoder(self._pipe.mast3r, kf.source, method='direct')
-        sim = view_similarity(kf.tokens, token_grid(kf.image_shape, kf.tokens), cur_tokens,
-                              token_grid(size, cur_tokens))
+        sim = keyframe_similarity(kf, cur_tokens, size)
         reason = gate_pose(result, result, None, float(np.linalg.norm(result.t)), gates, sim)
         return replace(result, ok=False, reason=reason) if reason else result
 
