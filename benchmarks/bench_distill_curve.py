@@ -6,13 +6,15 @@ each checkpoint scored on the test scenes with the shipped teacher, heads and de
     python scripts/train_miniature.py                       # once: the recipe's work dir (bags, prepared windows)
     OMP_NUM_THREADS=1 python benchmarks/bench_distill_curve.py --out /tmp/curve              # ~75 min + ~4 min/epoch
     OMP_NUM_THREADS=1 python benchmarks/bench_distill_curve.py --out /tmp/curve_half --train-sequences 10 --epochs 6,12
+    python benchmarks/write_miniature_bags.py --train-sequences 40    # 20 more training bags, the recipe's settings
+    OMP_NUM_THREADS=1 python benchmarks/bench_distill_curve.py --out /tmp/curve_40 --train-sequences 40 --epochs 6,9,12
 
 It reads the recipe's distillation settings from ``<work-dir>/distill/train_from_bag.yaml`` (written by the recipe's
-distill stage), trains into ``<out>/run`` with ``train_from_bag`` (``--train-sequences N``: only the first N training
-bags), and writes ``<out>/curve.json`` (per scored epoch: the training step, the validation figures of the run and
-the whole evaluation) and a table (printed): patch-token cosine, depth error and mIoU relative to the teacher, and
-the symmetric pose figures of the event-event and RGB keyframe-event pairs (rotation error as a multiple of the
-no-motion error, AUC_pose@20 as a multiple of RGB-RGB's).
+distill stage), trains into ``<out>/run`` with ``train_from_bag`` (``--train-sequences N``: the first N training
+bags; more than the recipe's 20 once ``write_miniature_bags.py`` has written them), and writes ``<out>/curve.json``
+(per scored epoch: the training step, the validation figures of the run and the whole evaluation) and a table (printed):
+patch-token cosine, depth error and mIoU relative to the teacher, and the symmetric pose figures of the event-event and
+RGB keyframe-event pairs (rotation error as a multiple of the no-motion error, AUC_pose@20 as a multiple of RGB-RGB's).
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ def main() -> int:
     import torch
     import yaml
 
+    from realm_ros.miniature.data import split_seeds
     from realm_ros.miniature.evaluate import EvalConfig, MiniModels, evaluate, load_or_simulate
     from realm_ros.miniature.recipe import SHIPPED_FILES, default_work_dir
     from realm_ros.models.checkpoints import load_dune, load_realm_checkpoint, save_realm_checkpoint
@@ -59,7 +62,7 @@ def main() -> int:
     ap.add_argument('--models', type=Path, default=REPO / 'models', help='shipped files (teacher, heads, decoder)')
     ap.add_argument('--out', type=Path, required=True)
     ap.add_argument('--epochs', default='1,2,4,6,8,10,12', help='epochs to score (comma-separated)')
-    ap.add_argument('--train-sequences', type=int, default=0, help='use only the first N training bags (0: all)')
+    ap.add_argument('--train-sequences', type=int, default=0, help='the first N training bags (0: the recipe\'s)')
     ap.add_argument('--skip-training', action='store_true', help='score the checkpoints already in <out>/run')
     ap.add_argument('--threads', type=int, default=1)
     args = ap.parse_args()
@@ -73,7 +76,13 @@ def main() -> int:
     done = json.loads((W / 'distill' / 'done.json').read_text())
     bags = done['argv'][done['argv'].index('--bags') + 1:]
     if args.train_sequences:
-        train = [b for b in bags if b.endswith('split=train')][:args.train_sequences]
+        # the first N training seeds; beyond the recipe's count, bags written with the recipe's settings into its
+        # bag dir (see the module docstring)
+        bag_dir = Path(bags[0].split('::')[0]).parent
+        train = [f'{bag_dir / f"train_{seed}"}::split=train' for seed in split_seeds('train', args.train_sequences)]
+        missing = [b for b in train if not Path(b.split('::')[0]).is_dir()]
+        if missing:
+            raise SystemExit(f'{len(missing)} training bag(s) missing, first {missing[0]}: write them first')
         bags = train + [b for b in bags if not b.endswith('split=train')]
     teacher = S / SHIPPED_FILES['teacher']
     if not args.skip_training:
