@@ -155,6 +155,11 @@ class VoxelEmbedder(nn.Module):
         if h < 8 * self.grid_size[0] or w < 8 * self.grid_size[1]:
             raise ValueError(f'voxel input {h}x{w} is too small for a {self.grid_size[0]}x{self.grid_size[1]} token '
                              f'grid (needs at least {8 * self.grid_size[0]}x{8 * self.grid_size[1]})')
+        # weights converted to another dtype (``embedder.to(torch.bfloat16)``: precision bf16-embedder) take the
+        # voxel grid in that dtype and give tokens in the input's dtype back
+        cast = voxel.dtype != self.proj.weight.dtype and not torch.is_autocast_enabled(voxel.device.type)
+        x = voxel.to(self.proj.weight.dtype) if cast else voxel
         # channels-last keeps the per-pixel LayerNorms contiguous (and suits oneDNN / cuDNN convolutions)
-        x = self.proj(self.stages(self.stem(voxel.contiguous(memory_format=torch.channels_last))))
-        return self.pool(x).flatten(2).transpose(1, 2)
+        x = self.proj(self.stages(self.stem(x.contiguous(memory_format=torch.channels_last))))
+        tokens = self.pool(x).flatten(2).transpose(1, 2)
+        return tokens.to(voxel.dtype) if cast else tokens

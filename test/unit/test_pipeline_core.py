@@ -244,6 +244,46 @@ def test_cpu_precision_choices(monkeypatch):
         core.resolve_precision('int8', cpu)
 
 
+def test_bf16_embedder_runs_only_the_embedder_in_bf16(ckpts, windows, monkeypatch):
+    import realm_ros.pipeline.core as core
+    monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: False)
+    assert 'bf16 embedder is emulated' in core.resolve_precision('bf16-embedder', torch.device('cpu'))[1]
+    monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: True)
+    assert core.resolve_precision('bf16-embedder', torch.device('cpu')) == (None, None)
+    ref = RealmPipeline(tiny_pipeline_config(ckpts))
+    mixed = RealmPipeline(tiny_pipeline_config(ckpts, precision='bf16-embedder'))
+    assert mixed.precision_name() == 'bf16-embedder' and mixed.diagnostics()['precision'] == 'bf16-embedder'
+    assert ref.precision_name() == 'fp32' and mixed.autocast_dtype is None
+    assert {p.dtype for p in mixed.encoder.embedder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in mixed.encoder.backbone.parameters()} == {torch.float32}
+    voxel = torch.zeros(1, 5, 224, 224)
+    voxel[:, :, 40:180:3, 30:200:2] = torch.randn(1, 5, 47, 85, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        emb_ref, emb_mixed = ref.encoder.embedder(voxel), mixed.encoder.embedder(voxel)
+        tok_ref, tok_mixed = ref.encoder(voxel), mixed.encoder(voxel)
+    assert emb_mixed.dtype == torch.float32 and not torch.equal(emb_ref, emb_mixed)      # it did run in bf16
+    assert torch.nn.functional.cosine_similarity(emb_ref, emb_mixed, dim=-1).min() > 0.999
+    patch_ref, patch_mixed = tok_ref['x_norm_patchtokens'], tok_mixed['x_norm_patchtokens']
+    assert patch_mixed.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(patch_ref, patch_mixed, dim=-1).min() > 0.99
+    out = mixed.process(windows[0], height=480, width=640, K=K_SENSOR, stamp_ns=int(windows[0].t[-1]))
+    assert out.depth.dtype == np.float32 and np.isfinite(out.depth[:, 80:560]).mean() > 0.99
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device (benchmarks/gpu_check.sh runs it)')
+def test_cuda_bf16_embedder_matches_fp32(ckpts, windows):
+    ref = RealmPipeline(tiny_pipeline_config(ckpts, device='cuda', precision='fp32'))
+    mixed = RealmPipeline(tiny_pipeline_config(ckpts, device='cuda', precision='bf16-embedder'))
+    assert {p.dtype for p in mixed.encoder.embedder.parameters()} == {torch.bfloat16}
+    voxel = torch.zeros(1, 5, 224, 224, device='cuda')
+    voxel[:, :, 40:180:3, 30:200:2] = torch.randn(1, 5, 47, 85, device='cuda')
+    with torch.no_grad():
+        a, b = ref.encoder(voxel)['x_norm_patchtokens'], mixed.encoder(voxel)['x_norm_patchtokens']
+    assert b.dtype == torch.float32 and torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.99
+    out = mixed.process(windows[0], height=480, width=640, K=K_SENSOR, stamp_ns=int(windows[0].t[-1]))
+    assert np.isfinite(out.depth[:, 80:560]).mean() > 0.99
+
+
 @pytest.mark.parametrize('flags, native', [('fpu avx512f avx512_bf16 avx512_vnni', True),
                                            ('fpu avx512f amx_bf16 amx_tile', True),
                                            ('fpu avx2 avx512f avx512bw', False)])
