@@ -27,14 +27,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional
 
 import numpy as np
 
 from .demo_panel import write_panel
-from .demo_scores import (Received, latency_by_output, latency_summary, packet_loss, pose_outcomes, score,
-                          simulator_publishing, simulator_status)
+from .demo_scores import (Received, latency_breakdown, latency_by_output, latency_summary, packet_loss,
+                          pose_outcomes, score, simulator_publishing, simulator_status)
 
 NAMESPACE = '/realm_demo'
 NODE = 'perception_node'
@@ -114,8 +115,13 @@ def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str,
     def now() -> int:
         return time.time_ns()
 
+    def delivered(name: str, stamp: int, info: Any, t: int) -> None:
+        """Keep the DDS timestamps of a message (the demo's latency breakdown); the caller holds ``rec.lock``."""
+        times = rec.delivery.setdefault(name, deque(maxlen=400))
+        times.append((stamp, int(info.get('source_timestamp', 0)), int(info.get('received_timestamp', 0)), t))
+
     def image_cb(name: str, store: Optional[Deque] = None):
-        def cb(msg: Image) -> None:
+        def cb(msg: Image, info: Any) -> None:
             t = now()
             if not recording.is_set():
                 return
@@ -123,6 +129,7 @@ def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str,
             with rec.lock:
                 rec.tick(name)
                 stamp = stamp_to_ns(msg.header.stamp)
+                delivered(name, stamp, info, t)
                 if store is not None:
                     store.append((stamp, t, arr.copy()))
                 rec.images[name] = (stamp, arr.copy())
@@ -138,12 +145,13 @@ def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str,
                     del store[min(store)]
         return cb
 
-    def pose_cb(msg: PoseWithCovarianceStamped) -> None:
+    def pose_cb(msg: PoseWithCovarianceStamped, info: Any) -> None:
         t = now()
         if not recording.is_set():
             return
         with rec.lock:
             rec.tick('pose')
+            delivered('pose', stamp_to_ns(msg.header.stamp), info, t)
             rec.pose.append((stamp_to_ns(msg.header.stamp), t, _pose_matrix(msg.pose.pose), msg.header.frame_id))
 
     def gt_pose_cb(msg: PoseStamped) -> None:
@@ -362,7 +370,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     t_start = time.monotonic()
     rclpy.init()
     collector = make_collector(rclpy, rec, gt_prefix, events_topic, recording)
-    executor = rclpy.executors.MultiThreadedExecutor(num_threads=2)
+    executor = rclpy.executors.SingleThreadedExecutor()
     executor.add_node(collector)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
@@ -405,6 +413,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             rec.depth.clear()
             rec.semantic.clear()
             rec.pose.clear()
+            rec.delivery.clear()
         t_rec = time.monotonic()
         packets0 = packet_loss(rec.diagnostics)['received']
         sim0 = simulator_status(rec.diagnostics)
@@ -439,6 +448,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                          ('events_in', 'depth', 'semantic', 'depth/color', 'semantic/color', 'matches', 'pose')},
             'latency_ms_end_to_end': latency_summary(rec),
             'latency_ms_by_output': latency_by_output(rec),
+            'latency_ms_breakdown': latency_breakdown(rec),
             'event_packets': packet_loss(rec.diagnostics),
             'simulator_publishing': simulator_publishing(sim0, simulator_status(rec.diagnostics)),
             'pose_outcomes': pose_outcomes(rec.diagnostics),
@@ -473,6 +483,11 @@ def _print_summary(s: Dict[str, Any], out_dir: Path) -> None:
     for name, v in s.get('latency_ms_by_output', {}).items():
         if v.get('samples'):
             print(f"    {name:8s} latency p50 {v['p50_ms']:.0f} ms, p95 {v['p95_ms']:.0f} ms ({v['samples']} outputs)")
+    parts = s.get('latency_ms_breakdown', {}).get('depth', {})
+    if parts.get('node', {}).get('samples'):
+        print('    depth latency by part, p50 / p95: ' + ', '.join(
+            f"{name} {v['p50_ms']:.0f} / {v['p95_ms']:.0f} ms" for name, v in parts.items() if v.get('samples'))
+            + ' (node: last event -> published; transport: -> at the collector; collector: -> its callback)')
     pk = s.get('event_packets', {})
     if pk.get('sent'):
         print(f"  event packets: {pk['received']} received, {pk['lost']} lost "

@@ -3,7 +3,7 @@ ground-truth trajectory (top view), drawn from :class:`realm_ros.demo_scores.Rec
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -50,19 +50,20 @@ def _trajectory_picture(rec: Received, size: Tuple[int, int]) -> np.ndarray:
         gt = dict(rec.gt_pose)
     if not poses and not gt:
         return _tile(None, size, 'trajectory')
+    G0 = None
+    est_pos: List[np.ndarray] = []
     if poses:
-        t0, t1 = poses[0][0], poses[-1][0]
-        G0 = nearest_ground_truth(gt, t0)
+        G0 = nearest_ground_truth(gt, poses[0][0])
         E0inv = np.linalg.inv(poses[0][1])
         est_pos = [(E0inv @ T)[:3, 3] for _s, T in poses]
-    else:
-        t0, t1 = min(gt), max(gt)
-        G0 = gt[t0]
-        est_pos = []
+    if G0 is None and gt:
+        G0 = gt[min(gt)]
     gt_pos = []
     if G0 is not None:
+        # the whole ground truth of the recording (also where no estimate was published: a sparse estimate is then
+        # seen against the path it should have followed)
         G0inv = np.linalg.inv(G0)
-        gt_pos = [(G0inv @ gt[s])[:3, 3] for s in sorted(gt) if t0 <= s <= t1]
+        gt_pos = [(G0inv @ gt[s])[:3, 3] for s in sorted(gt)]
     pts = np.array(est_pos + gt_pos) if (est_pos or gt_pos) else np.zeros((1, 3))
     xz = pts[:, [0, 2]]
     lo, hi = xz.min(0), xz.max(0)
@@ -76,6 +77,8 @@ def _trajectory_picture(rec: Received, size: Tuple[int, int]) -> np.ndarray:
     for seq, colour in ((gt_pos, (0, 160, 0)), (est_pos, (0, 0, 220))):
         for a, b in zip(seq, seq[1:]):
             cv2.line(canvas, to_px(a), to_px(b), colour, 2, cv2.LINE_AA)
+    for p in est_pos:                                   # every published pose visible, even a single one
+        cv2.circle(canvas, to_px(p), 3, (0, 0, 220), -1, cv2.LINE_AA)
     cv2.putText(canvas, 'ground truth', (8, h - 24), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 160, 0), 1)
     cv2.putText(canvas, 'estimate (~/pose)' if est_pos else 'no pose published (estimates rejected)',
                 (8, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 220), 1)

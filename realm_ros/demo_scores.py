@@ -31,6 +31,8 @@ class Received:
     counts: Dict[str, int] = field(default_factory=dict)
     diagnostics: Dict[str, Dict[str, str]] = field(default_factory=dict)
     events_xy: Deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=200))
+    # per output: (stamp, DDS source timestamp, DDS received timestamp, callback time), all ns of the system clock
+    delivery: Dict[str, Deque[Tuple[int, int, int, int]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def tick(self, name: str) -> None:
@@ -139,6 +141,23 @@ def latency_by_output(rec: Received) -> Dict[str, Any]:
         rows = {'depth': [(s, r) for s, r, _ in rec.depth], 'semantic': [(s, r) for s, r, _ in rec.semantic],
                 'pose': [(s, r) for s, r, _, _ in rec.pose]}
     return {k: _percentiles(np.array([(r - s) * 1e-6 for s, r in v], dtype=np.float64)) for k, v in rows.items()}
+
+
+def latency_breakdown(rec: Received) -> Dict[str, Any]:
+    """Where the end-to-end latency of each output goes, from the DDS timestamps of its messages:
+    ``node`` = window's last event -> the node's publish (the DDS source timestamp: event delivery, window assembly,
+    inference, conversion), ``transport`` = publish -> the message arrived at the collector's reader,
+    ``collector`` = arrival -> the collector's callback ran (its executor's queueing; not the node's doing)."""
+    with rec.lock:
+        rows = {k: list(v) for k, v in rec.delivery.items()}
+    out: Dict[str, Any] = {}
+    for name, r in sorted(rows.items()):
+        a = np.array(r, dtype=np.int64).reshape(-1, 4)
+        ok = (a[:, 1] > 0) & (a[:, 2] > 0)                     # RMWs without timestamps report 0
+        a = a[ok]
+        out[name] = {part: _percentiles((a[:, j + 1] - a[:, j]) * 1e-6)
+                     for j, part in enumerate(('node', 'transport', 'collector'))}
+    return out
 
 
 def packet_loss(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, int]:

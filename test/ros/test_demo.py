@@ -25,6 +25,11 @@ def test_demo_runs_end_to_end_and_scores_against_ground_truth(tmp_path, child_en
     assert summary['rates_hz']['depth'] > 0 and summary['rates_hz']['events_in'] > 20
     assert summary['latency_ms_end_to_end']['samples'] > 0
     assert summary['latency_ms_end_to_end']['p50_ms'] > 0
+    # the latency breakdown from the DDS timestamps of the same messages: node + transport + collector = end-to-end
+    parts = summary['latency_ms_breakdown']['depth']
+    assert parts['node']['samples'] == summary['latency_ms_end_to_end']['samples']
+    assert 0 < parts['node']['p50_ms'] <= summary['latency_ms_end_to_end']['max_ms']
+    assert parts['transport']['p50_ms'] >= 0 and parts['collector']['p50_ms'] >= 0
     depth = summary['depth']
     assert depth['frames_scored'] > 0 and np.isfinite(depth['abs_err_30m'])
     assert summary['semantic']['frames_scored'] > 0 and 0.0 <= summary['semantic']['miou'] <= 1.0

@@ -61,3 +61,33 @@ def test_simulator_publishing_counts_the_recording_only():
                  'process_cpu_ms_per_sensor_s': 210.5}
     assert simulator_publishing({}, simulator_status({'x: events': {}})) == {}          # no simulator (a bag)
     assert simulator_publishing({}, {'packets': 'n/a'})['packets'] == 0
+
+
+def test_latency_breakdown_splits_each_message_at_its_dds_timestamps():
+    from realm_ros.demo_scores import latency_breakdown
+    rec = Received()
+    ms = 1_000_000
+    rec.delivery['depth'] = __import__('collections').deque(
+        [(k * 100 * ms, k * 100 * ms + 80 * ms, k * 100 * ms + 82 * ms, k * 100 * ms + 90 * ms) for k in range(20)]
+        + [(5 * ms, 0, 0, 300 * ms)])                      # an RMW without timestamps: left out, not counted as 0
+    parts = latency_breakdown(rec)['depth']
+    assert parts['node']['samples'] == parts['transport']['samples'] == parts['collector']['samples'] == 20
+    assert parts['node']['p50_ms'] == pytest.approx(80.0)
+    assert parts['transport']['p95_ms'] == pytest.approx(2.0)
+    assert parts['collector']['max_ms'] == pytest.approx(8.0)
+    assert latency_breakdown(Received()) == {}
+
+
+@pytest.mark.parametrize('published', [0, 1, 6])
+def test_panel_trajectory_shows_the_ground_truth_and_every_published_pose(tmp_path, published):
+    import cv2
+    from realm_ros.demo_panel import write_panel
+    rec = _received(-1.0)                                           # estimates going backwards: apart from the truth
+    rec.pose = rec.pose[:published]
+    write_panel(rec, tmp_path / 'panel.png', None)
+    panel = cv2.imread(str(tmp_path / 'panel.png'))
+    traj = panel[20:-40, -320:]                                     # the trajectory tile without its labels (BGR)
+    green = (traj[..., 1] > 120) & (traj[..., 0] < 60) & (traj[..., 2] < 60)
+    red = (traj[..., 2] > 180) & (traj[..., 0] < 60) & (traj[..., 1] < 60)
+    assert green.sum() > 100                                        # the ground-truth path, whatever was published
+    assert bool(red.sum() > 10) == (published > 0)
