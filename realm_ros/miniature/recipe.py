@@ -80,11 +80,18 @@ class BagsConfig:
     max_flow_px: float = 1.0          # ESIM adaptive render step (the simulator default is 0.75)
     max_render_dt_us: int = 1500
 
+    def bag_settings(self) -> Dict[str, Any]:
+        """What one bag depends on (not how many there are, nor the workers): bags written with the same settings
+        are kept when the count grows."""
+        return dict(seconds=self.seconds, max_flow_px=self.max_flow_px, max_render_dt_us=self.max_render_dt_us)
+
 
 @dataclass
 class HeadsRecipe:
     """``train_heads`` settings for both heads (fields of ``HeadsConfig``)."""
 
+    train_sequences: int = 20         # the first N training bags (the heads learn from teacher RGB features; the
+                                      # distillation's larger data set was not needed for them)
     depth_epochs: int = 6
     seg_epochs: int = 4
     batch_size: int = 16
@@ -286,6 +293,14 @@ class Recipe:
         """The cache key of a stage: its name, the image size and what it depends on."""
         return _hash(name, self.cfg.image_size, *deps)
 
+    def _heads_train_count(self) -> int:
+        return min(self.cfg.heads.train_sequences, self.cfg.bags.train_sequences)
+
+    def _heads_bags_key(self) -> str:
+        """The bags the heads train on: the first ``heads.train_sequences`` training bags and the validation bags."""
+        b = self.cfg.bags
+        return self._key('bags', b.bag_settings(), self._heads_train_count(), b.val_sequences)
+
     def _decoder_key(self, teacher: Dict[str, Any]) -> str:
         return self._key('decoder', self.cfg.decoder, teacher['sha256_file'])
 
@@ -329,10 +344,11 @@ class Recipe:
             return done
         bag_dir = st.dir
         key_file = bag_dir / 'settings.key'
-        if bag_dir.exists() and (not key_file.is_file() or key_file.read_text() != st.key):
+        settings_key = self._key('bag_settings', b.bag_settings())
+        if bag_dir.exists() and (not key_file.is_file() or key_file.read_text() != settings_key):
             shutil.rmtree(bag_dir)                      # bags of other settings: regenerate
         bag_dir.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(st.key)
+        key_file.write_text(settings_key)
         jobs = []
         for split, count in (('train', b.train_sequences), ('val', b.val_sequences)):
             for seed in split_seeds(split, count):
@@ -367,7 +383,8 @@ class Recipe:
         from realm_ros.training.cli import heads_main
 
         h = self.cfg.heads
-        st = self._stage('heads', h, teacher['sha256_file'], bags['key'])
+        n_train = self._heads_train_count()
+        st = self._stage('heads', h, teacher['sha256_file'], self._heads_bags_key())
         done = st.done()
         if done and self.shipped('depth_head').is_file() and self.shipped('seg_head').is_file():
             return done
@@ -389,7 +406,7 @@ class Recipe:
             yaml_path.write_text(yaml.safe_dump(conf, sort_keys=False))
             run_dir = st.dir / task
             argv = ['--config', str(yaml_path), '--teacher', str(self.shipped('teacher')), '--out', str(run_dir),
-                    '--bags', *self._bag_args(bags)]
+                    '--bags', *self._bag_args(dict(bags, train=bags['train'][:n_train]))]
             self.log(f'train_heads {" ".join(argv)}')
             code = heads_main(argv)
             if code != 0:

@@ -39,3 +39,29 @@ def test_toy_recipe_ships_a_decoder_with_its_calibrated_gates(tmp_path):
     for mode, r in doc['test']['pose'].items():
         assert r['symmetric']['pairs'] == r['pairs'], mode
         assert 0.0 <= r['forward_sign_ok'] <= 1.0
+
+
+def test_more_training_bags_keep_the_written_ones_and_the_heads_keep_their_count(tmp_path):
+    from dataclasses import replace
+
+    from realm_ros.miniature.recipe import PRESETS, Recipe
+
+    toy = PRESETS['toy']()
+    toy = replace(toy, bags=replace(toy.bags, seconds=0.1), heads=replace(toy.heads, train_sequences=1))
+    first = Recipe(toy, tmp_path / 'work', tmp_path / 'out', log=lambda s: None)
+    one = first.bags()
+    assert len(one['train']) == 1
+    written = {p: (tmp_path / 'work' / 'bags' / p).stat().st_ino for p in ('train_10000', 'val_20000')}
+    grown = replace(toy, bags=replace(toy.bags, train_sequences=2))
+    second = Recipe(grown, tmp_path / 'work', tmp_path / 'out', log=lambda s: None)
+    two = second.bags()
+    assert [p.rsplit('/', 1)[1] for p in two['train']] == ['train_10000', 'train_10001']
+    assert [r['seed'] for r in two['written']] == [10001]                     # only the new bag was simulated
+    assert {p: (tmp_path / 'work' / 'bags' / p).stat().st_ino for p in written} == written
+    # the heads depend on their own bags only: the same stage key before and after the data grew
+    assert first._heads_bags_key() == second._heads_bags_key()
+    more_heads = replace(grown, heads=replace(grown.heads, train_sequences=2))
+    assert Recipe(more_heads, tmp_path / 'work', tmp_path / 'out')._heads_bags_key() != second._heads_bags_key()
+    # other bag settings: everything is simulated again
+    other = replace(toy, bags=replace(toy.bags, max_flow_px=0.5))
+    assert len(Recipe(other, tmp_path / 'work', tmp_path / 'out', log=lambda s: None).bags()['written']) == 2
