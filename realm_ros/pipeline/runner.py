@@ -120,6 +120,9 @@ class PipelineRunner:
         self.rates = {'dense': RateMeter(window_s=5.0), 'pose': RateMeter(window_s=5.0)}
         self.latency = {'dense': LatencyTracker(), 'pose': LatencyTracker()}
         self.processing = {'dense': LatencyTracker(), 'pose': LatencyTracker()}
+        # CPU time of the worker thread per output (torch's own pool threads not included): far below the processing
+        # time = the worker waited for a core (other processes, the other worker) rather than computed
+        self.cpu = {'dense': LatencyTracker(), 'pose': LatencyTracker()}
         self.pose_stages: Dict[str, LatencyTracker] = {}              # per-stage times of the pose steps
         self.last_error = ''
         self.hold_active = False
@@ -218,7 +221,7 @@ class PipelineRunner:
         _, width, height = key
         K, _source = self.intrinsics(width, height)
         frame_id = self.frame_id()
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.thread_time()
         try:
             if self.decoupled:
                 out, pose_input = self.pipeline.process_dense(window.events, height, width, K, window.t_end_ns)
@@ -234,6 +237,7 @@ class PipelineRunner:
             return
         self.processing['dense'].add(time.monotonic() - t0)
         self.sink.dense(out, frame_id)
+        self.cpu['dense'].add(time.thread_time() - c0)
         self._delivered('dense', window.recv_monotonic_ns)
         self.counters.add('windows_processed')
         self._last_output_wall = time.monotonic()
@@ -277,7 +281,7 @@ class PipelineRunner:
                 self.counters.add('pose_inputs_stale')        # from before a stream restart
                 continue
             try:
-                t0 = time.monotonic()
+                t0, c0 = time.monotonic(), time.thread_time()
                 next_start = t0 + (1.0 / rate if rate > 0 else 0.0)
                 out = self.pipeline.process_pose(pose_input)
                 if self._stop.is_set():
@@ -285,6 +289,7 @@ class PipelineRunner:
                 self.processing['pose'].add(time.monotonic() - t0)
                 self._pose_stage_times(getattr(out, 'timings_ms', None) or {})
                 self.sink.pose(out, frame_id)
+                self.cpu['pose'].add(time.thread_time() - c0)
                 self.counters.add('pose_steps')
                 self._delivered('pose', pose_input.recv_monotonic_ns)
             except WindowSkipped as exc:
@@ -348,6 +353,7 @@ class PipelineRunner:
             values[f'{output}_latency_ms_max'] = lat.get('max', nan)
             values[f'{output}_processing_ms_p50'] = proc.get('p50', nan)
             values[f'{output}_processing_ms_p95'] = proc.get('p95', nan)
+            values[f'{output}_cpu_ms_p50'] = (self.cpu[output].percentiles_ms() or {}).get('p50', nan)
         for key, tracker in sorted(self.pose_stages.items()):          # where a pose step's time goes
             stage = tracker.percentiles_ms() or {}
             values[f'{key}_p50'] = stage.get('p50', nan)

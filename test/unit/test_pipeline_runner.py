@@ -118,6 +118,9 @@ def test_dense_outputs_do_not_wait_for_pose_and_pose_takes_the_newest_window():
     assert d['dense_rate_hz'] > d['pose_rate_hz'] > 0 and d['dense_latency_ms_p50'] < d['pose_latency_ms_p50']
     assert d['pose_decoder_ms_p50'] == pytest.approx(360.0) and d['pose_matching_direct_ms_p50'] == pytest.approx(90.0)
     assert 'pose_ms_p50' not in d                          # the whole step is pose_processing_ms_*
+    # the steps sleep: processing time is wall time, the CPU time of the worker thread stays near zero
+    assert d['pose_processing_ms_p50'] >= 590 and 0 <= d['pose_cpu_ms_p50'] < 50
+    assert 0 <= d['dense_cpu_ms_p50'] < d['dense_processing_ms_p50']
 
 
 def test_without_decoupling_pose_runs_after_the_dense_heads_of_the_same_window():
