@@ -75,8 +75,11 @@ def _trajectory_picture(rec: Received, size: Tuple[int, int]) -> np.ndarray:
         return int(u), int(v)
 
     for seq, colour in ((gt_pos, (0, 160, 0)), (est_pos, (0, 0, 220))):
-        for a, b in zip(seq, seq[1:]):
-            cv2.line(canvas, to_px(a), to_px(b), colour, 2, cv2.LINE_AA)
+        steps = [float(np.linalg.norm(b - a)) for a, b in zip(seq, seq[1:])]
+        jump = 10.0 * float(np.median(steps)) if steps else 0.0
+        for a, b, step in zip(seq, seq[1:], steps):
+            if step <= jump or step < 1e-9:          # not across a restart (the simulator's loop, a bag replayed)
+                cv2.line(canvas, to_px(a), to_px(b), colour, 2, cv2.LINE_AA)
     for p in est_pos:                                   # every published pose visible, even a single one
         cv2.circle(canvas, to_px(p), 3, (0, 0, 220), -1, cv2.LINE_AA)
     cv2.putText(canvas, 'ground truth', (8, h - 24), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 160, 0), 1)

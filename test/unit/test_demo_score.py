@@ -91,3 +91,24 @@ def test_panel_trajectory_shows_the_ground_truth_and_every_published_pose(tmp_pa
     red = (traj[..., 2] > 180) & (traj[..., 0] < 60) & (traj[..., 1] < 60)
     assert green.sum() > 100                                        # the ground-truth path, whatever was published
     assert bool(red.sum() > 10) == (published > 0)
+
+
+def test_panel_trajectory_is_not_joined_across_a_restart(tmp_path):
+    import cv2
+    from realm_ros.demo_panel import write_panel
+    rec = Received()
+    for k in range(40):                                  # two passes of the same drive: forward, then to the side
+        j = k % 20
+        T = _T(0.5 * min(j, 10))
+        T[0, 3] = 0.5 * max(j - 10, 0)
+        rec.gt_pose[1_000_000_000 + k * 50_000_000] = T
+    write_panel(rec, tmp_path / 'panel.png', None)
+    traj = cv2.imread(str(tmp_path / 'panel.png'))[20:-40, -320:]
+    green = (traj[..., 1] > 120) & (traj[..., 0] < 60) & (traj[..., 2] < 60)
+    # an L-shaped path: the diagonal from its end back to its start (the loop restart) must not be drawn
+    h, w = green.shape
+    assert green[:, : w // 2].any() and green[h // 2:, :].any()
+    ys, xs = np.nonzero(green)
+    u = (xs - xs.min()) / max(1, np.ptp(xs))
+    v = (ys.max() - ys) / max(1, np.ptp(ys))            # 0 at the start row, 1 at the far end
+    assert not ((np.abs(u - v) < 0.05) & (u > 0.2) & (u < 0.8)).any()
