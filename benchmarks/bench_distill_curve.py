@@ -11,7 +11,7 @@ each checkpoint scored on the test scenes with the shipped teacher, heads and de
 
 It reads the recipe's distillation settings from ``<work-dir>/distill/train_from_bag.yaml`` (written by the recipe's
 distill stage), trains into ``<out>/run`` with ``train_from_bag`` (``--train-sequences N``: the first N training
-bags; more than the recipe's 20 once ``write_miniature_bags.py`` has written them), and writes ``<out>/curve.json``
+bags; more than the recipe's count once ``write_miniature_bags.py`` has written them), and writes ``<out>/curve.json``
 (per scored epoch: the training step, the validation figures of the run and the whole evaluation) and a table (printed):
 patch-token cosine, depth error and mIoU relative to the teacher, and the symmetric pose figures of the event-event and
 RGB keyframe-event pairs (rotation error as a multiple of the no-motion error, AUC_pose@20 as a multiple of RGB-RGB's).
@@ -64,6 +64,7 @@ def main() -> int:
     ap.add_argument('--epochs', default='1,2,4,6,8,10,12', help='epochs to score (comma-separated)')
     ap.add_argument('--train-sequences', type=int, default=0, help='the first N training bags (0: the recipe\'s)')
     ap.add_argument('--skip-training', action='store_true', help='score the checkpoints already in <out>/run')
+    ap.add_argument('--resume', action='store_true', help='continue an interrupted training run in <out>/run')
     ap.add_argument('--threads', type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -87,6 +88,7 @@ def main() -> int:
     teacher = S / SHIPPED_FILES['teacher']
     if not args.skip_training:
         argv = ['--config', str(O / 'train.yaml'), '--teacher', str(teacher), '--out', str(O / 'run'), '--bags', *bags]
+        argv += ['--resume'] if args.resume else []
         code = distill_main(argv)
         if code != 0:
             print(f'train_from_bag exited with {code}', file=sys.stderr)

@@ -73,7 +73,7 @@ def default_work_dir() -> Path:
 class BagsConfig:
     """Simulated bags for ``train_heads`` / ``train_from_bag``."""
 
-    train_sequences: int = 20
+    train_sequences: int = 40         # 20 -> 40 doubled what the event tokens learn per step (models/README.md)
     val_sequences: int = 2
     seconds: float = 2.0
     workers: int = 2
