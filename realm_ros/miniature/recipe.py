@@ -137,6 +137,10 @@ class CalibrateRecipe:
     test_stride: int = 3              # ... on test scenes (the accuracy pairs of ``evaluate``)
     extra_stride: int = 3             # zero-motion and unrelated-scene pairs every N frames
     max_fp_rate: float = 0.05
+    # compare the one-sided 95 % upper confidence bound of the validation false positives with max_fp_rate (None:
+    # the point estimate (fp+1)/(n+2), which let 3 of 80 validation unrelated-scene pairs through and then 4 of 60
+    # test pairs = 6.7 %: over the limit)
+    fp_confidence: Optional[float] = 0.95
     view_similarity_gate: bool = True  # calibrate the appearance gate (PoseGates.min_view_similarity) first
 
 
@@ -486,7 +490,8 @@ class Recipe:
             records: Dict[str, List[Dict[str, Any]]] = {}
             summary = pose_trust_summary(self.models(), val, test, gaps=ev.pair_gaps, val_stride=c.val_stride,
                                          test_stride=c.test_stride, extra_stride=c.extra_stride,
-                                         max_fp_rate=c.max_fp_rate, records=records, log=self.log,
+                                         max_fp_rate=c.max_fp_rate, confidence=c.fp_confidence,
+                                         records=records, log=self.log,
                                          view_similarity_gate=c.view_similarity_gate)
             # the per-pair records, for studying other gates or covariance models without re-running the decoder
             # (benchmarks/bench_pose_quality.py reads the same format)

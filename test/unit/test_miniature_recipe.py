@@ -30,6 +30,7 @@ def test_toy_recipe_ships_a_decoder_with_its_calibrated_gates(tmp_path):
     assert set(trust['symmetric']['gates']) == {'rgb_rgb', 'event_event', 'rgb_event'}
     assert trust['records']['val'] > 0 and trust['records']['test'] > 0
     assert trust['view_similarity_gate'] is True and doc['recipe']['calibrate']['view_similarity_gate'] is True
+    assert trust['fp_confidence'] == doc['recipe']['calibrate']['fp_confidence'] == 0.95     # the stricter rule
     assert load_dune_mast3r(out / SHIPPED_FILES['mast3r']).pose_gates == calibrated_gates(trust)
     import pickle
     for part in ('val', 'test'):                                 # the per-pair records are kept for later studies
