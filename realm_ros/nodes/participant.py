@@ -140,7 +140,6 @@ def shm_profile_skipped(env: Mapping[str, str]) -> Optional[str]:
     return None
 
 
-
 def shm_free_bytes(path: str = '/dev/shm') -> Optional[int]:
     """Free bytes of the shared-memory file system (None where there is none, e.g. not Linux)."""
     try:

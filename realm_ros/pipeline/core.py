@@ -147,7 +147,8 @@ def resolve_device(requested: str) -> Tuple[torch.device, Optional[str]]:
 
 
 def resolve_precision(requested: str, device: torch.device) -> Tuple[Optional[torch.dtype], Optional[str]]:
-    """Autocast dtype for ``requested`` ('auto', 'fp32', 'fp16', 'bf16') on ``device`` (None = float32).
+    """Autocast dtype for ``requested`` (one of :data:`PRECISIONS`) on ``device`` (None = float32; also for
+    ``bf16-embedder``, which converts the embedder's weights instead: :func:`embedder_dtype`).
 
     ``auto``: bf16 on CUDA devices that support it, else fp16; fp32 on the CPU. ``bf16`` on a CPU without bfloat16
     arithmetic (:func:`realm_ros.common.device.cpu_has_native_bf16`) runs with a warning. Autocast covers the
@@ -181,7 +182,7 @@ def resolve_precision(requested: str, device: torch.device) -> Tuple[Optional[to
     return (torch.float16 if req == 'fp16' else torch.bfloat16), None
 
 
-def embedder_dtype(requested: str, device: torch.device) -> Optional[torch.dtype]:
+def embedder_dtype(requested: str) -> Optional[torch.dtype]:
     """The dtype the voxel embedder's weights are converted to (None: left as loaded, float32).
 
     ``bf16-embedder`` runs the convolutional voxel embedder in bfloat16 and everything after it (ViT, heads, decoder)
@@ -305,7 +306,7 @@ class RealmPipeline:
         self.dune = m.dune
         self.encoder = m.encoder
         self.encoder.to(self.device).eval().requires_grad_(False)
-        self.embedder_dtype = embedder_dtype(cfg.precision, self.device)
+        self.embedder_dtype = embedder_dtype(cfg.precision)
         if self.embedder_dtype is not None:
             self.encoder.embedder.to(self.embedder_dtype)       # in place: the module is the pipeline's from now on
         self.metadata: Dict[str, Any] = dict(getattr(self.encoder, 'checkpoint_metadata', {}) or {})
