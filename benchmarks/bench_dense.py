@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -118,6 +119,12 @@ def bench_case(p: RealmPipeline, events: EventArray, K: np.ndarray, size: Tuple[
         res['voxel'], prep = timed(make_prep, warmup, iters)
         n = prep.tensor.shape[0]
         res['encoder'], tokens = timed(lambda: p.encoder(prep.tensor), warmup, iters)
+        # precision bf16-embedder (the voxel embedder in bf16, the rest fp32) against the fp32 encoder above
+        mixed = copy.deepcopy(p.encoder)
+        mixed.embedder.to(torch.bfloat16)
+        res['encoder_bf16_embedder'], mixed_tokens = timed(lambda: mixed(prep.tensor), warmup, iters)
+        res['_bf16_embedder_patch_cosine_min'] = {'min': float(torch.nn.functional.cosine_similarity(
+            tokens['x_norm_patchtokens'], mixed_tokens['x_norm_patchtokens'], dim=-1).min())}
 
         res['depth_prev'], (d0, dc0) = timed(lambda: previous_depth(p, tokens, prep, n, msize), warmup, iters)
 
@@ -192,6 +199,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             for stage in ('voxel', 'encoder', 'sem_heads'):
                 a = r[stage]
                 print(f'  {stage:<10} {a["min"]:8.2f} /{a["median"]:7.2f} |{a["cpu"]:7.2f}')
+            a, b = r['encoder'], r['encoder_bf16_embedder']
+            print(f'  encoder fp32 vs precision bf16-embedder: {a["min"]:.2f} -> {b["min"]:.2f} ms wall min '
+                  f'({a["min"] / b["min"]:.2f}x; CPU {a["cpu"]:.2f} -> {b["cpu"]:.2f}), patch-token cosine min '
+                  f'{r["_bf16_embedder_patch_cosine_min"]["min"]:.5f}')
             for stage in ('depth', 'semantic', 'points', 'dense'):
                 a, b = r[f'{stage}_prev'], r[f'{stage}_new']
                 print(f'  {stage:<10} {a["min"]:8.2f} /{a["median"]:7.2f} |{a["cpu"]:7.2f} '
