@@ -8,6 +8,9 @@ each checkpoint scored on the test scenes with the shipped teacher, heads and de
     OMP_NUM_THREADS=1 python benchmarks/bench_distill_curve.py --out /tmp/curve_half --train-sequences 10 --epochs 6,12
     python benchmarks/write_miniature_bags.py --train-sequences 40    # 20 more training bags, the recipe's settings
     OMP_NUM_THREADS=1 python benchmarks/bench_distill_curve.py --out /tmp/curve_40 --train-sequences 40 --epochs 6,9,12
+    python benchmarks/write_miniature_bags.py --train-sequences 80
+    python benchmarks/bench_distill_curve.py --out /tmp/curve_80 --train-sequences 80 --schedule-epochs 6 \
+        --epochs 3,6 --threads 2                       # the shipped compute (1800 steps) on twice the data
 
 It reads the recipe's distillation settings from ``<work-dir>/distill/train_from_bag.yaml`` (written by the recipe's
 distill stage), trains into ``<out>/run`` with ``train_from_bag`` (``--train-sequences N``: the first N training
@@ -65,6 +68,9 @@ def main() -> int:
     ap.add_argument('--train-sequences', type=int, default=0, help='the first N training bags (0: the recipe\'s)')
     ap.add_argument('--skip-training', action='store_true', help='score the checkpoints already in <out>/run')
     ap.add_argument('--resume', action='store_true', help='continue an interrupted training run in <out>/run')
+    ap.add_argument('--schedule-epochs', type=int, default=0,
+                    help='train a schedule of N epochs instead of the recipe\'s (0), the epoch-keyed curriculum '
+                         '(mask dilation, token drop) scaled by the same factor: same compute on more data')
     ap.add_argument('--threads', type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -72,6 +78,11 @@ def main() -> int:
     W, S, O = args.work_dir, args.models, args.out
     O.mkdir(parents=True, exist_ok=True)
     conf = yaml.safe_load((W / 'distill' / 'train_from_bag.yaml').read_text())
+    if args.schedule_epochs:
+        scale = args.schedule_epochs / int(conf['optim']['epochs'])
+        conf['optim']['epochs'] = args.schedule_epochs
+        conf['loss']['mask_dilation_epochs'] = [int(round(e * scale)) for e in conf['loss']['mask_dilation_epochs']]
+        conf['loss']['token_drop_start_epoch'] = int(round(conf['loss']['token_drop_start_epoch'] * scale))
     conf['run']['keep_checkpoints'] = int(conf['optim']['epochs'])
     (O / 'train.yaml').write_text(yaml.safe_dump(conf, sort_keys=False))
     done = json.loads((W / 'distill' / 'done.json').read_text())

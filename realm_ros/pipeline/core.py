@@ -547,16 +547,21 @@ class RealmPipeline:
         return out
 
     def process_dense(self, events: Any, height: int, width: int, K: np.ndarray, stamp_ns: int,
-                      want_pose: Optional[bool] = None) -> Tuple[PipelineOutput, Optional[PoseInput]]:
+                      want_pose: Optional[bool] = None,
+                      on_pose_input: Optional[Callable[[PoseInput], None]] = None
+                      ) -> Tuple[PipelineOutput, Optional[PoseInput]]:
         """Voxel grid, encoder and the dense heads (depth, semantic, points) of one window.
 
         Returns the outputs and, when the pose head is active (or ``want_pose``), the :class:`PoseInput` for
-        :meth:`process_pose`. Raises :class:`WindowSkipped` ('cuda_oom') on accelerator out-of-memory.
+        :meth:`process_pose`. ``on_pose_input`` is called with that input as soon as the encoder has run, before the
+        dense heads: a pose worker can start on it while they compute (the perception node does that). Raises
+        :class:`WindowSkipped` ('cuda_oom') on accelerator out-of-memory.
         """
         try:
             with self._lock, torch.inference_mode():
                 return self._process_dense(events, int(height), int(width),
-                                           np.asarray(K, np.float64).reshape(3, 3), int(stamp_ns), want_pose)
+                                           np.asarray(K, np.float64).reshape(3, 3), int(stamp_ns), want_pose,
+                                           on_pose_input)
         except Exception as exc:
             self._raise_if_oom(exc)
             raise
@@ -579,7 +584,8 @@ class RealmPipeline:
             raise WindowSkipped('cuda_oom', f'CUDA out of memory, window skipped: {exc}') from exc
 
     def _process_dense(self, events: Any, height: int, width: int, K: np.ndarray, stamp_ns: int,
-                       want_pose: Optional[bool]) -> Tuple[PipelineOutput, Optional[PoseInput]]:
+                       want_pose: Optional[bool], on_pose_input: Optional[Callable[[PoseInput], None]] = None
+                       ) -> Tuple[PipelineOutput, Optional[PoseInput]]:
         from realm_ros.events import voxel_grid
         from realm_ros.events.spatial import prepare_input
         cfg = self.config
@@ -624,6 +630,9 @@ class RealmPipeline:
                 cls=tokens['x_norm_clstoken'][idx].float().clone(),
                 K_model=np.asarray(pose_prep.model_intrinsics(K)[0], dtype=np.float64),
                 picture=render.voxel_picture(pose_prep.tensor[idx].float().cpu().numpy()))
+            timings['pose_input_ms'] = (time.perf_counter() - t0) * 1e3
+            if on_pose_input is not None:
+                on_pose_input(pose_input)
         r = dense.compute_dense(heads, tokens, self.grid, prep, size, K,
                                 depth_head=self.depth_head, encoder=self.encoder, projector=self.projector,
                                 seg_head=self.seg_head,

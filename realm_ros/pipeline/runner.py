@@ -4,7 +4,8 @@ The perception node keeps up with the sensor by never letting one output wait fo
 
 * the **dense worker** takes the newest complete window (older ones are dropped and counted by the stream), runs
   voxel grid + encoder + depth / semantic / points (:meth:`RealmPipeline.process_dense`) and hands the outputs to
-  the sink at once; it then leaves the window's decoder tokens in a one-slot mailbox;
+  the sink at once. The window's decoder tokens go into a one-slot mailbox as soon as the encoder has run, so the
+  pose worker can start on them while the dense heads still compute;
 * the **pose worker** takes the newest tokens from the mailbox (a newer window replaces an unread one: counted as
   ``pose_inputs_replaced``) and runs matching + PnP against the keyframes (:meth:`RealmPipeline.process_pose`).
   Keyframe work happens there too, so it never blocks the dense outputs. Each output keeps its window's stamp.
@@ -222,9 +223,19 @@ class PipelineRunner:
         K, _source = self.intrinsics(width, height)
         frame_id = self.frame_id()
         t0, c0 = time.monotonic(), time.thread_time()
+        posted = []
+
+        def post(pose_input: PoseInput) -> None:
+            """Hand the tokens to the pose worker as soon as the encoder has run (the dense heads still to come)."""
+            pose_input.recv_monotonic_ns = window.recv_monotonic_ns
+            pose_input.generation = generation
+            self._post_pose_input(pose_input, frame_id)
+            posted.append(pose_input)
+
         try:
             if self.decoupled:
-                out, pose_input = self.pipeline.process_dense(window.events, height, width, K, window.t_end_ns)
+                out, pose_input = self.pipeline.process_dense(window.events, height, width, K, window.t_end_ns,
+                                                              on_pose_input=post)
             else:
                 out, pose_input = self.pipeline.process(window.events, height, width, K, window.t_end_ns), None
         except WindowSkipped as exc:
@@ -245,14 +256,18 @@ class PipelineRunner:
         self.hold_active = False
         if not self.decoupled and (out.pose is not None or out.matches_image is not None):
             self._delivered('pose', window.recv_monotonic_ns)
-        if pose_input is not None:
+        if pose_input is not None and not posted:
             pose_input.recv_monotonic_ns = window.recv_monotonic_ns
             pose_input.generation = generation
-            with self._mailbox_lock:
-                if self._mailbox is not None:
-                    self.counters.add('pose_inputs_replaced')
-                self._mailbox = (pose_input, frame_id)
-            self._pose_wake.set()
+            self._post_pose_input(pose_input, frame_id)
+
+    def _post_pose_input(self, pose_input: PoseInput, frame_id: str) -> None:
+        """Put the newest tokens in the pose worker's mailbox (an older, not yet taken input is replaced)."""
+        with self._mailbox_lock:
+            if self._mailbox is not None:
+                self.counters.add('pose_inputs_replaced')
+            self._mailbox = (pose_input, frame_id)
+        self._pose_wake.set()
 
     def _delivered(self, output: str, recv_monotonic_ns: int) -> None:
         self.rates[output].add(1.0)

@@ -83,6 +83,27 @@ def test_second_window_is_matched_against_the_keyframe(pipe, windows):
                 keyframe_max_rotation_deg=15.0)
 
 
+def test_the_pose_input_is_handed_over_before_the_dense_heads_run(pipe, windows, monkeypatch):
+    """process_dense(on_pose_input=...) calls back with the very input it returns, after the encoder and before any
+    dense head (the pose worker starts on it while the heads compute)."""
+    from realm_ros.pipeline import dense
+    order = []
+    compute_dense = dense.compute_dense
+    monkeypatch.setattr(dense, 'compute_dense', lambda *a, **k: (order.append('heads'), compute_dense(*a, **k))[1])
+    given = []
+    out, inp = pipe.process_dense(windows[0], 480, 640, K_SENSOR, 7, on_pose_input=lambda i: (order.append('pose'),
+                                                                                              given.append(i)))
+    assert order == ['pose', 'heads'] and given == [inp] and inp.stamp_ns == 7 and out.depth is not None
+    assert 0 < out.timings_ms['pose_input_ms'] < out.timings_ms['total_ms']
+    pipe.update(heads=('depth',))
+    try:
+        given.clear()
+        assert pipe.process_dense(windows[0], 480, 640, K_SENSOR, 8, on_pose_input=given.append)[1] is None
+        assert given == []                                  # no pose head: no pose input
+    finally:
+        pipe.update(heads=('depth', 'semantic', 'points', 'pose'))
+
+
 def test_heads_can_be_switched_off(pipe, windows):
     pipe.update(heads=('depth',))
     try:

@@ -21,17 +21,24 @@ class TimedPipeline:
 
     def __init__(self, dense_s=0.01, pose_s=0.01, fail_dense_at=()):
         self.dense_s, self.pose_s = dense_s, pose_s
+        self.encoder_share = 1.0
         self.fail_dense_at = set(fail_dense_at)
         self.dense_calls, self.pose_calls, self.resets = [], [], 0
         self.pose_started = threading.Event()
 
-    def process_dense(self, events, height, width, K, stamp_ns):
+    def process_dense(self, events, height, width, K, stamp_ns, on_pose_input=None):
+        """The encoder takes ``encoder_share`` of ``dense_s``: the pose input is handed over then, the heads take
+        the rest."""
         self.dense_calls.append(stamp_ns)
         if len(self.dense_calls) in self.fail_dense_at:
             raise RuntimeError('boom')
-        time.sleep(self.dense_s)
+        time.sleep(self.dense_s * self.encoder_share)
+        inp = PoseInput(stamp_ns, None, None, K, np.zeros((2, 2, 3), np.uint8))
+        if on_pose_input is not None:
+            on_pose_input(inp)
+        time.sleep(self.dense_s * (1.0 - self.encoder_share))
         out = PipelineOutput(stamp_ns=stamp_ns, width=width, height=height, K=K, num_events=len(events))
-        return out, PoseInput(stamp_ns, None, None, K, np.zeros((2, 2, 3), np.uint8))
+        return out, inp
 
     def process(self, events, height, width, K, stamp_ns):
         out, inp = self.process_dense(events, height, width, K, stamp_ns)
@@ -133,6 +140,31 @@ def test_without_decoupling_pose_runs_after_the_dense_heads_of_the_same_window()
     finally:
         runner.stop(timeout=2.0)
     assert pipe.pose_calls == pipe.dense_calls[:len(pipe.pose_calls)] and len(sink.dense_out) <= 4
+
+
+def test_pose_starts_on_the_tokens_before_the_dense_heads_of_their_window_finish():
+    """The encoder hands the pose input over mid-window: the pose step of a window begins before its dense output
+    is published (the heads still running), and it is not handed over a second time."""
+    pipe = TimedPipeline(dense_s=0.3, pose_s=0.05)
+    pipe.encoder_share = 0.2                               # encoder 60 ms, heads 240 ms
+    starts = {}
+    process_pose = pipe.process_pose
+
+    def record(inp):
+        starts[inp.stamp_ns] = time.monotonic()
+        return process_pose(inp)
+    pipe.process_pose = record
+    stream, sink, runner = make(pipe)
+    runner.start()
+    try:
+        feed(stream, runner, 1, 0.0)
+        assert wait(lambda: len(sink.pose_out) >= 1 and len(sink.dense_out) >= 1)
+    finally:
+        assert runner.stop(timeout=2.0)
+    dense_at, stamp, _ = sink.dense_out[0]
+    assert stamp in starts and starts[stamp] < dense_at - 0.15     # ~240 ms of heads still to come
+    assert sink.pose_out[0][0] < dense_at                          # the pose output even came first
+    assert pipe.pose_calls == [stamp] and runner.diagnostics()['pose_inputs_replaced'] == 0
 
 
 def test_stop_never_waits_for_a_long_inference_and_discards_its_output():
