@@ -23,7 +23,16 @@ from typing import Any
 import numpy as np
 
 __all__ = ['PoseGates', 'METHODS', 'MODES', 'mode_for', 'parse_pose_gates', 'pose_gates_metadata', 'gates_for_decoder',
-           'view_similarity', 'token_grid', 'SIMILARITY_CELLS']
+           'view_similarity', 'token_grid', 'SIMILARITY_CELLS', 'POSE_COMPUTE_CHOICES', 'POSE_COMPUTE_DEFAULTS',
+           'parse_pose_compute', 'pose_compute_for_decoder']
+
+#: how the pose step computes (decoder precision, PnP-RANSAC hypotheses): gates hold only for the setting they were
+#: calibrated with, so a decoder file records it next to its gates (``extra.pose_gates_compute``)
+POSE_COMPUTE_CHOICES: dict[str, tuple[str, ...]] = {'decoder_precision': ('fp32', 'bf16'),
+                                                    'ransac_kernel': ('sqpnp', 'ap3p')}
+#: what a decoder file without that record was calibrated with (files written before it existed) / the official
+#: semantics (MASt3R's visloc: fp32 decoder, SQPnP)
+POSE_COMPUTE_DEFAULTS: dict[str, str] = {'decoder_precision': 'fp32', 'ransac_kernel': 'sqpnp'}
 
 #: the estimate methods gates are calibrated for: both decoder orders combined, or the keyframe-first order alone
 METHODS = ('symmetric', 'direct')
@@ -206,6 +215,33 @@ def parse_pose_gates(obj: Any, where: str = 'pose_gates') -> dict[str, dict[str,
             raise ValueError(f'{where}: unknown estimate method {method!r}; known: {list(METHODS)}')
         out[method] = _parse_modes(modes, f'{where}.{method}')
     return out
+
+
+def parse_pose_compute(obj: Any, where: str = 'pose_gates_compute') -> dict[str, str]:
+    """The pose-compute record of a decoder file (``{'decoder_precision': 'fp32' | 'bf16', 'ransac_kernel':
+    'sqpnp' | 'ap3p'}``), missing entries from :data:`POSE_COMPUTE_DEFAULTS`; ``None`` -> the defaults. Raises
+    ``ValueError`` naming ``where`` and the entry for an unknown key or value."""
+    if obj is None:
+        return dict(POSE_COMPUTE_DEFAULTS)
+    if not isinstance(obj, Mapping):
+        raise ValueError(f'{where}: expected a mapping, got {type(obj).__name__}')
+    unknown = sorted(set(obj) - set(POSE_COMPUTE_CHOICES))
+    if unknown:
+        raise ValueError(f'{where}: unknown entr{"y" if len(unknown) == 1 else "ies"} {unknown}; known: '
+                         f'{sorted(POSE_COMPUTE_CHOICES)}')
+    out = dict(POSE_COMPUTE_DEFAULTS)
+    for key, value in obj.items():
+        if value not in POSE_COMPUTE_CHOICES[key]:
+            raise ValueError(f'{where}.{key}: {value!r} is not one of {list(POSE_COMPUTE_CHOICES[key])}')
+        out[key] = str(value)
+    return out
+
+
+def pose_compute_for_decoder(decoder: Any) -> dict[str, str]:
+    """The decoder precision and RANSAC kernel a loaded decoder's gates were calibrated with
+    (``decoder.pose_gates_compute`` from its file; :data:`POSE_COMPUTE_DEFAULTS` when it records none)."""
+    recorded = getattr(decoder, 'pose_gates_compute', None) or {}
+    return {**POSE_COMPUTE_DEFAULTS, **recorded}
 
 
 def pose_gates_metadata(gates: Mapping[str, Mapping[str, PoseGates]]) -> dict[str, dict[str, dict[str, Any]]]:

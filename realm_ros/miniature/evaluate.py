@@ -67,6 +67,9 @@ class EvalConfig:
     desc_conf_threshold: Optional[float] = None
     batch_size: int = 8
     symmetric: bool = True             # also score the symmetric (both decoder orders) estimate, ungated
+    # how the symmetric estimate computes (the node's pose.decoder_precision / pose.ransac_kernel)
+    pose_decoder_precision: str = 'fp32'
+    ransac_kernel: str = 'sqpnp'
 
 
 @dataclass
@@ -291,13 +294,14 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
     from realm_ros.geometry.keyframes import Keyframe
     from realm_ros.geometry.pose import PnpParams
     from realm_ros.geometry.relative_pose import estimate_relative_pose
-    from realm_ros.geometry.symmetric import PoseGates, symmetric_relative_pose
+    from realm_ros.geometry.symmetric import DECODER_DTYPES, PoseGates, symmetric_relative_pose
 
     # the symmetric estimate is scored before any gate (every pair both orders solve), like the one-order one
     open_gates = PoseGates(min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
     over: Dict[str, Any] = {k: v for k, v in (('point_conf_threshold', cfg.point_conf_threshold),
                                               ('desc_conf_threshold', cfg.desc_conf_threshold)) if v is not None}
-    pnp = PnpParams(iterations=cfg.pnp_iterations, **over)
+    pnp = PnpParams(iterations=cfg.pnp_iterations, ransac_kernel=cfg.ransac_kernel, **over)
+    decoder_dtype = DECODER_DTYPES[cfg.pose_decoder_precision]
     size = cfg.image_size
     modes = {'rgb_rgb': ('rgb', 'rgb'), 'event_event': ('event', 'event'), 'rgb_event': ('rgb', 'event')}
     acc = {m: PoseErrorAccumulator(AUC_THRESHOLDS) for m in modes}
@@ -341,7 +345,7 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
                     forward_ok['one_order'][mode].append(_forward_sign_ok(T_est, T_gt))
                     if cfg.symmetric:
                         s_est = symmetric_relative_pose(models.decoder, kf, tok2, (size, size), K2, pnp=pnp,
-                                                        gates=open_gates)
+                                                        gates=open_gates, decoder_dtype=decoder_dtype)
                         T_sym = s_est.pose.T_cur_ref if s_est.pose.ok else None
                         sym[mode].update(T_sym, T_gt)
                         forward_ok['symmetric'][mode].append(_forward_sign_ok(T_sym, T_gt))

@@ -123,12 +123,14 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
                          zero_stride: int = 6, unrelated_stride: int = 6, pnp: PnpParams = PnpParams(iterations=1000),
                          matching: MatchingParams = MatchingParams(), bridge: str = 'teacher_norm_inverse',
                          modes: Iterable[str] = tuple(MODES), device: torch.device | str = 'cpu',
-                         log: Callable[[str], None] = _LOG.info) -> List[Dict[str, Any]]:
+                         log: Callable[[str], None] = _LOG.info, decoder_dtype: torch.dtype | None = None
+                         ) -> List[Dict[str, Any]]:
     """One record per pair (see the module docstring): ``mode``, ``kind``, ``gap``, ``seeds``, ``T_gt`` (T_cur_ref,
     None for unrelated pairs), ``direct`` / ``swapped`` PnP fields, ``radius_ratio`` of the direct matches,
     ``decode_s`` (both orders, batched), ``desc_conf`` / ``desc_conf_swapped`` (median descriptor confidence of the
     matches), ``matches`` / ``matches_swapped`` and ``view_similarity`` (the appearance gate's measure,
-    :func:`realm_ros.geometry.gates.view_similarity`)."""
+    :func:`realm_ros.geometry.gates.view_similarity`). ``decoder_dtype``: the decoder's compute type
+    (:func:`realm_ros.geometry.symmetric.decode_both_orders`; None: fp32)."""
     size = sequences[0].rgb.shape[1]
     shape = (size, size)
     toks = [sequence_tokens(models, s, bridge, device=device) for s in sequences]
@@ -156,7 +158,9 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
             T1 = A.T_world_rgb[i] if s1 == 'rgb' else A.T_world_event[i]
             T2 = B.T_world_rgb[j] if s2 == 'rgb' else B.T_world_event[j]
             t0 = time.perf_counter()
-            kf_d, cur_d, cur_s, kf_s = decode_both_orders(models.decoder, tok1, tok2, shape, shape)
+            kf_d, cur_d, cur_s, kf_s = decode_both_orders(models.decoder, tok1, tok2, shape, shape,
+                                                          view2_points=decoder_dtype is None,
+                                                          compute_dtype=decoder_dtype)
             t1 = time.perf_counter()
             direct, m = _match_and_solve(kf_d, cur_d, K2, pnp, matching)
             swapped, ms = _match_and_solve(cur_s, kf_s, K1, pnp, matching)
@@ -523,7 +527,8 @@ def fit_covariance(errors: np.ndarray, covs: np.ndarray) -> Tuple[float, Tuple[f
 def collect_trust_records(models, val: Sequence, test: Sequence, gaps: Iterable[int] = (3, 6, 12),
                           val_stride: int = 6, test_stride: int = 3, extra_stride: int = 6,
                           records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
-                          log: Callable[[str], None] = _LOG.info) -> Dict[str, List[Dict[str, Any]]]:
+                          log: Callable[[str], None] = _LOG.info, pnp: PnpParams = PnpParams(iterations=1000),
+                          decoder_dtype: torch.dtype | None = None) -> Dict[str, List[Dict[str, Any]]]:
     """``{'val': [...], 'test': [...]}`` records of the validation and test sequences (:func:`collect_pose_records`,
     motion pairs every ``*_stride`` frames, zero-motion and unrelated pairs every ``extra_stride``); parts already
     in ``records`` are kept, missing ones are collected into it."""
@@ -531,14 +536,17 @@ def collect_trust_records(models, val: Sequence, test: Sequence, gaps: Iterable[
     for name, seqs, stride in (('val', val, val_stride), ('test', test, test_stride)):
         if name not in recs:
             recs[name] = collect_pose_records(models, seqs, gaps=tuple(gaps), stride=stride,
-                                              zero_stride=extra_stride, unrelated_stride=extra_stride, log=log)
+                                              zero_stride=extra_stride, unrelated_stride=extra_stride, log=log,
+                                              pnp=pnp, decoder_dtype=decoder_dtype)
     return recs
 
 
 def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int] = (3, 6, 12), val_stride: int = 6,
                        test_stride: int = 3, extra_stride: int = 6, max_fp_rate: float = 0.05,
                        confidence: Optional[float] = None, records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
-                       log: Callable[[str], None] = _LOG.info, view_similarity_gate: bool = True) -> Dict[str, Any]:
+                       log: Callable[[str], None] = _LOG.info, view_similarity_gate: bool = True,
+                       pnp: PnpParams = PnpParams(iterations=1000), decoder_dtype: torch.dtype | None = None
+                       ) -> Dict[str, Any]:
     """Calibrate the gates of the one-order (``direct``) and the symmetric estimate per mode on the validation
     sequences and score them on the test sequences (zero-motion, unrelated-scene and motion pairs).
 
@@ -548,7 +556,8 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
     (:func:`calibrated_gates`, :func:`realm_ros.geometry.gates.pose_gates_metadata`)."""
     from dataclasses import asdict
     gaps = tuple(gaps)
-    recs = collect_trust_records(models, val, test, gaps, val_stride, test_stride, extra_stride, records, log)
+    recs = collect_trust_records(models, val, test, gaps, val_stride, test_stride, extra_stride, records, log, pnp,
+                                 decoder_dtype)
     modes = sorted({str(r['mode']) for r in recs['test']})
     loose = PoseGates(max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
     summary: Dict[str, Any] = {}
@@ -583,19 +592,22 @@ def calibrated_gates(summary: Dict[str, Any]) -> Dict[str, Dict[str, PoseGates]]
     return parse_pose_gates({m: summary[m]['gates'] for m in METHODS}, 'pose_trust')
 
 
-def write_decoder_gates(path, gates: Dict[str, Dict[str, PoseGates]]) -> None:
-    """Store calibrated gates in a decoder safetensors file (``extra.pose_gates``) and its ``.json`` sidecar, in
-    place; the tensors are untouched."""
+def write_decoder_gates(path, gates: Dict[str, Dict[str, PoseGates]], compute: Optional[Dict[str, str]] = None
+                        ) -> None:
+    """Store calibrated gates in a decoder safetensors file (``extra.pose_gates``) and what they were calibrated
+    with (``extra.pose_gates_compute``: decoder precision, RANSAC kernel; default: fp32 / SQPnP) and its ``.json``
+    sidecar, in place; the tensors are untouched."""
     import json
     from pathlib import Path
 
-    from realm_ros.geometry.gates import pose_gates_metadata
+    from realm_ros.geometry.gates import parse_pose_compute, pose_gates_metadata
     from realm_ros.models.checkpoints import read_safetensors, write_safetensors
     path = Path(path)
     tensors, meta = read_safetensors(path)
     meta = dict(meta)
     extra = dict(meta.get('extra') or {})
     extra['pose_gates'] = pose_gates_metadata(gates)
+    extra['pose_gates_compute'] = parse_pose_compute(compute, 'compute')
     meta['extra'] = extra
     write_safetensors(path, tensors, meta)
     sidecar = path.with_suffix('.json')

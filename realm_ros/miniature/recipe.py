@@ -142,6 +142,13 @@ class CalibrateRecipe:
     # test pairs = 6.7 %: over the limit)
     fp_confidence: Optional[float] = 0.95
     view_similarity_gate: bool = True  # calibrate the appearance gate (PoseGates.min_view_similarity) first
+    # how the pose step computes while calibrating (recorded in the decoder next to its gates: the node's 'auto'
+    # settings follow it): decoder precision 'fp32' | 'bf16', PnP-RANSAC hypotheses 'sqpnp' | 'ap3p'
+    decoder_precision: str = 'fp32'
+    ransac_kernel: str = 'sqpnp'
+
+    def compute(self) -> Dict[str, str]:
+        return {'decoder_precision': self.decoder_precision, 'ransac_kernel': self.ransac_kernel}
 
 
 @dataclass
@@ -477,6 +484,9 @@ class Recipe:
         the test scenes, and store the symmetric estimate's gates in the decoder file (``extra.pose_gates``)."""
         from realm_ros.models.mast3r import load_dune_mast3r
 
+        from realm_ros.geometry.pose import PnpParams
+        from realm_ros.geometry.symmetric import DECODER_DTYPES
+
         from .pose_checks import calibrated_gates, pose_trust_summary, write_decoder_gates
 
         c = self.cfg.calibrate
@@ -492,7 +502,9 @@ class Recipe:
                                          test_stride=c.test_stride, extra_stride=c.extra_stride,
                                          max_fp_rate=c.max_fp_rate, confidence=c.fp_confidence,
                                          records=records, log=self.log,
-                                         view_similarity_gate=c.view_similarity_gate)
+                                         view_similarity_gate=c.view_similarity_gate,
+                                         pnp=PnpParams(iterations=1000, ransac_kernel=c.ransac_kernel),
+                                         decoder_dtype=DECODER_DTYPES[c.decoder_precision])
             # the per-pair records, for studying other gates or covariance models without re-running the decoder
             # (benchmarks/bench_pose_quality.py reads the same format)
             for part, recs in records.items():
@@ -500,8 +512,9 @@ class Recipe:
                     pickle.dump(recs, fh)
             done = st.finish(dict(pose_trust=summary))
         gates = calibrated_gates(done['pose_trust'])
-        if load_dune_mast3r(self.shipped('mast3r')).pose_gates != gates:   # a re-trained file of the same settings
-            write_decoder_gates(self.shipped('mast3r'), gates)
+        shipped = load_dune_mast3r(self.shipped('mast3r'))
+        if shipped.pose_gates != gates or shipped.pose_gates_compute != c.compute():   # a re-trained file
+            write_decoder_gates(self.shipped('mast3r'), gates, c.compute())
             self.log(f'pose gates written into {self.shipped("mast3r")}')
         return done
 
@@ -531,7 +544,9 @@ class Recipe:
     def evaluate(self) -> Dict[str, Any]:
         bridge = self.choose_bridge()
         models = self.models()
-        cfg = replace(self.cfg.eval, image_size=self.cfg.image_size, seg_bridge=models.seg_bridge)
+        c = self.cfg.calibrate                   # the pose step as the gates were calibrated (and the node runs it)
+        cfg = replace(self.cfg.eval, image_size=self.cfg.image_size, seg_bridge=models.seg_bridge,
+                      pose_decoder_precision=c.decoder_precision, ransac_kernel=c.ransac_kernel)
         seqs = load_or_simulate(cfg, self.work / 'test_data', self.log)
         metrics = evaluate(models, seqs, cfg, self.device, self.log)
         sub_cfg = replace(self.cfg.subset, image_size=self.cfg.image_size, seg_bridge=models.seg_bridge)

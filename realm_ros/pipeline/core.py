@@ -104,12 +104,16 @@ class PipelineConfig:
     pnp_iterations: int = 1000
     pnp_min_inliers: int = 12
     pose_symmetric: bool = True         # both decoder orders + calibrated gates (realm_ros.geometry.symmetric)
+    # how the pose step computes: 'auto' = what the decoder's gates were calibrated with (its file records it)
+    pose_decoder_precision: str = 'auto'    # 'auto' | 'fp32' | 'bf16' (the symmetric estimate's decoder passes)
+    pnp_ransac_kernel: str = 'auto'         # 'auto' | 'sqpnp' | 'ap3p'
 
 
 RUNTIME_FIELDS = ('heads', 'spatial_mode', 'normalization', 'depth_color_range', 'points_stride', 'points_max_depth',
                   'keyframe_min_inliers', 'keyframe_max_translation', 'keyframe_max_rotation_deg',
                   'keyframe_max_failures', 'keyframe_min_interval_s', 'pose_frame', 'max_matches_drawn',
-                  'match_subsample', 'pnp_reprojection_px', 'pnp_iterations', 'pose_symmetric')
+                  'match_subsample', 'pnp_reprojection_px', 'pnp_iterations', 'pose_symmetric',
+                  'pose_decoder_precision', 'pnp_ransac_kernel')
 
 
 @dataclass
@@ -360,7 +364,9 @@ class RealmPipeline:
             self.dune.encoder.to(self.device)
         elif cfg.keyframe_source != 'events':
             raise PipelineConfigError(f"keyframe source must be 'events' or 'image', got {cfg.keyframe_source!r}")
-        self._pnp_params = self._make_pnp_params(self.config)
+        compute = self._resolve_pose_compute(self.config)
+        self._pnp_params = self._make_pnp_params(self.config, compute['ransac_kernel'])
+        self._set_pose_compute(compute if self.mast3r is not None else dict(compute, warnings=[]))
         self.pose_tracker = PoseTracker(self, self._count)
         for head in self.config.heads:
             missing = self.missing_for_head(head)
@@ -406,6 +412,11 @@ class RealmPipeline:
             raise PipelineConfigError(f'depth colour range must satisfy 0 < min < max, got {lo}, {hi}')
         if cfg.points_stride < 1:
             raise PipelineConfigError(f'points stride must be >= 1, got {cfg.points_stride}')
+        from realm_ros.geometry.gates import POSE_COMPUTE_CHOICES
+        for name, key in (('pose_decoder_precision', 'decoder_precision'), ('pnp_ransac_kernel', 'ransac_kernel')):
+            choices = ('auto',) + POSE_COMPUTE_CHOICES[key]
+            if getattr(cfg, name) not in choices:
+                raise PipelineConfigError(f'{name} must be one of {choices}, got {getattr(cfg, name)!r}')
 
     def update(self, **changes: Any) -> None:
         """Change runtime settings (see :data:`RUNTIME_FIELDS`); validated first, applied atomically."""
@@ -416,11 +427,13 @@ class RealmPipeline:
             new = replace(self.config, **changes)
             self.validate_runtime_changes(new)
             policy = self._keyframe_policy(new)
-            pnp = self._make_pnp_params(new)
+            compute = self._resolve_pose_compute(new)
+            pnp = self._make_pnp_params(new, compute['ransac_kernel'])
             self.config = new
             if self.pose_tracker is not None:
                 self.pose_tracker.keyframes.policy = policy
             self._pnp_params = pnp
+            self._set_pose_compute(compute)
 
     @classmethod
     def validate_runtime_changes(cls, config: PipelineConfig) -> None:
@@ -442,10 +455,47 @@ class RealmPipeline:
             raise PipelineConfigError(f'invalid keyframe policy: {exc}') from None
 
     @staticmethod
-    def _make_pnp_params(cfg: PipelineConfig) -> Any:
+    def _make_pnp_params(cfg: PipelineConfig, ransac_kernel: str = 'sqpnp') -> Any:
         from realm_ros.geometry.pose import PnpParams
         return PnpParams(reprojection_error_px=cfg.pnp_reprojection_px, iterations=cfg.pnp_iterations,
-                         min_inliers=cfg.pnp_min_inliers, min_correspondences=cfg.pnp_min_inliers)
+                         min_inliers=cfg.pnp_min_inliers, min_correspondences=cfg.pnp_min_inliers,
+                         ransac_kernel=ransac_kernel)
+
+    def _resolve_pose_compute(self, cfg: PipelineConfig) -> Dict[str, Any]:
+        """The decoder precision and RANSAC kernel the pose step runs with: ``auto`` takes what the loaded decoder's
+        gates were calibrated with (:func:`realm_ros.geometry.gates.pose_compute_for_decoder`); bf16 falls back to
+        fp32 where the device has no bf16 arithmetic. ``warnings``: choices that differ from the calibration (the
+        published poses may then not keep the calibrated false-positive rate) or that run emulated."""
+        from realm_ros.geometry.gates import POSE_COMPUTE_DEFAULTS, pose_compute_for_decoder
+        calibrated = pose_compute_for_decoder(self.mast3r) if self.mast3r is not None else dict(POSE_COMPUTE_DEFAULTS)
+        out: Dict[str, Any] = {'warnings': []}
+        for name, key in (('pose_decoder_precision', 'decoder_precision'), ('pnp_ransac_kernel', 'ransac_kernel')):
+            requested = getattr(cfg, name)
+            out[key] = calibrated[key] if requested == 'auto' else requested
+            if out[key] != calibrated[key]:
+                out['warnings'].append(f'{name} {out[key]}: the decoder\'s pose gates were calibrated with '
+                                       f'{calibrated[key]}; published poses may not keep their calibrated '
+                                       f'false-positive rate')
+        if out['decoder_precision'] == 'bf16':
+            native = (torch.cuda.is_bf16_supported() if self.device.type == 'cuda'
+                      else self.device.type == 'cpu' and cpu_has_native_bf16())
+            if not native and cfg.pose_decoder_precision == 'auto':
+                out['decoder_precision'] = 'fp32'
+                out['warnings'].append('the pose gates were calibrated with a bf16 decoder but this device has no '
+                                       'bfloat16 arithmetic: the decoder runs in fp32')
+            elif not native:
+                out['warnings'].append('pose_decoder_precision bf16 on a device without bfloat16 arithmetic: '
+                                       'emulated, slower than fp32')
+        return out
+
+    def _set_pose_compute(self, compute: Dict[str, Any]) -> None:
+        from realm_ros.geometry.symmetric import DECODER_DTYPES
+        resolved = {k: v for k, v in compute.items() if k != 'warnings'}
+        changed = resolved != getattr(self, 'pose_compute', None)
+        self.pose_compute = resolved
+        self.pose_decoder_dtype = DECODER_DTYPES[compute['decoder_precision']]
+        for message in compute['warnings'] if changed else ():
+            self._warn(message)
 
     def precision_name(self) -> str:
         """What runs in which precision: ``fp32``, ``bf16`` / ``float16`` (autocast) or ``bf16-embedder``."""
@@ -471,6 +521,8 @@ class RealmPipeline:
             store = self.pose_tracker.keyframes
             latest = store.latest
             out['keyframes'] = len(store)
+            out['pose_decoder_precision'] = self.pose_compute['decoder_precision']
+            out['pose_ransac_kernel'] = self.pose_compute['ransac_kernel']
             out['keyframe_stamp_ns'] = latest.stamp_ns if latest is not None else 0
             out.update({f'keyframes_{k}': v for k, v in dict(store.counters).items()})
         out.update(dict(self._counters))

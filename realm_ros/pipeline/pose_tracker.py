@@ -142,7 +142,8 @@ class PoseTracker:
         pipe = self._pipe
         est = symmetric_relative_pose(pipe.mast3r, kf, cur_tokens, size, K_model, pnp=pipe._pnp_params,
                                       matching=MatchingParams(subsample=pipe.config.match_subsample, border=3),
-                                      gates=gates_for_decoder(pipe.mast3r, kf.source))
+                                      gates=gates_for_decoder(pipe.mast3r, kf.source),
+                                      decoder_dtype=pipe.pose_decoder_dtype)
         if timings_ms is not None:
             timings_ms.update({f'pose_{k}_ms': v * 1e3 for k, v in est.timings_s.items()})
         return est.pose, est.matches

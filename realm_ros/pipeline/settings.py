@@ -112,6 +112,12 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
     Setting('pose.reprojection_px', 5.0, 'PnP-RANSAC inlier threshold (model-input pixels)', runtime=True,
               float_range=(0.1, 100.0)),
     Setting('pose.ransac_iterations', 1000, 'PnP-RANSAC iterations', runtime=True, int_range=(10, 100_000)),
+    Setting('pose.decoder_precision', 'auto', "MASt3R decoder precision of the (symmetric) pose step: 'auto' = what "
+              "the decoder's pose gates were calibrated with (its file records it; fp32 where the device has no "
+              "bfloat16 arithmetic), 'fp32', 'bf16'", runtime=True, choices=('auto', 'fp32', 'bf16')),
+    Setting('pose.ransac_kernel', 'auto', "PnP-RANSAC hypotheses: 'auto' = what the pose gates were calibrated with, "
+              "'sqpnp' (EPnP on 5 points, SQPnP on the inliers: MASt3R's visloc), 'ap3p' (4 points, ~3x cheaper)",
+              runtime=True, choices=('auto', 'sqpnp', 'ap3p')),
     Setting('pose.symmetric', True, 'decode (keyframe, current) in both orders, average the pose with the inverted '
               'swapped-order pose and publish it only through the calibrated gates (order agreement, inliers)',
               runtime=True),
@@ -261,7 +267,8 @@ def pipeline_runtime_settings(get: Getter, pending: Optional[Mapping[str, Any]] 
                 keyframe_min_interval_s=float(p('keyframe.min_interval_s')), pose_frame=p('pose.frame'),
                 max_matches_drawn=int(p('matches.max_drawn')), match_subsample=int(p('matches.subsample')),
                 pnp_reprojection_px=float(p('pose.reprojection_px')), pnp_iterations=int(p('pose.ransac_iterations')),
-                pose_symmetric=bool(p('pose.symmetric')))
+                pose_symmetric=bool(p('pose.symmetric')), pose_decoder_precision=p('pose.decoder_precision'),
+                pnp_ransac_kernel=p('pose.ransac_kernel'))
 
 
 def fallback_intrinsics(get: Getter, width: int, height: int) -> Any:

@@ -79,6 +79,33 @@ def test_symmetric_pose_identical_with_the_cheaper_step():
     assert all(v >= 0 for v in new.timings_s.values())
 
 
+@pytest.mark.parametrize('shapes', [((56, 56), (56, 56)), ((56, 70), (70, 42))])
+def test_bf16_decoder_is_close_to_fp32_and_returns_fp32(shapes):
+    """compute_dtype=bfloat16: every block and head under bf16 autocast, outputs cast back to fp32 and
+    post-processed there: same keys and shapes, descriptors unit-norm and within bf16 rounding of fp32."""
+    dec = _decoder()
+    (h1, w1), (h2, w2) = shapes
+    a, b = _tokens(h1 * w1 // 196, 1), _tokens(h2 * w2 // 196, 2)
+    with torch.inference_mode():
+        ref = decode_both_orders(dec, a, b, (h1, w1), (h2, w2), view2_points=False)
+        low = decode_both_orders(dec, a, b, (h1, w1), (h2, w2), view2_points=False, compute_dtype=torch.bfloat16)
+    for f, g in zip(ref, low):
+        assert set(f) == set(g)
+        for key in f:
+            assert g[key].dtype == torch.float32 and g[key].shape == f[key].shape
+            assert not torch.equal(f[key], g[key])                       # it did run in reduced precision
+        cos = (f['desc'] * g['desc']).sum(-1)
+        assert torch.allclose(g['desc'].norm(dim=-1), torch.ones(()), atol=1e-5) and cos.min() > 0.98
+        assert torch.allclose(g['desc_conf'], f['desc_conf'], rtol=0.05)
+        if 'pts3d' in f:
+            assert torch.allclose(g['pts3d'], f['pts3d'], rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match='view2_points'):
+        decode_both_orders(dec, a, b, (h1, w1), (h2, w2), compute_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match='two_confs'):
+        decode_both_orders(_decoder(two_confs=False), a, b, (h1, w1), (h2, w2), view2_points=False,
+                           compute_dtype=torch.bfloat16)
+
+
 def test_keep_predictions_still_returns_view2_points():
     dec = _decoder()
     kf = Keyframe(id=0, tokens=_tokens(16, 1), cls=torch.zeros(192), image_shape=(56, 56), K=K, stamp_ns=0,

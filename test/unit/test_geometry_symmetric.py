@@ -374,3 +374,41 @@ def test_non_finite_tokens_are_rejected_without_decoding():
     est = symmetric_relative_pose(dec, _kf(0), bad, (S, S), K, pnp=PNP, matching=MATCH)
     assert not est.pose.ok and est.pose.reason == 'non_finite_input' and calls == []
     assert np.isnan(est.view_similarity) and est.matches.count == 0
+
+
+def test_decoder_file_records_what_its_gates_were_calibrated_with(tmp_path):
+    """write_decoder_gates stores the decoder precision and RANSAC kernel next to the gates
+    (``extra.pose_gates_compute``); load_dune_mast3r reads them; a file without the record means fp32 / SQPnP; a bad
+    record is a checkpoint error naming the file and the entry."""
+    import shutil
+    from pathlib import Path
+    from realm_ros.geometry.gates import (POSE_COMPUTE_DEFAULTS, parse_pose_compute, pose_compute_for_decoder)
+    from realm_ros.miniature.pose_checks import write_decoder_gates
+    from realm_ros.models.checkpoints import read_safetensors, write_safetensors
+    from realm_ros.models.mast3r import DuneMast3rCheckpointError, load_dune_mast3r
+    src = Path(__file__).resolve().parents[2] / 'models' / 'mini_mast3r.safetensors'
+    path = tmp_path / 'dec.safetensors'
+    shutil.copy(src, path)
+    shutil.copy(src.with_suffix('.json'), path.with_suffix('.json'))
+    gates = {'symmetric': {'event_event': PoseGates(min_inliers=40)}}
+    write_decoder_gates(path, gates, {'decoder_precision': 'bf16', 'ransac_kernel': 'ap3p'})
+    dec = load_dune_mast3r(path)
+    assert dec.pose_gates == gates
+    assert dec.pose_gates_compute == {'decoder_precision': 'bf16', 'ransac_kernel': 'ap3p'}
+    assert pose_compute_for_decoder(dec) == dec.pose_gates_compute
+    assert '"ransac_kernel": "ap3p"' in path.with_suffix('.json').read_text()            # the sidecar follows
+    write_decoder_gates(path, gates)                                                       # default: fp32 / SQPnP
+    assert load_dune_mast3r(path).pose_gates_compute == POSE_COMPUTE_DEFAULTS
+    tensors, meta = read_safetensors(path)
+    del meta['extra']['pose_gates_compute']
+    write_safetensors(tmp_path / 'old.safetensors', tensors, meta)
+    old = load_dune_mast3r(tmp_path / 'old.safetensors')
+    assert old.pose_gates_compute == {} and pose_compute_for_decoder(old) == POSE_COMPUTE_DEFAULTS
+    meta['extra']['pose_gates_compute'] = {'ransac_kernel': 'p3p'}
+    write_safetensors(tmp_path / 'bad.safetensors', tensors, meta)
+    with pytest.raises(DuneMast3rCheckpointError, match=r'bad\.safetensors: pose_gates_compute\.ransac_kernel'):
+        load_dune_mast3r(tmp_path / 'bad.safetensors')
+    with pytest.raises(ValueError, match=r"unknown entry \['precision'\]"):
+        parse_pose_compute({'precision': 'bf16'})
+    assert parse_pose_compute({'decoder_precision': 'bf16'}) == {'decoder_precision': 'bf16',
+                                                                 'ransac_kernel': 'sqpnp'}

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from realm_ros.common.files import chmod_like_new_file
-from realm_ros.geometry.gates import parse_pose_gates
+from realm_ros.geometry.gates import parse_pose_compute, parse_pose_gates
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, DuneMast3rCheckpointError
 from .model import DuneMast3rDecoder
@@ -103,7 +103,9 @@ def load_dune_mast3r(path: str | os.PathLike[str], device: torch.device | str = 
     Returns:
         A :class:`DuneMast3rDecoder` in eval mode with ``requires_grad=False`` parameters, and ``pose_gates``: the
         pose gates calibrated for this decoder when the file carries them (optional metadata ``pose_gates``, see
-        :mod:`realm_ros.geometry.gates`; invalid gates are a checkpoint error), else ``{}``.
+        :mod:`realm_ros.geometry.gates`; invalid gates are a checkpoint error), else ``{}``, and
+        ``pose_gates_compute``: the decoder precision and RANSAC kernel they were calibrated with (optional
+        metadata ``pose_gates_compute``; ``{}`` when not recorded).
     """
     from ..checkpoints import read_checkpoint
 
@@ -125,6 +127,8 @@ def load_dune_mast3r(path: str | os.PathLike[str], device: torch.device | str = 
     backbone = backbone if isinstance(backbone, str) else str(backbone)
     try:
         pose_gates = parse_pose_gates(extra.get('pose_gates'), f'{path}: pose_gates')
+        compute = extra.get('pose_gates_compute')
+        pose_compute = parse_pose_compute(compute, f'{path}: pose_gates_compute') if compute is not None else {}
     except ValueError as exc:
         raise DuneMast3rCheckpointError(str(exc)) from None
 
@@ -140,6 +144,7 @@ def load_dune_mast3r(path: str | os.PathLike[str], device: torch.device | str = 
     if dtype is not None:
         model.cast_decoder(dtype)
     model.pose_gates = pose_gates
+    model.pose_gates_compute = pose_compute
     return model
 
 

@@ -77,6 +77,9 @@ class DuneMast3rDecoder(nn.Module):
         self.dune_backbone_name = dune_backbone_name
         #: pose gates calibrated for this decoder ({method: {mode: PoseGates}} from its checkpoint; {}: uncalibrated)
         self.pose_gates: dict[str, Any] = {}
+        #: what those gates were calibrated with (decoder precision, RANSAC kernel; {}: not recorded, the defaults of
+        #: realm_ros.geometry.gates.POSE_COMPUTE_DEFAULTS)
+        self.pose_gates_compute: dict[str, str] = {}
         self.register_buffer('imagenet_mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('imagenet_std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.norm = nn.LayerNorm(self.config.enc_embed_dim, eps=1e-5)
