@@ -4,6 +4,7 @@
     . .venv/realm_env.sh
     python benchmarks/bench_pose_step.py --repeats 5 --threads 1
     python benchmarks/bench_pose_step.py --json /tmp/pose_step.json
+    python benchmarks/bench_pose_step.py --only-compute --compute-variants fp32:sqpnp fp32:ap3p bf16:sqpnp bf16:ap3p
 
 What it does:
 
@@ -247,6 +248,69 @@ def whole_step(pipe: Any, inputs: List[Any], repeats: int) -> Dict[str, Any]:
             'identical': bool(identical), 'windows': len(inputs), 'diagnostics': diag}
 
 
+def compute_breakdown(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int, variants: List[str]
+                      ) -> Dict[str, Any]:
+    """CPU time of the symmetric pose step per stage for each pose-compute variant (``PRECISION:KERNEL``, e.g.
+    ``fp32:sqpnp``, ``bf16:ap3p``: ``pose.decoder_precision`` / ``pose.ransac_kernel``), interleaved pair by pair
+    in the same process. Every order is solved (open gates), so the PnP cost is that of a published pose."""
+    import dataclasses as dc
+
+    from realm_ros.geometry.pose import PnpParams
+    from realm_ros.geometry.relative_pose import MatchingParams
+    from realm_ros.geometry.symmetric import DECODER_DTYPES, PoseGates, symmetric_relative_pose
+    open_gates = PoseGates(min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
+    settings = {}
+    for v in variants:
+        precision, _, kernel = v.partition(':')
+        settings[v] = (DECODER_DTYPES[precision], dc.replace(pipe._pnp_params, ransac_kernel=kernel or 'sqpnp'))
+    assert all(isinstance(x[1], PnpParams) for x in settings.values())
+    store = pipe.pose_tracker.keyframes
+    store.clear()
+    k0 = inputs[0]
+    kf = store.add(k0.tokens, k0.cls, (224, 224), k0.K_model, k0.stamp_ns, source='events')
+    rows: Dict[str, Dict[str, List[float]]] = {v: defaultdict(list) for v in settings}
+    inl: Dict[str, List[int]] = {v: [] for v in settings}
+    try:
+        with torch.inference_mode():
+            for rep in range(repeats + 1):
+                for k in pairs:
+                    cur = inputs[k]
+                    order = list(settings) if (rep + k) % 2 == 0 else list(settings)[::-1]
+                    for name in order:
+                        dtype, pnp = settings[name]
+                        c0 = time.thread_time()
+                        est = symmetric_relative_pose(pipe.mast3r, kf, cur.tokens, (224, 224), cur.K_model, pnp=pnp,
+                                                      matching=MatchingParams(subsample=pipe.config.match_subsample,
+                                                                              border=3),
+                                                      gates=open_gates, decoder_dtype=dtype)
+                        cpu = time.thread_time() - c0
+                        if rep == 0:
+                            continue
+                        rows[name]['total_cpu'].append(cpu)
+                        for st in STAGES:
+                            rows[name][st].append(est.timings_s.get(st, 0.0))
+                        inl[name].append(est.direct.num_inliers)
+    finally:
+        store.clear()
+    return {'variants': {n: {k: _stats(v) for k, v in r.items()} for n, r in rows.items()},
+            'inliers_direct_median': {n: float(np.median(v)) if v else 0.0 for n, v in inl.items()}}
+
+
+def _print_compute(result: Dict[str, Any]) -> None:
+    names = list(result['variants'])
+    base = names[0]
+    print(f'\npose-compute variants (ms, median; n = {result["variants"][base]["total_cpu"]["n"]}; '
+          f'ratio against {base})')
+    print(f'{"stage":<18}' + ''.join(f'{n:>22}' for n in names))
+    for key in ('total_cpu', *STAGES):
+        b = result['variants'][base][key]['median_ms']
+        print(f'{key:<18}' + ''.join(
+            f'{result["variants"][n][key]["median_ms"]:12.1f} ({result["variants"][n][key]["median_ms"] / b:4.2f}x)'
+            if b > 1e-6 else f'{result["variants"][n][key]["median_ms"]:22.1f}' for n in names))
+    print('direct-order inliers (median): ' + ', '.join(f'{n} {v:.0f}'
+                                                       for n, v in result['inliers_direct_median'].items()))
+
+
 def pnp_kernel_accuracy(args: argparse.Namespace) -> Dict[str, Any]:
     """Pose accuracy of RANSAC variants (``PnpParams.ransac_kernel`` / ``iterations``) on the same matches.
 
@@ -361,6 +425,10 @@ def main(argv: Any = None) -> int:
     p.add_argument('--pnp-variants', nargs='+', default=['sqpnp', 'ap3p'], metavar='KERNEL[:ITERATIONS]',
                    help="RANSAC variants scored by --pnp-accuracy (default: sqpnp ap3p at --pnp-iterations)")
     p.add_argument('--only-pnp-accuracy', action='store_true', help='skip the timing sections')
+    p.add_argument('--compute-variants', nargs='*', default=[], metavar='PRECISION:KERNEL',
+                   help='also time these pose-compute variants (pose.decoder_precision:pose.ransac_kernel, e.g. '
+                        'fp32:sqpnp bf16:ap3p; the first is the baseline of the ratios)')
+    p.add_argument('--only-compute', action='store_true', help='only the --compute-variants timing')
     p.add_argument('--cache', default='/tmp/realm_pose_step_cache', help='simulated test scenes (.npz)')
     p.add_argument('--json', default=None)
     args = p.parse_args(argv)
@@ -377,6 +445,13 @@ def main(argv: Any = None) -> int:
     pairs = [k for k in (args.pairs or [1, 3, 6, 9, 12]) if 0 < k < len(inputs)]
     print(f'{len(inputs)} windows, set-up {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}; '
           f'pairs (keyframe 0, current k): {pairs}')
+    if args.compute_variants:
+        out['compute'] = compute_breakdown(pipe, inputs, pairs, args.repeats, args.compute_variants)
+        _print_compute(out['compute'])
+        if args.only_compute:
+            if args.json:
+                Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+            return 0
     out['breakdown'] = stage_breakdown(pipe, inputs, pairs, args.repeats)
     _print_table('symmetric_relative_pose', out['breakdown'],
                  ['total', 'total_cpu', *STAGES, *[f'pnp.{k}' for k in (*PNP_PARTS, 'other')]])
