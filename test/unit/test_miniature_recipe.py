@@ -31,7 +31,14 @@ def test_toy_recipe_ships_a_decoder_with_its_calibrated_gates(tmp_path):
     assert trust['records']['val'] > 0 and trust['records']['test'] > 0
     assert trust['view_similarity_gate'] is True and doc['recipe']['calibrate']['view_similarity_gate'] is True
     assert trust['fp_confidence'] == doc['recipe']['calibrate']['fp_confidence'] == 0.95     # the stricter rule
-    assert load_dune_mast3r(out / SHIPPED_FILES['mast3r']).pose_gates == calibrated_gates(trust)
+    shipped = load_dune_mast3r(out / SHIPPED_FILES['mast3r'])
+    assert shipped.pose_gates == calibrated_gates(trust)
+    # the decoder records the pose compute the gates were calibrated (and the test figures evaluated) with
+    cal = doc['recipe']['calibrate']
+    assert shipped.pose_gates_compute == {'decoder_precision': cal['decoder_precision'],
+                                          'ransac_kernel': cal['ransac_kernel']} == {'decoder_precision': 'bf16',
+                                                                                     'ransac_kernel': 'sqpnp'}
+    assert (doc['eval_config']['pose_decoder_precision'], doc['eval_config']['ransac_kernel']) == ('bf16', 'sqpnp')
     import pickle
     for part in ('val', 'test'):                                 # the per-pair records are kept for later studies
         recs = pickle.loads((tmp_path / 'work' / 'calibrate' / f'records_{part}.pkl').read_bytes())
