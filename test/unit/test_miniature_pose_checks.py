@@ -211,11 +211,12 @@ def test_calibration_adds_the_appearance_gate_where_geometry_lets_look_alike_sce
     recs = _lookalike_set(np.random.default_rng(1))
     grid = dict(min_inliers=(12, 100), min_inlier_ratio=(0.1,), max_order_rot_deg=(1.0, 1e9),
                 max_order_trans_ratio=(0.5, 1e9))
-    without = calibrate_gates(recs, 'symmetric', grid=grid, view_similarity_gate=False)
+    # geometry that cannot tell the scenes apart: the appearance gate alone decides (the joint rule)
+    without = calibrate_gates(recs, 'symmetric', grid=grid, view_similarity_gate=False, independent_geometry=False)
     assert without['gates'].min_view_similarity == -1.0
     # geometry alone: only the inlier count is left to reject the look-alike pairs, at the cost of most motion pairs
     assert without['val']['event_event']['published_rate'] < 0.6
-    cal = calibrate_gates(recs, 'symmetric', grid=grid)
+    cal = calibrate_gates(recs, 'symmetric', grid=grid, independent_geometry=False)
     g = cal['gates']
     assert 0.94 < g.min_view_similarity < 0.95 and g.publish
     out = cal['val']['event_event']
@@ -227,4 +228,47 @@ def test_calibration_adds_the_appearance_gate_where_geometry_lets_look_alike_sce
     assert _estimate(low, 'symmetric', g)[1] == 'dissimilar_views'
     # records without the measure (collected before the gate existed) calibrate as before
     old = [{k: v for k, v in r.items() if k != 'view_similarity'} for r in recs]
-    assert calibrate_gates(old, 'symmetric', grid=grid)['gates'] == without['gates']
+    assert calibrate_gates(old, 'symmetric', grid=grid, independent_geometry=False)['gates'] == without['gates']
+    # required to hold the limit alone, this geometry (orders agree on the look-alike pairs) cannot: nothing is
+    # published rather than trusting the appearance check alone
+    assert not calibrate_gates(recs, 'symmetric', grid=grid)['gates'].publish
+
+
+def _disagreeing_unrelated_set(rng, n=80, unrelated_similarity=(0.80, 0.94)):
+    """Motion pairs whose orders disagree by 0-8 deg; unrelated pairs whose orders disagree by 5-15 deg."""
+    recs = []
+    for _ in range(n):
+        gt = _T([rng.normal(0, 0.05), 0.0, rng.uniform(0.4, 1.0)], rng.uniform(3, 8))
+        d = gt.copy()
+        d[:3, 3] += rng.normal(0, 0.02, 3)
+        s = d @ _T([0, 0, 0], rng.uniform(0, 8))
+        r = _record('motion', gt, d, s, inliers=int(rng.integers(80, 150)))
+        r['view_similarity'] = float(rng.uniform(0.95, 0.99))
+        z = _record('zero', np.eye(4), np.eye(4), np.eye(4), inliers=300)
+        z['view_similarity'] = 1.0
+        a = _T([0, 0, rng.uniform(0.3, 0.6)], rng.normal(0, 3))
+        u = _record('unrelated', None, a, a @ _T([0, 0, 0], rng.choice([-1, 1]) * rng.uniform(5, 15)),
+                    inliers=int(rng.integers(80, 150)))
+        u['view_similarity'] = float(rng.uniform(*unrelated_similarity))
+        recs += [r, z, u]
+    return recs
+
+
+def test_the_geometric_gates_are_calibrated_to_hold_the_limit_without_the_appearance_gate():
+    """Validation scenes that look less alike than the test scenes: the appearance gate removes every unrelated
+    validation pair, so under the joint rule nothing constrains the order agreement and look-alike unrelated test
+    pairs get through; required to hold the limit alone, the geometry rejects them."""
+    rng = np.random.default_rng(3)
+    val = _disagreeing_unrelated_set(rng)
+    test = _disagreeing_unrelated_set(rng, unrelated_similarity=(0.96, 0.99))       # look-alike test scenes
+    grid = dict(min_inliers=(12,), min_inlier_ratio=(0.1,))
+    joint = calibrate_gates(val, 'symmetric', grid=grid, confidence=0.95, independent_geometry=False)['gates']
+    both = calibrate_gates(val, 'symmetric', grid=grid, confidence=0.95)['gates']
+    assert joint.publish and both.publish and joint.min_view_similarity == both.min_view_similarity > 0.93
+    # joint: no unrelated validation pair is left after the appearance gate, the loosest geometry publishes most;
+    # alone, order disagreement up to 6 deg would pass unrelated pairs (5-15 deg): 4 deg is the loosest that holds
+    assert joint.max_order_rot_deg == 1e9 and both.max_order_rot_deg == 4.0
+    fp_joint = summarize_records(test, 'symmetric', joint)['event_event']
+    fp_both = summarize_records(test, 'symmetric', both)['event_event']
+    assert fp_joint['false_positive_rate_unrelated'] > 0.5 and fp_both['false_positive_rate_unrelated'] == 0.0
+    assert 0.3 < fp_both['published_rate'] < fp_joint['published_rate']      # the price: fewer motion pairs
