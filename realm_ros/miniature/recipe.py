@@ -196,8 +196,8 @@ def _toy() -> RecipeConfig:
                               embedder_blocks=(1, 1, 1), mask_dilation_epochs=(1,), mask_dilation_patches=(1,),
                               token_drop_start_epoch=1, min_events=50),
         # not the full recipe's pose compute: the toy run checks that the recorded one follows the settings
-        calibrate=CalibrateRecipe(val_sequences=1, val_stride=3, test_stride=3, extra_stride=3, decoder_precision='bf16',
-                                  ransac_kernel='ap3p'),
+        calibrate=CalibrateRecipe(val_sequences=1, val_stride=3, test_stride=3, extra_stride=3,
+                                  decoder_precision='bf16', ransac_kernel='ap3p'),
         eval=EvalConfig(image_size=size, sequences=1, duration_s=0.3, pair_gaps=(2,), pair_stride=3,
                         pnp_iterations=200),
         bridge_val=EvalConfig(image_size=size, sequences=1, duration_s=0.2, pair_gaps=(2,), compare_bridges=True),
