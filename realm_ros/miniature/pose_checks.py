@@ -159,8 +159,7 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
             T2 = B.T_world_rgb[j] if s2 == 'rgb' else B.T_world_event[j]
             t0 = time.perf_counter()
             kf_d, cur_d, cur_s, kf_s = decode_both_orders(models.decoder, tok1, tok2, shape, shape,
-                                                          view2_points=decoder_dtype is None,
-                                                          compute_dtype=decoder_dtype)
+                                                          view2_points=False, compute_dtype=decoder_dtype)
             t1 = time.perf_counter()
             direct, m = _match_and_solve(kf_d, cur_d, K2, pnp, matching)
             swapped, ms = _match_and_solve(cur_s, kf_s, K1, pnp, matching)
@@ -431,29 +430,27 @@ def calibrate_gates(records: Sequence[Dict[str, Any]], method: str = 'symmetric'
     min_sim = base.min_view_similarity
     if view_similarity_gate and 'unrelated' in extra and np.all(np.isfinite(f['sim'])):
         min_sim = similarity_threshold(f['sim'][extra['unrelated']], max_fp_rate, confidence)
-    everything = np.ones(len(motion), bool)
-    looks_alike = f['sim'] >= min_sim if min_sim > -1.0 else everything
+    looks_alike = f['sim'] >= min_sim if min_sim > -1.0 else np.ones(len(motion), bool)
     base = replace(base, min_view_similarity=float(min_sim))
+
+    def too_many_false_positives(passed: np.ndarray) -> bool:
+        # a handful of validation pairs cannot vouch for a rate they are too few to measure (a gate that passed 0
+        # of 20 unrelated validation pairs published 17 % of the unrelated test pairs)
+        return any(_fp_rate(int(np.sum(f['fp'][m] & passed[m])), int(np.sum(m)), confidence) > max_fp_rate
+                   for m in extra.values())
     best, best_key, count = None, None, 0
     for mi in inl_grid:
         for ir in ratio_grid:
             for mr in rot_grid:
                 for tr in tr_grid:
                     count += 1
-                    pub = f['ok'] & looks_alike & (f['inl'] >= mi) & (f['ratio'] >= ir)
+                    geometry = f['ok'] & (f['inl'] >= mi) & (f['ratio'] >= ir)
                     if sym:
-                        pub &= (f['rot_dis'] <= mr) & (f['tr_dis'] <= tr)
-                    # a handful of validation pairs cannot vouch for a rate they are too few to measure (a gate
-                    # that passed 0 of 20 unrelated validation pairs published 17 % of the unrelated test pairs)
-                    if any(_fp_rate(int(np.sum(f['fp'][m] & pub[m])), int(np.sum(m)), confidence) > max_fp_rate
-                           for m in extra.values()):
-                        continue
-                    if independent_geometry and looks_alike is not everything:
-                        geo = pub | (f['ok'] & ~looks_alike & (f['inl'] >= mi) & (f['ratio'] >= ir)
-                                     & ((f['rot_dis'] <= mr) & (f['tr_dis'] <= tr) if sym else True))
-                        if any(_fp_rate(int(np.sum(f['fp'][m] & geo[m])), int(np.sum(m)), confidence) > max_fp_rate
-                               for m in extra.values()):
-                            continue             # the geometry alone would let too many through
+                        geometry &= (f['rot_dis'] <= mr) & (f['tr_dis'] <= tr)
+                    pub = geometry & looks_alike
+                    if too_many_false_positives(pub) or (independent_geometry
+                                                         and too_many_false_positives(geometry)):
+                        continue                 # together, or the geometry alone, lets too many through
                     kept = pub & motion
                     if kept.sum() < min_published or not (
                             np.median(f['rot_err'][kept]) < np.median(f['true_rot'][kept])

@@ -223,21 +223,19 @@ class PipelineRunner:
         K, _source = self.intrinsics(width, height)
         frame_id = self.frame_id()
         t0, c0 = time.monotonic(), time.thread_time()
-        posted = []
 
         def post(pose_input: PoseInput) -> None:
             """Hand the tokens to the pose worker as soon as the encoder has run (the dense heads still to come)."""
             pose_input.recv_monotonic_ns = window.recv_monotonic_ns
             pose_input.generation = generation
             self._post_pose_input(pose_input, frame_id)
-            posted.append(pose_input)
 
         try:
             if self.decoupled:
-                out, pose_input = self.pipeline.process_dense(window.events, height, width, K, window.t_end_ns,
-                                                              on_pose_input=post)
+                out, _ = self.pipeline.process_dense(window.events, height, width, K, window.t_end_ns,
+                                                     on_pose_input=post)
             else:
-                out, pose_input = self.pipeline.process(window.events, height, width, K, window.t_end_ns), None
+                out = self.pipeline.process(window.events, height, width, K, window.t_end_ns)
         except WindowSkipped as exc:
             self.counters.add(f'windows_skipped.{exc.reason}')
             self.last_error = str(exc)
@@ -256,10 +254,6 @@ class PipelineRunner:
         self.hold_active = False
         if not self.decoupled and (out.pose is not None or out.matches_image is not None):
             self._delivered('pose', window.recv_monotonic_ns)
-        if pose_input is not None and not posted:
-            pose_input.recv_monotonic_ns = window.recv_monotonic_ns
-            pose_input.generation = generation
-            self._post_pose_input(pose_input, frame_id)
 
     def _post_pose_input(self, pose_input: PoseInput, frame_id: str) -> None:
         """Put the newest tokens in the pose worker's mailbox (an older, not yet taken input is replaced)."""
