@@ -14,8 +14,9 @@
 3. Design comparison (``--designs``): the node with the SHIPPED miniature models (not random weights), 34 ms time
    windows as the demo, the recording played at real-time pace ``--loops`` times, once with pose in its own worker
    (``pose.decoupled: true``, this design) and once with pose after the dense heads of each window (``false``: the
-   previous single-worker design, same code otherwise). Per output (depth, pose): messages per second, latency
-   p50 / p95 (packet publish -> output receive, as in 2.), and event packets lost (sequence gaps the node counted).
+   previous single-worker design, same code otherwise). Per output (depth; pose steps = ~/matches, published every
+   step; ~/pose, published only through the calibrated gates): messages per second, latency p50 / p95 (packet
+   publish -> output receive, as in 2.), and event packets lost (sequence gaps the node counted).
 4. Sustained input: the recording is played back to back (>= 2 s of wall time, 8 passes for 'max') at ``--rates``
    x real time (0 = as fast as this Python publisher can); per rate the events the node ingested (diagnostics)
    divided by the ingest interval (first publish until the node's packet counter stops rising), packets lost
@@ -298,7 +299,8 @@ def bench_designs(loops: int) -> None:
     work = Path(tempfile.mkdtemp(prefix='bench_design_'))
     print(f'\n[3] design comparison: shipped miniature models, 34 ms windows, {loops} x {span / 1e9:.2f} s of '
           'the recording at real-time pace')
-    print('    design                  | depth Hz | depth p50/p95 ms | pose Hz | pose p50/p95 ms | packets lost')
+    print('    design                  | depth Hz | depth p50/p95 ms | pose steps Hz (~/matches) | step p50/p95 ms | '
+          '~/pose Hz | ~/pose p50/p95 ms | packets lost')
     for decoupled in (False, True):
         params = write_params(work / f'p{int(decoupled)}.yaml', ckpts, **{
             'window.mode': 'time', 'window.duration_ms': 34.0, 'diagnostics.period_s': 0.25,
@@ -314,10 +316,12 @@ def bench_designs(loops: int) -> None:
                 wall += probe.play(packets, rate=1.0, stamp_shift_ns=(k + 1) * span, on_publish=published)
             time.sleep(2.0)
             d = probe.latest_diagnostics()
-            ld, lp = (published.latencies_ms(probe.messages(t)) for t in ('depth', 'pose'))
+            # every pose step publishes ~/matches; ~/pose only what the calibrated gates let through
+            ld, lm, lp = (published.latencies_ms(probe.messages(t)) for t in ('depth', 'matches', 'pose'))
             label = 'pose in its own worker' if decoupled else 'pose after dense (prev.)'
             print(f'    {label:23s} | {len(ld) / wall:8.2f} | {_pct(ld, 50):7.0f} / {_pct(ld, 95):6.0f} | '
-                  f'{len(lp) / wall:7.2f} | {_pct(lp, 50):6.0f} / {_pct(lp, 95):6.0f} | '
+                  f'{len(lm) / wall:25.2f} | {_pct(lm, 50):6.0f} / {_pct(lm, 95):6.0f} | '
+                  f'{len(lp) / wall:9.2f} | {_pct(lp, 50):6.0f} / {_pct(lp, 95):6.0f} | '
                   f'{d["events"]["dropped_packets"]} of {loops * len(packets) + 50}')
         finally:
             probe.close()
