@@ -251,8 +251,9 @@ def whole_step(pipe: Any, inputs: List[Any], repeats: int) -> Dict[str, Any]:
 def compute_breakdown(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int, variants: List[str]
                       ) -> Dict[str, Any]:
     """CPU time of the symmetric pose step per stage for each pose-compute variant (``PRECISION:KERNEL``, e.g.
-    ``fp32:sqpnp``, ``bf16:ap3p``: ``pose.decoder_precision`` / ``pose.ransac_kernel``), interleaved pair by pair
-    in the same process. Every order is solved (open gates), so the PnP cost is that of a published pose."""
+    ``fp32:sqpnp``, ``bf16:ap3p``: ``pose.decoder_precision`` / ``pose.ransac_kernel`` of the PnP solver, or
+    ``PRECISION:essential``: the essential-matrix solver), interleaved pair by pair in the same process. Every order
+    is solved (open gates), so the solver cost is that of a published pose (``pnp_*`` stages: either solver)."""
     import dataclasses as dc
 
     from realm_ros.geometry.relative_pose import MatchingParams
@@ -261,7 +262,10 @@ def compute_breakdown(pipe: Any, inputs: List[Any], pairs: List[int], repeats: i
     settings = {}
     for v in variants:
         precision, _, kernel = v.partition(':')
-        settings[v] = (DECODER_DTYPES[precision], dc.replace(pipe._pnp_params, ransac_kernel=kernel or 'sqpnp'))
+        solver = 'essential' if kernel == 'essential' else 'pnp'
+        settings[v] = (DECODER_DTYPES[precision],
+                       dc.replace(pipe._pnp_params, solver=solver,
+                                  ransac_kernel='sqpnp' if solver == 'essential' else (kernel or 'sqpnp')))
     store = pipe.pose_tracker.keyframes
     store.clear()
     k0 = inputs[0]
@@ -310,16 +314,21 @@ def _print_compute(result: Dict[str, Any]) -> None:
 
 
 def pnp_kernel_accuracy(args: argparse.Namespace) -> Dict[str, Any]:
-    """Pose accuracy of RANSAC variants (``PnpParams.ransac_kernel`` / ``iterations``) on the same matches.
+    """Pose accuracy of solver variants on the same matches: PnP-RANSAC kernels (``KERNEL[:ITERATIONS]``,
+    ``PnpParams.ransac_kernel`` / ``iterations``) and the essential-matrix solver (``essential[:THRESHOLD_PX]``).
 
     The held-out test scenes of the shipped metrics (``realm_ros.miniature``), all three modes, the pair sets of
     :func:`realm_ros.miniature.pose_checks.collect_pose_records` (motion pairs at gaps 3 / 6 / 12, zero-motion and
-    unrelated-scene pairs); every pair is decoded and matched once and solved with each kernel, then scored with
-    :func:`~realm_ros.miniature.pose_checks.summarize_records`: the one-order estimate with PnP's own checks only
-    and the symmetric estimate with the uncalibrated default gates."""
+    unrelated-scene pairs); every pair is decoded and matched once and solved with each variant, then scored with
+    :func:`~realm_ros.miniature.pose_checks.summarize_records`: the one-order estimate with the solver's own checks
+    only, the symmetric estimate with every pair that both orders solve (ungated) and with the uncalibrated default
+    gates."""
+    import dataclasses as dc
+
     from realm_ros.geometry.pose import PnpParams
     from realm_ros.geometry.relative_pose import MatchingParams
-    from realm_ros.geometry.symmetric import PoseGates, _match_and_solve, decode_both_orders
+    from realm_ros.geometry.symmetric import (PoseGates, _match_and_solve, combine_orders, decode_both_orders,
+                                              refine_combined)
     from realm_ros.miniature.evaluate import EvalConfig, MiniModels, load_or_simulate
     from realm_ros.miniature.metrics import relative_pose
     from realm_ros.miniature.pose_checks import MODES, _pose_fields, radius_ratio, sequence_tokens, \
@@ -332,8 +341,13 @@ def pnp_kernel_accuracy(args: argparse.Namespace) -> Dict[str, Any]:
     seqs = load_or_simulate(cfg, args.cache, print)
     kernels = {}
     for v in args.pnp_variants:
-        kernel, _, iters = v.partition(':')
-        kernels[v] = PnpParams(iterations=int(iters or args.pnp_iterations), ransac_kernel=kernel)
+        kernel, _, arg = v.partition(':')
+        if kernel == 'essential':
+            base = PnpParams(iterations=args.pnp_iterations, solver='essential',
+                             essential_iterations=args.pnp_iterations)
+            kernels[v] = dc.replace(base, essential_threshold_px=float(arg)) if arg else base
+        else:
+            kernels[v] = PnpParams(iterations=int(arg or args.pnp_iterations), ransac_kernel=kernel)
     matching = MatchingParams()
     size = seqs[0].rgb.shape[1]
     shape = (size, size)
@@ -361,13 +375,18 @@ def pnp_kernel_accuracy(args: argparse.Namespace) -> Dict[str, Any]:
                                                               shape, shape, view2_points=False)
                 for name, pnp in kernels.items():
                     t0 = time.process_time()
-                    direct, md = _match_and_solve(kf_d, cur_d, K2, pnp, matching)
-                    swapped, ms = _match_and_solve(cur_s, kf_s, K1, pnp, matching)
+                    direct, md = _match_and_solve(kf_d, cur_d, K2, pnp, matching, K1=K1)
+                    swapped, ms = _match_and_solve(cur_s, kf_s, K1, pnp, matching, K1=K2)
+                    combined = None
+                    if pnp.solver == 'essential' and direct.ok and swapped.ok:
+                        mid, _ = combine_orders(direct.T_ref_cur, swapped.T_cur_ref)
+                        combined = np.linalg.inv(refine_combined(mid, direct, md, swapped, ms, K1, K2, pnp))
                     pnp_s[name].append(time.process_time() - t0)
                     records[name].append(dict(
                         mode=mode, kind=kind, gap=gap, seeds=(int(A.seed), int(B.seed)), frames=(i, j),
                         T_gt=relative_pose(T1, T2) if kind != 'unrelated' else None, direct=_pose_fields(direct),
-                        swapped=_pose_fields(swapped), radius_ratio=radius_ratio(md.xy1, md.xy2, K1, K2),
+                        swapped=_pose_fields(swapped), combined_T_cur_ref=combined,
+                        radius_ratio=radius_ratio(md.xy1, md.xy2, K1, K2),
                         radius_ratio_swapped=radius_ratio(ms.xy1, ms.xy2, K2, K1)))
             if n % 40 == 0:
                 print(f'  pnp accuracy: pair {n} of {len(pairs)} ({time.time() - t_start:.0f} s)', flush=True)
@@ -375,6 +394,7 @@ def pnp_kernel_accuracy(args: argparse.Namespace) -> Dict[str, Any]:
     out: Dict[str, Any] = {'pairs': len(pairs), 'seeds': [int(s.seed) for s in seqs], 'variants': list(kernels)}
     for name in kernels:
         out[name] = {'direct_pnp_checks_only': summarize_records(records[name], 'direct', all_pass),
+                     'symmetric_ungated': summarize_records(records[name], 'symmetric', all_pass),
                      'symmetric_default_gates': summarize_records(records[name], 'symmetric', PoseGates()),
                      'matching_plus_pnp_cpu_ms': _stats(pnp_s[name])}
     return out
@@ -384,11 +404,11 @@ def _print_accuracy(acc: Dict[str, Any]) -> None:
     keys = ('published_rate', 'rot_err_deg_median', 'trans_err_deg_median', 'auc_pose@5', 'auc_pose@10',
             'auc_pose@20', 'forward_sign_correct', 'false_positive_rate_zero', 'false_positive_rate_unrelated')
     variants = acc['variants']
-    print(f'\nPnP RANSAC variant accuracy ({acc["pairs"]} pairs x 3 modes, test seeds {acc["seeds"]}); '
+    print(f'\npose solver variant accuracy ({acc["pairs"]} pairs x 3 modes, test seeds {acc["seeds"]}); '
           f'matching + both PnPs CPU ms (min / median): ' + ', '.join(
               f'{k} {acc[k]["matching_plus_pnp_cpu_ms"]["min_ms"]:.1f} / '
               f'{acc[k]["matching_plus_pnp_cpu_ms"]["median_ms"]:.1f}' for k in variants))
-    for method in ('direct_pnp_checks_only', 'symmetric_default_gates'):
+    for method in ('direct_pnp_checks_only', 'symmetric_ungated', 'symmetric_default_gates'):
         for mode in acc[variants[0]][method]:
             for kernel in variants:
                 r = acc[kernel][method][mode]
@@ -420,12 +440,14 @@ def main(argv: Any = None) -> int:
     p.add_argument('--skip-whole', action='store_true', help='only the stage breakdown')
     p.add_argument('--pnp-accuracy', type=int, default=0, metavar='N',
                    help='also score the RANSAC variants (--pnp-variants) on N held-out test scenes (slow)')
-    p.add_argument('--pnp-variants', nargs='+', default=['sqpnp', 'ap3p'], metavar='KERNEL[:ITERATIONS]',
-                   help="RANSAC variants scored by --pnp-accuracy (default: sqpnp ap3p at --pnp-iterations)")
+    p.add_argument('--pnp-variants', nargs='+', default=['sqpnp', 'ap3p'], metavar='VARIANT',
+                   help="solver variants scored by --pnp-accuracy: PnP kernels KERNEL[:ITERATIONS] and the "
+                        "essential solver essential[:THRESHOLD_PX] (default: sqpnp ap3p at --pnp-iterations)")
     p.add_argument('--only-pnp-accuracy', action='store_true', help='skip the timing sections')
     p.add_argument('--compute-variants', nargs='*', default=[], metavar='PRECISION:KERNEL',
-                   help='also time these pose-compute variants (pose.decoder_precision:pose.ransac_kernel, e.g. '
-                        'fp32:sqpnp bf16:ap3p; the first is the baseline of the ratios)')
+                   help='also time these pose-compute variants (pose.decoder_precision:pose.ransac_kernel of the '
+                        'PnP solver, or PRECISION:essential for the essential-matrix solver, e.g. fp32:sqpnp '
+                        'fp32:essential bf16:ap3p; the first is the baseline of the ratios)')
     p.add_argument('--only-compute', action='store_true', help='only the --compute-variants timing')
     p.add_argument('--cache', default='/tmp/realm_pose_step_cache', help='simulated test scenes (.npz)')
     p.add_argument('--json', default=None)

@@ -26,13 +26,14 @@ __all__ = ['PoseGates', 'METHODS', 'MODES', 'mode_for', 'parse_pose_gates', 'pos
            'view_similarity', 'token_grid', 'SIMILARITY_CELLS', 'POSE_COMPUTE_CHOICES', 'POSE_COMPUTE_DEFAULTS',
            'parse_pose_compute', 'pose_compute_for_decoder']
 
-#: how the pose step computes (decoder precision, PnP-RANSAC hypotheses): gates hold only for the setting they were
-#: calibrated with, so a decoder file records it next to its gates (``extra.pose_gates_compute``)
+#: how the pose step computes (decoder precision, pose solver, PnP-RANSAC hypotheses): gates hold only for the
+#: setting they were calibrated with, so a decoder file records it next to its gates (``extra.pose_gates_compute``)
 POSE_COMPUTE_CHOICES: dict[str, tuple[str, ...]] = {'decoder_precision': ('fp32', 'bf16'),
+                                                    'solver': ('pnp', 'essential'),
                                                     'ransac_kernel': ('sqpnp', 'ap3p')}
 #: what a decoder file without that record was calibrated with (files written before it existed) / the official
-#: semantics (MASt3R's visloc: fp32 decoder, SQPnP)
-POSE_COMPUTE_DEFAULTS: dict[str, str] = {'decoder_precision': 'fp32', 'ransac_kernel': 'sqpnp'}
+#: semantics (MASt3R's visloc: fp32 decoder, PnP-RANSAC with SQPnP)
+POSE_COMPUTE_DEFAULTS: dict[str, str] = {'decoder_precision': 'fp32', 'solver': 'pnp', 'ransac_kernel': 'sqpnp'}
 
 #: the estimate methods gates are calibrated for: both decoder orders combined, or the keyframe-first order alone
 METHODS = ('symmetric', 'direct')
@@ -218,9 +219,9 @@ def parse_pose_gates(obj: Any, where: str = 'pose_gates') -> dict[str, dict[str,
 
 
 def parse_pose_compute(obj: Any, where: str = 'pose_gates_compute') -> dict[str, str]:
-    """The pose-compute record of a decoder file (``{'decoder_precision': 'fp32' | 'bf16', 'ransac_kernel':
-    'sqpnp' | 'ap3p'}``), missing entries from :data:`POSE_COMPUTE_DEFAULTS`; ``None`` -> the defaults. Raises
-    ``ValueError`` naming ``where`` and the entry for an unknown key or value."""
+    """The pose-compute record of a decoder file (``{'decoder_precision': 'fp32' | 'bf16', 'solver': 'pnp' |
+    'essential', 'ransac_kernel': 'sqpnp' | 'ap3p'}``), missing entries from :data:`POSE_COMPUTE_DEFAULTS`;
+    ``None`` -> the defaults. Raises ``ValueError`` naming ``where`` and the entry for an unknown key or value."""
     if obj is None:
         return dict(POSE_COMPUTE_DEFAULTS)
     if not isinstance(obj, Mapping):
@@ -238,7 +239,7 @@ def parse_pose_compute(obj: Any, where: str = 'pose_gates_compute') -> dict[str,
 
 
 def pose_compute_for_decoder(decoder: Any) -> dict[str, str]:
-    """The decoder precision and RANSAC kernel a loaded decoder's gates were calibrated with
+    """The decoder precision, pose solver and RANSAC kernel a loaded decoder's gates were calibrated with
     (``decoder.pose_gates_compute`` from its file; :data:`POSE_COMPUTE_DEFAULTS` when it records none)."""
     recorded = getattr(decoder, 'pose_gates_compute', None) or {}
     return {**POSE_COMPUTE_DEFAULTS, **recorded}

@@ -14,7 +14,13 @@ Conventions
   ``T_ref_cur`` with a small rotation applied on the left (about the keyframe-frame axes).
 * Degenerate or failed estimates are not raised: ``PoseResult.ok`` is False and ``reason`` says why
   (``too_few_matches``, ``non_finite_input``, ``degenerate_points``, ``degenerate_pixels``, ``pnp_failed``,
-  ``non_finite_pose``, ``too_few_inliers``, ``low_inlier_ratio``, ``cheirality``, ``ill_conditioned``).
+  ``non_finite_pose``, ``too_few_inliers``, ``low_inlier_ratio``, ``cheirality``, ``ill_conditioned``; the
+  essential solver also ``essential_failed`` and ``inconsistent_scale``).
+* Two solvers (:class:`PnpParams` ``solver``): PnP-RANSAC (:func:`solve_pnp`) uses the keyframe pointmap for the
+  whole pose; the essential solver (:func:`solve_essential`) takes rotation and translation direction from the
+  matched pixels alone (an essential matrix, MAGSAC++, then a robust Sampson refinement) and only the length of the
+  translation from the pointmap. When the pointmap is much less accurate than the matches (event tokens through a
+  decoder trained on RGB), the second is far more accurate (models/README.md).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import numpy as np
 __all__ = [
     'PixelTransform', 'PnpParams', 'PoseResult', 'intrinsics_after_crop', 'intrinsics_after_resize',
     'intrinsics_after_pad', 'solve_pnp', 'solve_relative_pose_pnp', 'correspondences_from_matches', 'confidence_mask',
-    'rotation_angle_deg',
+    'rotation_angle_deg', 'POSE_SOLVERS', 'solve_essential', 'sampson_residuals', 'refine_two_view',
+    'normalised_pixels', 'metric_scale_from_points',
 ]
 
 
@@ -120,9 +127,18 @@ def intrinsics_after_pad(K: Any, left: float, top: float) -> np.ndarray:
 _RANSAC_FLAGS = {'sqpnp': cv2.SOLVEPNP_SQPNP, 'ap3p': cv2.SOLVEPNP_AP3P}
 
 
+POSE_SOLVERS = ('pnp', 'essential')
+
+
 @dataclass(frozen=True)
 class PnpParams:
-    """PnP-RANSAC settings and acceptance thresholds (defaults follow MASt3R visloc: SQPnP, 5 px, 0.9999)."""
+    """Relative-pose solver settings and acceptance thresholds.
+
+    ``solver`` ``'pnp'`` (default of this class; MASt3R visloc: PnP-RANSAC of the keyframe pointmap against the
+    current pixels, SQPnP, 5 px, 0.9999) or ``'essential'`` (:func:`solve_essential`: the essential matrix of the
+    matched pixels, MAGSAC++, ``essential_threshold_px``; metric scale from the keyframe pointmap). The confidence
+    thresholds, minimum counts and degeneracy checks apply to both solvers.
+    """
 
     reprojection_error_px: float = 5.0
     iterations: int = 10_000
@@ -141,7 +157,15 @@ class PnpParams:
     ransac_kernel: str = 'sqpnp'            # hypotheses: 'sqpnp' (OpenCV: EPnP on 5 points, SQPnP on the inliers)
     #                                         or 'ap3p' (4 points, EPnP on the inliers; ~2.5x cheaper per call)
 
+    solver: str = 'pnp'                     # 'pnp' | 'essential' (see the class docstring)
+    essential_threshold_px: float = 2.0     # MAGSAC++ threshold (px in the current image) of the essential solver
+    essential_confidence: float = 0.999
+    essential_iterations: int = 1000
+    huber_px: float = 1.0                   # Huber scale (px) of the Sampson refinement; <= 0: plain least squares
+
     def __post_init__(self) -> None:
+        if self.solver not in POSE_SOLVERS:
+            raise ValueError(f'PnpParams.solver must be one of {list(POSE_SOLVERS)}, got {self.solver!r}')
         if self.ransac_kernel not in _RANSAC_FLAGS:
             raise ValueError(f'PnpParams.ransac_kernel must be one of {sorted(_RANSAC_FLAGS)}, '
                              f'got {self.ransac_kernel!r}')
@@ -333,6 +357,175 @@ def solve_pnp(points3d: Any, pixels: Any, K: Any, params: PnpParams = PnpParams(
                       covariance=cov)
 
 
+def normalised_pixels(xy: Any, K: Any) -> np.ndarray:
+    """Pixels (N, 2) -> normalised image coordinates ``K^-1 [x, y, 1]`` (first two components; no skew assumed
+    beyond what ``K`` holds)."""
+    K = _as_K(K)
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    y = (xy[:, 1] - K[1, 2]) / K[1, 1]
+    x = (xy[:, 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
+    return np.stack([x, y], axis=1)
+
+
+def sampson_residuals(R: np.ndarray, t: np.ndarray, x_ref: np.ndarray, x_cur: np.ndarray) -> np.ndarray:
+    """Signed Sampson distances (normalised coordinates) of correspondences under ``T_cur_ref = (R, t)``:
+    ``x_cur^T E x_ref / |grad|`` with ``E = [t]x R``."""
+    tx = np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
+    E = tx @ R
+    h1 = np.concatenate([x_ref, np.ones((len(x_ref), 1))], axis=1)
+    h2 = np.concatenate([x_cur, np.ones((len(x_cur), 1))], axis=1)
+    Ex1 = h1 @ E.T
+    Etx2 = h2 @ E
+    num = np.sum(h2 * Ex1, axis=1)
+    den = Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2
+    return num / np.sqrt(np.maximum(den, 1e-24))
+
+
+def _perturbed(R: np.ndarray, t: np.ndarray, basis: tuple[np.ndarray, np.ndarray], d: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(exp(d[:3]) R, normalise(t + d[3] b1 + d[4] b2))``: a step in rotation and translation direction."""
+    tp = t + d[3] * basis[0] + d[4] * basis[1]
+    return _so3_exp(d[:3]) @ R, tp / np.linalg.norm(tp)
+
+
+def refine_two_view(R: np.ndarray, t: np.ndarray, x_ref: np.ndarray, x_cur: np.ndarray, huber: float = 0.0,
+                    iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Newton on the Sampson residuals over rotation and translation *direction* (5 degrees of freedom);
+    ``(R, t)`` of ``T_cur_ref`` with any ``|t| > 0``, returns ``(R, unit t)``. ``huber`` > 0 (normalised units):
+    iteratively reweighted with Huber weights (outliers the RANSAC let through pull less)."""
+    R = np.asarray(R, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64).reshape(3)
+    t = t / np.linalg.norm(t)
+    for _ in range(iterations):
+        a = np.array([1.0, 0.0, 0.0]) if abs(t[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        b1 = np.cross(t, a)
+        b1 /= np.linalg.norm(b1)
+        basis = (b1, np.cross(t, b1))
+        r0 = sampson_residuals(R, t, x_ref, x_cur)
+        J = np.empty((r0.size, 5))
+        for k in range(5):
+            d = np.zeros(5)
+            d[k] = 1e-7
+            J[:, k] = (sampson_residuals(*_perturbed(R, t, basis, d), x_ref, x_cur)
+                       - sampson_residuals(*_perturbed(R, t, basis, -d), x_ref, x_cur)) / 2e-7
+        w = np.ones_like(r0)
+        if huber > 0:
+            ar = np.abs(r0)
+            w = np.where(ar <= huber, 1.0, huber / np.maximum(ar, 1e-30))
+        H = J.T @ (J * w[:, None])
+        try:
+            step = -np.linalg.solve(H + 1e-12 * np.trace(H) * np.eye(5), J.T @ (w * r0))
+        except np.linalg.LinAlgError:
+            break
+        if not np.all(np.isfinite(step)):
+            break
+        R, t = _perturbed(R, t, basis, step)
+        if float(np.linalg.norm(step)) < 1e-10:
+            break
+    return R, t
+
+
+def metric_scale_from_points(R: np.ndarray, t_unit: np.ndarray, points_ref: np.ndarray, x_cur: np.ndarray) -> float:
+    """Length ``s`` of the translation for which the keyframe points ``points_ref`` (N, 3) reproject onto their
+    matches ``x_cur`` (normalised, N x 2) under ``(R, s t_unit)``: per point and image axis ``s`` solves
+    ``u (Y_z + s t_z) = Y_x + s t_x`` (``Y = R X``); the median over all equations whose coefficient is not tiny
+    (robust to wrong depths). NaN when fewer than 3 equations are usable."""
+    Y = points_ref @ R.T
+    a = np.concatenate([x_cur[:, 0] * t_unit[2] - t_unit[0], x_cur[:, 1] * t_unit[2] - t_unit[1]])
+    b = np.concatenate([Y[:, 0] - x_cur[:, 0] * Y[:, 2], Y[:, 1] - x_cur[:, 1] * Y[:, 2]])
+    ok = np.abs(a) > 1e-3
+    if int(ok.sum()) < 3:
+        return float('nan')
+    return float(np.median(b[ok] / a[ok]))
+
+
+def solve_essential(xy_ref: Any, xy_cur: Any, K_ref: Any, K_cur: Any, points3d_ref: Any,
+                    params: PnpParams = PnpParams(solver='essential')) -> PoseResult:
+    """Relative pose from matched pixels: essential matrix (``cv2.findEssentialMat``, MAGSAC++), the cheirality
+    check of ``cv2.recoverPose``, a robust Sampson refinement on the inliers, then the metric length of the
+    translation from the keyframe points (:func:`metric_scale_from_points`). Same result conventions and checks as
+    :func:`solve_pnp` (``T_cur_ref``; covariance of ``T_ref_cur`` from the reprojection of the inlier keyframe points,
+    the same Gauss-Newton model as PnP's).
+
+    Args:
+        xy_ref, xy_cur: (N, 2) matched pixels (x, y) of the keyframe and the current image.
+        K_ref, K_cur: their intrinsics (model-input pixels).
+        points3d_ref: (N, 3) keyframe pointmap at ``xy_ref`` (keyframe camera frame).
+    """
+    K_ref, K_cur = _as_K(K_ref), _as_K(K_cur)
+    uv_ref = np.asarray(xy_ref, dtype=np.float64).reshape(-1, 2)
+    uv = np.asarray(xy_cur, dtype=np.float64).reshape(-1, 2)
+    pts = np.asarray(points3d_ref, dtype=np.float64).reshape(-1, 3)
+    if not (len(uv_ref) == len(uv) == len(pts)):
+        raise ValueError(f'xy_ref ({len(uv_ref)}), xy_cur ({len(uv)}) and points3d_ref ({len(pts)}) differ in length')
+    n_in = pts.shape[0]
+    finite = np.isfinite(pts).all(1) & np.isfinite(uv).all(1) & np.isfinite(uv_ref).all(1)
+    if n_in and not finite.any():
+        return _reject('non_finite_input', n_in)
+    index = np.nonzero(finite)[0]
+    pts, uv, uv_ref = pts[index], uv[index], uv_ref[index]
+    n = pts.shape[0]
+    if n < max(params.min_correspondences, 8):
+        return _reject('too_few_matches', n_in)
+    if n > params.max_points:
+        keep = np.sort(np.random.default_rng(0).choice(n, params.max_points, replace=False))
+        index, pts, uv, uv_ref, n = index[keep], pts[keep], uv[keep], uv_ref[keep], params.max_points
+    for xy in (uv, uv_ref):
+        s2 = np.linalg.svd((xy - xy.mean(0)) / np.sqrt(n), compute_uv=False)
+        if s2[1] < params.min_pixel_spread_px:
+            return _reject('degenerate_pixels', n_in)
+    x_ref, x_cur = normalised_pixels(uv_ref, K_ref), normalised_pixels(uv, K_cur)
+    f = 0.5 * (K_cur[0, 0] + K_cur[1, 1])
+    try:
+        E, mask = cv2.findEssentialMat(x_ref, x_cur, np.eye(3), method=cv2.USAC_MAGSAC,
+                                       prob=float(params.essential_confidence),
+                                       threshold=float(params.essential_threshold_px) / f,
+                                       maxIters=int(params.essential_iterations))
+    except cv2.error as exc:
+        return _reject(f'essential_failed: {str(exc).strip().splitlines()[-1][:120]}', n_in)
+    if E is None or E.ndim != 2 or E.shape[0] < 3 or E.shape[1] != 3 or mask is None:
+        return _reject('essential_failed', n_in)
+    E = E[:3]
+    if not np.all(np.isfinite(E)):
+        return _reject('non_finite_pose', n_in)
+    _, R, t_unit, mask2 = cv2.recoverPose(E, x_ref, x_cur, np.eye(3), mask=mask.copy())
+    inl = np.nonzero(mask2.reshape(-1) > 0)[0]
+    t_unit = t_unit.reshape(3)
+    if inl.size < 5:
+        return _reject('cheirality' if int((mask.reshape(-1) > 0).sum()) >= 5 else 'too_few_inliers', n_in,
+                       inliers=index[inl])
+    if params.refine:
+        R, t_unit = refine_two_view(R, t_unit, x_ref[inl], x_cur[inl], huber=max(0.0, params.huber_px) / f)
+        resid = np.abs(sampson_residuals(R, t_unit, x_ref, x_cur)) * f
+        # re-score: within the threshold and in front of both cameras (the mask of recoverPose)
+        front = np.zeros(n, dtype=bool)
+        front[inl] = True
+        inl = np.nonzero((resid <= params.essential_threshold_px) & front)[0]
+    if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t_unit))):
+        return _reject('non_finite_pose', n_in)
+    scale = metric_scale_from_points(R, t_unit, pts[inl], x_cur[inl]) if inl.size else float('nan')
+    inliers = index[inl]
+    if not np.isfinite(scale) or scale <= 0:
+        return _reject('inconsistent_scale', n_in, R=R, t=t_unit * (scale if np.isfinite(scale) else 0.0),
+                       inliers=inliers)
+    t = t_unit * scale
+    partial = dict(R=R, t=t, inliers=inliers)
+    if inl.size < params.min_inliers:
+        return _reject('too_few_inliers', n_in, **partial)
+    if inl.size / n_in < params.min_inlier_ratio:
+        return _reject('low_inlier_ratio', n_in, **partial)
+    depth = (pts[inl] @ R.T + t)[:, 2]
+    if np.mean(depth > 0) < 0.9:
+        return _reject('cheirality', n_in, **partial)
+    proj, _ = cv2.projectPoints(pts[inl], cv2.Rodrigues(R)[0], t, K_cur, None)
+    rms = float(np.sqrt(np.mean(np.sum((proj.reshape(-1, 2) - uv[inl]) ** 2, axis=1))))
+    cov, _cond = _camera_pose_covariance(pts[inl], uv[inl], K_cur, R, t, params.max_condition)
+    if cov is None:
+        return _reject('ill_conditioned', n_in, reprojection_error_px=rms, **partial)
+    return PoseResult(ok=True, R=R, t=t, inliers=inliers, num_correspondences=n_in, reprojection_error_px=rms,
+                      covariance=cov)
+
+
 def confidence_mask(conf_ref: Any = None, desc_conf_ref: Any = None, desc_conf_cur: Any = None,
                     params: PnpParams = PnpParams()) -> np.ndarray | None:
     """Which correspondences pass the thresholds, from per-correspondence confidence values (1-D each).
@@ -397,7 +590,7 @@ def _as_numpy(x: Any, name: str, ndim: int) -> np.ndarray:
 
 def solve_relative_pose_pnp(xy_ref: Any, xy_cur: Any, pts3d_ref: Any, K_cur: Any, *, conf_ref: Any = None,
                             desc_conf_ref: Any = None, desc_conf_cur: Any = None,
-                            params: PnpParams = PnpParams()) -> PoseResult:
+                            params: PnpParams = PnpParams(), K_ref: Any = None) -> PoseResult:
     """Pose of the current view relative to a keyframe from matches (keyframe = decoder view 1).
 
     Args:
@@ -409,6 +602,8 @@ def solve_relative_pose_pnp(xy_ref: Any, xy_cur: Any, pts3d_ref: Any, K_cur: Any
             ``params.point_conf_threshold``.
         desc_conf_ref, desc_conf_cur: optional descriptor confidences; pairs with
             ``min(ref, cur) < params.desc_conf_threshold`` are dropped.
+        params: settings; ``params.solver`` ``'essential'`` solves with :func:`solve_essential` (then ``K_ref``,
+            the keyframe image's intrinsics, is required).
 
     Returns:
         :class:`PoseResult` (``inliers`` index the matches; ``ok`` False with a reason when rejected).
@@ -416,7 +611,12 @@ def solve_relative_pose_pnp(xy_ref: Any, xy_cur: Any, pts3d_ref: Any, K_cur: Any
     pts, uv, index = correspondences_from_matches(xy_ref, xy_cur, pts3d_ref, conf_ref=conf_ref,
                                                   desc_conf_ref=desc_conf_ref, desc_conf_cur=desc_conf_cur,
                                                   params=params)
-    res = solve_pnp(pts, uv, K_cur, params)
+    if params.solver == 'essential':
+        if K_ref is None:
+            raise ValueError('the essential solver needs K_ref, the intrinsics of the keyframe image')
+        res = solve_essential(np.asarray(xy_ref).reshape(-1, 2)[index], uv, K_ref, K_cur, pts, params)
+    else:
+        res = solve_pnp(pts, uv, K_cur, params)
     inliers = index[res.inliers] if res.inliers.size else res.inliers
     return PoseResult(ok=res.ok, reason=res.reason, R=res.R, t=res.t, inliers=inliers,
                       num_correspondences=res.num_correspondences,

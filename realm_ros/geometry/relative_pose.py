@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .keyframes import Keyframe
 from .matching import ReciprocalMatches, fast_reciprocal_nn
-from .pose import PnpParams, PoseResult, confidence_mask, solve_pnp
+from .pose import PnpParams, PoseResult, confidence_mask, solve_essential, solve_pnp
 
 __all__ = ['MatchingParams', 'RelativePoseEstimate', 'estimate_relative_pose']
 
@@ -53,7 +53,7 @@ def _sync(device: torch.device) -> None:
 def estimate_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, image_shape: Any, K_cur: Any, *,
                            pnp: PnpParams = PnpParams(), matching: MatchingParams = MatchingParams(),
                            keep_predictions: bool = False) -> RelativePoseEstimate:
-    """Run the DUNE-MASt3R decoder on (keyframe, current), match descriptors and solve PnP.
+    """Run the DUNE-MASt3R decoder on (keyframe, current), match descriptors and solve the pose (``pnp.solver``).
 
     Args:
         decoder: a :class:`realm_ros.models.mast3r.DuneMast3rDecoder` (any device).
@@ -77,7 +77,7 @@ def estimate_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, ima
                                  border=matching.border, compute_dtype=matching.compute_dtype, prune=matching.prune)
     t2 = time.perf_counter()
     if matches.count:
-        pose = _pnp_on_device_gather(pred1, pred2, matches, K_cur, pnp)
+        pose = _solve_on_device_gather(pred1, pred2, matches, K_cur, pnp, K_ref=keyframe.K)
     else:
         pose = PoseResult(ok=False, reason='too_few_matches', num_correspondences=0)
     t3 = time.perf_counter()
@@ -87,9 +87,10 @@ def estimate_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, ima
                                 pred_current=pred2 if keep_predictions else None)
 
 
-def _pnp_on_device_gather(pred1: dict[str, Tensor], pred2: dict[str, Tensor], matches: ReciprocalMatches,
-                          K_cur: Any, params: PnpParams) -> PoseResult:
-    """Gather pts3d / confidences at the matches on the decoder's device (one small copy), filter, solve PnP."""
+def _solve_on_device_gather(pred1: dict[str, Tensor], pred2: dict[str, Tensor], matches: ReciprocalMatches,
+                            K_cur: Any, params: PnpParams, K_ref: Any = None) -> PoseResult:
+    """Gather pts3d / confidences at the matches on the decoder's device (one small copy), filter, solve (PnP, or
+    the essential solver, which also needs ``K_ref``, the intrinsics of view 1)."""
     dev = pred1['pts3d'].device
     w1 = pred1['pts3d'].shape[2]
     w2 = pred2['desc'].shape[2]
@@ -108,7 +109,12 @@ def _pnp_on_device_gather(pred1: dict[str, Tensor], pred2: dict[str, Tensor], ma
         cols[name] = host[:, 3 + j]
     keep = confidence_mask(cols.get('conf'), cols.get('desc_conf_ref'), cols.get('desc_conf_cur'), params)
     index = np.arange(matches.count) if keep is None else np.nonzero(keep)[0]
-    res = solve_pnp(cols['pts3d'][index], matches.xy2[index].astype(np.float64), K_cur, params)
+    if params.solver == 'essential':
+        if K_ref is None:
+            raise ValueError('the essential solver needs the intrinsics of view 1 (K_ref)')
+        res = solve_essential(matches.xy1[index], matches.xy2[index], K_ref, K_cur, cols['pts3d'][index], params)
+    else:
+        res = solve_pnp(cols['pts3d'][index], matches.xy2[index].astype(np.float64), K_cur, params)
     inliers = index[res.inliers] if res.inliers.size else res.inliers
     return PoseResult(ok=res.ok, reason=res.reason, R=res.R, t=res.t, inliers=inliers,
                       num_correspondences=res.num_correspondences,

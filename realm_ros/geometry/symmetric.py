@@ -30,12 +30,12 @@ from torch import Tensor
 from .gates import PoseGates, gates_for_decoder, token_grid, view_similarity
 from .keyframes import Keyframe
 from .matching import ReciprocalMatches, fast_reciprocal_nn
-from .pose import PnpParams, PoseResult
-from .relative_pose import MatchingParams, _pnp_on_device_gather, _sync
+from .pose import PnpParams, PoseResult, normalised_pixels, refine_two_view
+from .relative_pose import MatchingParams, _solve_on_device_gather, _sync
 
 __all__ = ['PoseGates', 'OrderAgreement', 'SymmetricPoseEstimate', 'decode_both_orders', 'symmetric_relative_pose',
-           'combine_orders', 'order_agreement', 'invert_pose_covariance', 'gate_pose', 'order_gate', 'skew',
-           'gates_for_decoder', 'keyframe_similarity']
+           'combine_orders', 'refine_combined', 'order_agreement', 'invert_pose_covariance', 'gate_pose', 'order_gate',
+           'skew', 'gates_for_decoder', 'keyframe_similarity']
 
 
 @dataclass(frozen=True)
@@ -263,8 +263,8 @@ def decode_both_orders(decoder: Any, tokens_kf: Tensor, tokens_cur: Tensor, shap
 
 
 def _match_and_solve(pred1: dict[str, Tensor], pred2: dict[str, Tensor], K2: Any, pnp: PnpParams,
-                     matching: MatchingParams, timings: dict[str, float] | None = None, order: str = ''
-                     ) -> tuple[PoseResult, ReciprocalMatches]:
+                     matching: MatchingParams, timings: dict[str, float] | None = None, order: str = '',
+                     K1: Any = None) -> tuple[PoseResult, ReciprocalMatches]:
     t0 = time.perf_counter()
     matches = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], matching.subsample, max_iter=matching.max_iter,
                                  border=matching.border, compute_dtype=matching.compute_dtype, prune=matching.prune)
@@ -272,11 +272,33 @@ def _match_and_solve(pred1: dict[str, Tensor], pred2: dict[str, Tensor], K2: Any
     if not matches.count:
         res = PoseResult(ok=False, reason='too_few_matches')
     else:
-        res = _pnp_on_device_gather(pred1, pred2, matches, K2, pnp)
+        res = _solve_on_device_gather(pred1, pred2, matches, K2, pnp, K_ref=K1)
     if timings is not None:
         timings[f'matching_{order}'] = t1 - t0
         timings[f'pnp_{order}'] = time.perf_counter() - t1
     return res, matches
+
+
+def refine_combined(T_ref_cur: np.ndarray, direct: PoseResult, m_direct: ReciprocalMatches, swapped: PoseResult,
+                    m_swapped: ReciprocalMatches, K_ref: Any, K_cur: Any, params: PnpParams) -> np.ndarray:
+    """The essential solver's combined estimate: the midpoint of the two orders (``T_ref_cur``) refined on the
+    inliers of *both* orders together (:func:`realm_ros.geometry.pose.refine_two_view`, robust Sampson residuals;
+    rotation and translation direction), keeping the midpoint's translation length. Returns ``T_ref_cur``."""
+    x_ref = np.concatenate([m_direct.xy1[direct.inliers], m_swapped.xy2[swapped.inliers]]).astype(np.float64)
+    x_cur = np.concatenate([m_direct.xy2[direct.inliers], m_swapped.xy1[swapped.inliers]]).astype(np.float64)
+    Tc = _inv(T_ref_cur)
+    length = float(np.linalg.norm(Tc[:3, 3]))
+    if len(x_ref) < 5 or not length > 0:
+        return T_ref_cur
+    K_cur = np.asarray(K_cur, dtype=np.float64)
+    f = 0.5 * (K_cur[0, 0] + K_cur[1, 1])
+    R, t = refine_two_view(Tc[:3, :3], Tc[:3, 3], normalised_pixels(x_ref, K_ref), normalised_pixels(x_cur, K_cur),
+                           huber=max(0.0, params.huber_px) / f)
+    if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
+        return T_ref_cur
+    out = np.eye(4)
+    out[:3, :3], out[:3, 3] = R, t * length
+    return _inv(out)
 
 
 def _desc_conf_median(pred1: dict[str, Tensor], pred2: dict[str, Tensor], m: ReciprocalMatches) -> float:
@@ -335,12 +357,13 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
                                                   compute_dtype=decoder_dtype)
     _sync(device)
     t1 = time.perf_counter()
-    direct, m_direct = _match_and_solve(kf_d, cur_d, K_cur, pnp, matching, timings, 'direct')
+    direct, m_direct = _match_and_solve(kf_d, cur_d, K_cur, pnp, matching, timings, 'direct', keyframe.K)
     early = order_gate(direct, gates) if gates.publish else ''
+    m_swapped = ReciprocalMatches(np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64))
     if early:
         swapped = PoseResult(ok=False, reason='not_solved')
     else:
-        swapped, _ = _match_and_solve(cur_s, kf_s, keyframe.K, pnp, matching, timings, 'swapped')
+        swapped, m_swapped = _match_and_solve(cur_s, kf_s, keyframe.K, pnp, matching, timings, 'swapped', K_cur)
     t2 = time.perf_counter()
     timings.update(decoder=t1 - t0, matching_pnp=t2 - t1)
     agreement = None
@@ -354,6 +377,8 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
         cov_b = invert_pose_covariance(swapped.covariance, swapped.T_ref_cur) \
             if swapped.covariance is not None else None
         T, cov = combine_orders(T_a, T_b, direct.covariance, cov_b, gates)
+        if pnp.solver == 'essential' and pnp.refine:
+            T = refine_combined(T, direct, m_direct, swapped, m_swapped, keyframe.K, K_cur, pnp)
         reason = gate_pose(direct, swapped, agreement, float(np.linalg.norm(T[:3, 3])), gates, sim)
         Tc = _inv(T)
         pose = PoseResult(ok=not reason, reason=reason, R=Tc[:3, :3], t=Tc[:3, 3], inliers=direct.inliers,

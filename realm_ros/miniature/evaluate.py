@@ -69,6 +69,7 @@ class EvalConfig:
     symmetric: bool = True             # also score the symmetric (both decoder orders) estimate, ungated
     # how the symmetric estimate computes (the node's pose.decoder_precision / pose.ransac_kernel)
     pose_decoder_precision: str = 'fp32'
+    pose_solver: str = 'essential'          # 'essential' | 'pnp' (the node's pose.solver)
     ransac_kernel: str = 'sqpnp'
 
 
@@ -300,7 +301,8 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
     open_gates = PoseGates(min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
     over: Dict[str, Any] = {k: v for k, v in (('point_conf_threshold', cfg.point_conf_threshold),
                                               ('desc_conf_threshold', cfg.desc_conf_threshold)) if v is not None}
-    pnp = PnpParams(iterations=cfg.pnp_iterations, ransac_kernel=cfg.ransac_kernel, **over)
+    pnp = PnpParams(iterations=cfg.pnp_iterations, ransac_kernel=cfg.ransac_kernel, solver=cfg.pose_solver,
+                    essential_iterations=cfg.pnp_iterations, **over)
     decoder_dtype = DECODER_DTYPES[cfg.pose_decoder_precision]
     size = cfg.image_size
     modes = {'rgb_rgb': ('rgb', 'rgb'), 'event_event': ('event', 'event'), 'rgb_event': ('rgb', 'event')}

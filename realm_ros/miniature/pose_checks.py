@@ -33,6 +33,7 @@ from realm_ros.geometry.pose import PnpParams
 from realm_ros.geometry.relative_pose import MatchingParams
 from realm_ros.geometry.gates import token_grid, view_similarity
 from realm_ros.geometry.symmetric import (PoseGates, _desc_conf_median, _match_and_solve, combine_orders,
+                                          refine_combined,
                                           decode_both_orders, gate_pose, invert_pose_covariance, order_agreement)
 
 from .data import rgb_to_tensor
@@ -95,7 +96,7 @@ def zero_motion_contraction(decoder, tokens: Sequence[torch.Tensor], K: np.ndarr
     ratios, logs, fwd, moved = [], [], [], []
     for tok in tokens:
         p1, p2 = decoder(tok, tok, shape, shape)
-        res, m = _match_and_solve(p1, p2, K, pnp, matching)
+        res, m = _match_and_solve(p1, p2, K, pnp, matching, K1=K)
         ratios.append(radius_ratio(m.xy1, m.xy2, K, K))
         if m.count:
             c = np.array([K[0, 2], K[1, 2]])
@@ -161,11 +162,15 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
             kf_d, cur_d, cur_s, kf_s = decode_both_orders(models.decoder, tok1, tok2, shape, shape,
                                                           view2_points=False, compute_dtype=decoder_dtype)
             t1 = time.perf_counter()
-            direct, m = _match_and_solve(kf_d, cur_d, K2, pnp, matching)
-            swapped, ms = _match_and_solve(cur_s, kf_s, K1, pnp, matching)
+            direct, m = _match_and_solve(kf_d, cur_d, K2, pnp, matching, K1=K1)
+            swapped, ms = _match_and_solve(cur_s, kf_s, K1, pnp, matching, K1=K2)
+            combined = None                  # the essential solver refines the midpoint on both orders' inliers
+            if pnp.solver == 'essential' and pnp.refine and direct.ok and swapped.ok:
+                mid, _ = combine_orders(direct.T_ref_cur, swapped.T_cur_ref)
+                combined = _inv(refine_combined(mid, direct, m, swapped, ms, K1, K2, pnp))
             rec = dict(mode=mode, kind=kind, gap=gap, seeds=(int(A.seed), int(B.seed)), frames=(i, j),
                        T_gt=relative_pose(T1, T2) if kind != 'unrelated' else None,
-                       direct=_pose_fields(direct), swapped=_pose_fields(swapped),
+                       direct=_pose_fields(direct), swapped=_pose_fields(swapped), combined_T_cur_ref=combined,
                        radius_ratio=radius_ratio(m.xy1, m.xy2, K1, K2),
                        radius_ratio_swapped=radius_ratio(ms.xy1, ms.xy2, K2, K1), decode_s=t1 - t0,
                        # candidate gate features for later studies (not used by the calibration yet)
@@ -231,6 +236,8 @@ def _estimate(rec: Dict[str, Any], method: str, gates: PoseGates, pnp_direct_gat
     ag = order_agreement(T_a, T_b, gates.min_translation_m)
     cov_b = invert_pose_covariance(s['cov'], _inv(s['T_cur_ref'])) if s['cov'] is not None else None
     T, cov = combine_orders(T_a, T_b, d['cov'], cov_b, gates)
+    if rec.get('combined_T_cur_ref') is not None:          # the essential solver's jointly refined estimate
+        T = _inv(rec['combined_T_cur_ref'])
     reason = gate_pose(view(d), view(s), ag, float(np.linalg.norm(T[:3, 3])), gates)
     return not reason, reason, _inv(T), cov, ag
 

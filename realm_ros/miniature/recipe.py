@@ -151,12 +151,16 @@ class CalibrateRecipe:
     # how the pose step computes while calibrating (recorded in the decoder next to its gates: the node's 'auto'
     # settings follow it): decoder precision 'fp32' | 'bf16', PnP-RANSAC hypotheses 'sqpnp' | 'ap3p'. bf16 makes the
     # decoder ~1.7x cheaper on CPUs with bf16 arithmetic but moved the event pose figures by more than their noise
-    # (AUC_pose@20 0.41x -> 0.32x for the 80-sequence REALM-mini); AP3P made event-event worse (models/README.md)
+    # (AUC_pose@20 0.41x -> 0.32x for the 80-sequence REALM-mini); AP3P made event-event worse (models/README.md).
+    # Pose solver 'essential' | 'pnp': the essential solver (rotation and direction from the matched pixels, only the
+    # translation length from the pointmap) more than doubled event-event AUC_pose@20 on the same matches
     decoder_precision: str = 'fp32'
+    solver: str = 'essential'
     ransac_kernel: str = 'sqpnp'
 
     def compute(self) -> Dict[str, str]:
-        return {'decoder_precision': self.decoder_precision, 'ransac_kernel': self.ransac_kernel}
+        return {'decoder_precision': self.decoder_precision, 'solver': self.solver,
+                'ransac_kernel': self.ransac_kernel}
 
 
 @dataclass
@@ -197,7 +201,7 @@ def _toy() -> RecipeConfig:
                               token_drop_start_epoch=1, min_events=50),
         # not the full recipe's pose compute: the toy run checks that the recorded one follows the settings
         calibrate=CalibrateRecipe(val_sequences=1, val_stride=3, test_stride=3, extra_stride=3,
-                                  decoder_precision='bf16', ransac_kernel='ap3p'),
+                                  decoder_precision='bf16', solver='essential', ransac_kernel='ap3p'),
         eval=EvalConfig(image_size=size, sequences=1, duration_s=0.3, pair_gaps=(2,), pair_stride=3,
                         pnp_iterations=200),
         bridge_val=EvalConfig(image_size=size, sequences=1, duration_s=0.2, pair_gaps=(2,), compare_bridges=True),
@@ -514,7 +518,8 @@ class Recipe:
                                          records=records, log=self.log,
                                          view_similarity_gate=c.view_similarity_gate,
                                          independent_geometry=c.independent_geometry,
-                                         pnp=PnpParams(iterations=1000, ransac_kernel=c.ransac_kernel),
+                                         pnp=PnpParams(iterations=1000, ransac_kernel=c.ransac_kernel,
+                                                       solver=c.solver, essential_iterations=1000),
                                          decoder_dtype=DECODER_DTYPES[c.decoder_precision])
             # the per-pair records, for studying other gates or covariance models without re-running the decoder
             # (benchmarks/bench_pose_quality.py reads the same format)
@@ -557,7 +562,8 @@ class Recipe:
         models = self.models()
         c = self.cfg.calibrate                   # the pose step as the gates were calibrated (and the node runs it)
         cfg = replace(self.cfg.eval, image_size=self.cfg.image_size, seg_bridge=models.seg_bridge,
-                      pose_decoder_precision=c.decoder_precision, ransac_kernel=c.ransac_kernel)
+                      pose_decoder_precision=c.decoder_precision, ransac_kernel=c.ransac_kernel,
+                      pose_solver=c.solver)
         seqs = load_or_simulate(cfg, self.work / 'test_data', self.log)
         metrics = evaluate(models, seqs, cfg, self.device, self.log)
         sub_cfg = replace(self.cfg.subset, image_size=self.cfg.image_size, seg_bridge=models.seg_bridge)

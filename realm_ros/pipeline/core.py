@@ -106,14 +106,19 @@ class PipelineConfig:
     pose_symmetric: bool = True         # both decoder orders + calibrated gates (realm_ros.geometry.symmetric)
     # how the pose step computes: 'auto' = what the decoder's gates were calibrated with (its file records it)
     pose_decoder_precision: str = 'auto'    # 'auto' | 'fp32' | 'bf16' (the symmetric estimate's decoder passes)
+    pose_solver: str = 'auto'               # 'auto' | 'essential' | 'pnp' (realm_ros.geometry.pose.PnpParams.solver)
     pnp_ransac_kernel: str = 'auto'         # 'auto' | 'sqpnp' | 'ap3p'
 
+
+#: PipelineConfig field -> key of the decoder's pose-compute record (realm_ros.geometry.gates.POSE_COMPUTE_CHOICES)
+_POSE_COMPUTE_FIELDS = (('pose_decoder_precision', 'decoder_precision'), ('pose_solver', 'solver'),
+                        ('pnp_ransac_kernel', 'ransac_kernel'))
 
 RUNTIME_FIELDS = ('heads', 'spatial_mode', 'normalization', 'depth_color_range', 'points_stride', 'points_max_depth',
                   'keyframe_min_inliers', 'keyframe_max_translation', 'keyframe_max_rotation_deg',
                   'keyframe_max_failures', 'keyframe_min_interval_s', 'pose_frame', 'max_matches_drawn',
                   'match_subsample', 'pnp_reprojection_px', 'pnp_iterations', 'pose_symmetric',
-                  'pose_decoder_precision', 'pnp_ransac_kernel')
+                  'pose_decoder_precision', 'pose_solver', 'pnp_ransac_kernel')
 
 
 @dataclass
@@ -365,7 +370,7 @@ class RealmPipeline:
         elif cfg.keyframe_source != 'events':
             raise PipelineConfigError(f"keyframe source must be 'events' or 'image', got {cfg.keyframe_source!r}")
         compute = self._resolve_pose_compute(self.config)
-        self._pnp_params = self._make_pnp_params(self.config, compute['ransac_kernel'])
+        self._pnp_params = self._make_pnp_params(self.config, compute['ransac_kernel'], compute['solver'])
         self._set_pose_compute(compute if self.mast3r is not None else dict(compute, warnings=[]))
         self.pose_tracker = PoseTracker(self, self._count)
         for head in self.config.heads:
@@ -413,7 +418,7 @@ class RealmPipeline:
         if cfg.points_stride < 1:
             raise PipelineConfigError(f'points stride must be >= 1, got {cfg.points_stride}')
         from realm_ros.geometry.gates import POSE_COMPUTE_CHOICES
-        for name, key in (('pose_decoder_precision', 'decoder_precision'), ('pnp_ransac_kernel', 'ransac_kernel')):
+        for name, key in _POSE_COMPUTE_FIELDS:
             choices = ('auto',) + POSE_COMPUTE_CHOICES[key]
             if getattr(cfg, name) not in choices:
                 raise PipelineConfigError(f'{name} must be one of {choices}, got {getattr(cfg, name)!r}')
@@ -428,7 +433,7 @@ class RealmPipeline:
             self.validate_runtime_changes(new)
             policy = self._keyframe_policy(new)
             compute = self._resolve_pose_compute(new)
-            pnp = self._make_pnp_params(new, compute['ransac_kernel'])
+            pnp = self._make_pnp_params(new, compute['ransac_kernel'], compute['solver'])
             self.config = new
             if self.pose_tracker is not None:
                 self.pose_tracker.keyframes.policy = policy
@@ -455,21 +460,21 @@ class RealmPipeline:
             raise PipelineConfigError(f'invalid keyframe policy: {exc}') from None
 
     @staticmethod
-    def _make_pnp_params(cfg: PipelineConfig, ransac_kernel: str = 'sqpnp') -> Any:
+    def _make_pnp_params(cfg: PipelineConfig, ransac_kernel: str = 'sqpnp', solver: str = 'pnp') -> Any:
         from realm_ros.geometry.pose import PnpParams
         return PnpParams(reprojection_error_px=cfg.pnp_reprojection_px, iterations=cfg.pnp_iterations,
                          min_inliers=cfg.pnp_min_inliers, min_correspondences=cfg.pnp_min_inliers,
-                         ransac_kernel=ransac_kernel)
+                         ransac_kernel=ransac_kernel, solver=solver, essential_iterations=cfg.pnp_iterations)
 
     def _resolve_pose_compute(self, cfg: PipelineConfig) -> Dict[str, Any]:
-        """The decoder precision and RANSAC kernel the pose step runs with: ``auto`` takes what the loaded decoder's
-        gates were calibrated with (:func:`realm_ros.geometry.gates.pose_compute_for_decoder`); bf16 falls back to
-        fp32 where the device has no bf16 arithmetic. ``warnings``: choices that differ from the calibration (the
-        published poses may then not keep the calibrated false-positive rate) or that run emulated."""
+        """The decoder precision, pose solver and RANSAC kernel the pose step runs with: ``auto`` takes what the
+        loaded decoder's gates were calibrated with (:func:`realm_ros.geometry.gates.pose_compute_for_decoder`); bf16
+        falls back to fp32 where the device has no bf16 arithmetic. ``warnings``: choices that differ from the
+        calibration (the published poses may then not keep the calibrated false-positive rate) or that run emulated."""
         from realm_ros.geometry.gates import POSE_COMPUTE_DEFAULTS, pose_compute_for_decoder
         calibrated = pose_compute_for_decoder(self.mast3r) if self.mast3r is not None else dict(POSE_COMPUTE_DEFAULTS)
         out: Dict[str, Any] = {'warnings': []}
-        for name, key in (('pose_decoder_precision', 'decoder_precision'), ('pnp_ransac_kernel', 'ransac_kernel')):
+        for name, key in _POSE_COMPUTE_FIELDS:
             requested = getattr(cfg, name)
             out[key] = calibrated[key] if requested == 'auto' else requested
             if out[key] != calibrated[key]:
@@ -522,6 +527,7 @@ class RealmPipeline:
             latest = store.latest
             out['keyframes'] = len(store)
             out['pose_decoder_precision'] = self.pose_compute['decoder_precision']
+            out['pose_solver'] = self.pose_compute['solver']
             out['pose_ransac_kernel'] = self.pose_compute['ransac_kernel']
             out['keyframe_stamp_ns'] = latest.stamp_ns if latest is not None else 0
             out.update({f'keyframes_{k}': v for k, v in dict(store.counters).items()})

@@ -214,7 +214,7 @@ class PoseTracker:
                                              conf_ref=pred1.get('conf', [None])[0],
                                              desc_conf_ref=pred1.get('desc_conf', [None])[0],
                                              desc_conf_cur=pred2.get('desc_conf', [None])[0],
-                                             params=pipe._pnp_params)
+                                             params=pipe._pnp_params, K_ref=kf.K)
             result = self._gate_direct(result, kf, cur_tokens, size)
         self._count('pose_attempts')
         decision = store.update(kf, result, stamp_ns)

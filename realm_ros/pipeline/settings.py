@@ -109,13 +109,21 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
     Setting('matches.max_drawn', 200, 'matches drawn on ~/matches', runtime=True, int_range=(0, 100_000)),
     Setting('matches.subsample', 8, 'seed grid pitch (px) of the reciprocal matching (MASt3R: 8)', runtime=True,
               int_range=(1, 64)),
-    Setting('pose.reprojection_px', 5.0, 'PnP-RANSAC inlier threshold (model-input pixels)', runtime=True,
+    Setting('pose.solver', 'auto', "relative-pose solver: 'auto' = what the decoder's pose gates were calibrated "
+              "with (its file records it; a file without the record: pnp), 'essential' (rotation and translation "
+              "direction from the matched pixels, MAGSAC++ and a Sampson refinement; only the translation length "
+              "from the keyframe pointmap), 'pnp' (PnP-RANSAC on the keyframe pointmap, MASt3R's visloc)",
+              runtime=True, choices=('auto', 'essential', 'pnp')),
+    Setting('pose.reprojection_px', 5.0, 'PnP-RANSAC inlier threshold (model-input pixels; pose.solver pnp)',
+              runtime=True,
               float_range=(0.1, 100.0)),
-    Setting('pose.ransac_iterations', 1000, 'PnP-RANSAC iterations', runtime=True, int_range=(10, 100_000)),
+    Setting('pose.ransac_iterations', 1000, 'RANSAC iterations (PnP or essential matrix)', runtime=True,
+              int_range=(10, 100_000)),
     Setting('pose.decoder_precision', 'auto', "MASt3R decoder precision of the (symmetric) pose step: 'auto' = what "
               "the decoder's pose gates were calibrated with (its file records it; fp32 where the device has no "
               "bfloat16 arithmetic), 'fp32', 'bf16'", runtime=True, choices=('auto', 'fp32', 'bf16')),
-    Setting('pose.ransac_kernel', 'auto', "PnP-RANSAC hypotheses: 'auto' = what the pose gates were calibrated with, "
+    Setting('pose.ransac_kernel', 'auto', "PnP-RANSAC hypotheses (pose.solver pnp): 'auto' = what the pose gates "
+              "were calibrated with, "
               "'sqpnp' (EPnP on 5 points, SQPnP on the inliers: MASt3R's visloc), 'ap3p' (4 points, ~3x cheaper)",
               runtime=True, choices=('auto', 'sqpnp', 'ap3p')),
     Setting('pose.symmetric', True, 'decode (keyframe, current) in both orders, average the pose with the inverted '
@@ -268,7 +276,7 @@ def pipeline_runtime_settings(get: Getter, pending: Optional[Mapping[str, Any]] 
                 max_matches_drawn=int(p('matches.max_drawn')), match_subsample=int(p('matches.subsample')),
                 pnp_reprojection_px=float(p('pose.reprojection_px')), pnp_iterations=int(p('pose.ransac_iterations')),
                 pose_symmetric=bool(p('pose.symmetric')), pose_decoder_precision=p('pose.decoder_precision'),
-                pnp_ransac_kernel=p('pose.ransac_kernel'))
+                pose_solver=p('pose.solver'), pnp_ransac_kernel=p('pose.ransac_kernel'))
 
 
 def fallback_intrinsics(get: Getter, width: int, height: int) -> Any:

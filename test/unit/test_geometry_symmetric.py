@@ -348,7 +348,7 @@ def test_swapped_order_is_not_solved_when_the_direct_order_already_fails_its_gat
     real = sym_mod._match_and_solve
 
     def counting(*a, **kw):
-        solved.append(a[-1] if len(a) > 6 else kw.get('order'))
+        solved.append(a[6] if len(a) > 6 else kw.get('order'))
         return real(*a, **kw)
     monkeypatch.setattr(sym_mod, '_match_and_solve', counting)
     dec = FakeDecoder([_pose(), _pose(1.0, (0.05, 0.0, 0.2))])
@@ -391,10 +391,10 @@ def test_decoder_file_records_what_its_gates_were_calibrated_with(tmp_path):
     shutil.copy(src, path)
     shutil.copy(src.with_suffix('.json'), path.with_suffix('.json'))
     gates = {'symmetric': {'event_event': PoseGates(min_inliers=40)}}
-    write_decoder_gates(path, gates, {'decoder_precision': 'bf16', 'ransac_kernel': 'ap3p'})
+    write_decoder_gates(path, gates, {'decoder_precision': 'bf16', 'solver': 'essential', 'ransac_kernel': 'ap3p'})
     dec = load_dune_mast3r(path)
     assert dec.pose_gates == gates
-    assert dec.pose_gates_compute == {'decoder_precision': 'bf16', 'ransac_kernel': 'ap3p'}
+    assert dec.pose_gates_compute == {'decoder_precision': 'bf16', 'solver': 'essential', 'ransac_kernel': 'ap3p'}
     assert pose_compute_for_decoder(dec) == dec.pose_gates_compute
     assert '"ransac_kernel": "ap3p"' in path.with_suffix('.json').read_text()            # the sidecar follows
     write_decoder_gates(path, gates)                                                       # default: fp32 / SQPnP
@@ -410,5 +410,29 @@ def test_decoder_file_records_what_its_gates_were_calibrated_with(tmp_path):
         load_dune_mast3r(tmp_path / 'bad.safetensors')
     with pytest.raises(ValueError, match=r"unknown entry \['precision'\]"):
         parse_pose_compute({'precision': 'bf16'})
-    assert parse_pose_compute({'decoder_precision': 'bf16'}) == {'decoder_precision': 'bf16',
+    assert parse_pose_compute({'decoder_precision': 'bf16'}) == {'decoder_precision': 'bf16', 'solver': 'pnp',
                                                                  'ransac_kernel': 'sqpnp'}
+    with pytest.raises(ValueError, match=r"solver: 'five_point' is not one of \['pnp', 'essential'\]"):
+        parse_pose_compute({'solver': 'five_point'})
+
+
+def test_essential_solver_gives_the_symmetric_pose_with_metric_length():
+    """``pnp.solver='essential'``: each order from its matched pixels (length from its view-1 pointmap), the
+    midpoint refined on both orders' inliers. Unbiased matches: the true motion with its metric length. Contracted
+    matches (not a rigid motion of the pixels) pull the two orders' rotations apart: the order gate rejects it.
+    (With 0.5 px of parallax, e.g. 0.2 m toward a wall 12 m away in this 64-px image, the pixels cannot give the
+    direction and PnP on an exact pointmap is the better solver: the calibration chooses per decoder.)"""
+    from dataclasses import replace
+    poses = [_pose(), _pose(2.0, (0.3, 0.0, 1.5))]
+    T_gt = np.linalg.inv(poses[0]) @ poses[1]
+    ess = replace(PNP, solver='essential')
+    est = symmetric_relative_pose(FakeDecoder(poses), _kf(0), _tok(1), (S, S), K, pnp=ess, matching=MATCH)
+    assert est.pose.ok, est.pose.reason
+    assert _trans_dir_err(est.pose.T_ref_cur, T_gt) < 2.0
+    assert abs(est.pose.translation_norm / np.linalg.norm(T_gt[:3, 3]) - 1) < 0.05
+    R_err = est.pose.T_ref_cur[:3, :3].T @ T_gt[:3, :3]
+    assert np.degrees(np.arccos(np.clip((np.trace(R_err) - 1) / 2, -1, 1))) < 0.5
+    assert est.direct.ok and est.swapped.ok and est.agreement.rot_deg < 1.0
+    biased = symmetric_relative_pose(FakeDecoder(poses, contraction=0.05), _kf(0), _tok(1), (S, S), K, pnp=ess,
+                                     matching=MATCH)
+    assert not biased.pose.ok and biased.pose.reason == 'order_disagreement_rotation'

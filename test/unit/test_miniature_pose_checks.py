@@ -272,3 +272,18 @@ def test_the_geometric_gates_are_calibrated_to_hold_the_limit_without_the_appear
     fp_both = summarize_records(test, 'symmetric', both)['event_event']
     assert fp_joint['false_positive_rate_unrelated'] > 0.5 and fp_both['false_positive_rate_unrelated'] == 0.0
     assert 0.3 < fp_both['published_rate'] < fp_joint['published_rate']      # the price: fewer motion pairs
+
+
+def test_scoring_uses_the_essential_solvers_jointly_refined_estimate():
+    """Records of the essential solver carry the estimate refined on both orders' inliers (``combined_T_cur_ref``):
+    it is what the node publishes, so scoring uses it instead of the midpoint; the gates still read the two orders."""
+    gt = _T([0.1, 0.0, 1.0], 1.0)
+    rec = _record('motion', gt, _T([0.5, 0.0, 1.0], 1.0), _T([-0.3, 0.0, 1.0], 1.0))       # midpoint: right
+    loose = PoseGates(max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
+    mid = summarize_records([rec], 'symmetric', loose)['event_event']
+    assert mid['trans_err_deg_median'] < 1.0
+    rec['combined_T_cur_ref'] = _inv(_T([0.0, 0.0, -1.0], 1.0))                            # refined: backwards
+    joint = summarize_records([rec], 'symmetric', loose)['event_event']
+    assert joint['trans_err_deg_median'] > 170 and joint['forward_sign_correct'] == 0.0
+    strict = summarize_records([rec], 'symmetric', PoseGates(max_order_trans_ratio=0.1))['event_event']
+    assert strict['published_rate'] == 0.0                                # the orders disagree: gated out anyway

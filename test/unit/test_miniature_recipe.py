@@ -35,10 +35,12 @@ def test_toy_recipe_ships_a_decoder_with_its_calibrated_gates(tmp_path):
     assert shipped.pose_gates == calibrated_gates(trust)
     # the decoder records the pose compute the gates were calibrated (and the test figures evaluated) with
     cal = doc['recipe']['calibrate']
-    assert shipped.pose_gates_compute == {'decoder_precision': cal['decoder_precision'],
+    assert shipped.pose_gates_compute == {'decoder_precision': cal['decoder_precision'], 'solver': cal['solver'],
                                           'ransac_kernel': cal['ransac_kernel']} == {'decoder_precision': 'bf16',
+                                                                                     'solver': 'essential',
                                                                                      'ransac_kernel': 'ap3p'}
-    assert (doc['eval_config']['pose_decoder_precision'], doc['eval_config']['ransac_kernel']) == ('bf16', 'ap3p')
+    assert (doc['eval_config']['pose_decoder_precision'], doc['eval_config']['pose_solver'],
+            doc['eval_config']['ransac_kernel']) == ('bf16', 'essential', 'ap3p')
     import pickle
     for part in ('val', 'test'):                                 # the per-pair records are kept for later studies
         recs = pickle.loads((tmp_path / 'work' / 'calibrate' / f'records_{part}.pkl').read_bytes())

@@ -105,36 +105,48 @@ def test_the_pose_input_is_handed_over_before_the_dense_heads_run(pipe, windows,
 
 
 def test_pose_compute_follows_the_decoders_calibration(ckpts, windows, monkeypatch):
-    """pose.decoder_precision / pose.ransac_kernel 'auto' take what the decoder's gates were calibrated with (fp32 /
-    SQPnP for a file that records nothing); bf16 falls back to fp32 without bf16 arithmetic; a choice other than the
-    calibrated one runs with a warning; the pose step gets the resolved decoder dtype and RANSAC kernel."""
+    """pose.decoder_precision / pose.solver / pose.ransac_kernel 'auto' take what the decoder's gates were
+    calibrated with (fp32 / PnP / SQPnP for a file that records nothing); bf16 falls back to fp32 without bf16
+    arithmetic; a choice other than the calibrated one runs with a warning; the pose step gets the resolved decoder
+    dtype, solver and RANSAC kernel."""
     import realm_ros.geometry.symmetric as symmetric
     import realm_ros.pipeline.core as core
     messages = []
     p = RealmPipeline(tiny_pipeline_config(ckpts), log=messages.append)
-    assert p.pose_compute == {'decoder_precision': 'fp32', 'ransac_kernel': 'sqpnp'} and p.pose_decoder_dtype is None
+    assert p.pose_compute == {'decoder_precision': 'fp32', 'solver': 'pnp', 'ransac_kernel': 'sqpnp'}
+    assert p.pose_decoder_dtype is None and p._pnp_params.solver == 'pnp'
     assert p._pnp_params.ransac_kernel == 'sqpnp' and not messages
     d = p.diagnostics()
-    assert (d['pose_decoder_precision'], d['pose_ransac_kernel']) == ('fp32', 'sqpnp')
-    p.mast3r.pose_gates_compute = {'decoder_precision': 'bf16', 'ransac_kernel': 'ap3p'}   # as a file would record
+    assert (d['pose_decoder_precision'], d['pose_solver'], d['pose_ransac_kernel']) == ('fp32', 'pnp', 'sqpnp')
+    p.mast3r.pose_gates_compute = {'decoder_precision': 'bf16', 'solver': 'essential',
+                                   'ransac_kernel': 'ap3p'}                         # as a file would record
     monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: True)
     p.update(pose_decoder_precision='auto', pnp_ransac_kernel='auto')
     assert p.pose_decoder_dtype == torch.bfloat16 and p._pnp_params.ransac_kernel == 'ap3p' and not messages
+    assert p._pnp_params.solver == 'essential' and p.diagnostics()['pose_solver'] == 'essential'
     seen = []
     real = symmetric.symmetric_relative_pose
     monkeypatch.setattr(symmetric, 'symmetric_relative_pose',
-                        lambda *a, **k: (seen.append((k['decoder_dtype'], k['pnp'].ransac_kernel)), real(*a, **k))[1])
+                        lambda *a, **k: (seen.append((k['decoder_dtype'], k['pnp'].solver, k['pnp'].ransac_kernel)),
+                                         real(*a, **k))[1])
     p.reset()
     p.update(keyframe_max_failures=100)
     for w in windows[:2]:
         p.process(w, 480, 640, K_SENSOR, int(w.t[-1]))
-    assert seen == [(torch.bfloat16, 'ap3p')]                     # the second window was matched with them
+    assert seen == [(torch.bfloat16, 'essential', 'ap3p')]        # the second window was matched with them
     p.update(pnp_ransac_kernel='sqpnp')
     assert p._pnp_params.ransac_kernel == 'sqpnp'
     assert len(messages) == 1 and 'calibrated with ap3p' in messages[0]
+    p.update(pose_solver='pnp', pnp_ransac_kernel='auto')
+    assert p._pnp_params.solver == 'pnp' and 'pose_solver pnp' in messages[-1] and 'essential' in messages[-1]
+    with pytest.raises(PipelineConfigError, match='pose_solver'):
+        p.update(pose_solver='five_point')
+    p.update(pose_solver='auto')
+    messages.clear()
     monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: False)
     p.update(pnp_ransac_kernel='auto', match_subsample=8)
     assert p.pose_decoder_dtype is None and 'no bfloat16 arithmetic: the decoder runs in fp32' in messages[-1]
+    assert p._pnp_params.solver == 'essential'
     with pytest.raises(PipelineConfigError, match='pose_decoder_precision'):
         p.update(pose_decoder_precision='fp16')
     p.close()
