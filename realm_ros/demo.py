@@ -510,6 +510,12 @@ def _print_summary(s: Dict[str, Any], out_dir: Path) -> None:
               f"{pz['rot_err_deg_median']:.2f} deg (no-motion baseline {pz['no_motion_rot_err_deg_median']:.2f}), "
               f"translation direction error median {pz['trans_err_deg_median']:.1f} deg, forward sign right "
               f"{100 * pz['forward_sign_ok']:.0f} %, AUC_pose@20 {pz.get('auc_pose@20', float('nan')):.2f}")
+    tr = pz.get('trajectory', {})
+    if tr.get('poses_beyond_min_distance'):
+        print(f"  trajectory ({tr['poses_scored']} published poses, true path up to {tr['true_distance_m_max']:.1f} m "
+              f"from the first): direction of the displacement error median {tr['direction_from_start_deg_median']:.1f}"
+              f" deg, length ratio median {tr['length_ratio_median']:.2f}, position error median "
+              f"{tr['position_error_m_median']:.2f} m")
     po = s.get('pose_outcomes', {})
     if po:
         print('  pose estimates (node diagnostics): ' + ', '.join(f'{k} {v}' for k, v in sorted(po.items())))

@@ -103,7 +103,39 @@ def score(rec: Received, num_classes: int = 11) -> Dict[str, Any]:
                           'no_motion_rot_err_deg_median': base['rot_err_deg_median']}
     else:
         result['pose'] = {'pairs_scored': 0}
+    result['pose']['trajectory'] = trajectory_score(poses, gt_pose)
     return result
+
+
+def trajectory_score(poses: List[Any], gt_pose: Dict[int, np.ndarray], min_distance_m: float = 1.0
+                     ) -> Dict[str, Any]:
+    """Does the published trajectory follow the ground truth? Every published pose (fixed frame) and the ground
+    truth at its stamp, both relative to the first published pose: the angle between the estimated and the true
+    displacement since then (poses more than ``min_distance_m`` away), the ratio of their lengths, the position
+    error, and the track itself (stamp, estimated and true position) for plotting. The consecutive-pair figures of
+    :func:`score` difference two estimates a fraction of a second apart, which doubles their noise; this measures
+    what the trajectory panel shows."""
+    from realm_ros.miniature.metrics import translation_angle_error_deg
+    track = [(s, T, nearest_ground_truth(gt_pose, s)) for s, _r, T, _f in poses]
+    track = [(s, T, G) for s, T, G in track if G is not None]
+    if len(track) < 2:
+        return {'poses_scored': len(track)}
+    s0, E0, G0 = track[0]
+    E0inv, G0inv = np.linalg.inv(E0), np.linalg.inv(G0)
+    rows, angles, ratios, errors = [], [], [], []
+    for s, T, G in track:
+        pe, pg = (E0inv @ T)[:3, 3], (G0inv @ G)[:3, 3]
+        rows.append([(s - s0) * 1e-9, *pe.tolist(), *pg.tolist()])
+        errors.append(float(np.linalg.norm(pe - pg)))
+        if np.linalg.norm(pg) > min_distance_m:
+            angles.append(translation_angle_error_deg(pe, pg))
+            ratios.append(float(np.linalg.norm(pe) / np.linalg.norm(pg)))
+    return {'poses_scored': len(track), 'poses_beyond_min_distance': len(angles), 'min_distance_m': min_distance_m,
+            'direction_from_start_deg_median': float(np.median(angles)) if angles else float('nan'),
+            'length_ratio_median': float(np.median(ratios)) if ratios else float('nan'),
+            'position_error_m_median': float(np.median(errors)),
+            'true_distance_m_max': float(max(np.linalg.norm(np.asarray(r[4:7])) for r in rows)),
+            'track_t_s_est_xyz_true_xyz': [[round(v, 4) for v in r] for r in rows]}
 
 
 def pose_outcomes(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, int]:

@@ -37,7 +37,27 @@ def test_pose_score_reports_forward_sign_and_no_motion_baseline():
 def test_no_published_pose_scores_nothing():
     rec = _received(1.0)
     rec.pose.clear()
-    assert score(rec)['pose'] == {'pairs_scored': 0}
+    assert score(rec)['pose'] == {'pairs_scored': 0, 'trajectory': {'poses_scored': 0}}
+
+
+def test_trajectory_score_follows_the_displacement_since_the_first_published_pose():
+    """The trajectory panel's question in numbers: estimated vs true displacement since the first published pose
+    (direction, length ratio, position error), in any fixed frame (the estimate's origin is not the world's)."""
+    offset = _T(3.0, 30.0)                                   # the fixed frame is not the ground truth's world frame
+    rec = Received()
+    for k in range(6):
+        stamp = 1_000_000_000 + k * 100_000_000
+        rec.gt_pose[stamp] = _T(0.5 * k, 1.0 * k)
+        rec.pose.append((stamp, stamp, offset @ _T(0.4 * k, 1.0 * k), 'odom'))      # right way, 20 % short
+    tr = score(rec)['pose']['trajectory']
+    assert tr['poses_scored'] == 6 and tr['poses_beyond_min_distance'] == 3          # beyond 1 m: k = 3, 4, 5
+    assert tr['direction_from_start_deg_median'] < 1.0
+    assert tr['length_ratio_median'] == pytest.approx(0.8, abs=1e-6)
+    assert tr['position_error_m_median'] == pytest.approx(0.1 * 2.5, abs=0.05)
+    assert len(tr['track_t_s_est_xyz_true_xyz']) == 6 and tr['true_distance_m_max'] == pytest.approx(2.5, abs=1e-3)
+    backwards = Received(gt_pose=dict(rec.gt_pose))
+    backwards.pose.extend((s, r, offset @ np.linalg.inv(_T(0.4 * k)), f) for k, (s, r, _T_, f) in enumerate(rec.pose))
+    assert score(backwards)['pose']['trajectory']['direction_from_start_deg_median'] > 170
 
 
 def test_pose_outcomes_from_diagnostics():
