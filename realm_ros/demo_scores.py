@@ -116,8 +116,11 @@ def trajectory_score(poses: List[Any], gt_pose: Dict[int, np.ndarray], min_dista
     :func:`score` difference two estimates a fraction of a second apart, which doubles their noise; this measures
     what the trajectory panel shows."""
     from realm_ros.miniature.metrics import translation_angle_error_deg
-    track = [(s, T, nearest_ground_truth(gt_pose, s)) for s, _r, T, _f in poses]
-    track = [(s, T, G) for s, T, G in track if G is not None]
+    track: List[Tuple[int, np.ndarray, np.ndarray]] = []
+    for s, _r, T, _f in poses:
+        G = nearest_ground_truth(gt_pose, s)
+        if G is not None:
+            track.append((s, T, G))
     if len(track) < 2:
         return {'poses_scored': len(track)}
     s0, E0, G0 = track[0]

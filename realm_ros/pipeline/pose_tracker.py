@@ -158,7 +158,13 @@ class PoseTracker:
         gates = gates_for_decoder(self._pipe.mast3r, kf.source, method='direct')
         sim = keyframe_similarity(kf, cur_tokens, size)
         reason = gate_pose(result, result, None, float(np.linalg.norm(result.t)), gates, sim)
-        return replace(result, ok=False, reason=reason) if reason else result
+        if reason:
+            return replace(result, ok=False, reason=reason)
+        if result.covariance is None:
+            return result
+        # the covariance model calibrated with the gates (the one the calibration scored)
+        return replace(result, covariance=np.asarray(result.covariance) * gates.covariance_scale
+                       + np.diag(gates.floor_diagonal))
 
     def step(self, inp: PoseInput) -> PoseOutput:
         """Match ``inp`` against the best keyframe, solve PnP, update the keyframe store."""

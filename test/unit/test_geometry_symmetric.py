@@ -256,14 +256,15 @@ def test_decoder_checkpoint_carries_its_gates(tmp_path):
 
 def test_one_order_estimate_goes_through_the_direct_gates():
     """``pose.symmetric: false``: the node applies the gates calibrated for the one-order estimate, the appearance
-    gate included."""
+    gate included, and their covariance model (scale and floor, as the calibration scored it)."""
     from types import SimpleNamespace
 
     from realm_ros.geometry.pose import PoseResult
     from realm_ros.pipeline.pose_tracker import PoseTracker
     tracker = PoseTracker.__new__(PoseTracker)
     tracker._pipe = SimpleNamespace(mast3r=SimpleNamespace(pose_gates={
-        'direct': {'event_event': PoseGates(min_inliers=50, min_view_similarity=0.9),
+        'direct': {'event_event': PoseGates(min_inliers=50, min_view_similarity=0.9, covariance_scale=2.0,
+                                            covariance_floor=(0.01, 0.001)),
                    'rgb_event': PoseGates(publish=False)}}))
     g = torch.Generator().manual_seed(0)
     tok = torch.randn(1, 16, 8, generator=g)
@@ -279,6 +280,10 @@ def test_one_order_estimate_goes_through_the_direct_gates():
     assert tracker._gate_direct(many, ev, other, (56, 56)).reason == 'dissimilar_views'
     failed = PoseResult(ok=False, reason='pnp_failed')
     assert tracker._gate_direct(failed, ev, tok, (56, 56)) is failed
+    with_cov = PoseResult(ok=True, R=np.eye(3), t=np.array([0.0, 0.0, 0.3]), inliers=np.arange(60),
+                          num_correspondences=80, covariance=np.eye(6) * 1e-4)
+    out = tracker._gate_direct(with_cov, ev, tok, (56, 56))
+    assert out.ok and np.allclose(np.diag(out.covariance), [0.0102] * 3 + [0.0012] * 3)
 
 
 def test_view_similarity_keeps_the_layout_and_checks_its_input():
