@@ -89,7 +89,7 @@ def _load(args: argparse.Namespace):
     chunks = list(sim.stream())[1:]
     pipe = RealmPipeline(PipelineConfig(
         realm_checkpoint=str(m / 'mini_realm.safetensors'), dune_checkpoint=str(m / 'mini_teacher.safetensors'),
-        mast3r_checkpoint=str(m / 'mini_mast3r.safetensors'), device='cpu', precision='fp32', heads=('pose',),
+        mast3r_checkpoint=str(m / 'mini_mast3r.safetensors'), device=args.device, precision='fp32', heads=('pose',),
         pnp_iterations=args.pnp_iterations))
     inputs = []
     for c in chunks:
@@ -436,6 +436,7 @@ def main(argv: Any = None) -> int:
                    help='current windows for the stage breakdown (default: 1, 3, 6, 9, 12)')
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--device', default='cpu', help="the pipeline's device (cuda: stage times are wall times)")
     p.add_argument('--pnp-iterations', type=int, default=1000, help='pose.ransac_iterations (node default 1000)')
     p.add_argument('--skip-whole', action='store_true', help='only the stage breakdown')
     p.add_argument('--pnp-accuracy', type=int, default=0, metavar='N',

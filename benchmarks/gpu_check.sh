@@ -51,9 +51,12 @@ cat "$OUT_DIR/device.log" >> "$SUMMARY"
 step cuda_tests 240 "$PY" -m pytest -q -rs -p no:cacheprovider -k cuda \
     test/unit/test_events_voxel.py test/unit/test_models_dune.py test/unit/test_models_realm.py \
     test/unit/test_matching_reciprocal_nn.py test/unit/test_matching_mast3r.py test/unit/test_pipeline_core.py \
-    test/unit/test_training_trainer.py test/unit/test_pipeline_dense.py test/unit/test_pipeline_runner.py
+    test/unit/test_training_trainer.py test/unit/test_pipeline_dense.py test/unit/test_pipeline_runner.py \
+    test/unit/test_miniature_shipped.py
 step bench_events 150 "$PY" benchmarks/bench_events.py --cuda --repeat 10
 step bench_models 180 "$PY" benchmarks/bench_models.py --device cuda --compile --json "$OUT_DIR/bench_models.json"
 step bench_matching 120 "$PY" benchmarks/bench_matching.py --sizes 448 --repeats 3 --cuda-only
+step bench_pose_step 240 "$PY" benchmarks/bench_pose_step.py --only-compute --device cuda \
+    --compute-variants fp32:sqpnp fp32:essential bf16:essential --repeats 2
 grep -h -E "CUDA|cuda|speed-up|ratio|x[0-9]" "$OUT_DIR"/bench_*.log >> "$SUMMARY" 2>/dev/null
 echo "logs in $OUT_DIR"

@@ -123,3 +123,36 @@ def test_shipped_decoder_does_not_contract_zero_motion_matches(metrics, models):
         res = zero_motion_contraction(models.decoder, [toks[source][k] for k in frames], K, size)
         assert abs(res['contraction']) < 0.01, (source, res)
         assert abs(res['log_ratio_mean']) < 0.01, (source, res)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_symmetric_essential_pose_on_cuda_matches_cpu(metrics, models):
+    """The pose step as the node runs it with the shipped decoder (symmetric, essential solver, the decoder's gates
+    open) on CUDA and on the CPU: the device gathers the matched points, OpenCV solves on the host. Matching runs in
+    fp16 on CUDA, so the match sets may differ slightly; the poses must agree closely."""
+    from realm_ros.geometry.keyframes import Keyframe
+    from realm_ros.geometry.pose import PnpParams
+    from realm_ros.geometry.symmetric import PoseGates, symmetric_relative_pose
+    from realm_ros.miniature.data import split_seeds
+    from realm_ros.miniature.evaluate import MiniModels, simulate_test_sequence
+    from realm_ros.miniature.pose_checks import sequence_tokens
+
+    size = metrics['eval_config']['image_size']
+    seq = simulate_test_sequence(split_seeds('test', 1)[0], size, 0.5)
+    toks = sequence_tokens(models, seq, bridge=metrics['eval_config']['mast3r_bridge'])['event']
+    open_gates = PoseGates(min_inliers=0, min_inlier_ratio=0.0, max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
+    pnp = PnpParams(solver='essential')
+    gpu = MiniModels.load(PATHS['teacher'], PATHS['realm'], PATHS['depth_head'], PATHS['seg_head'], PATHS['mast3r'],
+                          device='cuda')
+    T = {}
+    for name, dec in (('cpu', models.decoder), ('cuda', gpu.decoder)):
+        kf = Keyframe(id=1, source='events', tokens=toks[3], cls=torch.zeros(1), image_shape=(size, size),
+                      K=seq.K_event, stamp_ns=0)
+        est = symmetric_relative_pose(dec, kf, toks[9], (size, size), seq.K_event, pnp=pnp, gates=open_gates)
+        assert est.pose.ok, (name, est.pose.reason)
+        T[name] = est.pose.T_ref_cur
+    R = T['cpu'][:3, :3].T @ T['cuda'][:3, :3]
+    assert np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))) < 0.5
+    a, b = T['cpu'][:3, 3], T['cuda'][:3, 3]
+    assert np.degrees(np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))) < 5.0
