@@ -30,10 +30,12 @@ __all__ = ['PoseGates', 'METHODS', 'MODES', 'mode_for', 'parse_pose_gates', 'pos
 #: setting they were calibrated with, so a decoder file records it next to its gates (``extra.pose_gates_compute``)
 POSE_COMPUTE_CHOICES: dict[str, tuple[str, ...]] = {'decoder_precision': ('fp32', 'bf16'),
                                                     'solver': ('pnp', 'essential'),
+                                                    'length_source': ('point_map', 'depth_head'),
                                                     'ransac_kernel': ('sqpnp', 'ap3p')}
 #: what a decoder file without that record was calibrated with (files written before it existed) / the official
 #: semantics (MASt3R's visloc: fp32 decoder, PnP-RANSAC with SQPnP)
-POSE_COMPUTE_DEFAULTS: dict[str, str] = {'decoder_precision': 'fp32', 'solver': 'pnp', 'ransac_kernel': 'sqpnp'}
+POSE_COMPUTE_DEFAULTS: dict[str, str] = {'decoder_precision': 'fp32', 'solver': 'pnp', 'length_source': 'point_map',
+                                         'ransac_kernel': 'sqpnp'}
 
 #: the estimate methods gates are calibrated for: both decoder orders combined, or the keyframe-first order alone
 METHODS = ('symmetric', 'direct')

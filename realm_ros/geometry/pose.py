@@ -590,7 +590,8 @@ def _as_numpy(x: Any, name: str, ndim: int) -> np.ndarray:
 
 def solve_relative_pose_pnp(xy_ref: Any, xy_cur: Any, pts3d_ref: Any, K_cur: Any, *, conf_ref: Any = None,
                             desc_conf_ref: Any = None, desc_conf_cur: Any = None,
-                            params: PnpParams = PnpParams(), K_ref: Any = None) -> PoseResult:
+                            params: PnpParams = PnpParams(), K_ref: Any = None, depth_ref: Any = None
+                            ) -> PoseResult:
     """Pose of the current view relative to a keyframe from matches (keyframe = decoder view 1).
 
     Args:
@@ -603,7 +604,8 @@ def solve_relative_pose_pnp(xy_ref: Any, xy_cur: Any, pts3d_ref: Any, K_cur: Any
         desc_conf_ref, desc_conf_cur: optional descriptor confidences; pairs with
             ``min(ref, cur) < params.desc_conf_threshold`` are dropped.
         params: settings; ``params.solver`` ``'essential'`` solves with :func:`solve_essential` (then ``K_ref``,
-            the keyframe image's intrinsics, is required).
+            the keyframe image's intrinsics, is required; ``depth_ref``, an optional metric depth map of the keyframe,
+            then gives the translation length instead of ``pts3d_ref``).
 
     Returns:
         :class:`PoseResult` (``inliers`` index the matches; ``ok`` False with a reason when rejected).
@@ -614,7 +616,11 @@ def solve_relative_pose_pnp(xy_ref: Any, xy_cur: Any, pts3d_ref: Any, K_cur: Any
     if params.solver == 'essential':
         if K_ref is None:
             raise ValueError('the essential solver needs K_ref, the intrinsics of the keyframe image')
-        res = solve_essential(np.asarray(xy_ref).reshape(-1, 2)[index], uv, K_ref, K_cur, pts, params)
+        xy_kf = np.asarray(xy_ref, dtype=np.int64).reshape(-1, 2)[index]
+        if depth_ref is not None:
+            from .relative_pose import points_from_depth
+            pts = points_from_depth(depth_ref, xy_kf, K_ref)
+        res = solve_essential(xy_kf, uv, K_ref, K_cur, pts, params)
     else:
         res = solve_pnp(pts, uv, K_cur, params)
     inliers = index[res.inliers] if res.inliers.size else res.inliers

@@ -19,7 +19,7 @@ from .keyframes import Keyframe
 from .matching import ReciprocalMatches, fast_reciprocal_nn
 from .pose import PnpParams, PoseResult, confidence_mask, solve_essential, solve_pnp
 
-__all__ = ['MatchingParams', 'RelativePoseEstimate', 'estimate_relative_pose']
+__all__ = ['MatchingParams', 'RelativePoseEstimate', 'estimate_relative_pose', 'points_from_depth']
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def _sync(device: torch.device) -> None:
 
 def estimate_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, image_shape: Any, K_cur: Any, *,
                            pnp: PnpParams = PnpParams(), matching: MatchingParams = MatchingParams(),
-                           keep_predictions: bool = False) -> RelativePoseEstimate:
+                           keep_predictions: bool = False, depth_keyframe: Any = None) -> RelativePoseEstimate:
     """Run the DUNE-MASt3R decoder on (keyframe, current), match descriptors and solve the pose (``pnp.solver``).
 
     Args:
@@ -63,6 +63,8 @@ def estimate_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, ima
         K_cur: 3x3 intrinsics of the current view's model input.
         pnp, matching: settings.
         keep_predictions: also return the decoder outputs (e.g. to publish the keyframe's point cloud).
+        depth_keyframe: optional metric depth map of the keyframe (model input size) for the essential solver's
+            translation length (see :func:`_solve_on_device_gather`).
     """
     device = next(decoder.parameters()).device
     if tokens.ndim == 2:
@@ -77,7 +79,7 @@ def estimate_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, ima
                                  border=matching.border, compute_dtype=matching.compute_dtype, prune=matching.prune)
     t2 = time.perf_counter()
     if matches.count:
-        pose = _solve_on_device_gather(pred1, pred2, matches, K_cur, pnp, K_ref=keyframe.K)
+        pose = _solve_on_device_gather(pred1, pred2, matches, K_cur, pnp, K_ref=keyframe.K, depth_ref=depth_keyframe)
     else:
         pose = PoseResult(ok=False, reason='too_few_matches', num_correspondences=0)
     t3 = time.perf_counter()
@@ -87,10 +89,23 @@ def estimate_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, ima
                                 pred_current=pred2 if keep_predictions else None)
 
 
+def points_from_depth(depth: Any, xy: np.ndarray, K: Any) -> np.ndarray:
+    """3-D points (N, 3) of integer pixels ``xy`` (x, y) of a depth map (H, W; tensor or array, z-depth along the
+    optical axis) with intrinsics ``K``; NaN where the depth is not finite and positive."""
+    from .pose import normalised_pixels
+    d = depth.detach().float().cpu().numpy() if hasattr(depth, 'detach') else np.asarray(depth, dtype=np.float64)
+    d = d.reshape(d.shape[-2], d.shape[-1])
+    z = d[xy[:, 1], xy[:, 0]].astype(np.float64)
+    z = np.where(np.isfinite(z) & (z > 0), z, np.nan)
+    return np.concatenate([normalised_pixels(xy, K), np.ones((len(xy), 1))], axis=1) * z[:, None]
+
+
 def _solve_on_device_gather(pred1: dict[str, Tensor], pred2: dict[str, Tensor], matches: ReciprocalMatches,
-                            K_cur: Any, params: PnpParams, K_ref: Any = None) -> PoseResult:
+                            K_cur: Any, params: PnpParams, K_ref: Any = None, depth_ref: Any = None) -> PoseResult:
     """Gather pts3d / confidences at the matches on the decoder's device (one small copy), filter, solve (PnP, or
-    the essential solver, which also needs ``K_ref``, the intrinsics of view 1)."""
+    the essential solver, which also needs ``K_ref``, the intrinsics of view 1). ``depth_ref`` (H, W metric depth of
+    view 1, e.g. the depth head's): the essential solver takes the translation length from it instead of the
+    decoder's point map (:func:`points_from_depth`)."""
     dev = pred1['pts3d'].device
     w1 = pred1['pts3d'].shape[2]
     w2 = pred2['desc'].shape[2]
@@ -112,7 +127,8 @@ def _solve_on_device_gather(pred1: dict[str, Tensor], pred2: dict[str, Tensor], 
     if params.solver == 'essential':
         if K_ref is None:
             raise ValueError('the essential solver needs the intrinsics of view 1 (K_ref)')
-        res = solve_essential(matches.xy1[index], matches.xy2[index], K_ref, K_cur, cols['pts3d'][index], params)
+        pts = cols['pts3d'][index] if depth_ref is None else points_from_depth(depth_ref, matches.xy1[index], K_ref)
+        res = solve_essential(matches.xy1[index], matches.xy2[index], K_ref, K_cur, pts, params)
     else:
         res = solve_pnp(cols['pts3d'][index], matches.xy2[index].astype(np.float64), K_cur, params)
     inliers = index[res.inliers] if res.inliers.size else res.inliers

@@ -264,7 +264,7 @@ def decode_both_orders(decoder: Any, tokens_kf: Tensor, tokens_cur: Tensor, shap
 
 def _match_and_solve(pred1: dict[str, Tensor], pred2: dict[str, Tensor], K2: Any, pnp: PnpParams,
                      matching: MatchingParams, timings: dict[str, float] | None = None, order: str = '',
-                     K1: Any = None) -> tuple[PoseResult, ReciprocalMatches]:
+                     K1: Any = None, depth1: Any = None) -> tuple[PoseResult, ReciprocalMatches]:
     t0 = time.perf_counter()
     matches = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], matching.subsample, max_iter=matching.max_iter,
                                  border=matching.border, compute_dtype=matching.compute_dtype, prune=matching.prune)
@@ -272,7 +272,7 @@ def _match_and_solve(pred1: dict[str, Tensor], pred2: dict[str, Tensor], K2: Any
     if not matches.count:
         res = PoseResult(ok=False, reason='too_few_matches')
     else:
-        res = _solve_on_device_gather(pred1, pred2, matches, K2, pnp, K_ref=K1)
+        res = _solve_on_device_gather(pred1, pred2, matches, K2, pnp, K_ref=K1, depth_ref=depth1)
     if timings is not None:
         timings[f'matching_{order}'] = t1 - t0
         timings[f'pnp_{order}'] = time.perf_counter() - t1
@@ -312,8 +312,8 @@ def _desc_conf_median(pred1: dict[str, Tensor], pred2: dict[str, Tensor], m: Rec
 def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, image_shape: Any, K_cur: Any, *,
                             pnp: PnpParams = PnpParams(), matching: MatchingParams = MatchingParams(),
                             gates: PoseGates = PoseGates(), keep_predictions: bool = False,
-                            view2_points: bool = False, decoder_dtype: torch.dtype | None = None
-                            ) -> SymmetricPoseEstimate:
+                            view2_points: bool = False, decoder_dtype: torch.dtype | None = None,
+                            depth_keyframe: Any = None, depth_current: Any = None) -> SymmetricPoseEstimate:
     """Relative pose of the current view against ``keyframe`` from both decoder orders (see the module docstring).
 
     Same arguments as :func:`realm_ros.geometry.relative_pose.estimate_relative_pose` plus ``gates``. The returned
@@ -326,7 +326,9 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     ``decoder_dtype`` (``torch.bfloat16``; not with ``keep_predictions``): the decoder in reduced precision
     (:func:`_decode_pair`), ~1.7x cheaper on CPUs with native bf16, an approximation (its gates should be calibrated
     with it). ``timings_s`` has ``decoder``, ``matching_direct`` / ``matching_swapped``, ``pnp_direct`` /
-    ``pnp_swapped`` and ``combine`` (seconds).
+    ``pnp_swapped`` and ``combine`` (seconds). ``depth_keyframe`` / ``depth_current``: optional metric depth maps
+    (model input size) of the two views; the essential solver then takes each order's translation length from its
+    view 1's depth map instead of the decoder's point map.
 
     Tokens with NaN or infinite values are rejected as ``non_finite_input`` without decoding. The appearance gate
     comes next: when the views are less alike than ``gates.min_view_similarity`` the pair is
@@ -357,13 +359,15 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
                                                   compute_dtype=decoder_dtype)
     _sync(device)
     t1 = time.perf_counter()
-    direct, m_direct = _match_and_solve(kf_d, cur_d, K_cur, pnp, matching, timings, 'direct', keyframe.K)
+    direct, m_direct = _match_and_solve(kf_d, cur_d, K_cur, pnp, matching, timings, 'direct', keyframe.K,
+                                        depth_keyframe)
     early = order_gate(direct, gates) if gates.publish else ''
     m_swapped = ReciprocalMatches(np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64))
     if early:
         swapped = PoseResult(ok=False, reason='not_solved')
     else:
-        swapped, m_swapped = _match_and_solve(cur_s, kf_s, keyframe.K, pnp, matching, timings, 'swapped', K_cur)
+        swapped, m_swapped = _match_and_solve(cur_s, kf_s, keyframe.K, pnp, matching, timings, 'swapped', K_cur,
+                                               depth_current)
     t2 = time.perf_counter()
     timings.update(decoder=t1 - t0, matching_pnp=t2 - t1)
     agreement = None

@@ -70,6 +70,7 @@ class EvalConfig:
     # how the symmetric estimate computes (the node's pose.decoder_precision / pose.ransac_kernel)
     pose_decoder_precision: str = 'fp32'
     pose_solver: str = 'essential'          # 'essential' | 'pnp' (the node's pose.solver)
+    pose_length_source: str = 'depth_head'  # 'depth_head' | 'point_map' (the node's pose.length_source)
     ransac_kernel: str = 'sqpnp'
 
 
@@ -320,6 +321,10 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
                                                     'symmetric': {m: [] for m in modes}}
     for seq, rgb_tokens, ev_tokens in pose_data:
         n = len(seq)
+        depths = None
+        if cfg.pose_length_source == 'depth_head':
+            from .pose_checks import sequence_depths
+            depths = sequence_depths(models, seq, device=device)
         for gap in cfg.pair_gaps:
             for i in range(0, n - gap, cfg.pair_stride):
                 j = i + gap
@@ -332,7 +337,10 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
                     K1 = seq.K_rgb if src1 == 'rgb' else seq.K_event
                     kf = Keyframe(id=i, source='rgb' if src1 == 'rgb' else 'events', tokens=tok1,
                                   cls=torch.zeros(1), image_shape=(size, size), K=K1, stamp_ns=int(seq.t_ns[i]))
-                    est = estimate_relative_pose(models.decoder, kf, tok2, (size, size), K2, pnp=pnp)
+                    d1 = depths['rgb' if src1 == 'rgb' else 'event'][i] if depths is not None else None
+                    d2 = depths['rgb' if src2 == 'rgb' else 'event'][j] if depths is not None else None
+                    est = estimate_relative_pose(models.decoder, kf, tok2, (size, size), K2, pnp=pnp,
+                                                 depth_keyframe=d1)
                     T_gt = relative_pose(T1, T2)
                     T_est = est.pose.T_cur_ref if est.pose.ok else None
                     acc[mode].update(T_est, T_gt)
@@ -347,7 +355,8 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
                     forward_ok['one_order'][mode].append(_forward_sign_ok(T_est, T_gt))
                     if cfg.symmetric:
                         s_est = symmetric_relative_pose(models.decoder, kf, tok2, (size, size), K2, pnp=pnp,
-                                                        gates=open_gates, decoder_dtype=decoder_dtype)
+                                                        gates=open_gates, decoder_dtype=decoder_dtype,
+                                                        depth_keyframe=d1, depth_current=d2)
                         T_sym = s_est.pose.T_cur_ref if s_est.pose.ok else None
                         sym[mode].update(T_sym, T_gt)
                         forward_ok['symmetric'][mode].append(_forward_sign_ok(T_sym, T_gt))

@@ -41,7 +41,8 @@ from .metrics import pose_auc, relative_pose, rotation_error_deg, translation_an
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ['MODES', 'KINDS', 'sequence_tokens', 'zero_motion_contraction', 'collect_pose_records', 'summarize_records',
+__all__ = ['MODES', 'KINDS', 'sequence_tokens', 'sequence_depths',
+           'zero_motion_contraction', 'collect_pose_records', 'summarize_records',
            'false_positive_bound', 'calibrate_gates', 'fit_covariance', 'collect_trust_records', 'pose_trust_summary',
            'calibrated_gates', 'write_decoder_gates', 'similarity_threshold',
            'radius_ratio', 'pose_error_vector', 'is_false_positive', 'IDENTITY_TRANSLATION_M', 'IDENTITY_ROTATION_DEG']
@@ -68,6 +69,24 @@ def sequence_tokens(models, seq, bridge: str = 'teacher_norm_inverse', batch: in
             out['rgb'].append(t['x_prenorm_patchtokens'][i:i + 1])
             out['event'].append(ev[i:i + 1])
     return out
+
+
+@torch.no_grad()
+def sequence_depths(models, seq, batch: int = 8, device: torch.device | str = 'cpu') -> Dict[str, np.ndarray]:
+    """Metric depth maps (F, H, W) of every frame of a :class:`TestSequence` from the depth head: ``'rgb'`` on the
+    teacher's features of the RGB frames, ``'event'`` on REALM's of the event windows (what the node's pose step
+    uses as the essential solver's length source, ``pose.length_source: depth_head``)."""
+    size = seq.rgb.shape[1]
+    grid = (size // 14, size // 14)
+    out: Dict[str, List[np.ndarray]] = {'rgb': [], 'event': []}
+    for s in range(0, len(seq), batch):
+        sl = slice(s, min(len(seq), s + batch))
+        t = models.teacher.encoder.forward_features(rgb_to_tensor(seq.rgb[sl], device))
+        r = models.realm(torch.from_numpy(seq.voxels[sl].astype(np.float32)).to(device))
+        for key, o in (('rgb', t), ('event', r)):
+            d = models.depth_head(o['x_norm_patchtokens'], o['x_norm_clstoken'], grid, out_size=(size, size))
+            out[key].append(d[:, 0].float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def radius_ratio(xy1: np.ndarray, xy2: np.ndarray, K1: np.ndarray, K2: np.ndarray, min_radius_px: float = 10.0
@@ -124,17 +143,20 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
                          zero_stride: int = 6, unrelated_stride: int = 6, pnp: PnpParams = PnpParams(iterations=1000),
                          matching: MatchingParams = MatchingParams(), bridge: str = 'teacher_norm_inverse',
                          modes: Iterable[str] = tuple(MODES), device: torch.device | str = 'cpu',
-                         log: Callable[[str], None] = _LOG.info, decoder_dtype: torch.dtype | None = None
-                         ) -> List[Dict[str, Any]]:
+                         log: Callable[[str], None] = _LOG.info, decoder_dtype: torch.dtype | None = None,
+                         length_source: str = 'point_map') -> List[Dict[str, Any]]:
     """One record per pair (see the module docstring): ``mode``, ``kind``, ``gap``, ``seeds``, ``T_gt`` (T_cur_ref,
     None for unrelated pairs), ``direct`` / ``swapped`` PnP fields, ``radius_ratio`` of the direct matches,
     ``decode_s`` (both orders, batched), ``desc_conf`` / ``desc_conf_swapped`` (median descriptor confidence of the
     matches), ``matches`` / ``matches_swapped`` and ``view_similarity`` (the appearance gate's measure,
     :func:`realm_ros.geometry.gates.view_similarity`). ``decoder_dtype``: the decoder's compute type
-    (:func:`realm_ros.geometry.symmetric.decode_both_orders`; None: fp32)."""
+    (:func:`realm_ros.geometry.symmetric.decode_both_orders`; None: fp32). ``length_source`` ``'depth_head'``: the
+    essential solver's translation length from the depth head's maps (:func:`sequence_depths`)."""
     size = sequences[0].rgb.shape[1]
     shape = (size, size)
     toks = [sequence_tokens(models, s, bridge, device=device) for s in sequences]
+    depths = [sequence_depths(models, s, device=device) for s in sequences] if length_source == 'depth_head' \
+        else None
     pairs = []
     for si, seq in enumerate(sequences):
         n = len(seq)
@@ -162,8 +184,10 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
             kf_d, cur_d, cur_s, kf_s = decode_both_orders(models.decoder, tok1, tok2, shape, shape,
                                                           view2_points=False, compute_dtype=decoder_dtype)
             t1 = time.perf_counter()
-            direct, m = _match_and_solve(kf_d, cur_d, K2, pnp, matching, K1=K1)
-            swapped, ms = _match_and_solve(cur_s, kf_s, K1, pnp, matching, K1=K2)
+            d1 = depths[sa][s1][i] if depths is not None else None
+            d2 = depths[sb][s2][j] if depths is not None else None
+            direct, m = _match_and_solve(kf_d, cur_d, K2, pnp, matching, K1=K1, depth1=d1)
+            swapped, ms = _match_and_solve(cur_s, kf_s, K1, pnp, matching, K1=K2, depth1=d2)
             combined = None                  # the essential solver refines the midpoint on both orders' inliers
             if pnp.solver == 'essential' and pnp.refine and direct.ok and swapped.ok:
                 mid, _ = combine_orders(direct.T_ref_cur, swapped.T_cur_ref)
@@ -544,7 +568,8 @@ def collect_trust_records(models, val: Sequence, test: Sequence, gaps: Iterable[
                           val_stride: int = 6, test_stride: int = 3, extra_stride: int = 6,
                           records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
                           log: Callable[[str], None] = _LOG.info, pnp: PnpParams = PnpParams(iterations=1000),
-                          decoder_dtype: torch.dtype | None = None) -> Dict[str, List[Dict[str, Any]]]:
+                          decoder_dtype: torch.dtype | None = None, length_source: str = 'point_map'
+                          ) -> Dict[str, List[Dict[str, Any]]]:
     """``{'val': [...], 'test': [...]}`` records of the validation and test sequences (:func:`collect_pose_records`,
     motion pairs every ``*_stride`` frames, zero-motion and unrelated pairs every ``extra_stride``); parts already
     in ``records`` are kept, missing ones are collected into it."""
@@ -553,7 +578,7 @@ def collect_trust_records(models, val: Sequence, test: Sequence, gaps: Iterable[
         if name not in recs:
             recs[name] = collect_pose_records(models, seqs, gaps=tuple(gaps), stride=stride,
                                               zero_stride=extra_stride, unrelated_stride=extra_stride, log=log,
-                                              pnp=pnp, decoder_dtype=decoder_dtype)
+                                              pnp=pnp, decoder_dtype=decoder_dtype, length_source=length_source)
     return recs
 
 
@@ -562,7 +587,7 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
                        confidence: Optional[float] = None, records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
                        log: Callable[[str], None] = _LOG.info, view_similarity_gate: bool = True,
                        pnp: PnpParams = PnpParams(iterations=1000), decoder_dtype: torch.dtype | None = None,
-                       independent_geometry: bool = True) -> Dict[str, Any]:
+                       independent_geometry: bool = True, length_source: str = 'point_map') -> Dict[str, Any]:
     """Calibrate the gates of the one-order (``direct``) and the symmetric estimate per mode on the validation
     sequences and score them on the test sequences (zero-motion, unrelated-scene and motion pairs).
 
@@ -573,7 +598,7 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
     from dataclasses import asdict
     gaps = tuple(gaps)
     recs = collect_trust_records(models, val, test, gaps, val_stride, test_stride, extra_stride, records, log, pnp,
-                                 decoder_dtype)
+                                 decoder_dtype, length_source)
     modes = sorted({str(r['mode']) for r in recs['test']})
     loose = PoseGates(max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
     summary: Dict[str, Any] = {}

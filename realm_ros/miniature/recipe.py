@@ -154,13 +154,16 @@ class CalibrateRecipe:
     # (AUC_pose@20 0.41x -> 0.32x for the 80-sequence REALM-mini); AP3P made event-event worse (models/README.md).
     # Pose solver 'essential' | 'pnp': the essential solver (rotation and direction from the matched pixels, only the
     # translation length from the pointmap) more than doubled event-event AUC_pose@20 on the same matches
+    # Translation length of the essential solver 'depth_head' | 'point_map': the depth head's metric depth of view 1
+    # (event-event length 0.61x -> 0.78x of the truth, median) or the decoder's point map
     decoder_precision: str = 'fp32'
     solver: str = 'essential'
+    length_source: str = 'depth_head'
     ransac_kernel: str = 'sqpnp'
 
     def compute(self) -> Dict[str, str]:
         return {'decoder_precision': self.decoder_precision, 'solver': self.solver,
-                'ransac_kernel': self.ransac_kernel}
+                'length_source': self.length_source, 'ransac_kernel': self.ransac_kernel}
 
 
 @dataclass
@@ -520,7 +523,8 @@ class Recipe:
                                          independent_geometry=c.independent_geometry,
                                          pnp=PnpParams(iterations=1000, ransac_kernel=c.ransac_kernel,
                                                        solver=c.solver, essential_iterations=1000),
-                                         decoder_dtype=DECODER_DTYPES[c.decoder_precision])
+                                         decoder_dtype=DECODER_DTYPES[c.decoder_precision],
+                                         length_source=c.length_source)
             # the per-pair records, for studying other gates or covariance models without re-running the decoder
             # (benchmarks/bench_pose_quality.py reads the same format)
             for part, recs in records.items():
@@ -563,7 +567,7 @@ class Recipe:
         c = self.cfg.calibrate                   # the pose step as the gates were calibrated (and the node runs it)
         cfg = replace(self.cfg.eval, image_size=self.cfg.image_size, seg_bridge=models.seg_bridge,
                       pose_decoder_precision=c.decoder_precision, ransac_kernel=c.ransac_kernel,
-                      pose_solver=c.solver)
+                      pose_solver=c.solver, pose_length_source=c.length_source)
         seqs = load_or_simulate(cfg, self.work / 'test_data', self.log)
         metrics = evaluate(models, seqs, cfg, self.device, self.log)
         sub_cfg = replace(self.cfg.subset, image_size=self.cfg.image_size, seg_bridge=models.seg_bridge)

@@ -107,18 +107,19 @@ class PipelineConfig:
     # how the pose step computes: 'auto' = what the decoder's gates were calibrated with (its file records it)
     pose_decoder_precision: str = 'auto'    # 'auto' | 'fp32' | 'bf16' (the symmetric estimate's decoder passes)
     pose_solver: str = 'auto'               # 'auto' | 'essential' | 'pnp' (realm_ros.geometry.pose.PnpParams.solver)
+    pose_length_source: str = 'auto'        # 'auto' | 'depth_head' | 'point_map' (the essential solver's length)
     pnp_ransac_kernel: str = 'auto'         # 'auto' | 'sqpnp' | 'ap3p'
 
 
 #: PipelineConfig field -> key of the decoder's pose-compute record (realm_ros.geometry.gates.POSE_COMPUTE_CHOICES)
 _POSE_COMPUTE_FIELDS = (('pose_decoder_precision', 'decoder_precision'), ('pose_solver', 'solver'),
-                        ('pnp_ransac_kernel', 'ransac_kernel'))
+                        ('pose_length_source', 'length_source'), ('pnp_ransac_kernel', 'ransac_kernel'))
 
 RUNTIME_FIELDS = ('heads', 'spatial_mode', 'normalization', 'depth_color_range', 'points_stride', 'points_max_depth',
                   'keyframe_min_inliers', 'keyframe_max_translation', 'keyframe_max_rotation_deg',
                   'keyframe_max_failures', 'keyframe_min_interval_s', 'pose_frame', 'max_matches_drawn',
                   'match_subsample', 'pnp_reprojection_px', 'pnp_iterations', 'pose_symmetric',
-                  'pose_decoder_precision', 'pose_solver', 'pnp_ransac_kernel')
+                  'pose_decoder_precision', 'pose_solver', 'pose_length_source', 'pnp_ransac_kernel')
 
 
 @dataclass
@@ -498,6 +499,9 @@ class RealmPipeline:
         resolved = {k: v for k, v in compute.items() if k != 'warnings'}
         changed = resolved != getattr(self, 'pose_compute', None)
         self.pose_compute = resolved
+        #: the pose step takes the essential solver's translation length from the depth head (it needs the head)
+        self.pose_uses_depth_head = (resolved['solver'] == 'essential' and resolved['length_source'] == 'depth_head'
+                                     and getattr(self, 'depth_head', None) is not None)
         self.pose_decoder_dtype = DECODER_DTYPES[compute['decoder_precision']]
         for message in compute['warnings'] if changed else ():
             self._warn(message)
@@ -528,6 +532,7 @@ class RealmPipeline:
             out['keyframes'] = len(store)
             out['pose_decoder_precision'] = self.pose_compute['decoder_precision']
             out['pose_solver'] = self.pose_compute['solver']
+            out['pose_length_source'] = self.pose_compute['length_source']
             out['pose_ransac_kernel'] = self.pose_compute['ransac_kernel']
             out['keyframe_stamp_ns'] = latest.stamp_ns if latest is not None else 0
             out.update({f'keyframes_{k}': v for k, v in dict(store.counters).items()})
@@ -687,7 +692,10 @@ class RealmPipeline:
                 tokens=self.encoder.head_tokens(tokens, bridge)[idx:idx + 1, 1:].float().clone(),
                 cls=tokens['x_norm_clstoken'][idx].float().clone(),
                 K_model=np.asarray(pose_prep.model_intrinsics(K)[0], dtype=np.float64),
-                picture=render.voxel_picture(pose_prep.tensor[idx].float().cpu().numpy()))
+                picture=render.voxel_picture(pose_prep.tensor[idx].float().cpu().numpy()),
+                depth_tokens=((tokens['x_norm_patchtokens'][idx:idx + 1].float().clone(),
+                               tokens['x_norm_clstoken'][idx:idx + 1].float().clone())
+                              if self.pose_uses_depth_head else None))
             timings['pose_input_ms'] = (time.perf_counter() - t0) * 1e3
             if on_pose_input is not None:
                 on_pose_input(pose_input)

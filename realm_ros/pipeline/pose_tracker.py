@@ -55,6 +55,9 @@ class PoseInput:
     picture: np.ndarray             # (S, S, 3) uint8 BGR picture of the model input (match drawing)
     recv_monotonic_ns: int = 0      # arrival of the packet that completed the window (latency bookkeeping)
     generation: int = 0             # stream generation the window belongs to
+    # (normed patch tokens (1, N, D), normed CLS (1, D)) for the depth head when the pose step takes the essential
+    # solver's translation length from it (pose.length_source depth_head); None otherwise
+    depth_tokens: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
 
 @dataclass
@@ -125,15 +128,31 @@ class PoseTracker:
         prep = prepare_input((img - mean) / std, size=pipe.input_size, mode='crop')
         with pipe._autocast():
             feats = pipe.dune.encoder.forward_features(prep.tensor[:1], apply_norm=True)
+        depth = self._view_depth((feats['x_norm_patchtokens'].float(), feats['x_norm_clstoken'].float()))
         picture = (prep.tensor[0] * std + mean).clamp(0, 1).mul(255).byte().permute(1, 2, 0).cpu().numpy()
         self._count('image_keyframes')
         return self.keyframes.add(feats['x_prenorm_patchtokens'].float(), feats['x_norm_clstoken'].float(),
                                   (pipe.input_size, pipe.input_size), prep.model_intrinsics(K_img)[0], stamp,
                                   source='rgb', T_fixed_kf=T_fixed,
-                                  extras={'picture': np.ascontiguousarray(picture[..., ::-1])})
+                                  extras={'picture': np.ascontiguousarray(picture[..., ::-1]), 'depth': depth})
+
+    def _view_depth(self, depth_tokens: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> Optional[np.ndarray]:
+        """Depth-head map (model input size) of a view from its normed tokens, when the pose step takes the
+        essential solver's translation length from it (``pose.length_source``); None otherwise."""
+        pipe = self._pipe
+        if depth_tokens is None or not getattr(pipe, 'pose_uses_depth_head', False):
+            return None
+        patch, cls = depth_tokens
+        n = int(pipe.input_size) // int(pipe.patch_size)
+        grid = (n, n)
+        with torch.no_grad(), pipe._autocast():
+            d = pipe.depth_head(patch.to(pipe.device), cls.to(pipe.device), grid,
+                                out_size=(pipe.input_size, pipe.input_size))
+        return d[0, 0].float().cpu().numpy()
 
     def _symmetric_pose(self, kf: Any, cur_tokens: torch.Tensor, size: Tuple[int, int], K_model: np.ndarray,
-                        timings_ms: Optional[Dict[str, float]] = None) -> Tuple[Any, Any]:
+                        timings_ms: Optional[Dict[str, float]] = None,
+                        depth_current: Optional[np.ndarray] = None) -> Tuple[Any, Any]:
         """``pose.symmetric``: both decoder orders, combined pose, gates calibrated for the loaded decoder
         (:mod:`realm_ros.geometry.symmetric`); returns (PoseResult, matches of the keyframe-first order) and adds
         the stage times to ``timings_ms`` (``pose_decoder_ms``, ``pose_matching_direct_ms``, ...)."""
@@ -143,7 +162,8 @@ class PoseTracker:
         est = symmetric_relative_pose(pipe.mast3r, kf, cur_tokens, size, K_model, pnp=pipe._pnp_params,
                                       matching=MatchingParams(subsample=pipe.config.match_subsample, border=3),
                                       gates=gates_for_decoder(pipe.mast3r, kf.source),
-                                      decoder_dtype=pipe.pose_decoder_dtype)
+                                      decoder_dtype=pipe.pose_decoder_dtype,
+                                      depth_keyframe=kf.extras.get('depth'), depth_current=depth_current)
         if timings_ms is not None:
             timings_ms.update({f'pose_{k}_ms': v * 1e3 for k, v in est.timings_s.items()})
         return est.pose, est.matches
@@ -188,10 +208,17 @@ class PoseTracker:
         sources = ('rgb',) if image_source else ('events',)
         first = len(store) == 0
 
+        depths: Dict[int, Optional[np.ndarray]] = {}
+
+        def depth_of(view: PoseInput) -> Optional[np.ndarray]:
+            if id(view) not in depths:
+                depths[id(view)] = self._view_depth(view.depth_tokens)
+            return depths[id(view)]
+
         def add_current(T_fixed: Optional[np.ndarray], view: PoseInput = inp) -> Any:
             self._count('event_keyframes')
             return store.add(view.tokens, view.cls, size, view.K_model, view.stamp_ns, source='events',
-                             T_fixed_kf=T_fixed, extras={'picture': view.picture})
+                             T_fixed_kf=T_fixed, extras={'picture': view.picture, 'depth': depth_of(view)})
 
         kf = store.select(cur_cls, sources)
         if kf is None:
@@ -211,7 +238,8 @@ class PoseTracker:
                 out.matches_image = render.draw_matches(picture, picture, np.zeros((0, 2)), np.zeros((0, 2)))
                 return
         if cfg.pose_symmetric:
-            result, matches = self._symmetric_pose(kf, cur_tokens, size, K_model, out.timings_ms)
+            result, matches = self._symmetric_pose(kf, cur_tokens, size, K_model, out.timings_ms,
+                                                   depth_current=depth_of(inp))
         else:
             pred1, pred2 = pipe.mast3r(kf.tokens, cur_tokens, kf.image_shape, size)
             matches = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], subsample=cfg.match_subsample,
@@ -220,7 +248,7 @@ class PoseTracker:
                                              conf_ref=pred1.get('conf', [None])[0],
                                              desc_conf_ref=pred1.get('desc_conf', [None])[0],
                                              desc_conf_cur=pred2.get('desc_conf', [None])[0],
-                                             params=pipe._pnp_params, K_ref=kf.K)
+                                             params=pipe._pnp_params, K_ref=kf.K, depth_ref=kf.extras.get('depth'))
             result = self._gate_direct(result, kf, cur_tokens, size)
         self._count('pose_attempts')
         decision = store.update(kf, result, stamp_ns)

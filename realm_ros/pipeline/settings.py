@@ -114,6 +114,11 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
               "direction from the matched pixels, MAGSAC++ and a Sampson refinement; only the translation length "
               "from the keyframe pointmap), 'pnp' (PnP-RANSAC on the keyframe pointmap, MASt3R's visloc)",
               runtime=True, choices=('auto', 'essential', 'pnp')),
+    Setting('pose.length_source', 'auto', "where the essential solver takes the translation length from: 'auto' = "
+              "what the decoder's pose gates were calibrated with (a file without the record: point_map), "
+              "'depth_head' (the depth head's metric depth of the view, needs checkpoints.depth_head; else the "
+              "point map is used), 'point_map' (the decoder's point map)", runtime=True,
+              choices=('auto', 'depth_head', 'point_map')),
     Setting('pose.reprojection_px', 5.0, 'PnP-RANSAC inlier threshold (model-input pixels; pose.solver pnp)',
               runtime=True,
               float_range=(0.1, 100.0)),
@@ -276,7 +281,8 @@ def pipeline_runtime_settings(get: Getter, pending: Optional[Mapping[str, Any]] 
                 max_matches_drawn=int(p('matches.max_drawn')), match_subsample=int(p('matches.subsample')),
                 pnp_reprojection_px=float(p('pose.reprojection_px')), pnp_iterations=int(p('pose.ransac_iterations')),
                 pose_symmetric=bool(p('pose.symmetric')), pose_decoder_precision=p('pose.decoder_precision'),
-                pose_solver=p('pose.solver'), pnp_ransac_kernel=p('pose.ransac_kernel'))
+                pose_solver=p('pose.solver'), pose_length_source=p('pose.length_source'),
+                pnp_ransac_kernel=p('pose.ransac_kernel'))
 
 
 def fallback_intrinsics(get: Getter, width: int, height: int) -> Any:

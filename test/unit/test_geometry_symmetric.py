@@ -396,10 +396,12 @@ def test_decoder_file_records_what_its_gates_were_calibrated_with(tmp_path):
     shutil.copy(src, path)
     shutil.copy(src.with_suffix('.json'), path.with_suffix('.json'))
     gates = {'symmetric': {'event_event': PoseGates(min_inliers=40)}}
-    write_decoder_gates(path, gates, {'decoder_precision': 'bf16', 'solver': 'essential', 'ransac_kernel': 'ap3p'})
+    write_decoder_gates(path, gates, {'decoder_precision': 'bf16', 'solver': 'essential', 'length_source': 'depth_head',
+                                      'ransac_kernel': 'ap3p'})
     dec = load_dune_mast3r(path)
     assert dec.pose_gates == gates
-    assert dec.pose_gates_compute == {'decoder_precision': 'bf16', 'solver': 'essential', 'ransac_kernel': 'ap3p'}
+    assert dec.pose_gates_compute == {'decoder_precision': 'bf16', 'solver': 'essential',
+                                      'length_source': 'depth_head', 'ransac_kernel': 'ap3p'}
     assert pose_compute_for_decoder(dec) == dec.pose_gates_compute
     assert '"ransac_kernel": "ap3p"' in path.with_suffix('.json').read_text()            # the sidecar follows
     write_decoder_gates(path, gates)                                                       # default: fp32 / SQPnP
@@ -416,6 +418,7 @@ def test_decoder_file_records_what_its_gates_were_calibrated_with(tmp_path):
     with pytest.raises(ValueError, match=r"unknown entry \['precision'\]"):
         parse_pose_compute({'precision': 'bf16'})
     assert parse_pose_compute({'decoder_precision': 'bf16'}) == {'decoder_precision': 'bf16', 'solver': 'pnp',
+                                                                 'length_source': 'point_map',
                                                                  'ransac_kernel': 'sqpnp'}
     with pytest.raises(ValueError, match=r"solver: 'five_point' is not one of \['pnp', 'essential'\]"):
         parse_pose_compute({'solver': 'five_point'})
@@ -441,3 +444,27 @@ def test_essential_solver_gives_the_symmetric_pose_with_metric_length():
     biased = symmetric_relative_pose(FakeDecoder(poses, contraction=0.05), _kf(0), _tok(1), (S, S), K, pnp=ess,
                                      matching=MATCH)
     assert not biased.pose.ok and biased.pose.reason == 'order_disagreement_rotation'
+
+
+def test_essential_solver_takes_the_translation_length_from_depth_maps():
+    """``depth_keyframe`` / ``depth_current``: each order's length comes from its view 1's depth map (the depth
+    head's in the node) instead of the decoder's point map; rotation and direction do not depend on it."""
+    from dataclasses import replace
+
+    from realm_ros.geometry.relative_pose import points_from_depth
+    poses = [_pose(), _pose(2.0, (0.3, 0.0, 1.5))]
+    dec = FakeDecoder(poses)
+    ess = replace(PNP, solver='essential')
+    z = [dec._world(T, 1.0)[1][..., 2] for T in poses]                    # true z-depth of each view
+    xy = np.array([[5, 7], [30, 40]])
+    np.testing.assert_allclose(points_from_depth(z[0], xy, K), dec._world(poses[0], 1.0)[1][xy[:, 1], xy[:, 0]],
+                               rtol=1e-9)
+    base = symmetric_relative_pose(dec, _kf(0), _tok(1), (S, S), K, pnp=ess, matching=MATCH)
+    same = symmetric_relative_pose(dec, _kf(0), _tok(1), (S, S), K, pnp=ess, matching=MATCH,
+                                   depth_keyframe=z[0], depth_current=z[1])
+    double = symmetric_relative_pose(dec, _kf(0), _tok(1), (S, S), K, pnp=ess, matching=MATCH,
+                                     depth_keyframe=2 * z[0], depth_current=2 * z[1])
+    assert base.pose.ok and same.pose.ok and double.pose.ok
+    assert same.pose.translation_norm == pytest.approx(base.pose.translation_norm, rel=0.02)
+    assert double.pose.translation_norm == pytest.approx(2 * same.pose.translation_norm, rel=0.02)
+    np.testing.assert_allclose(double.pose.R, same.pose.R, atol=1e-9)

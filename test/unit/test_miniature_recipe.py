@@ -36,11 +36,14 @@ def test_toy_recipe_ships_a_decoder_with_its_calibrated_gates(tmp_path):
     # the decoder records the pose compute the gates were calibrated (and the test figures evaluated) with
     cal = doc['recipe']['calibrate']
     assert shipped.pose_gates_compute == {'decoder_precision': cal['decoder_precision'], 'solver': cal['solver'],
+                                          'length_source': cal['length_source'],
                                           'ransac_kernel': cal['ransac_kernel']} == {'decoder_precision': 'bf16',
                                                                                      'solver': 'essential',
+                                                                                     'length_source': 'depth_head',
                                                                                      'ransac_kernel': 'ap3p'}
     assert (doc['eval_config']['pose_decoder_precision'], doc['eval_config']['pose_solver'],
-            doc['eval_config']['ransac_kernel']) == ('bf16', 'essential', 'ap3p')
+            doc['eval_config']['pose_length_source'], doc['eval_config']['ransac_kernel']) == (
+        'bf16', 'essential', 'depth_head', 'ap3p')
     import pickle
     for part in ('val', 'test'):                                 # the per-pair records are kept for later studies
         recs = pickle.loads((tmp_path / 'work' / 'calibrate' / f'records_{part}.pkl').read_bytes())

@@ -113,27 +113,35 @@ def test_pose_compute_follows_the_decoders_calibration(ckpts, windows, monkeypat
     import realm_ros.pipeline.core as core
     messages = []
     p = RealmPipeline(tiny_pipeline_config(ckpts), log=messages.append)
-    assert p.pose_compute == {'decoder_precision': 'fp32', 'solver': 'pnp', 'ransac_kernel': 'sqpnp'}
-    assert p.pose_decoder_dtype is None and p._pnp_params.solver == 'pnp'
+    assert p.pose_compute == {'decoder_precision': 'fp32', 'solver': 'pnp', 'length_source': 'point_map',
+                              'ransac_kernel': 'sqpnp'}
+    assert p.pose_decoder_dtype is None and p._pnp_params.solver == 'pnp' and not p.pose_uses_depth_head
     assert p._pnp_params.ransac_kernel == 'sqpnp' and not messages
     d = p.diagnostics()
     assert (d['pose_decoder_precision'], d['pose_solver'], d['pose_ransac_kernel']) == ('fp32', 'pnp', 'sqpnp')
-    p.mast3r.pose_gates_compute = {'decoder_precision': 'bf16', 'solver': 'essential',
+    p.mast3r.pose_gates_compute = {'decoder_precision': 'bf16', 'solver': 'essential', 'length_source': 'depth_head',
                                    'ransac_kernel': 'ap3p'}                         # as a file would record
     monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: True)
     p.update(pose_decoder_precision='auto', pnp_ransac_kernel='auto')
     assert p.pose_decoder_dtype == torch.bfloat16 and p._pnp_params.ransac_kernel == 'ap3p' and not messages
     assert p._pnp_params.solver == 'essential' and p.diagnostics()['pose_solver'] == 'essential'
-    seen = []
+    assert p.pose_uses_depth_head and p.diagnostics()['pose_length_source'] == 'depth_head'
+    seen, depth_shapes = [], []
     real = symmetric.symmetric_relative_pose
-    monkeypatch.setattr(symmetric, 'symmetric_relative_pose',
-                        lambda *a, **k: (seen.append((k['decoder_dtype'], k['pnp'].solver, k['pnp'].ransac_kernel)),
-                                         real(*a, **k))[1])
+
+    def spy(*a, **k):
+        seen.append((k['decoder_dtype'], k['pnp'].solver, k['pnp'].ransac_kernel))
+        depth_shapes.append(tuple(None if k[n] is None else k[n].shape for n in ('depth_keyframe', 'depth_current')))
+        return real(*a, **k)
+    monkeypatch.setattr(symmetric, 'symmetric_relative_pose', spy)
     p.reset()
     p.update(keyframe_max_failures=100)
     for w in windows[:2]:
         p.process(w, 480, 640, K_SENSOR, int(w.t[-1]))
     assert seen == [(torch.bfloat16, 'essential', 'ap3p')]        # the second window was matched with them
+    S = p.input_size                                                # both views' depth-head maps at the model size
+    assert depth_shapes == [((S, S), (S, S))]
+    assert p.pose_tracker.keyframes.latest.extras['depth'].shape == (S, S)
     p.update(pnp_ransac_kernel='sqpnp')
     assert p._pnp_params.ransac_kernel == 'sqpnp'
     assert len(messages) == 1 and 'calibrated with ap3p' in messages[0]
@@ -141,7 +149,9 @@ def test_pose_compute_follows_the_decoders_calibration(ckpts, windows, monkeypat
     assert p._pnp_params.solver == 'pnp' and 'pose_solver pnp' in messages[-1] and 'essential' in messages[-1]
     with pytest.raises(PipelineConfigError, match='pose_solver'):
         p.update(pose_solver='five_point')
-    p.update(pose_solver='auto')
+    p.update(pose_solver='auto', pose_length_source='point_map')
+    assert not p.pose_uses_depth_head and 'pose_length_source point_map' in messages[-1]
+    p.update(pose_length_source='auto')
     messages.clear()
     monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: False)
     p.update(pnp_ransac_kernel='auto', match_subsample=8)
