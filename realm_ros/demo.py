@@ -307,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto', help='torch device of the perception node (auto, cpu, cuda)')
     p.add_argument('--seed', type=int, default=11, help='simulated scene seed (a held-out test scene by default)')
     p.add_argument('--sim-seconds', type=float, default=4.0, help='length of the simulated loop (s)')
+    p.add_argument('--sim-trajectory', choices=('loop', 'drive'), default='loop',
+                   help="simulated camera path: 'loop' (back and forth, repeats without a jump; half of the time "
+                        "the camera reverses, which the miniature models never saw in training) or 'drive' (forward "
+                        "like the training data; the pose jumps back at every loop)")
     p.add_argument('--bag', help='replay this ROS 2 bag instead of running the simulator')
     p.add_argument('--events-topic', default='/event_camera/events', help='events topic in --bag')
     p.add_argument('--camera-info-topic', default='/event_camera/camera_info', help='camera_info topic in --bag')
@@ -385,7 +389,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 args.bag, {'events': args.events_topic, 'camera_info': args.camera_info_topic,
                            'image': args.image_topic}, stop, player_node))
         else:
-            sim_params = {'seed': args.seed, 'duration_s': args.sim_seconds, 'loop': True}
+            sim_params = {'seed': args.seed, 'duration_s': args.sim_seconds, 'loop': True,
+                          'trajectory': args.sim_trajectory}
             procs['sim'] = _start([py, '-m', 'realm_ros.nodes.sim_camera_node'] + _ros_args(sim_params, {}),
                                   out_dir / 'sim_event_camera.log', env)
         procs['node'] = _start([py, '-m', 'realm_ros.nodes.perception_node'] + _ros_args(params, remaps),

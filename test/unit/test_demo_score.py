@@ -132,3 +132,13 @@ def test_panel_trajectory_is_not_joined_across_a_restart(tmp_path):
     u = (xs - xs.min()) / max(1, np.ptp(xs))
     v = (ys.max() - ys) / max(1, np.ptp(ys))            # 0 at the start row, 1 at the far end
     assert not ((np.abs(u - v) < 0.05) & (u > 0.2) & (u < 0.8)).any()
+
+
+def test_demo_simulator_trajectory_option():
+    """``--sim-trajectory``: the looping back-and-forth path by default, 'drive' (forward, like the training data) on
+    request; anything else is refused by the parser."""
+    from realm_ros.demo import build_parser
+    assert build_parser().parse_args([]).sim_trajectory == 'loop'
+    assert build_parser().parse_args(['--sim-trajectory', 'drive']).sim_trajectory == 'drive'
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(['--sim-trajectory', 'circle'])
