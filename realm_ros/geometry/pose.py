@@ -35,7 +35,7 @@ __all__ = [
     'PixelTransform', 'PnpParams', 'PoseResult', 'intrinsics_after_crop', 'intrinsics_after_resize',
     'intrinsics_after_pad', 'solve_pnp', 'solve_relative_pose_pnp', 'correspondences_from_matches', 'confidence_mask',
     'rotation_angle_deg', 'POSE_SOLVERS', 'solve_essential', 'sampson_residuals', 'refine_two_view',
-    'normalised_pixels', 'metric_scale_from_points',
+    'normalised_pixels', 'metric_scale_from_points', 'points_from_depth',
 ]
 
 
@@ -279,6 +279,29 @@ def _camera_pose_covariance(pts: np.ndarray, uv: np.ndarray, K: np.ndarray, R: n
     return sigma2 * np.linalg.inv(H), cond
 
 
+def _checked_pose(R: np.ndarray, t: np.ndarray, pts: np.ndarray, uv: np.ndarray, K: np.ndarray, inl: np.ndarray,
+                  index: np.ndarray, n_in: int, params: PnpParams) -> PoseResult:
+    """The checks both solvers end with (inlier count and ratio, cheirality of the inlier points, a conditioned
+    covariance) and the accepted :class:`PoseResult` of ``T_cur_ref = (R, t)``: ``inl`` indexes the filtered
+    correspondences ``pts`` / ``uv``, ``index`` maps them back to the caller's input (``n_in`` correspondences)."""
+    inliers = index[inl]
+    partial = dict(R=R, t=t, inliers=inliers)
+    if inl.size < params.min_inliers:
+        return _reject('too_few_inliers', n_in, **partial)
+    if inl.size / n_in < params.min_inlier_ratio:
+        return _reject('low_inlier_ratio', n_in, **partial)
+    depth = (pts[inl] @ R.T + t)[:, 2]
+    if np.mean(depth > 0) < 0.9:
+        return _reject('cheirality', n_in, **partial)
+    proj, _ = cv2.projectPoints(pts[inl], cv2.Rodrigues(R)[0], t, K, None)
+    rms = float(np.sqrt(np.mean(np.sum((proj.reshape(-1, 2) - uv[inl]) ** 2, axis=1))))
+    cov, _cond = _camera_pose_covariance(pts[inl], uv[inl], K, R, t, params.max_condition)
+    if cov is None:
+        return _reject('ill_conditioned', n_in, reprojection_error_px=rms, **partial)
+    return PoseResult(ok=True, R=R, t=t, inliers=inliers, num_correspondences=n_in, reprojection_error_px=rms,
+                      covariance=cov)
+
+
 def solve_pnp(points3d: Any, pixels: Any, K: Any, params: PnpParams = PnpParams()) -> PoseResult:
     """PnP-RANSAC (``cv2.solvePnPRansac`` with ``SOLVEPNP_SQPNP``) plus checks, refinement and covariance.
 
@@ -337,24 +360,7 @@ def solve_pnp(points3d: Any, pixels: Any, K: Any, params: PnpParams = PnpParams(
         proj, _ = cv2.projectPoints(pts, rvec, tvec, K, None)
         err = np.linalg.norm(proj.reshape(-1, 2) - uv, axis=1)
         inl = np.nonzero(err <= params.reprojection_error_px)[0]
-    R = cv2.Rodrigues(rvec)[0]
-    t = tvec.reshape(3)
-    inliers = index[inl]
-    partial = dict(R=R, t=t, inliers=inliers)
-    if inl.size < params.min_inliers:
-        return _reject('too_few_inliers', n_in, **partial)
-    if inl.size / n_in < params.min_inlier_ratio:
-        return _reject('low_inlier_ratio', n_in, **partial)
-    depth = (pts[inl] @ R.T + t)[:, 2]
-    if np.mean(depth > 0) < 0.9:
-        return _reject('cheirality', n_in, **partial)
-    proj, _ = cv2.projectPoints(pts[inl], cv2.Rodrigues(R)[0], t, K, None)
-    rms = float(np.sqrt(np.mean(np.sum((proj.reshape(-1, 2) - uv[inl]) ** 2, axis=1))))
-    cov, _cond = _camera_pose_covariance(pts[inl], uv[inl], K, R, t, params.max_condition)
-    if cov is None:
-        return _reject('ill_conditioned', n_in, reprojection_error_px=rms, **partial)
-    return PoseResult(ok=True, R=R, t=t, inliers=inliers, num_correspondences=n_in, reprojection_error_px=rms,
-                      covariance=cov)
+    return _checked_pose(cv2.Rodrigues(rvec)[0], tvec.reshape(3), pts, uv, K, inl, index, n_in, params)
 
 
 def normalised_pixels(xy: Any, K: Any) -> np.ndarray:
@@ -365,6 +371,16 @@ def normalised_pixels(xy: Any, K: Any) -> np.ndarray:
     y = (xy[:, 1] - K[1, 2]) / K[1, 1]
     x = (xy[:, 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
     return np.stack([x, y], axis=1)
+
+
+def points_from_depth(depth: Any, xy: np.ndarray, K: Any) -> np.ndarray:
+    """3-D points (N, 3) of integer pixels ``xy`` (x, y) of a depth map (H, W; tensor or array, z-depth along the
+    optical axis) with intrinsics ``K``; NaN where the depth is not finite and positive."""
+    d = depth.detach().float().cpu().numpy() if hasattr(depth, 'detach') else np.asarray(depth, dtype=np.float64)
+    d = d.reshape(d.shape[-2], d.shape[-1])
+    z = d[xy[:, 1], xy[:, 0]].astype(np.float64)
+    z = np.where(np.isfinite(z) & (z > 0), z, np.nan)
+    return np.concatenate([normalised_pixels(xy, K), np.ones((len(xy), 1))], axis=1) * z[:, None]
 
 
 def sampson_residuals(R: np.ndarray, t: np.ndarray, x_ref: np.ndarray, x_cur: np.ndarray) -> np.ndarray:
@@ -508,22 +524,7 @@ def solve_essential(xy_ref: Any, xy_cur: Any, K_ref: Any, K_cur: Any, points3d_r
     if not np.isfinite(scale) or scale <= 0:
         return _reject('inconsistent_scale', n_in, R=R, t=t_unit * (scale if np.isfinite(scale) else 0.0),
                        inliers=inliers)
-    t = t_unit * scale
-    partial = dict(R=R, t=t, inliers=inliers)
-    if inl.size < params.min_inliers:
-        return _reject('too_few_inliers', n_in, **partial)
-    if inl.size / n_in < params.min_inlier_ratio:
-        return _reject('low_inlier_ratio', n_in, **partial)
-    depth = (pts[inl] @ R.T + t)[:, 2]
-    if np.mean(depth > 0) < 0.9:
-        return _reject('cheirality', n_in, **partial)
-    proj, _ = cv2.projectPoints(pts[inl], cv2.Rodrigues(R)[0], t, K_cur, None)
-    rms = float(np.sqrt(np.mean(np.sum((proj.reshape(-1, 2) - uv[inl]) ** 2, axis=1))))
-    cov, _cond = _camera_pose_covariance(pts[inl], uv[inl], K_cur, R, t, params.max_condition)
-    if cov is None:
-        return _reject('ill_conditioned', n_in, reprojection_error_px=rms, **partial)
-    return PoseResult(ok=True, R=R, t=t, inliers=inliers, num_correspondences=n_in, reprojection_error_px=rms,
-                      covariance=cov)
+    return _checked_pose(R, t_unit * scale, pts, uv, K_cur, inl, index, n_in, params)
 
 
 def confidence_mask(conf_ref: Any = None, desc_conf_ref: Any = None, desc_conf_cur: Any = None,
@@ -618,7 +619,6 @@ def solve_relative_pose_pnp(xy_ref: Any, xy_cur: Any, pts3d_ref: Any, K_cur: Any
             raise ValueError('the essential solver needs K_ref, the intrinsics of the keyframe image')
         xy_kf = np.asarray(xy_ref, dtype=np.int64).reshape(-1, 2)[index]
         if depth_ref is not None:
-            from .relative_pose import points_from_depth
             pts = points_from_depth(depth_ref, xy_kf, K_ref)
         res = solve_essential(xy_kf, uv, K_ref, K_cur, pts, params)
     else:

@@ -17,9 +17,9 @@ from torch import Tensor
 
 from .keyframes import Keyframe
 from .matching import ReciprocalMatches, fast_reciprocal_nn
-from .pose import PnpParams, PoseResult, confidence_mask, solve_essential, solve_pnp
+from .pose import PnpParams, PoseResult, confidence_mask, points_from_depth, solve_essential, solve_pnp
 
-__all__ = ['MatchingParams', 'RelativePoseEstimate', 'estimate_relative_pose', 'points_from_depth']
+__all__ = ['MatchingParams', 'RelativePoseEstimate', 'estimate_relative_pose']
 
 
 @dataclass(frozen=True)
@@ -87,17 +87,6 @@ def estimate_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, ima
     return RelativePoseEstimate(pose=pose, matches=matches, keyframe_id=keyframe.id, timings_s=timings,
                                 pred_keyframe=pred1 if keep_predictions else None,
                                 pred_current=pred2 if keep_predictions else None)
-
-
-def points_from_depth(depth: Any, xy: np.ndarray, K: Any) -> np.ndarray:
-    """3-D points (N, 3) of integer pixels ``xy`` (x, y) of a depth map (H, W; tensor or array, z-depth along the
-    optical axis) with intrinsics ``K``; NaN where the depth is not finite and positive."""
-    from .pose import normalised_pixels
-    d = depth.detach().float().cpu().numpy() if hasattr(depth, 'detach') else np.asarray(depth, dtype=np.float64)
-    d = d.reshape(d.shape[-2], d.shape[-1])
-    z = d[xy[:, 1], xy[:, 0]].astype(np.float64)
-    z = np.where(np.isfinite(z) & (z > 0), z, np.nan)
-    return np.concatenate([normalised_pixels(xy, K), np.ones((len(xy), 1))], axis=1) * z[:, None]
 
 
 def _solve_on_device_gather(pred1: dict[str, Tensor], pred2: dict[str, Tensor], matches: ReciprocalMatches,

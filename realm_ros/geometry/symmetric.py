@@ -328,7 +328,8 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     with it). ``timings_s`` has ``decoder``, ``matching_direct`` / ``matching_swapped``, ``pnp_direct`` /
     ``pnp_swapped`` and ``combine`` (seconds). ``depth_keyframe`` / ``depth_current``: optional metric depth maps
     (model input size) of the two views; the essential solver then takes each order's translation length from its
-    view 1's depth map instead of the decoder's point map.
+    view 1's depth map instead of the decoder's point map. ``depth_current`` may be a function returning the map: it
+    is called only when the swapped order is solved (a pair rejected before that costs no depth map).
 
     Tokens with NaN or infinite values are rejected as ``non_finite_input`` without decoding. The appearance gate
     comes next: when the views are less alike than ``gates.min_view_similarity`` the pair is
@@ -366,8 +367,9 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     if early:
         swapped = PoseResult(ok=False, reason='not_solved')
     else:
+        depth_swapped = depth_current() if callable(depth_current) else depth_current
         swapped, m_swapped = _match_and_solve(cur_s, kf_s, keyframe.K, pnp, matching, timings, 'swapped', K_cur,
-                                               depth_current)
+                                               depth_swapped)
     t2 = time.perf_counter()
     timings.update(decoder=t1 - t0, matching_pnp=t2 - t1)
     agreement = None

@@ -246,12 +246,15 @@ def evaluate(models: MiniModels, sequences: Sequence[TestSequence], cfg: EvalCon
     for seq in sequences:
         n = len(seq)
         rgb_tokens, ev_tokens = {}, {}
+        depths: Dict[str, List[np.ndarray]] = {'rgb': [], 'event': []}   # the pose step's lengths (depth head)
         for s in range(0, n, cfg.batch_size):
             sl = slice(s, min(n, s + cfg.batch_size))
             t_out = _teacher_outputs(models, seq.rgb[sl], device)
             r_out = _realm_outputs(models, seq.voxels[sl], device)
             depth_t = _depth(models, t_out, grid, size)
             depth_r = _depth(models, r_out, grid, size)
+            depths['rgb'].append(depth_t)
+            depths['event'].append(depth_r)
             seg_t = _seg(models, _teacher_tokens(t_out), grid, size)
             for i, k in enumerate(range(sl.start, sl.stop)):
                 depth_acc['teacher_rgb'].update(depth_t[i], seq.rgb_depth[k])
@@ -271,7 +274,7 @@ def evaluate(models: MiniModels, sequences: Sequence[TestSequence], cfg: EvalCon
                 rgb_tokens[k] = t_out['x_prenorm_patchtokens'][i:i + 1]
                 ev_tokens[k] = models.realm.head_tokens(r_out, cfg.mast3r_bridge)[i:i + 1, 1:]
             frames += sl.stop - sl.start
-        pose_data.append((seq, rgb_tokens, ev_tokens))
+        pose_data.append((seq, rgb_tokens, ev_tokens, {k: np.concatenate(v) for k, v in depths.items()}))
         log(f'evaluated dense heads on sequence {seq.seed} ({n} frames, '
             f'{int(seq.num_events.mean())} events per window)')
 
@@ -319,12 +322,9 @@ def _evaluate_pose(models: MiniModels, pose_data, cfg: EvalConfig, device: torch
     sym = {m: PoseErrorAccumulator(AUC_THRESHOLDS) for m in modes} if cfg.symmetric else {}
     forward_ok: Dict[str, Dict[str, List[bool]]] = {'one_order': {m: [] for m in modes},
                                                     'symmetric': {m: [] for m in modes}}
-    for seq, rgb_tokens, ev_tokens in pose_data:
+    for seq, rgb_tokens, ev_tokens, seq_depths in pose_data:
         n = len(seq)
-        depths = None
-        if cfg.pose_length_source == 'depth_head':
-            from .pose_checks import sequence_depths
-            depths = sequence_depths(models, seq, device=device)
+        depths = seq_depths if cfg.pose_length_source == 'depth_head' else None
         for gap in cfg.pair_gaps:
             for i in range(0, n - gap, cfg.pair_stride):
                 j = i + gap

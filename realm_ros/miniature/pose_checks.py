@@ -55,38 +55,44 @@ IDENTITY_ROTATION_DEG = 0.5
 
 
 @torch.no_grad()
-def sequence_tokens(models, seq, bridge: str = 'teacher_norm_inverse', batch: int = 8,
-                    device: torch.device | str = 'cpu') -> Dict[str, List[torch.Tensor]]:
-    """Decoder input tokens of every frame of a :class:`TestSequence`: ``{'rgb': [(1, N, C)...], 'event': [...]}``
-    (teacher pre-norm patch tokens of the RGB frames, REALM tokens of the event windows through ``bridge``)."""
-    out: Dict[str, List[torch.Tensor]] = {'rgb': [], 'event': []}
+def _sequence_outputs(models, seq, bridge: str, batch: int, device: torch.device | str, depths: bool
+                      ) -> Tuple[Dict[str, List[torch.Tensor]], Optional[Dict[str, np.ndarray]]]:
+    """One encoder pass over a :class:`TestSequence`: decoder input tokens (:func:`sequence_tokens`) and, with
+    ``depths``, the depth head's maps (:func:`sequence_depths`)."""
+    size = seq.rgb.shape[1]
+    patch = models.teacher.encoder.patch_size
+    grid = (size // patch, size // patch)
+    toks: Dict[str, List[torch.Tensor]] = {'rgb': [], 'event': []}
+    maps: Dict[str, List[np.ndarray]] = {'rgb': [], 'event': []}
     for s in range(0, len(seq), batch):
         sl = slice(s, min(len(seq), s + batch))
         t = models.teacher.encoder.forward_features(rgb_to_tensor(seq.rgb[sl], device))
         r = models.realm(torch.from_numpy(seq.voxels[sl].astype(np.float32)).to(device))
         ev = models.realm.head_tokens(r, bridge)[:, 1:]
         for i in range(sl.stop - sl.start):
-            out['rgb'].append(t['x_prenorm_patchtokens'][i:i + 1])
-            out['event'].append(ev[i:i + 1])
-    return out
+            toks['rgb'].append(t['x_prenorm_patchtokens'][i:i + 1])
+            toks['event'].append(ev[i:i + 1])
+        if depths:
+            for key, o in (('rgb', t), ('event', r)):
+                d = models.depth_head(o['x_norm_patchtokens'], o['x_norm_clstoken'], grid, out_size=(size, size))
+                maps[key].append(d[:, 0].float().cpu().numpy())
+    return toks, ({k: np.concatenate(v) for k, v in maps.items()} if depths else None)
 
 
-@torch.no_grad()
+def sequence_tokens(models, seq, bridge: str = 'teacher_norm_inverse', batch: int = 8,
+                    device: torch.device | str = 'cpu') -> Dict[str, List[torch.Tensor]]:
+    """Decoder input tokens of every frame of a :class:`TestSequence`: ``{'rgb': [(1, N, C)...], 'event': [...]}``
+    (teacher pre-norm patch tokens of the RGB frames, REALM tokens of the event windows through ``bridge``)."""
+    return _sequence_outputs(models, seq, bridge, batch, device, depths=False)[0]
+
+
 def sequence_depths(models, seq, batch: int = 8, device: torch.device | str = 'cpu') -> Dict[str, np.ndarray]:
     """Metric depth maps (F, H, W) of every frame of a :class:`TestSequence` from the depth head: ``'rgb'`` on the
     teacher's features of the RGB frames, ``'event'`` on REALM's of the event windows (what the node's pose step
     uses as the essential solver's length source, ``pose.length_source: depth_head``)."""
-    size = seq.rgb.shape[1]
-    grid = (size // 14, size // 14)
-    out: Dict[str, List[np.ndarray]] = {'rgb': [], 'event': []}
-    for s in range(0, len(seq), batch):
-        sl = slice(s, min(len(seq), s + batch))
-        t = models.teacher.encoder.forward_features(rgb_to_tensor(seq.rgb[sl], device))
-        r = models.realm(torch.from_numpy(seq.voxels[sl].astype(np.float32)).to(device))
-        for key, o in (('rgb', t), ('event', r)):
-            d = models.depth_head(o['x_norm_patchtokens'], o['x_norm_clstoken'], grid, out_size=(size, size))
-            out[key].append(d[:, 0].float().cpu().numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
+    maps = _sequence_outputs(models, seq, 'teacher_norm_inverse', batch, device, depths=True)[1]
+    assert maps is not None
+    return maps
 
 
 def radius_ratio(xy1: np.ndarray, xy2: np.ndarray, K1: np.ndarray, K2: np.ndarray, min_radius_px: float = 10.0
@@ -154,9 +160,10 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
     essential solver's translation length from the depth head's maps (:func:`sequence_depths`)."""
     size = sequences[0].rgb.shape[1]
     shape = (size, size)
-    toks = [sequence_tokens(models, s, bridge, device=device) for s in sequences]
-    depths = [sequence_depths(models, s, device=device) for s in sequences] if length_source == 'depth_head' \
-        else None
+    outputs = [_sequence_outputs(models, s, bridge, 8, device, depths=length_source == 'depth_head')
+               for s in sequences]
+    toks = [o[0] for o in outputs]
+    depths = [o[1] for o in outputs]
     pairs = []
     for si, seq in enumerate(sequences):
         n = len(seq)
@@ -184,8 +191,9 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
             kf_d, cur_d, cur_s, kf_s = decode_both_orders(models.decoder, tok1, tok2, shape, shape,
                                                           view2_points=False, compute_dtype=decoder_dtype)
             t1 = time.perf_counter()
-            d1 = depths[sa][s1][i] if depths is not None else None
-            d2 = depths[sb][s2][j] if depths is not None else None
+            da, db = depths[sa], depths[sb]
+            d1 = da[s1][i] if da is not None else None
+            d2 = db[s2][j] if db is not None else None
             direct, m = _match_and_solve(kf_d, cur_d, K2, pnp, matching, K1=K1, depth1=d1)
             swapped, ms = _match_and_solve(cur_s, kf_s, K1, pnp, matching, K1=K2, depth1=d2)
             combined = None                  # the essential solver refines the midpoint on both orders' inliers

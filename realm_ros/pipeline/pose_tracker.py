@@ -152,7 +152,7 @@ class PoseTracker:
 
     def _symmetric_pose(self, kf: Any, cur_tokens: torch.Tensor, size: Tuple[int, int], K_model: np.ndarray,
                         timings_ms: Optional[Dict[str, float]] = None,
-                        depth_current: Optional[np.ndarray] = None) -> Tuple[Any, Any]:
+                        depth_current: Optional[Callable[[], Optional[np.ndarray]]] = None) -> Tuple[Any, Any]:
         """``pose.symmetric``: both decoder orders, combined pose, gates calibrated for the loaded decoder
         (:mod:`realm_ros.geometry.symmetric`); returns (PoseResult, matches of the keyframe-first order) and adds
         the stage times to ``timings_ms`` (``pose_decoder_ms``, ``pose_matching_direct_ms``, ...)."""
@@ -239,7 +239,7 @@ class PoseTracker:
                 return
         if cfg.pose_symmetric:
             result, matches = self._symmetric_pose(kf, cur_tokens, size, K_model, out.timings_ms,
-                                                   depth_current=depth_of(inp))
+                                                   depth_current=lambda: depth_of(inp))
         else:
             pred1, pred2 = pipe.mast3r(kf.tokens, cur_tokens, kf.image_shape, size)
             matches = fast_reciprocal_nn(pred1['desc'][0], pred2['desc'][0], subsample=cfg.match_subsample,

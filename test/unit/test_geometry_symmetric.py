@@ -451,7 +451,7 @@ def test_essential_solver_takes_the_translation_length_from_depth_maps():
     head's in the node) instead of the decoder's point map; rotation and direction do not depend on it."""
     from dataclasses import replace
 
-    from realm_ros.geometry.relative_pose import points_from_depth
+    from realm_ros.geometry.pose import points_from_depth
     poses = [_pose(), _pose(2.0, (0.3, 0.0, 1.5))]
     dec = FakeDecoder(poses)
     ess = replace(PNP, solver='essential')

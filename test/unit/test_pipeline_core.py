@@ -131,7 +131,8 @@ def test_pose_compute_follows_the_decoders_calibration(ckpts, windows, monkeypat
 
     def spy(*a, **k):
         seen.append((k['decoder_dtype'], k['pnp'].solver, k['pnp'].ransac_kernel))
-        depth_shapes.append(tuple(None if k[n] is None else k[n].shape for n in ('depth_keyframe', 'depth_current')))
+        maps = [k[n]() if callable(k[n]) else k[n] for n in ('depth_keyframe', 'depth_current')]   # lazy: a function
+        depth_shapes.append(tuple(None if m is None else m.shape for m in maps))
         return real(*a, **k)
     monkeypatch.setattr(symmetric, 'symmetric_relative_pose', spy)
     p.reset()
