@@ -8,9 +8,11 @@ a fixed frame (then relative poses are composed into that frame).
 
 Policy (:class:`KeyframePolicy`): add a keyframe when the store is empty, when asked (service call), when the last
 estimate had fewer inliers than ``min_inliers``, when the motion since the keyframe exceeds ``max_translation`` or
-``max_rotation_deg``, or after ``max_failures`` consecutive rejected estimates; selection picks, among the ``recent_k``
-most recent keyframes of the allowed sources, the one whose CLS token has the highest cosine similarity with the
-current view's.
+``max_rotation_deg``, or after ``max_failures`` consecutive rejected estimates; selection (``selection``) picks the
+newest keyframe of the allowed sources (``'newest'``: the shortest baseline, what a moving camera needs) or, among the
+``recent_k`` most recent, the one whose CLS token has the highest cosine similarity with the current view's
+(``'similar'``: revisits; with the miniature models it picked a keyframe twice as far back as the newest, whose longer
+baseline gave a worse pose).
 
 Thread-safe (one lock): the perception worker and a service callback may use it concurrently.
 """
@@ -23,15 +25,18 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
 from .pose import PoseResult
 
-__all__ = ['Keyframe', 'KeyframePolicy', 'KeyframeStore', 'KeyframeDecision', 'SOURCES', 'compose_pose']
+__all__ = ['Keyframe', 'KeyframePolicy', 'KeyframeStore', 'KeyframeDecision', 'SOURCES', 'SELECTIONS',
+           'compose_pose', 'extrapolate_motion']
 
 SOURCES = ('rgb', 'events')
+SELECTIONS = ('newest', 'similar')
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,9 @@ class KeyframePolicy:
         min_interval_ns: no automatic addition sooner than this after the last one (requests and an empty store
             ignore it).
         sources: sources selection may use ('rgb', 'events').
+        selection: 'newest' or 'similar' (see the module docstring).
+        max_bridged: how many rejected steps in a row the pose tracker may bridge with its motion model
+            (:class:`realm_ros.pipeline.pose_tracker.PoseTracker`; the store only carries the setting).
     """
 
     capacity: int = 8
@@ -79,6 +87,8 @@ class KeyframePolicy:
     max_failures: int = 3
     min_interval_ns: int = 0
     sources: tuple[str, ...] = SOURCES
+    selection: str = 'newest'
+    max_bridged: int = 0
 
     def __post_init__(self) -> None:
         if self.capacity < 1 or self.recent_k < 1:
@@ -86,6 +96,10 @@ class KeyframePolicy:
         bad = [s for s in self.sources if s not in SOURCES]
         if bad or not self.sources:
             raise ValueError(f'sources must be a non-empty subset of {SOURCES}, got {self.sources}')
+        if self.selection not in SELECTIONS:
+            raise ValueError(f'selection must be one of {SELECTIONS}, got {self.selection!r}')
+        if self.max_bridged < 0:
+            raise ValueError(f'max_bridged must be >= 0, got {self.max_bridged}')
 
 
 class KeyframeDecision(NamedTuple):
@@ -103,6 +117,23 @@ def compose_pose(T_fixed_kf: np.ndarray, T_kf_cur: np.ndarray) -> np.ndarray:
     if a.shape != (4, 4) or b.shape != (4, 4):
         raise ValueError(f'poses must be 4x4, got {a.shape} and {b.shape}')
     return a @ b
+
+
+def extrapolate_motion(T_motion: np.ndarray, dt_motion_s: float, dt_s: float, max_factor: float = 4.0
+                       ) -> np.ndarray | None:
+    """Constant-velocity prediction: the rigid motion ``T_motion`` (4x4, made over ``dt_motion_s`` seconds) scaled
+    to ``dt_s`` seconds (rotation angle and translation times ``dt_s / dt_motion_s``). None when the factor is not
+    in (0, ``max_factor``] (a prediction that far out is a guess) or the input is not finite."""
+    if not (dt_motion_s > 0 and dt_s > 0) or not np.all(np.isfinite(T_motion)):
+        return None
+    f = dt_s / dt_motion_s
+    if f > max_factor:
+        return None
+    rotvec = cv2.Rodrigues(np.asarray(T_motion[:3, :3], dtype=np.float64))[0]
+    out = np.eye(4)
+    out[:3, :3] = cv2.Rodrigues(rotvec * f)[0]
+    out[:3, 3] = T_motion[:3, 3] * f
+    return out
 
 
 class KeyframeStore:
@@ -201,14 +232,15 @@ class KeyframeStore:
             self.counters['requests'] += 1
 
     def select(self, cls: Tensor, sources: Iterable[str] | None = None) -> Keyframe | None:
-        """The keyframe among the ``recent_k`` most recent of the allowed sources most similar to ``cls`` (cosine)."""
+        """The newest keyframe of the allowed sources (``policy.selection`` 'newest') or the one among the
+        ``recent_k`` most recent most similar to ``cls`` (cosine; 'similar')."""
         allowed = tuple(sources) if sources is not None else self.policy.sources
         with self._lock:
             candidates = [k for k in self._frames if k.source in allowed][-self.policy.recent_k:]
         if not candidates:
             return None
-        if len(candidates) == 1:
-            return candidates[0]
+        if len(candidates) == 1 or self.policy.selection == 'newest':
+            return candidates[-1]
         query = cls.detach().reshape(-1).float()
         bank = torch.stack([k.cls.to(query.device).float() for k in candidates])
         sims = torch.nn.functional.cosine_similarity(bank, query[None], dim=1)

@@ -97,6 +97,8 @@ class PipelineConfig:
     keyframe_max_failures: int = 3      # consecutive rejected estimates -> new keyframe (tracking lost)
     keyframe_min_interval_s: float = 0.0
     keyframe_capacity: int = 8
+    keyframe_selection: str = 'newest'  # 'newest' | 'similar' (KeyframePolicy.selection)
+    keyframe_max_bridged: int = 5       # pose.frame fixed: rejected steps bridged by the motion model in a row
     pose_frame: str = 'keyframe'        # 'keyframe' | 'fixed'
     max_matches_drawn: int = 200
     match_subsample: int = 8
@@ -117,7 +119,8 @@ _POSE_COMPUTE_FIELDS = (('pose_decoder_precision', 'decoder_precision'), ('pose_
 
 RUNTIME_FIELDS = ('heads', 'spatial_mode', 'normalization', 'depth_color_range', 'points_stride', 'points_max_depth',
                   'keyframe_min_inliers', 'keyframe_max_translation', 'keyframe_max_rotation_deg',
-                  'keyframe_max_failures', 'keyframe_min_interval_s', 'pose_frame', 'max_matches_drawn',
+                  'keyframe_max_failures', 'keyframe_min_interval_s', 'keyframe_selection', 'keyframe_max_bridged',
+                  'pose_frame', 'max_matches_drawn',
                   'match_subsample', 'pnp_reprojection_px', 'pnp_iterations', 'pose_symmetric',
                   'pose_decoder_precision', 'pose_solver', 'pose_length_source', 'pnp_ransac_kernel')
 
@@ -456,6 +459,7 @@ class RealmPipeline:
                                   max_rotation_deg=cfg.keyframe_max_rotation_deg,
                                   max_failures=cfg.keyframe_max_failures,
                                   min_interval_ns=int(cfg.keyframe_min_interval_s * 1e9),
+                                  selection=cfg.keyframe_selection, max_bridged=cfg.keyframe_max_bridged,
                                   sources=('rgb',) if cfg.keyframe_source == 'image' else ('events',))
         except ValueError as exc:
             raise PipelineConfigError(f'invalid keyframe policy: {exc}') from None

@@ -86,6 +86,9 @@ class PoseTracker:
         self._reset_requested = False
         # the newest view whose pose in the fixed frame is known, and that pose
         self._last_posed: Optional[Tuple[PoseInput, np.ndarray]] = None
+        # the motion model: the last accepted estimate's T_kf_cur and its time span (s); rejected steps bridged so far
+        self._motion: Optional[Tuple[np.ndarray, float]] = None
+        self._bridged = 0
         self.keyframes = KeyframeStore(pipeline._keyframe_policy(pipeline.config), device=pipeline.device)
 
     # ------------------------------------------------------------------------------------------------ control
@@ -99,6 +102,8 @@ class PoseTracker:
             self.keyframes.clear()
             self._pending_image = None
             self._last_posed = None
+            self._motion = None
+            self._bridged = 0
 
     def request_keyframe(self) -> None:
         self.keyframes.request_new()
@@ -185,6 +190,31 @@ class PoseTracker:
         # the covariance model calibrated with the gates (the one the calibration scored)
         return replace(result, covariance=np.asarray(result.covariance) * gates.covariance_scale
                        + np.diag(gates.floor_diagonal))
+
+    def _predict(self, kf: Any, inp: PoseInput) -> Optional[np.ndarray]:
+        """The motion model's ``T_kf_cur`` for ``inp`` (None without a model or beyond its reach)."""
+        from realm_ros.geometry.keyframes import extrapolate_motion
+        if self._motion is None:
+            return None
+        return extrapolate_motion(*self._motion, (inp.stamp_ns - kf.stamp_ns) * 1e-9)
+
+    def _bridge(self, kf: Any, inp: PoseInput, add_current: Callable[..., Any]) -> bool:
+        """A rejected step in a fixed-frame chain of event keyframes: make the current view a keyframe with the pose
+        the constant-velocity motion model predicts (the last accepted estimate's motion, scaled to this view's time
+        since the keyframe), so the next step matches a short baseline instead of a growing one and the chain stays
+        in ``pose.fixed_frame``. At most ``keyframe.max_bridged`` times in a row; no pose is published for the
+        bridged view itself (counted as ``keyframe_reason.bridged``). Returns whether it bridged."""
+        cfg = self._pipe.config
+        if (cfg.pose_frame != 'fixed' or cfg.keyframe_source == 'image' or kf.T_fixed_kf is None
+                or self._bridged >= self.keyframes.policy.max_bridged):
+            return False
+        T_pred = self._predict(kf, inp)
+        if T_pred is None:
+            return False
+        self._bridged += 1
+        add_current(kf.T_fixed_kf @ T_pred)
+        self._count('keyframe_reason.bridged')
+        return True
 
     def step(self, inp: PoseInput) -> PoseOutput:
         """Match ``inp`` against the best keyframe, solve PnP, update the keyframe store."""
@@ -278,6 +308,12 @@ class PoseTracker:
                                         T_fixed=decision.T_fixed_cur)
         if result.ok and decision.T_fixed_cur is not None and not image_source:
             self._last_posed = (inp, decision.T_fixed_cur)
+        if result.ok:
+            dt = (stamp_ns - kf.stamp_ns) * 1e-9
+            self._motion = (result.T_ref_cur, dt) if dt > 0 else None
+            self._bridged = 0
+        elif self._bridge(kf, inp, add_current):
+            return
         if decision.add:
             last = self._last_posed
             if (not image_source and decision.T_fixed_cur is None and decision.reason.startswith('tracking_lost')
@@ -288,7 +324,15 @@ class PoseTracker:
                 add_current(last[1], view=last[0])
                 self._count('keyframe_reason.tracking_lost_last_posed')
             else:
-                new = self._image_keyframe(None) if image_source else add_current(decision.T_fixed_cur)
+                T_new = decision.T_fixed_cur
+                if (T_new is None and not image_source and cfg.pose_frame == 'fixed' and kf.T_fixed_kf is not None
+                        and decision.reason.startswith('tracking_lost')):
+                    # tracking lost in an anchored chain: the current view is re-anchored where the motion model
+                    # puts it (standing still when it has none), so the chain stays in pose.fixed_frame
+                    T_pred = self._predict(kf, inp)
+                    T_new = kf.T_fixed_kf @ (T_pred if T_pred is not None else np.eye(4))
+                    self._count('fixed_frame_reanchored')
+                new = self._image_keyframe(None) if image_source else add_current(T_new)
                 if new is not None:
                     self._count('keyframe_reason.' + decision.reason.split(' ')[0])
                     if out.pose is not None:

@@ -103,6 +103,12 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
               runtime=True, int_range=(1, 1000)),
     Setting('keyframe.min_interval_s', 0.0, 'no automatic new keyframe sooner than this', runtime=True,
               float_range=(0.0, 3600.0)),
+    Setting('keyframe.selection', 'newest', "which keyframe the pose step matches: 'newest' (shortest baseline) or "
+              "'similar' (the recent one whose CLS token is most like the current view's)", runtime=True,
+              choices=('newest', 'similar')),
+    Setting('keyframe.max_bridged', 5, "pose.frame fixed: a rejected step's view becomes a keyframe with the pose "
+              'the constant-velocity motion model predicts, at most this many times in a row (0: never)',
+              runtime=True, int_range=(0, 100)),
     Setting('pose.frame', 'keyframe', "~/pose relative to the keyframe, or chained in 'pose.fixed_frame'",
               runtime=True, choices=('keyframe', 'fixed')),
     Setting('pose.fixed_frame', 'odom', 'frame_id of ~/pose when pose.frame is fixed', runtime=True),
@@ -277,7 +283,9 @@ def pipeline_runtime_settings(get: Getter, pending: Optional[Mapping[str, Any]] 
                 keyframe_max_translation=float(p('keyframe.max_translation_m')),
                 keyframe_max_rotation_deg=float(p('keyframe.max_rotation_deg')),
                 keyframe_max_failures=int(p('keyframe.max_failures')),
-                keyframe_min_interval_s=float(p('keyframe.min_interval_s')), pose_frame=p('pose.frame'),
+                keyframe_min_interval_s=float(p('keyframe.min_interval_s')),
+                keyframe_selection=p('keyframe.selection'), keyframe_max_bridged=int(p('keyframe.max_bridged')),
+                pose_frame=p('pose.frame'),
                 max_matches_drawn=int(p('matches.max_drawn')), match_subsample=int(p('matches.subsample')),
                 pnp_reprojection_px=float(p('pose.reprojection_px')), pnp_iterations=int(p('pose.ransac_iterations')),
                 pose_symmetric=bool(p('pose.symmetric')), pose_decoder_precision=p('pose.decoder_precision'),

@@ -1,4 +1,5 @@
-"""Keyframe store: bounded storage, CLS selection among recent keyframes, add policy, fixed-frame composition."""
+"""Keyframe store: bounded storage, newest / CLS selection among recent keyframes, add policy, fixed-frame composition,
+the constant-velocity prediction."""
 from __future__ import annotations
 
 import threading
@@ -10,6 +11,7 @@ import torch
 
 from realm_ros.geometry import (KeyframePolicy, KeyframeStore, PoseResult, compose_pose, fast_reciprocal_nn,
                                 solve_pnp, solve_relative_pose_pnp)
+from realm_ros.geometry.keyframes import extrapolate_motion
 
 
 K = np.array([[200.0, 0, 111.5], [0, 200.0, 111.5], [0, 0, 1]])
@@ -46,7 +48,7 @@ def test_capacity_eviction_and_ids():
 
 
 def test_select_by_cls_among_recent_k_and_sources():
-    store = KeyframeStore(KeyframePolicy(capacity=10, recent_k=3))
+    store = KeyframeStore(KeyframePolicy(capacity=10, recent_k=3, selection='similar'))
     q = _cls([1, 0, 0, 0, 0, 0, 0, 0])
     old_perfect = _add(store, 0, cls=q.clone())                        # best match but too old
     a = _add(store, 1, cls=_cls([0, 1, 0, 0, 0, 0, 0, 0]))
@@ -61,6 +63,35 @@ def test_select_by_cls_among_recent_k_and_sources():
     assert store.select(q, sources=['rgb']).id == b.id
     assert KeyframeStore().select(q) is None
     assert a.id != b.id
+
+
+def test_select_newest_of_the_allowed_sources_by_default():
+    store = KeyframeStore(KeyframePolicy(capacity=10, recent_k=3))
+    q = _cls([1, 0, 0, 0, 0, 0, 0, 0])
+    _add(store, 0, cls=q.clone())                                       # most similar, but older
+    newest_events = _add(store, 1, cls=_cls([0, 1, 0, 0, 0, 0, 0, 0]))
+    rgb = _add(store, 2, cls=_cls([0, 0, 1, 0, 0, 0, 0, 0]), source='rgb')
+    assert store.select(q).id == rgb.id
+    assert store.select(q, sources=['events']).id == newest_events.id
+    with pytest.raises(ValueError, match='selection'):
+        KeyframePolicy(selection='closest')
+    with pytest.raises(ValueError, match='max_bridged'):
+        KeyframePolicy(max_bridged=-1)
+
+
+def test_extrapolate_motion_scales_angle_and_translation():
+    R = cv2.Rodrigues(np.array([[0.0], [0.1], [0.0]]))[0]
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, [0.1, 0.0, 1.0]
+    P = extrapolate_motion(T, 0.25, 0.5)                                # twice the span: twice the motion
+    np.testing.assert_allclose(cv2.Rodrigues(P[:3, :3])[0].ravel(), [0, 0.2, 0], atol=1e-12)
+    np.testing.assert_allclose(P[:3, 3], [0.2, 0.0, 2.0])
+    np.testing.assert_allclose(extrapolate_motion(T, 0.25, 0.25), T, atol=1e-12)
+    assert extrapolate_motion(T, 0.25, 1.01) is None                    # beyond 4x the measured span
+    assert extrapolate_motion(T, 0.0, 0.1) is None and extrapolate_motion(T, 0.1, -0.1) is None
+    bad = T.copy()
+    bad[0, 3] = np.nan
+    assert extrapolate_motion(bad, 0.1, 0.1) is None
 
 
 def test_policy_decisions():

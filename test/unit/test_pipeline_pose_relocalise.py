@@ -1,5 +1,5 @@
-"""Tracking lost in pose.frame fixed: the newest view whose fixed-frame pose is known becomes the keyframe, so the
-chain into pose.fixed_frame continues (realm_ros.pipeline.pose_tracker)."""
+"""Rejected steps and lost tracking in pose.frame fixed (realm_ros.pipeline.pose_tracker): the chain into
+pose.fixed_frame continues through the motion-model bridge, the newest posed view, or a re-anchored keyframe."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,13 +14,14 @@ S = 56
 K = np.array([[50.0, 0, 27.5], [0, 50.0, 27.5], [0, 0, 1.0]])
 
 
-def _tracker(script):
+def _tracker(script, max_bridged=0):
     """A tracker whose estimates come from ``script`` (one PoseResult per step, in order)."""
     cfg = SimpleNamespace(keyframe_source='events', pose_symmetric=True, pose_frame='fixed', max_matches_drawn=10)
     counts = {}
     pipe = SimpleNamespace(config=cfg, input_size=S, device=torch.device('cpu'), mast3r=None,
                            _keyframe_policy=lambda c: KeyframePolicy(min_inliers=10, max_failures=3,
-                                                                     max_translation=100.0, max_rotation_deg=90.0))
+                                                                     max_translation=100.0, max_rotation_deg=90.0,
+                                                                     max_bridged=max_bridged))
     tracker = PoseTracker(pipe, lambda k: counts.__setitem__(k, counts.get(k, 0) + 1))
     steps = iter(script)
     xy = np.stack([np.arange(60) % S, np.arange(60) // 2], axis=1).astype(np.int64)
@@ -60,10 +61,42 @@ def test_tracking_lost_relocalises_on_the_last_posed_view():
     assert 'fixed_pose_unknown' not in counts
 
 
-def test_without_a_newer_posed_view_the_current_view_starts_an_unanchored_keyframe():
+def test_without_a_newer_posed_view_the_current_view_is_reanchored():
+    """Tracking lost with no newer posed view and no motion model: the current view becomes the keyframe where the
+    camera was last known (standing still), counted, and later estimates still land in the fixed frame."""
     fail = PoseResult(ok=False, reason='too_few_inliers')
     tracker, counts = _tracker([fail, fail, fail, _moved(0.2)])
     outs = [tracker.step(_input(i)) for i in range(5)]
     assert counts['keyframe_reason.tracking_lost'] == 1 and 'keyframe_reason.tracking_lost_last_posed' not in counts
-    assert tracker.keyframes.latest.stamp_ns == 3_000_000 and tracker.keyframes.latest.T_fixed_kf is None
-    assert outs[4].pose is None and counts['fixed_pose_unknown'] == 1       # its pose in the fixed frame is unknown
+    assert counts['fixed_frame_reanchored'] == 1
+    assert tracker.keyframes.latest.stamp_ns == 3_000_000
+    np.testing.assert_allclose(tracker.keyframes.latest.T_fixed_kf, np.eye(4))
+    assert outs[4].pose is not None and outs[4].pose.reference == 'fixed' and 'fixed_pose_unknown' not in counts
+    np.testing.assert_allclose(outs[4].pose.t, [0, 0, 0.2])
+
+
+def test_rejected_steps_are_bridged_by_the_motion_model():
+    """A rejected step's view becomes the keyframe at the constant-velocity prediction (0.5 m per ms), no pose is
+    published for it, the next estimate chains onto it; at most max_bridged bridges in a row."""
+    fail = PoseResult(ok=False, reason='dissimilar_views')
+    tracker, counts = _tracker([_moved(0.5), fail, _moved(0.2), fail, fail, fail], max_bridged=2)
+    outs = [tracker.step(_input(i)) for i in range(7)]
+    np.testing.assert_allclose(outs[1].pose.t, [0, 0, 0.5])             # view 1 against view 0, 1 ms apart
+    assert outs[2].pose is None                                         # view 2 bridged: predicted at 2 ms -> 1.0 m
+    kf2 = tracker.keyframes.get(2)
+    assert kf2 is not None and kf2.stamp_ns == 2_000_000
+    np.testing.assert_allclose(kf2.T_fixed_kf[:3, 3], [0, 0, 1.0])
+    np.testing.assert_allclose(outs[3].pose.t, [0, 0, 1.2])             # measured against the bridged keyframe
+    assert counts['keyframe_reason.bridged'] == 3                       # views 2, 4, 5 (the count restarts at 3)
+    assert tracker.keyframes.latest.stamp_ns == 5_000_000               # view 6: over the limit, not bridged
+    # view 4 is predicted from view 3's motion (0.2 m in 1 ms) over the 2 ms since keyframe view 2: 1.0 + 0.4 m
+    np.testing.assert_allclose(tracker.keyframes.get(3).T_fixed_kf[:3, 3], [0, 0, 1.4])
+    assert all(o.pose is None for o in outs[4:])
+
+
+def test_no_bridge_outside_the_fixed_frame():
+    fail = PoseResult(ok=False, reason='dissimilar_views')
+    tracker, counts = _tracker([_moved(0.5), fail], max_bridged=2)
+    tracker._pipe.config.pose_frame = 'keyframe'
+    [tracker.step(_input(i)) for i in range(3)]
+    assert 'keyframe_reason.bridged' not in counts and len(tracker.keyframes) == 1
