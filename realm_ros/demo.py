@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simulated camera path: 'loop' (back and forth, repeats without a jump; half of the time "
                         "the camera reverses, which the miniature models never saw in training) or 'drive' (forward "
                         "like the training data; the pose jumps back at every loop)")
+    p.add_argument('--sim-speed', type=float, default=8.0,
+                   help='simulated camera speed in m/s (8; the miniature models were trained on 3-9 m/s; their '
+                        'matches carry baselines up to about a metre, i.e. ~4 m/s at 4-5 pose steps/s)')
     p.add_argument('--bag', help='replay this ROS 2 bag instead of running the simulator')
     p.add_argument('--events-topic', default='/event_camera/events', help='events topic in --bag')
     p.add_argument('--camera-info-topic', default='/event_camera/camera_info', help='camera_info topic in --bag')
@@ -390,7 +393,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                            'image': args.image_topic}, stop, player_node))
         else:
             sim_params = {'seed': args.seed, 'duration_s': args.sim_seconds, 'loop': True,
-                          'trajectory': args.sim_trajectory}
+                          'trajectory': args.sim_trajectory, 'speed_mps': float(args.sim_speed)}
             procs['sim'] = _start([py, '-m', 'realm_ros.nodes.sim_camera_node'] + _ros_args(sim_params, {}),
                                   out_dir / 'sim_event_camera.log', env)
         procs['node'] = _start([py, '-m', 'realm_ros.nodes.perception_node'] + _ros_args(params, remaps),
