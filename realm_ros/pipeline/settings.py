@@ -179,6 +179,8 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
             'are shared, the dense outputs keep their rate and pose takes what is left)', int_range=(0, 19)),
     Setting('pose.max_rate_hz', 0.0, 'upper bound of the pose steps per second (0: as often as the CPU allows; a '
             'cap leaves CPU to the rest of the robot)', runtime=True, float_range=(0.0, 1000.0)),
+    Setting('pose.wait_for_fresh_tokens', True, 'the pose worker exchanges tokens that waited more than half a window '
+            'interval for the next window due within that interval (lower pose latency, a few ms idle)', runtime=True),
     Setting('pose.decoupled', True, 'run matching + pose in their own worker on the newest tokens (dense outputs never '
             'wait for pose); false: pose runs after the dense heads of the same window'),
     # stream identity

@@ -318,3 +318,32 @@ def test_dense_and_pose_workers_share_one_cuda_device(tmp_path):
     finally:
         runner.stop(timeout=5)
     assert runner.diagnostics()['processing_errors'] == 0
+
+
+def test_pose_worker_swaps_stale_tokens_for_the_next_window():
+    """Tokens that waited more than half the interval between windows are exchanged for the next window's when it
+    arrives within that interval; fresh tokens are taken at once; with the option off nothing is exchanged."""
+    def inp(i):
+        return PoseInput(stamp_ns=i, tokens=None, cls=None, K_model=np.eye(3), picture=np.zeros((1, 1, 3), np.uint8))
+    stream, sink, runner = make(TimedPipeline())
+    for i in range(3):                                     # the interval between posts is measured
+        runner._post_pose_input(inp(i), 'cam')
+        time.sleep(0.02)
+    assert 0.015 < runner._post_interval_s < 0.5
+    runner._post_interval_s = 0.2                          # windows every 200 ms from here on
+    with runner._mailbox_lock:
+        runner._mailbox = None
+    stale = (inp(2), 'cam', time.monotonic() - 0.15)       # waited 150 ms: more than half the interval
+    threading.Timer(0.005, runner._post_pose_input, args=(inp(3), 'cam')).start()
+    assert runner._take_fresh(stale)[0].stamp_ns == 3 and runner.counters.get('pose_inputs_waited') == 1
+    runner._post_interval_s = 0.2
+    fresh = (inp(4), 'cam', time.monotonic() - 0.05)       # taken as it is, no wait
+    t0 = time.monotonic()
+    assert runner._take_fresh(fresh)[0].stamp_ns == 4 and time.monotonic() - t0 < 0.05
+    with runner._mailbox_lock:
+        runner._mailbox = None
+    t0 = time.monotonic()                                  # stale, no newer window: kept after the wait (100 ms)
+    assert runner._take_fresh(stale)[0].stamp_ns == 2 and 0.05 < time.monotonic() - t0 < 1.0
+    runner.pose_wait_fresh = False
+    assert runner._take_fresh(stale)[0].stamp_ns == 2
+    assert runner.counters.get('pose_inputs_waited') == 1
