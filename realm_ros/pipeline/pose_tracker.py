@@ -22,6 +22,10 @@ import torch
 from . import render
 
 
+#: the motion check (``pose.motion_check``) only judges estimates when the motion model predicts at least this (m)
+MOTION_CHECK_MIN_M = 0.3
+
+
 @dataclass
 class PoseEstimate:
     """Pose of the current window's camera (optical frame) in ``reference``.
@@ -89,6 +93,7 @@ class PoseTracker:
         # the motion model: the last accepted estimate's T_kf_cur and its time span (s); rejected steps bridged so far
         self._motion: Optional[Tuple[np.ndarray, float]] = None
         self._bridged = 0
+        self._inconsistent = 0          # estimates in a row that contradicted the motion model
         self.keyframes = KeyframeStore(pipeline._keyframe_policy(pipeline.config), device=pipeline.device)
 
     # ------------------------------------------------------------------------------------------------ control
@@ -104,6 +109,7 @@ class PoseTracker:
             self._last_posed = None
             self._motion = None
             self._bridged = 0
+            self._inconsistent = 0
 
     def request_keyframe(self) -> None:
         self.keyframes.request_new()
@@ -198,6 +204,28 @@ class PoseTracker:
             return None
         return extrapolate_motion(*self._motion, (inp.stamp_ns - kf.stamp_ns) * 1e-9)
 
+    def _check_motion(self, result: Any, kf: Any, inp: PoseInput) -> Any:
+        """``pose.motion_check``: reject an estimate that contradicts the motion model (translation pointing more
+        than 90 deg away from the predicted one, or shorter than a third of it, while the prediction is at least
+        ``MOTION_CHECK_MIN_M``) as ``inconsistent_motion``: the miniature decoder's matches that stick near the
+        keyframe pixel pass the gates as a short, often backward, motion. Two such rejections in a row drop the model
+        (the camera may really have stopped or reversed), so the next estimate is taken on its own."""
+        if not result.ok or not getattr(self._pipe.config, 'pose_motion_check', False):
+            return result
+        T_pred = self._predict(kf, inp)
+        if T_pred is None or np.linalg.norm(T_pred[:3, 3]) < MOTION_CHECK_MIN_M:
+            self._inconsistent = 0
+            return result
+        pred, est = T_pred[:3, 3], result.T_ref_cur[:3, 3]
+        cos = float(pred @ est) / max(float(np.linalg.norm(pred) * np.linalg.norm(est)), 1e-12)
+        if cos >= 0.0 and np.linalg.norm(est) >= np.linalg.norm(pred) / 3.0:
+            self._inconsistent = 0
+            return result
+        self._inconsistent += 1
+        if self._inconsistent >= 2:
+            self._motion, self._inconsistent = None, 0
+        return replace(result, ok=False, reason='inconsistent_motion')
+
     def _bridge(self, kf: Any, inp: PoseInput, add_current: Callable[..., Any]) -> bool:
         """A rejected step in a fixed-frame chain of event keyframes: make the current view a keyframe with the pose
         the constant-velocity motion model predicts (the last accepted estimate's motion, scaled to this view's time
@@ -281,6 +309,7 @@ class PoseTracker:
                                              params=pipe._pnp_params, K_ref=kf.K, depth_ref=kf.extras.get('depth'))
             result = self._gate_direct(result, kf, cur_tokens, size)
         self._count('pose_attempts')
+        result = self._check_motion(result, kf, inp)
         decision = store.update(kf, result, stamp_ns)
         inliers = np.zeros(matches.count, bool)
         if result.inliers.size:

@@ -14,9 +14,10 @@ S = 56
 K = np.array([[50.0, 0, 27.5], [0, 50.0, 27.5], [0, 0, 1.0]])
 
 
-def _tracker(script, max_bridged=0):
+def _tracker(script, max_bridged=0, motion_check=False):
     """A tracker whose estimates come from ``script`` (one PoseResult per step, in order)."""
-    cfg = SimpleNamespace(keyframe_source='events', pose_symmetric=True, pose_frame='fixed', max_matches_drawn=10)
+    cfg = SimpleNamespace(keyframe_source='events', pose_symmetric=True, pose_frame='fixed', max_matches_drawn=10,
+                          pose_motion_check=motion_check)
     counts = {}
     pipe = SimpleNamespace(config=cfg, input_size=S, device=torch.device('cpu'), mast3r=None,
                            _keyframe_policy=lambda c: KeyframePolicy(min_inliers=10, max_failures=3,
@@ -100,3 +101,22 @@ def test_no_bridge_outside_the_fixed_frame():
     tracker._pipe.config.pose_frame = 'keyframe'
     [tracker.step(_input(i)) for i in range(3)]
     assert 'keyframe_reason.bridged' not in counts and len(tracker.keyframes) == 1
+
+
+def test_estimates_that_contradict_the_motion_model_are_rejected():
+    """The model says 0.5 m per ms forward; a short backward estimate is rejected (counted), two in a row drop the
+    model and the next estimate is taken on its own; a consistent one passes."""
+    back = _moved(-0.1)
+    tracker, counts = _tracker([_moved(0.5), back, back, back], motion_check=True)
+    outs = [tracker.step(_input(i)) for i in range(5)]
+    assert outs[2].pose is None and outs[3].pose is None
+    assert counts['pose_rejected.inconsistent_motion'] == 2
+    assert outs[4].pose is not None                                     # no model any more: taken on its own
+    np.testing.assert_allclose(outs[4].pose.t, [0, 0, -0.1])
+    tracker, counts = _tracker([_moved(0.5), _moved(0.9), _moved(0.2)], motion_check=True)
+    outs = [tracker.step(_input(i)) for i in range(4)]
+    assert outs[2].pose is not None                                     # 0.9 m of a predicted 1.0 m: consistent
+    assert outs[3].pose is None and counts['pose_rejected.inconsistent_motion'] == 1   # 0.2 of 1.5 m: too short
+    tracker, counts = _tracker([_moved(0.5), back], motion_check=False)
+    outs = [tracker.step(_input(i)) for i in range(3)]
+    assert outs[2].pose is not None and 'pose_rejected.inconsistent_motion' not in counts
