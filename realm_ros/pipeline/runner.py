@@ -119,8 +119,10 @@ class PipelineRunner:
         self.pose_wait_fresh = bool(pose_wait_fresh)          # read before every pose step
         self.memory_hold_timeout_s = float(memory_hold_timeout_s)
         self.counters = Counters()
-        self.rates = {'dense': RateMeter(window_s=5.0), 'pose': RateMeter(window_s=5.0)}
-        self.latency = {'dense': LatencyTracker(), 'pose': LatencyTracker()}
+        self.rates = {'dense': RateMeter(window_s=5.0), 'pose': RateMeter(window_s=5.0),
+                      'pose_published': RateMeter(window_s=5.0)}
+        # pose: every step (rejected ones too, many of them before any decoding); pose_published: steps with a pose
+        self.latency = {'dense': LatencyTracker(), 'pose': LatencyTracker(), 'pose_published': LatencyTracker()}
         self.processing = {'dense': LatencyTracker(), 'pose': LatencyTracker()}
         # CPU time of the worker thread per output (torch's own pool threads not included): far below the processing
         # time = the worker waited for a core (other processes, the other worker) rather than computed
@@ -257,6 +259,8 @@ class PipelineRunner:
         self.hold_active = False
         if not self.decoupled and (out.pose is not None or out.matches_image is not None):
             self._delivered('pose', window.recv_monotonic_ns)
+            if out.pose is not None:
+                self._delivered('pose_published', window.recv_monotonic_ns)
 
     def _post_pose_input(self, pose_input: PoseInput, frame_id: str) -> None:
         """Put the newest tokens in the pose worker's mailbox (an older, not yet taken input is replaced)."""
@@ -332,6 +336,8 @@ class PipelineRunner:
                 self.cpu['pose'].add(time.thread_time() - c0)
                 self.counters.add('pose_steps')
                 self._delivered('pose', pose_input.recv_monotonic_ns)
+                if getattr(out, 'pose', None) is not None:
+                    self._delivered('pose_published', pose_input.recv_monotonic_ns)
             except WindowSkipped as exc:
                 self.counters.add(f'windows_skipped.{exc.reason}')
                 self.last_error = str(exc)
@@ -394,6 +400,10 @@ class PipelineRunner:
             values[f'{output}_processing_ms_p50'] = proc.get('p50', nan)
             values[f'{output}_processing_ms_p95'] = proc.get('p95', nan)
             values[f'{output}_cpu_ms_p50'] = (self.cpu[output].percentiles_ms() or {}).get('p50', nan)
+        lat = self.latency['pose_published'].percentiles_ms() or {}
+        values['pose_published_rate_hz'] = self.rates['pose_published'].rate()
+        values['pose_published_latency_ms_p50'] = lat.get('p50', nan)
+        values['pose_published_latency_ms_p95'] = lat.get('p95', nan)
         for key, tracker in sorted(self.pose_stages.items()):          # where a pose step's time goes
             stage = tracker.percentiles_ms() or {}
             values[f'{key}_p50'] = stage.get('p50', nan)

@@ -25,6 +25,7 @@ class TimedPipeline:
         self.fail_dense_at = set(fail_dense_at)
         self.dense_calls, self.pose_calls, self.resets = [], [], 0
         self.pose_started = threading.Event()
+        self.pose_value = None                # what process_pose returns as the estimate (None: rejected)
 
     def process_dense(self, events, height, width, K, stamp_ns, on_pose_input=None):
         """The encoder takes ``encoder_share`` of ``dense_s``: the pose input is handed over then, the heads take
@@ -49,7 +50,7 @@ class TimedPipeline:
         self.pose_calls.append(inp.stamp_ns)
         self.pose_started.set()
         time.sleep(self.pose_s)
-        out = PoseOutput(inp.stamp_ns, pose=None, matches_image=np.zeros((2, 4, 3), np.uint8))
+        out = PoseOutput(inp.stamp_ns, pose=self.pose_value, matches_image=np.zeros((2, 4, 3), np.uint8))
         out.timings_ms.update(pose_ms=self.pose_s * 1e3, pose_decoder_ms=self.pose_s * 600.0,
                               pose_matching_direct_ms=self.pose_s * 150.0)
         return out
@@ -123,6 +124,7 @@ def test_dense_outputs_do_not_wait_for_pose_and_pose_takes_the_newest_window():
     d = runner.diagnostics()
     assert d['pose_inputs_replaced'] >= 5 and d['windows_processed'] == len(sink.dense_out)
     assert d['dense_rate_hz'] > d['pose_rate_hz'] > 0 and d['dense_latency_ms_p50'] < d['pose_latency_ms_p50']
+    assert d['pose_published_rate_hz'] == 0 and np.isnan(d['pose_published_latency_ms_p50'])   # every step rejected
     assert d['pose_decoder_ms_p50'] == pytest.approx(360.0) and d['pose_matching_direct_ms_p50'] == pytest.approx(90.0)
     assert 'pose_ms_p50' not in d                          # the whole step is pose_processing_ms_*
     # the steps sleep: processing time is wall time, the CPU time of the worker thread stays near zero
@@ -347,3 +349,18 @@ def test_pose_worker_swaps_stale_tokens_for_the_next_window():
     runner.pose_wait_fresh = False
     assert runner._take_fresh(stale)[0].stamp_ns == 2
     assert runner.counters.get('pose_inputs_waited') == 1
+
+
+def test_published_poses_have_their_own_rate_and_latency():
+    pipe = TimedPipeline(dense_s=0.01, pose_s=0.05)
+    pipe.pose_value = 'estimate'
+    stream, sink, runner = make(pipe)
+    runner.start()
+    try:
+        feed(stream, runner, 10, 0.05)
+        assert wait(lambda: len(sink.pose_out) >= 3)
+    finally:
+        assert runner.stop(timeout=2.0)
+    d = runner.diagnostics()
+    assert d['pose_published_rate_hz'] > 0 and d['pose_published_rate_hz'] == pytest.approx(d['pose_rate_hz'], rel=0.05)
+    assert d['pose_published_latency_ms_p50'] == pytest.approx(d['pose_latency_ms_p50'], rel=0.02)
