@@ -55,7 +55,9 @@ class PoseGates:
       before the geometric gates: geometry alone let pairs of two look-alike streets through (for a better-distilled
       miniature student, gates that passed 1 of 160 unrelated validation pairs passed 12 of 60 unrelated test
       pairs; models/README.md). -1 disables it; the
-      symmetric estimate checks it before decoding, so a rejected pair costs no decoder pass.
+      symmetric estimate checks it before decoding, so a rejected pair costs no decoder pass. ``similarity_cells``:
+      the cells per side the measure pools the token grid into (the threshold belongs to it; 2 in files calibrated
+      before the field existed).
     * ``min_inliers`` / ``min_inlier_ratio`` (``too_few_inliers`` / ``low_inlier_ratio``): PnP inliers of *each*
       order (PnP's own thresholds in :class:`PnpParams` still apply first).
     * ``max_order_rot_deg`` (``order_disagreement_rotation``): angle between the rotation of the direct estimate and
@@ -83,6 +85,7 @@ class PoseGates:
     covariance_scale: float = 1.0
     covariance_floor: tuple[float, ...] = (0.0, 0.0)
     publish: bool = True
+    similarity_cells: int = 2
 
     def __post_init__(self) -> None:
         for name in ('min_inlier_ratio', 'max_order_rot_deg', 'max_order_trans_ratio', 'min_translation_m',
@@ -95,6 +98,9 @@ class PoseGates:
                              f'{self.min_view_similarity!r}')
         if self.min_inliers < 0:
             raise ValueError(f'PoseGates.min_inliers must be >= 0, got {self.min_inliers}')
+        if isinstance(self.similarity_cells, bool) or not isinstance(self.similarity_cells, int) \
+                or self.similarity_cells < 1:
+            raise ValueError(f'PoseGates.similarity_cells must be an integer >= 1, got {self.similarity_cells!r}')
         if len(self.covariance_floor) not in (2, 6) or not all(np.isfinite(v) and v >= 0
                                                                 for v in self.covariance_floor):
             raise ValueError(f'PoseGates.covariance_floor must be (translation, rotation) or six per-axis values, '

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .gates import PoseGates, gates_for_decoder, token_grid, view_similarity
+from .gates import SIMILARITY_CELLS, PoseGates, gates_for_decoder, token_grid, view_similarity
 from .keyframes import Keyframe
 from .matching import ReciprocalMatches, fast_reciprocal_nn
 from .pose import PnpParams, PoseResult, normalised_pixels, refine_two_view
@@ -153,11 +153,12 @@ def gate_pose(direct: PoseResult, swapped: PoseResult, agreement: OrderAgreement
     return ''
 
 
-def keyframe_similarity(keyframe: Keyframe, tokens: Tensor, image_shape: tuple[int, int]) -> float:
+def keyframe_similarity(keyframe: Keyframe, tokens: Tensor, image_shape: tuple[int, int],
+                        cells: int = SIMILARITY_CELLS) -> float:
     """:func:`view_similarity` of a keyframe and the current view's decoder input tokens (the appearance gate's
-    measure)."""
+    measure, pooled to ``cells`` x ``cells``: ``PoseGates.similarity_cells`` of the gates it is compared with)."""
     return view_similarity(keyframe.tokens, token_grid(keyframe.image_shape, keyframe.tokens), tokens,
-                           token_grid(image_shape, tokens))
+                           token_grid(image_shape, tokens), cells)
 
 
 def order_gate(res: PoseResult, gates: PoseGates) -> str:
@@ -350,7 +351,7 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
                                      keyframe_id=keyframe.id, timings_s=timings, view_similarity=sim)
     if not (bool(torch.isfinite(tokens).all()) and bool(torch.isfinite(keyframe.tokens).all())):
         return rejected_early('non_finite_input', float('nan'))      # a broken model output: nothing to decode
-    sim = keyframe_similarity(keyframe, tokens, image_shape)
+    sim = keyframe_similarity(keyframe, tokens, image_shape, gates.similarity_cells)
     timings['similarity'] = time.perf_counter() - t0
     if gates.publish and gates.views_differ(sim):
         return rejected_early('dissimilar_views', sim)

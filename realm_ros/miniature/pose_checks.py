@@ -31,7 +31,7 @@ import torch
 
 from realm_ros.geometry.pose import PnpParams
 from realm_ros.geometry.relative_pose import MatchingParams
-from realm_ros.geometry.gates import token_grid, view_similarity
+from realm_ros.geometry.gates import SIMILARITY_CELLS, token_grid, view_similarity
 from realm_ros.geometry.symmetric import (PoseGates, _desc_conf_median, _match_and_solve, combine_orders,
                                           refine_combined,
                                           decode_both_orders, gate_pose, invert_pose_covariance, order_agreement)
@@ -150,7 +150,8 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
                          matching: MatchingParams = MatchingParams(), bridge: str = 'teacher_norm_inverse',
                          modes: Iterable[str] = tuple(MODES), device: torch.device | str = 'cpu',
                          log: Callable[[str], None] = _LOG.info, decoder_dtype: torch.dtype | None = None,
-                         length_source: str = 'point_map') -> List[Dict[str, Any]]:
+                         length_source: str = 'point_map', similarity_cells: int = SIMILARITY_CELLS
+                         ) -> List[Dict[str, Any]]:
     """One record per pair (see the module docstring): ``mode``, ``kind``, ``gap``, ``seeds``, ``T_gt`` (T_cur_ref,
     None for unrelated pairs), ``direct`` / ``swapped`` PnP fields, ``radius_ratio`` of the direct matches,
     ``decode_s`` (both orders, batched), ``desc_conf`` / ``desc_conf_swapped`` (median descriptor confidence of the
@@ -209,7 +210,8 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
                        desc_conf=_desc_conf_median(kf_d, cur_d, m),
                        desc_conf_swapped=_desc_conf_median(cur_s, kf_s, ms),
                        matches=int(m.count), matches_swapped=int(ms.count),
-                       view_similarity=view_similarity(tok1, token_grid(shape, tok1), tok2, token_grid(shape, tok2)))
+                       view_similarity=view_similarity(tok1, token_grid(shape, tok1), tok2, token_grid(shape, tok2),
+                                                       similarity_cells))
             records.append(rec)
         if len(records) % 60 < len(list(modes)):
             log(f'pose records: {len(records)} of {len(pairs) * len(list(modes))} ({time.time() - t_start:.0f} s)')
@@ -576,8 +578,8 @@ def collect_trust_records(models, val: Sequence, test: Sequence, gaps: Iterable[
                           val_stride: int = 6, test_stride: int = 3, extra_stride: int = 6,
                           records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
                           log: Callable[[str], None] = _LOG.info, pnp: PnpParams = PnpParams(iterations=1000),
-                          decoder_dtype: torch.dtype | None = None, length_source: str = 'point_map'
-                          ) -> Dict[str, List[Dict[str, Any]]]:
+                          decoder_dtype: torch.dtype | None = None, length_source: str = 'point_map',
+                          similarity_cells: int = SIMILARITY_CELLS) -> Dict[str, List[Dict[str, Any]]]:
     """``{'val': [...], 'test': [...]}`` records of the validation and test sequences (:func:`collect_pose_records`,
     motion pairs every ``*_stride`` frames, zero-motion and unrelated pairs every ``extra_stride``); parts already
     in ``records`` are kept, missing ones are collected into it."""
@@ -586,7 +588,8 @@ def collect_trust_records(models, val: Sequence, test: Sequence, gaps: Iterable[
         if name not in recs:
             recs[name] = collect_pose_records(models, seqs, gaps=tuple(gaps), stride=stride,
                                               zero_stride=extra_stride, unrelated_stride=extra_stride, log=log,
-                                              pnp=pnp, decoder_dtype=decoder_dtype, length_source=length_source)
+                                              pnp=pnp, decoder_dtype=decoder_dtype, length_source=length_source,
+                                              similarity_cells=similarity_cells)
     return recs
 
 
@@ -595,7 +598,8 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
                        confidence: Optional[float] = None, records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
                        log: Callable[[str], None] = _LOG.info, view_similarity_gate: bool = True,
                        pnp: PnpParams = PnpParams(iterations=1000), decoder_dtype: torch.dtype | None = None,
-                       independent_geometry: bool = True, length_source: str = 'point_map') -> Dict[str, Any]:
+                       independent_geometry: bool = True, length_source: str = 'point_map',
+                       similarity_cells: int = SIMILARITY_CELLS) -> Dict[str, Any]:
     """Calibrate the gates of the one-order (``direct``) and the symmetric estimate per mode on the validation
     sequences and score them on the test sequences (zero-motion, unrelated-scene and motion pairs).
 
@@ -606,7 +610,7 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
     from dataclasses import asdict
     gaps = tuple(gaps)
     recs = collect_trust_records(models, val, test, gaps, val_stride, test_stride, extra_stride, records, log, pnp,
-                                 decoder_dtype, length_source)
+                                 decoder_dtype, length_source, similarity_cells)
     modes = sorted({str(r['mode']) for r in recs['test']})
     loose = PoseGates(max_order_rot_deg=1e9, max_order_trans_ratio=1e9)
     summary: Dict[str, Any] = {}
@@ -616,7 +620,8 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
         for mode in modes:                       # gates per modality (the node knows its keyframe source)
             cal = calibrate_gates([r for r in recs['val'] if r['mode'] == mode], method, max_fp_rate=max_fp_rate,
                                   confidence=confidence, view_similarity_gate=view_similarity_gate,
-                                  independent_geometry=independent_geometry)
+                                  independent_geometry=independent_geometry,
+                                  base=PoseGates(similarity_cells=similarity_cells))
             g = cal['gates']
             assert isinstance(g, PoseGates)
             part['gates'][mode] = asdict(g)

@@ -187,7 +187,7 @@ class PoseTracker:
         if not result.ok:
             return result
         gates = gates_for_decoder(self._pipe.mast3r, kf.source, method='direct')
-        sim = keyframe_similarity(kf, cur_tokens, size)
+        sim = keyframe_similarity(kf, cur_tokens, size, gates.similarity_cells)
         reason = gate_pose(result, result, None, float(np.linalg.norm(result.t)), gates, sim)
         if reason:
             return replace(result, ok=False, reason=reason)

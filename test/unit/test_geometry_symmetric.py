@@ -468,3 +468,30 @@ def test_essential_solver_takes_the_translation_length_from_depth_maps():
     assert same.pose.translation_norm == pytest.approx(base.pose.translation_norm, rel=0.02)
     assert double.pose.translation_norm == pytest.approx(2 * same.pose.translation_norm, rel=0.02)
     np.testing.assert_allclose(double.pose.R, same.pose.R, atol=1e-9)
+
+
+def test_appearance_gate_pools_with_the_cells_its_threshold_was_calibrated_for():
+    """Swapping the left and right halves inside each quadrant leaves every 2 x 2 cell mean unchanged but moves the
+    4 x 4 cells: gates calibrated with 2 cells pass the pair, gates with 4 cells reject it before decoding."""
+    from realm_ros.geometry.gates import parse_pose_gates, pose_gates_metadata
+    from realm_ros.geometry.symmetric import keyframe_similarity
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(16, 16, 32, generator=g) + 2.0 * torch.randn(32, generator=g)
+    moved = base.clone()
+    for c0 in (0, 8):                                     # swap columns c0..c0+3 with c0+4..c0+7 in both halves
+        moved[:, c0:c0 + 4], moved[:, c0 + 4:c0 + 8] = base[:, c0 + 4:c0 + 8].clone(), base[:, c0:c0 + 4].clone()
+    kf = Keyframe(id=1, source='events', tokens=base.reshape(1, 256, 32), cls=torch.zeros(32), image_shape=(224, 224),
+                  K=np.eye(3), stamp_ns=0)
+    cur = moved.reshape(1, 256, 32)
+    assert keyframe_similarity(kf, cur, (224, 224), 2) == pytest.approx(1.0, abs=1e-9)
+    assert keyframe_similarity(kf, cur, (224, 224), 4) < 0.99
+    four = PoseGates(min_view_similarity=0.99, similarity_cells=4)
+    est = symmetric_relative_pose(FakeDecoder([_pose()]), kf, cur, (224, 224), np.eye(3), gates=four)
+    assert est.pose.reason == 'dissimilar_views' and est.view_similarity < 0.99 and 'decoder' not in est.timings_s
+    # the field survives the decoder metadata; files without it mean 2 cells
+    meta = pose_gates_metadata({'symmetric': {'event_event': four}})
+    assert parse_pose_gates(meta)['symmetric']['event_event'].similarity_cells == 4
+    assert parse_pose_gates({'symmetric': {'event_event': {'min_inliers': 3}}})['symmetric']['event_event'] \
+        .similarity_cells == 2
+    with pytest.raises(ValueError, match='similarity_cells'):
+        PoseGates(similarity_cells=0)
