@@ -321,6 +321,8 @@ class PipelineRunner:
             if item is None or self._stop.is_set():
                 continue
             pose_input, frame_id, _posted = self._take_fresh(item)
+            if self._stop.is_set():                          # stopped while waiting for fresher tokens
+                break
             if pose_input.generation != self.stream.generation:
                 self.counters.add('pose_inputs_stale')        # from before a stream restart
                 continue

@@ -364,3 +364,14 @@ def test_published_poses_have_their_own_rate_and_latency():
     d = runner.diagnostics()
     assert d['pose_published_rate_hz'] > 0 and d['pose_published_rate_hz'] == pytest.approx(d['pose_rate_hz'], rel=0.05)
     assert d['pose_published_latency_ms_p50'] == pytest.approx(d['pose_latency_ms_p50'], rel=0.02)
+
+
+def test_stop_ends_the_wait_for_fresh_tokens_at_once():
+    stream, sink, runner = make(TimedPipeline())
+    runner._post_interval_s = 1.0                          # the next window would be due in up to 1.25 s
+    stale = (PoseInput(stamp_ns=1, tokens=None, cls=None, K_model=np.eye(3), picture=np.zeros((1, 1, 3), np.uint8)),
+             'cam', time.monotonic() - 0.6)
+    threading.Timer(0.05, runner.signal_stop).start()
+    t0 = time.monotonic()
+    assert runner._take_fresh(stale)[0].stamp_ns == 1
+    assert time.monotonic() - t0 < 0.5
