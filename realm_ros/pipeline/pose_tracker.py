@@ -210,7 +210,7 @@ class PoseTracker:
         ``MOTION_CHECK_MIN_M``) as ``inconsistent_motion``: the miniature decoder's matches that stick near the
         keyframe pixel pass the gates as a short, often backward, motion. Two such rejections in a row drop the model
         (the camera may really have stopped or reversed), so the next estimate is taken on its own."""
-        if not result.ok or not getattr(self._pipe.config, 'pose_motion_check', False):
+        if not result.ok or not self._pipe.config.pose_motion_check:
             return result
         T_pred = self._predict(kf, inp)
         if T_pred is None or np.linalg.norm(T_pred[:3, 3]) < MOTION_CHECK_MIN_M:
