@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""The fixed-frame pose chain at the live node's cadence, replayed offline on a simulated drive (shipped models).
+
+    . .venv/realm_env.sh
+    python benchmarks/bench_pose_chain.py                                   # seed 11, 8 m/s, 8 s, every 7th frame
+    python benchmarks/bench_pose_chain.py --seed 30001 --speed 4 --verbose
+    python benchmarks/bench_pose_chain.py --variants previous default motion_check
+
+What it does: simulates a miniature-world sequence (224 x 224 event camera, 30 Hz windows, ``--trajectory`` drive or
+loop at ``--speed`` m/s), runs the dense half of :class:`realm_ros.pipeline.core.RealmPipeline` on every
+``--every``-th window (7 = the ~4.4 pose steps per second of the node on this 2-core machine) and hands each window's
+tokens to the pose tracker with ``pose.frame: fixed``, as the node's pose worker does, for each variant in turn
+(the dense outputs are computed once and shared). Reports per variant: steps, poses published in the fixed frame,
+the outcome counters, and the trajectory against the simulator's ground truth — the displacement since the first
+published pose: median direction error, median length ratio, median position error.
+
+Variants (``--variants``): ``previous`` (keyframe chosen by CLS similarity, no bridge: the chain rules before the
+eighth session, except that lost tracking now re-anchors), ``default`` (the shipped settings), ``motion_check``
+(default + ``pose.motion_check``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+VARIANTS: Dict[str, Dict[str, Any]] = {
+    'previous': {'keyframe_selection': 'similar', 'keyframe_max_bridged': 0},
+    'default': {},
+    'motion_check': {'pose_motion_check': True},
+}
+
+
+def trajectory_score(published: List[Tuple[int, np.ndarray]], truth: Dict[int, np.ndarray],
+                     min_distance_m: float = 1.0) -> Dict[str, float]:
+    """Displacement since the first published pose, estimated vs true (poses as 4x4 camera-to-fixed / -world)."""
+    from realm_ros.miniature.metrics import translation_angle_error_deg
+    if len(published) < 2:
+        return {'poses': float(len(published))}
+    s0, E0 = published[0]
+    G0 = truth[s0]
+    angles, ratios, errors = [], [], []
+    for s, T in published[1:]:
+        est = (np.linalg.inv(E0) @ T)[:3, 3]
+        true = (np.linalg.inv(G0) @ truth[s])[:3, 3]
+        errors.append(float(np.linalg.norm(est - true)))
+        if np.linalg.norm(true) >= min_distance_m:
+            angles.append(translation_angle_error_deg(est, true))
+            ratios.append(float(np.linalg.norm(est) / np.linalg.norm(true)))
+    nan = float('nan')
+    return {'poses': float(len(published)),
+            'direction_deg': float(np.median(angles)) if angles else nan,
+            'length_ratio': float(np.median(ratios)) if ratios else nan,
+            'position_error_m': float(np.median(errors))}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--seed', type=int, default=11, help='scene seed (11: the demo default, a held-out test scene)')
+    p.add_argument('--speed', type=float, default=8.0, help='camera speed (m/s)')
+    p.add_argument('--seconds', type=float, default=8.0, help='sequence length (s)')
+    p.add_argument('--trajectory', default='drive', choices=('drive', 'loop'))
+    p.add_argument('--every', type=int, default=7, help='pose step every N-th 30 Hz window (7)')
+    p.add_argument('--variants', nargs='+', default=['previous', 'default'], choices=sorted(VARIANTS))
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--verbose', action='store_true', help='print every step of every variant')
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from realm_ros.miniature.data import sim_config
+    from realm_ros.pipeline.core import RUNTIME_FIELDS, PipelineConfig, RealmPipeline
+    from realm_ros.sim.simulator import Simulator
+
+    models = REPO / 'models'
+    base = PipelineConfig(realm_checkpoint=str(models / 'mini_realm.safetensors'),
+                          dune_checkpoint=str(models / 'mini_teacher.safetensors'),
+                          depth_head_checkpoint=str(models / 'mini_depth_head.safetensors'),
+                          mast3r_checkpoint=str(models / 'mini_mast3r.safetensors'), device='cpu', precision='fp32',
+                          heads=('depth', 'pose'), pose_frame='fixed')
+    sim = Simulator(sim_config(args.seed, 224, args.seconds, trajectory=args.trajectory, speed_mps=args.speed,
+                               motion_scale=1.0))
+    chunks = list(sim.stream())
+    pipe = RealmPipeline(base, log=lambda m: None)
+    inputs, truth = [], {}
+    for k in range(3, len(chunks), args.every):
+        c = chunks[k]
+        _, pin = pipe.process_dense(c.events, 224, 224, sim.event_camera.K, c.t_end_ns)
+        truth[c.t_end_ns] = sim.pose_event(c.t_end_ns)
+        if pin is not None:
+            inputs.append(pin)
+    print(f'seed {args.seed}, {args.trajectory} at {args.speed:g} m/s for {args.seconds:g} s: {len(inputs)} pose steps '
+          f'(every {args.every}th window); machine-independent (no timing)')
+    t0 = chunks[0].t_end_ns
+    for name in args.variants:
+        pipe.update(**{**{f: getattr(base, f) for f in RUNTIME_FIELDS}, **VARIANTS[name]})
+        pipe.pose_tracker.reset()
+        published: List[Tuple[int, np.ndarray]] = []
+        before = {k: v for k, v in pipe.diagnostics().items() if isinstance(v, (int, float))}
+        for inp in inputs:
+            out = pipe.pose_tracker.step(inp)
+            if out.pose is not None and out.pose.reference == 'fixed':
+                T = np.eye(4)
+                T[:3, :3], T[:3, 3] = out.pose.R, out.pose.t
+                published.append((inp.stamp_ns, T))
+            if args.verbose:
+                print(f'  {name:12s} t {(inp.stamp_ns - t0) / 1e9:5.2f} s  '
+                      f'{"published" if out.pose is not None else "-"}')
+        after = pipe.diagnostics()
+        counts = {k: int(v - before.get(k, 0)) for k, v in after.items()
+                  if k.startswith(('pose_rejected.', 'keyframe_reason.', 'fixed_')) and isinstance(v, (int, float))
+                  and v - before.get(k, 0)}
+        score = trajectory_score(published, truth)
+        nan = float('nan')
+        print(f'{name:12s} published {int(score["poses"])} of {len(inputs)} | direction '
+              f'{score.get("direction_deg", nan):.1f} deg, length {score.get("length_ratio", nan):.2f}x, '
+              f'position error {score.get("position_error_m", nan):.1f} m | {counts}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
