@@ -205,6 +205,26 @@ def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str,
 # ----------------------------------------------------------------------------------------------------------------
 # processes
 
+def simulate_once(sim_params: Dict[str, Any]) -> bool:
+    """Simulate the demo's sequence before the nodes start when it is not cached yet (the simulator node then loads
+    it): otherwise the node would stream a growing prefix while a simulation runs beside it on the same cores, and a
+    sequence longer than the recording would never be complete, hence never cached. Returns whether it simulated."""
+    from .sim.params import SIM_PARAMETERS, sim_config_from_values
+    from .sim.sequence import cache_path, load_or_simulate
+    values: Dict[str, Any] = {p.name: p.default for p in SIM_PARAMETERS}
+    values.update(sim_params)
+    cfg = sim_config_from_values(values)
+    path = cache_path(cfg)
+    if path.exists():
+        return False
+    print(f'[realm-demo] simulating the {cfg.duration_s:g} s sequence once (~{4 * cfg.duration_s:.0f} s on one core; '
+          f'cached in {path.parent} for later runs)', flush=True)
+    t0 = time.monotonic()
+    load_or_simulate(cfg)
+    print(f'[realm-demo] simulated in {time.monotonic() - t0:.0f} s', flush=True)
+    return True
+
+
 def _ros_args(params: Dict[str, Any], remaps: Dict[str, str]) -> List[str]:
     args = ['--ros-args', '-r', f'__ns:={NAMESPACE}']
     for k, v in params.items():
@@ -394,14 +414,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             sim_params = {'seed': args.seed, 'duration_s': args.sim_seconds, 'loop': True,
                           'trajectory': args.sim_trajectory, 'speed_mps': float(args.sim_speed)}
+            if simulate_once(sim_params):
+                t_start = time.monotonic()                   # the warm-up figure without the one-off simulation
             procs['sim'] = _start([py, '-m', 'realm_ros.nodes.sim_camera_node'] + _ros_args(sim_params, {}),
                                   out_dir / 'sim_event_camera.log', env)
         procs['node'] = _start([py, '-m', 'realm_ros.nodes.perception_node'] + _ros_args(params, remaps),
                                out_dir / 'perception_node.log', env)
         if player is not None:
             player.start()
-        print('[realm-demo] started the source and the perception node; waiting for the first depth output '
-              '(the simulator precomputes its loop once, then it is cached)', flush=True)
+        print('[realm-demo] started the source and the perception node; waiting for the first depth output',
+              flush=True)
         recording.set()
         deadline = time.monotonic() + args.warmup_timeout
         while rec.counts.get('depth', 0) == 0:

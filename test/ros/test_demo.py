@@ -13,11 +13,15 @@ from realm_testing.paths import REPO_ROOT
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_scores_against_ground_truth(tmp_path, child_env):
     out = tmp_path / 'demo_out'
+    env = child_env()
+    env['XDG_CACHE_HOME'] = str(tmp_path / 'cache')      # nothing cached: the demo simulates once before the nodes
     proc = subprocess.run([sys.executable, '-m', 'realm_ros.demo', '--out', str(out), '--duration', '8',
                            '--sim-seconds', '1', '--warmup-timeout', '400'],
-                          cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=900)
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert '[realm-demo] results' in proc.stdout
+    assert 'simulating the 1 s sequence once' in proc.stdout
+    assert 'from the cache' in (out / 'sim_event_camera.log').read_text()      # the node found it complete
     summary = json.loads((out / 'summary.json').read_text())
     # rates are outputs per second of the recording; one CPU window takes ~0.3-2 s here, so at least one depth.
     # The source publishes 1 kHz packets; on an overloaded machine (measured: 90 Hz with two CPU burners beside the
