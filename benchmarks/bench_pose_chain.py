@@ -11,8 +11,9 @@ loop at ``--speed`` m/s), runs the dense half of :class:`realm_ros.pipeline.core
 ``--every``-th window (7 = the ~4.4 pose steps per second of the node on this 2-core machine) and hands each window's
 tokens to the pose tracker with ``pose.frame: fixed``, as the node's pose worker does, for each variant in turn
 (the dense outputs are computed once and shared). Reports per variant: steps, poses published in the fixed frame,
-the outcome counters, and the trajectory against the simulator's ground truth — the displacement since the first
-published pose: median direction error, median length ratio, median position error.
+the outcome counters, and the trajectory against the simulator's ground truth with the demo's score
+(:func:`realm_ros.demo_scores.trajectory_score`: the displacement since the first published pose; median direction
+error, median length ratio, median position error).
 
 Variants (``--variants``): ``previous`` (keyframe chosen by CLS similarity, no bridge: the chain rules before the
 eighth session, except that lost tracking now re-anchors), ``default`` (the shipped settings), ``motion_check``
@@ -38,29 +39,6 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def trajectory_score(published: List[Tuple[int, np.ndarray]], truth: Dict[int, np.ndarray],
-                     min_distance_m: float = 1.0) -> Dict[str, float]:
-    """Displacement since the first published pose, estimated vs true (poses as 4x4 camera-to-fixed / -world)."""
-    from realm_ros.miniature.metrics import translation_angle_error_deg
-    if len(published) < 2:
-        return {'poses': float(len(published))}
-    s0, E0 = published[0]
-    G0 = truth[s0]
-    angles, ratios, errors = [], [], []
-    for s, T in published[1:]:
-        est = (np.linalg.inv(E0) @ T)[:3, 3]
-        true = (np.linalg.inv(G0) @ truth[s])[:3, 3]
-        errors.append(float(np.linalg.norm(est - true)))
-        if np.linalg.norm(true) >= min_distance_m:
-            angles.append(translation_angle_error_deg(est, true))
-            ratios.append(float(np.linalg.norm(est) / np.linalg.norm(true)))
-    nan = float('nan')
-    return {'poses': float(len(published)),
-            'direction_deg': float(np.median(angles)) if angles else nan,
-            'length_ratio': float(np.median(ratios)) if ratios else nan,
-            'position_error_m': float(np.median(errors))}
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--seed', type=int, default=11, help='scene seed (11: the demo default, a held-out test scene)')
@@ -74,6 +52,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
+    from realm_ros.demo_scores import trajectory_score
     from realm_ros.miniature.data import sim_config
     from realm_ros.pipeline.core import RUNTIME_FIELDS, PipelineConfig, RealmPipeline
     from realm_ros.sim.simulator import Simulator
@@ -101,14 +80,14 @@ def main() -> int:
     for name in args.variants:
         pipe.update(**{**{f: getattr(base, f) for f in RUNTIME_FIELDS}, **VARIANTS[name]})
         pipe.pose_tracker.reset()
-        published: List[Tuple[int, np.ndarray]] = []
+        published: List[Tuple[int, None, np.ndarray, None]] = []      # as the demo collects ~/pose
         before = {k: v for k, v in pipe.diagnostics().items() if isinstance(v, (int, float))}
         for inp in inputs:
             out = pipe.pose_tracker.step(inp)
             if out.pose is not None and out.pose.reference == 'fixed':
                 T = np.eye(4)
                 T[:3, :3], T[:3, 3] = out.pose.R, out.pose.t
-                published.append((inp.stamp_ns, T))
+                published.append((inp.stamp_ns, None, T, None))
             if args.verbose:
                 print(f'  {name:12s} t {(inp.stamp_ns - t0) / 1e9:5.2f} s  '
                       f'{"published" if out.pose is not None else "-"}')
@@ -116,11 +95,12 @@ def main() -> int:
         counts = {k: int(v - before.get(k, 0)) for k, v in after.items()
                   if k.startswith(('pose_rejected.', 'keyframe_reason.', 'fixed_')) and isinstance(v, (int, float))
                   and v - before.get(k, 0)}
-        score = trajectory_score(published, truth)
+        score = trajectory_score(published, truth)       # the demo's trajectory score (realm_ros.demo_scores)
         nan = float('nan')
-        print(f'{name:12s} published {int(score["poses"])} of {len(inputs)} | direction '
-              f'{score.get("direction_deg", nan):.1f} deg, length {score.get("length_ratio", nan):.2f}x, '
-              f'position error {score.get("position_error_m", nan):.1f} m | {counts}')
+        print(f'{name:12s} published {len(published)} of {len(inputs)} | direction '
+              f'{score.get("direction_from_start_deg_median", nan):.1f} deg, length '
+              f'{score.get("length_ratio_median", nan):.2f}x, position error '
+              f'{score.get("position_error_m_median", nan):.1f} m | {counts}')
     return 0
 
 

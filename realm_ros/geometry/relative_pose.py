@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .keyframes import Keyframe
 from .matching import ReciprocalMatches, fast_reciprocal_nn
-from .pose import PnpParams, PoseResult, confidence_mask, points_from_depth, solve_essential, solve_pnp
+from .pose import PnpParams, PoseResult, confidence_mask, solve_kept_matches
 
 __all__ = ['MatchingParams', 'RelativePoseEstimate', 'estimate_relative_pose']
 
@@ -113,14 +113,5 @@ def _solve_on_device_gather(pred1: dict[str, Tensor], pred2: dict[str, Tensor], 
         cols[name] = host[:, 3 + j]
     keep = confidence_mask(cols.get('conf'), cols.get('desc_conf_ref'), cols.get('desc_conf_cur'), params)
     index = np.arange(matches.count) if keep is None else np.nonzero(keep)[0]
-    if params.solver == 'essential':
-        if K_ref is None:
-            raise ValueError('the essential solver needs the intrinsics of view 1 (K_ref)')
-        pts = cols['pts3d'][index] if depth_ref is None else points_from_depth(depth_ref, matches.xy1[index], K_ref)
-        res = solve_essential(matches.xy1[index], matches.xy2[index], K_ref, K_cur, pts, params)
-    else:
-        res = solve_pnp(cols['pts3d'][index], matches.xy2[index].astype(np.float64), K_cur, params)
-    inliers = index[res.inliers] if res.inliers.size else res.inliers
-    return PoseResult(ok=res.ok, reason=res.reason, R=res.R, t=res.t, inliers=inliers,
-                      num_correspondences=res.num_correspondences,
-                      reprojection_error_px=res.reprojection_error_px, covariance=res.covariance)
+    return solve_kept_matches(matches.xy1[index], matches.xy2[index], cols['pts3d'][index], index, K_cur, params,
+                              K_ref=K_ref, depth_ref=depth_ref)
