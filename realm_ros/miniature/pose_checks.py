@@ -33,8 +33,8 @@ from realm_ros.geometry.pose import PnpParams
 from realm_ros.geometry.relative_pose import MatchingParams
 from realm_ros.geometry.gates import SIMILARITY_CELLS, token_grid, view_similarity
 from realm_ros.geometry.symmetric import (PoseGates, _desc_conf_median, _match_and_solve, combine_orders,
-                                          refine_combined,
-                                          decode_both_orders, gate_pose, invert_pose_covariance, order_agreement)
+                                          decode_both_orders, gate_pose, invert_pose_covariance, order_agreement,
+                                          refine_combined)
 
 from .data import rgb_to_tensor
 from .metrics import pose_auc, relative_pose, rotation_error_deg, translation_angle_error_deg

@@ -121,9 +121,8 @@ _POSE_COMPUTE_FIELDS = (('pose_decoder_precision', 'decoder_precision'), ('pose_
 RUNTIME_FIELDS = ('heads', 'spatial_mode', 'normalization', 'depth_color_range', 'points_stride', 'points_max_depth',
                   'keyframe_min_inliers', 'keyframe_max_translation', 'keyframe_max_rotation_deg',
                   'keyframe_max_failures', 'keyframe_min_interval_s', 'keyframe_selection', 'keyframe_max_bridged',
-                  'pose_motion_check',
-                  'pose_frame', 'max_matches_drawn',
-                  'match_subsample', 'pnp_reprojection_px', 'pnp_iterations', 'pose_symmetric',
+                  'pose_motion_check', 'pose_frame', 'max_matches_drawn', 'match_subsample', 'pnp_reprojection_px',
+                  'pnp_iterations', 'pose_symmetric',
                   'pose_decoder_precision', 'pose_solver', 'pose_length_source', 'pnp_ransac_kernel')
 
 
