@@ -9,6 +9,9 @@ Stages: teacher -> bags -> heads -> decoder -> distill -> evaluate -> ship (see 
 Generated data (bags, test sequences, intermediate checkpoints) goes to --work-dir (default
 $REALM_MINIATURE_CACHE or ~/.cache/realm_ros/miniature, never into git); a stage whose inputs and settings are
 unchanged is reused, so an interrupted run continues where it stopped (--force STAGE reruns one).
+
+    python scripts/train_miniature.py --adopt models --work-dir /tmp/mini_work   # recalibrate + re-evaluate the
+                                                                                # shipped files, no training
 """
 from __future__ import annotations
 
@@ -34,6 +37,9 @@ def main(argv=None) -> int:
     p.add_argument('--stages', nargs='+', default=list(STAGES), choices=STAGES,
                    help='stages to run (earlier stages are reused from the work dir when up to date)')
     p.add_argument('--force', nargs='*', default=[], choices=STAGES, help='rerun these stages even if up to date')
+    p.add_argument('--adopt', default=None, metavar='DIR',
+                   help='take the training stages from the files shipped in DIR (e.g. models/, checked against its '
+                        'miniature_metrics.json), then run the rest: recalibrate / re-evaluate without retraining')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: the preset, 2)')
     p.add_argument('--device', default=None, help="torch device (default 'cpu'; the shipped run used the CPU)")
     args = p.parse_args(argv)
@@ -48,7 +54,8 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(f'[{time.time() - t0:7.1f} s] {msg}', flush=True)
 
-    metrics = run_recipe(cfg, args.work_dir, args.out, stages=args.stages, force=args.force, log=log)
+    metrics = run_recipe(cfg, args.work_dir, args.out, stages=args.stages, force=args.force, log=log,
+                         adopt=args.adopt)
     if metrics:
         test = metrics['test']
         short = {

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -90,6 +90,11 @@ class DecoderConfig:
     keep_matches: float = 0.95
     seed: int = 1
     log_every: int = 10
+    # second phase (0 = none): a warm restart from the phase-1 decoder as it is shipped (float16-rounded, confidences
+    # calibrated) with a fresh AdamW, warm-up and a cosine of refine_steps at refine_lr, all at full resolution; the
+    # confidences are calibrated again afterwards
+    refine_steps: int = 0
+    refine_lr: float = 2.5e-4
 
 
 def build_decoder(cfg: DecoderConfig, enc_dim: int = 192) -> DuneMast3rDecoder:
@@ -208,7 +213,12 @@ class DecoderTrainer:
     """Trains a tiny decoder on a frozen teacher with pairs from the training scenes."""
 
     def __init__(self, cfg: DecoderConfig, teacher: DuneModel, image_size: int, device: torch.device | str = 'cpu',
-                 log: Callable[[str], None] = _LOG.info) -> None:
+                 log: Callable[[str], None] = _LOG.info, init: Optional[DuneMast3rDecoder] = None) -> None:
+        """``init``: start from this decoder's weights and run the refine phase (``cfg.refine_steps`` at
+        ``cfg.refine_lr``, full resolution, its own random stream) instead of phase 1."""
+        self.refine = init is not None
+        if self.refine:
+            cfg = replace(cfg, steps=cfg.refine_steps, lr=cfg.refine_lr, low_res_steps=0, seed=cfg.seed + 1000)
         self.cfg = cfg
         self.device = torch.device(device)
         self.log = log
@@ -216,6 +226,9 @@ class DecoderTrainer:
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         torch.manual_seed(cfg.seed)
         self.decoder = build_decoder(cfg, teacher.encoder.embed_dim).to(self.device)
+        if init is not None:
+            self.decoder.load_state_dict(init.state_dict())
+            self.decoder.requires_grad_(True)
         self.decoder.set_attention_impl('sdpa')
         seeds = split_seeds('train', cfg.scenes)
         self.sampler = PairSampler(seeds, image_size, cfg.scene_duration_s, cfg.min_dt, cfg.max_dt)
@@ -346,4 +359,23 @@ def train_decoder(cfg: DecoderConfig, teacher: DuneModel, image_size: int, devic
     calib = calibrate_confidences(dec, trainer.teacher, image_size, split_seeds('val', cfg.calibration_scenes),
                                   cfg.calibration_pairs, cfg.keep_points, cfg.keep_matches, device=device)
     log(f'decoder confidences calibrated on {cfg.calibration_pairs} validation pairs: {calib}')
-    return dec, dict(config=asdict(cfg), seconds=time.time() - t0, history=trainer.history, calibration=calib)
+    record: Dict[str, object] = dict(config=asdict(cfg), seconds=time.time() - t0, history=trainer.history,
+                                     calibration=calib)
+    if cfg.refine_steps > 0:
+        dec, refined = refine_decoder(cfg, dec, trainer.teacher, image_size, device, log)
+        record.update(seconds=time.time() - t0, refine=refined)
+    return dec, record
+
+
+def refine_decoder(cfg: DecoderConfig, decoder: DuneMast3rDecoder, teacher: DuneModel, image_size: int,
+                   device: torch.device | str = 'cpu', log: Callable[[str], None] = _LOG.info
+                   ) -> Tuple[DuneMast3rDecoder, Dict[str, object]]:
+    """The refine phase (``cfg.refine_steps``) from ``decoder`` (phase 1 as shipped: float16-rounded, confidences
+    calibrated), then the confidences calibrated again. Returns the new frozen decoder and its record."""
+    t0 = time.time()
+    trainer = DecoderTrainer(cfg, teacher, image_size, device, log, init=decoder)
+    dec = trainer.train()
+    calib = calibrate_confidences(dec, trainer.teacher, image_size, split_seeds('val', cfg.calibration_scenes),
+                                  cfg.calibration_pairs, cfg.keep_points, cfg.keep_matches, device=device)
+    log(f'refined decoder confidences calibrated: {calib}')
+    return dec, dict(seconds=time.time() - t0, history=trainer.history, calibration=calib)

@@ -35,13 +35,15 @@ import pickle
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import yaml
+
+from realm_ros.common.errors import RealmError
 
 from .data import sim_config, split_seeds
 from .decoder import DecoderConfig, train_decoder
@@ -50,7 +52,26 @@ from .teacher import TeacherConfig, train_teacher
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ['BagsConfig', 'HeadsRecipe', 'DistillRecipe', 'CalibrateRecipe', 'RecipeConfig', 'PRESETS', 'SHIPPED_FILES',
+
+_MISSING = object()
+
+
+def _field_defaults(cfg: Any) -> Dict[str, Any]:
+    """JSON form of the defaults of a settings dataclass (fields without a default are left out)."""
+    out: Dict[str, Any] = {}
+    for f in fields(cfg):
+        if f.default is not MISSING:
+            out[f.name] = _jsonable(f.default)
+        elif f.default_factory is not MISSING:
+            out[f.name] = _jsonable(f.default_factory())
+    return out
+
+
+class RecipeAdoptError(RealmError, ValueError):
+    """A shipped directory cannot stand in for the training stages (names the file and what differs)."""
+
+__all__ = ['BagsConfig', 'RecipeAdoptError', 'HeadsRecipe', 'DistillRecipe', 'CalibrateRecipe', 'RecipeConfig',
+           'PRESETS', 'SHIPPED_FILES',
            'run_recipe',
            'default_work_dir', 'ship_checkpoint', 'STAGES']
 
@@ -581,6 +602,77 @@ class Recipe:
                        lambda s: None)
         return dict(bridge=bridge, test=metrics, subset=dict(config=asdict(sub_cfg), metrics=sub), eval_config=cfg)
 
+    # ------------------------------------------------------------------------------------------------ adopt
+    def adopt(self, src_dir: Union[str, os.PathLike]) -> Dict[str, str]:
+        """Take the trained files of an earlier ship (``src_dir``, e.g. ``models/``) as this work dir's training
+        stages, so ``calibrate`` / ``evaluate`` / ``ship`` can rerun without hours of training.
+
+        The ship's ``miniature_metrics.json`` must record the same settings for every training stage as this
+        recipe (otherwise the files are not what these stages would produce: :class:`RecipeAdoptError`), and every
+        file must have the SHA-256 recorded there. The files (and their ``.json`` sidecars) are copied into the
+        work dir's ``ship/`` and the stages ``teacher``, ``bags``, ``heads``, ``decoder`` and ``distill`` are marked
+        done with the training records of the ship (``files_adopted_from`` names the source; the bags themselves are
+        not needed: nothing reads them once the stages after them are done). A setting the ship did not record (one
+        added to the recipe since) must be at its default (new settings keep the earlier behaviour by default).
+        Returns the stage -> key written."""
+        from realm_ros.models.checkpoints import sha256_file
+
+        src = Path(src_dir)
+        metrics_path = src / SHIPPED_FILES['metrics']
+        if not metrics_path.is_file():
+            raise RecipeAdoptError(f'{metrics_path}: no metrics file, so nothing says how the files were trained')
+        try:
+            metrics = json.loads(metrics_path.read_text())
+            recorded, training, files = metrics['recipe'], metrics['training'], metrics['files']
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RecipeAdoptError(f'{metrics_path}: not a miniature metrics document ({exc!r})') from exc
+        mine = _jsonable(self.cfg)
+        for stage in ('image_size', 'teacher', 'bags', 'heads', 'decoder', 'distill'):
+            theirs, ours = recorded.get(stage), mine.get(stage)
+            if isinstance(theirs, dict) and isinstance(ours, dict):
+                # a setting added to the recipe since the ship: the same only at its default (new settings
+                # default to the behaviour before them)
+                defaults = _field_defaults(getattr(self.cfg, stage))
+                differ = sorted(k for k in set(theirs) | set(ours)
+                                if theirs.get(k, defaults.get(k, _MISSING)) != ours.get(k, _MISSING))
+            else:
+                differ = [] if theirs == ours else [stage]
+            if differ:
+                raise RecipeAdoptError(f'{metrics_path}: the {stage!r} settings differ from the {self.cfg.name!r} '
+                                       f'recipe in {differ}; these files are not what this recipe trains')
+        roles = [role for role in SHIPPED_FILES if role != 'metrics']
+        for role in roles:                      # all checked before anything is copied
+            path = src / SHIPPED_FILES[role]
+            want = (files.get(role) or {}).get('sha256')
+            if not path.is_file():
+                raise RecipeAdoptError(f'{path}: missing')
+            got = sha256_file(path)
+            if got != want:
+                raise RecipeAdoptError(f'{path}: SHA-256 {got[:12]}... is not the {str(want)[:12]}... recorded in '
+                                       f'{metrics_path}')
+        for role in roles:
+            path = src / SHIPPED_FILES[role]
+            shutil.copy2(path, self.shipped(role))
+            if path.with_suffix('.json').is_file():
+                shutil.copy2(path.with_suffix('.json'), self.shipped(role).with_suffix('.json'))
+        teacher = dict(training.get('teacher') or {}, sha256_file=self._file_sha('teacher'),
+                       file=str(self.shipped('teacher')))
+        keys = {
+            'teacher': self._key('teacher', self.cfg.teacher),
+            'bags': self._key('bags', self.cfg.bags),
+            'heads': self._key('heads', self.cfg.heads, teacher['sha256_file'], self._heads_bags_key()),
+            'decoder': self._decoder_key(teacher),
+            'distill': self._distill_key(teacher),
+        }
+        for stage, key in keys.items():
+            record = teacher if stage == 'teacher' else dict(training.get(stage) or {})
+            record = {k: v for k, v in record.items() if k != 'key'}
+            st = _Stage(self.work, stage, key)
+            st.dir.mkdir(parents=True, exist_ok=True)
+            st.finish(dict(record, files_adopted_from=str(src.resolve())))
+        self.log(f'adopted the trained files of {src} (stages {", ".join(keys)})')
+        return keys
+
     # ------------------------------------------------------------------------------------------------ all
     def run(self, stages: Sequence[str] = STAGES) -> Dict[str, Any]:
         unknown = [s for s in stages if s not in STAGES]
@@ -621,6 +713,11 @@ class Recipe:
             self.ship()
         return result
 
+    def _marker_record(self, name: str) -> Dict[str, Any]:
+        """The record a stage's done marker holds ({} without a marker), as the stage returns it."""
+        marker = self.work / name / 'done.json'
+        return json.loads(marker.read_text()) if marker.is_file() else {}
+
     def _stage_seconds(self) -> Dict[str, Optional[float]]:
         out: Dict[str, Optional[float]] = {}
         for name in STAGES[:-2]:
@@ -655,7 +752,8 @@ class Recipe:
             'pose_trust': _jsonable(self.pose_trust),
             'training': _jsonable({'teacher': {k: v for k, v in teacher.items() if k != 'key'},
                                    'bags': {k: v for k, v in (bags or {}).items() if k not in ('key', 'written')},
-                                   **{k: v for k, v in self.records.items()}}),
+                                   **{k: self.records.get(k) or self._marker_record(k)
+                                      for k in ('heads', 'decoder', 'distill')}}),
             'recipe': _jsonable(self.cfg),
         }
 
@@ -707,6 +805,11 @@ def _last_jsonl(path: Path) -> List[Dict[str, Any]]:
 def run_recipe(cfg: RecipeConfig, work_dir: Optional[os.PathLike] = None,
                out_dir: Union[str, os.PathLike] = 'models',
                stages: Sequence[str] = STAGES, force: Sequence[str] = (),
-               log: Callable[[str], None] = _LOG.info) -> Dict[str, Any]:
-    """Run the recipe (see the module docstring); returns the metrics document when ``evaluate`` ran."""
-    return Recipe(cfg, work_dir or default_work_dir(), out_dir, log, force).run(stages)
+               log: Callable[[str], None] = _LOG.info,
+               adopt: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any]:
+    """Run the recipe (see the module docstring); returns the metrics document when ``evaluate`` ran.
+    ``adopt``: first take the training stages from that shipped directory (:meth:`Recipe.adopt`)."""
+    recipe = Recipe(cfg, work_dir or default_work_dir(), out_dir, log, force)
+    if adopt is not None:
+        recipe.adopt(adopt)
+    return recipe.run(stages)

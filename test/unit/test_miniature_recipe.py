@@ -78,3 +78,82 @@ def test_more_training_bags_keep_the_written_ones_and_the_heads_keep_their_count
     # other bag settings: everything is simulated again
     other = replace(toy, bags=replace(toy.bags, max_flow_px=0.5))
     assert len(Recipe(other, tmp_path / 'work', tmp_path / 'out', log=lambda s: None).bags()['written']) == 2
+
+
+def _shipped_copy(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / 'models'
+    dst = tmp_path / 'shipped'
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_adopting_the_shipped_files_marks_the_training_stages_done(tmp_path):
+    from realm_ros.miniature.recipe import PRESETS, SHIPPED_FILES, Recipe
+    from realm_ros.models.checkpoints import sha256_file
+
+    shipped = _shipped_copy(tmp_path)
+    doc = json.loads((shipped / SHIPPED_FILES['metrics']).read_text())
+    recipe = Recipe(PRESETS['full'](), tmp_path / 'work', tmp_path / 'out', log=lambda s: None)
+    keys = recipe.adopt(shipped)
+    assert set(keys) == {'teacher', 'bags', 'heads', 'decoder', 'distill'}
+    for role, entry in doc['files'].items():
+        assert sha256_file(recipe.shipped(role)) == entry['sha256']
+    # the stages find their markers: nothing is trained or simulated again (each would take minutes to hours)
+    teacher = recipe.teacher()
+    assert teacher['sha256_file'] == doc['files']['teacher']['sha256'] and teacher['files_adopted_from']
+    bags = recipe.bags()
+    assert recipe.heads(bags, teacher)['files_adopted_from'] == str(shipped.resolve())
+    assert recipe.decoder(teacher)['history'] == doc['training']['decoder']['history']
+    assert recipe.distill(bags, teacher)['config'] == doc['training']['distill']['config']
+    # the metrics document of a later evaluate keeps the training records of the ship
+    assert recipe._marker_record('decoder')['history'] == doc['training']['decoder']['history']
+
+
+def test_adopting_files_of_other_settings_or_changed_files_is_refused_by_name(tmp_path):
+    from realm_ros.miniature.recipe import PRESETS, SHIPPED_FILES, Recipe, RecipeAdoptError
+
+    shipped = _shipped_copy(tmp_path)
+    recipe = Recipe(PRESETS['full'](), tmp_path / 'work', tmp_path / 'out', log=lambda s: None)
+    metrics = shipped / SHIPPED_FILES['metrics']
+    doc = json.loads(metrics.read_text())
+    # the toy recipe trains other files
+    toy = Recipe(PRESETS['toy'](), tmp_path / 'work_toy', tmp_path / 'out', log=lambda s: None)
+    with pytest.raises(RecipeAdoptError, match="'image_size'|'teacher'"):
+        toy.adopt(shipped)
+    # one training setting changed
+    changed = json.loads(json.dumps(doc))
+    changed['recipe']['decoder']['steps'] += 1
+    metrics.write_text(json.dumps(changed))
+    with pytest.raises(RecipeAdoptError, match=r"'decoder' settings .*\['steps'\]"):
+        recipe.adopt(shipped)
+    # a file that is not the one the metrics describe
+    metrics.write_text(json.dumps(doc))
+    with open(shipped / SHIPPED_FILES['realm'], 'ab') as fh:
+        fh.write(b'\0')
+    with pytest.raises(RecipeAdoptError, match='mini_realm.safetensors: SHA-256'):
+        recipe.adopt(shipped)
+    metrics.unlink()
+    with pytest.raises(RecipeAdoptError, match='no metrics file'):
+        recipe.adopt(shipped)
+    assert not (tmp_path / 'work' / 'teacher' / 'done.json').exists()      # nothing was marked done on the way
+
+
+def test_a_setting_the_ship_did_not_record_must_be_at_its_default(tmp_path):
+    from dataclasses import replace
+
+    from realm_ros.miniature.recipe import PRESETS, SHIPPED_FILES, Recipe, RecipeAdoptError
+
+    shipped = _shipped_copy(tmp_path)
+    metrics = shipped / SHIPPED_FILES['metrics']
+    doc = json.loads(metrics.read_text())
+    epochs = doc['recipe']['distill'].pop('epochs')
+    metrics.write_text(json.dumps(doc))
+    full = PRESETS['full']()
+    assert full.distill.epochs == epochs                     # the default: taken as what the ship did
+    Recipe(full, tmp_path / 'work', tmp_path / 'out', log=lambda s: None).adopt(shipped)
+    other = replace(full, distill=replace(full.distill, epochs=epochs + 1))
+    with pytest.raises(RecipeAdoptError, match=r"'distill' settings .*\['epochs'\]"):
+        Recipe(other, tmp_path / 'work2', tmp_path / 'out', log=lambda s: None).adopt(shipped)

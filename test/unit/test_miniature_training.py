@@ -176,3 +176,28 @@ def test_decoder_training_steps_and_shipping_round_trip(tmp_path):
     assert torch.allclose(a1['pts3d'], b1['pts3d'], atol=1e-5)     # float16 file, exact: weights were rounded
     assert torch.allclose(a2['desc'], b2['desc'], atol=1e-5)
     assert build_decoder(cfg).config == loaded.config
+
+
+def test_decoder_refine_phase_starts_from_the_given_decoder_and_trains_on(tmp_path):
+    from dataclasses import replace
+
+    from realm_ros.miniature.decoder import refine_decoder
+    from realm_ros.miniature.teacher import build_teacher
+
+    teacher = build_teacher(TeacherConfig(image_size=56, proj_dim=16)).eval()
+    cfg = DecoderConfig(steps=1, batch_size=1, scenes=2, matches_per_pair=32, local_mlp_ratio=0.25, warmup_steps=1,
+                        low_res_steps=3, log_every=1, refine_steps=2, refine_lr=1e-3, calibration_pairs=2,
+                        calibration_scenes=1)
+    phase1 = DecoderTrainer(replace(cfg, refine_steps=0), teacher, 56, log=lambda s: None).train()
+    start = {k: v.clone() for k, v in phase1.state_dict().items()}
+    # the refine trainer copies the phase-1 weights, with its own settings: refine steps / lr, no low resolution
+    tr = DecoderTrainer(cfg, teacher, 56, log=lambda s: None, init=phase1)
+    assert (tr.cfg.steps, tr.cfg.lr, tr.cfg.low_res_steps, tr.cfg.seed) == (2, 1e-3, 0, cfg.seed + 1000)
+    assert all(torch.equal(v, start[k]) for k, v in tr.decoder.state_dict().items())
+    refined, record = refine_decoder(cfg, phase1, teacher, 56, log=lambda s: None)
+    assert len(record['history']) == 2 and record['calibration']['pairs'] == 2
+    assert all(torch.equal(v, start[k]) for k, v in phase1.state_dict().items())       # the input is left alone
+    moved = [k for k, v in refined.state_dict().items() if not torch.equal(v, start[k])]
+    assert 'mast3r.decoder_embed.weight' in moved
+    w = refined.mast3r.decoder_embed.weight
+    assert torch.equal(w, w.half().float()) and not w.requires_grad                  # frozen, float16-rounded
