@@ -56,6 +56,17 @@ _LOG = logging.getLogger(__name__)
 _MISSING = object()
 
 
+def _settings_differ(theirs: Any, ours: Any, cfg: Any) -> List[str]:
+    """Names of the settings in which a recorded stage configuration (``theirs``, JSON) differs from ``ours``. A
+    setting added to the recipe since the record was written counts as equal only at its default (new settings
+    default to the behaviour before them); non-dict values are compared whole."""
+    if not (isinstance(theirs, dict) and isinstance(ours, dict)):
+        return [] if theirs == ours else ['(value)']
+    defaults = _field_defaults(cfg) if cfg is not None and is_dataclass(cfg) else {}
+    return sorted(k for k in set(theirs) | set(ours)
+                  if theirs.get(k, defaults.get(k, _MISSING)) != ours.get(k, _MISSING))
+
+
 def _field_defaults(cfg: Any) -> Dict[str, Any]:
     """JSON form of the defaults of a settings dataclass (fields without a default are left out)."""
     out: Dict[str, Any] = {}
@@ -203,7 +214,8 @@ class RecipeConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     bags: BagsConfig = field(default_factory=BagsConfig)
     heads: HeadsRecipe = field(default_factory=HeadsRecipe)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    # phase 1 (800 steps) + the refine phase (a warm restart of 1000 steps; ninth session)
+    decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(refine_steps=1000))
     distill: DistillRecipe = field(default_factory=DistillRecipe)
     calibrate: CalibrateRecipe = field(default_factory=CalibrateRecipe)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -224,7 +236,8 @@ def _toy() -> RecipeConfig:
         bags=BagsConfig(train_sequences=1, val_sequences=1, seconds=0.3, workers=1),
         heads=HeadsRecipe(depth_epochs=1, seg_epochs=1, batch_size=4, depth_bins=32),
         decoder=DecoderConfig(steps=3, batch_size=2, scenes=3, matches_per_pair=64, warmup_steps=1, log_every=1,
-                              local_mlp_ratio=0.25, low_res=56, low_res_steps=2, low_res_batch_size=2),
+                              local_mlp_ratio=0.25, low_res=56, low_res_steps=2, low_res_batch_size=2,
+                              refine_steps=1),
         distill=DistillRecipe(epochs=2, batch_size=4, lora_rank=2, lora_alpha=2.0, embedder_widths=(16, 16, 32, 32),
                               embedder_blocks=(1, 1, 1), mask_dilation_epochs=(1,), mask_dilation_patches=(1,),
                               token_drop_start_epoch=1, min_events=50),
@@ -470,17 +483,37 @@ class Recipe:
             out[task] = dict(config=conf, argv=argv, metrics=_last_jsonl(run_dir / 'metrics.jsonl'))
         return st.finish(out)
 
+    def _decoder_phase1(self) -> DecoderConfig:
+        """The decoder settings without the refine phase (what phase 1 alone is keyed by)."""
+        return replace(self.cfg.decoder, refine_steps=DecoderConfig.refine_steps, refine_lr=DecoderConfig.refine_lr)
+
     def decoder(self, teacher: Dict[str, Any]) -> Dict[str, Any]:
         from realm_ros.models.checkpoints import convert_checkpoint, load_dune
-        from realm_ros.models.mast3r import save_dune_mast3r
+        from realm_ros.models.mast3r import load_dune_mast3r, save_dune_mast3r
+
+        from .decoder import refine_decoder
 
         st = self._stage('decoder', self.cfg.decoder, teacher['sha256_file'])
         done = st.done()
         if done and self.shipped('mast3r').is_file():
             return done
-        st.start()
+        c = self.cfg.decoder
+        # phase 1 done (by an earlier run or adopted from a ship without the refine phase): only the refine phase
+        phase1 = _Stage(self.work, 'decoder', self._key('decoder', self._decoder_phase1(), teacher['sha256_file']))
+        phase1_done = phase1.done() if c.refine_steps > 0 and self.shipped('mast3r').is_file() else None
         dune = load_dune(self.shipped('teacher'), device=self.device)
-        dec, record = train_decoder(self.cfg.decoder, dune, self.cfg.image_size, self.device, self.log)
+        if phase1_done is not None:
+            self.log(f'decoder phase 1 found ({phase1.marker}); running the refine phase ({c.refine_steps} steps)')
+            t0 = time.time()
+            dec, refined = refine_decoder(c, load_dune_mast3r(self.shipped('mast3r'), device=str(self.device)),
+                                          dune, self.cfg.image_size, self.device, self.log)
+            record = dict(phase1_done, config=asdict(c), refine=refined)
+            record.pop('key', None)
+            record['stage_seconds'] = round((phase1_done.get('stage_seconds') or 0.0) + time.time() - t0, 1)
+            st.dir.mkdir(parents=True, exist_ok=True)
+        else:
+            st.start()
+            dec, record = train_decoder(c, dune, self.cfg.image_size, self.device, self.log)
         pth = save_dune_mast3r(st.dir / 'mini_mast3r.pth', dec.cpu(), dune_backbone_name='mini_teacher')
         conv = convert_checkpoint(pth, st.dir / 'mini_mast3r.safetensors', validate_dune=False)
         ship_checkpoint(conv, self.shipped('mast3r'))
@@ -627,16 +660,14 @@ class Recipe:
         except (ValueError, KeyError, TypeError) as exc:
             raise RecipeAdoptError(f'{metrics_path}: not a miniature metrics document ({exc!r})') from exc
         mine = _jsonable(self.cfg)
+        decoder_phase1_only = False
         for stage in ('image_size', 'teacher', 'bags', 'heads', 'decoder', 'distill'):
             theirs, ours = recorded.get(stage), mine.get(stage)
-            if isinstance(theirs, dict) and isinstance(ours, dict):
-                # a setting added to the recipe since the ship: the same only at its default (new settings
-                # default to the behaviour before them)
-                defaults = _field_defaults(getattr(self.cfg, stage))
-                differ = sorted(k for k in set(theirs) | set(ours)
-                                if theirs.get(k, defaults.get(k, _MISSING)) != ours.get(k, _MISSING))
-            else:
-                differ = [] if theirs == ours else [stage]
+            differ = _settings_differ(theirs, ours, getattr(self.cfg, stage, None))
+            if differ and stage == 'decoder' and self.cfg.decoder.refine_steps > 0 \
+                    and not _settings_differ(theirs, _jsonable(self._decoder_phase1()), self.cfg.decoder):
+                decoder_phase1_only = True      # the ship's decoder is this recipe's phase 1: refine it
+                continue
             if differ:
                 raise RecipeAdoptError(f'{metrics_path}: the {stage!r} settings differ from the {self.cfg.name!r} '
                                        f'recipe in {differ}; these files are not what this recipe trains')
@@ -661,7 +692,8 @@ class Recipe:
             'teacher': self._key('teacher', self.cfg.teacher),
             'bags': self._key('bags', self.cfg.bags),
             'heads': self._key('heads', self.cfg.heads, teacher['sha256_file'], self._heads_bags_key()),
-            'decoder': self._decoder_key(teacher),
+            'decoder': (self._key('decoder', self._decoder_phase1(), teacher['sha256_file']) if decoder_phase1_only
+                        else self._decoder_key(teacher)),
             'distill': self._distill_key(teacher),
         }
         for stage, key in keys.items():
@@ -670,7 +702,9 @@ class Recipe:
             st = _Stage(self.work, stage, key)
             st.dir.mkdir(parents=True, exist_ok=True)
             st.finish(dict(record, files_adopted_from=str(src.resolve())))
-        self.log(f'adopted the trained files of {src} (stages {", ".join(keys)})')
+        self.log(f'adopted the trained files of {src} (stages {", ".join(keys)})'
+                 + ('; its decoder is phase 1 of this recipe: the decoder stage runs the refine phase'
+                    if decoder_phase1_only else ''))
         return keys
 
     # ------------------------------------------------------------------------------------------------ all

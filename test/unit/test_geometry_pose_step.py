@@ -53,7 +53,7 @@ def test_symmetric_pose_identical_with_the_cheaper_step():
     matching) and the previous step give the same matches, inliers, poses and covariances; stage timings reported."""
     from realm_ros.models.mast3r.io import load_dune_mast3r
     dec = load_dune_mast3r(MINI)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(1)            # tokens on which both orders solve with the shipped decoder
     base = torch.randn(1, 256, 192, generator=g)
     kf_tokens = base + 0.3 * torch.randn(1, 256, 192, generator=g)
     cur = base + 0.3 * torch.randn(1, 256, 192, generator=g)
@@ -65,7 +65,7 @@ def test_symmetric_pose_identical_with_the_cheaper_step():
         old = symmetric_relative_pose(dec, kf, cur, (224, 224), K, pnp=pnp, gates=gates,
                                       matching=MatchingParams(prune=False), view2_points=True)
         new = symmetric_relative_pose(dec, kf, cur, (224, 224), K, pnp=pnp, gates=gates)
-    assert new.matches.count > 50
+    assert new.matches.count > 50 and new.direct.ok and new.swapped.ok
     np.testing.assert_array_equal(new.matches.xy1, old.matches.xy1)
     np.testing.assert_array_equal(new.matches.xy2, old.matches.xy2)
     for a, b in ((new.direct, old.direct), (new.swapped, old.swapped), (new.pose, old.pose)):

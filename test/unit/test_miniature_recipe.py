@@ -52,6 +52,9 @@ def test_toy_recipe_ships_a_decoder_with_its_calibrated_gates(tmp_path):
     for mode, r in doc['test']['pose'].items():
         assert r['symmetric']['pairs'] == r['pairs'], mode
         assert 0.0 <= r['forward_sign_ok'] <= 1.0
+    # the decoder stage ran its refine phase after phase 1 and recorded both
+    dec = doc['training']['decoder']
+    assert len(dec['history']) == 3 and len(dec['refine']['history']) == 1 and dec['refine']['calibration']
 
 
 def test_more_training_bags_keep_the_written_ones_and_the_heads_keep_their_count(tmp_path):
@@ -90,13 +93,29 @@ def _shipped_copy(tmp_path):
     return dst
 
 
+def _with_decoder_settings(shipped, **settings):
+    """Rewrite the ship's recorded decoder settings (the files stay those the SHA-256 sums describe)."""
+    from realm_ros.miniature.recipe import SHIPPED_FILES
+
+    metrics = shipped / SHIPPED_FILES['metrics']
+    doc = json.loads(metrics.read_text())
+    for k, v in settings.items():
+        if v is None:
+            doc['recipe']['decoder'].pop(k, None)
+        else:
+            doc['recipe']['decoder'][k] = v
+    metrics.write_text(json.dumps(doc))
+    return doc
+
+
 def test_adopting_the_shipped_files_marks_the_training_stages_done(tmp_path):
     from realm_ros.miniature.recipe import PRESETS, SHIPPED_FILES, Recipe
     from realm_ros.models.checkpoints import sha256_file
 
     shipped = _shipped_copy(tmp_path)
-    doc = json.loads((shipped / SHIPPED_FILES['metrics']).read_text())
-    recipe = Recipe(PRESETS['full'](), tmp_path / 'work', tmp_path / 'out', log=lambda s: None)
+    full = PRESETS['full']()
+    doc = _with_decoder_settings(shipped, refine_steps=full.decoder.refine_steps, refine_lr=full.decoder.refine_lr)
+    recipe = Recipe(full, tmp_path / 'work', tmp_path / 'out', log=lambda s: None)
     keys = recipe.adopt(shipped)
     assert set(keys) == {'teacher', 'bags', 'heads', 'decoder', 'distill'}
     for role, entry in doc['files'].items():
@@ -104,12 +123,38 @@ def test_adopting_the_shipped_files_marks_the_training_stages_done(tmp_path):
     # the stages find their markers: nothing is trained or simulated again (each would take minutes to hours)
     teacher = recipe.teacher()
     assert teacher['sha256_file'] == doc['files']['teacher']['sha256'] and teacher['files_adopted_from']
+    assert keys['decoder'] == recipe._decoder_key(teacher)
     bags = recipe.bags()
     assert recipe.heads(bags, teacher)['files_adopted_from'] == str(shipped.resolve())
     assert recipe.decoder(teacher)['history'] == doc['training']['decoder']['history']
     assert recipe.distill(bags, teacher)['config'] == doc['training']['distill']['config']
     # the metrics document of a later evaluate keeps the training records of the ship
     assert recipe._marker_record('decoder')['history'] == doc['training']['decoder']['history']
+    assert SHIPPED_FILES['metrics'] not in [p.name for p in (tmp_path / 'work').glob('*')]
+
+
+def test_a_ship_whose_decoder_is_phase_one_is_adopted_for_the_refine_phase(tmp_path):
+    from dataclasses import replace
+
+    from realm_ros.miniature.recipe import PRESETS, Recipe
+
+    shipped = _shipped_copy(tmp_path)
+    _with_decoder_settings(shipped, refine_steps=None, refine_lr=None)     # recorded before the refine phase
+    full = PRESETS['full']()
+    assert full.decoder.refine_steps > 0
+    messages = []
+    recipe = Recipe(full, tmp_path / 'work', tmp_path / 'out', log=messages.append)
+    keys = recipe.adopt(shipped)
+    teacher = recipe.teacher()
+    # the decoder marker is phase 1's: the decoder stage is not done, it will run the refine phase only
+    assert keys['decoder'] != recipe._decoder_key(teacher)
+    assert keys['decoder'] == recipe._key('decoder', recipe._decoder_phase1(), teacher['sha256_file'])
+    assert recipe._stage('decoder', full.decoder, teacher['sha256_file']).done() is None
+    assert 'runs the refine phase' in messages[-1]
+    # without a refine phase in the recipe the same ship is simply done
+    plain = replace(full, decoder=replace(full.decoder, refine_steps=0))
+    other = Recipe(plain, tmp_path / 'work2', tmp_path / 'out', log=lambda s: None)
+    assert other.adopt(shipped)['decoder'] == other._decoder_key(other.teacher())
 
 
 def test_adopting_files_of_other_settings_or_changed_files_is_refused_by_name(tmp_path):
@@ -127,7 +172,7 @@ def test_adopting_files_of_other_settings_or_changed_files_is_refused_by_name(tm
     changed = json.loads(json.dumps(doc))
     changed['recipe']['decoder']['steps'] += 1
     metrics.write_text(json.dumps(changed))
-    with pytest.raises(RecipeAdoptError, match=r"'decoder' settings .*\['steps'\]"):
+    with pytest.raises(RecipeAdoptError, match=r"'decoder' settings .*'steps'\]"):
         recipe.adopt(shipped)
     # a file that is not the one the metrics describe
     metrics.write_text(json.dumps(doc))
