@@ -326,14 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help='give up when no depth output arrives within this many seconds (240)')
     p.add_argument('--device', default='auto', help='torch device of the perception node (auto, cpu, cuda)')
     p.add_argument('--seed', type=int, default=11, help='simulated scene seed (a held-out test scene by default)')
-    p.add_argument('--sim-seconds', type=float, default=4.0, help='length of the simulated loop (s)')
-    p.add_argument('--sim-trajectory', choices=('loop', 'drive'), default='loop',
-                   help="simulated camera path: 'loop' (back and forth, repeats without a jump; half of the time "
-                        "the camera reverses, which the miniature models never saw in training) or 'drive' (forward "
-                        "like the training data; the pose jumps back at every loop)")
-    p.add_argument('--sim-speed', type=float, default=8.0,
-                   help='simulated camera speed in m/s (8; the miniature models were trained on 3-9 m/s; their '
-                        'matches carry baselines up to about a metre, i.e. ~4 m/s at 4-5 pose steps/s)')
+    p.add_argument('--sim-seconds', type=float, default=None,
+                   help='length of the simulated sequence, replayed in a loop (s; default: 32 for a drive, enough for '
+                        'the warm-up and 20 s of recording without the jump back; 4 for the back-and-forth loop)')
+    p.add_argument('--sim-trajectory', choices=('loop', 'drive'), default='drive',
+                   help="simulated camera path: 'drive' (default: forward along the street like the training data; "
+                        "the pose jumps back when the sequence loops) or 'loop' (back and forth, repeats without a "
+                        "jump; half of the time the camera reverses, which the miniature models never saw in "
+                        "training, and the pose chain's constant-velocity bridge overshoots every reversal)")
+    p.add_argument('--sim-speed', type=float, default=2.0,
+                   help='simulated camera speed in m/s (2; the miniature decoder carries baselines up to ~0.5-1 m '
+                        'per pose step, and a 2-core CPU runs ~3-4 pose steps/s: faster drives come out short)')
     p.add_argument('--bag', help='replay this ROS 2 bag instead of running the simulator')
     p.add_argument('--events-topic', default='/event_camera/events', help='events topic in --bag')
     p.add_argument('--camera-info-topic', default='/event_camera/camera_info', help='camera_info topic in --bag')
@@ -346,8 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line with the defaults that depend on other options filled in (``--sim-seconds``)."""
     args = build_parser().parse_args(argv)
+    if args.sim_seconds is None:
+        args.sim_seconds = 32.0 if args.sim_trajectory == 'drive' else 4.0
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpts = resolve_checkpoints(args)

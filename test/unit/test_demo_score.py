@@ -135,10 +135,14 @@ def test_panel_trajectory_is_not_joined_across_a_restart(tmp_path):
 
 
 def test_demo_simulator_trajectory_option():
-    """``--sim-trajectory``: the looping back-and-forth path by default, 'drive' (forward, like the training data) on
-    request; anything else is refused by the parser."""
-    from realm_ros.demo import build_parser
-    assert build_parser().parse_args([]).sim_trajectory == 'loop'
-    assert build_parser().parse_args(['--sim-trajectory', 'drive']).sim_trajectory == 'drive'
+    """``--sim-trajectory``: a forward drive at 2 m/s by default (long enough for the warm-up and the recording
+    without the jump back of a looping sequence), the back-and-forth loop on request; anything else is refused."""
+    from realm_ros.demo import build_parser, parse_args
+    args = parse_args([])
+    assert (args.sim_trajectory, args.sim_speed, args.sim_seconds) == ('drive', 2.0, 32.0)
+    assert args.sim_seconds > 10 + args.duration                  # warm-up ~10 s + the recording, no loop jump
+    loop = parse_args(['--sim-trajectory', 'loop'])
+    assert (loop.sim_trajectory, loop.sim_seconds) == ('loop', 4.0)
+    assert parse_args(['--sim-trajectory', 'loop', '--sim-seconds', '7']).sim_seconds == 7.0
     with pytest.raises(SystemExit):
         build_parser().parse_args(['--sim-trajectory', 'circle'])
