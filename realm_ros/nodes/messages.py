@@ -74,13 +74,22 @@ class OutputPublisher:
         """False once the node's context is shut down (Ctrl-C): workers finishing a window publish nothing."""
         return bool(self.publishers) and self._node.context.ok()
 
+    def _send(self, pub: Any, msg: Any) -> None:
+        """Publish, unless the context was shut down (Ctrl-C) between the :meth:`_live` check and the call: rcl then
+        refuses ("publisher's context is invalid") and the message is dropped quietly; other failures propagate."""
+        try:
+            pub.publish(msg)
+        except Exception:                   # rclpy raises its RCLError here; re-raised while the context lives
+            if self._live():
+                raise
+
     def _publish(self, group: str, msgs: Dict[str, Any]) -> None:
         if not self._live():
             return
         for key, msg in msgs.items():
             pub = self.publishers.get(key)
             if pub is not None:
-                pub.publish(msg)
+                self._send(pub, msg)
         with self._lock:
             self._last[group] = msgs
 
@@ -135,7 +144,7 @@ class OutputPublisher:
             tr.transform.translation.x, tr.transform.translation.y, tr.transform.translation.z = \
                 p.position.x, p.position.y, p.position.z
             tr.transform.rotation = p.orientation
-            self._tf.publish(TFMessage(transforms=[tr]))
+            self._send(self._tf, TFMessage(transforms=[tr]))
         if Odometry is not None and self._p('odometry.publish'):
             odom = Odometry()
             odom.header = header
