@@ -72,6 +72,10 @@ class PoseOutput:
     pose: Optional[PoseEstimate] = None
     matches_image: Optional[np.ndarray] = None
     timings_ms: Dict[str, float] = field(default_factory=dict)
+    # the appearance gate's measure of this step's keyframe and view, and the gate's threshold (None: not computed,
+    # e.g. no keyframe yet or pose.symmetric false)
+    view_similarity: Optional[float] = None
+    min_view_similarity: Optional[float] = None
 
 
 class PoseTracker:
@@ -162,21 +166,25 @@ class PoseTracker:
         return d[0, 0].float().cpu().numpy()
 
     def _symmetric_pose(self, kf: Any, cur_tokens: torch.Tensor, size: Tuple[int, int], K_model: np.ndarray,
-                        timings_ms: Optional[Dict[str, float]] = None,
+                        out: Optional[PoseOutput] = None,
                         depth_current: Optional[Callable[[], Optional[np.ndarray]]] = None) -> Tuple[Any, Any]:
         """``pose.symmetric``: both decoder orders, combined pose, gates calibrated for the loaded decoder
         (:mod:`realm_ros.geometry.symmetric`); returns (PoseResult, matches of the keyframe-first order) and adds
-        the stage times to ``timings_ms`` (``pose_decoder_ms``, ``pose_matching_direct_ms``, ...)."""
+        the stage times to ``out.timings_ms`` (``pose_decoder_ms``, ``pose_matching_direct_ms``, ...) and the
+        appearance gate's measure and threshold to ``out``."""
         from realm_ros.geometry.relative_pose import MatchingParams
         from realm_ros.geometry.symmetric import gates_for_decoder, symmetric_relative_pose
         pipe = self._pipe
+        gates = gates_for_decoder(pipe.mast3r, kf.source)
         est = symmetric_relative_pose(pipe.mast3r, kf, cur_tokens, size, K_model, pnp=pipe._pnp_params,
                                       matching=MatchingParams(subsample=pipe.config.match_subsample, border=3),
-                                      gates=gates_for_decoder(pipe.mast3r, kf.source),
-                                      decoder_dtype=pipe.pose_decoder_dtype,
+                                      gates=gates, decoder_dtype=pipe.pose_decoder_dtype,
                                       depth_keyframe=kf.extras.get('depth'), depth_current=depth_current)
-        if timings_ms is not None:
-            timings_ms.update({f'pose_{k}_ms': v * 1e3 for k, v in est.timings_s.items()})
+        if out is not None:
+            out.timings_ms.update({f'pose_{k}_ms': v * 1e3 for k, v in est.timings_s.items()})
+            if est.view_similarity is not None and np.isfinite(est.view_similarity):
+                out.view_similarity = float(est.view_similarity)
+                out.min_view_similarity = float(gates.min_view_similarity) if gates.publish else None
         return est.pose, est.matches
 
     def _gate_direct(self, result: Any, kf: Any, cur_tokens: torch.Tensor, size: Tuple[int, int]) -> Any:
@@ -296,7 +304,7 @@ class PoseTracker:
                 out.matches_image = render.draw_matches(picture, picture, np.zeros((0, 2)), np.zeros((0, 2)))
                 return
         if cfg.pose_symmetric:
-            result, matches = self._symmetric_pose(kf, cur_tokens, size, K_model, out.timings_ms,
+            result, matches = self._symmetric_pose(kf, cur_tokens, size, K_model, out,
                                                    depth_current=lambda: depth_of(inp))
         else:
             pred1, pred2 = pipe.mast3r(kf.tokens, cur_tokens, kf.image_shape, size)

@@ -36,7 +36,7 @@ import numpy as np
 
 from .core import PipelineOutput, RealmPipeline, WindowSkipped
 from .pose_tracker import PoseInput, PoseOutput
-from .stats import Counters, LatencyTracker, LogThrottle, RateMeter
+from .stats import Counters, LatencyTracker, LogThrottle, RateMeter, ValueTracker
 from .stream import EventStream
 from .windows import Window
 
@@ -128,6 +128,8 @@ class PipelineRunner:
         # time = the worker waited for a core (other processes, the other worker) rather than computed
         self.cpu = {'dense': LatencyTracker(), 'pose': LatencyTracker()}
         self.pose_stages: Dict[str, LatencyTracker] = {}              # per-stage times of the pose steps
+        self.pose_similarity = ValueTracker(maxlen=200)               # the appearance gate's measure per step
+        self.pose_similarity_min = float('nan')                       # and its threshold (last seen)
         self.last_error = ''
         self.hold_active = False
         self.hold_reason = ''
@@ -334,6 +336,7 @@ class PipelineRunner:
                     break
                 self.processing['pose'].add(time.monotonic() - t0)
                 self._pose_stage_times(getattr(out, 'timings_ms', None) or {})
+                self._pose_similarity(out)
                 self.sink.pose(out, frame_id)
                 self.cpu['pose'].add(time.thread_time() - c0)
                 self.counters.add('pose_steps')
@@ -345,6 +348,16 @@ class PipelineRunner:
                 self.last_error = str(exc)
             except Exception as exc:  # noqa: BLE001
                 self._error('pose', exc)
+
+    def _pose_similarity(self, out: Any) -> None:
+        """Keep the appearance gate's view similarity of a pose step and its threshold (for /diagnostics)."""
+        sim = getattr(out, 'view_similarity', None)
+        if sim is None:
+            return
+        self.pose_similarity.add(sim)
+        threshold = getattr(out, 'min_view_similarity', None)
+        if threshold is not None:
+            self.pose_similarity_min = float(threshold)
 
     def _pose_stage_times(self, timings_ms: Dict[str, float]) -> None:
         """Keep the per-stage times of a pose step (``pose_decoder_ms``, ``pose_matching_direct_ms``, ...)."""
@@ -406,6 +419,10 @@ class PipelineRunner:
         values['pose_published_rate_hz'] = self.rates['pose_published'].rate()
         values['pose_published_latency_ms_p50'] = lat.get('p50', nan)
         values['pose_published_latency_ms_p95'] = lat.get('p95', nan)
+        sim = self.pose_similarity.percentiles() or {}               # why steps end as dissimilar_views
+        values['pose_view_similarity_p10'] = sim.get('p10', nan)
+        values['pose_view_similarity_p50'] = sim.get('p50', nan)
+        values['pose_view_similarity_min'] = self.pose_similarity_min
         for key, tracker in sorted(self.pose_stages.items()):          # where a pose step's time goes
             stage = tracker.percentiles_ms() or {}
             values[f'{key}_p50'] = stage.get('p50', nan)

@@ -57,6 +57,26 @@ class LatencyTracker:
         return {('max' if q == 100 else f'p{q:g}'): float(np.percentile(data, q)) for q in qs}
 
 
+class ValueTracker:
+    """The last ``maxlen`` values of a measure (e.g. the appearance gate's view similarity) and their percentiles."""
+
+    def __init__(self, maxlen: int = 200) -> None:
+        self._lock = threading.Lock()
+        self._samples: Deque[float] = collections.deque(maxlen=maxlen)
+
+    def add(self, value: float) -> None:
+        with self._lock:
+            self._samples.append(float(value))
+
+    def percentiles(self, qs: Tuple[float, ...] = (10, 50)) -> Optional[Dict[str, float]]:
+        """``{'p10': v, 'p50': v}`` (``None`` before the first sample)."""
+        with self._lock:
+            if not self._samples:
+                return None
+            data = np.asarray(self._samples)
+        return {f'p{q:g}': float(np.percentile(data, q)) for q in qs}
+
+
 class RateMeter:
     """Rate of events over a sliding wall-clock window (e.g. packets/s, events/s, outputs/s)."""
 

@@ -26,6 +26,7 @@ class TimedPipeline:
         self.dense_calls, self.pose_calls, self.resets = [], [], 0
         self.pose_started = threading.Event()
         self.pose_value = None                # what process_pose returns as the estimate (None: rejected)
+        self.similarities = []                # appearance-gate measures of the steps, in turn (then none)
 
     def process_dense(self, events, height, width, K, stamp_ns, on_pose_input=None):
         """The encoder takes ``encoder_share`` of ``dense_s``: the pose input is handed over then, the heads take
@@ -53,6 +54,8 @@ class TimedPipeline:
         out = PoseOutput(inp.stamp_ns, pose=self.pose_value, matches_image=np.zeros((2, 4, 3), np.uint8))
         out.timings_ms.update(pose_ms=self.pose_s * 1e3, pose_decoder_ms=self.pose_s * 600.0,
                               pose_matching_direct_ms=self.pose_s * 150.0)
+        if self.similarities:
+            out.view_similarity, out.min_view_similarity = self.similarities.pop(0), 0.96
         return out
 
     def reset(self):
@@ -303,6 +306,26 @@ def test_real_pipeline_in_the_runner(tmp_path):
     finally:
         runner.stop(timeout=5)
     assert pipe.diagnostics()['keyframes'] >= 1
+    d = runner.diagnostics()                 # steps after the first had a keyframe: the gate measured them
+    assert -1.0 <= d['pose_view_similarity_p10'] <= d['pose_view_similarity_p50'] <= 1.0
+    assert d['pose_view_similarity_min'] == -1.0            # random decoder, no calibrated gates: nothing rejected
+
+
+def test_diagnostics_report_the_appearance_gate_measure_and_threshold():
+    pipe = TimedPipeline(dense_s=0.01, pose_s=0.01)
+    pipe.similarities = [0.90, 0.99, 0.95, 0.97, 0.98]
+    stream, sink, runner = make(pipe)
+    assert np.isnan(runner.diagnostics()['pose_view_similarity_p50'])      # nothing measured yet
+    runner.start()
+    try:
+        feed(stream, runner, 12, 0.03)
+        assert wait(lambda: len(pipe.pose_calls) >= 6)
+    finally:
+        assert runner.stop(timeout=2.0)
+    d = runner.diagnostics()
+    assert d['pose_view_similarity_p50'] == pytest.approx(0.97)
+    assert d['pose_view_similarity_p10'] == pytest.approx(np.percentile([0.90, 0.99, 0.95, 0.97, 0.98], 10))
+    assert d['pose_view_similarity_min'] == 0.96
 
 
 @pytest.mark.skipif(not __import__('torch').cuda.is_available(), reason='needs a CUDA device')
