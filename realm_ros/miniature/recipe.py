@@ -507,8 +507,7 @@ class Recipe:
             t0 = time.time()
             dec, refined = refine_decoder(c, load_dune_mast3r(self.shipped('mast3r'), device=str(self.device)),
                                           dune, self.cfg.image_size, self.device, self.log)
-            record = dict(phase1_done, config=asdict(c), refine=refined)
-            record.pop('key', None)
+            record = dict(phase1_done, config=asdict(c), refine=refined)      # finish() writes the new key
             record['stage_seconds'] = round((phase1_done.get('stage_seconds') or 0.0) + time.time() - t0, 1)
             st.dir.mkdir(parents=True, exist_ok=True)
         else:
@@ -755,8 +754,7 @@ class Recipe:
     def _stage_seconds(self) -> Dict[str, Optional[float]]:
         out: Dict[str, Optional[float]] = {}
         for name in STAGES[:-2]:
-            marker = self.work / name / 'done.json'
-            info = json.loads(marker.read_text()) if marker.is_file() else {}
+            info = self._marker_record(name)
             out[name] = info.get('stage_seconds', info.get('seconds'))
         out['evaluate'] = self.timings.get('evaluate')
         return out

@@ -166,7 +166,7 @@ class PoseTracker:
         return d[0, 0].float().cpu().numpy()
 
     def _symmetric_pose(self, kf: Any, cur_tokens: torch.Tensor, size: Tuple[int, int], K_model: np.ndarray,
-                        out: Optional[PoseOutput] = None,
+                        out: PoseOutput,
                         depth_current: Optional[Callable[[], Optional[np.ndarray]]] = None) -> Tuple[Any, Any]:
         """``pose.symmetric``: both decoder orders, combined pose, gates calibrated for the loaded decoder
         (:mod:`realm_ros.geometry.symmetric`); returns (PoseResult, matches of the keyframe-first order) and adds
@@ -180,11 +180,10 @@ class PoseTracker:
                                       matching=MatchingParams(subsample=pipe.config.match_subsample, border=3),
                                       gates=gates, decoder_dtype=pipe.pose_decoder_dtype,
                                       depth_keyframe=kf.extras.get('depth'), depth_current=depth_current)
-        if out is not None:
-            out.timings_ms.update({f'pose_{k}_ms': v * 1e3 for k, v in est.timings_s.items()})
-            if est.view_similarity is not None and np.isfinite(est.view_similarity):
-                out.view_similarity = float(est.view_similarity)
-                out.min_view_similarity = float(gates.min_view_similarity) if gates.publish else None
+        out.timings_ms.update({f'pose_{k}_ms': v * 1e3 for k, v in est.timings_s.items()})
+        if np.isfinite(est.view_similarity):                         # NaN: rejected before it was measured
+            out.view_similarity = float(est.view_similarity)
+            out.min_view_similarity = float(gates.min_view_similarity) if gates.publish else None
         return est.pose, est.matches
 
     def _gate_direct(self, result: Any, kf: Any, cur_tokens: torch.Tensor, size: Tuple[int, int]) -> Any:

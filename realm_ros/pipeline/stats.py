@@ -33,30 +33,6 @@ class Counters:
             self._values.clear()
 
 
-class LatencyTracker:
-    """The last ``maxlen`` latency samples (seconds) and their percentiles in milliseconds."""
-
-    def __init__(self, maxlen: int = 500) -> None:
-        self._lock = threading.Lock()
-        self._samples: Deque[float] = collections.deque(maxlen=maxlen)
-
-    def add(self, seconds: float) -> None:
-        with self._lock:
-            self._samples.append(float(seconds))
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._samples)
-
-    def percentiles_ms(self, qs: Tuple[float, ...] = (50, 95, 100)) -> Optional[Dict[str, float]]:
-        """``{'p50': ms, 'p95': ms, 'max': ms}`` (``None`` before the first sample)."""
-        with self._lock:
-            if not self._samples:
-                return None
-            data = np.asarray(self._samples) * 1e3
-        return {('max' if q == 100 else f'p{q:g}'): float(np.percentile(data, q)) for q in qs}
-
-
 class ValueTracker:
     """The last ``maxlen`` values of a measure (e.g. the appearance gate's view similarity) and their percentiles."""
 
@@ -68,13 +44,29 @@ class ValueTracker:
         with self._lock:
             self._samples.append(float(value))
 
-    def percentiles(self, qs: Tuple[float, ...] = (10, 50)) -> Optional[Dict[str, float]]:
-        """``{'p10': v, 'p50': v}`` (``None`` before the first sample)."""
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._samples)
+
+    def percentiles(self, qs: Tuple[float, ...] = (10, 50), scale: float = 1.0) -> Optional[Dict[str, float]]:
+        """``{'p10': v, 'p50': v}`` of the values times ``scale`` (q = 100 is named ``'max'``; ``None`` before the
+        first sample)."""
         with self._lock:
             if not self._samples:
                 return None
-            data = np.asarray(self._samples)
-        return {f'p{q:g}': float(np.percentile(data, q)) for q in qs}
+            data = np.asarray(self._samples) * scale
+        return {('max' if q == 100 else f'p{q:g}'): float(np.percentile(data, q)) for q in qs}
+
+
+class LatencyTracker(ValueTracker):
+    """The last ``maxlen`` latency samples (seconds) and their percentiles in milliseconds."""
+
+    def __init__(self, maxlen: int = 500) -> None:
+        super().__init__(maxlen)
+
+    def percentiles_ms(self, qs: Tuple[float, ...] = (50, 95, 100)) -> Optional[Dict[str, float]]:
+        """``{'p50': ms, 'p95': ms, 'max': ms}`` (``None`` before the first sample)."""
+        return self.percentiles(qs, scale=1e3)
 
 
 class RateMeter:

@@ -111,6 +111,18 @@ def wait(cond, timeout=10.0):
     return False
 
 
+def run_until(stream, runner, n_windows, period_s, cond, timeout=10.0):
+    """Start the runner, feed ``n_windows`` windows, wait for ``cond``, stop; True if ``cond`` held and the workers
+    ended within 2 s."""
+    runner.start()
+    try:
+        feed(stream, runner, n_windows, period_s)
+        held = wait(cond, timeout)
+    finally:
+        stopped = runner.stop(timeout=2.0)
+    return held and stopped
+
+
 def test_dense_outputs_do_not_wait_for_pose_and_pose_takes_the_newest_window():
     pipe = TimedPipeline(dense_s=0.01, pose_s=0.6)
     stream, sink, runner = make(pipe)
@@ -316,12 +328,7 @@ def test_diagnostics_report_the_appearance_gate_measure_and_threshold():
     pipe.similarities = [0.90, 0.99, 0.95, 0.97, 0.98]
     stream, sink, runner = make(pipe)
     assert np.isnan(runner.diagnostics()['pose_view_similarity_p50'])      # nothing measured yet
-    runner.start()
-    try:
-        feed(stream, runner, 12, 0.03)
-        assert wait(lambda: len(pipe.pose_calls) >= 6)
-    finally:
-        assert runner.stop(timeout=2.0)
+    assert run_until(stream, runner, 12, 0.03, lambda: len(pipe.pose_calls) >= 6)
     d = runner.diagnostics()
     assert d['pose_view_similarity_p50'] == pytest.approx(0.97)
     assert d['pose_view_similarity_p10'] == pytest.approx(np.percentile([0.90, 0.99, 0.95, 0.97, 0.98], 10))
@@ -378,12 +385,7 @@ def test_published_poses_have_their_own_rate_and_latency():
     pipe = TimedPipeline(dense_s=0.01, pose_s=0.05)
     pipe.pose_value = 'estimate'
     stream, sink, runner = make(pipe)
-    runner.start()
-    try:
-        feed(stream, runner, 10, 0.05)
-        assert wait(lambda: len(sink.pose_out) >= 3)
-    finally:
-        assert runner.stop(timeout=2.0)
+    assert run_until(stream, runner, 10, 0.05, lambda: len(sink.pose_out) >= 3)
     d = runner.diagnostics()
     assert d['pose_published_rate_hz'] > 0 and d['pose_published_rate_hz'] == pytest.approx(d['pose_rate_hz'], rel=0.05)
     assert d['pose_published_latency_ms_p50'] == pytest.approx(d['pose_latency_ms_p50'], rel=0.02)
