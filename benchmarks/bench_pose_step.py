@@ -5,6 +5,7 @@
     python benchmarks/bench_pose_step.py --repeats 5 --threads 1
     python benchmarks/bench_pose_step.py --json /tmp/pose_step.json
     python benchmarks/bench_pose_step.py --only-compute --compute-variants fp32:sqpnp fp32:ap3p bf16:sqpnp bf16:ap3p
+    python benchmarks/bench_pose_step.py --decoder-paths --repeats 5 --threads 1
 
 What it does:
 
@@ -298,6 +299,55 @@ def compute_breakdown(pipe: Any, inputs: List[Any], pairs: List[int], repeats: i
             'inliers_direct_median': {n: float(np.median(v)) if v else 0.0 for n, v in inl.items()}}
 
 
+def _previous_lean_pair(decoder: Any, t1: Any, t2: Any, grid: Any) -> Any:
+    """The decoder outputs of the pose step as computed before the lean head path (copied here for the comparison):
+    view 1 through the full head (DPT and local features concatenated, pixel shuffle), view 2's local features
+    concatenated with zero point channels, both post-processed from the concatenation."""
+    from realm_ros.models.mast3r.config import PATCH_SIZE
+    from realm_ros.models.mast3r.postprocess import postprocess_head_output
+    dec1, dec2 = decoder.decode(t1, t2, grid, grid)
+    head1, head2 = decoder.mast3r.downstream_head1, decoder.mast3r.downstream_head2
+    raw1 = head1(list(dec1), grid)
+    local = head2.head_local_features(torch.cat([dec2[0], dec2[-1]], dim=-1))
+    b = local.shape[0]
+    local = torch.nn.functional.pixel_shuffle(local.transpose(-1, -2).reshape(b, -1, *grid), PATCH_SIZE)
+    fmt = torch.channels_last if raw1.is_contiguous(memory_format=torch.channels_last) and not raw1.is_contiguous() \
+        else torch.contiguous_format
+    zeros = torch.zeros((b, head2.dpt.head[-1].out_channels, *local.shape[2:]), dtype=local.dtype)
+    raw2 = torch.cat([zeros.contiguous(memory_format=fmt), local], dim=1)
+    pred1, pred2 = postprocess_head_output(raw1, decoder.config), postprocess_head_output(raw2, decoder.config)
+    pred2.pop('pts3d')
+    pred2.pop('conf', None)
+    return pred1, pred2
+
+
+def decoder_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) -> Dict[str, Any]:
+    """CPU time of the pose step's decoder outputs (both orders batched, view 2 without points) through the lean
+    head path (``geometry.symmetric``: each part post-processed from its own map) against the previous path
+    (:func:`_previous_lean_pair`), interleaved pair by pair; every output is checked to be bit-identical."""
+    from realm_ros.geometry.symmetric import _decode_pair
+    dec = pipe.mast3r
+    size = (224, 224)
+    grid = (224 // 14, 224 // 14)
+    rows: Dict[str, List[float]] = {'previous': [], 'lean': []}
+    identical = True
+    with torch.inference_mode():
+        for rep in range(repeats + 1):
+            for k in pairs:
+                a, b = inputs[0].tokens, inputs[k].tokens
+                t1, t2 = torch.cat([a, b]), torch.cat([b, a])
+                out = {}
+                for name in (['previous', 'lean'] if (rep + k) % 2 == 0 else ['lean', 'previous']):
+                    c0 = time.thread_time()
+                    out[name] = (_previous_lean_pair(dec, t1, t2, grid) if name == 'previous'
+                                 else _decode_pair(dec, t1, t2, size, size, False))
+                    if rep:
+                        rows[name].append(time.thread_time() - c0)
+                identical &= all(set(p) == set(n) and all(torch.equal(p[key], n[key]) for key in p)
+                                 for p, n in zip(out['previous'], out['lean']))
+    return {'paths': {n: _stats(v) for n, v in rows.items()}, 'identical': bool(identical)}
+
+
 def _print_compute(result: Dict[str, Any]) -> None:
     names = list(result['variants'])
     base = names[0]
@@ -450,6 +500,8 @@ def main(argv: Any = None) -> int:
                         'PnP solver, or PRECISION:essential for the essential-matrix solver, e.g. fp32:sqpnp '
                         'fp32:essential bf16:ap3p; the first is the baseline of the ratios)')
     p.add_argument('--only-compute', action='store_true', help='only the --compute-variants timing')
+    p.add_argument('--decoder-paths', action='store_true',
+                   help='only the decoder outputs: lean head path vs the previous one (bit-identical, CPU time)')
     p.add_argument('--cache', default='/tmp/realm_pose_step_cache', help='simulated test scenes (.npz)')
     p.add_argument('--json', default=None)
     args = p.parse_args(argv)
@@ -466,6 +518,16 @@ def main(argv: Any = None) -> int:
     pairs = [k for k in (args.pairs or [1, 3, 6, 9, 12]) if 0 < k < len(inputs)]
     print(f'{len(inputs)} windows, set-up {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}; '
           f'pairs (keyframe 0, current k): {pairs}')
+    if args.decoder_paths:
+        out['decoder_paths'] = res = decoder_paths(pipe, inputs, pairs, args.repeats)
+        prev, lean = res['paths']['previous'], res['paths']['lean']
+        print(f"decoder outputs of the pose step (both orders, CPU ms, min / median of {len(pairs) * args.repeats}): "
+              f"previous {prev['min_ms']:.1f} / {prev['median_ms']:.1f}, lean {lean['min_ms']:.1f} / "
+              f"{lean['median_ms']:.1f} ({lean['median_ms'] / prev['median_ms']:.2f}x median); bit-identical: "
+              f"{res['identical']}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        return 0 if res['identical'] else 1
     if args.compute_variants:
         out['compute'] = compute_breakdown(pipe, inputs, pairs, args.repeats, args.compute_variants)
         _print_compute(out['compute'])

@@ -18,6 +18,8 @@ ROS-free (numpy, torch, OpenCV).
 """
 from __future__ import annotations
 
+import contextlib
+
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -173,22 +175,36 @@ def order_gate(res: PoseResult, gates: PoseGates) -> str:
     return ''
 
 
-def _descriptor_head(head: Any, tokens: list[Tensor], grid: tuple[int, int], like: Tensor) -> Tensor:
-    """``CatMlpDptHead.forward`` without its DPT branch: the raw head channels with the point / confidence channels
-    left at zero and the descriptor channels computed exactly as the full head does. ``like`` is the other view's
-    raw output of the same call: its memory format is the one the DPT branch gives (channels-last from the CPU
-    convolutions), which ``torch.cat`` passes on; the same layout makes the post-processed ``desc`` (normalised
-    over the channels) and ``desc_conf`` bit-identical."""
-    from realm_ros.models.mast3r.config import PATCH_SIZE
-    nh, nw = grid
-    local = head.head_local_features(torch.cat([tokens[0], tokens[-1]], dim=-1))     # (B, N, C * 14 * 14)
-    b = local.shape[0]
-    local = torch.nn.functional.pixel_shuffle(local.transpose(-1, -2).reshape(b, -1, nh, nw), PATCH_SIZE)
-    fmt = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous() \
-        else torch.contiguous_format
-    dense = torch.zeros((b, head.dpt.head[-1].out_channels, local.shape[2], local.shape[3]), dtype=local.dtype,
-                        device=local.device).contiguous(memory_format=fmt)
-    return torch.cat([dense, local], dim=1)
+def _autocast_to(device_type: str, dtype: torch.dtype | None) -> Any:
+    """Autocast to ``dtype`` (None: no context, exact fp32)."""
+    return torch.autocast(device_type=device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _lean_head_outputs(head: Any, tokens: list[Tensor], grid: tuple[int, int], config: Any,
+                       compute_dtype: torch.dtype | None, points: bool = True,
+                       channels_last: bool | None = None) -> tuple[dict[str, Tensor], bool]:
+    """Post-processed outputs of one view's ``catmlp+dpt`` head (``two_confs``): ``desc`` / ``desc_conf`` from the
+    local-feature channels, and with ``points`` also ``pts3d`` / ``conf`` from the DPT. Each part is
+    post-processed from its own map (:meth:`CatMlpDptHead.local_feature_map`), not from the concatenated raw
+    output: no pixel shuffle, no concatenation, no zero channels for a skipped DPT. The values are bit-identical to
+    ``postprocess_head_output(head(tokens))``: the channel reductions (descriptor and point norms) run over the same
+    memory layout as there, that of the DPT's output, which ``torch.cat`` passes on to the raw output (channels-last
+    from the CPU convolutions: no copy; otherwise the local map is laid out channel-first, one copy). Without
+    ``points``, ``channels_last`` gives that layout (the other view's of the same call). Returns the outputs and
+    the layout. ``compute_dtype``: the raw maps are computed under autocast to it and post-processed in fp32."""
+    from realm_ros.models.mast3r.postprocess import postprocess_local_features, postprocess_points
+    with _autocast_to(tokens[0].device.type, compute_dtype):
+        dense = head.dpt(tokens, grid) if points else None
+        local = head.local_feature_map(tokens, grid)
+    if dense is not None:
+        channels_last = dense.is_contiguous(memory_format=torch.channels_last) and not dense.is_contiguous()
+    local = local.float()
+    if not channels_last:
+        local = local.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    with torch.autocast(device_type=local.device.type, enabled=False):
+        out = postprocess_points(dense.float().permute(0, 2, 3, 1), config) if dense is not None else {}
+        out.update(postprocess_local_features(local, config))
+    return out, bool(channels_last)
 
 
 DECODER_DTYPES = {'fp32': None, 'bf16': torch.bfloat16}
@@ -205,8 +221,6 @@ def _decode_pair(decoder: Any, t1: Tensor, t2: Tensor, shape1: Any, shape2: Any,
     (an approximation: the raw head outputs are cast back to fp32 and post-processed in fp32); None: exact fp32."""
     from realm_ros.models.mast3r.heads import CatMlpDptHead
     from realm_ros.models.mast3r.model import DuneMast3rDecoder, _as_hw
-    from realm_ros.models.mast3r.postprocess import postprocess_head_output
-    device_type = t1.device.type
     if view2_points or not isinstance(decoder, DuneMast3rDecoder) or not decoder.config.two_confs \
             or not isinstance(decoder.mast3r.downstream_head2, CatMlpDptHead):
         if compute_dtype is None:
@@ -215,22 +229,14 @@ def _decode_pair(decoder: Any, t1: Tensor, t2: Tensor, shape1: Any, shape2: Any,
     hw1, hw2 = _as_hw(shape1, 'shape1'), _as_hw(shape2, 'shape2')
     grid1 = decoder._check_tokens(t1, hw1, 'tokens1')
     grid2 = decoder._check_tokens(t2, hw2, 'tokens2')
-    if compute_dtype is None:
+    with _autocast_to(t1.device.type, compute_dtype):
         dec1, dec2 = decoder.decode(t1, t2, grid1, grid2)
-        with torch.autocast(device_type=device_type, enabled=False):
-            raw1 = decoder.mast3r.downstream_head1([t.float() for t in dec1], grid1)
-            raw2 = _descriptor_head(decoder.mast3r.downstream_head2, [t.float() for t in dec2], grid2, raw1)
-    else:
-        with torch.autocast(device_type=device_type, dtype=compute_dtype):
-            dec1, dec2 = decoder.decode(t1, t2, grid1, grid2)
-            raw1 = decoder.mast3r.downstream_head1(list(dec1), grid1)
-            raw2 = _descriptor_head(decoder.mast3r.downstream_head2, list(dec2), grid2, raw1)
-        raw1, raw2 = raw1.float(), raw2.float()
-    with torch.autocast(device_type=device_type, enabled=False):
-        pred1 = postprocess_head_output(raw1, decoder.config)
-        pred2 = postprocess_head_output(raw2, decoder.config)
-    pred2.pop('pts3d')
-    pred2.pop('conf', None)
+    if compute_dtype is None:
+        dec1, dec2 = [t.float() for t in dec1], [t.float() for t in dec2]
+    m, cfg = decoder.mast3r, decoder.config
+    pred1, layout = _lean_head_outputs(m.downstream_head1, list(dec1), grid1, cfg, compute_dtype)
+    pred2, _ = _lean_head_outputs(m.downstream_head2, list(dec2), grid2, cfg, compute_dtype, points=False,
+                                  channels_last=layout)
     return pred1, pred2
 
 

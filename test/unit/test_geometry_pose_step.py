@@ -48,6 +48,26 @@ def test_view2_without_points_is_bit_identical(shapes, overrides):
 
 
 @pytest.mark.skipif(not MINI.is_file(), reason='miniature decoder not shipped')
+def test_lean_outputs_bit_identical_on_the_shipped_decoder():
+    """The node's case: the shipped decoder at 224 x 224, both orders batched. Its CPU DPT output is channels-last
+    (the tiny decoder's above is channel-first, as is a batch of one here), so the other layout branch of the lean
+    head path is checked."""
+    from realm_ros.geometry.symmetric import _lean_head_outputs
+    from realm_ros.models.mast3r.io import load_dune_mast3r
+    dec = load_dune_mast3r(MINI)
+    a, b = _tokens(256, 3), _tokens(256, 4)
+    with torch.inference_mode():
+        full = decode_both_orders(dec, a, b, (224, 224), (224, 224))
+        lean = decode_both_orders(dec, a, b, (224, 224), (224, 224), view2_points=False)
+        dec1, _ = dec.decode(torch.cat([a, b]), torch.cat([b, a]), (16, 16), (16, 16))     # batched, as above
+        _, channels_last = _lean_head_outputs(dec.mast3r.downstream_head1, list(dec1), (16, 16), dec.config, None)
+    assert channels_last == (a.device.type == 'cpu')
+    for f, g in zip(full, lean):
+        for key in g:
+            assert torch.equal(f[key], g[key]), key
+
+
+@pytest.mark.skipif(not MINI.is_file(), reason='miniature decoder not shipped')
 def test_symmetric_pose_identical_with_the_cheaper_step():
     """The shipped miniature decoder on two related token sets: the new defaults (view-2 pointmap skipped, pruned
     matching) and the previous step give the same matches, inliers, poses and covariances; stage timings reported."""

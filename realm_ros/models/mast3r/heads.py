@@ -34,3 +34,14 @@ class CatMlpDptHead(nn.Module):
         local = local.transpose(-1, -2).reshape(b, -1, nh, nw)
         local = F.pixel_shuffle(local, PATCH_SIZE)                    # (B, C, 14 nh, 14 nw)
         return torch.cat([dense, local], dim=1)
+
+    def local_feature_map(self, tokens: Sequence[Tensor], grid_hw: tuple[int, int]) -> Tensor:
+        """The local-feature channels of :meth:`forward` (same values), channels-last (B, 14 nh, 14 nw, C), in one
+        copy: what the descriptors are post-processed from, without the pixel shuffle and the concatenation with
+        the DPT's channels (the pose step's decoder outputs, ``geometry.symmetric``)."""
+        nh, nw = grid_hw
+        local = self.head_local_features(torch.cat([tokens[0], tokens[-1]], dim=-1))   # (B, N, C * 14 * 14)
+        b, c = local.shape[0], local.shape[-1] // PATCH_SIZE ** 2
+        # feature index c * 196 + i * 14 + j of token (y, x) is pixel (14 y + i, 14 x + j) of channel c
+        local = local.view(b, nh, nw, c, PATCH_SIZE, PATCH_SIZE).permute(0, 1, 4, 2, 5, 3)
+        return local.reshape(b, nh * PATCH_SIZE, nw * PATCH_SIZE, c)

@@ -17,9 +17,8 @@ def _dense_conf(x: Tensor, mode: Mode) -> Tensor:
     raise ValueError(f'bad confidence mode {mode!r}')
 
 
-def postprocess_head_output(raw: Tensor, config: DuneMast3rConfig) -> dict[str, Tensor]:
-    """Map raw head channels (B, C, H, W) to ``pts3d``, ``conf``, ``desc``, ``desc_conf`` (channels-last)."""
-    fmap = raw.permute(0, 2, 3, 1)
+def postprocess_points(fmap: Tensor, config: DuneMast3rConfig) -> dict[str, Tensor]:
+    """``pts3d`` (and ``conf`` when the model has one) from the DPT's channels, channels-last (B, H, W, 3 [+ 1])."""
     xyz = fmap[..., 0:3]
     kind = config.depth_mode[0]
     if kind == 'linear':
@@ -29,19 +28,31 @@ def postprocess_head_output(raw: Tensor, config: DuneMast3rConfig) -> dict[str, 
         unit = xyz / d.clip(min=1e-8)
         pts = unit * (d.square() if kind == 'square' else torch.expm1(d))
     out = {'pts3d': pts}
-    start = 3
     if config.conf_mode is not None:
         out['conf'] = _dense_conf(fmap[..., 3], config.conf_mode)
-        start = 4
-    desc = fmap[..., start:start + config.desc_dim]
+    return out
+
+
+def postprocess_local_features(fmap: Tensor, config: DuneMast3rConfig) -> dict[str, Tensor]:
+    """``desc`` and, with ``two_confs``, ``desc_conf`` from the local-feature channels, channels-last
+    (B, H, W, desc_dim [+ 1])."""
+    desc = fmap[..., :config.desc_dim]
     if config.desc_mode == 'norm':
         desc = desc / desc.norm(dim=-1, keepdim=True)
-    out['desc'] = desc
+    out = {'desc': desc}
     if config.two_confs:
         mode = config.effective_desc_conf_mode
         if mode is None:
             raise ValueError('two_confs needs a desc_conf_mode or conf_mode')
-        out['desc_conf'] = _dense_conf(fmap[..., start + config.desc_dim], mode)
-    elif 'conf' in out:
+        out['desc_conf'] = _dense_conf(fmap[..., config.desc_dim], mode)
+    return out
+
+
+def postprocess_head_output(raw: Tensor, config: DuneMast3rConfig) -> dict[str, Tensor]:
+    """Map raw head channels (B, C, H, W) to ``pts3d``, ``conf``, ``desc``, ``desc_conf`` (channels-last)."""
+    fmap = raw.permute(0, 2, 3, 1)
+    out = postprocess_points(fmap, config)
+    out.update(postprocess_local_features(fmap[..., 3 + int(config.conf_mode is not None):], config))
+    if not config.two_confs and 'conf' in out:
         out['desc_conf'] = out['conf'].clone()
     return out
