@@ -172,7 +172,8 @@ def view_similarity(tokens_a: Any, grid_a: tuple[int, int], tokens_b: Any, grid_
     if a.shape != b.shape:
         raise ValueError(f'the two views have different channel counts: {a.size // cells ** 2} vs '
                          f'{b.size // cells ** 2}')
-    return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-300))
+    cos = float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-300))
+    return min(1.0, max(-1.0, cos))          # rounding put two identical views at 1 + 2e-16
 
 
 def mode_for(keyframe_source: str, current_source: str = 'events') -> str:

@@ -138,6 +138,27 @@ def test_refinement_converges_from_a_perturbed_start():
     assert after < 0.2 * before
 
 
+def test_analytic_sampson_jacobian_equals_central_differences():
+    """The refinement's analytic Jacobian (rotation and translation-direction steps of ``_perturbed``) agrees with
+    central differences of the residuals, so it is the derivative the Gauss-Newton step needs."""
+    from realm_ros.geometry.pose import _homogeneous, _perturbed, _sampson_jacobian
+    rng = np.random.default_rng(3)
+    pts, xy_ref, xy_cur, R, t = _scene(rng, outliers=0.2, noise_px=0.5)
+    x1, x2 = normalised_pixels(xy_ref, K1), normalised_pixels(xy_cur, K2)
+    t = t / np.linalg.norm(t)
+    b1 = np.cross(t, [1.0, 0.0, 0.0])
+    b1 /= np.linalg.norm(b1)
+    basis = (b1, np.cross(t, b1))
+    r, J = _sampson_jacobian(R, t, basis, _homogeneous(x1), _homogeneous(x2))
+    np.testing.assert_array_equal(r, sampson_residuals(R, t, x1, x2))
+    for k in range(5):
+        d = np.zeros(5)
+        d[k] = 1e-6
+        num = (sampson_residuals(*_perturbed(R, t, basis, d), x1, x2)
+               - sampson_residuals(*_perturbed(R, t, basis, -d), x1, x2)) / 2e-6
+        np.testing.assert_allclose(J[:, k], num, rtol=1e-5, atol=1e-8 * np.abs(num).max())
+
+
 def test_normalised_pixels_invert_the_intrinsics():
     K = np.array([[300.0, 2.0, 100.0], [0.0, 310.0, 120.0], [0.0, 0.0, 1.0]])
     xy = np.array([[100.0, 120.0], [400.0, 20.0]])
