@@ -14,8 +14,9 @@ The perception node keeps up with the sensor by never letting one output wait fo
 
 Both workers run at a lower CPU priority (``nice``) and, on the CPU, with a bounded number of torch threads, so the
 thread that receives event packets (and the DDS threads of the process) always get a core: on an overloaded machine
-the node drops *windows*, never packets. The pose worker may run at a lower priority still (``pose_nice``), so that
-when the cores are shared the dense outputs keep their rate and pose takes what is left, and its rate may be capped
+the node drops *windows*, never packets. The pose worker may run at a lower priority still (``pose_nice``; the
+node's default is the same priority), so that when the cores are shared the dense outputs keep their rate and pose
+takes what is left, and its rate may be capped
 (``pose_max_rate_hz``, changeable while running) to leave CPU to the rest of the robot. Per-output rates and
 latencies (arrival of the packet that completed the window -> output handed to the sink) are kept separately
 (:meth:`diagnostics`).

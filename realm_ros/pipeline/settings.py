@@ -178,8 +178,9 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
             'the pose worker each use one core; the default of torch on CUDA)', int_range=(0, 256)),
     Setting('inference.nice', 10, 'CPU niceness of the inference threads (0-19; > 0 keeps event intake and DDS ahead '
             'of inference on a loaded CPU, so packets are never lost to a busy model)', int_range=(0, 19)),
-    Setting('inference.pose_nice', 15, 'CPU niceness of the pose worker (0-19; above inference.nice: when the cores '
-            'are shared, the dense outputs keep their rate and pose takes what is left)', int_range=(0, 19)),
+    Setting('inference.pose_nice', 10, 'CPU niceness of the pose worker (0-19; 10 = inference.nice: both workers '
+            'share the cores alike; above it, the dense outputs keep their rate and pose takes what is left)',
+            int_range=(0, 19)),
     Setting('pose.max_rate_hz', 0.0, 'upper bound of the pose steps per second (0: as often as the CPU allows; a '
             'cap leaves CPU to the rest of the robot)', runtime=True, float_range=(0.0, 1000.0)),
     Setting('pose.wait_for_fresh_tokens', True, 'the pose worker exchanges tokens that waited more than half a window '
