@@ -6,6 +6,7 @@
     python benchmarks/bench_pose_step.py --json /tmp/pose_step.json
     python benchmarks/bench_pose_step.py --only-compute --compute-variants fp32:sqpnp fp32:ap3p bf16:sqpnp bf16:ap3p
     python benchmarks/bench_pose_step.py --decoder-paths --repeats 5 --threads 1
+    python benchmarks/bench_pose_step.py --refine-paths
 
 What it does:
 
@@ -348,6 +349,58 @@ def decoder_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) 
     return {'paths': {n: _stats(v) for n, v in rows.items()}, 'identical': bool(identical)}
 
 
+def _previous_refine(R: Any, t: Any, x_ref: Any, x_cur: Any, huber: float, iterations: int = 10) -> Any:
+    """``refine_two_view`` as it was before the analytic Jacobian (central differences; copied for the comparison)."""
+    from realm_ros.geometry.pose import _perturbed, sampson_residuals
+    R, t = np.asarray(R, np.float64), np.asarray(t, np.float64) / np.linalg.norm(t)
+    for _ in range(iterations):
+        a = np.array([1.0, 0.0, 0.0]) if abs(t[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        b1 = np.cross(t, a)
+        b1 /= np.linalg.norm(b1)
+        basis = (b1, np.cross(t, b1))
+        r0 = sampson_residuals(R, t, x_ref, x_cur)
+        J = np.empty((r0.size, 5))
+        for k in range(5):
+            d = np.zeros(5)
+            d[k] = 1e-7
+            J[:, k] = (sampson_residuals(*_perturbed(R, t, basis, d), x_ref, x_cur)
+                       - sampson_residuals(*_perturbed(R, t, basis, -d), x_ref, x_cur)) / 2e-7
+        ar = np.abs(r0)
+        w = np.where(ar <= huber, 1.0, huber / np.maximum(ar, 1e-30)) if huber > 0 else np.ones_like(r0)
+        H = J.T @ (J * w[:, None])
+        step = -np.linalg.solve(H + 1e-12 * np.trace(H) * np.eye(5), J.T @ (w * r0))
+        R, t = _perturbed(R, t, basis, step)
+        if float(np.linalg.norm(step)) < 1e-10:
+            break
+    return R, t
+
+
+def refine_paths(problems: int = 30, points: int = 400, seed: int = 1) -> Dict[str, Any]:
+    """The essential solver's refinement (``refine_two_view``, analytic Jacobian) against the previous central
+    differences on synthetic two-view problems (noise, 10 % outliers, Huber weights as the node's 2 px at f = 150),
+    interleaved; the largest rotation / direction difference between the two results."""
+    from realm_ros.geometry.pose import _so3_exp, refine_two_view, rotation_angle_deg
+    rng = np.random.default_rng(seed)
+    rows: Dict[str, List[float]] = {'previous': [], 'analytic': []}
+    worst = 0.0
+    for i in range(problems):
+        R_true, t_true = _so3_exp(rng.normal(size=3) * 0.05), rng.normal(size=3)
+        X = np.c_[rng.uniform(-3, 3, (points, 2)), rng.uniform(4, 20, points)]
+        Y = X @ R_true.T + t_true / np.linalg.norm(t_true)
+        x1, x2 = X[:, :2] / X[:, 2:], Y[:, :2] / Y[:, 2:] + rng.normal(size=(points, 2)) * 0.002
+        x2[:points // 10] += rng.normal(size=(points // 10, 2)) * 0.05
+        R0, t0 = _so3_exp(rng.normal(size=3) * 0.01) @ R_true, t_true + rng.normal(size=3) * 0.05
+        res = {}
+        for name in (['previous', 'analytic'] if i % 2 == 0 else ['analytic', 'previous']):
+            c0 = time.thread_time()
+            res[name] = (_previous_refine(R0, t0, x1, x2, 2 / 150) if name == 'previous'
+                         else refine_two_view(R0, t0, x1, x2, huber=2 / 150))
+            rows[name].append(time.thread_time() - c0)
+        (Ra, ta), (Rb, tb) = res['previous'], res['analytic']
+        worst = max(worst, rotation_angle_deg(Ra.T @ Rb), float(np.degrees(np.arccos(np.clip(ta @ tb, -1, 1)))))
+    return {'paths': {n: _stats(v) for n, v in rows.items()}, 'max_difference_deg': worst}
+
+
 def _print_compute(result: Dict[str, Any]) -> None:
     names = list(result['variants'])
     base = names[0]
@@ -500,6 +553,8 @@ def main(argv: Any = None) -> int:
                         'PnP solver, or PRECISION:essential for the essential-matrix solver, e.g. fp32:sqpnp '
                         'fp32:essential bf16:ap3p; the first is the baseline of the ratios)')
     p.add_argument('--only-compute', action='store_true', help='only the --compute-variants timing')
+    p.add_argument('--refine-paths', action='store_true',
+                   help="only the essential solver's refinement: analytic Jacobian vs central differences")
     p.add_argument('--decoder-paths', action='store_true',
                    help='only the decoder outputs: lean head path vs the previous one (bit-identical, CPU time)')
     p.add_argument('--cache', default='/tmp/realm_pose_step_cache', help='simulated test scenes (.npz)')
@@ -510,6 +565,16 @@ def main(argv: Any = None) -> int:
     if args.only_pnp_accuracy:
         out['pnp_accuracy'] = pnp_kernel_accuracy(args)
         _print_accuracy(out['pnp_accuracy'])
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        return 0
+    if args.refine_paths:
+        out['refine_paths'] = ref = refine_paths()
+        prev, new = ref['paths']['previous'], ref['paths']['analytic']
+        print(f"refine_two_view (CPU ms, min / median of {prev['n']}): central differences {prev['min_ms']:.2f} / "
+              f"{prev['median_ms']:.2f}, analytic {new['min_ms']:.2f} / {new['median_ms']:.2f} "
+              f"({new['median_ms'] / prev['median_ms']:.2f}x median); largest difference "
+              f"{ref['max_difference_deg']:.1e} deg")
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1, default=float))
         return 0

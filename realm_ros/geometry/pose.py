@@ -396,15 +396,16 @@ def _homogeneous(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x, np.ones((len(x), 1))], axis=1)
 
 
-def _sampson(E: np.ndarray, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _sampson(E: np.ndarray, h1: np.ndarray, h2: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Sampson distances of homogeneous correspondences ``h1`` / ``h2`` (N x 3) under ``E``, with the terms their
-    derivatives need: ``(residuals, E h1, E^T h2, sqrt(denominator))``."""
+    derivatives need: ``(residuals, numerator, E h1, E^T h2, sqrt(denominator))``."""
     Ex1 = h1 @ E.T
     Etx2 = h2 @ E
     num = np.sum(h2 * Ex1, axis=1)
     den = Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2
     root = np.sqrt(np.maximum(den, 1e-24))
-    return num / root, Ex1, Etx2, root
+    return num / root, num, Ex1, Etx2, root
 
 
 def sampson_residuals(R: np.ndarray, t: np.ndarray, x_ref: np.ndarray, x_cur: np.ndarray) -> np.ndarray:
@@ -426,14 +427,13 @@ def _sampson_jacobian(R: np.ndarray, t: np.ndarray, basis: tuple[np.ndarray, np.
     ``exp(w) R`` (``dE/dw_k = [t]x [e_k]x R``) and translation direction ``t + d3 b1 + d4 b2`` (``dE/dd = [b]x R``;
     the normalisation is of second order). For ``r = n / sqrt(q)``: ``dr = dn / sqrt(q) - n dq / (2 q^(3/2))``."""
     tx = _skew(t)
-    r, Ex1, Etx2, root = _sampson(tx @ R, h1, h2)
+    r, num, Ex1, Etx2, root = _sampson(tx @ R, h1, h2)
     gens = np.stack([tx @ _skew(e) @ R for e in np.eye(3)] + [_skew(b) @ R for b in basis])      # (5, 3, 3)
     dEx1 = np.matmul(h1, gens.transpose(0, 2, 1))            # (5, N, 3): G_k h1
     dEtx2 = np.matmul(h2, gens)                               # G_k^T h2
     dnum = np.sum(dEx1 * h2, axis=2)
     dden = 2.0 * (Ex1[:, 0] * dEx1[:, :, 0] + Ex1[:, 1] * dEx1[:, :, 1]
                   + Etx2[:, 0] * dEtx2[:, :, 0] + Etx2[:, 1] * dEtx2[:, :, 1])
-    num = r * root
     J = dnum / root - num * dden / (2.0 * root ** 3)
     return r, J.T
 
@@ -443,8 +443,8 @@ def refine_two_view(R: np.ndarray, t: np.ndarray, x_ref: np.ndarray, x_cur: np.n
     """Gauss-Newton on the Sampson residuals over rotation and translation *direction* (5 degrees of freedom);
     ``(R, t)`` of ``T_cur_ref`` with any ``|t| > 0``, returns ``(R, unit t)``. ``huber`` > 0 (normalised units):
     iteratively reweighted with Huber weights (outliers the RANSAC let through pull less). The Jacobian is analytic
-    (:func:`_sampson_jacobian`; it replaced central differences, ten residual evaluations per iteration: the same
-    minimum, ~1e-8 relative differences in the step, ~7x less work)."""
+    (:func:`_sampson_jacobian`; it replaced central differences, ten residual evaluations per iteration: refined
+    poses within 3e-6 deg of those, 2.4x less time per refinement)."""
     R = np.asarray(R, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64).reshape(3)
     t = t / np.linalg.norm(t)

@@ -19,7 +19,6 @@ ROS-free (numpy, torch, OpenCV).
 from __future__ import annotations
 
 import contextlib
-
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
