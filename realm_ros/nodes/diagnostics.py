@@ -7,9 +7,13 @@ from typing import Any, Dict, List, Optional
 from realm_ros.nodes import conversions as conv
 
 
-def events_values(stream: Any, k_source: str, camera_info: Any, camera_info_problem: str) -> Dict[str, Any]:
-    """Key/values of the events status (stream counters, decoder counters, camera model in use)."""
+def events_values(stream: Any, k_source: str, camera_info: Any, camera_info_problem: str,
+                  publishers: Optional[int] = None) -> Dict[str, Any]:
+    """Key/values of the events status (stream counters, decoder counters, camera model in use, and ``publishers``:
+    how many publishers the events subscription has matched, when it exists)."""
     values: Dict[str, Any] = dict(stream.diagnostics()) if stream is not None else {'packets': 0}
+    if publishers is not None:
+        values['publishers'] = int(publishers)
     values['intrinsics'] = k_source
     values['camera_info'] = ('ok' if camera_info is not None and not camera_info_problem else
                              camera_info_problem or 'not received: fallback intrinsics')
@@ -17,17 +21,21 @@ def events_values(stream: Any, k_source: str, camera_info: Any, camera_info_prob
 
 
 def node_statuses(name: str, stream: Any, runner: Any, pipeline: Any, *, k_source: str, camera_info: Any,
-                  camera_info_problem: str, last_error: str, memory: Optional[Dict[str, Any]] = None) -> List[Any]:
+                  camera_info_problem: str, last_error: str, memory: Optional[Dict[str, Any]] = None,
+                  events_publishers: Optional[int] = None) -> List[Any]:
     """The two DiagnosticStatus messages of a perception node (``memory``: a dict kept between calls, so that
-    "dropping windows" is reported while it happens, not forever after)."""
+    "dropping windows" is reported while it happens, not forever after; ``events_publishers``: publishers matched
+    by the events subscription, None while it does not exist)."""
     memory = {} if memory is None else memory
-    ev = events_values(stream, k_source, camera_info, camera_info_problem)
+    ev = events_values(stream, k_source, camera_info, camera_info_problem, events_publishers)
     problems = []
     if ev.get('bad_packets', 0) or ev.get('decode_errors', 0):
         problems.append('bad packets or decode errors')
     if camera_info is None or camera_info_problem:
         problems.append('no usable camera_info: fallback intrinsics')
-    if ev.get('packets', 0) == 0:
+    if ev.get('publishers') == 0:
+        problems.append('no publisher on the events topic')
+    elif ev.get('packets', 0) == 0:
         problems.append('no event packets received')
     frame = stream.frame_id if stream is not None else ''
     events_status = conv.diagnostic_status(f'{name}: events', 'WARN' if problems else 'OK',

@@ -320,10 +320,17 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().error(f'diagnostics failed: {exc}')
 
     def _diagnostic_statuses(self) -> list:
+        publishers = None
+        intake = self._intake
+        if intake is not None:
+            try:
+                publishers = intake.subscription.get_publisher_count()
+            except Exception:  # noqa: BLE001 - the subscription is being destroyed (deactivation)
+                publishers = None
         return node_statuses(self.get_fully_qualified_name(), self._stream, self._runner, self._pipeline,
                              k_source=self._k_source, camera_info=self._camera_info,
                              camera_info_problem=self._camera_info_problem, last_error=self._last_error,
-                             memory=self._diag_memory)
+                             memory=self._diag_memory, events_publishers=publishers)
 
 
 

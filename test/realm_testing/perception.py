@@ -222,7 +222,16 @@ class Probe:
         return predicate()
 
     def wait_for_subscriber(self, timeout: float = 30.0) -> bool:
-        return self.wait_for(lambda: self.events_pub.get_subscription_count() > 0, timeout)
+        """Wait until discovery has matched both ends of the events topic: this publisher sees the node's
+        subscription, and the node's diagnostics report that its subscription sees a publisher. (DDS discovery is
+        not symmetric: a best-effort reader drops what a writer it has not matched yet sends, so a burst published
+        as soon as the writer's side matches can be lost whole.)"""
+        def matched() -> bool:
+            if self.events_pub.get_subscription_count() == 0:
+                return False
+            events = self.latest_diagnostics().get('events', {})
+            return int(events.get('publishers', '0')) > 0
+        return self.wait_for(matched, timeout)
 
     def publish_camera_info(self, K: np.ndarray, width: int, height: int, frame_id: str, D: Sequence[float] = ()
                             ) -> None:

@@ -201,6 +201,25 @@ def test_diagnostics_levels_and_values():
         cv.diagnostic_status('x', 'BAD', '', {})
 
 
+def test_events_status_says_when_no_publisher_is_matched():
+    """The events status names the first thing a user must fix: no publisher on the topic (a remapping or QoS
+    mismatch) is told apart from a publisher that sends nothing."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from realm_ros.nodes.diagnostics import node_statuses
+
+    def events(publishers):
+        st = node_statuses('/realm', None, None, None, k_source='fallback', camera_info=None, camera_info_problem='',
+                           last_error='', events_publishers=publishers)[0]
+        return st, cv.diagnostic_values(st)
+    st, values = events(0)
+    assert st.level == DiagnosticStatus.WARN and values['publishers'] == '0'
+    assert 'no publisher on the events topic' in st.message and 'no event packets' not in st.message
+    st, values = events(2)
+    assert values['publishers'] == '2' and 'no event packets received' in st.message
+    st, values = events(None)                                   # no subscription (inactive node): no such key
+    assert 'publishers' not in values and 'no event packets received' in st.message
+
+
 def test_event_packet_payload_is_copied_once_into_a_byte_array():
     payload = np.arange(1000, dtype=np.uint16).tobytes()
     msg = cv.make_event_packet(payload, 'evt3', 640, 480, seq=7, stamp_ns=3_000_000_001, frame_id='cam')

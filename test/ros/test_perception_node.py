@@ -464,7 +464,8 @@ def test_sigint_ends_the_node_within_two_seconds_even_during_inference(checkpoin
         assert probe.wait_for_subscriber(30)
         probe.play(packets, rate=0)
         assert probe.wait_for(lambda: probe.latest_diagnostics() and
-                              int(probe.latest_diagnostics()['pipeline']['windows_processed']) >= 1, 60)
+                              int(probe.latest_diagnostics()['pipeline']['windows_processed']) >= 1, 60), (
+            probe.latest_diagnostics(), proc.output[-3000:])
         probe.play(packets, rate=0, stamp_shift_ns=3 * 10**9)            # keep the workers busy
         t0 = time.monotonic()
         for _ in range(signals):
