@@ -36,6 +36,7 @@ import numpy as np
 from .demo_panel import write_panel
 from .demo_scores import (Received, latency_breakdown, latency_by_output, latency_summary, packet_loss,
                           pose_outcomes, score, simulator_publishing, simulator_status)
+from .pipeline.settings import describe_unknown, unknown_setting_names
 
 NAMESPACE = '/realm_demo'
 NODE = 'perception_node'
@@ -351,7 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line with the defaults that depend on other options filled in (``--sim-seconds``)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for item in args.node_param:
+        if ':=' not in item:
+            parser.error(f'--node-param {item!r}: expected NAME:=VALUE')
+    unknown = unknown_setting_names(item.partition(':=')[0] for item in args.node_param)
+    if unknown:
+        parser.error(f'--node-param: unknown perception_node parameters: {describe_unknown(unknown)}')
     if args.sim_seconds is None:
         args.sim_seconds = 32.0 if args.sim_trajectory == 'drive' else 4.0
     return args

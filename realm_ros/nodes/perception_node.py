@@ -65,6 +65,9 @@ class PerceptionNode(LifecycleNode):
             self.declare_parameter(s.name, s.default, descriptor(s))
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
+        unknown = settings.unknown_setting_names(getattr(self, '_parameter_overrides', {}))
+        if unknown:             # rclpy drops overrides nobody declares: say so instead of running on the defaults
+            self.get_logger().warning(f'ignored unknown parameters: {settings.describe_unknown(unknown)}')
         self._log_handler = RosLogHandler(self)
         logging.getLogger('realm_ros').addHandler(self._log_handler)
         logging.getLogger('realm_ros').setLevel(logging.INFO)

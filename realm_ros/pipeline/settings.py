@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 #: QoS profile names accepted for outputs (realm_ros.nodes.qos.qos_from_name).
 QOS_NAMES = ('reliable', 'best_effort', 'sensor_data', 'system_default')
@@ -205,6 +205,30 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
 )
 
 SETTING_BY_NAME: Dict[str, Setting] = {s.name: s for s in PERCEPTION_SETTINGS}
+
+
+def unknown_setting_names(names: Iterable[str]) -> Dict[str, List[str]]:
+    """The names in ``names`` that are no setting, each with the settings it is close to (a misspelling), sorted.
+
+    ROS 2 ignores a parameter override whose name no node declares; a misspelled ``keyframe.max_translation``
+    would silently leave the default in place. ROS-level names (``use_sim_time``, ``qos_overrides.*``,
+    ``start_type_description_service``) are not reported."""
+    import difflib
+    out: Dict[str, List[str]] = {}
+    for name in sorted(set(names)):
+        if name in SETTING_BY_NAME or name in ROS_PARAMETER_NAMES or name.startswith('qos_overrides.'):
+            continue
+        out[name] = difflib.get_close_matches(name, list(SETTING_BY_NAME), n=3, cutoff=0.6)
+    return out
+
+
+def describe_unknown(unknown: Mapping[str, Sequence[str]]) -> str:
+    """``'a (did you mean b?), c'`` for :func:`unknown_setting_names`' result."""
+    return ', '.join(f'{n} (did you mean {" or ".join(c)}?)' if c else n for n, c in unknown.items())
+
+
+#: parameters every rclpy node may have besides its own
+ROS_PARAMETER_NAMES = frozenset({'use_sim_time', 'start_type_description_service'})
 
 
 def defaults() -> Dict[str, Any]:

@@ -41,7 +41,7 @@ def node(checkpoints, tmp_path_factory):
                           device='cuda' if CUDA_FALLBACK else 'cpu',
                           **{'window.count': 30000, 'matches.subsample': 16, 'memory_hold.timeout_s': 0.4,
                              'diagnostics.period_s': 0.25, 'pose.ransac_iterations': 200,
-                             'keyframe.max_failures': 1000})
+                             'keyframe.max_failures': 1000, 'keyframe.max_translation': 0.2})   # misspelled
     proc = NodeProcess(NAME, [params], {'events': EVENTS, 'camera_info': INFO})
     try:
         assert proc.wait_for_line('active: waiting for event packets', timeout=120), proc.output
@@ -154,6 +154,9 @@ def test_every_output_topic_from_the_real_recording(node, probe, packets):
     assert int(pipe['windows_processed']) >= 2 and float(pipe['latency_ms_p50']) > 0
     assert int(pipe['encoder_runs']) == int(pipe['windows_processed'])              # once per window, all heads
     assert pipe['device'] == 'cpu' and pipe['heads'] == 'depth,semantic,points,pose'
+    # the misspelled override of the fixture: ROS drops it, the node says so and names the parameter meant
+    assert 'ignored unknown parameters: keyframe.max_translation (did you mean keyframe.max_translation_m' \
+        in node.output
     if CUDA_FALLBACK:
         assert pipe['level'] == 1 and 'CUDA is not available' in pipe['message']
         assert 'CUDA is not available: running on CPU' in node.output

@@ -146,3 +146,18 @@ def test_demo_simulator_trajectory_option():
     assert parse_args(['--sim-trajectory', 'loop', '--sim-seconds', '7']).sim_seconds == 7.0
     with pytest.raises(SystemExit):
         build_parser().parse_args(['--sim-trajectory', 'circle'])
+
+
+def test_demo_refuses_unknown_node_parameters(capsys):
+    """A misspelled ``--node-param`` would otherwise be dropped by ROS and the demo run on the default: refused, with
+    the parameter it resembles; known names pass."""
+    from realm_ros.demo import parse_args
+    assert parse_args(['--node-param', 'keyframe.max_translation_m:=0.2']).node_param == [
+        'keyframe.max_translation_m:=0.2']
+    with pytest.raises(SystemExit):
+        parse_args(['--node-param', 'keyframe.max_translation:=0.2'])
+    assert 'keyframe.max_translation (did you mean keyframe.max_translation_m' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(['--node-param', 'window.count=3'])
+    assert "expected NAME:=VALUE" in capsys.readouterr().err
+

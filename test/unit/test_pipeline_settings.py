@@ -83,3 +83,14 @@ def test_parameter_changes_are_checked_like_the_node_does():
     assert 'cannot be enabled: no DUNE-MASt3R' in settings.check_changes({'heads.pose': True}, get, NoPose())
     assert '0 < min < max' in settings.check_changes({'depth.color_min_m': 100.0}, get, NoPose())
     assert dataclasses.is_dataclass(NoPose.config)
+
+
+def test_unknown_setting_names_with_suggestions():
+    from realm_ros.pipeline.settings import describe_unknown, unknown_setting_names
+    unknown = unknown_setting_names(['window.count', 'windw.count', 'use_sim_time', 'qos_overrides./x.depth',
+                                     'no_such_thing'])
+    assert list(unknown) == ['no_such_thing', 'windw.count'] and unknown['windw.count'][0] == 'window.count'
+    assert unknown['no_such_thing'] == []
+    assert describe_unknown(unknown) == ('no_such_thing, windw.count (did you mean '
+                                         + ' or '.join(unknown['windw.count']) + '?)')
+
