@@ -7,6 +7,7 @@
     python benchmarks/bench_pose_step.py --only-compute --compute-variants fp32:sqpnp fp32:ap3p bf16:sqpnp bf16:ap3p
     python benchmarks/bench_pose_step.py --decoder-paths --repeats 5 --threads 1
     python benchmarks/bench_pose_step.py --refine-paths
+    python benchmarks/bench_pose_step.py --local-feature-paths --repeats 5 --threads 1
 
 What it does:
 
@@ -349,6 +350,46 @@ def decoder_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) 
     return {'paths': {n: _stats(v) for n, v in rows.items()}, 'identical': bool(identical)}
 
 
+def _channel_major_local_map(head: Any, tokens: Any, grid: Any) -> Any:
+    """The local-feature map as computed before the pixel-major last layer (copied here for the comparison):
+    ``head_local_features`` as stored (features channel-major) and a permute copy that gathers with a stride of
+    14 x 14."""
+    from realm_ros.models.mast3r.config import PATCH_SIZE
+    nh, nw = grid
+    local = head.head_local_features(torch.cat([tokens[0], tokens[-1]], dim=-1))
+    b, c = local.shape[0], local.shape[-1] // PATCH_SIZE ** 2
+    local = local.view(b, nh, nw, c, PATCH_SIZE, PATCH_SIZE).permute(0, 1, 4, 2, 5, 3)
+    return local.reshape(b, nh * PATCH_SIZE, nw * PATCH_SIZE, c)
+
+
+def local_feature_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) -> Dict[str, Any]:
+    """CPU time of the local-feature map of one view (both orders batched, the shipped head, real decoder tokens):
+    channel-major last layer + strided layout copy (:func:`_channel_major_local_map`) against the pixel-major
+    ``CatMlpDptHead.local_feature_map``, interleaved; every map is checked to be bit-identical."""
+    dec = pipe.mast3r
+    grid = (224 // 14, 224 // 14)
+    rows: Dict[str, List[float]] = {'channel_major': [], 'pixel_major': []}
+    identical = True
+    with torch.inference_mode():
+        for rep in range(repeats + 1):
+            for k in pairs:
+                a, b = inputs[0].tokens, inputs[k].tokens
+                dec1, dec2 = dec.decode(torch.cat([a, b]), torch.cat([b, a]), grid, grid)
+                for head, toks in ((dec.mast3r.downstream_head1, list(dec1)), (dec.mast3r.downstream_head2,
+                                                                               list(dec2))):
+                    out = {}
+                    order = ['channel_major', 'pixel_major'] if (rep + k) % 2 == 0 else ['pixel_major',
+                                                                                         'channel_major']
+                    for name in order:
+                        c0 = time.thread_time()
+                        out[name] = (_channel_major_local_map(head, toks, grid) if name == 'channel_major'
+                                     else head.local_feature_map(toks, grid))
+                        if rep:
+                            rows[name].append(time.thread_time() - c0)
+                    identical &= torch.equal(out['channel_major'], out['pixel_major'])
+    return {'paths': {n: _stats(v) for n, v in rows.items()}, 'identical': bool(identical)}
+
+
 def _previous_refine(R: Any, t: Any, x_ref: Any, x_cur: Any, huber: float, iterations: int = 10) -> Any:
     """``refine_two_view`` as it was before the analytic Jacobian (central differences; copied for the comparison)."""
     from realm_ros.geometry.pose import _perturbed, sampson_residuals
@@ -557,6 +598,8 @@ def main(argv: Any = None) -> int:
                    help="only the essential solver's refinement: analytic Jacobian vs central differences")
     p.add_argument('--decoder-paths', action='store_true',
                    help='only the decoder outputs: lean head path vs the previous one (bit-identical, CPU time)')
+    p.add_argument('--local-feature-paths', action='store_true',
+                   help='only the local-feature map: pixel-major last layer vs channel-major (bit-identical, CPU)')
     p.add_argument('--cache', default='/tmp/realm_pose_step_cache', help='simulated test scenes (.npz)')
     p.add_argument('--json', default=None)
     args = p.parse_args(argv)
@@ -589,6 +632,16 @@ def main(argv: Any = None) -> int:
         print(f"decoder outputs of the pose step (both orders, CPU ms, min / median of {len(pairs) * args.repeats}): "
               f"previous {prev['min_ms']:.1f} / {prev['median_ms']:.1f}, lean {lean['min_ms']:.1f} / "
               f"{lean['median_ms']:.1f} ({lean['median_ms'] / prev['median_ms']:.2f}x median); bit-identical: "
+              f"{res['identical']}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        return 0 if res['identical'] else 1
+    if args.local_feature_paths:
+        out['local_feature_paths'] = res = local_feature_paths(pipe, inputs, pairs, args.repeats)
+        prev, new = res['paths']['channel_major'], res['paths']['pixel_major']
+        print(f"local-feature map of one view (both orders, CPU ms, min / median of {prev['n']}): channel-major "
+              f"{prev['min_ms']:.2f} / {prev['median_ms']:.2f}, pixel-major {new['min_ms']:.2f} / "
+              f"{new['median_ms']:.2f} ({new['median_ms'] / prev['median_ms']:.2f}x median); bit-identical: "
               f"{res['identical']}")
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1, default=float))

@@ -47,6 +47,36 @@ def test_view2_without_points_is_bit_identical(shapes, overrides):
             assert torch.equal(f[key], g[key]), (i, key)
 
 
+def test_local_feature_map_follows_parameter_changes_and_trains():
+    """The pixel-major copy of the last local-feature layer is cached: after a weight update (in place, as an
+    optimiser does) or a new state dict the map still equals the head's forward bit for bit; with gradients on, the
+    map is differentiable into that layer's weights."""
+    from realm_ros.models.mast3r.config import PATCH_SIZE
+
+    def channels(head, toks, grid):
+        raw = head(toks, grid)
+        return raw[:, raw.shape[1] - head.head_local_features.fc2.out_features // PATCH_SIZE ** 2:].permute(0, 2, 3, 1)
+    dec = _decoder(3)
+    head = dec.mast3r.downstream_head1
+    grid = (4, 5)
+    toks = [torch.randn(2, 20, dim) for dim in (dec.config.enc_embed_dim,) + (dec.config.dec_embed_dim,) * 3]
+    with torch.inference_mode():
+        assert torch.equal(head.local_feature_map(toks, grid), channels(head, toks, grid))
+    with torch.no_grad():
+        head.head_local_features.fc2.weight.mul_(1.5)
+        head.head_local_features.fc2.bias.add_(0.25)
+    with torch.inference_mode():
+        assert torch.equal(head.local_feature_map(toks, grid), channels(head, toks, grid))
+    other = _decoder(4).mast3r.downstream_head1.state_dict()
+    head.load_state_dict(other)
+    with torch.inference_mode():
+        assert torch.equal(head.local_feature_map(toks, grid), channels(head, toks, grid))
+    fc2 = head.head_local_features.fc2
+    fc2.weight.requires_grad_(True)
+    head.local_feature_map(toks, grid).square().sum().backward()
+    assert fc2.weight.grad is not None and float(fc2.weight.grad.abs().sum()) > 0
+
+
 @pytest.mark.skipif(not MINI.is_file(), reason='miniature decoder not shipped')
 def test_lean_outputs_bit_identical_on_the_shipped_decoder():
     """The node's case: the shipped decoder at 224 x 224, both orders batched. Its CPU DPT output is channels-last
