@@ -572,6 +572,21 @@ def _print_table(title: str, result: Dict[str, Any], keys: List[str]) -> None:
               f'{ratio:>22.2f}')
 
 
+def _write_json(path: Any, out: Dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(out, indent=1, default=float))
+
+
+def _print_paths(title: str, res: Dict[str, Any], before: str, after: str, digits: int = 1) -> None:
+    """One line comparing two interleaved code paths (min / median CPU ms and the median ratio) and whether their
+    outputs were bit-identical."""
+    a, b = res['paths'][before], res['paths'][after]
+    print(f"{title} (CPU ms, min / median of {a['n']}): {before.replace('_', '-')} {a['min_ms']:.{digits}f} / "
+          f"{a['median_ms']:.{digits}f}, {after.replace('_', '-')} {b['min_ms']:.{digits}f} / "
+          f"{b['median_ms']:.{digits}f} ({b['median_ms'] / a['median_ms']:.2f}x median); bit-identical: "
+          f"{res['identical']}")
+
+
 def main(argv: Any = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--models', default=str(REPO / 'models'))
@@ -608,8 +623,7 @@ def main(argv: Any = None) -> int:
     if args.only_pnp_accuracy:
         out['pnp_accuracy'] = pnp_kernel_accuracy(args)
         _print_accuracy(out['pnp_accuracy'])
-        if args.json:
-            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        _write_json(args.json, out)
         return 0
     if args.refine_paths:
         out['refine_paths'] = ref = refine_paths()
@@ -618,40 +632,27 @@ def main(argv: Any = None) -> int:
               f"{prev['median_ms']:.2f}, analytic {new['min_ms']:.2f} / {new['median_ms']:.2f} "
               f"({new['median_ms'] / prev['median_ms']:.2f}x median); largest difference "
               f"{ref['max_difference_deg']:.1e} deg")
-        if args.json:
-            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        _write_json(args.json, out)
         return 0
     t0 = time.perf_counter()
     pipe, inputs = _load(args)
     pairs = [k for k in (args.pairs or [1, 3, 6, 9, 12]) if 0 < k < len(inputs)]
     print(f'{len(inputs)} windows, set-up {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}; '
           f'pairs (keyframe 0, current k): {pairs}')
-    if args.decoder_paths:
-        out['decoder_paths'] = res = decoder_paths(pipe, inputs, pairs, args.repeats)
-        prev, lean = res['paths']['previous'], res['paths']['lean']
-        print(f"decoder outputs of the pose step (both orders, CPU ms, min / median of {len(pairs) * args.repeats}): "
-              f"previous {prev['min_ms']:.1f} / {prev['median_ms']:.1f}, lean {lean['min_ms']:.1f} / "
-              f"{lean['median_ms']:.1f} ({lean['median_ms'] / prev['median_ms']:.2f}x median); bit-identical: "
-              f"{res['identical']}")
-        if args.json:
-            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
-        return 0 if res['identical'] else 1
-    if args.local_feature_paths:
-        out['local_feature_paths'] = res = local_feature_paths(pipe, inputs, pairs, args.repeats)
-        prev, new = res['paths']['channel_major'], res['paths']['pixel_major']
-        print(f"local-feature map of one view (both orders, CPU ms, min / median of {prev['n']}): channel-major "
-              f"{prev['min_ms']:.2f} / {prev['median_ms']:.2f}, pixel-major {new['min_ms']:.2f} / "
-              f"{new['median_ms']:.2f} ({new['median_ms'] / prev['median_ms']:.2f}x median); bit-identical: "
-              f"{res['identical']}")
-        if args.json:
-            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+    if args.decoder_paths or args.local_feature_paths:
+        if args.decoder_paths:
+            out['decoder_paths'] = res = decoder_paths(pipe, inputs, pairs, args.repeats)
+            _print_paths('decoder outputs of the pose step (both orders)', res, 'previous', 'lean')
+        else:
+            out['local_feature_paths'] = res = local_feature_paths(pipe, inputs, pairs, args.repeats)
+            _print_paths('local-feature map of one view (both orders)', res, 'channel_major', 'pixel_major', 2)
+        _write_json(args.json, out)
         return 0 if res['identical'] else 1
     if args.compute_variants:
         out['compute'] = compute_breakdown(pipe, inputs, pairs, args.repeats, args.compute_variants)
         _print_compute(out['compute'])
         if args.only_compute:
-            if args.json:
-                Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+            _write_json(args.json, out)
             return 0
     out['breakdown'] = stage_breakdown(pipe, inputs, pairs, args.repeats)
     _print_table('symmetric_relative_pose', out['breakdown'],
@@ -666,8 +667,7 @@ def main(argv: Any = None) -> int:
     if args.pnp_accuracy:
         out['pnp_accuracy'] = pnp_kernel_accuracy(args)
         _print_accuracy(out['pnp_accuracy'])
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+    _write_json(args.json, out)
     ok = out['breakdown']['identical'] and out.get('whole', {}).get('identical', True)
     return 0 if ok else 1
 

@@ -52,7 +52,6 @@ from .teacher import TeacherConfig, train_teacher
 
 _LOG = logging.getLogger(__name__)
 
-
 _MISSING = object()
 
 
@@ -80,6 +79,7 @@ def _field_defaults(cfg: Any) -> Dict[str, Any]:
 
 class RecipeAdoptError(RealmError, ValueError):
     """A shipped directory cannot stand in for the training stages (names the file and what differs)."""
+
 
 __all__ = ['BagsConfig', 'RecipeAdoptError', 'HeadsRecipe', 'DistillRecipe', 'CalibrateRecipe', 'RecipeConfig',
            'PRESETS', 'SHIPPED_FILES',

@@ -328,8 +328,8 @@ class PerceptionNode(LifecycleNode):
         if intake is not None:
             try:
                 publishers = intake.subscription.get_publisher_count()
-            except Exception:  # noqa: BLE001 - the subscription is being destroyed (deactivation)
-                publishers = None
+            except Exception:  # noqa: BLE001 - the subscription is being destroyed (deactivation): no count
+                pass
         return node_statuses(self.get_fully_qualified_name(), self._stream, self._runner, self._pipeline,
                              k_source=self._k_source, camera_info=self._camera_info,
                              camera_info_problem=self._camera_info_problem, last_error=self._last_error,

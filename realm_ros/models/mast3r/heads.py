@@ -61,15 +61,15 @@ class CatMlpDptHead(nn.Module):
         ``load_state_dict`` or ``.to()`` rebuild it)."""
         fc2 = self.head_local_features.fc2
         w, b = fc2.weight, fc2.bias
+        training = torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad))
+        key = (w.data_ptr(), w._version, w.device, w.dtype, None if b is None else (b.data_ptr(), b._version))
+        cached = getattr(self, '_fc2_pixel_major', None)
+        if not training and cached is not None and cached[0] == key:
+            return cached[1], cached[2]
         c = w.shape[0] // PATCH_SIZE ** 2
         order = torch.arange(w.shape[0], device=w.device).view(c, PATCH_SIZE, PATCH_SIZE).permute(1, 2, 0).reshape(-1)
-        if torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad)):
-            return w[order], None if b is None else b[order]          # differentiable, not cached (training)
-        key = (w.data_ptr(), w._version, w.device, w.dtype,
-               None if b is None else (b.data_ptr(), b._version))
-        cached = getattr(self, '_fc2_pixel_major', None)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
+        if training:
+            return w[order], None if b is None else b[order]          # differentiable, not cached
         with torch.no_grad():
             weight = w.detach()[order].contiguous()
             bias = None if b is None else b.detach()[order].contiguous()
