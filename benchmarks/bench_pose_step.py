@@ -8,6 +8,7 @@
     python benchmarks/bench_pose_step.py --decoder-paths --repeats 5 --threads 1
     python benchmarks/bench_pose_step.py --refine-paths
     python benchmarks/bench_pose_step.py --local-feature-paths --repeats 5 --threads 1
+    python benchmarks/bench_pose_step.py --runtime-paths --repeats 3 --threads 1
 
 What it does:
 
@@ -93,7 +94,7 @@ def _load(args: argparse.Namespace):
     pipe = RealmPipeline(PipelineConfig(
         realm_checkpoint=str(m / 'mini_realm.safetensors'), dune_checkpoint=str(m / 'mini_teacher.safetensors'),
         mast3r_checkpoint=str(m / 'mini_mast3r.safetensors'), device=args.device, precision='fp32', heads=('pose',),
-        pnp_iterations=args.pnp_iterations))
+        pnp_iterations=args.pnp_iterations, pose_decoder_runtime=args.runtime))
     inputs = []
     for c in chunks:
         _out, pose_input = pipe.process_dense(c.events, 224, 224, sim.event_camera.K, c.t_end_ns)
@@ -572,6 +573,64 @@ def _print_table(title: str, result: Dict[str, Any], keys: List[str]) -> None:
               f'{ratio:>22.2f}')
 
 
+def runtime_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) -> Dict[str, Any]:
+    """CPU time of the pose step on the eager torch decoder against the OpenVINO-compiled decoder maps
+    (``pose.decoder_runtime``), interleaved pair by pair: the decoder outputs alone (both orders batched, view 2
+    without points) and the whole :func:`symmetric_relative_pose` with the decoder's calibrated gates. Reports the
+    largest difference of the decoder outputs (relative to each output's largest value) and of the poses, and
+    whether both published the same pairs."""
+    from realm_ros.geometry.gates import gates_for_decoder
+    from realm_ros.geometry.relative_pose import MatchingParams
+    from realm_ros.geometry.symmetric import decode_both_orders, symmetric_relative_pose
+    from realm_ros.models.mast3r.compiled import OpenVinoPairMaps
+    dec = pipe.mast3r
+    maps = OpenVinoPairMaps(dec)
+    size = (224, 224)
+    store = pipe.pose_tracker.keyframes
+    store.clear()
+    kf_in = inputs[0]
+    kf = store.add(kf_in.tokens, kf_in.cls, size, kf_in.K_model, kf_in.stamp_ns, source='events')
+    gates = gates_for_decoder(dec, kf.source)
+    kw = dict(pnp=pipe._pnp_params, matching=MatchingParams(subsample=8, border=3), gates=gates)
+    c0 = time.perf_counter()
+    maps(torch.cat([kf.tokens, kf.tokens]), torch.cat([kf.tokens, kf.tokens]), (16, 16), (16, 16))
+    compile_s = time.perf_counter() - c0
+    rows: Dict[str, List[float]] = defaultdict(list)
+    out_diff, t_diff, r_diff, same_publish = 0.0, 0.0, 0.0, True
+    with torch.inference_mode():
+        for rep in range(repeats + 1):
+            for k in pairs:
+                cur = inputs[k]
+                order = ['torch', 'openvino'] if (rep + k) % 2 == 0 else ['openvino', 'torch']
+                outs: Dict[str, Any] = {}
+                ests: Dict[str, Any] = {}
+                for name in order:
+                    m = maps if name == 'openvino' else None
+                    c0 = time.thread_time()
+                    outs[name] = decode_both_orders(dec, kf.tokens, cur.tokens, size, size, view2_points=False,
+                                                    maps=m)
+                    c1 = time.thread_time()
+                    ests[name] = symmetric_relative_pose(dec, kf, cur.tokens, size, cur.K_model, decoder_maps=m,
+                                                         **kw)
+                    c2 = time.thread_time()
+                    if rep:
+                        rows[f'decoder_{name}'].append(c1 - c0)
+                        rows[f'step_{name}'].append(c2 - c1)
+                for a, b in zip(outs['torch'], outs['openvino']):
+                    for key in a:
+                        scale = float(a[key].abs().max()) or 1.0
+                        out_diff = max(out_diff, float((a[key] - b[key]).abs().max()) / scale)
+                pa, pb = ests['torch'].pose, ests['openvino'].pose
+                same_publish &= pa.ok == pb.ok
+                if pa.ok and pb.ok:
+                    t_diff = max(t_diff, float(np.abs(pa.t - pb.t).max()))
+                    cos = (np.trace(pa.R.T @ pb.R) - 1) / 2
+                    r_diff = max(r_diff, float(np.degrees(np.arccos(np.clip(cos, -1, 1)))))
+    return {'paths': {n: _stats(v) for n, v in rows.items()}, 'compile_s': compile_s, 'openvino': maps.version,
+            'max_output_difference_rel': out_diff, 'max_translation_difference_m': t_diff,
+            'max_rotation_difference_deg': r_diff, 'same_published': bool(same_publish)}
+
+
 def _write_json(path: Any, out: Dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(out, indent=1, default=float))
@@ -615,6 +674,11 @@ def main(argv: Any = None) -> int:
                    help='only the decoder outputs: lean head path vs the previous one (bit-identical, CPU time)')
     p.add_argument('--local-feature-paths', action='store_true',
                    help='only the local-feature map: pixel-major last layer vs channel-major (bit-identical, CPU)')
+    p.add_argument('--runtime-paths', action='store_true',
+                   help='only the pose step on the eager torch decoder vs the OpenVINO-compiled one (CPU time, '
+                        'differences of outputs and poses)')
+    p.add_argument('--runtime', default='torch', choices=('torch', 'openvino', 'auto'),
+                   help="pose.decoder_runtime of the other sections (torch: the bit-identity checks hold)")
     p.add_argument('--cache', default='/tmp/realm_pose_step_cache', help='simulated test scenes (.npz)')
     p.add_argument('--json', default=None)
     args = p.parse_args(argv)
@@ -639,6 +703,20 @@ def main(argv: Any = None) -> int:
     pairs = [k for k in (args.pairs or [1, 3, 6, 9, 12]) if 0 < k < len(inputs)]
     print(f'{len(inputs)} windows, set-up {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}; '
           f'pairs (keyframe 0, current k): {pairs}')
+    if args.runtime_paths:
+        out['runtime_paths'] = res = runtime_paths(pipe, inputs, pairs, args.repeats)
+        for part, title in (('decoder', 'decoder outputs of the pose step (both orders)'),
+                            ('step', 'symmetric pose step (decoder, matching, solver, gates)')):
+            a, b = res['paths'][f'{part}_torch'], res['paths'][f'{part}_openvino']
+            print(f"{title} (CPU ms, min / median of {a['n']}): torch {a['min_ms']:.1f} / {a['median_ms']:.1f}, "
+                  f"openvino {b['min_ms']:.1f} / {b['median_ms']:.1f} ({b['median_ms'] / a['median_ms']:.2f}x "
+                  "median)")
+        print(f"OpenVINO {res['openvino']}, compile {res['compile_s']:.1f} s; largest output difference "
+              f"{res['max_output_difference_rel']:.1e} (relative); poses: translation "
+              f"{res['max_translation_difference_m']:.1e} m, rotation {res['max_rotation_difference_deg']:.1e} deg; "
+              f"same pairs published: {res['same_published']}")
+        _write_json(args.json, out)
+        return 0
     if args.decoder_paths or args.local_feature_paths:
         if args.decoder_paths:
             out['decoder_paths'] = res = decoder_paths(pipe, inputs, pairs, args.repeats)

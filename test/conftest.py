@@ -63,6 +63,33 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
+#: set in the environment of the pytest process that runs test/unit/openvino_cases.py (test_models_compiled.py)
+OPENVINO_IN_PROCESS = 'REALM_TEST_OPENVINO_IN_PROCESS'
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _eager_pose_decoder_in_this_process():
+    """Pipelines built in the test process itself resolve ``pose.decoder_runtime: auto`` to the eager torch decoder
+    (an explicit ``openvino`` is left alone): OpenVINO stays out of the process whose training tests fork data-loading
+    workers (test/unit/test_models_compiled.py says why). Its own tests run in a pytest process of their own; the
+    node tests run nodes as subprocesses with the default."""
+    if os.environ.get(OPENVINO_IN_PROCESS) == '1':
+        yield
+        return
+    try:
+        from realm_ros.pipeline.core import RealmPipeline
+    except ImportError:
+        yield
+        return
+    original = RealmPipeline._make_decoder_runtime
+
+    def eager_for_auto(self, cfg):
+        return None if cfg.pose_decoder_runtime == 'auto' else original(self, cfg)
+    RealmPipeline._make_decoder_runtime = eager_for_auto
+    yield
+    RealmPipeline._make_decoder_runtime = original
+
+
 @pytest.fixture(scope='session')
 def test_data() -> Path:
     return TEST_DATA

@@ -191,7 +191,6 @@ def _lean_head_outputs(head: Any, tokens: list[Tensor], grid: tuple[int, int], c
     from the CPU convolutions: no copy; otherwise the local map is laid out channel-first, one copy). Without
     ``points``, ``channels_last`` gives that layout (the other view's of the same call). Returns the outputs and
     the layout. ``compute_dtype``: the raw maps are computed under autocast to it and post-processed in fp32."""
-    from realm_ros.models.mast3r.postprocess import postprocess_local_features, postprocess_points
     with _autocast_to(tokens[0].device.type, compute_dtype):
         dense = head.dpt(tokens, grid) if points else None
         local = head.local_feature_map(tokens, grid)
@@ -200,24 +199,42 @@ def _lean_head_outputs(head: Any, tokens: list[Tensor], grid: tuple[int, int], c
     local = local.float()
     if not channels_last:
         local = local.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    return _postprocess_maps(dense.permute(0, 2, 3, 1) if dense is not None else None, local, config), \
+        bool(channels_last)
+
+
+def _postprocess_maps(dense: Tensor | None, local: Tensor, config: Any, raw_buffers: bool = False
+                      ) -> dict[str, Tensor]:
+    """``pts3d`` / ``conf`` of a channels-last DPT map (B, H, W, C; None: none) and ``desc`` / ``desc_conf`` of a
+    channels-last local-feature map, in fp32. ``raw_buffers``: the maps are a runtime's reused output buffers, so
+    an output that is a view of them (a linear point mode, unnormalised descriptors) is copied."""
+    from realm_ros.models.mast3r.postprocess import postprocess_local_features, postprocess_points
     with torch.autocast(device_type=local.device.type, enabled=False):
-        out = postprocess_points(dense.float().permute(0, 2, 3, 1), config) if dense is not None else {}
-        out.update(postprocess_local_features(local, config))
-    return out, bool(channels_last)
+        out = postprocess_points(dense.float(), config) if dense is not None else {}
+        out.update(postprocess_local_features(local.float(), config))
+    if raw_buffers:
+        raw = {m.untyped_storage().data_ptr() for m in (dense, local) if m is not None}
+        out = {k: v.clone() if v.untyped_storage().data_ptr() in raw else v for k, v in out.items()}
+    return out
 
 
 DECODER_DTYPES = {'fp32': None, 'bf16': torch.bfloat16}
 
 
 def _decode_pair(decoder: Any, t1: Tensor, t2: Tensor, shape1: Any, shape2: Any, view2_points: bool,
-                 compute_dtype: torch.dtype | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+                 compute_dtype: torch.dtype | None = None, maps: Any = None
+                 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """``decoder(t1, t2, shape1, shape2)``; with ``view2_points`` False, the ``catmlp+dpt`` head and a separate
     descriptor confidence (``two_confs``), view 2's DPT branch (points and their confidence, which pose never reads:
     PnP takes view 1's points) is skipped and view 2 gets only ``desc`` / ``desc_conf`` (bit-identical to the full
     forward).
 
     ``compute_dtype`` (e.g. ``torch.bfloat16``): the decoder blocks and the heads run under autocast to that type
-    (an approximation: the raw head outputs are cast back to fp32 and post-processed in fp32); None: exact fp32."""
+    (an approximation: the raw head outputs are cast back to fp32 and post-processed in fp32); None: exact fp32.
+
+    ``maps`` (e.g. :class:`realm_ros.models.mast3r.compiled.OpenVinoPairMaps`; needs ``view2_points`` False and no
+    ``compute_dtype``): computes the raw maps ``(dense1, local1, local2)`` of the pair instead of the eager decoder
+    (:class:`realm_ros.models.mast3r.compiled.PairMaps`); they are post-processed here as the eager ones are."""
     from realm_ros.models.mast3r.heads import CatMlpDptHead
     from realm_ros.models.mast3r.model import DuneMast3rDecoder, _as_hw
     if view2_points or not isinstance(decoder, DuneMast3rDecoder) or not decoder.config.two_confs \
@@ -228,6 +245,13 @@ def _decode_pair(decoder: Any, t1: Tensor, t2: Tensor, shape1: Any, shape2: Any,
     hw1, hw2 = _as_hw(shape1, 'shape1'), _as_hw(shape2, 'shape2')
     grid1 = decoder._check_tokens(t1, hw1, 'tokens1')
     grid2 = decoder._check_tokens(t2, hw2, 'tokens2')
+    if maps is not None:
+        if compute_dtype is not None:
+            raise ValueError('compiled decoder maps run in fp32: no compute_dtype')
+        dense1, local1, local2 = maps(t1, t2, grid1, grid2, copy=False)
+        cfg = decoder.config
+        return (_postprocess_maps(dense1, local1, cfg, raw_buffers=True),
+                _postprocess_maps(None, local2, cfg, raw_buffers=True))
     with _autocast_to(t1.device.type, compute_dtype):
         dec1, dec2 = decoder.decode(t1, t2, grid1, grid2)
     if compute_dtype is None:
@@ -240,7 +264,7 @@ def _decode_pair(decoder: Any, t1: Tensor, t2: Tensor, shape1: Any, shape2: Any,
 
 
 def decode_both_orders(decoder: Any, tokens_kf: Tensor, tokens_cur: Tensor, shape_kf: Any, shape_cur: Any, *,
-                       view2_points: bool = True, compute_dtype: torch.dtype | None = None
+                       view2_points: bool = True, compute_dtype: torch.dtype | None = None, maps: Any = None
                        ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
     """Decoder outputs of (keyframe, current) and (current, keyframe): ``(kf_direct, cur_direct, cur_swapped,
     kf_swapped)``, each with a batch dimension of 1. One batched call when both inputs have the same size.
@@ -248,23 +272,25 @@ def decode_both_orders(decoder: Any, tokens_kf: Tensor, tokens_cur: Tensor, shap
     ``view2_points`` False: the view-2 outputs (``cur_direct``, ``kf_swapped``) hold only ``desc`` and
     ``desc_conf`` (what matching and PnP read of view 2); the decoder then skips their DPT branch, which is about
     half of its head cost. The outputs that are returned are bit-identical either way. ``compute_dtype``: see
-    :func:`_decode_pair` (needs ``view2_points`` False)."""
+    :func:`_decode_pair` (needs ``view2_points`` False); so does ``maps`` (compiled raw maps, see there)."""
     if compute_dtype is not None and view2_points:
         raise ValueError('compute_dtype needs view2_points=False')
+    if maps is not None and view2_points:
+        raise ValueError('compiled decoder maps need view2_points=False')
     device = next(decoder.parameters()).device
     a = (tokens_kf if tokens_kf.ndim == 3 else tokens_kf[None]).to(device)
     b = (tokens_cur if tokens_cur.ndim == 3 else tokens_cur[None]).to(device)
     with torch.no_grad():
         if tuple(shape_kf) == tuple(shape_cur) and a.shape == b.shape:
             p1, p2 = _decode_pair(decoder, torch.cat([a, b]), torch.cat([b, a]), tuple(shape_kf), tuple(shape_cur),
-                                  view2_points, compute_dtype)
+                                  view2_points, compute_dtype, maps)
             first = {k: v[:1] for k, v in p1.items()}
             second = {k: v[:1] for k, v in p2.items()}
             swap1 = {k: v[1:2] for k, v in p1.items()}
             swap2 = {k: v[1:2] for k, v in p2.items()}
             return first, second, swap1, swap2
-        f1, f2 = _decode_pair(decoder, a, b, tuple(shape_kf), tuple(shape_cur), view2_points, compute_dtype)
-        s1, s2 = _decode_pair(decoder, b, a, tuple(shape_cur), tuple(shape_kf), view2_points, compute_dtype)
+        f1, f2 = _decode_pair(decoder, a, b, tuple(shape_kf), tuple(shape_cur), view2_points, compute_dtype, maps)
+        s1, s2 = _decode_pair(decoder, b, a, tuple(shape_cur), tuple(shape_kf), view2_points, compute_dtype, maps)
         return f1, f2, s1, s2
 
 
@@ -319,7 +345,8 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
                             pnp: PnpParams = PnpParams(), matching: MatchingParams = MatchingParams(),
                             gates: PoseGates = PoseGates(), keep_predictions: bool = False,
                             view2_points: bool = False, decoder_dtype: torch.dtype | None = None,
-                            depth_keyframe: Any = None, depth_current: Any = None) -> SymmetricPoseEstimate:
+                            depth_keyframe: Any = None, depth_current: Any = None,
+                            decoder_maps: Any = None) -> SymmetricPoseEstimate:
     """Relative pose of the current view against ``keyframe`` from both decoder orders (see the module docstring).
 
     Same arguments as :func:`realm_ros.geometry.relative_pose.estimate_relative_pose` plus ``gates``. The returned
@@ -336,6 +363,9 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     (model input size) of the two views; the essential solver then takes each order's translation length from its
     view 1's depth map instead of the decoder's point map. ``depth_current`` may be a function returning the map: it
     is called only when the swapped order is solved (a pair rejected before that costs no depth map).
+    ``decoder_maps`` (not with ``decoder_dtype``): a compiled runtime of the decoder's raw maps
+    (:class:`realm_ros.models.mast3r.compiled.OpenVinoPairMaps`) instead of the eager decoder; with
+    ``keep_predictions`` or ``view2_points`` (view 2's points wanted) the eager decoder runs.
 
     Tokens with NaN or infinite values are rejected as ``non_finite_input`` without decoding. The appearance gate
     comes next: when the views are less alike than ``gates.min_view_similarity`` the pair is
@@ -363,7 +393,8 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     t0 = time.perf_counter()
     kf_d, cur_d, cur_s, kf_s = decode_both_orders(decoder, keyframe.tokens, tokens, keyframe.image_shape,
                                                   image_shape, view2_points=view2_points or keep_predictions,
-                                                  compute_dtype=decoder_dtype)
+                                                  compute_dtype=decoder_dtype,
+                                                  maps=None if keep_predictions or view2_points else decoder_maps)
     _sync(device)
     t1 = time.perf_counter()
     direct, m_direct = _match_and_solve(kf_d, cur_d, K_cur, pnp, matching, timings, 'direct', keyframe.K,

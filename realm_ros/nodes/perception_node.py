@@ -140,7 +140,8 @@ class PerceptionNode(LifecycleNode):
                 depth_head_checkpoint=path('checkpoints.depth_head'), seg_head_checkpoint=path('checkpoints.seg_head'),
                 projector_checkpoint=path('checkpoints.projector'), mast3r_checkpoint=path('checkpoints.mast3r'),
                 device=self._p('device'), precision=self._p('precision'), input_size=int(self._p('input.size')),
-                keyframe_source=self._p('keyframe.source'), **settings.pipeline_runtime_settings(self._p))
+                keyframe_source=self._p('keyframe.source'), pose_decoder_runtime=self._p('pose.decoder_runtime'),
+                **settings.pipeline_runtime_settings(self._p))
             self._pipeline = RealmPipeline(config, log=self.get_logger().warning)
         except Exception as exc:  # noqa: BLE001 - missing / incompatible checkpoint, bad device string, ...
             self.get_logger().error(f'cannot configure: {exc}')
@@ -159,6 +160,16 @@ class PerceptionNode(LifecycleNode):
                                     2 if decoupled and 'pose' in self._pipeline.active_heads else 1)
         if threads:
             torch.set_num_threads(threads)
+        if 'pose' in self._pipeline.active_heads:
+            try:                            # the compiled decoder (OpenVINO) for this input size: no first-step wait
+                seconds = self._pipeline.warm_up_pose()
+            except Exception as exc:  # noqa: BLE001 - a runtime that cannot compile: fail the transition, say why
+                self.get_logger().error(f'cannot configure: {exc}')
+                self._last_error, self._pipeline = str(exc), None
+                return TransitionCallbackReturn.FAILURE
+            if seconds:
+                self.get_logger().info(f'pose decoder compiled ({self._pipeline.pose_decoder_runtime}) in '
+                                       f'{seconds:.1f} s')
         self.get_logger().info(f'pipeline ready: {self._pipeline.describe()}, {torch.get_num_threads()} torch '
                                f'threads, pose {"in its own worker" if decoupled else "after the dense heads"}')
         self._stream = EventStream(StreamSettings(**settings.stream_settings(self._p)),

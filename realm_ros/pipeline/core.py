@@ -112,7 +112,12 @@ class PipelineConfig:
     pose_solver: str = 'auto'               # 'auto' | 'essential' | 'pnp' (realm_ros.geometry.pose.PnpParams.solver)
     pose_length_source: str = 'auto'        # 'auto' | 'depth_head' | 'point_map' (the essential solver's length)
     pnp_ransac_kernel: str = 'auto'         # 'auto' | 'sqpnp' | 'ap3p'
+    # what runs the symmetric pose step's decoder (read-only): 'auto' | 'openvino' | 'torch' (DECODER_RUNTIMES)
+    pose_decoder_runtime: str = 'auto'
 
+
+#: choices of PipelineConfig.pose_decoder_runtime
+DECODER_RUNTIMES = ('auto', 'openvino', 'torch')
 
 #: PipelineConfig field -> key of the decoder's pose-compute record (realm_ros.geometry.gates.POSE_COMPUTE_CHOICES)
 _POSE_COMPUTE_FIELDS = (('pose_decoder_precision', 'decoder_precision'), ('pose_solver', 'solver'),
@@ -374,6 +379,7 @@ class RealmPipeline:
             self.dune.encoder.to(self.device)
         elif cfg.keyframe_source != 'events':
             raise PipelineConfigError(f"keyframe source must be 'events' or 'image', got {cfg.keyframe_source!r}")
+        self._compiled_decoder_maps = self._make_decoder_runtime(self.config)
         compute = self._resolve_pose_compute(self.config)
         self._pnp_params = self._make_pnp_params(self.config, compute['ransac_kernel'], compute['solver'])
         self._set_pose_compute(compute if self.mast3r is not None else dict(compute, warnings=[]))
@@ -499,6 +505,51 @@ class RealmPipeline:
                                        'emulated, slower than fp32')
         return out
 
+    def _make_decoder_runtime(self, cfg: PipelineConfig) -> Any:
+        """``pose.decoder_runtime``: the OpenVINO-compiled decoder maps of the pose step
+        (:class:`realm_ros.models.mast3r.compiled.OpenVinoPairMaps`), or None for the eager torch decoder. ``auto``
+        takes OpenVINO where it can run (installed, decoder on the CPU with the ``catmlp+dpt`` head and two
+        confidences); an explicit ``openvino`` that cannot run is a :class:`PipelineConfigError`."""
+        requested = cfg.pose_decoder_runtime
+        if requested not in DECODER_RUNTIMES:
+            raise PipelineConfigError(f'pose_decoder_runtime must be one of {DECODER_RUNTIMES}, got {requested!r}')
+        if requested == 'torch' or self.mast3r is None:
+            return None
+        from realm_ros.models.mast3r.compiled import OpenVinoPairMaps, openvino_version
+        from realm_ros.models.mast3r.heads import CatMlpDptHead
+        reason = ''
+        if self.device.type != 'cpu':
+            reason = f'the device is {self.device} (OpenVINO runs the decoder on the CPU)'
+        elif not (self.mast3r.config.two_confs and isinstance(self.mast3r.mast3r.downstream_head2, CatMlpDptHead)):
+            reason = 'the decoder has no catmlp+dpt head with a separate descriptor confidence'
+        elif openvino_version() is None:
+            reason = 'OpenVINO is not installed (pip install openvino)'
+        if reason:
+            if requested == 'openvino':
+                raise PipelineConfigError(f'pose_decoder_runtime openvino: {reason}')
+            return None
+        return OpenVinoPairMaps(self.mast3r, fallback=requested == 'auto', log=self._warn)
+
+    @property
+    def pose_decoder_runtime(self) -> str:
+        """What runs the pose step's decoder now: ``openvino <version>`` or ``torch``."""
+        maps = getattr(self, 'pose_decoder_maps', None)
+        return f'openvino {maps.version}' if maps is not None else 'torch'
+
+    def warm_up_pose(self) -> float:
+        """Compile the pose step's decoder maps for the pipeline's own input size (OpenVINO; nothing to do for
+        torch), so the first pose step does not wait for it. Returns the seconds it took. With ``pose.decoder_runtime
+        auto`` a size OpenVINO cannot compile runs on the eager decoder (warned); with ``openvino`` it raises
+        :class:`realm_ros.models.mast3r.compiled.OpenVinoRuntimeError`."""
+        maps = getattr(self, 'pose_decoder_maps', None)
+        if maps is None or self.mast3r is None:
+            return 0.0
+        t0 = time.perf_counter()
+        n = self.grid[0] * self.grid[1]
+        tokens = torch.zeros(2, n, int(self.mast3r.config.enc_embed_dim))
+        maps(tokens, tokens, self.grid, self.grid)
+        return time.perf_counter() - t0
+
     def _set_pose_compute(self, compute: Dict[str, Any]) -> None:
         from realm_ros.geometry.symmetric import DECODER_DTYPES
         resolved = {k: v for k, v in compute.items() if k != 'warnings'}
@@ -508,6 +559,9 @@ class RealmPipeline:
         self.pose_uses_depth_head = (resolved['solver'] == 'essential' and resolved['length_source'] == 'depth_head'
                                      and getattr(self, 'depth_head', None) is not None)
         self.pose_decoder_dtype = DECODER_DTYPES[compute['decoder_precision']]
+        compiled = getattr(self, '_compiled_decoder_maps', None)
+        #: the compiled decoder maps of the pose step (None: the eager torch decoder; a bf16 decoder runs eager)
+        self.pose_decoder_maps = compiled if self.pose_decoder_dtype is None else None
         for message in compute['warnings'] if changed else ():
             self._warn(message)
 
@@ -520,8 +574,9 @@ class RealmPipeline:
     def describe(self) -> str:
         """One line for logs: device, precision, input size, heads."""
         dtype = self.precision_name()
+        pose = f', pose decoder {self.pose_decoder_runtime}' if self.mast3r is not None else ''
         return (f'device {self.device}, {dtype}, input {self.input_size}x{self.input_size} '
-                f'({self.grid[0]}x{self.grid[1]} tokens), {self.bins} bins, heads {list(self.active_heads)}')
+                f'({self.grid[0]}x{self.grid[1]} tokens), {self.bins} bins, heads {list(self.active_heads)}{pose}')
 
     def diagnostics(self) -> Dict[str, Any]:
         """Key/values for /diagnostics."""
@@ -536,6 +591,7 @@ class RealmPipeline:
             latest = store.latest
             out['keyframes'] = len(store)
             out['pose_decoder_precision'] = self.pose_compute['decoder_precision']
+            out['pose_decoder_runtime'] = self.pose_decoder_runtime
             out['pose_solver'] = self.pose_compute['solver']
             out['pose_length_source'] = self.pose_compute['length_source']
             out['pose_ransac_kernel'] = self.pose_compute['ransac_kernel']

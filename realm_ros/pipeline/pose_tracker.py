@@ -179,7 +179,8 @@ class PoseTracker:
         est = symmetric_relative_pose(pipe.mast3r, kf, cur_tokens, size, K_model, pnp=pipe._pnp_params,
                                       matching=MatchingParams(subsample=pipe.config.match_subsample, border=3),
                                       gates=gates, decoder_dtype=pipe.pose_decoder_dtype,
-                                      depth_keyframe=kf.extras.get('depth'), depth_current=depth_current)
+                                      depth_keyframe=kf.extras.get('depth'), depth_current=depth_current,
+                                      decoder_maps=pipe.pose_decoder_maps)
         out.timings_ms.update({f'pose_{k}_ms': v * 1e3 for k, v in est.timings_s.items()})
         if np.isfinite(est.view_similarity):                         # NaN: rejected before it was measured
             out.view_similarity = float(est.view_similarity)

@@ -133,6 +133,10 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
               float_range=(0.1, 100.0)),
     Setting('pose.ransac_iterations', 1000, 'RANSAC iterations (PnP or essential matrix)', runtime=True,
               int_range=(10, 100_000)),
+    Setting('pose.decoder_runtime', 'auto', "what runs the MASt3R decoder of the symmetric pose step on the CPU: "
+            "'openvino' (compiled per input shape at start-up, ~0.7x the CPU time of torch, values within ~1e-6 of "
+            "it), 'torch' (eager, the exact reference), 'auto' = openvino where it is installed, the device is the "
+            "CPU and the decoder runs in fp32, else torch", choices=('auto', 'openvino', 'torch')),
     Setting('pose.decoder_precision', 'auto', "MASt3R decoder precision of the (symmetric) pose step: 'auto' = what "
               "the decoder's pose gates were calibrated with (its file records it; fp32 where the device has no "
               "bfloat16 arithmetic), 'fp32', 'bf16'", runtime=True, choices=('auto', 'fp32', 'bf16')),

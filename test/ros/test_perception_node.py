@@ -154,6 +154,14 @@ def test_every_output_topic_from_the_real_recording(node, probe, packets):
     assert int(pipe['windows_processed']) >= 2 and float(pipe['latency_ms_p50']) > 0
     assert int(pipe['encoder_runs']) == int(pipe['windows_processed'])              # once per window, all heads
     assert pipe['device'] == 'cpu' and pipe['heads'] == 'depth,semantic,points,pose'
+    # the pose decoder (pose.decoder_runtime auto): compiled by OpenVINO on the CPU where it is installed, while the
+    # node configured (the first pose step does not wait for it); eager torch otherwise
+    from realm_ros.models.mast3r.compiled import openvino_version
+    if openvino_version() is not None:
+        assert pipe['pose_decoder_runtime'] == f'openvino {openvino_version()}', pipe
+        assert 'pose decoder compiled (openvino' in node.output
+    else:
+        assert pipe['pose_decoder_runtime'] == 'torch', pipe
     # the misspelled override of the fixture: ROS drops it, the node says so and names the parameter meant
     assert 'ignored unknown parameters: keyframe.max_translation (did you mean keyframe.max_translation_m' \
         in node.output

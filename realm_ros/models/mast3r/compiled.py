@@ -1,0 +1,155 @@
+"""The pose step's decoder maps run by OpenVINO on the CPU (an optional inference runtime).
+
+A symmetric pose step (:mod:`realm_ros.geometry.symmetric`) reads three raw maps of one decoder call: view 1's DPT
+output (points and confidence) and the local-feature maps of both views. :class:`PairMaps` is that computation as a
+torch module (decoder blocks, view 1's DPT, both local-feature MLPs). :class:`OpenVinoPairMaps` traces it once per
+input shape, compiles it with OpenVINO for the CPU in fp32 (``INFERENCE_PRECISION_HINT f32``: no silent bf16 on
+CPUs that have it) and runs it on the calling thread with a bounded number of threads.
+
+Why: on the 2-core development CPU the compiled maps cost ~0.7x the eager torch forward (one thread, both orders of
+a 224 x 224 pair of the shipped miniature decoder; ``benchmarks/bench_pose_step.py --runtime-paths``), with the same
+arithmetic in a different order: the values agree with torch to ~1e-6 relative, not bit for bit. The eager torch
+path stays the exact reference (``pose.decoder_runtime torch``).
+
+The compiled graph holds a copy of the decoder's weights taken when a shape is first run: build a new
+:class:`OpenVinoPairMaps` after changing them (the pipeline loads its decoder once).
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from realm_ros.common.errors import RealmError
+
+__all__ = ['PairMaps', 'OpenVinoPairMaps', 'OpenVinoRuntimeError', 'openvino_version']
+
+
+class OpenVinoRuntimeError(RealmError, RuntimeError):
+    """OpenVINO is missing, or it could not convert, compile or run the decoder maps of a given shape."""
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO's version, None when it cannot be imported."""
+    try:
+        import openvino
+    except Exception:  # noqa: BLE001 - a broken install counts as missing
+        return None
+    return str(getattr(openvino, '__version__', '') or 'unknown')
+
+
+class PairMaps(nn.Module):
+    """Raw maps of one decoder call ``(tokens1, tokens2)`` with fixed token grids: ``(dense1, local1, local2)``,
+    all channels-last.
+
+    ``dense1``: view 1's DPT output (B, H, W, 3 + conf); ``local1`` / ``local2``: the local-feature maps of both
+    views (B, H, W, desc_dim + two_confs), as :meth:`CatMlpDptHead.local_feature_map`. View 2's DPT is not computed
+    (the pose step never reads view 2's points)."""
+
+    def __init__(self, decoder: Any, grid1: tuple[int, int], grid2: tuple[int, int]) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.grid1, self.grid2 = (int(grid1[0]), int(grid1[1])), (int(grid2[0]), int(grid2[1]))
+
+    def forward(self, tokens1: Tensor, tokens2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        dec1, dec2 = self.decoder.decode(tokens1, tokens2, self.grid1, self.grid2)
+        head1 = self.decoder.mast3r.downstream_head1
+        head2 = self.decoder.mast3r.downstream_head2
+        dec1, dec2 = list(dec1), list(dec2)
+        return (head1.dpt(dec1, self.grid1).permute(0, 2, 3, 1), head1.local_feature_map(dec1, self.grid1),
+                head2.local_feature_map(dec2, self.grid2))
+
+
+class OpenVinoPairMaps:
+    """:class:`PairMaps` of ``decoder`` compiled by OpenVINO for the CPU, one compiled model per input shape.
+
+    ``threads``: OpenVINO inference threads (the calling thread included; 1 runs on the calling thread alone, so its
+    CPU priority applies); None: ``torch.get_num_threads()`` when a shape is compiled, so the compiled maps use what
+    the eager decoder would. Calls are serialised by a lock. Raises :class:`OpenVinoRuntimeError` when OpenVINO is not
+    installed (at construction) or cannot handle a shape (at the call); with ``fallback`` a shape OpenVINO cannot
+    compile runs the eager :class:`PairMaps` instead (its error kept in :attr:`failed` and passed to ``log`` once)."""
+
+    def __init__(self, decoder: Any, threads: int | None = None, fallback: bool = False,
+                 log: Callable[[str], None] | None = None) -> None:
+        version = openvino_version()
+        if version is None:
+            raise OpenVinoRuntimeError('OpenVINO is not installed (pip install openvino): '
+                                       "pose.decoder_runtime 'openvino' needs it")
+        if next(decoder.parameters()).device.type != 'cpu':
+            raise OpenVinoRuntimeError('OpenVINO runs the decoder on the CPU; the decoder is on '
+                                       f'{next(decoder.parameters()).device}')
+        if threads is not None and int(threads) < 1:
+            raise OpenVinoRuntimeError(f'threads must be >= 1, got {threads!r}')
+        self.decoder = decoder
+        self.threads = None if threads is None else int(threads)
+        self.version = version
+        self.fallback = bool(fallback)
+        self._log = log
+        #: input shapes OpenVINO could not compile -> the error (``fallback``: they run eager)
+        self.failed: dict[tuple[Any, ...], str] = {}
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[Any, ...], Any] = {}
+
+    @property
+    def compiled_shapes(self) -> list[tuple[Any, ...]]:
+        """The input shapes compiled so far: ``(tokens1 shape, tokens2 shape, grid1, grid2)``."""
+        return list(self._requests)
+
+    def _compile(self, tokens1: Tensor, tokens2: Tensor, grid1: tuple[int, int], grid2: tuple[int, int]) -> Any:
+        import openvino as ov
+        module = PairMaps(self.decoder, grid1, grid2).eval()
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter('ignore')           # tracer warnings about the shape checks: shapes are fixed
+                # check_trace off: the re-trace differs only in torch's mangled module type names
+                traced = torch.jit.trace(module, (tokens1, tokens2), check_trace=False)
+                model = ov.convert_model(traced, example_input=(tokens1, tokens2))
+            compiled = ov.Core().compile_model(model, 'CPU', {
+                'INFERENCE_NUM_THREADS': self.threads or max(1, torch.get_num_threads()),
+                'INFERENCE_PRECISION_HINT': 'f32', 'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1,
+                'ENABLE_CPU_PINNING': False})
+        except Exception as exc:
+            raise OpenVinoRuntimeError(f'OpenVINO {self.version} could not compile the decoder maps for tokens '
+                                       f'{tuple(tokens1.shape)} / {tuple(tokens2.shape)}, grids {grid1} / {grid2}: '
+                                       f'{type(exc).__name__}: {exc}') from exc
+        return compiled.create_infer_request()
+
+    def __call__(self, tokens1: Tensor, tokens2: Tensor, grid1: tuple[int, int], grid2: tuple[int, int],
+                 copy: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """``PairMaps(decoder, grid1, grid2)(tokens1, tokens2)`` (fp32 CPU tensors; the first call of a shape
+        compiles it, ~1-5 s). ``copy`` False: the maps are OpenVINO's output buffers, valid until the next call
+        (saves copying ~11 MB per 224 x 224 pair); True: they own their memory."""
+        t1 = tokens1.detach().to('cpu', torch.float32).contiguous()
+        t2 = tokens2.detach().to('cpu', torch.float32).contiguous()
+        g1, g2 = (int(grid1[0]), int(grid1[1])), (int(grid2[0]), int(grid2[1]))
+        key = (tuple(t1.shape), tuple(t2.shape), g1, g2)
+        with self._lock:
+            if key in self.failed:
+                return self._eager(t1, t2, key)
+            request = self._requests.get(key)
+            if request is None:
+                try:
+                    request = self._compile(t1, t2, g1, g2)
+                except OpenVinoRuntimeError as exc:
+                    if not self.fallback:
+                        raise
+                    self.failed[key] = str(exc)
+                    if self._log is not None:
+                        self._log(f'{exc}; these shapes run on the eager torch decoder')
+                    return self._eager(t1, t2, key)
+                self._requests[key] = request
+            try:
+                result = request.infer([t1.numpy(), t2.numpy()], share_inputs=True, share_outputs=not copy)
+            except Exception as exc:
+                raise OpenVinoRuntimeError(f'OpenVINO failed on the decoder maps for tokens {key[0]} / {key[1]}: '
+                                           f'{type(exc).__name__}: {exc}') from exc
+            maps = [np.asarray(result[i]) for i in range(3)]
+        return torch.from_numpy(maps[0]), torch.from_numpy(maps[1]), torch.from_numpy(maps[2])
+
+    def _eager(self, t1: Tensor, t2: Tensor, key: tuple[Any, ...]) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.no_grad():
+            return PairMaps(self.decoder, key[2], key[3])(t1, t2)
