@@ -619,7 +619,8 @@ class RealmPipeline:
         with self._lock:
             if self.pose_tracker is not None:
                 self.pose_tracker.clear()
-            for name in ('encoder', 'dune', 'depth_head', 'projector', 'seg_head', 'mast3r'):
+            for name in ('encoder', 'dune', 'depth_head', 'projector', 'seg_head', 'mast3r', '_compiled_decoder_maps',
+                         'pose_decoder_maps'):
                 setattr(self, name, None)
         if self.device.type == 'cuda':
             torch.cuda.empty_cache()

@@ -134,6 +134,8 @@ def test_pipeline_chooses_the_decoder_runtime(monkeypatch):
     assert auto.pose_decoder_maps is None and auto.pose_decoder_runtime == 'torch'
     auto.update(pose_decoder_precision='fp32')
     assert auto.pose_decoder_maps is not None
+    auto.close()                                               # the compiled decoder goes with the models
+    assert auto.pose_decoder_maps is None and auto.pose_decoder_runtime == 'torch'
     eager = _pipe('torch')
     assert eager.pose_decoder_maps is None and eager.warm_up_pose() == 0.0
     with pytest.raises(PipelineConfigError, match='pose_decoder_runtime'):
