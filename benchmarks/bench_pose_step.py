@@ -324,6 +324,20 @@ def _previous_lean_pair(decoder: Any, t1: Any, t2: Any, grid: Any) -> Any:
     return pred1, pred2
 
 
+def _interleaved(rows: Dict[str, List[float]], rep: int, k: int, calls: Dict[str, Callable[[], Any]]
+                 ) -> Dict[str, Any]:
+    """Run each of ``calls`` (name -> function) once, in an order that alternates with ``rep + k``; the thread CPU
+    time of each is added to ``rows[name]`` except in the warm-up repeat (``rep`` 0). Returns name -> result."""
+    names = list(calls) if (rep + k) % 2 == 0 else list(calls)[::-1]
+    out: Dict[str, Any] = {}
+    for name in names:
+        c0 = time.thread_time()
+        out[name] = calls[name]()
+        if rep:
+            rows[name].append(time.thread_time() - c0)
+    return out
+
+
 def decoder_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) -> Dict[str, Any]:
     """CPU time of the pose step's decoder outputs (both orders batched, view 2 without points) through the lean
     head path (``geometry.symmetric``: each part post-processed from its own map) against the previous path
@@ -339,13 +353,9 @@ def decoder_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) 
             for k in pairs:
                 a, b = inputs[0].tokens, inputs[k].tokens
                 t1, t2 = torch.cat([a, b]), torch.cat([b, a])
-                out = {}
-                for name in (['previous', 'lean'] if (rep + k) % 2 == 0 else ['lean', 'previous']):
-                    c0 = time.thread_time()
-                    out[name] = (_previous_lean_pair(dec, t1, t2, grid) if name == 'previous'
-                                 else _decode_pair(dec, t1, t2, size, size, False))
-                    if rep:
-                        rows[name].append(time.thread_time() - c0)
+                out = _interleaved(rows, rep, k, {
+                    'previous': lambda: _previous_lean_pair(dec, t1, t2, grid),
+                    'lean': lambda: _decode_pair(dec, t1, t2, size, size, False)})
                 identical &= all(set(p) == set(n) and all(torch.equal(p[key], n[key]) for key in p)
                                  for p, n in zip(out['previous'], out['lean']))
     return {'paths': {n: _stats(v) for n, v in rows.items()}, 'identical': bool(identical)}
@@ -378,15 +388,9 @@ def local_feature_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats:
                 dec1, dec2 = dec.decode(torch.cat([a, b]), torch.cat([b, a]), grid, grid)
                 for head, toks in ((dec.mast3r.downstream_head1, list(dec1)), (dec.mast3r.downstream_head2,
                                                                                list(dec2))):
-                    out = {}
-                    order = ['channel_major', 'pixel_major'] if (rep + k) % 2 == 0 else ['pixel_major',
-                                                                                         'channel_major']
-                    for name in order:
-                        c0 = time.thread_time()
-                        out[name] = (_channel_major_local_map(head, toks, grid) if name == 'channel_major'
-                                     else head.local_feature_map(toks, grid))
-                        if rep:
-                            rows[name].append(time.thread_time() - c0)
+                    out = _interleaved(rows, rep, k, {
+                        'channel_major': lambda: _channel_major_local_map(head, toks, grid),
+                        'pixel_major': lambda: head.local_feature_map(toks, grid)})
                     identical &= torch.equal(out['channel_major'], out['pixel_major'])
     return {'paths': {n: _stats(v) for n, v in rows.items()}, 'identical': bool(identical)}
 
@@ -601,26 +605,20 @@ def runtime_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) 
         for rep in range(repeats + 1):
             for k in pairs:
                 cur = inputs[k]
-                order = ['torch', 'openvino'] if (rep + k) % 2 == 0 else ['openvino', 'torch']
-                outs: Dict[str, Any] = {}
-                ests: Dict[str, Any] = {}
-                for name in order:
-                    m = maps if name == 'openvino' else None
-                    c0 = time.thread_time()
-                    outs[name] = decode_both_orders(dec, kf.tokens, cur.tokens, size, size, view2_points=False,
-                                                    maps=m)
-                    c1 = time.thread_time()
-                    ests[name] = symmetric_relative_pose(dec, kf, cur.tokens, size, cur.K_model, decoder_maps=m,
-                                                         **kw)
-                    c2 = time.thread_time()
-                    if rep:
-                        rows[f'decoder_{name}'].append(c1 - c0)
-                        rows[f'step_{name}'].append(c2 - c1)
-                for a, b in zip(outs['torch'], outs['openvino']):
+                runtimes = {'torch': None, 'openvino': maps}
+                outs = _interleaved(rows, rep, k, {
+                    f'decoder_{name}': lambda m=m: decode_both_orders(dec, kf.tokens, cur.tokens, size, size,
+                                                                      view2_points=False, maps=m)
+                    for name, m in runtimes.items()})
+                ests = _interleaved(rows, rep, k, {
+                    f'step_{name}': lambda m=m: symmetric_relative_pose(dec, kf, cur.tokens, size, cur.K_model,
+                                                                        decoder_maps=m, **kw)
+                    for name, m in runtimes.items()})
+                for a, b in zip(outs['decoder_torch'], outs['decoder_openvino']):
                     for key in a:
                         scale = float(a[key].abs().max()) or 1.0
                         out_diff = max(out_diff, float((a[key] - b[key]).abs().max()) / scale)
-                pa, pb = ests['torch'].pose, ests['openvino'].pose
+                pa, pb = ests['step_torch'].pose, ests['step_openvino'].pose
                 same_publish &= pa.ok == pb.ok
                 if pa.ok and pb.ok:
                     t_diff = max(t_diff, float(np.abs(pa.t - pb.t).max()))

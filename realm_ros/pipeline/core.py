@@ -531,9 +531,15 @@ class RealmPipeline:
         return OpenVinoPairMaps(self.mast3r, fallback=requested == 'auto', log=self._warn)
 
     @property
+    def pose_decoder_maps(self) -> Any:
+        """The compiled decoder maps the pose step runs with (None: the eager torch decoder; a bf16 decoder runs
+        eager)."""
+        return self._compiled_decoder_maps if self.pose_decoder_dtype is None else None
+
+    @property
     def pose_decoder_runtime(self) -> str:
         """What runs the pose step's decoder now: ``openvino <version>`` or ``torch``."""
-        maps = getattr(self, 'pose_decoder_maps', None)
+        maps = self.pose_decoder_maps
         return f'openvino {maps.version}' if maps is not None else 'torch'
 
     def warm_up_pose(self) -> float:
@@ -541,7 +547,7 @@ class RealmPipeline:
         torch), so the first pose step does not wait for it. Returns the seconds it took. With ``pose.decoder_runtime
         auto`` a size OpenVINO cannot compile runs on the eager decoder (warned); with ``openvino`` it raises
         :class:`realm_ros.models.mast3r.compiled.OpenVinoRuntimeError`."""
-        maps = getattr(self, 'pose_decoder_maps', None)
+        maps = self.pose_decoder_maps
         if maps is None or self.mast3r is None:
             return 0.0
         t0 = time.perf_counter()
@@ -559,9 +565,6 @@ class RealmPipeline:
         self.pose_uses_depth_head = (resolved['solver'] == 'essential' and resolved['length_source'] == 'depth_head'
                                      and getattr(self, 'depth_head', None) is not None)
         self.pose_decoder_dtype = DECODER_DTYPES[compute['decoder_precision']]
-        compiled = getattr(self, '_compiled_decoder_maps', None)
-        #: the compiled decoder maps of the pose step (None: the eager torch decoder; a bf16 decoder runs eager)
-        self.pose_decoder_maps = compiled if self.pose_decoder_dtype is None else None
         for message in compute['warnings'] if changed else ():
             self._warn(message)
 
@@ -619,8 +622,7 @@ class RealmPipeline:
         with self._lock:
             if self.pose_tracker is not None:
                 self.pose_tracker.clear()
-            for name in ('encoder', 'dune', 'depth_head', 'projector', 'seg_head', 'mast3r', '_compiled_decoder_maps',
-                         'pose_decoder_maps'):
+            for name in ('encoder', 'dune', 'depth_head', 'projector', 'seg_head', 'mast3r', '_compiled_decoder_maps'):
                 setattr(self, name, None)
         if self.device.type == 'cuda':
             torch.cuda.empty_cache()

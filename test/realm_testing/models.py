@@ -26,3 +26,18 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if name.endswith('norm.weight') or name.endswith('norm1.weight') or name.endswith('norm2.weight'):
                 p.add_(1.0)
     return model
+
+
+def tiny_decoder(seed: int = 0, **overrides):
+    """A random miniature DUNE-MASt3R decoder (``DuneMast3rConfig.tiny(**overrides)``) in eval mode, frozen."""
+    from realm_ros.models.mast3r import DuneMast3rConfig, DuneMast3rDecoder
+    torch.manual_seed(seed)
+    dec = DuneMast3rDecoder(DuneMast3rConfig.tiny(**overrides)).eval()
+    for p in dec.parameters():
+        p.requires_grad_(False)
+    return dec
+
+
+def decoder_tokens(n: int, seed: int, batch: int = 1, width: int = 192) -> torch.Tensor:
+    """Random decoder input tokens (batch, n, width) from their own generator."""
+    return torch.randn(batch, n, width, generator=torch.Generator().manual_seed(seed))

@@ -13,25 +13,13 @@ import pytest
 import torch
 
 from realm_ros.geometry.symmetric import decode_both_orders
-from realm_ros.models.mast3r import DuneMast3rConfig, DuneMast3rDecoder
 from realm_ros.models.mast3r.compiled import OpenVinoPairMaps, OpenVinoRuntimeError, PairMaps, openvino_version
+from realm_testing.models import decoder_tokens, tiny_decoder
 
 pytestmark = pytest.mark.skipif(openvino_version() is None, reason='OpenVINO is not installed (requirements-ml.txt '
                                 'installs it; pip install openvino)')
 
 MODELS = Path(__file__).resolve().parents[2] / 'models'
-
-
-def _decoder(seed: int = 0, **overrides) -> DuneMast3rDecoder:
-    torch.manual_seed(seed)
-    dec = DuneMast3rDecoder(DuneMast3rConfig.tiny(**overrides)).eval()
-    for p in dec.parameters():
-        p.requires_grad_(False)
-    return dec
-
-
-def _tokens(n: int, seed: int, batch: int = 1) -> torch.Tensor:
-    return torch.randn(batch, n, 192, generator=torch.Generator().manual_seed(seed))
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -41,9 +29,9 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize('grids', [((4, 4), (4, 4)), ((4, 5), (5, 3))])
 def test_compiled_maps_equal_the_eager_maps(grids):
-    dec = _decoder()
+    dec = tiny_decoder()
     (g1, g2) = grids
-    a, b = _tokens(g1[0] * g1[1], 1, 2), _tokens(g2[0] * g2[1], 2, 2)
+    a, b = decoder_tokens(g1[0] * g1[1], 1, 2), decoder_tokens(g2[0] * g2[1], 2, 2)
     maps = OpenVinoPairMaps(dec, threads=1)
     with torch.no_grad():
         ref = PairMaps(dec, g1, g2)(a, b)
@@ -61,9 +49,9 @@ def test_compiled_step_outputs_survive_the_next_call_and_match_eager():
     """decode_both_orders with the compiled maps (reused output buffers): every output close to the eager one,
     and unchanged by the next call, also where post-processing would return a view of the raw map (linear points,
     unnormalised descriptors)."""
-    dec = _decoder(depth_mode=('linear', -float('inf'), float('inf')), desc_mode='none')
+    dec = tiny_decoder(depth_mode=('linear', -float('inf'), float('inf')), desc_mode='none')
     maps = OpenVinoPairMaps(dec, threads=1)
-    a, b = _tokens(16, 3), _tokens(16, 4)
+    a, b = decoder_tokens(16, 3), decoder_tokens(16, 4)
     with torch.no_grad():
         ref = decode_both_orders(dec, a, b, (56, 56), (56, 56), view2_points=False)
         got = decode_both_orders(dec, a, b, (56, 56), (56, 56), view2_points=False, maps=maps)
@@ -79,8 +67,8 @@ def test_compiled_step_outputs_survive_the_next_call_and_match_eager():
 
 
 def test_a_shape_that_does_not_compile_falls_back_or_raises(monkeypatch):
-    dec = _decoder()
-    a, b = _tokens(16, 5, 2), _tokens(16, 6, 2)
+    dec = tiny_decoder()
+    a, b = decoder_tokens(16, 5, 2), decoder_tokens(16, 6, 2)
 
     def broken(*_args):
         raise OpenVinoRuntimeError('cannot compile this one')
@@ -102,7 +90,7 @@ def test_a_shape_that_does_not_compile_falls_back_or_raises(monkeypatch):
 
 def test_missing_openvino_and_bad_arguments_are_named(monkeypatch):
     import realm_ros.models.mast3r.compiled as compiled
-    dec = _decoder()
+    dec = tiny_decoder()
     with pytest.raises(OpenVinoRuntimeError, match='threads'):
         OpenVinoPairMaps(dec, threads=0)
     monkeypatch.setattr(compiled, 'openvino_version', lambda: None)

@@ -12,31 +12,18 @@ from realm_ros.geometry.keyframes import Keyframe
 from realm_ros.geometry.pose import PnpParams
 from realm_ros.geometry.relative_pose import MatchingParams
 from realm_ros.geometry.symmetric import PoseGates, decode_both_orders, symmetric_relative_pose
-from realm_ros.models.mast3r import DuneMast3rConfig, DuneMast3rDecoder
+from realm_testing.models import decoder_tokens, tiny_decoder
 
 MINI = Path(__file__).resolve().parents[2] / 'models' / 'mini_mast3r.safetensors'
 K = np.array([[150.0, 0.0, 111.5], [0.0, 150.0, 111.5], [0.0, 0.0, 1.0]])
 
 
-def _decoder(seed: int = 0, **overrides) -> DuneMast3rDecoder:
-    torch.manual_seed(seed)
-    dec = DuneMast3rDecoder(DuneMast3rConfig.tiny(**overrides)).eval()
-    for p in dec.parameters():
-        p.requires_grad_(False)
-    return dec
-
-
-def _tokens(n: int, seed: int, width: int = 192) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(1, n, width, generator=g)
-
-
 @pytest.mark.parametrize('shapes', [((56, 56), (56, 56)), ((56, 70), (70, 42))])
 @pytest.mark.parametrize('overrides', [{}, {'two_confs': False}])
 def test_view2_without_points_is_bit_identical(shapes, overrides):
-    dec = _decoder(**overrides)
+    dec = tiny_decoder(**overrides)
     (h1, w1), (h2, w2) = shapes
-    a, b = _tokens(h1 * w1 // 196, 1), _tokens(h2 * w2 // 196, 2)
+    a, b = decoder_tokens(h1 * w1 // 196, 1), decoder_tokens(h2 * w2 // 196, 2)
     with torch.inference_mode():
         full = decode_both_orders(dec, a, b, (h1, w1), (h2, w2))
         lean = decode_both_orders(dec, a, b, (h1, w1), (h2, w2), view2_points=False)
@@ -56,7 +43,7 @@ def test_local_feature_map_follows_parameter_changes_and_trains():
     def channels(head, toks, grid):
         raw = head(toks, grid)
         return raw[:, raw.shape[1] - head.head_local_features.fc2.out_features // PATCH_SIZE ** 2:].permute(0, 2, 3, 1)
-    dec = _decoder(3)
+    dec = tiny_decoder(3)
     head = dec.mast3r.downstream_head1
     grid = (4, 5)
     toks = [torch.randn(2, 20, dim) for dim in (dec.config.enc_embed_dim,) + (dec.config.dec_embed_dim,) * 3]
@@ -67,7 +54,7 @@ def test_local_feature_map_follows_parameter_changes_and_trains():
         head.head_local_features.fc2.bias.add_(0.25)
     with torch.inference_mode():
         assert torch.equal(head.local_feature_map(toks, grid), channels(head, toks, grid))
-    other = _decoder(4).mast3r.downstream_head1.state_dict()
+    other = tiny_decoder(4).mast3r.downstream_head1.state_dict()
     head.load_state_dict(other)
     with torch.inference_mode():
         assert torch.equal(head.local_feature_map(toks, grid), channels(head, toks, grid))
@@ -85,7 +72,7 @@ def test_lean_outputs_bit_identical_on_the_shipped_decoder():
     from realm_ros.geometry.symmetric import _lean_head_outputs
     from realm_ros.models.mast3r.io import load_dune_mast3r
     dec = load_dune_mast3r(MINI)
-    a, b = _tokens(256, 3), _tokens(256, 4)
+    a, b = decoder_tokens(256, 3), decoder_tokens(256, 4)
     with torch.inference_mode():
         full = decode_both_orders(dec, a, b, (224, 224), (224, 224))
         lean = decode_both_orders(dec, a, b, (224, 224), (224, 224), view2_points=False)
@@ -133,9 +120,9 @@ def test_symmetric_pose_identical_with_the_cheaper_step():
 def test_bf16_decoder_is_close_to_fp32_and_returns_fp32(shapes):
     """compute_dtype=bfloat16: every block and head under bf16 autocast, outputs cast back to fp32 and
     post-processed there: same keys and shapes, descriptors unit-norm and within bf16 rounding of fp32."""
-    dec = _decoder()
+    dec = tiny_decoder()
     (h1, w1), (h2, w2) = shapes
-    a, b = _tokens(h1 * w1 // 196, 1), _tokens(h2 * w2 // 196, 2)
+    a, b = decoder_tokens(h1 * w1 // 196, 1), decoder_tokens(h2 * w2 // 196, 2)
     with torch.inference_mode():
         ref = decode_both_orders(dec, a, b, (h1, w1), (h2, w2), view2_points=False)
         low = decode_both_orders(dec, a, b, (h1, w1), (h2, w2), view2_points=False, compute_dtype=torch.bfloat16)
@@ -152,16 +139,16 @@ def test_bf16_decoder_is_close_to_fp32_and_returns_fp32(shapes):
     with pytest.raises(ValueError, match='view2_points'):
         decode_both_orders(dec, a, b, (h1, w1), (h2, w2), compute_dtype=torch.bfloat16)
     with pytest.raises(ValueError, match='two_confs'):
-        decode_both_orders(_decoder(two_confs=False), a, b, (h1, w1), (h2, w2), view2_points=False,
+        decode_both_orders(tiny_decoder(two_confs=False), a, b, (h1, w1), (h2, w2), view2_points=False,
                            compute_dtype=torch.bfloat16)
 
 
 def test_keep_predictions_still_returns_view2_points():
-    dec = _decoder()
-    kf = Keyframe(id=0, tokens=_tokens(16, 1), cls=torch.zeros(192), image_shape=(56, 56), K=K, stamp_ns=0,
+    dec = tiny_decoder()
+    kf = Keyframe(id=0, tokens=decoder_tokens(16, 1), cls=torch.zeros(192), image_shape=(56, 56), K=K, stamp_ns=0,
                   source='events')
     with torch.inference_mode():
-        est = symmetric_relative_pose(dec, kf, _tokens(16, 2), (56, 56), K, keep_predictions=True,
+        est = symmetric_relative_pose(dec, kf, decoder_tokens(16, 2), (56, 56), K, keep_predictions=True,
                                       matching=MatchingParams(subsample=4))
     assert 'pts3d_in_other_view' in est.pred_current and 'pts3d' in est.pred_keyframe
 
