@@ -8,7 +8,9 @@ Examples::
     ros2 launch realm_ros perception.launch.py sim:=true image_topic:=/rgb/image_raw \
         image_camera_info_topic:=/rgb/camera_info                          # cross-modal RGB keyframes
 
-Arguments left empty keep the value of ``params_file`` (config/perception.yaml by default). With ``sim:=true`` the
+``sim:=true`` runs the simulated rig of ``realm-demo`` (a held-out street scene driven forward at 2 m/s, 32 s in a
+loop; ``sim_trajectory``, ``sim_speed``, ``sim_seed``, ``sim_seconds`` change it). Arguments left empty keep the
+value of ``params_file`` (config/perception.yaml by default). With ``sim:=true`` the
 shipped miniature checkpoints and its time window are used for whatever the arguments and a user's ``params_file``
 leave unset (a file that sets any ``window.*`` keeps its window; see realm_ros/nodes/launch_params.py). The node
 configures and activates itself (parameter ``autostart``); with a lifecycle manager set ``autostart:=false``.
@@ -66,6 +68,26 @@ def _sim_defaults() -> dict:
     return defaults
 
 
+def _sim_rig(get) -> dict:
+    """The simulator's parameters for sim:=true: the rig of ``realm-demo`` (a held-out scene driven forward at 2 m/s,
+    32 s in a loop; realm_ros/sim/params.py) with the ``sim_*`` arguments that are set."""
+    from realm_ros.sim.params import demo_rig
+
+    def number(name: str, kind):
+        text = get(name).strip()
+        if not text:
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise RuntimeError(f'{name}:={text!r} is not a{"n integer" if kind is int else " number"}') from None
+    try:
+        return demo_rig(get('sim_trajectory') or None, number('sim_seed', int), number('sim_speed', float),
+                        number('sim_seconds', float))
+    except ValueError as exc:
+        raise RuntimeError(f'sim_* launch arguments: {exc}') from None
+
+
 def _require_rviz2() -> None:
     """rviz:=true needs the rviz2 package. Checked before any node is started: launch would otherwise start the
     perception node and the simulator, fail on rviz2, exit and leave both running without a parent."""
@@ -102,7 +124,7 @@ def _nodes(context, *args, **kwargs):
     if _is_true(get('sim')):
         actions.append(Node(package=PACKAGE, executable='sim_event_camera', name='sim_event_camera',
                             namespace=namespace, output='screen',
-                            parameters=[{'use_sim_time': use_sim_time}],
+                            parameters=[dict(_sim_rig(get), use_sim_time=use_sim_time)],
                             remappings=[('event_camera/events', events_topic),
                                         ('event_camera/camera_info', camera_info_topic)]))
     rviz_config = _rviz_config_for(get('rviz_config'), namespace, get('node_name'), get('frame_id')) \
@@ -142,6 +164,16 @@ def generate_launch_description() -> LaunchDescription:
                               description='use /clock (bag playback with --clock, simulator)'),
         DeclareLaunchArgument('sim', default_value='false', choices=['true', 'false'],
                               description='start the simulated event camera instead of a real one'),
+        DeclareLaunchArgument('sim_trajectory', default_value='drive', choices=['drive', 'loop', 'static'],
+                              description="sim:=true camera path: 'drive' (forward along the street, like the "
+                              "training data and realm-demo), 'loop' (back and forth: the miniature models never saw "
+                              "a reversing camera), 'static'"),
+        DeclareLaunchArgument('sim_speed', default_value='', description='sim:=true camera speed in m/s (empty = 2)'),
+        DeclareLaunchArgument('sim_seed', default_value='',
+                              description='sim:=true scene seed (empty = 11, a scene never used in training)'),
+        DeclareLaunchArgument('sim_seconds', default_value='',
+                              description='sim:=true sequence length, replayed in a loop (s; empty = 32 for a drive, '
+                              '4 otherwise); a first start simulates it once (~4 s per simulated second, cached)'),
         DeclareLaunchArgument('rviz', default_value='false', choices=['true', 'false'],
                               description='start RViz with config/realm.rviz'),
         DeclareLaunchArgument('rviz_config', default_value=os.path.join(share, 'config', 'realm.rviz'),

@@ -37,6 +37,7 @@ from .demo_panel import write_panel
 from .demo_scores import (Received, latency_breakdown, latency_by_output, latency_summary, packet_loss,
                           pose_outcomes, score, simulator_publishing, simulator_status)
 from .pipeline.settings import describe_unknown, unknown_setting_names
+from .sim.params import DEMO_RIG, DEMO_SECONDS, demo_rig
 
 NAMESPACE = '/realm_demo'
 NODE = 'perception_node'
@@ -326,16 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--warmup-timeout', type=float, default=240.0,
                    help='give up when no depth output arrives within this many seconds (240)')
     p.add_argument('--device', default='auto', help='torch device of the perception node (auto, cpu, cuda)')
-    p.add_argument('--seed', type=int, default=11, help='simulated scene seed (a held-out test scene by default)')
+    p.add_argument('--seed', type=int, default=DEMO_RIG['seed'],
+                   help='simulated scene seed (a held-out test scene by default)')
     p.add_argument('--sim-seconds', type=float, default=None,
                    help='length of the simulated sequence, replayed in a loop (s; default: 32 for a drive, enough for '
                         'the warm-up and 20 s of recording without the jump back; 4 for the back-and-forth loop)')
-    p.add_argument('--sim-trajectory', choices=('loop', 'drive'), default='drive',
+    p.add_argument('--sim-trajectory', choices=('loop', 'drive'), default=DEMO_RIG['trajectory'],
                    help="simulated camera path: 'drive' (default: forward along the street like the training data; "
                         "the pose jumps back when the sequence loops) or 'loop' (back and forth, repeats without a "
                         "jump; half of the time the camera reverses, which the miniature models never saw in "
                         "training, and the pose chain's constant-velocity bridge overshoots every reversal)")
-    p.add_argument('--sim-speed', type=float, default=2.0,
+    p.add_argument('--sim-speed', type=float, default=DEMO_RIG['speed_mps'],
                    help='simulated camera speed in m/s (2; the miniature decoder carries baselines up to ~0.5-1 m '
                         'per pose step, and a 2-core CPU runs ~3-4 pose steps/s: faster drives come out short)')
     p.add_argument('--bag', help='replay this ROS 2 bag instead of running the simulator')
@@ -361,7 +363,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if unknown:
         parser.error(f'--node-param: unknown perception_node parameters: {describe_unknown(unknown)}')
     if args.sim_seconds is None:
-        args.sim_seconds = 32.0 if args.sim_trajectory == 'drive' else 4.0
+        args.sim_seconds = DEMO_SECONDS[args.sim_trajectory]
     return args
 
 
@@ -431,8 +433,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 args.bag, {'events': args.events_topic, 'camera_info': args.camera_info_topic,
                            'image': args.image_topic}, stop, player_node))
         else:
-            sim_params = {'seed': args.seed, 'duration_s': args.sim_seconds, 'loop': True,
-                          'trajectory': args.sim_trajectory, 'speed_mps': float(args.sim_speed)}
+            sim_params = demo_rig(args.sim_trajectory, args.seed, float(args.sim_speed), args.sim_seconds)
             if simulate_once(sim_params):
                 t_start = time.monotonic()                   # the warm-up figure without the one-off simulation
             procs['sim'] = _start([py, '-m', 'realm_ros.nodes.sim_camera_node'] + _ros_args(sim_params, {}),

@@ -100,6 +100,30 @@ def check_values(values: Mapping[str, Any]) -> dict[str, ParamValue]:
     return out
 
 
+#: The simulated rig of ``realm-demo`` and of ``perception.launch.py sim:=true``: a held-out test scene (seed 11,
+#: never used in training) driven forward along the street at 2 m/s like the training drives, 32 s replayed in a loop
+#: (the pose jumps back at each loop). The node's own defaults (a 3 s back-and-forth loop at 8 m/s) are for tests and
+#: quick checks: the miniature models never saw a reversing camera.
+DEMO_RIG: Mapping[str, ParamValue] = {'seed': 11, 'trajectory': 'drive', 'speed_mps': 2.0, 'loop': True}
+#: Sequence length of the demo rig per trajectory (s): a drive long enough for a warm-up and 20 s of recording before
+#: it loops; one period of the back-and-forth path.
+DEMO_SECONDS: Mapping[str, float] = {'drive': 32.0, 'loop': 4.0, 'static': 4.0}
+
+
+def demo_rig(trajectory: str | None = None, seed: int | None = None, speed_mps: float | None = None,
+             duration_s: float | None = None) -> dict[str, ParamValue]:
+    """The demo rig's parameters with the given changes (None keeps the rig's value; the length follows the
+    trajectory, :data:`DEMO_SECONDS`), each checked (ValueError naming a bad one)."""
+    values: dict[str, Any] = dict(DEMO_RIG)
+    for name, value in (('trajectory', trajectory), ('seed', seed), ('speed_mps', speed_mps)):
+        if value is not None:
+            values[name] = value
+    kind = str(values['trajectory'])
+    values['duration_s'] = float(DEMO_SECONDS.get(kind, DEMO_SECONDS['loop']) if duration_s is None else duration_s)
+    checked = check_values(values)
+    return {name: checked[name] for name in values}
+
+
 def checked_value(values: Mapping[str, ParamValue], name: str, kind: type[_V]) -> _V:
     """``values[name]`` typed as ``kind`` (the type its :class:`SimParam` declares; TypeError if it is not)."""
     value = values[name]

@@ -127,6 +127,34 @@ def test_sim_launch_with_the_shipped_params_uses_the_miniature_window(monkeypatc
     assert not sim and params[1] == {'checkpoints.realm': '/x/realm.safetensors', 'use_sim_time': False}
 
 
+def _sim_node_params(monkeypatch, **arguments):
+    _, defaults, nodes = _load_launch_file_with_stubs(monkeypatch)
+    actions = nodes(dict(defaults, sim='true', **arguments))
+    sim = [a for a in actions if a.kw.get('executable') == 'sim_event_camera']
+    assert len(sim) == 1
+    return sim[0].kw['parameters'][0]
+
+
+def test_sim_launch_runs_the_demo_rig(monkeypatch):
+    """sim:=true simulates what realm-demo shows (a held-out scene driven forward), not the node's test loop."""
+    from realm_ros.demo import parse_args
+    demo = parse_args([])
+    params = _sim_node_params(monkeypatch)
+    assert params == {'seed': demo.seed, 'trajectory': 'drive', 'speed_mps': demo.sim_speed, 'loop': True,
+                      'duration_s': demo.sim_seconds, 'use_sim_time': False}
+    assert params['trajectory'] == 'drive' and params['duration_s'] == 32.0 and params['speed_mps'] == 2.0
+    loop = _sim_node_params(monkeypatch, sim_trajectory='loop', sim_seed='3', sim_speed='4', use_sim_time='true')
+    assert loop == {'seed': 3, 'trajectory': 'loop', 'speed_mps': 4.0, 'loop': True, 'duration_s': 4.0,
+                    'use_sim_time': True}
+    assert _sim_node_params(monkeypatch, sim_seconds='12.5')['duration_s'] == 12.5
+    with pytest.raises(RuntimeError, match=r"sim_speed:='fast' is not a number"):
+        _sim_node_params(monkeypatch, sim_speed='fast')
+    with pytest.raises(RuntimeError, match=r"sim_\* launch arguments: parameter 'speed_mps' must be in"):
+        _sim_node_params(monkeypatch, sim_speed='-1')
+    with pytest.raises(RuntimeError, match=r"sim_seed:='1.5' is not an integer"):
+        _sim_node_params(monkeypatch, sim_seed='1.5')
+
+
 def _ros2_launch_ready() -> str:
     """Why `ros2 launch realm_ros ...` cannot run here ('' when it can: ros2 CLI, launch and a built realm_ros)."""
     if MISSING:

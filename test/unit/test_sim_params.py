@@ -1,11 +1,10 @@
 """The one declaration table of sim_event_camera's parameters, and everything that must agree with it."""
-import re
 from pathlib import Path
 
 import pytest
 
 from realm_ros.sim.esim import EsimConfig
-from realm_ros.sim.params import (PARAMS_BY_NAME, SIM_PARAMETERS, check_values, default_values,
+from realm_ros.sim.params import (DEMO_RIG, PARAMS_BY_NAME, SIM_PARAMETERS, check_values, default_values, demo_rig,
                                   sim_config_from_values, yaml_text)
 from realm_ros.sim.simulator import SimConfig
 
@@ -60,13 +59,19 @@ def test_node_docs_and_launch_name_only_declared_parameters():
     doc = node_src.split('"""')[1]
     for p in SIM_PARAMETERS:
         assert f'``{p.name}``' in doc, f'{p.name} is not documented in sim_camera_node'
-    # parameters the launch file and the demo hand to the simulator exist in the table
-    launch = (ROOT / 'launch' / 'perception.launch.py').read_text()
-    sim_node = launch[launch.index("executable='sim_event_camera'"):]
-    sim_params = re.search(r"parameters=\[\{(.*?)\}\]", sim_node, re.S).group(1)
-    for name in re.findall(r"'([a-z_]+)':", sim_params):
-        assert name in PARAMS_BY_NAME or name == 'use_sim_time', name
-    demo = (ROOT / 'realm_ros' / 'demo.py').read_text()
-    demo_params = re.search(r"sim_params = \{(.*?)\}", demo, re.S).group(1)
-    for name in re.findall(r"'([a-z_]+)':", demo_params):
-        assert name in PARAMS_BY_NAME, name
+    # the launch file and the demo hand the simulator the demo rig, whose names and values check_values checks
+    assert 'demo_rig(' in (ROOT / 'launch' / 'perception.launch.py').read_text()
+    assert 'sim_params = demo_rig(' in (ROOT / 'realm_ros' / 'demo.py').read_text()
+    assert set(DEMO_RIG) <= set(PARAMS_BY_NAME)
+
+
+def test_demo_rig_is_a_checked_drive_whose_length_follows_the_trajectory():
+    rig = demo_rig()
+    assert rig == dict(DEMO_RIG, duration_s=32.0) and rig['trajectory'] == 'drive'
+    assert sim_config_from_values(rig).trajectory == 'drive'
+    assert demo_rig('loop')['duration_s'] == 4.0 and demo_rig('loop', duration_s=9)['duration_s'] == 9.0
+    assert demo_rig(seed=5, speed_mps=3)['seed'] == 5 and demo_rig(speed_mps=3)['speed_mps'] == 3.0
+    with pytest.raises(ValueError, match="parameter 'trajectory' must be one of"):
+        demo_rig('circle')
+    with pytest.raises(ValueError, match="parameter 'seed' must be int"):
+        demo_rig(seed=1.5)  # type: ignore[arg-type]
