@@ -173,7 +173,9 @@ class SimCameraNode(Node):
     def _open_sequence(self) -> ProgressiveSequence:
         cfg, p, log = self.sim_config, self.params, self.get_logger()
         if p['loop'] and cfg.trajectory == 'drive':
-            log.warning("loop=true with trajectory 'drive': the pose jumps back at every loop; use 'loop'")
+            log.info(f"replaying the {cfg.duration_s:g} s drive in a loop: the camera jumps back to its start every "
+                     f"{cfg.duration_s / float(p['rate']):g} s (the pose chain re-anchors); trajectory 'loop' goes "
+                     'back and forth without a jump')
         cache_dir = p['cache_dir'] or None
         t0 = time.monotonic()
         seq, worker = start_sequence(cfg, int(p['packet_interval_us']), int(p['seed']), cache_dir,
