@@ -70,9 +70,9 @@ OPENVINO_IN_PROCESS = 'REALM_TEST_OPENVINO_IN_PROCESS'
 @pytest.fixture(autouse=True, scope='session')
 def _eager_pose_decoder_in_this_process():
     """Pipelines built in the test process itself resolve ``pose.decoder_runtime: auto`` to the eager torch decoder
-    (an explicit ``openvino`` is left alone): OpenVINO stays out of the process whose training tests fork data-loading
-    workers (test/unit/test_models_compiled.py says why). Its own tests run in a pytest process of their own; the
-    node tests run nodes as subprocesses with the default."""
+    (an explicit ``openvino`` is left alone): their checks compare with the exact eager reference, and OpenVINO's
+    own tests run in a pytest process of their own (test/unit/test_models_compiled.py says why); the node tests run
+    nodes as subprocesses with the default."""
     if os.environ.get(OPENVINO_IN_PROCESS) == '1':
         yield
         return

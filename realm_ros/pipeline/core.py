@@ -622,6 +622,8 @@ class RealmPipeline:
         with self._lock:
             if self.pose_tracker is not None:
                 self.pose_tracker.clear()
+            if self._compiled_decoder_maps is not None:
+                self._compiled_decoder_maps.close()       # on this thread, its signal stack kept (compiled.py)
             for name in ('encoder', 'dune', 'depth_head', 'projector', 'seg_head', 'mast3r', '_compiled_decoder_maps'):
                 setattr(self, name, None)
         if self.device.type == 'cuda':

@@ -1,11 +1,14 @@
 """The OpenVINO decoder runtime's tests (``openvino_cases.py``) in a pytest process of their own.
 
-Why a process of its own: loading OpenVINO brings its TBB worker threads into the process, and the training tests of
-this suite fork data-loading workers from it; two of four full runs of the suite with OpenVINO used in-process ended
-in a segmentation fault of the test process inside a training test (no Python traceback, not reproduced in smaller
-sets, root cause not found). The perception node never forks. The other pipelines built in the test process
-resolve ``auto`` to the eager decoder (test/conftest.py; the exact reference their checks are written for), and the
-node tests (subprocesses) run the default, OpenVINO where installed."""
+History: two of four full runs of the suite with OpenVINO used in the test process ended in a segmentation fault of
+the test process inside a training test. The cause, found later: OpenVINO's CPU plugin swaps the compiling thread's
+alternate signal stack and puts the previous one back when a model is released, so models released in compile order
+left a freed stack behind, and the next Python signal handler (torch's SIGCHLD handler for its data-loading workers,
+Ctrl-C) died on it. ``realm_ros.models.mast3r.compiled`` now keeps every thread's signal stack across OpenVINO's
+calls (``openvino_cases.py::test_released_models_leave_the_threads_signal_stack_alone`` shows the crash without
+it). The OpenVINO cases still run in a process of their own, and the other pipelines built in the test process
+resolve ``auto`` to the eager decoder (test/conftest.py): their checks are written against the exact eager reference.
+The node tests (subprocesses) run the default, OpenVINO where installed."""
 from __future__ import annotations
 
 import os

@@ -13,12 +13,22 @@ path stays the exact reference (``pose.decoder_runtime torch``).
 
 The compiled graph holds a copy of the decoder's weights taken when a shape is first run: build a new
 :class:`OpenVinoPairMaps` after changing them (the pipeline loads its decoder once).
+
+Signals: OpenVINO's CPU plugin (2026.4, Linux) gives the thread that compiles a model an alternate signal stack of its
+own and, when the model is released, puts back the stack it replaced. Two models released in the order they were
+compiled leave the thread with the first model's freed stack; the next signal whose handler runs on the alternate
+stack (CPython installs every Python-level handler with ``SA_ONSTACK``: Ctrl-C, the SIGCHLD of torch's data-loading
+workers) then kills the process with SIGSEGV, or writes its frame into memory reused meanwhile. Every compile and
+release here runs under :func:`preserved_signal_stack`, so OpenVINO never changes a thread's alternate stack.
 """
 from __future__ import annotations
 
+import ctypes
+import sys
 import threading
 import warnings
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,7 +36,57 @@ from torch import Tensor, nn
 
 from realm_ros.common.errors import RealmError
 
-__all__ = ['PairMaps', 'OpenVinoPairMaps', 'OpenVinoRuntimeError', 'openvino_version']
+__all__ = ['PairMaps', 'OpenVinoPairMaps', 'OpenVinoRuntimeError', 'openvino_version', 'preserved_signal_stack',
+           'signal_stack']
+
+_SS_ONSTACK, _SS_DISABLE = 1, 2
+
+
+class _StackT(ctypes.Structure):
+    """``stack_t`` of ``sigaltstack(2)`` (Linux)."""
+
+    _fields_ = [('ss_sp', ctypes.c_void_p), ('ss_flags', ctypes.c_int), ('ss_size', ctypes.c_size_t)]
+
+
+def _sigaltstack_function() -> Any:
+    if not sys.platform.startswith('linux'):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sigaltstack
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.POINTER(_StackT), ctypes.POINTER(_StackT)]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SIGALTSTACK = _sigaltstack_function()
+
+
+def signal_stack() -> tuple[int, int, int] | None:
+    """The calling thread's alternate signal stack ``(address, size, flags)``; None where it cannot be read."""
+    if _SIGALTSTACK is None:
+        return None
+    cur = _StackT()
+    if _SIGALTSTACK(None, ctypes.byref(cur)) != 0:
+        return None
+    return int(cur.ss_sp or 0), int(cur.ss_size), int(cur.ss_flags)
+
+
+@contextmanager
+def preserved_signal_stack() -> Iterator[None]:
+    """Put the calling thread's alternate signal stack back as it was when the block ends (module docstring: what
+    OpenVINO does to it). A no-op where ``sigaltstack`` is not available."""
+    saved = signal_stack()
+    try:
+        yield
+    finally:
+        if saved is not None and _SIGALTSTACK is not None:
+            now = signal_stack()
+            address, size, flags = saved
+            if now is not None and now != saved and not now[2] & _SS_ONSTACK:
+                stack = _StackT(address or None, _SS_DISABLE if flags & _SS_DISABLE else 0, size)
+                _SIGALTSTACK(ctypes.byref(stack), None)
 
 
 class OpenVinoRuntimeError(RealmError, RuntimeError):
@@ -100,6 +160,11 @@ class OpenVinoPairMaps:
         return list(self._requests)
 
     def _compile(self, tokens1: Tensor, tokens2: Tensor, grid1: tuple[int, int], grid2: tuple[int, int]) -> Any:
+        with preserved_signal_stack():          # the converted model and the core are released here too
+            return self._compile_request(tokens1, tokens2, grid1, grid2)
+
+    def _compile_request(self, tokens1: Tensor, tokens2: Tensor, grid1: tuple[int, int], grid2: tuple[int, int]
+                         ) -> Any:
         import openvino as ov
         module = PairMaps(self.decoder, grid1, grid2).eval()
         try:
@@ -149,6 +214,20 @@ class OpenVinoPairMaps:
                                            f'{type(exc).__name__}: {exc}') from exc
             maps = [np.asarray(result[i]) for i in range(3)]
         return torch.from_numpy(maps[0]), torch.from_numpy(maps[1]), torch.from_numpy(maps[2])
+
+    def close(self) -> None:
+        """Release the compiled models (the calling thread's alternate signal stack is kept; module docstring).
+        Calls after it compile again."""
+        with self._lock, preserved_signal_stack():
+            requests, self._requests = self._requests, {}
+            requests.clear()
+            del requests
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to protect
+            pass
 
     def _eager(self, t1: Tensor, t2: Tensor, key: tuple[Any, ...]) -> tuple[Tensor, Tensor, Tensor]:
         with torch.no_grad():
