@@ -37,7 +37,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -338,6 +338,15 @@ def _interleaved(rows: Dict[str, List[float]], rep: int, k: int, calls: Dict[str
     return out
 
 
+def _rounds(inputs: List[Any], pairs: List[int], repeats: int) -> Iterator[Tuple[int, int, Any, Any]]:
+    """``(rep, k, keyframe tokens, current tokens)`` for every pair of every repeat (repeat 0: the warm-up that
+    :func:`_interleaved` does not record), under ``torch.inference_mode``."""
+    with torch.inference_mode():
+        for rep in range(repeats + 1):
+            for k in pairs:
+                yield rep, k, inputs[0].tokens, inputs[k].tokens
+
+
 def decoder_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) -> Dict[str, Any]:
     """CPU time of the pose step's decoder outputs (both orders batched, view 2 without points) through the lean
     head path (``geometry.symmetric``: each part post-processed from its own map) against the previous path
@@ -348,16 +357,13 @@ def decoder_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) 
     grid = (224 // 14, 224 // 14)
     rows: Dict[str, List[float]] = {'previous': [], 'lean': []}
     identical = True
-    with torch.inference_mode():
-        for rep in range(repeats + 1):
-            for k in pairs:
-                a, b = inputs[0].tokens, inputs[k].tokens
-                t1, t2 = torch.cat([a, b]), torch.cat([b, a])
-                out = _interleaved(rows, rep, k, {
-                    'previous': lambda: _previous_lean_pair(dec, t1, t2, grid),
-                    'lean': lambda: _decode_pair(dec, t1, t2, size, size, False)})
-                identical &= all(set(p) == set(n) and all(torch.equal(p[key], n[key]) for key in p)
-                                 for p, n in zip(out['previous'], out['lean']))
+    for rep, k, a, b in _rounds(inputs, pairs, repeats):
+        t1, t2 = torch.cat([a, b]), torch.cat([b, a])
+        out = _interleaved(rows, rep, k, {
+            'previous': lambda: _previous_lean_pair(dec, t1, t2, grid),
+            'lean': lambda: _decode_pair(dec, t1, t2, size, size, False)})
+        identical &= all(set(p) == set(n) and all(torch.equal(p[key], n[key]) for key in p)
+                         for p, n in zip(out['previous'], out['lean']))
     return {'paths': {n: _stats(v) for n, v in rows.items()}, 'identical': bool(identical)}
 
 
@@ -381,17 +387,13 @@ def local_feature_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats:
     grid = (224 // 14, 224 // 14)
     rows: Dict[str, List[float]] = {'channel_major': [], 'pixel_major': []}
     identical = True
-    with torch.inference_mode():
-        for rep in range(repeats + 1):
-            for k in pairs:
-                a, b = inputs[0].tokens, inputs[k].tokens
-                dec1, dec2 = dec.decode(torch.cat([a, b]), torch.cat([b, a]), grid, grid)
-                for head, toks in ((dec.mast3r.downstream_head1, list(dec1)), (dec.mast3r.downstream_head2,
-                                                                               list(dec2))):
-                    out = _interleaved(rows, rep, k, {
-                        'channel_major': lambda: _channel_major_local_map(head, toks, grid),
-                        'pixel_major': lambda: head.local_feature_map(toks, grid)})
-                    identical &= torch.equal(out['channel_major'], out['pixel_major'])
+    for rep, k, a, b in _rounds(inputs, pairs, repeats):
+        dec1, dec2 = dec.decode(torch.cat([a, b]), torch.cat([b, a]), grid, grid)
+        for head, toks in ((dec.mast3r.downstream_head1, list(dec1)), (dec.mast3r.downstream_head2, list(dec2))):
+            out = _interleaved(rows, rep, k, {
+                'channel_major': lambda: _channel_major_local_map(head, toks, grid),
+                'pixel_major': lambda: head.local_feature_map(toks, grid)})
+            identical &= torch.equal(out['channel_major'], out['pixel_major'])
     return {'paths': {n: _stats(v) for n, v in rows.items()}, 'identical': bool(identical)}
 
 
@@ -601,29 +603,26 @@ def runtime_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) 
     compile_s = time.perf_counter() - c0
     rows: Dict[str, List[float]] = defaultdict(list)
     out_diff, t_diff, r_diff, same_publish = 0.0, 0.0, 0.0, True
-    with torch.inference_mode():
-        for rep in range(repeats + 1):
-            for k in pairs:
-                cur = inputs[k]
-                runtimes = {'torch': None, 'openvino': maps}
-                outs = _interleaved(rows, rep, k, {
-                    f'decoder_{name}': lambda m=m: decode_both_orders(dec, kf.tokens, cur.tokens, size, size,
-                                                                      view2_points=False, maps=m)
-                    for name, m in runtimes.items()})
-                ests = _interleaved(rows, rep, k, {
-                    f'step_{name}': lambda m=m: symmetric_relative_pose(dec, kf, cur.tokens, size, cur.K_model,
-                                                                        decoder_maps=m, **kw)
-                    for name, m in runtimes.items()})
-                for a, b in zip(outs['decoder_torch'], outs['decoder_openvino']):
-                    for key in a:
-                        scale = float(a[key].abs().max()) or 1.0
-                        out_diff = max(out_diff, float((a[key] - b[key]).abs().max()) / scale)
-                pa, pb = ests['step_torch'].pose, ests['step_openvino'].pose
-                same_publish &= pa.ok == pb.ok
-                if pa.ok and pb.ok:
-                    t_diff = max(t_diff, float(np.abs(pa.t - pb.t).max()))
-                    cos = (np.trace(pa.R.T @ pb.R) - 1) / 2
-                    r_diff = max(r_diff, float(np.degrees(np.arccos(np.clip(cos, -1, 1)))))
+    runtimes = {'torch': None, 'openvino': maps}
+    for rep, k, _, tokens in _rounds(inputs, pairs, repeats):
+        K_cur = inputs[k].K_model
+        outs = _interleaved(rows, rep, k, {
+            f'decoder_{name}': lambda m=m: decode_both_orders(dec, kf.tokens, tokens, size, size,
+                                                              view2_points=False, maps=m)
+            for name, m in runtimes.items()})
+        ests = _interleaved(rows, rep, k, {
+            f'step_{name}': lambda m=m: symmetric_relative_pose(dec, kf, tokens, size, K_cur, decoder_maps=m, **kw)
+            for name, m in runtimes.items()})
+        for a, b in zip(outs['decoder_torch'], outs['decoder_openvino']):
+            for key in a:
+                scale = float(a[key].abs().max()) or 1.0
+                out_diff = max(out_diff, float((a[key] - b[key]).abs().max()) / scale)
+        pa, pb = ests['step_torch'].pose, ests['step_openvino'].pose
+        same_publish &= pa.ok == pb.ok
+        if pa.ok and pb.ok:
+            t_diff = max(t_diff, float(np.abs(pa.t - pb.t).max()))
+            cos = (np.trace(pa.R.T @ pb.R) - 1) / 2
+            r_diff = max(r_diff, float(np.degrees(np.arccos(np.clip(cos, -1, 1)))))
     return {'paths': {n: _stats(v) for n, v in rows.items()}, 'compile_s': compile_s, 'openvino': maps.version,
             'max_output_difference_rel': out_diff, 'max_translation_difference_m': t_diff,
             'max_rotation_difference_deg': r_diff, 'same_published': bool(same_publish)}

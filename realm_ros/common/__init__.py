@@ -4,6 +4,7 @@
 * :mod:`.stamps` - :func:`stamp_to_ns` (``builtin_interfaces/Time``-like -> int ns) without ROS types.
 * :mod:`.schedule` - :func:`warmup_cosine`, the learning-rate schedule of every training loop.
 * :mod:`.device` - :func:`resolve_device` (imports torch, so it is loaded on first use).
+* :mod:`.signal_stack` - :func:`preserved_signal_stack`: a thread's alternate signal stack kept across native calls.
 * :mod:`.metrics` - depth, semantic and relative-pose metrics (numpy only), used by head training, the miniature
   recipe and the demo.
 """

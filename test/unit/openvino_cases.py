@@ -166,23 +166,24 @@ _RELEASE_OUT_OF_ORDER = r'''
 import gc, os, signal, sys
 import torch
 sys.path.insert(0, sys.argv[1])
+from realm_ros.common import signal_stack as stack
 from realm_ros.models.mast3r import compiled
 from realm_testing.models import decoder_tokens, tiny_decoder
 if sys.argv[2] == 'unguarded':                  # what happens without the guard (the test checks it still does)
     import contextlib
     compiled.preserved_signal_stack = contextlib.nullcontext
-before = compiled.signal_stack()
+before = stack.signal_stack()
 dec = tiny_decoder()
 first, second = compiled.OpenVinoPairMaps(dec, threads=1), compiled.OpenVinoPairMaps(dec, threads=1)
 a, b = decoder_tokens(16, 1), decoder_tokens(16, 2)
 first(a, b, (4, 4), (4, 4))
 second(a, b, (4, 4), (4, 4))
-print('after compiling', compiled.signal_stack() == before, flush=True)
+print('after compiling', stack.signal_stack() == before, flush=True)
 first.close()                                   # released in the order they were compiled
 second.close()
 del first, second
 gc.collect()
-print('after releasing', compiled.signal_stack() == before, flush=True)
+print('after releasing', stack.signal_stack() == before, flush=True)
 got = []
 signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
 os.kill(os.getpid(), signal.SIGINT)             # handled on the alternate stack (CPython uses SA_ONSTACK)

@@ -19,75 +19,23 @@ own and, when the model is released, puts back the stack it replaced. Two models
 compiled leave the thread with the first model's freed stack; the next signal whose handler runs on the alternate
 stack (CPython installs every Python-level handler with ``SA_ONSTACK``: Ctrl-C, the SIGCHLD of torch's data-loading
 workers) then kills the process with SIGSEGV, or writes its frame into memory reused meanwhile. Every compile and
-release here runs under :func:`preserved_signal_stack`, so OpenVINO never changes a thread's alternate stack.
+release here runs under :func:`realm_ros.common.signal_stack.preserved_signal_stack`, so OpenVINO never changes a
+thread's alternate stack.
 """
 from __future__ import annotations
 
-import ctypes
-import sys
 import threading
 import warnings
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from realm_ros.common.errors import RealmError
+from realm_ros.common.signal_stack import preserved_signal_stack
 
-__all__ = ['PairMaps', 'OpenVinoPairMaps', 'OpenVinoRuntimeError', 'openvino_version', 'preserved_signal_stack',
-           'signal_stack']
-
-_SS_ONSTACK, _SS_DISABLE = 1, 2
-
-
-class _StackT(ctypes.Structure):
-    """``stack_t`` of ``sigaltstack(2)`` (Linux)."""
-
-    _fields_ = [('ss_sp', ctypes.c_void_p), ('ss_flags', ctypes.c_int), ('ss_size', ctypes.c_size_t)]
-
-
-def _sigaltstack_function() -> Any:
-    if not sys.platform.startswith('linux'):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sigaltstack
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.POINTER(_StackT), ctypes.POINTER(_StackT)]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SIGALTSTACK = _sigaltstack_function()
-
-
-def signal_stack() -> tuple[int, int, int] | None:
-    """The calling thread's alternate signal stack ``(address, size, flags)``; None where it cannot be read."""
-    if _SIGALTSTACK is None:
-        return None
-    cur = _StackT()
-    if _SIGALTSTACK(None, ctypes.byref(cur)) != 0:
-        return None
-    return int(cur.ss_sp or 0), int(cur.ss_size), int(cur.ss_flags)
-
-
-@contextmanager
-def preserved_signal_stack() -> Iterator[None]:
-    """Put the calling thread's alternate signal stack back as it was when the block ends (module docstring: what
-    OpenVINO does to it). A no-op where ``sigaltstack`` is not available."""
-    saved = signal_stack()
-    try:
-        yield
-    finally:
-        if saved is not None and _SIGALTSTACK is not None:
-            now = signal_stack()
-            address, size, flags = saved
-            if now is not None and now != saved and not now[2] & _SS_ONSTACK:
-                stack = _StackT(address or None, _SS_DISABLE if flags & _SS_DISABLE else 0, size)
-                _SIGALTSTACK(ctypes.byref(stack), None)
-
+__all__ = ['PairMaps', 'OpenVinoPairMaps', 'OpenVinoRuntimeError', 'openvino_version']
 
 class OpenVinoRuntimeError(RealmError, RuntimeError):
     """OpenVINO is missing, or it could not convert, compile or run the decoder maps of a given shape."""
@@ -160,11 +108,6 @@ class OpenVinoPairMaps:
         return list(self._requests)
 
     def _compile(self, tokens1: Tensor, tokens2: Tensor, grid1: tuple[int, int], grid2: tuple[int, int]) -> Any:
-        with preserved_signal_stack():          # the converted model and the core are released here too
-            return self._compile_request(tokens1, tokens2, grid1, grid2)
-
-    def _compile_request(self, tokens1: Tensor, tokens2: Tensor, grid1: tuple[int, int], grid2: tuple[int, int]
-                         ) -> Any:
         import openvino as ov
         module = PairMaps(self.decoder, grid1, grid2).eval()
         try:
@@ -198,7 +141,8 @@ class OpenVinoPairMaps:
             request = self._requests.get(key)
             if request is None:
                 try:
-                    request = self._compile(t1, t2, g1, g2)
+                    with preserved_signal_stack():     # also while the traced model and the core are released
+                        request = self._compile(t1, t2, g1, g2)
                 except OpenVinoRuntimeError as exc:
                     if not self.fallback:
                         raise
@@ -219,9 +163,7 @@ class OpenVinoPairMaps:
         """Release the compiled models (the calling thread's alternate signal stack is kept; module docstring).
         Calls after it compile again."""
         with self._lock, preserved_signal_stack():
-            requests, self._requests = self._requests, {}
-            requests.clear()
-            del requests
+            self._requests.clear()
 
     def __del__(self) -> None:
         try:
