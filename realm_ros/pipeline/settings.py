@@ -64,8 +64,10 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
               int_range=(10_000, 200_000_000)),
     # model and input
     Setting('device', 'auto', 'torch device: auto, cpu, cuda, cuda:N (cuda without CUDA falls back to cpu)'),
-    Setting('precision', 'auto', 'inference precision (auto: bf16 or fp16 on CUDA, fp32 on CPU; bf16-embedder: '
-            'the voxel embedder in bf16, the rest fp32)', choices=('auto', 'fp32', 'fp16', 'bf16', 'bf16-embedder')),
+    Setting('precision', 'auto', 'inference precision of the encoders and dense heads (auto: bf16 or fp16 on CUDA; '
+            'on the CPU bf16 where it has bfloat16 arithmetic (AVX512-BF16, AMX), else fp32; fp32: the exact '
+            'reference; bf16-embedder: the voxel embedder in bf16, the rest fp32)',
+            choices=('auto', 'fp32', 'fp16', 'bf16', 'bf16-embedder')),
     Setting('checkpoints.realm', '', 'REALM encoder checkpoint (safetensors + metadata)'),
     Setting('checkpoints.dune', '', 'official DUNE checkpoint (.pth): DINOv2 projector, RGB keyframe encoder'),
     Setting('checkpoints.depth_head', '', 'depth head checkpoint'),

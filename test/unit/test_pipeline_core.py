@@ -306,14 +306,15 @@ def test_pipeline_over_modules_built_in_memory(windows):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# precision on the CPU: fp32 unless asked; bf16 warns where the processor does not have it
+# precision on the CPU: auto is bf16 where the processor computes bfloat16 in hardware, else fp32; bf16 warns
+# where the processor does not have it
 
 def test_cpu_precision_choices(monkeypatch):
     import realm_ros.pipeline.core as core
     cpu = torch.device('cpu')
     for native in (True, False):
         monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda native=native: native)
-        assert core.resolve_precision('auto', cpu) == (None, None)       # fp32: the pose estimates depend on it
+        assert core.resolve_precision('auto', cpu) == ((torch.bfloat16 if native else None), None)
         assert core.resolve_precision('fp32', cpu) == (None, None)
         dtype, warning = core.resolve_precision('bf16', cpu)
         assert dtype is torch.bfloat16
@@ -324,13 +325,37 @@ def test_cpu_precision_choices(monkeypatch):
         core.resolve_precision('int8', cpu)
 
 
+def test_cpu_auto_precision_follows_the_processor(ckpts, windows, monkeypatch):
+    """precision auto on the CPU: the encoder and dense heads under bf16 autocast where the processor has bfloat16
+    arithmetic (outputs close to fp32, not equal), the exact fp32 path where it does not."""
+    import realm_ros.pipeline.core as core
+    ref = RealmPipeline(tiny_pipeline_config(ckpts, precision='fp32'))
+    w = windows[0]
+    args = dict(height=480, width=640, K=K_SENSOR, stamp_ns=int(w.t[-1]))
+    want = ref.process(w, **args)
+    monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: False)
+    plain = RealmPipeline(tiny_pipeline_config(ckpts))
+    assert plain.precision_name() == 'fp32' and plain.autocast_dtype is None
+    np.testing.assert_array_equal(plain.process(w, **args).depth, want.depth)
+    monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: True)
+    fast = RealmPipeline(tiny_pipeline_config(ckpts))
+    assert fast.autocast_dtype is torch.bfloat16 and fast.diagnostics()['precision'] == 'bfloat16'
+    assert 'precision auto: this CPU computes bfloat16 in hardware' in fast.describe()
+    assert 'precision auto' not in plain.describe()
+    got = fast.process(w, **args)
+    ok = np.isfinite(want.depth) & np.isfinite(got.depth)
+    assert ok.mean() > 0.5 and not np.array_equal(got.depth[ok], want.depth[ok])       # it did run in bf16
+    assert np.median(np.abs(got.depth[ok] / want.depth[ok] - 1)) < 0.02
+    assert (got.semantic == want.semantic).mean() > 0.9
+
+
 def test_bf16_embedder_runs_only_the_embedder_in_bf16(ckpts, windows, monkeypatch):
     import realm_ros.pipeline.core as core
     monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: False)
     assert 'bf16 embedder is emulated' in core.resolve_precision('bf16-embedder', torch.device('cpu'))[1]
     monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: True)
     assert core.resolve_precision('bf16-embedder', torch.device('cpu')) == (None, None)
-    ref = RealmPipeline(tiny_pipeline_config(ckpts))
+    ref = RealmPipeline(tiny_pipeline_config(ckpts, precision='fp32'))
     mixed = RealmPipeline(tiny_pipeline_config(ckpts, precision='bf16-embedder'))
     assert mixed.precision_name() == 'bf16-embedder' and mixed.diagnostics()['precision'] == 'bf16-embedder'
     assert ref.precision_name() == 'fp32' and mixed.autocast_dtype is None
