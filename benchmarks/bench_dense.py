@@ -12,6 +12,9 @@ For each sensor size and thread count it times (min and median of ``--iters`` ru
 * ``sem_heads`` bridge + projector + segmentation head alone (the arithmetic both paths share)
 * ``points``    previous: ``backproject_depth`` + colour lookup in the BGR image; new: ``dense.point_cloud``
 * ``dense``     voxel + encoder + depth + semantic + points (the whole dense path of a window)
+* ``encoder_bf16`` / ``dense_bf16``  on a CPU with bfloat16 arithmetic, what ``precision: auto`` runs there: the
+                encoder and the whole new dense path under bf16 autocast (compared with the fp32 ``encoder`` and
+                ``dense`` new; close, not identical: patch-token cosine printed)
 
 Every run checks that both paths give identical depth (NaN at the same pixels), labels, colour images and points.
 The previous path is copied here from ``RealmPipeline._process`` as it was before the dense module.
@@ -39,6 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from realm_ros.common.device import cpu_has_native_bf16  # noqa: E402
 from realm_ros.events import voxel_grid  # noqa: E402
 from realm_ros.events.spatial import prepare_input  # noqa: E402
 from realm_ros.events.types import EventArray  # noqa: E402
@@ -126,6 +130,30 @@ def bench_case(p: RealmPipeline, events: EventArray, K: np.ndarray, size: Tuple[
         res['_bf16_embedder_patch_cosine_min'] = {'min': float(torch.nn.functional.cosine_similarity(
             tokens['x_norm_patchtokens'], mixed_tokens['x_norm_patchtokens'], dim=-1).min())}
 
+        if cpu_has_native_bf16():
+            # precision auto on a CPU with bfloat16 arithmetic: the encoder and the dense heads under bf16 autocast
+            def bf16():
+                return torch.autocast('cpu', dtype=torch.bfloat16)
+
+            def encoder_bf16():
+                with bf16():
+                    return p.encoder(prep.tensor)
+            res['encoder_bf16'], bf16_tokens = timed(encoder_bf16, warmup, iters)
+            res['_bf16_patch_cosine_min'] = {'min': float(torch.nn.functional.cosine_similarity(
+                tokens['x_norm_patchtokens'], bf16_tokens['x_norm_patchtokens'].float(), dim=-1).min())}
+
+            def dense_bf16():
+                pr = make_prep()
+                with bf16():
+                    tok = p.encoder(pr.tensor)
+                d = dense.run_depth(p.depth_head, tok, p.grid, pr, msize, autocast=bf16)
+                dc = dense.colorize_depth_region(d, *cfg.depth_color_range, prep=pr)
+                lab = dense.run_semantic(p.encoder, p.projector, p.seg_head, tok, p.grid, pr, msize, bridge,
+                                         autocast=bf16)
+                return d, dc, lab, render.colorize_labels(lab), dense.point_cloud(d, K, cfg.points_stride,
+                                                                                 cfg.points_max_depth, labels=lab)
+            res['dense_bf16'], _ = timed(dense_bf16, warmup, iters)
+
         res['depth_prev'], (d0, dc0) = timed(lambda: previous_depth(p, tokens, prep, n, msize), warmup, iters)
 
         def new_depth():
@@ -182,7 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      dune_checkpoint=str(m / 'mini_teacher.safetensors'),
                                      depth_head_checkpoint=str(m / 'mini_depth_head.safetensors'),
                                      seg_head_checkpoint=str(m / 'mini_seg_head.safetensors'),
-                                     heads=('depth', 'semantic', 'points'), device='cpu'))
+                                     heads=('depth', 'semantic', 'points'), device='cpu', precision='fp32'))
     results = {}
     for i, size in enumerate(sizes):
         path = args.events[i] if args.events and i < len(args.events) else None
@@ -208,6 +236,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f'  {stage:<10} {a["min"]:8.2f} /{a["median"]:7.2f} |{a["cpu"]:7.2f} '
                       f'{b["min"]:8.2f} /{b["median"]:7.2f} |{b["cpu"]:7.2f} '
                       f'{a["min"] / b["min"]:7.1f}x ({a["cpu"] / max(b["cpu"], 1e-3):5.1f}x)')
+            if 'encoder_bf16' in r:
+                a, b, c, e = r['encoder'], r['encoder_bf16'], r['dense_new'], r['dense_bf16']
+                print(f'  precision auto on this CPU (bf16 autocast; bfloat16 arithmetic): encoder {a["min"]:.2f} -> '
+                      f'{b["min"]:.2f} ms wall min ({a["min"] / b["min"]:.2f}x; CPU {a["cpu"]:.2f} -> {b["cpu"]:.2f}), '
+                      f'patch-token cosine min {r["_bf16_patch_cosine_min"]["min"]:.5f}; whole dense path fp32 '
+                      f'{c["min"]:.2f} -> bf16 {e["min"]:.2f} ms ({c["min"] / e["min"]:.2f}x; CPU {c["cpu"]:.2f} -> '
+                      f'{e["cpu"]:.2f})')
+            else:
+                print('  precision auto on this CPU: fp32 (no bfloat16 arithmetic), no bf16 case')
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
