@@ -15,9 +15,12 @@ the outcome counters, and the trajectory against the simulator's ground truth wi
 (:func:`realm_ros.demo_scores.trajectory_score`: the displacement since the first published pose; median direction
 error, median length ratio, median position error).
 
-Variants (``--variants``): ``previous`` (keyframe chosen by CLS similarity, no bridge: the chain rules before the
-eighth session, except that lost tracking now re-anchors), ``default`` (the shipped settings), ``motion_check``
-(default + ``pose.motion_check``).
+Each step chooses its window as the node's pose worker does (:meth:`RealmPipeline.choose_pose_input` among the
+windows since the previous step, the newest last). Variants (``--variants``): ``previous`` (keyframe chosen by CLS
+similarity, no bridge, always the newest window: the chain rules before the eighth session, except that lost tracking
+now re-anchors), ``no_fallback`` (the shipped settings but always the newest window: before
+``pose.similar_window_fallback``), ``default`` (the shipped settings), ``motion_check`` (default +
+``pose.motion_check``).
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 VARIANTS: Dict[str, Dict[str, Any]] = {
-    'previous': {'keyframe_selection': 'similar', 'keyframe_max_bridged': 0},
+    'previous': {'keyframe_selection': 'similar', 'keyframe_max_bridged': 0, 'pose_similar_window_fallback': False},
+    'no_fallback': {'pose_similar_window_fallback': False},
     'default': {},
     'motion_check': {'pose_motion_check': True},
 }
@@ -46,7 +50,7 @@ def main() -> int:
     p.add_argument('--seconds', type=float, default=8.0, help='sequence length (s)')
     p.add_argument('--trajectory', default='drive', choices=('drive', 'loop'))
     p.add_argument('--every', type=int, default=7, help='pose step every N-th 30 Hz window (7)')
-    p.add_argument('--variants', nargs='+', default=['previous', 'default'], choices=sorted(VARIANTS))
+    p.add_argument('--variants', nargs='+', default=['previous', 'no_fallback', 'default'], choices=sorted(VARIANTS))
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--verbose', action='store_true', help='print every step of every variant')
     args = p.parse_args()
@@ -67,14 +71,15 @@ def main() -> int:
                                motion_scale=1.0))
     chunks = list(sim.stream())
     pipe = RealmPipeline(base, log=lambda m: None)
-    inputs, truth = [], {}
-    for k in range(3, len(chunks), args.every):
+    windows, truth = [], {}                # the pose input of every window (the candidates of each step)
+    for k in range(3, len(chunks)):
         c = chunks[k]
         _, pin = pipe.process_dense(c.events, 224, 224, sim.event_camera.K, c.t_end_ns)
         truth[c.t_end_ns] = sim.pose_event(c.t_end_ns)
         if pin is not None:
-            inputs.append(pin)
-    print(f'seed {args.seed}, {args.trajectory} at {args.speed:g} m/s for {args.seconds:g} s: {len(inputs)} pose steps '
+            windows.append(pin)
+    steps = list(range(0, len(windows), args.every))
+    print(f'seed {args.seed}, {args.trajectory} at {args.speed:g} m/s for {args.seconds:g} s: {len(steps)} pose steps '
           f'(every {args.every}th window); machine-independent (no timing)')
     t0 = chunks[0].t_end_ns
     for name in args.variants:
@@ -82,7 +87,12 @@ def main() -> int:
         pipe.pose_tracker.reset()
         published: List[Tuple[int, None, np.ndarray, None]] = []      # as the demo collects ~/pose
         before = {k: v for k, v in pipe.diagnostics().items() if isinstance(v, (int, float))}
-        for inp in inputs:
+        earlier_steps = 0
+        last = -1
+        for i in steps:
+            inp = pipe.choose_pose_input(windows[last + 1:i + 1])
+            last = i
+            earlier_steps += inp.intermediate
             out = pipe.pose_tracker.step(inp)
             if out.pose is not None and out.pose.reference == 'fixed':
                 T = np.eye(4)
@@ -90,14 +100,16 @@ def main() -> int:
                 published.append((inp.stamp_ns, None, T, None))
             if args.verbose:
                 print(f'  {name:12s} t {(inp.stamp_ns - t0) / 1e9:5.2f} s  '
-                      f'{"published" if out.pose is not None else "-"}')
+                      f'{"published" if out.pose is not None else "-"}'
+                      f'{" (earlier window)" if inp.intermediate else ""}')
         after = pipe.diagnostics()
         counts = {k: int(v - before.get(k, 0)) for k, v in after.items()
                   if k.startswith(('pose_rejected.', 'keyframe_reason.', 'fixed_')) and isinstance(v, (int, float))
                   and v - before.get(k, 0)}
         score = trajectory_score(published, truth)       # the demo's trajectory score (realm_ros.demo_scores)
         nan = float('nan')
-        print(f'{name:12s} published {len(published)} of {len(inputs)} | direction '
+        print(f'{name:12s} published {len(published)} of {len(steps)} ({earlier_steps} on an earlier window) | '
+              f'direction '
               f'{score.get("direction_from_start_deg_median", nan):.1f} deg, length '
               f'{score.get("length_ratio_median", nan):.2f}x, position error '
               f'{score.get("position_error_m_median", nan):.1f} m | {counts}')

@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -100,6 +100,9 @@ class PipelineConfig:
     keyframe_selection: str = 'newest'  # 'newest' | 'similar' (KeyframePolicy.selection)
     keyframe_max_bridged: int = 5       # pose.frame fixed: rejected steps bridged by the motion model in a row
     pose_motion_check: bool = False     # reject estimates that contradict the motion model (PoseTracker)
+    # newest window unlike the keyframe: step on the newest earlier one that passes the appearance gate
+    # (PoseTracker.choose_input; the runner's pose worker offers the windows posted since its last step)
+    pose_similar_window_fallback: bool = True
     pose_frame: str = 'keyframe'        # 'keyframe' | 'fixed'
     max_matches_drawn: int = 200
     match_subsample: int = 8
@@ -126,8 +129,8 @@ _POSE_COMPUTE_FIELDS = (('pose_decoder_precision', 'decoder_precision'), ('pose_
 RUNTIME_FIELDS = ('heads', 'spatial_mode', 'normalization', 'depth_color_range', 'points_stride', 'points_max_depth',
                   'keyframe_min_inliers', 'keyframe_max_translation', 'keyframe_max_rotation_deg',
                   'keyframe_max_failures', 'keyframe_min_interval_s', 'keyframe_selection', 'keyframe_max_bridged',
-                  'pose_motion_check', 'pose_frame', 'max_matches_drawn', 'match_subsample', 'pnp_reprojection_px',
-                  'pnp_iterations', 'pose_symmetric',
+                  'pose_motion_check', 'pose_similar_window_fallback', 'pose_frame', 'max_matches_drawn',
+                  'match_subsample', 'pnp_reprojection_px', 'pnp_iterations', 'pose_symmetric',
                   'pose_decoder_precision', 'pose_solver', 'pose_length_source', 'pnp_ransac_kernel')
 
 
@@ -701,6 +704,15 @@ class RealmPipeline:
         except Exception as exc:
             self._raise_if_oom(exc)
             raise
+
+    def choose_pose_input(self, candidates: Sequence[PoseInput]) -> PoseInput:
+        """The window the next pose step should use among ``candidates`` (oldest first, the newest last):
+        :meth:`PoseTracker.choose_input` (the newest unless it fails the appearance gate and an earlier one passes)."""
+        if not candidates:
+            raise ValueError('choose_pose_input: no candidate windows')
+        if self.pose_tracker is None or self.mast3r is None:
+            return candidates[-1]
+        return self.pose_tracker.choose_input(candidates)
 
     def process_pose(self, pose_input: PoseInput) -> PoseOutput:
         """Match a window against the keyframes and estimate its pose (thread-safe; independent of the dense half)."""

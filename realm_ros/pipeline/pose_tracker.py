@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -62,6 +62,9 @@ class PoseInput:
     # (normed patch tokens (1, N, D), normed CLS (1, D)) for the depth head when the pose step takes the essential
     # solver's translation length from it (pose.length_source depth_head); None otherwise
     depth_tokens: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    # set by PoseTracker.choose_input: an earlier window stepped on instead of the newest, whose view failed the
+    # appearance gate against the keyframe (pose.similar_window_fallback); a published estimate makes it a keyframe
+    intermediate: bool = False
 
 
 @dataclass
@@ -128,6 +131,45 @@ class PoseTracker:
             self.keyframes.clear()
 
     # ------------------------------------------------------------------------------------------------ steps
+    def choose_input(self, candidates: Sequence[PoseInput]) -> PoseInput:
+        """The window to step on among ``candidates`` (oldest first; the last is the newest).
+
+        The newest, unless ``pose.similar_window_fallback`` is on (symmetric estimate, calibrated appearance gate)
+        and the newest view fails the appearance gate against the keyframe it would be matched with (it would be
+        rejected as ``dissimilar_views`` before decoding): then the newest earlier candidate that passes the gate and
+        is newer than that keyframe, marked ``intermediate`` (its step publishes through the same gates and a
+        published estimate makes it the next keyframe, so the chain keeps a measured link instead of a bridged
+        one). No candidate passes: the newest. Costs one appearance measure per candidate tried (~2 ms on a CPU)."""
+        from realm_ros.geometry.symmetric import gates_for_decoder, keyframe_similarity
+        newest = candidates[-1]
+        cfg = self._pipe.config
+        if len(candidates) < 2 or not cfg.pose_symmetric or not cfg.pose_similar_window_fallback \
+                or self._pipe.mast3r is None:
+            return newest
+        with self._lock, torch.inference_mode():
+            if self._reset_requested:
+                return newest
+            sources = ('rgb',) if cfg.keyframe_source == 'image' else ('events',)
+            kf = self.keyframes.select(newest.cls, sources)
+            if kf is None:
+                return newest
+            gates = gates_for_decoder(self._pipe.mast3r, kf.source)
+            size = (self._pipe.input_size, self._pipe.input_size)
+
+            def similarity(view: PoseInput) -> float:     # NaN (fails the gate) for a broken model output
+                if not bool(torch.isfinite(view.tokens).all()):
+                    return float('nan')
+                return keyframe_similarity(kf, view.tokens, size, gates.similarity_cells)
+            if not gates.publish or not bool(torch.isfinite(newest.tokens).all()) \
+                    or not gates.views_differ(similarity(newest)):
+                return newest                # (non-finite tokens: the step rejects them as non_finite_input)
+            for cand in reversed(candidates[:-1]):
+                if cand.stamp_ns <= kf.stamp_ns:
+                    break
+                if cand.generation == newest.generation and not gates.views_differ(similarity(cand)):
+                    return replace(cand, intermediate=True)
+        return newest
+
     def _image_keyframe(self, T_fixed: Optional[np.ndarray]) -> Any:
         """Encode the newest offered RGB image with the DUNE teacher and store it (cross-modal keyframe)."""
         from realm_ros.events.spatial import prepare_input
@@ -343,6 +385,14 @@ class PoseTracker:
                                         keyframe_stamp_ns=kf.stamp_ns, num_matches=matches.count,
                                         num_inliers=result.num_inliers, new_keyframe=False,
                                         T_fixed=decision.T_fixed_cur)
+        if (result.ok and inp.intermediate and not decision.add and decision.reason != 'min_interval'
+                and not image_source):
+            # an earlier window stepped on because the newest was too unlike the keyframe: the next view will be
+            # at least as far, so this measured view becomes the keyframe (PoseTracker.choose_input)
+            add_current(decision.T_fixed_cur)
+            self._count('keyframe_reason.intermediate')
+            if out.pose is not None:
+                out.pose.new_keyframe = True
         if result.ok and decision.T_fixed_cur is not None and not image_source:
             self._last_posed = (inp, decision.T_fixed_cur)
         if result.ok:

@@ -9,6 +9,9 @@ The perception node keeps up with the sensor by never letting one output wait fo
 * the **pose worker** takes the newest tokens from the mailbox (a newer window replaces an unread one: counted as
   ``pose_inputs_replaced``) and runs matching + PnP against the keyframes (:meth:`RealmPipeline.process_pose`).
   Keyframe work happens there too, so it never blocks the dense outputs. Each output keeps its window's stamp.
+  The windows posted since its last step stay available (``RECENT_POSE_INPUTS``): when the newest view is too
+  unlike the keyframe, :meth:`RealmPipeline.choose_pose_input` may pick an earlier one (``pose.similar_window_
+  fallback``; counted as ``pose_inputs_intermediate``; that output then carries the earlier window's stamp).
 * **memory hold**: when no window comes for ``memory_hold_timeout_s`` (or a window has too few events), the sink is
   asked to republish its last outputs with a new stamp.
 
@@ -31,7 +34,8 @@ import os
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -42,6 +46,10 @@ from .stream import EventStream
 from .windows import Window
 
 _LOG = logging.getLogger(__name__)
+
+#: windows the pose worker may choose from at a step (those posted since its last step, newest kept): ~0.55 MB each
+#: on the CPU at 224 x 224 (tokens, depth-head tokens, picture); 12 cover ~0.4 s of 30 Hz windows
+RECENT_POSE_INPUTS = 12
 
 Intrinsics = Callable[[int, int], Tuple[np.ndarray, str]]
 
@@ -139,6 +147,9 @@ class PipelineRunner:
         self._pose_wake = threading.Event()
         self._mailbox_lock = threading.Lock()
         self._mailbox: Optional[Tuple[PoseInput, str, float]] = None      # (input, frame_id, posted monotonic s)
+        # the windows posted since the pose worker's last take, oldest first (the mailbox's input is the last): the
+        # candidates of RealmPipeline.choose_pose_input
+        self._recent: Deque[PoseInput] = deque(maxlen=RECENT_POSE_INPUTS)
         self._post_interval_s = 0.0                                          # smoothed time between two posts
         self._last_post_s = 0.0
         self._threads: Dict[str, threading.Thread] = {}
@@ -272,6 +283,7 @@ class PipelineRunner:
             if self._mailbox is not None:
                 self.counters.add('pose_inputs_replaced')
             self._mailbox = (pose_input, frame_id, now)
+            self._recent.append(pose_input)
             if self._last_post_s > 0:
                 dt = min(now - self._last_post_s, 1.0)
                 self._post_interval_s = dt if self._post_interval_s <= 0 else 0.8 * self._post_interval_s + 0.2 * dt
@@ -329,9 +341,19 @@ class PipelineRunner:
             if pose_input.generation != self.stream.generation:
                 self.counters.add('pose_inputs_stale')        # from before a stream restart
                 continue
+            with self._mailbox_lock:
+                earlier = [p for p in self._recent if p.stamp_ns < pose_input.stamp_ns]
+                later = [p for p in self._recent if p.stamp_ns > pose_input.stamp_ns]   # posted meanwhile
+                self._recent.clear()
+                self._recent.extend(later)
             try:
                 t0, c0 = time.monotonic(), time.thread_time()
                 next_start = t0 + (1.0 / rate if rate > 0 else 0.0)
+                if earlier:
+                    chosen = self.pipeline.choose_pose_input(earlier + [pose_input])
+                    if chosen is not pose_input:
+                        self.counters.add('pose_inputs_intermediate')
+                        pose_input = chosen
                 out = self.pipeline.process_pose(pose_input)
                 if self._stop.is_set():
                     break
@@ -403,7 +425,8 @@ class PipelineRunner:
             'memory_holds': c.get('memory_holds', 0), 'memory_hold': str(self.hold_active).lower(),
             'processing_errors': c.get('processing_errors', 0), 'pose_steps': c.get('pose_steps', 0),
             'pose_inputs_replaced': c.get('pose_inputs_replaced', 0),
-            'pose_inputs_stale': c.get('pose_inputs_stale', 0), 'last_error': self.last_error,
+            'pose_inputs_stale': c.get('pose_inputs_stale', 0),
+            'pose_inputs_intermediate': c.get('pose_inputs_intermediate', 0), 'last_error': self.last_error,
         }
         nan = float('nan')
         for output in ('dense', 'pose'):

@@ -114,6 +114,9 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
     Setting('pose.motion_check', False, 'reject an estimate whose translation points more than 90 deg away from the '
               "motion model's prediction or is shorter than a third of it (prediction >= 0.3 m; two in a row drop the "
               'model)', runtime=True),
+    Setting('pose.similar_window_fallback', True, 'when the newest window fails the appearance gate against the '
+              'keyframe, step on the newest window since the last step that passes it (it then becomes the keyframe) '
+              'instead of rejecting the step (pose.symmetric)', runtime=True),
     Setting('pose.frame', 'keyframe', "~/pose relative to the keyframe, or chained in 'pose.fixed_frame'",
               runtime=True, choices=('keyframe', 'fixed')),
     Setting('pose.fixed_frame', 'odom', 'frame_id of ~/pose when pose.frame is fixed', runtime=True),
@@ -322,6 +325,7 @@ def pipeline_runtime_settings(get: Getter, pending: Optional[Mapping[str, Any]] 
                 keyframe_min_interval_s=float(p('keyframe.min_interval_s')),
                 keyframe_selection=p('keyframe.selection'), keyframe_max_bridged=int(p('keyframe.max_bridged')),
                 pose_motion_check=bool(p('pose.motion_check')),
+                pose_similar_window_fallback=bool(p('pose.similar_window_fallback')),
                 pose_frame=p('pose.frame'),
                 max_matches_drawn=int(p('matches.max_drawn')), match_subsample=int(p('matches.subsample')),
                 pnp_reprojection_px=float(p('pose.reprojection_px')), pnp_iterations=int(p('pose.ransac_iterations')),

@@ -27,6 +27,8 @@ class TimedPipeline:
         self.pose_started = threading.Event()
         self.pose_value = None                # what process_pose returns as the estimate (None: rejected)
         self.similarities = []                # appearance-gate measures of the steps, in turn (then none)
+        self.choose = None                    # candidates -> the window to step on (None: the newest)
+        self.choices = []                     # the candidate stamps offered at each step
 
     def process_dense(self, events, height, width, K, stamp_ns, on_pose_input=None):
         """The encoder takes ``encoder_share`` of ``dense_s``: the pose input is handed over then, the heads take
@@ -46,6 +48,10 @@ class TimedPipeline:
         out, inp = self.process_dense(events, height, width, K, stamp_ns)
         out.pose = self.process_pose(inp).pose
         return out
+
+    def choose_pose_input(self, candidates):
+        self.choices.append([c.stamp_ns for c in candidates])
+        return self.choose(candidates) if self.choose is not None else candidates[-1]
 
     def process_pose(self, inp):
         self.pose_calls.append(inp.stamp_ns)
@@ -121,6 +127,25 @@ def run_until(stream, runner, n_windows, period_s, cond, timeout=10.0):
     finally:
         stopped = runner.stop(timeout=2.0)
     return held and stopped
+
+
+def test_pose_worker_offers_the_windows_since_its_last_step():
+    """Each pose step is offered the windows posted since the previous step (oldest first, the newest last, none
+    offered twice); a step on an earlier window is counted and keeps that window's stamp."""
+    pipe = TimedPipeline(dense_s=0.01, pose_s=0.25)
+    pipe.choose = lambda c: c[0]                          # always the oldest offered window
+    stream, sink, runner = make(pipe)
+    assert run_until(stream, runner, 20, 0.05, lambda: len(pipe.pose_calls) >= 3)
+    offered = pipe.choices                               # asked only when earlier windows came with the newest
+    assert offered and all(len(c) > 1 for c in offered)  # windows arrived during a 0.25 s step
+    for c in offered:
+        assert c == sorted(c) and len(set(c)) == len(c)
+    flat = [s for c in offered for s in c]
+    assert len(flat) == len(set(flat))                   # a window is offered to one step only
+    assert [c[0] for c in offered] == [s for s in pipe.pose_calls if s in flat]   # the chosen one ran
+    assert pipe.pose_calls == sorted(pipe.pose_calls) and set(pipe.pose_calls) <= set(pipe.dense_calls)
+    assert runner.diagnostics()['pose_inputs_intermediate'] == len(offered)
+    assert [s for _, s in sink.pose_out] == pipe.pose_calls[:len(sink.pose_out)]
 
 
 def test_dense_outputs_do_not_wait_for_pose_and_pose_takes_the_newest_window():
