@@ -130,35 +130,11 @@ def bench_case(p: RealmPipeline, events: EventArray, K: np.ndarray, size: Tuple[
         res['_bf16_embedder_patch_cosine_min'] = {'min': float(torch.nn.functional.cosine_similarity(
             tokens['x_norm_patchtokens'], mixed_tokens['x_norm_patchtokens'], dim=-1).min())}
 
-        if cpu_has_native_bf16():
-            # precision auto on a CPU with bfloat16 arithmetic: the encoder and the dense heads under bf16 autocast
-            def bf16():
-                return torch.autocast('cpu', dtype=torch.bfloat16)
-
-            def encoder_bf16():
-                with bf16():
-                    return p.encoder(prep.tensor)
-            res['encoder_bf16'], bf16_tokens = timed(encoder_bf16, warmup, iters)
-            res['_bf16_patch_cosine_min'] = {'min': float(torch.nn.functional.cosine_similarity(
-                tokens['x_norm_patchtokens'], bf16_tokens['x_norm_patchtokens'].float(), dim=-1).min())}
-
-            def dense_bf16():
-                pr = make_prep()
-                with bf16():
-                    tok = p.encoder(pr.tensor)
-                d = dense.run_depth(p.depth_head, tok, p.grid, pr, msize, autocast=bf16)
-                dc = dense.colorize_depth_region(d, *cfg.depth_color_range, prep=pr)
-                lab = dense.run_semantic(p.encoder, p.projector, p.seg_head, tok, p.grid, pr, msize, bridge,
-                                         autocast=bf16)
-                return d, dc, lab, render.colorize_labels(lab), dense.point_cloud(d, K, cfg.points_stride,
-                                                                                 cfg.points_max_depth, labels=lab)
-            res['dense_bf16'], _ = timed(dense_bf16, warmup, iters)
-
         res['depth_prev'], (d0, dc0) = timed(lambda: previous_depth(p, tokens, prep, n, msize), warmup, iters)
 
-        def new_depth():
-            d = dense.run_depth(p.depth_head, tokens, p.grid, prep, msize)
-            return d, dense.colorize_depth_region(d, *cfg.depth_color_range, prep=prep)
+        def new_depth(tok=tokens, pr=prep, autocast=None):
+            d = dense.run_depth(p.depth_head, tok, p.grid, pr, msize, autocast=autocast)
+            return d, dense.colorize_depth_region(d, *cfg.depth_color_range, prep=pr)
         res['depth_new'], (d1, dc1) = timed(new_depth, warmup, iters)
 
         def heads_only():
@@ -169,10 +145,31 @@ def bench_case(p: RealmPipeline, events: EventArray, K: np.ndarray, size: Tuple[
         res['semantic_prev'], (s0, sc0) = timed(lambda: previous_semantic(p, tokens, prep, n, msize, bridge),
                                                 max(1, warmup // 2), max(3, iters // 3))
 
-        def new_semantic():
-            labels = dense.run_semantic(p.encoder, p.projector, p.seg_head, tokens, p.grid, prep, msize, bridge)
+        def new_semantic(tok=tokens, pr=prep, autocast=None):
+            labels = dense.run_semantic(p.encoder, p.projector, p.seg_head, tok, p.grid, pr, msize, bridge,
+                                        autocast=autocast)
             return labels, render.colorize_labels(labels)
         res['semantic_new'], (s1, sc1) = timed(new_semantic, warmup, iters)
+
+        if cpu_has_native_bf16():
+            # precision auto on a CPU with bfloat16 arithmetic: the encoder and the dense heads under bf16 autocast
+            def bf16():
+                return torch.autocast('cpu', dtype=torch.bfloat16)
+
+            def encoder_bf16(pr=prep):
+                with bf16():
+                    return p.encoder(pr.tensor)
+            res['encoder_bf16'], bf16_tokens = timed(encoder_bf16, warmup, iters)
+            res['_bf16_patch_cosine_min'] = {'min': float(torch.nn.functional.cosine_similarity(
+                tokens['x_norm_patchtokens'], bf16_tokens['x_norm_patchtokens'].float(), dim=-1).min())}
+
+            def dense_bf16():                          # the whole new path, as dense_new below sums it
+                pr = make_prep()
+                tok = encoder_bf16(pr)
+                d, _ = new_depth(tok, pr, bf16)
+                labels, _ = new_semantic(tok, pr, bf16)
+                return dense.point_cloud(d, K, cfg.points_stride, cfg.points_max_depth, labels=labels)
+            res['dense_bf16'], _ = timed(dense_bf16, warmup, iters)
 
         stride, maxd = cfg.points_stride, cfg.points_max_depth
         res['points_prev'], (x0, r0) = timed(lambda: previous_points(d0, K, stride, maxd, sc0), warmup, iters)

@@ -248,8 +248,13 @@ class KeyframeStore:
         best = int(torch.argmax(sims))          # ties: the older keyframe (first maximum)
         return candidates[best]
 
-    def update(self, keyframe: Keyframe | None, result: PoseResult | None, stamp_ns: int) -> KeyframeDecision:
+    def update(self, keyframe: Keyframe | None, result: PoseResult | None, stamp_ns: int,
+               intermediate: bool = False) -> KeyframeDecision:
         """Feed the latest estimate against ``keyframe`` and decide whether the current view should become one.
+
+        ``intermediate``: the view is an earlier window the pose step took because the newest was too unlike the
+        keyframe (``pose.similar_window_fallback``); a valid estimate of it makes it a keyframe (``intermediate``)
+        when no other rule does, outside ``min_interval``: the next view will be at least as far from the keyframe.
 
         Returns the decision and, when the estimate is valid and the keyframe's fixed-frame pose is known, the
         current camera pose in the fixed frame (``T_fixed_kf @ T_kf_cur``).
@@ -291,4 +296,6 @@ class KeyframeStore:
         if result.rotation_deg > p.max_rotation_deg:
             return KeyframeDecision(True, f'rotation ({result.rotation_deg:.1f} > {p.max_rotation_deg} deg)',
                                     T_fixed_cur)
+        if intermediate:
+            return KeyframeDecision(True, 'intermediate (the newest view was unlike the keyframe)', T_fixed_cur)
         return KeyframeDecision(False, 'tracking', T_fixed_cur)

@@ -78,3 +78,29 @@ def tokens(i):
     return t
 
 
+
+
+def scripted_tracker(script, *, size=56, mast3r=None, max_bridged=0, **config):
+    """A :class:`realm_ros.pipeline.pose_tracker.PoseTracker` whose estimates come from ``script`` (one
+    ``PoseResult`` per decoded step, in order) on a stand-in pipeline of ``size`` x ``size`` input; ``config``
+    overrides the pipeline settings the tracker reads (event keyframes, symmetric estimate, ``pose.frame fixed``).
+    Returns ``(tracker, counts)``, the counters it added."""
+    from types import SimpleNamespace
+
+    from realm_ros.geometry.keyframes import KeyframePolicy
+    from realm_ros.geometry.matching import ReciprocalMatches
+    from realm_ros.pipeline.pose_tracker import PoseTracker
+    cfg = SimpleNamespace(**{**dict(keyframe_source='events', pose_symmetric=True, pose_frame='fixed',
+                                    max_matches_drawn=10, pose_motion_check=False,
+                                    pose_similar_window_fallback=True), **config})
+    counts = {}
+    pipe = SimpleNamespace(config=cfg, input_size=size, device=torch.device('cpu'), mast3r=mast3r,
+                           _keyframe_policy=lambda c: KeyframePolicy(min_inliers=10, max_failures=3,
+                                                                     max_translation=100.0, max_rotation_deg=90.0,
+                                                                     max_bridged=max_bridged))
+    tracker = PoseTracker(pipe, lambda k: counts.__setitem__(k, counts.get(k, 0) + 1))
+    steps = iter(script)
+    xy = np.stack([np.arange(60) % size, np.arange(60) // 2], axis=1).astype(np.int64)
+    matches = ReciprocalMatches(xy, xy.copy())              # what the match drawing shows
+    tracker._symmetric_pose = lambda *a, **kw: (next(steps), matches)
+    return tracker, counts

@@ -130,6 +130,22 @@ def test_min_interval_rate_limits_automatic_additions():
     assert store.update(kf, _result(inliers=5), 5_600_000).reason == 'requested'
 
 
+def test_an_intermediate_view_with_a_valid_estimate_becomes_a_keyframe():
+    """pose.similar_window_fallback's rule: a valid estimate of an earlier window taken because the newest was unlike
+    the keyframe adds it when no other rule does, never within min_interval, never for a rejected estimate."""
+    store = KeyframeStore(KeyframePolicy(min_inliers=50, max_translation=0.5))
+    kf = _add(store, 1)
+    assert store.update(kf, _result(), 10).add is False
+    d = store.update(kf, _result(), 10, intermediate=True)
+    assert d.add and d.reason.startswith('intermediate')
+    assert store.update(kf, _result(t=[-0.8, 0, 0]), 10, intermediate=True).reason.startswith('translation')
+    assert not store.update(kf, _result(ok=False, reason='too_few_inliers'), 10, intermediate=True).add
+    store = KeyframeStore(KeyframePolicy(min_interval_ns=1_000_000, min_inliers=50))
+    kf = store.add(_tokens(3), torch.ones(8), (56, 56), K, stamp_ns=5_000_000, source='events')
+    assert store.update(kf, _result(), 5_500_000, intermediate=True).reason == 'min_interval'
+    assert store.update(kf, _result(), 6_500_000, intermediate=True).reason.startswith('intermediate')
+
+
 def test_relative_pose_composed_into_fixed_frame():
     rng = np.random.default_rng(0)
     # ground truth: keyframe and current camera poses in the fixed frame

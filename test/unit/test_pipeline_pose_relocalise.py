@@ -1,14 +1,11 @@
 """Rejected steps and lost tracking in pose.frame fixed (realm_ros.pipeline.pose_tracker): the chain into
 pose.fixed_frame continues through the motion-model bridge, the newest posed view, or a re-anchored keyframe."""
-from types import SimpleNamespace
-
 import numpy as np
 import torch
+from realm_testing.geometry import scripted_tracker
 
-from realm_ros.geometry.keyframes import KeyframePolicy
-from realm_ros.geometry.matching import ReciprocalMatches
 from realm_ros.geometry.pose import PoseResult
-from realm_ros.pipeline.pose_tracker import PoseInput, PoseTracker
+from realm_ros.pipeline.pose_tracker import PoseInput
 
 S = 56
 K = np.array([[50.0, 0, 27.5], [0, 50.0, 27.5], [0, 0, 1.0]])
@@ -16,19 +13,7 @@ K = np.array([[50.0, 0, 27.5], [0, 50.0, 27.5], [0, 0, 1.0]])
 
 def _tracker(script, max_bridged=0, motion_check=False):
     """A tracker whose estimates come from ``script`` (one PoseResult per step, in order)."""
-    cfg = SimpleNamespace(keyframe_source='events', pose_symmetric=True, pose_frame='fixed', max_matches_drawn=10,
-                          pose_motion_check=motion_check)
-    counts = {}
-    pipe = SimpleNamespace(config=cfg, input_size=S, device=torch.device('cpu'), mast3r=None,
-                           _keyframe_policy=lambda c: KeyframePolicy(min_inliers=10, max_failures=3,
-                                                                     max_translation=100.0, max_rotation_deg=90.0,
-                                                                     max_bridged=max_bridged))
-    tracker = PoseTracker(pipe, lambda k: counts.__setitem__(k, counts.get(k, 0) + 1))
-    steps = iter(script)
-    xy = np.stack([np.arange(60) % S, np.arange(60) // 2], axis=1).astype(np.int64)
-    matches = ReciprocalMatches(xy, xy.copy())              # what the match drawing shows
-    tracker._symmetric_pose = lambda *a, **kw: (next(steps), matches)
-    return tracker, counts
+    return scripted_tracker(script, size=S, max_bridged=max_bridged, pose_motion_check=motion_check)
 
 
 def _input(i):

@@ -3,18 +3,16 @@ the keyframe, the pose step takes the newest earlier window that passes it, and 
 window makes it the keyframe. The gate and the similarity measure are the real ones; the estimates are scripted
 (the estimator is tested in test_geometry_symmetric*.py)."""
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from realm_testing.geometry import scripted_tracker
 
 import realm_ros.geometry.symmetric as symmetric
 from realm_ros.geometry.gates import PoseGates
-from realm_ros.geometry.keyframes import KeyframePolicy
-from realm_ros.geometry.matching import ReciprocalMatches
 from realm_ros.geometry.pose import PoseResult
-from realm_ros.pipeline.pose_tracker import PoseInput, PoseTracker
+from realm_ros.pipeline.pose_tracker import PoseInput
 
 S = 56                                                      # 4 x 4 tokens of 14 px
 K = np.array([[50.0, 0, 27.5], [0, 50.0, 27.5], [0, 0, 1.0]])
@@ -28,21 +26,9 @@ def gates(monkeypatch):
     return g
 
 
-def _tracker(script, fallback=True, **cfg_extra):
-    cfg = SimpleNamespace(keyframe_source='events', pose_symmetric=True, pose_frame='fixed', max_matches_drawn=10,
-                          pose_motion_check=False, pose_similar_window_fallback=fallback)
-    for k, v in cfg_extra.items():
-        setattr(cfg, k, v)
-    counts = {}
-    pipe = SimpleNamespace(config=cfg, input_size=S, device=torch.device('cpu'), mast3r=object(),
-                           _keyframe_policy=lambda c: KeyframePolicy(min_inliers=10, max_failures=3,
-                                                                     max_translation=100.0, max_rotation_deg=90.0,
-                                                                     max_bridged=2))
-    tracker = PoseTracker(pipe, lambda k: counts.__setitem__(k, counts.get(k, 0) + 1))
-    steps = iter(script)
-    xy = np.stack([np.arange(60) % S, np.arange(60) // 2], axis=1).astype(np.int64)
-    tracker._symmetric_pose = lambda *a, **kw: (next(steps), ReciprocalMatches(xy, xy.copy()))
-    return tracker, counts
+def _tracker(script, fallback=True, **config):
+    return scripted_tracker(script, size=S, mast3r=object(), max_bridged=2, pose_similar_window_fallback=fallback,
+                            **config)
 
 
 def _view(i, like_keyframe, generation=0):
