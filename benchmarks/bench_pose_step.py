@@ -581,13 +581,15 @@ def _print_table(title: str, result: Dict[str, Any], keys: List[str]) -> None:
 
 def runtime_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) -> Dict[str, Any]:
     """CPU time of the pose step on the eager torch decoder against the OpenVINO-compiled decoder maps
-    (``pose.decoder_runtime``), interleaved pair by pair: the decoder outputs alone (both orders batched, view 2
-    without points) and the whole :func:`symmetric_relative_pose` with the decoder's calibrated gates. Reports the
-    largest difference of the decoder outputs (relative to each output's largest value) and of the poses, and
-    whether both published the same pairs."""
+    (``pose.decoder_runtime``), in fp32 and with the heads in bf16 (``pose.decoder_precision bf16-heads``),
+    interleaved pair by pair: the decoder outputs alone (both orders batched, view 2 without points) and the whole
+    :func:`symmetric_relative_pose` with the decoder's calibrated gates. Reports, for each compiled variant, the
+    largest difference of its decoder outputs from torch's (relative to each output's largest value) and of the
+    poses, and whether both published the same pairs."""
     from realm_ros.geometry.gates import gates_for_decoder
     from realm_ros.geometry.relative_pose import MatchingParams
-    from realm_ros.geometry.symmetric import decode_both_orders, symmetric_relative_pose
+    from realm_ros.geometry.symmetric import (DECODER_DTYPES, decode_both_orders, split_decoder_dtype,
+                                              symmetric_relative_pose)
     from realm_ros.models.mast3r.compiled import OpenVinoPairMaps
     dec = pipe.mast3r
     maps = OpenVinoPairMaps(dec)
@@ -598,34 +600,40 @@ def runtime_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats: int) 
     kf = store.add(kf_in.tokens, kf_in.cls, size, kf_in.K_model, kf_in.stamp_ns, source='events')
     gates = gates_for_decoder(dec, kf.source)
     kw = dict(pnp=pipe._pnp_params, matching=MatchingParams(subsample=8, border=3), gates=gates)
-    c0 = time.perf_counter()
-    maps(torch.cat([kf.tokens, kf.tokens]), torch.cat([kf.tokens, kf.tokens]), (16, 16), (16, 16))
-    compile_s = time.perf_counter() - c0
+    heads16 = DECODER_DTYPES['bf16-heads']
+    compile_s = {}
+    for name, dtype in (('openvino', None), ('openvino_bf16_heads', heads16)):
+        c0 = time.perf_counter()
+        maps(torch.cat([kf.tokens, kf.tokens]), torch.cat([kf.tokens, kf.tokens]), (16, 16), (16, 16),
+             heads_dtype=split_decoder_dtype(dtype)[1])
+        compile_s[name] = time.perf_counter() - c0
     rows: Dict[str, List[float]] = defaultdict(list)
-    out_diff, t_diff, r_diff, same_publish = 0.0, 0.0, 0.0, True
-    runtimes = {'torch': None, 'openvino': maps}
+    diffs = {name: {'output_rel': 0.0, 'translation_m': 0.0, 'rotation_deg': 0.0, 'same_published': True}
+             for name in compile_s}
+    runtimes = {'torch': (None, None), 'openvino': (maps, None), 'openvino_bf16_heads': (maps, heads16)}
     for rep, k, _, tokens in _rounds(inputs, pairs, repeats):
         K_cur = inputs[k].K_model
         outs = _interleaved(rows, rep, k, {
-            f'decoder_{name}': lambda m=m: decode_both_orders(dec, kf.tokens, tokens, size, size,
-                                                              view2_points=False, maps=m)
-            for name, m in runtimes.items()})
+            f'decoder_{name}': lambda m=m, d=d: decode_both_orders(dec, kf.tokens, tokens, size, size,
+                                                                   view2_points=False, maps=m, compute_dtype=d)
+            for name, (m, d) in runtimes.items()})
         ests = _interleaved(rows, rep, k, {
-            f'step_{name}': lambda m=m: symmetric_relative_pose(dec, kf, tokens, size, K_cur, decoder_maps=m, **kw)
-            for name, m in runtimes.items()})
-        for a, b in zip(outs['decoder_torch'], outs['decoder_openvino']):
-            for key in a:
-                scale = float(a[key].abs().max()) or 1.0
-                out_diff = max(out_diff, float((a[key] - b[key]).abs().max()) / scale)
-        pa, pb = ests['step_torch'].pose, ests['step_openvino'].pose
-        same_publish &= pa.ok == pb.ok
-        if pa.ok and pb.ok:
-            t_diff = max(t_diff, float(np.abs(pa.t - pb.t).max()))
-            cos = (np.trace(pa.R.T @ pb.R) - 1) / 2
-            r_diff = max(r_diff, float(np.degrees(np.arccos(np.clip(cos, -1, 1)))))
+            f'step_{name}': lambda m=m, d=d: symmetric_relative_pose(dec, kf, tokens, size, K_cur, decoder_maps=m,
+                                                                     decoder_dtype=d, **kw)
+            for name, (m, d) in runtimes.items()})
+        for name, diff in diffs.items():
+            for a, b in zip(outs['decoder_torch'], outs[f'decoder_{name}']):
+                for key in a:
+                    scale = float(a[key].abs().max()) or 1.0
+                    diff['output_rel'] = max(diff['output_rel'], float((a[key] - b[key]).abs().max()) / scale)
+            pa, pb = ests['step_torch'].pose, ests[f'step_{name}'].pose
+            diff['same_published'] &= pa.ok == pb.ok
+            if pa.ok and pb.ok:
+                diff['translation_m'] = max(diff['translation_m'], float(np.abs(pa.t - pb.t).max()))
+                cos = (np.trace(pa.R.T @ pb.R) - 1) / 2
+                diff['rotation_deg'] = max(diff['rotation_deg'], float(np.degrees(np.arccos(np.clip(cos, -1, 1)))))
     return {'paths': {n: _stats(v) for n, v in rows.items()}, 'compile_s': compile_s, 'openvino': maps.version,
-            'max_output_difference_rel': out_diff, 'max_translation_difference_m': t_diff,
-            'max_rotation_difference_deg': r_diff, 'same_published': bool(same_publish)}
+            'differences_from_torch': diffs}
 
 
 def _write_json(path: Any, out: Dict[str, Any]) -> None:
@@ -704,14 +712,17 @@ def main(argv: Any = None) -> int:
         out['runtime_paths'] = res = runtime_paths(pipe, inputs, pairs, args.repeats)
         for part, title in (('decoder', 'decoder outputs of the pose step (both orders)'),
                             ('step', 'symmetric pose step (decoder, matching, solver, gates)')):
-            a, b = res['paths'][f'{part}_torch'], res['paths'][f'{part}_openvino']
-            print(f"{title} (CPU ms, min / median of {a['n']}): torch {a['min_ms']:.1f} / {a['median_ms']:.1f}, "
-                  f"openvino {b['min_ms']:.1f} / {b['median_ms']:.1f} ({b['median_ms'] / a['median_ms']:.2f}x "
-                  "median)")
-        print(f"OpenVINO {res['openvino']}, compile {res['compile_s']:.1f} s; largest output difference "
-              f"{res['max_output_difference_rel']:.1e} (relative); poses: translation "
-              f"{res['max_translation_difference_m']:.1e} m, rotation {res['max_rotation_difference_deg']:.1e} deg; "
-              f"same pairs published: {res['same_published']}")
+            a = res['paths'][f'{part}_torch']
+            print(f"{title} (CPU ms, min / median of {a['n']}): torch {a['min_ms']:.1f} / {a['median_ms']:.1f}"
+                  + ''.join(f", {name.replace('_', '-')} {b['min_ms']:.1f} / {b['median_ms']:.1f} "
+                            f"({b['median_ms'] / a['median_ms']:.2f}x median)"
+                            for name in ('openvino', 'openvino_bf16_heads')
+                            for b in [res['paths'][f'{part}_{name}']]))
+        for name, diff in res['differences_from_torch'].items():
+            print(f"{name.replace('_', '-')} (OpenVINO {res['openvino']}, compile {res['compile_s'][name]:.1f} s) "
+                  f"against torch fp32: largest output difference {diff['output_rel']:.1e} (relative); poses: "
+                  f"translation {diff['translation_m']:.1e} m, rotation {diff['rotation_deg']:.1e} deg; same pairs "
+                  f"published: {diff['same_published']}")
         _write_json(args.json, out)
         return 0
     if args.decoder_paths or args.local_feature_paths:

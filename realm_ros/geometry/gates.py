@@ -28,7 +28,7 @@ __all__ = ['PoseGates', 'METHODS', 'MODES', 'mode_for', 'parse_pose_gates', 'pos
 
 #: how the pose step computes (decoder precision, pose solver, PnP-RANSAC hypotheses): gates hold only for the
 #: setting they were calibrated with, so a decoder file records it next to its gates (``extra.pose_gates_compute``)
-POSE_COMPUTE_CHOICES: dict[str, tuple[str, ...]] = {'decoder_precision': ('fp32', 'bf16'),
+POSE_COMPUTE_CHOICES: dict[str, tuple[str, ...]] = {'decoder_precision': ('fp32', 'bf16', 'bf16-heads'),
                                                     'solver': ('pnp', 'essential'),
                                                     'length_source': ('point_map', 'depth_head'),
                                                     'ransac_kernel': ('sqpnp', 'ap3p')}
@@ -228,8 +228,9 @@ def parse_pose_gates(obj: Any, where: str = 'pose_gates') -> dict[str, dict[str,
 
 
 def parse_pose_compute(obj: Any, where: str = 'pose_gates_compute') -> dict[str, str]:
-    """The pose-compute record of a decoder file (``{'decoder_precision': 'fp32' | 'bf16', 'solver': 'pnp' |
-    'essential', 'ransac_kernel': 'sqpnp' | 'ap3p'}``), missing entries from :data:`POSE_COMPUTE_DEFAULTS`;
+    """The pose-compute record of a decoder file (``{'decoder_precision': 'fp32' | 'bf16' | 'bf16-heads',
+    'solver': 'pnp' | 'essential', 'ransac_kernel': 'sqpnp' | 'ap3p'}``), missing entries from
+    :data:`POSE_COMPUTE_DEFAULTS`;
     ``None`` -> the defaults. Raises ``ValueError`` naming ``where`` and the entry for an unknown key or value."""
     if obj is None:
         return dict(POSE_COMPUTE_DEFAULTS)

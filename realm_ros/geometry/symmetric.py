@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -35,6 +35,7 @@ from .pose import PnpParams, PoseResult, normalised_pixels, refine_two_view
 from .relative_pose import MatchingParams, _solve_on_device_gather, _sync
 
 __all__ = ['PoseGates', 'OrderAgreement', 'SymmetricPoseEstimate', 'decode_both_orders', 'symmetric_relative_pose',
+           'DECODER_DTYPES', 'DecoderDtype', 'split_decoder_dtype',
            'combine_orders', 'refine_combined', 'order_agreement', 'invert_pose_covariance', 'gate_pose', 'order_gate',
            'skew', 'gates_for_decoder', 'keyframe_similarity']
 
@@ -218,23 +219,40 @@ def _postprocess_maps(dense: Tensor | None, local: Tensor, config: Any, raw_buff
     return out
 
 
-DECODER_DTYPES = {'fp32': None, 'bf16': torch.bfloat16}
+#: what a decoder pass computes in: None (fp32, exact), one dtype for the decoder blocks and the heads, or a pair
+#: ``(blocks, heads)`` (e.g. ``(None, torch.bfloat16)``: fp32 blocks, bf16 DPT and local-feature heads)
+DecoderDtype = Union[torch.dtype, Tuple[Optional[torch.dtype], Optional[torch.dtype]], None]
+
+#: ``pose.decoder_precision`` -> :data:`DecoderDtype`: ``bf16-heads`` keeps the cross-attention blocks in fp32 and
+#: runs the heads (view 1's DPT, both local-feature MLPs; ~55 % of the miniature decoder's CPU time) in bf16
+DECODER_DTYPES: dict[str, DecoderDtype] = {'fp32': None, 'bf16': torch.bfloat16, 'bf16-heads': (None, torch.bfloat16)}
+
+
+def split_decoder_dtype(dtype: DecoderDtype) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """``(blocks, heads)`` compute types of a :data:`DecoderDtype`."""
+    if isinstance(dtype, tuple):
+        if len(dtype) != 2:
+            raise ValueError(f'a decoder dtype pair is (blocks, heads), got {dtype!r}')
+        return dtype[0], dtype[1]
+    return dtype, dtype
 
 
 def _decode_pair(decoder: Any, t1: Tensor, t2: Tensor, shape1: Any, shape2: Any, view2_points: bool,
-                 compute_dtype: torch.dtype | None = None, maps: Any = None
+                 compute_dtype: DecoderDtype = None, maps: Any = None
                  ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """``decoder(t1, t2, shape1, shape2)``; with ``view2_points`` False, the ``catmlp+dpt`` head and a separate
     descriptor confidence (``two_confs``), view 2's DPT branch (points and their confidence, which pose never reads:
     PnP takes view 1's points) is skipped and view 2 gets only ``desc`` / ``desc_conf`` (bit-identical to the full
     forward).
 
-    ``compute_dtype`` (e.g. ``torch.bfloat16``): the decoder blocks and the heads run under autocast to that type
-    (an approximation: the raw head outputs are cast back to fp32 and post-processed in fp32); None: exact fp32.
+    ``compute_dtype`` (e.g. ``torch.bfloat16``, or a ``(blocks, heads)`` pair, :data:`DecoderDtype`): the decoder
+    blocks and / or the heads run under autocast to that type (an approximation: the raw head outputs are cast back
+    to fp32 and post-processed in fp32); None: exact fp32.
 
-    ``maps`` (e.g. :class:`realm_ros.models.mast3r.compiled.OpenVinoPairMaps`; needs ``view2_points`` False and no
-    ``compute_dtype``): computes the raw maps ``(dense1, local1, local2)`` of the pair instead of the eager decoder
-    (:class:`realm_ros.models.mast3r.compiled.PairMaps`); they are post-processed here as the eager ones are."""
+    ``maps`` (e.g. :class:`realm_ros.models.mast3r.compiled.OpenVinoPairMaps`; needs ``view2_points`` False and fp32
+    decoder blocks): computes the raw maps ``(dense1, local1, local2)`` of the pair instead of the eager decoder
+    (:class:`realm_ros.models.mast3r.compiled.PairMaps`), with the heads in the heads' compute type; they are
+    post-processed here as the eager ones are."""
     from realm_ros.models.mast3r.heads import CatMlpDptHead
     from realm_ros.models.mast3r.model import DuneMast3rDecoder, _as_hw
     if view2_points or not isinstance(decoder, DuneMast3rDecoder) or not decoder.config.two_confs \
@@ -245,26 +263,27 @@ def _decode_pair(decoder: Any, t1: Tensor, t2: Tensor, shape1: Any, shape2: Any,
     hw1, hw2 = _as_hw(shape1, 'shape1'), _as_hw(shape2, 'shape2')
     grid1 = decoder._check_tokens(t1, hw1, 'tokens1')
     grid2 = decoder._check_tokens(t2, hw2, 'tokens2')
+    blocks_dtype, heads_dtype = split_decoder_dtype(compute_dtype)
     if maps is not None:
-        if compute_dtype is not None:
-            raise ValueError('compiled decoder maps run in fp32: no compute_dtype')
-        dense1, local1, local2 = maps(t1, t2, grid1, grid2, copy=False)
+        if blocks_dtype is not None:
+            raise ValueError('compiled decoder maps run the decoder blocks in fp32: no blocks compute_dtype')
+        dense1, local1, local2 = maps(t1, t2, grid1, grid2, copy=False, heads_dtype=heads_dtype)
         cfg = decoder.config
         return (_postprocess_maps(dense1, local1, cfg, raw_buffers=True),
                 _postprocess_maps(None, local2, cfg, raw_buffers=True))
-    with _autocast_to(t1.device.type, compute_dtype):
+    with _autocast_to(t1.device.type, blocks_dtype):
         dec1, dec2 = decoder.decode(t1, t2, grid1, grid2)
-    if compute_dtype is None:
+    if heads_dtype is None:
         dec1, dec2 = [t.float() for t in dec1], [t.float() for t in dec2]
     m, cfg = decoder.mast3r, decoder.config
-    pred1, layout = _lean_head_outputs(m.downstream_head1, list(dec1), grid1, cfg, compute_dtype)
-    pred2, _ = _lean_head_outputs(m.downstream_head2, list(dec2), grid2, cfg, compute_dtype, points=False,
+    pred1, layout = _lean_head_outputs(m.downstream_head1, list(dec1), grid1, cfg, heads_dtype)
+    pred2, _ = _lean_head_outputs(m.downstream_head2, list(dec2), grid2, cfg, heads_dtype, points=False,
                                   channels_last=layout)
     return pred1, pred2
 
 
 def decode_both_orders(decoder: Any, tokens_kf: Tensor, tokens_cur: Tensor, shape_kf: Any, shape_cur: Any, *,
-                       view2_points: bool = True, compute_dtype: torch.dtype | None = None, maps: Any = None
+                       view2_points: bool = True, compute_dtype: DecoderDtype = None, maps: Any = None
                        ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
     """Decoder outputs of (keyframe, current) and (current, keyframe): ``(kf_direct, cur_direct, cur_swapped,
     kf_swapped)``, each with a batch dimension of 1. One batched call when both inputs have the same size.
@@ -344,7 +363,7 @@ def _desc_conf_median(pred1: dict[str, Tensor], pred2: dict[str, Tensor], m: Rec
 def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, image_shape: Any, K_cur: Any, *,
                             pnp: PnpParams = PnpParams(), matching: MatchingParams = MatchingParams(),
                             gates: PoseGates = PoseGates(), keep_predictions: bool = False,
-                            view2_points: bool = False, decoder_dtype: torch.dtype | None = None,
+                            view2_points: bool = False, decoder_dtype: DecoderDtype = None,
                             depth_keyframe: Any = None, depth_current: Any = None,
                             decoder_maps: Any = None) -> SymmetricPoseEstimate:
     """Relative pose of the current view against ``keyframe`` from both decoder orders (see the module docstring).
@@ -354,16 +373,17 @@ def symmetric_relative_pose(decoder: Any, keyframe: Keyframe, tokens: Tensor, im
     the direct order, and the covariance of :func:`combine_orders`; it is rejected (``ok`` False, ``reason`` from
     :func:`gate_pose`) when either order fails or the two disagree beyond the gates.
 
-    ``view2_points`` (default False, or True with ``keep_predictions``): also compute view 2's pointmap in each order,
-    which the estimate does not use (see :func:`decode_both_orders`; the result is identical either way).
-    ``decoder_dtype`` (``torch.bfloat16``; not with ``keep_predictions``): the decoder in reduced precision
-    (:func:`_decode_pair`), ~1.7x cheaper on CPUs with native bf16, an approximation (its gates should be calibrated
-    with it). ``timings_s`` has ``decoder``, ``matching_direct`` / ``matching_swapped``, ``pnp_direct`` /
-    ``pnp_swapped`` and ``combine`` (seconds). ``depth_keyframe`` / ``depth_current``: optional metric depth maps
-    (model input size) of the two views; the essential solver then takes each order's translation length from its
-    view 1's depth map instead of the decoder's point map. ``depth_current`` may be a function returning the map: it
-    is called only when the swapped order is solved (a pair rejected before that costs no depth map).
-    ``decoder_maps`` (not with ``decoder_dtype``): a compiled runtime of the decoder's raw maps
+    ``view2_points`` (default False, or True with ``keep_predictions``): also compute view 2's pointmap in each
+    order, which the estimate does not use (see :func:`decode_both_orders`; the result is identical either way).
+    ``decoder_dtype`` (``torch.bfloat16``, or ``(None, torch.bfloat16)`` for the heads only: :data:`DECODER_DTYPES`;
+    not with ``keep_predictions``): the decoder in reduced precision (:func:`_decode_pair`), ~1.6x (heads only
+    ~1.3x) cheaper on CPUs with native bf16, an approximation. ``timings_s`` has ``decoder``, ``matching_direct`` /
+    ``matching_swapped``, ``pnp_direct`` / ``pnp_swapped`` and ``combine`` (seconds). ``depth_keyframe`` /
+    ``depth_current``: optional metric depth maps (model input size) of the two views; the essential solver then
+    takes each order's translation length from its view 1's depth map instead of the decoder's point map.
+    ``depth_current`` may be a function returning the map: it is called only when the swapped order is solved (a
+    pair rejected before that costs no depth map). ``decoder_maps`` (fp32 decoder blocks: ``decoder_dtype`` None or
+    heads only): a compiled runtime of the decoder's raw maps
     (:class:`realm_ros.models.mast3r.compiled.OpenVinoPairMaps`) instead of the eager decoder; with
     ``keep_predictions`` or ``view2_points`` (view 2's points wanted) the eager decoder runs.
 

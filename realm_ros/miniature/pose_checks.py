@@ -32,7 +32,7 @@ import torch
 from realm_ros.geometry.pose import PnpParams
 from realm_ros.geometry.relative_pose import MatchingParams
 from realm_ros.geometry.gates import SIMILARITY_CELLS, token_grid, view_similarity
-from realm_ros.geometry.symmetric import (PoseGates, _desc_conf_median, _match_and_solve, combine_orders,
+from realm_ros.geometry.symmetric import (DecoderDtype, PoseGates, _desc_conf_median, _match_and_solve, combine_orders,
                                           decode_both_orders, gate_pose, invert_pose_covariance, order_agreement,
                                           refine_combined)
 
@@ -149,7 +149,7 @@ def collect_pose_records(models, sequences: Sequence, gaps: Iterable[int] = (3, 
                          zero_stride: int = 6, unrelated_stride: int = 6, pnp: PnpParams = PnpParams(iterations=1000),
                          matching: MatchingParams = MatchingParams(), bridge: str = 'teacher_norm_inverse',
                          modes: Iterable[str] = tuple(MODES), device: torch.device | str = 'cpu',
-                         log: Callable[[str], None] = _LOG.info, decoder_dtype: torch.dtype | None = None,
+                         log: Callable[[str], None] = _LOG.info, decoder_dtype: DecoderDtype = None,
                          length_source: str = 'point_map', similarity_cells: int = SIMILARITY_CELLS
                          ) -> List[Dict[str, Any]]:
     """One record per pair (see the module docstring): ``mode``, ``kind``, ``gap``, ``seeds``, ``T_gt`` (T_cur_ref,
@@ -578,7 +578,7 @@ def collect_trust_records(models, val: Sequence, test: Sequence, gaps: Iterable[
                           val_stride: int = 6, test_stride: int = 3, extra_stride: int = 6,
                           records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
                           log: Callable[[str], None] = _LOG.info, pnp: PnpParams = PnpParams(iterations=1000),
-                          decoder_dtype: torch.dtype | None = None, length_source: str = 'point_map',
+                          decoder_dtype: DecoderDtype = None, length_source: str = 'point_map',
                           similarity_cells: int = SIMILARITY_CELLS) -> Dict[str, List[Dict[str, Any]]]:
     """``{'val': [...], 'test': [...]}`` records of the validation and test sequences (:func:`collect_pose_records`,
     motion pairs every ``*_stride`` frames, zero-motion and unrelated pairs every ``extra_stride``); parts already
@@ -597,7 +597,7 @@ def pose_trust_summary(models, val: Sequence, test: Sequence, gaps: Iterable[int
                        test_stride: int = 3, extra_stride: int = 6, max_fp_rate: float = 0.05,
                        confidence: Optional[float] = None, records: Optional[Dict[str, List[Dict[str, Any]]]] = None,
                        log: Callable[[str], None] = _LOG.info, view_similarity_gate: bool = True,
-                       pnp: PnpParams = PnpParams(iterations=1000), decoder_dtype: torch.dtype | None = None,
+                       pnp: PnpParams = PnpParams(iterations=1000), decoder_dtype: DecoderDtype = None,
                        independent_geometry: bool = True, length_source: str = 'point_map',
                        similarity_cells: int = SIMILARITY_CELLS) -> Dict[str, Any]:
     """Calibrate the gates of the one-order (``direct``) and the symmetric estimate per mode on the validation

@@ -144,7 +144,10 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
             "CPU and the decoder runs in fp32, else torch", choices=('auto', 'openvino', 'torch')),
     Setting('pose.decoder_precision', 'auto', "MASt3R decoder precision of the (symmetric) pose step: 'auto' = what "
               "the decoder's pose gates were calibrated with (its file records it; fp32 where the device has no "
-              "bfloat16 arithmetic), 'fp32', 'bf16'", runtime=True, choices=('auto', 'fp32', 'bf16')),
+              "bfloat16 arithmetic), except that an fp32-calibrated decoder runs as 'bf16-heads' on a CPU with "
+              "bfloat16 arithmetic (same published poses on the held-out scenes, ~0.75x the decoder's CPU time); "
+              "'fp32' (the exact path), 'bf16' (blocks and heads), 'bf16-heads' (fp32 cross-attention blocks, bf16 "
+              "DPT and local-feature heads)", runtime=True, choices=('auto', 'fp32', 'bf16', 'bf16-heads')),
     Setting('pose.ransac_kernel', 'auto', "PnP-RANSAC hypotheses (pose.solver pnp): 'auto' = what the pose gates "
               "were calibrated with, "
               "'sqpnp' (EPnP on 5 points, SQPnP on the inliers: MASt3R's visloc), 'ap3p' (4 points, ~3x cheaper)",

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from realm_ros.geometry.symmetric import decode_both_orders
-from realm_ros.models.mast3r.compiled import OpenVinoPairMaps, OpenVinoRuntimeError, PairMaps, openvino_version
+from realm_ros.common.device import cpu_has_native_bf16
+from realm_ros.models.mast3r.compiled import (OpenVinoPairMaps, OpenVinoRuntimeError, PairBlocks, PairHeads, PairMaps,
+                                              openvino_version)
 from realm_testing.models import decoder_tokens, tiny_decoder
 
 pytestmark = pytest.mark.skipif(openvino_version() is None, reason='OpenVINO is not installed (requirements-ml.txt '
@@ -40,9 +42,37 @@ def test_compiled_maps_equal_the_eager_maps(grids):
     assert ref[2].shape == (2, 14 * g2[0], 14 * g2[1], dec.config.desc_dim + 1)
     for r, g in zip(ref, got):
         assert g.dtype == torch.float32 and _close(g, r)
-    assert maps.compiled_shapes == [((2, g1[0] * g1[1], 192), (2, g2[0] * g2[1], 192), g1, g2)]
+    assert maps.compiled_shapes == [((2, g1[0] * g1[1], 192), (2, g2[0] * g2[1], 192), g1, g2, 'f32')]
     maps(a + 1.0, b, g1, g2)                                  # the same shape: no second compilation
     assert len(maps.compiled_shapes) == 1
+
+
+def test_compiled_heads_in_bf16_are_a_second_model_close_to_eager_bf16():
+    """heads_dtype bfloat16: the blocks compiled in fp32, the heads as a model of their own with the bf16 hint; the
+    maps are within bf16 rounding of the eager blocks + autocast heads, and (on a CPU with bf16 arithmetic, where
+    OpenVINO honours the hint) not the fp32 maps. Both precisions of a shape are kept compiled side by side."""
+    dec = tiny_decoder()
+    g = (4, 4)
+    a, b = decoder_tokens(16, 1, 2), decoder_tokens(16, 2, 2)
+    maps = OpenVinoPairMaps(dec, threads=1)
+    with torch.no_grad():
+        decoded = PairBlocks(dec, g, g)(a, b)
+        ref32 = PairHeads(dec, g, g)(*decoded)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            ref16 = [m.float() for m in PairHeads(dec, g, g)(*decoded)]
+    got16 = maps(a, b, g, g, heads_dtype=torch.bfloat16)
+    got32 = maps(a, b, g, g)
+    for r16, r32, g16, g32 in zip(ref16, ref32, got16, got32):
+        assert g16.dtype == torch.float32 and g16.shape == r32.shape
+        scale = r32.abs().max()
+        assert (g16 - r16).abs().max() <= 0.03 * scale and (g16 - r32).abs().max() <= 0.03 * scale
+        assert _close(g32, r32)
+        if cpu_has_native_bf16():
+            assert not _close(g16, r32)                       # it did run in bf16
+    shape = (2, 16, 192)
+    assert maps.compiled_shapes == [(shape, shape, g, g, 'bf16'), (shape, shape, g, g, 'f32')]
+    with pytest.raises(OpenVinoRuntimeError, match='fp32 or bf16'):
+        maps(a, b, g, g, heads_dtype=torch.float16)
 
 
 def test_compiled_step_outputs_survive_the_next_call_and_match_eager():
@@ -81,7 +111,13 @@ def test_a_shape_that_does_not_compile_falls_back_or_raises(monkeypatch):
         got = lenient(a, b, (4, 4), (4, 4))
         assert all(torch.equal(r, g) for r, g in zip(ref, got))           # the eager maps, bit for bit
     assert len(messages) == 1 and 'cannot compile this one' in messages[0] and 'eager' in messages[0]
-    assert list(lenient.failed) == [((2, 16, 192), (2, 16, 192), (4, 4), (4, 4))]
+    assert list(lenient.failed) == [((2, 16, 192), (2, 16, 192), (4, 4), (4, 4), 'f32')]
+    with torch.no_grad():                                  # heads in bf16: the eager blocks + autocast heads
+        decoded = PairBlocks(dec, (4, 4), (4, 4))(a, b)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            ref16 = PairHeads(dec, (4, 4), (4, 4))(*decoded)
+    got = lenient(a, b, (4, 4), (4, 4), heads_dtype=torch.bfloat16)
+    assert all(g.dtype == torch.float32 and torch.equal(r.float(), g) for r, g in zip(ref16, got))
     strict = OpenVinoPairMaps(dec, threads=1)
     monkeypatch.setattr(strict, '_compile', broken)
     with pytest.raises(OpenVinoRuntimeError, match='cannot compile this one'):
@@ -109,15 +145,20 @@ def _pipe(runtime, **kw):
 
 
 @pytest.mark.skipif(not all(p.is_file() for p in FILES.values()), reason='miniature models not shipped')
-def test_pipeline_chooses_the_decoder_runtime(monkeypatch):
+@pytest.mark.parametrize('native_bf16', [False, True])
+def test_pipeline_chooses_the_decoder_runtime(monkeypatch, native_bf16):
     import realm_ros.models.mast3r.compiled as compiled
+    import realm_ros.pipeline.core as core
     from realm_ros.pipeline.core import PipelineConfigError
+    monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: native_bf16)
     auto = _pipe('auto')
     assert auto.pose_decoder_maps is not None and auto.pose_decoder_runtime == f'openvino {openvino_version()}'
     assert 'pose decoder openvino' in auto.describe()
+    assert auto.describe().endswith('bf16-heads' if native_bf16 else 'fp32')   # the pose decoder's precision
     assert auto.diagnostics()['pose_decoder_runtime'].startswith('openvino')
+    heads = 'bf16' if native_bf16 else 'f32'                   # pose.decoder_precision auto: bf16-heads / fp32
     assert auto.warm_up_pose() > 0 and auto.pose_decoder_maps.compiled_shapes == [
-        ((2, 256, 192), (2, 256, 192), (16, 16), (16, 16))]         # both orders of the node's input size
+        ((2, 256, 192), (2, 256, 192), (16, 16), (16, 16), heads)]         # both orders of the node's input size
     auto.update(pose_decoder_precision='bf16')                 # a bf16 decoder runs eager, back to openvino after
     assert auto.pose_decoder_maps is None and auto.pose_decoder_runtime == 'torch'
     auto.update(pose_decoder_precision='fp32')
@@ -146,7 +187,7 @@ def test_pipeline_poses_agree_with_the_eager_decoder():
     chunks = list(sim.stream())[1:8]
     runs = {}
     for runtime in ('torch', 'openvino'):
-        pipe = _pipe(runtime, pnp_iterations=300)
+        pipe = _pipe(runtime, pnp_iterations=300, pose_decoder_precision='fp32')
         runs[runtime] = [pipe.process(c.events, 224, 224, sim.event_camera.K, c.t_end_ns).pose for c in chunks]
         assert pipe.pose_decoder_runtime.split()[0] == runtime
     published = 0

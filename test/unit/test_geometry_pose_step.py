@@ -143,6 +143,44 @@ def test_bf16_decoder_is_close_to_fp32_and_returns_fp32(shapes):
                            compute_dtype=torch.bfloat16)
 
 
+def test_heads_only_bf16_decoder_keeps_the_blocks_in_fp32(monkeypatch):
+    """compute_dtype (None, bfloat16) (``pose.decoder_precision bf16-heads``): the decoder blocks run in fp32 (their
+    outputs are the fp32 ones, bit for bit), the DPT and local-feature heads under bf16 autocast; outputs fp32,
+    within bf16 rounding of the fp32 ones and different from them; (None, None) is the exact fp32 path."""
+    from realm_ros.geometry.symmetric import DECODER_DTYPES, split_decoder_dtype
+    assert DECODER_DTYPES['bf16-heads'] == (None, torch.bfloat16) and DECODER_DTYPES['fp32'] is None
+    assert split_decoder_dtype(torch.bfloat16) == (torch.bfloat16, torch.bfloat16)
+    assert split_decoder_dtype((None, torch.bfloat16)) == (None, torch.bfloat16)
+    with pytest.raises(ValueError, match='blocks, heads'):
+        split_decoder_dtype((None, None, None))
+    dec = tiny_decoder()
+    a, b = decoder_tokens(16, 1), decoder_tokens(16, 2)
+    decoded = []
+    real_decode = dec.decode
+
+    def spy(*args):
+        out = real_decode(*args)
+        decoded.append([t.clone() for t in out[0]] + [t.clone() for t in out[1]])
+        assert all(t.dtype == torch.float32 for t in decoded[-1])
+        return out
+    monkeypatch.setattr(dec, 'decode', spy)
+    with torch.inference_mode():
+        ref = decode_both_orders(dec, a, b, (56, 56), (56, 56), view2_points=False)
+        heads = decode_both_orders(dec, a, b, (56, 56), (56, 56), view2_points=False,
+                                   compute_dtype=(None, torch.bfloat16))
+        exact = decode_both_orders(dec, a, b, (56, 56), (56, 56), view2_points=False, compute_dtype=(None, None))
+    assert all(torch.equal(x, y) for x, y in zip(decoded[0], decoded[1]))      # the blocks: fp32, bit for bit
+    for f, g, e in zip(ref, heads, exact):
+        assert set(f) == set(g) == set(e)
+        for key in f:
+            assert g[key].dtype == torch.float32 and g[key].shape == f[key].shape
+            assert not torch.equal(f[key], g[key]) and torch.equal(f[key], e[key])
+        assert (f['desc'] * g['desc']).sum(-1).min() > 0.98
+        assert torch.allclose(g['desc_conf'], f['desc_conf'], rtol=0.05)
+        if 'pts3d' in f:
+            assert torch.allclose(g['pts3d'], f['pts3d'], rtol=0.05, atol=0.05)
+
+
 def test_keep_predictions_still_returns_view2_points():
     dec = tiny_decoder()
     kf = Keyframe(id=0, tokens=decoder_tokens(16, 1), cls=torch.zeros(192), image_shape=(56, 56), K=K, stamp_ns=0,

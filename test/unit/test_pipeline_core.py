@@ -112,6 +112,7 @@ def test_pose_compute_follows_the_decoders_calibration(ckpts, windows, monkeypat
     import realm_ros.geometry.symmetric as symmetric
     import realm_ros.pipeline.core as core
     messages = []
+    monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: False)   # auto's fp32 heads: see the next test
     p = RealmPipeline(tiny_pipeline_config(ckpts), log=messages.append)
     assert p.pose_compute == {'decoder_precision': 'fp32', 'solver': 'pnp', 'length_source': 'point_map',
                               'ransac_kernel': 'sqpnp'}
@@ -160,6 +161,40 @@ def test_pose_compute_follows_the_decoders_calibration(ckpts, windows, monkeypat
     assert p._pnp_params.solver == 'essential'
     with pytest.raises(PipelineConfigError, match='pose_decoder_precision'):
         p.update(pose_decoder_precision='fp16')
+    p.close()
+
+
+def test_fp32_calibrated_decoder_runs_its_heads_in_bf16_on_bf16_cpus(ckpts, windows, monkeypatch):
+    """pose.decoder_precision auto with a decoder calibrated in fp32: 'bf16-heads' (fp32 blocks, bf16 heads) on a
+    CPU with bfloat16 arithmetic, fp32 without; no calibration warning for either (the pair publishes the same
+    poses through one calibration); 'fp32' stays selectable; bf16-heads asked for on a CPU without bf16 warns; the
+    pose step gets the (blocks, heads) pair."""
+    import realm_ros.geometry.symmetric as symmetric
+    import realm_ros.pipeline.core as core
+    messages = []
+    monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: True)
+    p = RealmPipeline(tiny_pipeline_config(ckpts), log=messages.append)
+    assert p.pose_compute['decoder_precision'] == 'bf16-heads' and p.pose_decoder_dtype == (None, torch.bfloat16)
+    assert p.diagnostics()['pose_decoder_precision'] == 'bf16-heads' and not messages
+    seen = []
+    real = symmetric.symmetric_relative_pose
+
+    def spy(*a, **k):
+        seen.append(k['decoder_dtype'])
+        return real(*a, **k)
+    monkeypatch.setattr(symmetric, 'symmetric_relative_pose', spy)
+    p.update(keyframe_max_failures=100)
+    for w in windows[:2]:
+        p.process(w, 480, 640, K_SENSOR, int(w.t[-1]))
+    assert seen == [(None, torch.bfloat16)]
+    p.update(pose_decoder_precision='fp32')
+    assert p.pose_decoder_dtype is None and not messages
+    monkeypatch.setattr(core, 'cpu_has_native_bf16', lambda: False)
+    p.update(pose_decoder_precision='auto')
+    assert p.pose_compute['decoder_precision'] == 'fp32' and not messages
+    p.update(pose_decoder_precision='bf16-heads')
+    assert p.pose_decoder_dtype == (None, torch.bfloat16)
+    assert len(messages) == 1 and 'bf16-heads on a device without bfloat16 arithmetic' in messages[0]
     p.close()
 
 

@@ -2,9 +2,11 @@
 
 A symmetric pose step (:mod:`realm_ros.geometry.symmetric`) reads three raw maps of one decoder call: view 1's DPT
 output (points and confidence) and the local-feature maps of both views. :class:`PairMaps` is that computation as a
-torch module (decoder blocks, view 1's DPT, both local-feature MLPs). :class:`OpenVinoPairMaps` traces it once per
-input shape, compiles it with OpenVINO for the CPU in fp32 (``INFERENCE_PRECISION_HINT f32``: no silent bf16 on
-CPUs that have it) and runs it on the calling thread with a bounded number of threads.
+torch module (:class:`PairBlocks`: the decoder blocks; :class:`PairHeads`: view 1's DPT, both local-feature MLPs).
+:class:`OpenVinoPairMaps` traces it once per input shape, compiles it with OpenVINO for the CPU in fp32
+(``INFERENCE_PRECISION_HINT f32``: no silent bf16 on CPUs that have it) and runs it on the calling thread with a
+bounded number of threads. With the heads in bf16 (``pose.decoder_precision bf16-heads``) the blocks and the heads
+are two compiled models, the blocks' in fp32 and the heads' with the bf16 hint.
 
 Why: on the 2-core development CPU the compiled maps cost ~0.7x the eager torch forward (one thread, both orders of
 a 224 x 224 pair of the shipped miniature decoder; ``benchmarks/bench_pose_step.py --runtime-paths``), with the same
@@ -35,7 +37,7 @@ from torch import Tensor, nn
 from realm_ros.common.errors import RealmError
 from realm_ros.common.signal_stack import preserved_signal_stack
 
-__all__ = ['PairMaps', 'OpenVinoPairMaps', 'OpenVinoRuntimeError', 'openvino_version']
+__all__ = ['PairMaps', 'PairBlocks', 'PairHeads', 'OpenVinoPairMaps', 'OpenVinoRuntimeError', 'openvino_version']
 
 class OpenVinoRuntimeError(RealmError, RuntimeError):
     """OpenVINO is missing, or it could not convert, compile or run the decoder maps of a given shape."""
@@ -63,11 +65,40 @@ class PairMaps(nn.Module):
         self.decoder = decoder
         self.grid1, self.grid2 = (int(grid1[0]), int(grid1[1])), (int(grid2[0]), int(grid2[1]))
 
+        self.blocks = PairBlocks(decoder, grid1, grid2)
+        self.heads = PairHeads(decoder, grid1, grid2)
+
     def forward(self, tokens1: Tensor, tokens2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.heads(*self.blocks(tokens1, tokens2))
+
+
+class PairBlocks(nn.Module):
+    """The decoder blocks of one call: ``(tokens1, tokens2)`` -> the decoded token lists of view 1 then view 2,
+    flattened into one tuple (``decoder.decode``'s lists, each ``dec_depth + 1`` long: what the heads read)."""
+
+    def __init__(self, decoder: Any, grid1: tuple[int, int], grid2: tuple[int, int]) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.grid1, self.grid2 = (int(grid1[0]), int(grid1[1])), (int(grid2[0]), int(grid2[1]))
+
+    def forward(self, tokens1: Tensor, tokens2: Tensor) -> tuple[Tensor, ...]:
         dec1, dec2 = self.decoder.decode(tokens1, tokens2, self.grid1, self.grid2)
+        return tuple(dec1) + tuple(dec2)
+
+
+class PairHeads(nn.Module):
+    """The heads of one call on :class:`PairBlocks`' output: ``(dense1, local1, local2)`` (see :class:`PairMaps`)."""
+
+    def __init__(self, decoder: Any, grid1: tuple[int, int], grid2: tuple[int, int]) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.grid1, self.grid2 = (int(grid1[0]), int(grid1[1])), (int(grid2[0]), int(grid2[1]))
+
+    def forward(self, *decoded: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n = len(decoded) // 2
+        dec1, dec2 = list(decoded[:n]), list(decoded[n:])
         head1 = self.decoder.mast3r.downstream_head1
         head2 = self.decoder.mast3r.downstream_head2
-        dec1, dec2 = list(dec1), list(dec2)
         return (head1.dpt(dec1, self.grid1).permute(0, 2, 3, 1), head1.local_feature_map(dec1, self.grid1),
                 head2.local_feature_map(dec2, self.grid2))
 
@@ -104,45 +135,61 @@ class OpenVinoPairMaps:
 
     @property
     def compiled_shapes(self) -> list[tuple[Any, ...]]:
-        """The input shapes compiled so far: ``(tokens1 shape, tokens2 shape, grid1, grid2)``."""
+        """The inputs compiled so far: ``(tokens1 shape, tokens2 shape, grid1, grid2, heads precision)``, the last
+        ``'f32'`` (one fp32 model) or ``'bf16'`` (fp32 blocks, bf16 heads: two models)."""
         return list(self._requests)
 
-    def _compile(self, tokens1: Tensor, tokens2: Tensor, grid1: tuple[int, int], grid2: tuple[int, int]) -> Any:
+    def _compile_module(self, module: nn.Module, inputs: tuple[Tensor, ...], precision: str) -> Any:
         import openvino as ov
-        module = PairMaps(self.decoder, grid1, grid2).eval()
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter('ignore')           # tracer warnings about the shape checks: shapes are fixed
-                # check_trace off: the re-trace differs only in torch's mangled module type names
-                traced = torch.jit.trace(module, (tokens1, tokens2), check_trace=False)
-                model = ov.convert_model(traced, example_input=(tokens1, tokens2))
-            compiled = ov.Core().compile_model(model, 'CPU', {
-                'INFERENCE_NUM_THREADS': self.threads or max(1, torch.get_num_threads()),
-                'INFERENCE_PRECISION_HINT': 'f32', 'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1,
-                'ENABLE_CPU_PINNING': False})
-        except Exception as exc:
-            raise OpenVinoRuntimeError(f'OpenVINO {self.version} could not compile the decoder maps for tokens '
-                                       f'{tuple(tokens1.shape)} / {tuple(tokens2.shape)}, grids {grid1} / {grid2}: '
-                                       f'{type(exc).__name__}: {exc}') from exc
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')           # tracer warnings about the shape checks: shapes are fixed
+            # check_trace off: the re-trace differs only in torch's mangled module type names
+            traced = torch.jit.trace(module.eval(), inputs, check_trace=False)
+            model = ov.convert_model(traced, example_input=inputs)
+        compiled = ov.Core().compile_model(model, 'CPU', {
+            'INFERENCE_NUM_THREADS': self.threads or max(1, torch.get_num_threads()),
+            'INFERENCE_PRECISION_HINT': precision, 'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1,
+            'ENABLE_CPU_PINNING': False})
         return compiled.create_infer_request()
 
+    def _compile(self, tokens1: Tensor, tokens2: Tensor, grid1: tuple[int, int], grid2: tuple[int, int],
+                 heads: str) -> tuple[Any, ...]:
+        """One infer request (fp32: the whole :class:`PairMaps`), or two (bf16 heads: :class:`PairBlocks` in fp32,
+        then :class:`PairHeads` with the bf16 hint)."""
+        try:
+            if heads == 'f32':
+                return (self._compile_module(PairMaps(self.decoder, grid1, grid2), (tokens1, tokens2), 'f32'),)
+            blocks = PairBlocks(self.decoder, grid1, grid2)
+            with torch.no_grad():
+                decoded = blocks(tokens1, tokens2)
+            return (self._compile_module(blocks, (tokens1, tokens2), 'f32'),
+                    self._compile_module(PairHeads(self.decoder, grid1, grid2), decoded, 'bf16'))
+        except Exception as exc:
+            raise OpenVinoRuntimeError(f'OpenVINO {self.version} could not compile the decoder maps for tokens '
+                                       f'{tuple(tokens1.shape)} / {tuple(tokens2.shape)}, grids {grid1} / {grid2}, '
+                                       f'heads {heads}: {type(exc).__name__}: {exc}') from exc
+
     def __call__(self, tokens1: Tensor, tokens2: Tensor, grid1: tuple[int, int], grid2: tuple[int, int],
-                 copy: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+                 copy: bool = True, heads_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``PairMaps(decoder, grid1, grid2)(tokens1, tokens2)`` (fp32 CPU tensors; the first call of a shape
         compiles it, ~1-5 s). ``copy`` False: the maps are OpenVINO's output buffers, valid until the next call
-        (saves copying ~11 MB per 224 x 224 pair); True: they own their memory."""
+        (saves copying ~11 MB per 224 x 224 pair); True: they own their memory. ``heads_dtype`` ``torch.bfloat16``:
+        the heads run in bf16 (a model of their own, compiled with the bf16 hint), the blocks in fp32; None: fp32."""
+        if heads_dtype not in (None, torch.float32, torch.bfloat16):
+            raise OpenVinoRuntimeError(f'the compiled decoder maps run their heads in fp32 or bf16, not {heads_dtype}')
+        heads = 'bf16' if heads_dtype == torch.bfloat16 else 'f32'
         t1 = tokens1.detach().to('cpu', torch.float32).contiguous()
         t2 = tokens2.detach().to('cpu', torch.float32).contiguous()
         g1, g2 = (int(grid1[0]), int(grid1[1])), (int(grid2[0]), int(grid2[1]))
-        key = (tuple(t1.shape), tuple(t2.shape), g1, g2)
+        key = (tuple(t1.shape), tuple(t2.shape), g1, g2, heads)
         with self._lock:
             if key in self.failed:
                 return self._eager(t1, t2, key)
-            request = self._requests.get(key)
-            if request is None:
+            requests = self._requests.get(key)
+            if requests is None:
                 try:
                     with preserved_signal_stack():     # also while the traced model and the core are released
-                        request = self._compile(t1, t2, g1, g2)
+                        requests = self._compile(t1, t2, g1, g2, heads)
                 except OpenVinoRuntimeError as exc:
                     if not self.fallback:
                         raise
@@ -150,9 +197,13 @@ class OpenVinoPairMaps:
                     if self._log is not None:
                         self._log(f'{exc}; these shapes run on the eager torch decoder')
                     return self._eager(t1, t2, key)
-                self._requests[key] = request
+                self._requests[key] = requests
             try:
-                result = request.infer([t1.numpy(), t2.numpy()], share_inputs=True, share_outputs=not copy)
+                result = requests[0].infer([t1.numpy(), t2.numpy()], share_inputs=True,
+                                           share_outputs=not copy or len(requests) > 1)
+                if len(requests) > 1:              # the blocks' outputs are the heads' inputs
+                    decoded = [np.asarray(result[i]) for i in range(len(result))]
+                    result = requests[1].infer(decoded, share_inputs=True, share_outputs=not copy)
             except Exception as exc:
                 raise OpenVinoRuntimeError(f'OpenVINO failed on the decoder maps for tokens {key[0]} / {key[1]}: '
                                            f'{type(exc).__name__}: {exc}') from exc
@@ -173,4 +224,9 @@ class OpenVinoPairMaps:
 
     def _eager(self, t1: Tensor, t2: Tensor, key: tuple[Any, ...]) -> tuple[Tensor, Tensor, Tensor]:
         with torch.no_grad():
-            return PairMaps(self.decoder, key[2], key[3])(t1, t2)
+            if key[4] == 'f32':
+                return PairMaps(self.decoder, key[2], key[3])(t1, t2)
+            decoded = PairBlocks(self.decoder, key[2], key[3])(t1, t2)
+            with torch.autocast(device_type='cpu', dtype=torch.bfloat16):
+                maps = PairHeads(self.decoder, key[2], key[3])(*decoded)
+            return maps[0].float(), maps[1].float(), maps[2].float()
