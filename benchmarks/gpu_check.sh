@@ -57,6 +57,6 @@ step bench_events 150 "$PY" benchmarks/bench_events.py --cuda --repeat 10
 step bench_models 180 "$PY" benchmarks/bench_models.py --device cuda --compile --json "$OUT_DIR/bench_models.json"
 step bench_matching 120 "$PY" benchmarks/bench_matching.py --sizes 448 --repeats 3 --cuda-only
 step bench_pose_step 240 "$PY" benchmarks/bench_pose_step.py --only-compute --device cuda \
-    --compute-variants fp32:sqpnp fp32:essential bf16:essential --repeats 2
+    --compute-variants fp32:sqpnp fp32:essential bf16-heads:essential bf16:essential --repeats 2
 grep -h -E "CUDA|cuda|speed-up|ratio|x[0-9]" "$OUT_DIR"/bench_*.log >> "$SUMMARY" 2>/dev/null
 echo "logs in $OUT_DIR"
