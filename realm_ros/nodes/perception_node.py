@@ -33,6 +33,8 @@ from event_camera_msgs.msg import EventPacket
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
+from rclpy.exceptions import InvalidParameterTypeException
+from rclpy.logging import get_logger
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, Image
@@ -41,7 +43,7 @@ from std_srvs.srv import Trigger
 from realm_ros.nodes import conversions as conv
 from realm_ros.nodes.diagnostics import node_statuses
 from realm_ros.nodes.intake import EventIntake, make_executor
-from realm_ros.nodes.parameters import descriptor
+from realm_ros.nodes.parameters import ParameterError, coerce_integer_overrides, descriptor
 from realm_ros.nodes.participant import transport_summary, use_large_shm_segment
 from realm_ros.nodes.messages import OutputPublisher, RosLogHandler, rgb8_from_image
 from realm_ros.nodes.process_exit import end_process
@@ -61,8 +63,15 @@ class PerceptionNode(LifecycleNode):
 
     def __init__(self, node_name: str = 'perception_node', **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        for name in coerce_integer_overrides(getattr(self, '_parameter_overrides', None),
+                                             ((s.name, s.type) for s in PERCEPTION_SETTINGS)):
+            self.get_logger().info(f'parameter {name}: integer value taken as a double')
         for s in PERCEPTION_SETTINGS:
-            self.declare_parameter(s.name, s.default, descriptor(s))
+            try:
+                self.declare_parameter(s.name, s.default, descriptor(s))
+            except InvalidParameterTypeException as exc:     # e.g. a string given for a number: say which and why
+                raise ParameterError(f'parameter {s.name} expects a {s.type.__name__} ({s.description}): '
+                                     f'{exc}') from None
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         unknown = settings.unknown_setting_names(getattr(self, '_parameter_overrides', {}))
@@ -125,6 +134,7 @@ class PerceptionNode(LifecycleNode):
         if self._runner is not None:
             self._runner.memory_hold_timeout_s = float(self._p('memory_hold.timeout_s'))
             self._runner.pose_max_rate_hz = float(self._p('pose.max_rate_hz'))
+            self._runner.dense_max_rate_hz = float(self._p('heads.max_rate_hz'))
             self._runner.pose_wait_fresh = bool(self._p('pose.wait_for_fresh_tokens'))
 
     # ------------------------------------------------------------------------------------------------ lifecycle
@@ -183,6 +193,7 @@ class PerceptionNode(LifecycleNode):
                                       decoupled=decoupled, nice=int(self._p('inference.nice')),
                                       pose_nice=int(self._p('inference.pose_nice')),
                                       pose_max_rate_hz=float(self._p('pose.max_rate_hz')),
+                                      dense_max_rate_hz=float(self._p('heads.max_rate_hz')),
                                       pose_wait_fresh=bool(self._p('pose.wait_for_fresh_tokens')),
                                       memory_hold_timeout_s=float(self._p('memory_hold.timeout_s')))
         self._ros_objects = [
@@ -366,7 +377,12 @@ def main(args: Optional[List[str]] = None) -> int:
     shm_profile = use_large_shm_segment()
     rclpy.init(args=args)
     sys.setswitchinterval(0.0005)    # the events callback gets the GIL within 0.5 ms of asking, whatever workers do
-    node = PerceptionNode()
+    try:
+        node = PerceptionNode()
+    except ParameterError as exc:
+        get_logger('perception_node').fatal(f'{exc}; exiting')
+        rclpy.try_shutdown()
+        return 1
     node.get_logger().info(transport_summary(shm_profile))
     executor = make_executor()
     executor.add_node(node)

@@ -56,6 +56,7 @@ from ..sim.params import SIM_PARAMETERS, SimParam, check_values, sim_config_from
 from ..sim.replay import Replayer
 from ..sim.sequence import cache_path
 from .conversions import camera_info_from_intrinsics, image_from_array, make_header
+from .parameters import coerce_integer_overrides
 from .participant import OwnParticipantNode, transport_summary, use_large_shm_segment
 from .qos import events_qos, qos_from_name
 from .sim_messages import PacketSerializer, SerializedPacket
@@ -129,6 +130,9 @@ class SimCameraNode(Node):
     # ------------------------------------------------------------------------------------------------------------
     def _declare_parameters(self) -> dict:
         values = {}
+        for name in coerce_integer_overrides(getattr(self, '_parameter_overrides', None),
+                                             ((spec.name, type(spec.default)) for spec in SIM_PARAMETERS)):
+            self.get_logger().info(f'parameter {name}: integer value taken as a double')
         for spec in SIM_PARAMETERS:
             values[spec.name] = self.declare_parameter(spec.name, spec.default, parameter_descriptor(spec)).value
         return check_values(values)

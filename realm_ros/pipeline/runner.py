@@ -20,9 +20,11 @@ thread that receives event packets (and the DDS threads of the process) always g
 the node drops *windows*, never packets. The pose worker may run at a lower priority still (``pose_nice``; the
 node's default is the same priority), so that when the cores are shared the dense outputs keep their rate and pose
 takes what is left, and its rate may be capped
-(``pose_max_rate_hz``, changeable while running) to leave CPU to the rest of the robot. Per-output rates and
-latencies (arrival of the packet that completed the window -> output handed to the sink) are kept separately
-(:meth:`diagnostics`).
+(``pose_max_rate_hz``, changeable while running) to leave CPU to the rest of the robot. The dense outputs may be
+capped too (``dense_max_rate_hz``): on a machine where the dense worker would otherwise take every window it can,
+the CPU it leaves goes to the pose worker (the windows it skips are counted as ``windows_dropped``). Per-output
+rates and latencies (arrival of the packet that completed the window -> output handed to the sink) are kept
+separately (:meth:`diagnostics`).
 
 Stopping never waits for a long inference: :meth:`stop` signals the workers and joins them for at most its
 ``timeout``; outputs computed after the stop are discarded.
@@ -115,7 +117,8 @@ class PipelineRunner:
     def __init__(self, pipeline: RealmPipeline, stream: EventStream, sink: OutputSink, intrinsics: Intrinsics, *,
                  frame_id: Callable[[], str] = lambda: '', decoupled: bool = True, nice: int = 10,
                  pose_nice: Optional[int] = None, pose_max_rate_hz: float = 0.0,
-                 memory_hold_timeout_s: float = 0.5, pose_wait_fresh: bool = True) -> None:
+                 memory_hold_timeout_s: float = 0.5, pose_wait_fresh: bool = True,
+                 dense_max_rate_hz: float = 0.0) -> None:
         self.pipeline = pipeline
         self.stream = stream
         self.sink = sink
@@ -125,6 +128,7 @@ class PipelineRunner:
         self.nice = int(nice)
         self.pose_nice = self.nice if pose_nice is None else int(pose_nice)
         self.pose_max_rate_hz = float(pose_max_rate_hz)      # 0: no cap; read before every pose step
+        self.dense_max_rate_hz = float(dense_max_rate_hz)    # 0: no cap; read before every dense step
         self.pose_wait_fresh = bool(pose_wait_fresh)          # read before every pose step
         self.memory_hold_timeout_s = float(memory_hold_timeout_s)
         self.counters = Counters()
@@ -212,9 +216,13 @@ class PipelineRunner:
     def _dense_loop(self) -> None:
         name_os_thread('realm_dense')
         set_thread_niceness(self.nice)
+        next_start = 0.0
         while not self._stop.is_set():
             self._wake.wait(timeout=0.05)
             self._wake.clear()
+            rate = self.dense_max_rate_hz
+            if rate > 0 and time.monotonic() < next_start:    # rate cap: the stream keeps only the newest window
+                self._stop.wait(next_start - time.monotonic())
             if self._stop.is_set():
                 break
             try:
@@ -226,6 +234,7 @@ class PipelineRunner:
                     self.counters.add('empty_windows')
                     self._hold(window.t_end_ns, 'window without enough events')
                     continue
+                next_start = time.monotonic() + (1.0 / rate if rate > 0 else 0.0)
                 self._dense_step(window)
             except Exception as exc:  # noqa: BLE001 - keep the worker alive whatever happens
                 self._error('dense', exc)
@@ -421,6 +430,7 @@ class PipelineRunner:
         values: Dict[str, Any] = {
             'state': 'active' if self.running else 'inactive', 'decoupled_pose': str(self.decoupled).lower(),
             'pose_max_rate_hz': self.pose_max_rate_hz, 'pose_wait_fresh': str(self.pose_wait_fresh).lower(),
+            'dense_max_rate_hz': self.dense_max_rate_hz,
             'windows_processed': c.get('windows_processed', 0), 'empty_windows': c.get('empty_windows', 0),
             'memory_holds': c.get('memory_holds', 0), 'memory_hold': str(self.hold_active).lower(),
             'processing_errors': c.get('processing_errors', 0), 'pose_steps': c.get('pose_steps', 0),

@@ -41,7 +41,8 @@ def node(checkpoints, tmp_path_factory):
                           device='cuda' if CUDA_FALLBACK else 'cpu',
                           **{'window.count': 30000, 'matches.subsample': 16, 'memory_hold.timeout_s': 0.4,
                              'diagnostics.period_s': 0.25, 'pose.ransac_iterations': 200,
-                             'keyframe.max_failures': 1000, 'keyframe.max_translation': 0.2})   # misspelled
+                             'keyframe.max_failures': 1000, 'keyframe.max_translation': 0.2,    # misspelled
+                             'heads.max_rate_hz': 100})          # an integer for a double: taken as 100.0
     proc = NodeProcess(NAME, [params], {'events': EVENTS, 'camera_info': INFO})
     try:
         assert proc.wait_for_line('active: waiting for event packets', timeout=120), proc.output
@@ -369,6 +370,21 @@ def test_missing_checkpoint_refuses_to_start_and_names_the_file(checkpoints, tmp
     assert 'Traceback' not in proc.output, proc.output
     if os.path.isdir('/dev/shm'):
         assert not _fastdds_segments() - before, 'the node left a Fast DDS shared-memory segment behind'
+
+
+def test_a_parameter_of_the_wrong_type_refuses_to_start_and_names_it(checkpoints, tmp_path, node):
+    """A string for a number ends the node at once with exit code 1 and a line naming the parameter and its type
+    (no traceback); an integer for a double (the running node's heads.max_rate_hz: 100) is taken as the double."""
+    assert 'parameter heads.max_rate_hz: integer value taken as a double' in node.output
+    params = write_params(tmp_path / 'p.yaml', checkpoints, **{'pose.max_rate_hz': 'fast'})
+    proc = NodeProcess(f'{NAME}_badtype', [params], {})
+    try:
+        proc.proc.wait(timeout=60)
+    finally:
+        code = proc.stop()
+    assert code == 1, proc.output
+    assert 'parameter pose.max_rate_hz expects a float' in proc.output and 'STRING' in proc.output
+    assert 'Traceback' not in proc.output, proc.output
 
 
 def test_checkpoint_paths_resolve_home_variables_and_package_urls(monkeypatch):

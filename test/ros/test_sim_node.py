@@ -222,10 +222,12 @@ def test_sigint_during_precompute_exits_cleanly_within_2s(child_env, tmp_path, t
 
 @pytest.mark.parametrize('twice', [False, True], ids=['sigint', 'double_sigint_to_group'])
 def test_sigint_while_publishing_exits_cleanly_within_2s(child_env, tmp_path, twice):
-    params = {'width': 64, 'height': 48, 'duration_s': 0.3, 'cache_dir': str(tmp_path), 'first_segment_s': 0.1}
+    params = {'width': 64, 'height': 48, 'duration_s': 0.3, 'cache_dir': str(tmp_path), 'first_segment_s': 0.1,
+              'speed_mps': 6}                 # an integer for a double parameter: taken as 6.0
     node = _SimProcess(child_env(), params, f'/simpub_{os.getpid()}_{int(twice)}')
     try:
         assert node.wait_for('publishing the', 60), node.text
+        assert 'parameter speed_mps: integer value taken as a double' in node.text
         time.sleep(1.5)                       # publishing (and, for a while, still simulating the rest)
         elapsed = node.interrupt(twice)
     finally:

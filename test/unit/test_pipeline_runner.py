@@ -327,6 +327,32 @@ def test_pose_rate_cap_takes_the_newest_tokens_and_can_change_while_running():
     assert np.all(starts > 0)                              # always a newer window, never a stale one
 
 
+def test_dense_rate_cap_takes_the_newest_window_counts_the_rest_and_can_change_while_running():
+    """heads.max_rate_hz: at most that many dense steps per second, each on the newest window (the skipped ones
+    counted as windows_dropped); the pose worker still gets the tokens of every dense step; lifted while running."""
+    pipe = TimedPipeline(dense_s=0.005, pose_s=0.005)
+    stream, sink, runner = make(pipe)
+    runner.dense_max_rate_hz = 5.0
+    assert runner.diagnostics()['dense_max_rate_hz'] == 5.0
+    runner.start()
+    try:
+        feed(stream, runner, 30, 0.05)                     # 1.5 s of windows at 20 Hz
+        capped = len(pipe.dense_calls)
+        dropped = stream.counters.snapshot().get('windows_dropped', 0)
+        pose_capped = len(pipe.pose_calls)
+        runner.dense_max_rate_hz = 0.0                     # lifted while running
+        n0 = len(pipe.dense_calls)
+        feed(stream, runner, 20, 0.05, t0=10**10)
+        uncapped = len(pipe.dense_calls) - n0
+    finally:
+        runner.stop(timeout=2.0)
+    assert 6 <= capped <= 10                               # ~5 Hz over 1.5 s (the first step starts at once)
+    assert dropped >= 30 - capped - 3                      # what it skipped is counted, not hidden
+    assert np.all(np.diff(pipe.dense_calls[:capped]) > 0)  # the newest window each time
+    assert capped - 1 <= pose_capped <= capped             # pose steps on the tokens the dense steps handed over
+    assert uncapped >= 15                                  # without the cap about one step per window
+
+
 @pytest.mark.slow
 def test_real_pipeline_in_the_runner(tmp_path):
     from realm_ros.pipeline import PipelineConfig, RealmPipeline
