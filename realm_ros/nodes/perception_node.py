@@ -134,7 +134,7 @@ class PerceptionNode(LifecycleNode):
         if self._runner is not None:
             self._runner.memory_hold_timeout_s = float(self._p('memory_hold.timeout_s'))
             self._runner.pose_max_rate_hz = float(self._p('pose.max_rate_hz'))
-            self._runner.dense_max_rate_hz = float(self._p('heads.max_rate_hz'))
+            self._runner.dense_max_rate_hz = float(self._p('dense.max_rate_hz'))
             self._runner.pose_wait_fresh = bool(self._p('pose.wait_for_fresh_tokens'))
 
     # ------------------------------------------------------------------------------------------------ lifecycle
@@ -193,7 +193,7 @@ class PerceptionNode(LifecycleNode):
                                       decoupled=decoupled, nice=int(self._p('inference.nice')),
                                       pose_nice=int(self._p('inference.pose_nice')),
                                       pose_max_rate_hz=float(self._p('pose.max_rate_hz')),
-                                      dense_max_rate_hz=float(self._p('heads.max_rate_hz')),
+                                      dense_max_rate_hz=float(self._p('dense.max_rate_hz')),
                                       pose_wait_fresh=bool(self._p('pose.wait_for_fresh_tokens')),
                                       memory_hold_timeout_s=float(self._p('memory_hold.timeout_s')))
         self._ros_objects = [

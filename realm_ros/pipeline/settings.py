@@ -195,7 +195,7 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
             int_range=(0, 19)),
     Setting('pose.max_rate_hz', 0.0, 'upper bound of the pose steps per second (0: as often as the CPU allows; a '
             'cap leaves CPU to the rest of the robot)', runtime=True, float_range=(0.0, 1000.0)),
-    Setting('heads.max_rate_hz', 0.0, 'upper bound of the dense outputs (depth, semantic, points) per second (0: every '
+    Setting('dense.max_rate_hz', 0.0, 'upper bound of the dense outputs (depth, semantic, points) per second (0: every '
             'window the CPU allows; a cap leaves CPU to the pose worker and the rest of the robot; the windows it '
             'skips count as windows_dropped)', runtime=True, float_range=(0.0, 1000.0)),
     Setting('pose.wait_for_fresh_tokens', True, 'the pose worker exchanges tokens that waited more than half a window '

@@ -42,7 +42,7 @@ def node(checkpoints, tmp_path_factory):
                           **{'window.count': 30000, 'matches.subsample': 16, 'memory_hold.timeout_s': 0.4,
                              'diagnostics.period_s': 0.25, 'pose.ransac_iterations': 200,
                              'keyframe.max_failures': 1000, 'keyframe.max_translation': 0.2,    # misspelled
-                             'heads.max_rate_hz': 100})          # an integer for a double: taken as 100.0
+                             'dense.max_rate_hz': 100})          # an integer for a double: taken as 100.0
     proc = NodeProcess(NAME, [params], {'events': EVENTS, 'camera_info': INFO})
     try:
         assert proc.wait_for_line('active: waiting for event packets', timeout=120), proc.output
@@ -308,6 +308,12 @@ def test_runtime_parameters_switch_heads_and_are_validated(node, probe, packets)
     assert probe.wait_for(lambda: float(probe.latest_diagnostics().get('pipeline', {}).get('pose_max_rate_hz', 0))
                           == 2.5, 5)
     assert call(setp, SetParameters.Request(parameters=[param('pose.max_rate_hz', 0.0)])).results[0].successful
+    # so does the dense rate cap (named apart from the heads.* switches, which it is not)
+    assert call(setp, SetParameters.Request(parameters=[param('dense.max_rate_hz', 50.0)])).results[0].successful
+    assert probe.wait_for(lambda: float(probe.latest_diagnostics().get('pipeline', {}).get('dense_max_rate_hz', 0))
+                          == 50.0, 5)
+    assert not call(setp, SetParameters.Request(parameters=[param('dense.max_rate_hz', -2.0)])).results[0].successful
+    assert call(setp, SetParameters.Request(parameters=[param('dense.max_rate_hz', 0.0)])).results[0].successful
     from std_srvs.srv import Trigger
     trigger = probe.node.create_client(Trigger, f'{NS}/new_keyframe')
     assert trigger.wait_for_service(10)
@@ -374,8 +380,8 @@ def test_missing_checkpoint_refuses_to_start_and_names_the_file(checkpoints, tmp
 
 def test_a_parameter_of_the_wrong_type_refuses_to_start_and_names_it(checkpoints, tmp_path, node):
     """A string for a number ends the node at once with exit code 1 and a line naming the parameter and its type
-    (no traceback); an integer for a double (the running node's heads.max_rate_hz: 100) is taken as the double."""
-    assert 'parameter heads.max_rate_hz: integer value taken as a double' in node.output
+    (no traceback); an integer for a double (the running node's dense.max_rate_hz: 100) is taken as the double."""
+    assert 'parameter dense.max_rate_hz: integer value taken as a double' in node.output
     params = write_params(tmp_path / 'p.yaml', checkpoints, **{'pose.max_rate_hz': 'fast'})
     proc = NodeProcess(f'{NAME}_badtype', [params], {})
     try:

@@ -328,7 +328,7 @@ def test_pose_rate_cap_takes_the_newest_tokens_and_can_change_while_running():
 
 
 def test_dense_rate_cap_takes_the_newest_window_counts_the_rest_and_can_change_while_running():
-    """heads.max_rate_hz: at most that many dense steps per second, each on the newest window (the skipped ones
+    """dense.max_rate_hz: at most that many dense steps per second, each on the newest window (the skipped ones
     counted as windows_dropped); the pose worker still gets the tokens of every dense step; lifted while running."""
     pipe = TimedPipeline(dense_s=0.005, pose_s=0.005)
     stream, sink, runner = make(pipe)
