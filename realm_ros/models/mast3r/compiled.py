@@ -52,47 +52,26 @@ def openvino_version() -> str | None:
     return str(getattr(openvino, '__version__', '') or 'unknown')
 
 
-class PairMaps(nn.Module):
-    """Raw maps of one decoder call ``(tokens1, tokens2)`` with fixed token grids: ``(dense1, local1, local2)``,
-    all channels-last.
-
-    ``dense1``: view 1's DPT output (B, H, W, 3 + conf); ``local1`` / ``local2``: the local-feature maps of both
-    views (B, H, W, desc_dim + two_confs), as :meth:`CatMlpDptHead.local_feature_map`. View 2's DPT is not computed
-    (the pose step never reads view 2's points)."""
+class _PairModule(nn.Module):
+    """A part of one decoder call with fixed token grids (the decoder's modules, not copies)."""
 
     def __init__(self, decoder: Any, grid1: tuple[int, int], grid2: tuple[int, int]) -> None:
         super().__init__()
         self.decoder = decoder
         self.grid1, self.grid2 = (int(grid1[0]), int(grid1[1])), (int(grid2[0]), int(grid2[1]))
 
-        self.blocks = PairBlocks(decoder, grid1, grid2)
-        self.heads = PairHeads(decoder, grid1, grid2)
 
-    def forward(self, tokens1: Tensor, tokens2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.heads(*self.blocks(tokens1, tokens2))
-
-
-class PairBlocks(nn.Module):
+class PairBlocks(_PairModule):
     """The decoder blocks of one call: ``(tokens1, tokens2)`` -> the decoded token lists of view 1 then view 2,
     flattened into one tuple (``decoder.decode``'s lists, each ``dec_depth + 1`` long: what the heads read)."""
-
-    def __init__(self, decoder: Any, grid1: tuple[int, int], grid2: tuple[int, int]) -> None:
-        super().__init__()
-        self.decoder = decoder
-        self.grid1, self.grid2 = (int(grid1[0]), int(grid1[1])), (int(grid2[0]), int(grid2[1]))
 
     def forward(self, tokens1: Tensor, tokens2: Tensor) -> tuple[Tensor, ...]:
         dec1, dec2 = self.decoder.decode(tokens1, tokens2, self.grid1, self.grid2)
         return tuple(dec1) + tuple(dec2)
 
 
-class PairHeads(nn.Module):
+class PairHeads(_PairModule):
     """The heads of one call on :class:`PairBlocks`' output: ``(dense1, local1, local2)`` (see :class:`PairMaps`)."""
-
-    def __init__(self, decoder: Any, grid1: tuple[int, int], grid2: tuple[int, int]) -> None:
-        super().__init__()
-        self.decoder = decoder
-        self.grid1, self.grid2 = (int(grid1[0]), int(grid1[1])), (int(grid2[0]), int(grid2[1]))
 
     def forward(self, *decoded: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n = len(decoded) // 2
@@ -101,6 +80,23 @@ class PairHeads(nn.Module):
         head2 = self.decoder.mast3r.downstream_head2
         return (head1.dpt(dec1, self.grid1).permute(0, 2, 3, 1), head1.local_feature_map(dec1, self.grid1),
                 head2.local_feature_map(dec2, self.grid2))
+
+
+class PairMaps(nn.Module):
+    """Raw maps of one decoder call ``(tokens1, tokens2)`` with fixed token grids: ``(dense1, local1, local2)``,
+    all channels-last (:class:`PairBlocks`, then :class:`PairHeads`).
+
+    ``dense1``: view 1's DPT output (B, H, W, 3 + conf); ``local1`` / ``local2``: the local-feature maps of both
+    views (B, H, W, desc_dim + two_confs), as :meth:`CatMlpDptHead.local_feature_map`. View 2's DPT is not computed
+    (the pose step never reads view 2's points)."""
+
+    def __init__(self, decoder: Any, grid1: tuple[int, int], grid2: tuple[int, int]) -> None:
+        super().__init__()
+        self.blocks = PairBlocks(decoder, grid1, grid2)
+        self.heads = PairHeads(decoder, grid1, grid2)
+
+    def forward(self, tokens1: Tensor, tokens2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.heads(*self.blocks(tokens1, tokens2))
 
 
 class OpenVinoPairMaps:
