@@ -221,8 +221,7 @@ class PipelineRunner:
             self._wake.wait(timeout=0.05)
             self._wake.clear()
             rate = self.dense_max_rate_hz
-            if rate > 0 and time.monotonic() < next_start:    # rate cap: the stream keeps only the newest window
-                self._stop.wait(next_start - time.monotonic())
+            self._wait_for_rate_cap(rate, next_start)          # meanwhile the stream keeps only the newest window
             if self._stop.is_set():
                 break
             try:
@@ -322,6 +321,12 @@ class PipelineRunner:
                 return newer
         return item
 
+    def _wait_for_rate_cap(self, rate: float, next_start: float) -> None:
+        """A capped worker (``rate`` > 0 steps per second) waits until ``next_start`` (monotonic s); a stop ends the
+        wait at once."""
+        if rate > 0 and time.monotonic() < next_start:
+            self._stop.wait(next_start - time.monotonic())
+
     def _delivered(self, output: str, recv_monotonic_ns: int) -> None:
         self.rates[output].add(1.0)
         if recv_monotonic_ns:
@@ -336,10 +341,9 @@ class PipelineRunner:
             self._pose_wake.wait(timeout=0.05)
             self._pose_wake.clear()
             rate = self.pose_max_rate_hz
-            if rate > 0 and time.monotonic() < next_start:     # rate cap: the mailbox keeps only the newest tokens
-                self._stop.wait(next_start - time.monotonic())
-                if self._stop.is_set():
-                    break
+            self._wait_for_rate_cap(rate, next_start)          # meanwhile the mailbox keeps only the newest tokens
+            if self._stop.is_set():
+                break
             with self._mailbox_lock:
                 item, self._mailbox = self._mailbox, None
             if item is None or self._stop.is_set():

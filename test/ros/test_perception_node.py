@@ -360,15 +360,21 @@ def _fastdds_segments() -> set:
     return {n for n in os.listdir('/dev/shm') if re.fullmatch(r'fastdds_[0-9a-f]{16}', n)}
 
 
+def _run_to_exit(name, params, timeout):
+    """A node process with ``params`` that is expected to end by itself: (the process, its exit code)."""
+    proc = NodeProcess(name, [params], {})
+    try:
+        proc.proc.wait(timeout=timeout)
+    finally:
+        code = proc.stop()
+    return proc, code
+
+
 def test_missing_checkpoint_refuses_to_start_and_names_the_file(checkpoints, tmp_path):
     missing = tmp_path / 'no_such_realm.safetensors'
     params = write_params(tmp_path / 'p.yaml', checkpoints, **{'checkpoints.realm': str(missing)})
     before = _fastdds_segments() if os.path.isdir('/dev/shm') else set()
-    proc = NodeProcess(f'{NAME}_nockpt', [params], {})
-    try:
-        proc.proc.wait(timeout=120)
-    finally:
-        code = proc.stop()
+    proc, code = _run_to_exit(f'{NAME}_nockpt', params, 120)
     assert code == 1, proc.output
     assert str(missing) in proc.output and 'cannot configure' in proc.output
     # a clean exit: no traceback (rclpy called the result of a shutdown lambda), and the DDS participant finalised
@@ -383,11 +389,7 @@ def test_a_parameter_of_the_wrong_type_refuses_to_start_and_names_it(checkpoints
     (no traceback); an integer for a double (the running node's dense.max_rate_hz: 100) is taken as the double."""
     assert 'parameter dense.max_rate_hz: integer value taken as a double' in node.output
     params = write_params(tmp_path / 'p.yaml', checkpoints, **{'pose.max_rate_hz': 'fast'})
-    proc = NodeProcess(f'{NAME}_badtype', [params], {})
-    try:
-        proc.proc.wait(timeout=60)
-    finally:
-        code = proc.stop()
+    proc, code = _run_to_exit(f'{NAME}_badtype', params, 60)
     assert code == 1, proc.output
     assert 'parameter pose.max_rate_hz expects a float' in proc.output and 'STRING' in proc.output
     assert 'Traceback' not in proc.output, proc.output

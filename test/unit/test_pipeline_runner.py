@@ -306,20 +306,28 @@ def test_pose_worker_runs_at_its_own_lower_priority():
     assert seen['dense'] == min(base + 2, 19) and seen['pose'] == min(base + 6, 19)
 
 
+def _capped_then_lifted(stream, runner, cap, rate, calls, at_lift=lambda: None):
+    """Run with the runner's ``cap`` attribute at ``rate`` over 1.5 s of windows at 20 Hz, lift it while running and
+    feed 1 s more; returns (steps while capped, steps after, ``at_lift()`` taken when the cap is lifted). ``calls``
+    is the stand-in pipeline's list of the capped worker's steps."""
+    setattr(runner, cap, rate)
+    assert runner.diagnostics()[cap] == rate
+    runner.start()
+    try:
+        feed(stream, runner, 30, 0.05)
+        capped, seen = len(calls), at_lift()
+        setattr(runner, cap, 0.0)                          # lifted while running
+        feed(stream, runner, 20, 0.05, t0=10**10)
+        uncapped = len(calls) - capped
+    finally:
+        runner.stop(timeout=2.0)
+    return capped, uncapped, seen
+
+
 def test_pose_rate_cap_takes_the_newest_tokens_and_can_change_while_running():
     pipe = TimedPipeline(dense_s=0.005, pose_s=0.01)
     stream, sink, runner = make(pipe)
-    runner.pose_max_rate_hz = 4.0
-    runner.start()
-    try:
-        feed(stream, runner, 30, 0.05)                     # 1.5 s of windows at 20 Hz
-        capped = len(pipe.pose_calls)
-        runner.pose_max_rate_hz = 0.0                      # lifted while running
-        n0 = len(pipe.pose_calls)
-        feed(stream, runner, 20, 0.05, t0=10**10)
-        uncapped = len(pipe.pose_calls) - n0
-    finally:
-        runner.stop(timeout=2.0)
+    capped, uncapped, _ = _capped_then_lifted(stream, runner, 'pose_max_rate_hz', 4.0, pipe.pose_calls)
     assert 4 <= capped <= 8                                # ~4 Hz over 1.5 s (the first step starts at once)
     starts = np.diff(pipe.pose_calls[:capped])
     assert uncapped >= 12                                  # without the cap about one step per window
@@ -332,20 +340,10 @@ def test_dense_rate_cap_takes_the_newest_window_counts_the_rest_and_can_change_w
     counted as windows_dropped); the pose worker still gets the tokens of every dense step; lifted while running."""
     pipe = TimedPipeline(dense_s=0.005, pose_s=0.005)
     stream, sink, runner = make(pipe)
-    runner.dense_max_rate_hz = 5.0
-    assert runner.diagnostics()['dense_max_rate_hz'] == 5.0
-    runner.start()
-    try:
-        feed(stream, runner, 30, 0.05)                     # 1.5 s of windows at 20 Hz
-        capped = len(pipe.dense_calls)
-        dropped = stream.counters.snapshot().get('windows_dropped', 0)
-        pose_capped = len(pipe.pose_calls)
-        runner.dense_max_rate_hz = 0.0                     # lifted while running
-        n0 = len(pipe.dense_calls)
-        feed(stream, runner, 20, 0.05, t0=10**10)
-        uncapped = len(pipe.dense_calls) - n0
-    finally:
-        runner.stop(timeout=2.0)
+    capped, uncapped, at_lift = _capped_then_lifted(
+        stream, runner, 'dense_max_rate_hz', 5.0, pipe.dense_calls,
+        lambda: (stream.counters.snapshot().get('windows_dropped', 0), len(pipe.pose_calls)))
+    dropped, pose_capped = at_lift
     assert 6 <= capped <= 10                               # ~5 Hz over 1.5 s (the first step starts at once)
     assert dropped >= 30 - capped - 3                      # what it skipped is counted, not hidden
     assert np.all(np.diff(pipe.dense_calls[:capped]) > 0)  # the newest window each time
