@@ -47,6 +47,28 @@ def test_pruned_search_equals_full_search(h, w, d, noise):
     np.testing.assert_array_equal(got[clear], s.argmax(1)[clear])
 
 
+def test_search_is_the_same_with_any_number_of_queries_per_kernel_call():
+    """The search batches QUERIES (2 with AVX-512, 1 on narrower vector units) selected queries per tile kernel call
+    and takes the remainder one by one: compiled with 1 and with 3 per call it returns the same as the full search
+    (exercises the setting of the machines this one is not)."""
+    import types
+
+    import numba
+    h, w, d = 48, 56, 24
+    db = _smooth(h, w, d, seed=5, noise=0.1).reshape(-1, d)
+    q = _smooth(h, w, d, seed=6, noise=0.1).reshape(-1, d)[::3]
+    tiled = _matching_tiles.tile_database(db, h, w)
+    want = _full(q, db)
+    qp = _matching_tiles._pad8(q)
+    for nq in (1, 3):
+        scope = dict(vars(_matching_tiles), QUERIES=nq, _similarities_n=_matching_tiles._tile_kernel(nq))
+        search = numba.njit(types.FunctionType(_matching_tiles._search_py.__code__, scope))
+        out = np.empty(len(q), np.int64)
+        assert search(qp, tiled.values, tiled.pixel, tiled.centres_t, tiled.radius, tiled.num_pixels,
+                      _matching_tiles.MARGIN, 1.0, out)
+        np.testing.assert_array_equal(out, want)
+
+
 def test_pruning_skips_most_tiles_on_smooth_maps_but_not_the_answer():
     """Smooth maps: the bound prunes (the search is much cheaper than the full one), answers still identical."""
     h = w = 96
@@ -169,33 +191,80 @@ def _sequential_fma_chain(q: np.ndarray, x: np.ndarray) -> np.ndarray:
     return s
 
 
+def _tile_kernel(nq: int):
+    """The vector tile kernel for ``nq`` queries (a numba intrinsic, callable only from compiled code) behind a
+    compiled call."""
+    import numba
+    kernel = _matching_tiles._tile_kernel(nq)
+    return numba.njit(lambda q, sel, j0, values, t, acc, best_v: kernel(q, sel, j0, values, t, acc, best_v))
+
+
 def test_kernels_compute_the_sequential_fma_chain_bit_for_bit():
     """Every similarity is the sequential FMA chain (not any other contraction LLVM could pick: fusing the first two
-    products the other way differs by one ulp in ~6 % of random chains), in the full and both tile kernels."""
+    products the other way differs by one ulp in ~6 % of random chains), in the full kernel and in the vector tile
+    kernels (every slot of a tile, one to three queries per call, at odd D too), which also agree with their Python
+    form."""
     rng = np.random.default_rng(0)
     n, d = 600, 24
     q = rng.normal(size=(n, d)).astype(np.float32)
     x = rng.normal(size=(n, d)).astype(np.float32)
     want = _sequential_fma_chain(q, x)
-    full, one, four = (np.empty(n, np.float32) for _ in range(3))
-    idx = np.zeros(64, np.int64)
-    acc = [np.empty(64, np.float32) for _ in range(4)]
+    full = np.empty(n, np.float32)
     for i in range(n):
         qq = np.zeros((4, d), np.float32)
         qq[0] = q[i]
         bv, bi = np.full(4, -np.inf, np.float32), np.zeros(4, np.int64)
         _matching_cpu._kernel(qq, np.ascontiguousarray(x[i][:, None]), 1, bv, bi)
         full[i] = bv[0]
-        blk = np.ascontiguousarray(np.repeat(x[i][:, None], 64, axis=1))
-        bv, bi = np.full(n, -np.inf, np.float32), np.full(n, 1 << 40, np.int64)
-        _matching_tiles._eval_tile(q, i, blk, idx, acc[0], bv, bi)
-        one[i] = bv[i]
-        others = [(i + k) % n for k in (1, 2, 3)]
-        bv, bi = np.full(n, -np.inf, np.float32), np.full(n, 1 << 40, np.int64)
-        _matching_tiles._eval_tile4(q, i, *others, blk, idx, *acc, bv, bi)
-        four[i] = bv[i]
-    for got in (full, one, four):
-        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(full, want)
+    slots = _matching_tiles.SLOTS
+    for nq in (1, 2, 3):
+        tile_kernel = _tile_kernel(nq)
+        for dims in (24, 8, 13):
+            qs = rng.normal(size=(40, dims)).astype(np.float32)
+            values = rng.normal(size=(5, dims, slots)).astype(np.float32)
+            sel = rng.permutation(40).astype(np.int64)
+            best = np.full(40, np.inf, np.float32)
+            acc, acc_py = np.empty((nq, slots), np.float32), np.empty((nq, slots), np.float32)
+            for j0 in range(0, 40 - nq, 7):
+                t = j0 % len(values)
+                assert tile_kernel(qs, sel, j0, values, t, acc, best) == 0
+                assert _matching_tiles._tile_similarities_py(qs, sel, j0, values, t, acc_py, best) == 0
+                for m in range(nq):
+                    want = _sequential_fma_chain(np.repeat(qs[sel[j0 + m]][None], slots, 0), values[t].T)
+                    np.testing.assert_array_equal(acc[m], want)
+                    np.testing.assert_array_equal(acc_py[m], want)
+
+
+def test_tile_kernel_reports_which_queries_reach_their_running_maximum():
+    """Bit m of the kernel's result: a similarity of query m is >= its running maximum (a tie is a hit: it may hold
+    a lower pixel index); NaN similarities never hit; a hit folds the tile's first maximum into the query's best."""
+    rng = np.random.default_rng(1)
+    slots = _matching_tiles.SLOTS
+    q = rng.normal(size=(3, 24)).astype(np.float32)
+    values = rng.normal(size=(1, 24, slots)).astype(np.float32)
+    sel = np.array([2, 0, 1], np.int64)
+    acc = np.empty((3, slots), np.float32)
+    tile_kernel = _tile_kernel(3)
+    tile_kernel(q, sel, 0, values, 0, acc, np.full(3, -np.inf, np.float32))
+    top = acc.max(axis=1)                               # per query of sel, in sel order
+    for kernel in (tile_kernel, _matching_tiles._tile_similarities_py):
+        best = np.empty(3, np.float32)
+        best[sel] = top
+        assert kernel(q, sel, 0, values, 0, acc, best) == 0b111
+        best[sel[1]] = np.nextafter(top[1], np.float32(np.inf))
+        assert kernel(q, sel, 0, values, 0, acc, best) == 0b101
+        best[sel] = np.nextafter(top, np.float32(np.inf))
+        assert kernel(q, sel, 0, values, 0, acc, best) == 0
+    nan_values = values.copy()
+    nan_values[0, 3, :] = np.nan
+    assert tile_kernel(q, sel, 0, nan_values, 0, acc, np.full(3, -np.inf, np.float32)) == 0
+    idx = np.arange(slots, dtype=np.int64) + 100
+    best, best_i = np.full(3, -np.inf, np.float32), np.full(3, 1 << 40, np.int64)
+    hits = tile_kernel(q, sel, 0, values, 0, acc, best)
+    _matching_tiles._fold_hits(hits, sel, 0, idx, acc, best, best_i)
+    for m in range(3):
+        assert best[sel[m]] == top[m] and best_i[sel[m]] == 100 + int(np.argmax(acc[m]))
 
 
 def test_warm_up_compiles_the_pruned_search():
