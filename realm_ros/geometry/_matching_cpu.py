@@ -288,16 +288,6 @@ def official_nn(queries: torch.Tensor, db: torch.Tensor, block_size: int) -> np.
     return arg.numpy()
 
 
-def _layouts(f: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Row-major queries (P, D') and transposed database (D', P) of one image, with one copy: descriptor maps that
-    come channel-first in memory (e.g. permuted from (B, D, H, W)) already hold the transposed layout."""
-    d = f.shape[1]
-    if d % DIMS == 0 and f.t().is_contiguous():
-        return f.contiguous().numpy(), f.t().numpy()
-    q = pad_dims(f.contiguous().numpy())
-    return q, torch.from_numpy(q).t().contiguous().numpy()
-
-
 #: the pruned search falls back to the full kernel when more than this fraction of the (tile, query) pairs survive
 #: its first pass (it evaluates a similarity at ~1/3 of the speed of the full kernel before its 2026-12 query-vectorised
 #: form, ~1/4 of the current one, so beyond this it does not pay; 0.3 is the value tuned against the former)
@@ -343,16 +333,23 @@ def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_ite
 
     def transposed(which: int) -> np.ndarray:            # the full kernel's layout of a tiled image, on first need
         if which not in full_t:
-            full_t[which] = torch.from_numpy(q1 if which == 1 else q2).t().contiguous().numpy()
+            full_t[which] = np.ascontiguousarray((q1 if which == 1 else q2).T)
         return full_t[which]
 
     def layouts(f: torch.Tensor, hw: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | _tiles.TiledDatabase]:
-        """Queries and database of one image: tiled for the pruned search when its tiles are tight enough, else
-        the full kernel's transposed layout (one copy either way)."""
-        if hw is not None and _tiles.prunable(f.numpy(), hw[0], hw[1]):
-            q = pad_dims(f.contiguous().numpy())
+        """The rows the queries are gathered from and the database of one image: tiled for the pruned search when
+        its tiles are tight enough, else the full kernel's transposed layout. A channel-first map (e.g. permuted
+        from the decoder's (B, D, H, W)) is used as it lies: its transpose is the full kernel's layout, the tiling
+        reads it along its rows, and queries are gathered from it row by row (no copy of the whole map)."""
+        if f.shape[1] % DIMS == 0 and f.t().is_contiguous():
+            rows = f.numpy()
+            if hw is not None and _tiles.prunable(rows, hw[0], hw[1]):
+                return rows, _tiles.tile_database(rows, hw[0], hw[1])
+            return rows, f.t().numpy()
+        q = pad_dims(f.contiguous().numpy())
+        if hw is not None and _tiles.prunable(q, hw[0], hw[1]):
             return q, _tiles.tile_database(q, hw[0], hw[1])
-        return _layouts(f)
+        return q, torch.from_numpy(q).t().contiguous().numpy()
 
     prune = hw1 is not None and hw2 is not None
     q1, db1 = layouts(f1, hw1 if prune else None)

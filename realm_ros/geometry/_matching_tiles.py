@@ -78,40 +78,52 @@ class TiledDatabase(NamedTuple):
     num_pixels: int         # P
 
 
-def _tile_py(desc: np.ndarray, h: int, w: int, tile: int, margin: float, values: np.ndarray, index: np.ndarray,
-             centres_t: np.ndarray, radius: np.ndarray) -> None:
-    """Fill the tile layout from the row-major descriptors ``desc`` (H*W, D); see :class:`TiledDatabase`."""
-    d = desc.shape[1]
-    ntx = (w + tile - 1) // tile
-    nty = (h + tile - 1) // tile
-    ss = tile * tile
-    err = np.empty(ss, np.float64)
+def _tile_py(src: np.ndarray, channel_first: bool, h: int, w: int, margin: float, values: np.ndarray,
+             index: np.ndarray, centres_t: np.ndarray, radius: np.ndarray) -> None:
+    """Fill the tile layout from the descriptors ``src``, C-contiguous (D, H, W) when ``channel_first`` else
+    (H, W, D); see :class:`TiledDatabase`. Dimension by dimension: the copy, the centre (a float64 mean, summed in
+    any order: the radius is measured from the float32 centre it gives, so the bound holds for whatever centre it
+    is) and each slot's squared distance all run along the slots."""
+    d = src.shape[0] if channel_first else src.shape[2]
+    ntx = (w + TILE - 1) // TILE
+    nty = (h + TILE - 1) // TILE
+    err = np.empty(SLOTS, np.float64)
     for ty in range(nty):
         for tx in range(ntx):
             t = ty * ntx + tx
-            y0, x0 = ty * tile, tx * tile
-            y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
-            blk = values[t]
+            y0, x0 = ty * TILE, tx * TILE
+            y1, x1 = min(h, y0 + TILE), min(w, x0 + TILE)
+            n = (y1 - y0) * (x1 - x0)
             s = 0
             for y in range(y0, y1):
                 for x in range(x0, x1):
-                    p = x + w * y
-                    index[t, s] = p
-                    for k in range(d):
-                        blk[k, s] = desc[p, k]
+                    index[t, s] = x + w * y
                     s += 1
-            n = s
             first = index[t, 0]
-            while s < ss:                       # padding: copies of the tile's first pixel
-                index[t, s] = first
-                for k in range(d):
-                    blk[k, s] = desc[first, k]
-                s += 1
-            for j in range(ss):
-                err[j] = 0.0
+            for j in range(n, SLOTS):              # padding: copies of the tile's first pixel
+                index[t, j] = first
+            blk = values[t]
+            err[:] = 0.0
             cn = 0.0
             for k in range(d):
                 vals = blk[k]
+                s = 0
+                if channel_first and n == SLOTS:        # a whole tile (constant bounds: the copy vectorises)
+                    for sy in range(TILE):
+                        for sx in range(TILE):
+                            vals[sy * TILE + sx] = src[k, y0 + sy, x0 + sx]
+                elif channel_first:
+                    for y in range(y0, y1):
+                        for x in range(x0, x1):
+                            vals[s] = src[k, y, x]
+                            s += 1
+                else:
+                    for y in range(y0, y1):
+                        for x in range(x0, x1):
+                            vals[s] = src[y, x, k]
+                            s += 1
+                for j in range(n, SLOTS):
+                    vals[j] = vals[0]
                 acc = 0.0
                 for j in range(n):
                     acc += np.float64(vals[j])
@@ -270,9 +282,11 @@ def _search_py(q: np.ndarray, values: np.ndarray, index: np.ndarray, centres_t: 
 
 def _sample_tiles_py(desc: np.ndarray, h: int, w: int, tile: int, samples: int, out: np.ndarray) -> None:
     """Radius (``out[0]``) and mean descriptor norm (``out[1]``) of ``samples`` x ``samples`` tiles spread over the
-    image (row-major ``desc`` (H*W, D))."""
+    image (``desc`` (H*W, D), any strides; read dimension by dimension, along the rows of a channel-first map)."""
     d = desc.shape[1]
-    c = np.empty(d, np.float64)
+    ss = tile * tile
+    sq = np.empty(ss, np.float64)
+    err = np.empty(ss, np.float64)
     j = 0
     for sy in range(samples):
         y0 = (max(0, h - tile) * sy) // max(1, samples - 1)
@@ -280,29 +294,26 @@ def _sample_tiles_py(desc: np.ndarray, h: int, w: int, tile: int, samples: int, 
             x0 = (max(0, w - tile) * sx) // max(1, samples - 1)
             y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
             n = (y1 - y0) * (x1 - x0)
+            sq[:] = 0.0
+            err[:] = 0.0
             for k in range(d):
-                c[k] = 0.0
-            nsum = 0.0
-            for y in range(y0, y1):
-                for x in range(x0, x1):
-                    p = x + w * y
-                    e = 0.0
-                    for k in range(d):
-                        v = np.float64(desc[p, k])
-                        c[k] += v
-                        e += v * v
-                    nsum += math.sqrt(e)
-            for k in range(d):
-                c[k] /= n
+                c = 0.0
+                for y in range(y0, y1):
+                    for x in range(x0, x1):
+                        c += np.float64(desc[x + w * y, k])
+                c /= n
+                s = 0
+                for y in range(y0, y1):
+                    for x in range(x0, x1):
+                        v = np.float64(desc[x + w * y, k])
+                        sq[s] += v * v
+                        err[s] += (v - c) * (v - c)
+                        s += 1
             r = 0.0
-            for y in range(y0, y1):
-                for x in range(x0, x1):
-                    p = x + w * y
-                    e = 0.0
-                    for k in range(d):
-                        v = np.float64(desc[p, k]) - c[k]
-                        e += v * v
-                    r = max(r, e)
+            nsum = 0.0
+            for s in range(n):
+                r = max(r, err[s])
+                nsum += math.sqrt(sq[s])
             out[0, j] = math.sqrt(r)
             out[1, j] = nsum / n
             j += 1
@@ -395,8 +406,8 @@ if HAVE_NUMBA:
     _JIT = dict(nogil=True, boundscheck=False, error_model='numpy', cache=True)
     _similarities_1 = _tile_kernel(1)
     _similarities_n = _tile_kernel(QUERIES)
-    _tile = _numba.njit(**_JIT)(_tile_py)
-    _sample_tiles = _numba.njit(**_JIT)(_sample_tiles_py)
+    _tile = _numba.njit(fastmath={'reassoc'}, **_JIT)(_tile_py)   # the centre's sum in any order
+    _sample_tiles = _numba.njit(fastmath={'reassoc'}, **_JIT)(_sample_tiles_py)   # a statistic
     _first_of = _numba.njit(**_JIT)(_first_of_py)
     _fold = _numba.njit(inline='always', **_JIT)(_fold_py)
     _fold_hits = _numba.njit(inline='always', **_JIT)(_fold_hits_py)
@@ -434,18 +445,25 @@ def prunable(desc: np.ndarray, height: int, width: int, max_radius: float = 0.5,
 
 
 def tile_database(desc: np.ndarray, height: int, width: int) -> TiledDatabase:
-    """Tile layout, centres and inflated radii of one image's descriptors ``desc`` (H*W, D) row-major (D is padded
-    to a multiple of 8 with zeros)."""
-    desc = _pad8(desc)
+    """Tile layout, centres and inflated radii of one image's descriptors ``desc`` (H*W, D) float32, row-major or
+    any strides (e.g. a channel-first map: read as it lies, not copied first); D is padded to a multiple of 8 with
+    zeros."""
+    desc = np.asarray(desc)
+    if desc.ndim != 2:
+        raise ValueError(f'descriptors must be (N, D), got shape {desc.shape}')
+    channel_first = desc.dtype == np.float32 and desc.shape[1] % 8 == 0 and desc.T.flags.c_contiguous
+    if not channel_first:
+        desc = _pad8(desc)
     p, d = desc.shape
     if p != height * width:
         raise ValueError(f'descriptor rows ({p}) differ from height x width ({height} x {width})')
+    src = desc.T.reshape(d, height, width) if channel_first else desc.reshape(height, width, d)
     nt = -(-height // TILE) * -(-width // TILE)
     values = np.empty((nt, d, TILE * TILE), np.float32)
     index = np.empty((nt, TILE * TILE), np.int64)
     centres_t = np.empty((d, nt), np.float32)
     radius = np.empty(nt, np.float32)
-    _tile(desc, height, width, TILE, MARGIN, values, index, centres_t, radius)
+    _tile(src, channel_first, height, width, MARGIN, values, index, centres_t, radius)
     return TiledDatabase(values, index, centres_t, radius, p)
 
 

@@ -69,6 +69,19 @@ def test_search_is_the_same_with_any_number_of_queries_per_kernel_call():
         np.testing.assert_array_equal(out, want)
 
 
+@pytest.mark.parametrize('h, w, d', [(224, 224, 24), (37, 53, 24), (16, 70, 10)])
+def test_channel_first_maps_tile_as_their_row_major_copy(h, w, d):
+    """A channel-first map (the decoder's layout) is tiled as it lies, without a copy: the same layout, pixel
+    indices, centres and radii as from its row-major copy (edge tiles and padded widths included)."""
+    m = _smooth(h, w, d, seed=3)
+    channel_first = np.ascontiguousarray(m.transpose(2, 0, 1)).transpose(1, 2, 0).reshape(-1, d)
+    assert not channel_first.flags.c_contiguous
+    a = _matching_tiles.tile_database(channel_first, h, w)
+    b = _matching_tiles.tile_database(np.ascontiguousarray(channel_first), h, w)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_pruning_skips_most_tiles_on_smooth_maps_but_not_the_answer():
     """Smooth maps: the bound prunes (the search is much cheaper than the full one), answers still identical."""
     h = w = 96
