@@ -142,7 +142,7 @@ class PerceptionNode(LifecycleNode):
         import torch
 
         from realm_ros.pipeline import PipelineConfig, RealmPipeline
-        from realm_ros.pipeline.runner import PipelineRunner, torch_threads_for, tune_allocator
+        from realm_ros.pipeline.runner import PipelineRunner, torch_threads_for, tune_allocator, use_inference_threads
         path = lambda name: resolve_path(str(self._p(name)))                  # noqa: E731
         try:
             config = PipelineConfig(
@@ -168,8 +168,7 @@ class PerceptionNode(LifecycleNode):
         decoupled = bool(self._p('pose.decoupled'))
         threads = torch_threads_for(int(self._p('inference.threads')), self._pipeline.device.type,
                                     2 if decoupled and 'pose' in self._pipeline.active_heads else 1)
-        if threads:
-            torch.set_num_threads(threads)
+        use_inference_threads(threads)
         if 'pose' in self._pipeline.active_heads:
             try:                            # the compiled decoder (OpenVINO) for this input size: no first-step wait
                 seconds = self._pipeline.warm_up_pose()
@@ -181,7 +180,8 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().info(f'pose decoder compiled ({self._pipeline.pose_decoder_runtime}) in '
                                        f'{seconds:.1f} s')
         self.get_logger().info(f'pipeline ready: {self._pipeline.describe()}, {torch.get_num_threads()} torch '
-                               f'threads, pose {"in its own worker" if decoupled else "after the dense heads"}')
+                               f'threads{f" ({threads} OpenCV)" if threads else ""}, pose '
+                               f'{"in its own worker" if decoupled else "after the dense heads"}')
         self._stream = EventStream(StreamSettings(**settings.stream_settings(self._p)),
                                    capacity_events=int(self._p('buffer.max_events')),
                                    **{f'window_{k}': v for k, v in settings.window_settings(self._p).items()})

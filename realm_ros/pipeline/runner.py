@@ -15,8 +15,9 @@ The perception node keeps up with the sensor by never letting one output wait fo
 * **memory hold**: when no window comes for ``memory_hold_timeout_s`` (or a window has too few events), the sink is
   asked to republish its last outputs with a new stamp.
 
-Both workers run at a lower CPU priority (``nice``) and, on the CPU, with a bounded number of torch threads, so the
-thread that receives event packets (and the DDS threads of the process) always get a core: on an overloaded machine
+Both workers run at a lower CPU priority (``nice``) and, on the CPU, with a bounded number of torch and OpenCV threads
+(:func:`use_inference_threads`), so the thread that receives event packets (and the DDS threads of the process)
+always get a core: on an overloaded machine
 the node drops *windows*, never packets. The pose worker may run at a lower priority still (``pose_nice``; the
 node's default is the same priority), so that when the cores are shared the dense outputs keep their rate and pose
 takes what is left, and its rate may be capped
@@ -109,6 +110,22 @@ def torch_threads_for(requested: int, device_type: str, workers: int) -> int:
         return 0                                            # keep torch's default
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(1, cores // max(1, workers) - (1 if cores >= 8 else 0))
+
+
+def use_inference_threads(threads: int) -> None:
+    """Give torch and OpenCV (the pose worker's essential-matrix / PnP solvers) ``threads`` threads each (0: leave
+    both as they are). OpenCV otherwise keeps a pool of one thread per core: on a node whose two workers already
+    use a core each, its parallel RANSAC (USAC) costs more CPU than it saves (development machine, 2 cores, 480
+    correspondences: ``findEssentialMat`` + ``recoverPose`` 9.4 ms of CPU on 2 threads, 5.6 ms on 1)."""
+    if threads <= 0:
+        return
+    import torch
+    torch.set_num_threads(int(threads))
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - OpenCV is a dependency of the pose path only
+        return
+    cv2.setNumThreads(int(threads))
 
 
 class PipelineRunner:

@@ -186,8 +186,9 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
               int_range=(1, 100_000)),
     Setting('diagnostics.period_s', 1.0, 'period of /diagnostics', float_range=(0.05, 60.0)),
     # real time: workers and their CPU share
-    Setting('inference.threads', 0, 'torch threads of each inference worker (0: 1 per worker on CPU, so the dense and '
-            'the pose worker each use one core; the default of torch on CUDA)', int_range=(0, 256)),
+    Setting('inference.threads', 0, 'torch and OpenCV threads of each inference worker (0: 1 per worker on CPU, so the '
+            'dense and the pose worker each use one core; the defaults of torch and OpenCV on CUDA)',
+            int_range=(0, 256)),
     Setting('inference.nice', 10, 'CPU niceness of the inference threads (0-19; > 0 keeps event intake and DDS ahead '
             'of inference on a loaded CPU, so packets are never lost to a busy model)', int_range=(0, 19)),
     Setting('inference.pose_nice', 10, 'CPU niceness of the pose worker (0-19; 10 = inference.nice: both workers '

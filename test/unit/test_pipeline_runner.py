@@ -12,7 +12,7 @@ import pytest
 from realm_ros.events.types import EventArray
 from realm_ros.pipeline.core import PipelineOutput
 from realm_ros.pipeline.pose_tracker import PoseInput, PoseOutput
-from realm_ros.pipeline.runner import PipelineRunner, set_thread_niceness, torch_threads_for
+from realm_ros.pipeline.runner import PipelineRunner, set_thread_niceness, torch_threads_for, use_inference_threads
 from realm_ros.pipeline.stream import EventStream
 
 
@@ -278,6 +278,23 @@ def test_thread_niceness_and_thread_count():
     assert done['ok'] and done['nice'] >= 5
     assert torch_threads_for(3, 'cpu', 2) == 3 and torch_threads_for(0, 'cuda', 2) == 0
     assert torch_threads_for(0, 'cpu', 2) >= 1
+
+
+def test_inference_threads_bound_torch_and_opencv_alike():
+    """The workers' thread count applies to OpenCV's pool too (its RANSAC would otherwise take every core); 0 leaves
+    both libraries as they are."""
+    import cv2
+    import torch
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        use_inference_threads(1)
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+        cv2.setNumThreads(3)
+        use_inference_threads(0)
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 3
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
 
 
 def test_pose_worker_runs_at_its_own_lower_priority():
