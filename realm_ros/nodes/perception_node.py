@@ -40,6 +40,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
+from realm_ros.events.cdr import event_packet_from_cdr
 from realm_ros.nodes import conversions as conv
 from realm_ros.nodes.diagnostics import node_statuses
 from realm_ros.nodes.intake import EventIntake, make_executor
@@ -210,7 +211,9 @@ class PerceptionNode(LifecycleNode):
         self._stream.reset('activated', count=False)
         self._outputs.clear_trajectory()
         self._intake = EventIntake(self.context, f'{self.get_name()}_events', self.resolve_topic_name('events'),
-                                   EventPacket, events_qos(int(self._p('qos.events_depth'))), self._on_events)
+                                   EventPacket, events_qos(int(self._p('qos.events_depth'))), self._on_events,
+                                   raw_decoder=event_packet_from_cdr, on_error=self._on_unreadable_packet,
+                                   gather_s=float(self._p('events.gather_ms')) / 1000.0)
         self._input_subs = [
             self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, sensor_input_qos())]
         if self._p('keyframe.source') == 'image':
@@ -274,6 +277,13 @@ class PerceptionNode(LifecycleNode):
             if self._throttled(f'bad:{exc.kind}'):
                 self.get_logger().warning(f'dropped event packet seq={getattr(msg, "seq", "?")} '
                                           f'encoding={getattr(msg, "encoding", "?")!r}: {exc}')
+
+    def _on_unreadable_packet(self, exc: Exception) -> None:
+        """A serialized event packet nothing could convert: counted (``bad_packets.unreadable``) and logged."""
+        if self._stream is not None:
+            self._stream.count_unreadable()
+        if self._throttled('bad:unreadable'):
+            self.get_logger().warning(f'dropped an unreadable event packet: {type(exc).__name__}: {exc}')
 
     def _on_clock_jump(self, jump: Any) -> None:
         if (jump.clock_change != 0 or jump.delta.nanoseconds < 0) and self._stream is not None:

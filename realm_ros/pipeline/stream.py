@@ -171,6 +171,12 @@ class EventStream:
             self._count_bad('decode_exception')
             raise BadPacket('decode_exception', f'{type(exc).__name__}: {exc}') from exc
 
+    def count_unreadable(self) -> None:
+        """Count a packet whose message could not even be read (``bad_packets.unreadable``): a serialized message
+        that neither the intake's decoder nor rclpy can convert."""
+        self.counters.add('packets')
+        self._count_bad('unreadable')
+
     def _count_bad(self, kind: str) -> None:
         self.counters.add('bad_packets')
         self.counters.add(f'bad_packets.{kind}')

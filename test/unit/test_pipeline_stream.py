@@ -165,6 +165,35 @@ def test_malformed_message_objects_become_bad_packets():
     assert s.counters.get('bad_packets') == 2 and s.key is None
 
 
+def test_packets_read_from_their_serialized_form_give_the_same_windows():
+    """The node's intake reads packets from their serialized form (realm_ros.events.cdr): the stream buffers the
+    same events into the same windows as from the recording's message objects; a packet nothing could read is
+    counted as unreadable."""
+    from realm_ros.events.bagio import EVENT_PACKET_TYPE, make_typestore
+    from realm_ros.events.cdr import event_packet_from_cdr
+    store = make_typestore()
+    T = store.types
+    views = []
+    for m in real_packets():
+        header = T['std_msgs/msg/Header'](stamp=T['builtin_interfaces/msg/Time'](sec=m.header.stamp.sec,
+                                                                                nanosec=m.header.stamp.nanosec),
+                                          frame_id=m.header.frame_id)
+        msg = T[EVENT_PACKET_TYPE](header=header, height=m.height, width=m.width, seq=m.seq, time_base=m.time_base,
+                                   encoding=m.encoding, is_bigendian=m.is_bigendian, events=np.asarray(m.events))
+        views.append(event_packet_from_cdr(bytes(store.serialize_cdr(msg, EVENT_PACKET_TYPE))))
+    a, b = big_stream(), big_stream()
+    assert push_all(a, real_packets()) == push_all(b, views)
+    while (wa := a.next_window()) is not None:
+        wb = b.next_window()
+        assert wb is not None and wa.t_end_ns == wb.t_end_ns
+        for name in 'xytp':
+            assert np.array_equal(getattr(wa.events, name), getattr(wb.events, name))
+    assert b.next_window() is None and b.frame_id == '0293'
+    b.count_unreadable()
+    d = b.diagnostics()
+    assert d['bad_packets.unreadable'] == 1 and d['bad_packets'] == 1 and d['packets'] == len(views) + 1
+
+
 def test_settings_are_validated_and_changeable():
     with pytest.raises(ValueError, match='change_fraction'):
         StreamSettings(change_fraction=0.3)
