@@ -23,7 +23,9 @@ from typing import Any, Callable, Optional
 
 
 class EventIntake:
-    """A subscription to ``topic`` in its own node and executor thread; ``callback`` gets every message."""
+    """A subscription to ``topic`` in its own node and executor thread; ``callback`` gets every message (with a
+    ``raw_decoder``: what it reads from the serialized message). ``gather_s``: after taking what has arrived, wait
+    this long before looking again (packets taken a few at a time)."""
 
     def __init__(self, context: Any, node_name: str, topic: str, msg_type: Any, qos: Any,
                  callback: Callable[[Any], None], raw_decoder: Optional[Callable[[bytes], Any]] = None,
@@ -59,7 +61,7 @@ class EventIntake:
             self._executor_loop()
 
     def _drain_loop(self) -> None:
-        """Wait for the subscription (100 ms at most), then take every message that is ready."""
+        """Wait for the subscription (100 ms at most), then take every message that is ready (then ``gather_s``)."""
         from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
         sub, context = self.subscription, self.node.context
         wait_set = _rclpy.WaitSet(1, 0, 0, 0, 0, 0, context.handle)
