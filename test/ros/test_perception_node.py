@@ -248,6 +248,30 @@ def test_garbage_packets_are_counted_and_outputs_continue(node, probe, packets):
     assert node.rss_mb() - rss0 < 300                   # no runaway allocation from absurd sizes
 
 
+def test_unreadable_serialized_packets_are_counted_and_outputs_continue(node, probe, packets):
+    """The node takes event packets serialized and reads them itself: bytes published raw on the events topic that
+    neither its reader nor rclpy can read are counted (bad_packets.unreadable) and logged, and the packets around
+    them still make outputs."""
+    from rclpy.serialization import serialize_message
+    probe.clear()
+    rng = np.random.default_rng(11)
+    good = packets[:300]
+    shift = 4 * (stamp_ns(packets[-1]) - stamp_ns(packets[0])) + 2 * 10**9     # after the garbage test's playback
+    whole = serialize_message(to_rclpy_packet(good[150], shift))
+    unreadable = {
+        100: [bytes(whole[:40])],                                                   # truncated inside the header
+        140: [b'\x00\x01\x00\x00' + rng.integers(0, 256, 64).astype(np.uint8).tobytes()],   # lengths past the end
+    }
+    probe.play(good, rate=1.0, stamp_shift_ns=shift, inject=unreadable)
+    t_end = stamp_ns(good[140]) + shift
+    assert probe.wait_for(lambda: any(stamp_ns(r.msg) > t_end for r in probe.messages('depth')), 60), \
+        node.output[-3000:]
+    assert node.alive()
+    assert probe.wait_for(lambda: int(probe.latest_diagnostics()['events'].get('bad_packets.unreadable', 0)) >= 1,
+                          5), probe.latest_diagnostics()['events']
+    assert 'unreadable event packet' in node.output
+
+
 def test_bag_restart_resets_the_stream(node, probe, packets):
     probe.clear()
     assert probe.wait_for(lambda: probe.latest_diagnostics(), 5)
