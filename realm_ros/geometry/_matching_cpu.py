@@ -341,15 +341,11 @@ def iterate_numba(f1: torch.Tensor, f2: torch.Tensor, seeds: np.ndarray, max_ite
         its tiles are tight enough, else the full kernel's transposed layout. A channel-first map (e.g. permuted
         from the decoder's (B, D, H, W)) is used as it lies: its transpose is the full kernel's layout, the tiling
         reads it along its rows, and queries are gathered from it row by row (no copy of the whole map)."""
-        if f.shape[1] % DIMS == 0 and f.t().is_contiguous():
-            rows = f.numpy()
-            if hw is not None and _tiles.prunable(rows, hw[0], hw[1]):
-                return rows, _tiles.tile_database(rows, hw[0], hw[1])
-            return rows, f.t().numpy()
-        q = pad_dims(f.contiguous().numpy())
-        if hw is not None and _tiles.prunable(q, hw[0], hw[1]):
-            return q, _tiles.tile_database(q, hw[0], hw[1])
-        return q, torch.from_numpy(q).t().contiguous().numpy()
+        channel_first = f.shape[1] % DIMS == 0 and f.t().is_contiguous()
+        rows = f.numpy() if channel_first else pad_dims(f.contiguous().numpy())
+        if hw is not None and _tiles.prunable(rows, hw[0], hw[1]):
+            return rows, _tiles.tile_database(rows, hw[0], hw[1])
+        return rows, np.ascontiguousarray(rows.T)
 
     prune = hw1 is not None and hw2 is not None
     q1, db1 = layouts(f1, hw1 if prune else None)
