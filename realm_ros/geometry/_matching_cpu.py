@@ -97,6 +97,8 @@ if HAVE_NUMBA:
     from numba.core import types as _types
     from numba.extending import intrinsic as _intrinsic
 
+    from ._vector_ir import counted_loop, splat, vector_fma
+
     @_intrinsic
     def _fold_columns(typingctx, qt, xb, start, stop, base, bv, bi):
         """Fold columns ``start .. stop-1`` of ``xb`` (D, stride) float32 (the chunk buffer; column c is database
@@ -124,35 +126,15 @@ if HAVE_NUMBA:
             col0 = builder.trunc(col0, i32)
             dims = builder.extract_value(qa.shape, 0)
             stride = builder.extract_value(xa.shape, 1)
-            fma = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(vf, [vf, vf, vf]),
-                                                  f'llvm.fma.v{ROWS}f32')
+            fma = vector_fma(builder, vf)
             q_p = builder.bitcast(qa.data, vf.as_pointer())
             best_p, idx_p = builder.bitcast(va.data, vf.as_pointer()), builder.bitcast(ia.data, vi.as_pointer())
             best = _cgutils.alloca_once_value(builder, builder.load(best_p, align=4))
             bidx = _cgutils.alloca_once_value(builder, builder.load(idx_p, align=4))
             accs = [_cgutils.alloca_once(builder, vf) for _ in range(COLUMNS)]
-            splat_mask = _ir.Constant(vi, [0] * ROWS)
-
-            def splat(value, vtype):
-                v = builder.insert_element(_ir.Constant(vtype, _ir.Undefined), value, _ir.Constant(i32, 0))
-                return builder.shuffle_vector(v, _ir.Constant(vtype, _ir.Undefined), splat_mask)
 
             def x_at(offset):                               # xb.flat[offset], broadcast to all lanes
-                return splat(builder.load(builder.gep(xa.data, [offset]), align=4), vf)
-
-            def loop(name, first, cond, step, body):
-                """for (v = first; cond(v); v += step) body(v), with v an i64 kept in an alloca (mem2reg)."""
-                var = _cgutils.alloca_once_value(builder, first)
-                head, blk, end = (builder.append_basic_block(f'{name}_{t}') for t in ('head', 'body', 'end'))
-                builder.branch(head)
-                builder.position_at_end(head)
-                v = builder.load(var)
-                builder.cbranch(cond(v), blk, end)
-                builder.position_at_end(blk)
-                body(v)
-                builder.store(builder.add(builder.load(var), _ir.Constant(i64, step)), var)
-                builder.branch(head)
-                builder.position_at_end(end)
+                return splat(builder, builder.load(builder.gep(xa.data, [offset]), align=4), vf)
 
             def columns(c, u):                              # u columns c .. c+u-1
                 cols = [builder.add(c, _ir.Constant(i64, j)) for j in range(u)]
@@ -165,13 +147,14 @@ if HAVE_NUMBA:
                     row = builder.mul(k, stride)
                     for acc, col in zip(accs, cols):
                         builder.store(builder.call(fma, [qk, x_at(builder.add(row, col)), builder.load(acc)]), acc)
-                loop('dim', _ir.Constant(i64, 1), lambda k: builder.icmp_signed('<', k, dims), 1, dim)
+                counted_loop(builder, 'dim', _ir.Constant(i64, 1), lambda k: builder.icmp_signed('<', k, dims), 1,
+                             dim)
                 b, bx = builder.load(best), builder.load(bidx)
                 for acc, col in zip(accs, cols):                # in column order: strict '>' keeps the first
                     s = builder.load(acc)
                     take = builder.fcmp_ordered('>', s, b)
                     b = builder.select(take, s, b)
-                    bx = builder.select(take, splat(builder.add(builder.trunc(col, i32), col0), vi), bx)
+                    bx = builder.select(take, splat(builder, builder.add(builder.trunc(col, i32), col0), vi), bx)
                 builder.store(b, best)
                 builder.store(bx, bidx)
 
@@ -180,10 +163,11 @@ if HAVE_NUMBA:
             def main(c):
                 columns(c, COLUMNS)
                 builder.store(builder.add(c, _ir.Constant(i64, COLUMNS)), cvar)
-            loop('main', c_start, lambda c: builder.icmp_signed('<=', builder.add(c, _ir.Constant(i64, COLUMNS)),
-                                                                c_stop), COLUMNS, main)
-            loop('tail', builder.load(cvar), lambda c: builder.icmp_signed('<', c, c_stop), 1,
-                 lambda c: columns(c, 1))
+            counted_loop(builder, 'main', c_start,
+                         lambda c: builder.icmp_signed('<=', builder.add(c, _ir.Constant(i64, COLUMNS)), c_stop),
+                         COLUMNS, main)
+            counted_loop(builder, 'tail', builder.load(cvar), lambda c: builder.icmp_signed('<', c, c_stop), 1,
+                         lambda c: columns(c, 1))
             builder.store(builder.load(best), best_p, align=4)
             builder.store(builder.load(bidx), idx_p, align=4)
             return context.get_dummy_value()

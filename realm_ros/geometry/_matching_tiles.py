@@ -53,6 +53,8 @@ if HAVE_NUMBA:
     from numba.core import cgutils as _cgutils
     from numba.core import types as _types
     from numba.extending import intrinsic as _intrinsic
+
+    from ._vector_ir import counted_loop, splat, vector_fma
     try:
         _HOST_AVX512 = bool(_llvm.get_host_cpu_features().get('avx512f', False))
     except Exception:  # noqa: BLE001 - feature query unavailable: assume the narrower registers
@@ -339,7 +341,7 @@ if HAVE_NUMBA:
             sig = _types.int64(q, sel, j0, values, t, acc, best_v)
 
             def codegen(context, builder, signature, args):
-                f32, i32, i64 = _ir.FloatType(), _ir.IntType(32), _ir.IntType(64)
+                f32, i64 = _ir.FloatType(), _ir.IntType(64)
                 vf = _ir.VectorType(f32, LANES)
                 qa, sa, va, aa, ba = (context.make_array(signature.args[j])(context, builder, args[j])
                                       for j in (0, 1, 3, 5, 6))
@@ -354,43 +356,31 @@ if HAVE_NUMBA:
                 nvec = SLOTS // LANES
                 tile_start = builder.mul(tile, builder.mul(dims, _ir.Constant(i64, SLOTS)))
                 blk = builder.bitcast(builder.gep(va.data, [tile_start]), vf.as_pointer())
-                fma = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(vf, [vf, vf, vf]),
-                                                      f'llvm.fma.v{LANES}f32')
-                splat_mask = _ir.Constant(_ir.VectorType(i32, LANES), [0] * LANES)
-
-                def splat(value):
-                    v = builder.insert_element(_ir.Constant(vf, _ir.Undefined), value, _ir.Constant(i32, 0))
-                    return builder.shuffle_vector(v, _ir.Constant(vf, _ir.Undefined), splat_mask)
+                fma = vector_fma(builder, vf)
 
                 def tile_row(k, j):                         # values[t, k, 16 j : 16 j + 16]
                     return builder.load(builder.gep(blk, [builder.add(builder.mul(k, _ir.Constant(i64, nvec)),
                                                                       _ir.Constant(i64, j))]), align=4)
                 accs = [[_cgutils.alloca_once(builder, vf) for _ in range(nvec)] for _ in range(nq)]
-                q0 = [splat(builder.load(r, align=4)) for r in q_rows]
+                q0 = [splat(builder, builder.load(r, align=4), vf) for r in q_rows]
                 for j in range(nvec):
                     y = tile_row(_ir.Constant(i64, 0), j)
                     for m in range(nq):
                         builder.store(builder.fmul(q0[m], y), accs[m][j])
-                kvar = _cgutils.alloca_once_value(builder, _ir.Constant(i64, 1))
-                head, body, end = (builder.append_basic_block(f'dims_{n}') for n in ('head', 'body', 'end'))
-                builder.branch(head)
-                builder.position_at_end(head)
-                k = builder.load(kvar)
-                builder.cbranch(builder.icmp_signed('<', k, dims), body, end)
-                builder.position_at_end(body)
-                qk = [splat(builder.load(builder.gep(r, [k]), align=4)) for r in q_rows]
-                for j in range(nvec):
-                    y = tile_row(k, j)
-                    for m in range(nq):
-                        builder.store(builder.call(fma, [qk[m], y, builder.load(accs[m][j])]), accs[m][j])
-                builder.store(builder.add(k, _ir.Constant(i64, 1)), kvar)
-                builder.branch(head)
-                builder.position_at_end(end)
+
+                def dim(k):                                 # dimensions 1 .. D-1: one FMA per (query, vector)
+                    qk = [splat(builder, builder.load(builder.gep(r, [k]), align=4), vf) for r in q_rows]
+                    for j in range(nvec):
+                        y = tile_row(k, j)
+                        for m in range(nq):
+                            builder.store(builder.call(fma, [qk[m], y, builder.load(accs[m][j])]), accs[m][j])
+                counted_loop(builder, 'dims', _ir.Constant(i64, 1), lambda k: builder.icmp_signed('<', k, dims), 1,
+                             dim)
                 out = builder.bitcast(aa.data, vf.as_pointer())
                 mask_t = _ir.IntType(LANES)
                 hits = _ir.Constant(i64, 0)
                 for m in range(nq):
-                    bound = splat(bounds[m])
+                    bound = splat(builder, bounds[m], vf)
                     hit = None
                     for j in range(nvec):
                         s = builder.load(accs[m][j])
