@@ -164,7 +164,9 @@ class PerceptionNode(LifecycleNode):
         warmup(voxel=True)                  # every decoder / voxel kernel variant: no packet waits for a compile
         if 'pose' in self._pipeline.active_heads:
             from realm_ros.geometry.matching import warm_up_matching
+            from realm_ros.geometry.pose import warm_up_refinement
             warm_up_matching(self._pipeline.device)          # nor the first pose for the matcher's kernels
+            warm_up_refinement()                            # nor for the compiled Sampson refinement
         self.get_logger().info(f'event kernels ready in {time.monotonic() - t0:.1f} s')
         decoupled = bool(self._p('pose.decoupled'))
         threads = torch_threads_for(int(self._p('inference.threads')), self._pipeline.device.type,

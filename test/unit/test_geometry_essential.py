@@ -138,25 +138,81 @@ def test_refinement_converges_from_a_perturbed_start():
     assert after < 0.2 * before
 
 
+def _perturbed(R, t, basis, d):
+    tp = t + d[3] * basis[0] + d[4] * basis[1]
+    return cv2.Rodrigues(d[:3].reshape(3, 1))[0] @ R, tp / np.linalg.norm(tp)
+
+
 def test_analytic_sampson_jacobian_equals_central_differences():
-    """The refinement's analytic Jacobian (rotation and translation-direction steps of ``_perturbed``) agrees with
-    central differences of the residuals, so it is the derivative the Gauss-Newton step needs."""
-    from realm_ros.geometry.pose import _homogeneous, _perturbed, _sampson_jacobian
+    """The refinement's analytic Jacobian (rotation and translation-direction steps) agrees with central differences
+    of the residuals, so it is the derivative the Gauss-Newton step needs; its residuals are ``sampson_residuals``."""
+    from realm_ros.geometry._sampson_jit import direction_basis, sampson_jacobian
     rng = np.random.default_rng(3)
     pts, xy_ref, xy_cur, R, t = _scene(rng, outliers=0.2, noise_px=0.5)
     x1, x2 = normalised_pixels(xy_ref, K1), normalised_pixels(xy_cur, K2)
     t = t / np.linalg.norm(t)
-    b1 = np.cross(t, [1.0, 0.0, 0.0])
-    b1 /= np.linalg.norm(b1)
-    basis = (b1, np.cross(t, b1))
-    r, J = _sampson_jacobian(R, t, basis, _homogeneous(x1), _homogeneous(x2))
-    np.testing.assert_array_equal(r, sampson_residuals(R, t, x1, x2))
+    basis = direction_basis(t)
+    assert abs(basis[0] @ t) < 1e-12 and abs(basis[1] @ t) < 1e-12 and abs(basis[0] @ basis[1]) < 1e-12
+    r, J = sampson_jacobian(R, t, basis[0], basis[1], x1, x2)
+    np.testing.assert_allclose(r, sampson_residuals(R, t, x1, x2), rtol=1e-12, atol=1e-15)
     for k in range(5):
         d = np.zeros(5)
         d[k] = 1e-6
         num = (sampson_residuals(*_perturbed(R, t, basis, d), x1, x2)
                - sampson_residuals(*_perturbed(R, t, basis, -d), x1, x2)) / 2e-6
         np.testing.assert_allclose(J[:, k], num, rtol=1e-5, atol=1e-8 * np.abs(num).max())
+
+
+def _reference_refinement(R, t, x1, x2, huber, iterations=10):
+    """The refinement as numpy array operations (what the package ran before it was compiled)."""
+    from realm_ros.geometry._sampson_jit import direction_basis, sampson_jacobian
+    t = t / np.linalg.norm(t)
+    for _ in range(iterations):
+        basis = direction_basis(t)
+        r0, J = sampson_jacobian(R, t, basis[0], basis[1], x1, x2)
+        w = np.where(np.abs(r0) <= huber, 1.0, huber / np.maximum(np.abs(r0), 1e-30)) if huber > 0 else 1.0 + 0 * r0
+        H = J.T @ (J * w[:, None])
+        step = -np.linalg.solve(H + 1e-12 * np.trace(H) * np.eye(5), J.T @ (w * r0))
+        R, t = _perturbed(R, t, basis, step)
+        if float(np.linalg.norm(step)) < 1e-10:
+            break
+    return R, t
+
+
+@pytest.mark.parametrize('huber', [0.0, 0.003])
+def test_compiled_refinement_equals_the_numpy_gauss_newton(huber):
+    """Weights, damping, solve and update of the compiled loop are those of the plain numpy loop: 30 problems with
+    outliers, perturbed starts, 20-600 correspondences, poses equal to 1e-12."""
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        pts, xy_ref, xy_cur, R, t = _scene(rng, outliers=0.2, noise_px=0.5)
+        n = int(rng.integers(20, len(pts) + 1))
+        x1, x2 = normalised_pixels(xy_ref[:n], K1), normalised_pixels(xy_cur[:n], K2)
+        R0 = _rot(rng.normal(size=3), rng.uniform(0.0, 3.0)) @ R
+        t0 = t / np.linalg.norm(t) + rng.normal(0, 0.1, 3)
+        Ra, ta = refine_two_view(R0, t0, x1, x2, huber=huber)
+        Rb, tb = _reference_refinement(R0, t0, x1, x2, huber)
+        np.testing.assert_allclose(Ra, Rb, atol=1e-12)
+        np.testing.assert_allclose(ta, tb, atol=1e-12)
+
+
+def test_refinement_solves_like_lapack_and_stops_on_singular_equations():
+    """The 5 x 5 solve equals numpy's (LAPACK); singular normal equations (no correspondences) end the loop with
+    the start pose, as numpy's ``LinAlgError`` did."""
+    from realm_ros.geometry._sampson_jit import _solve5
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        A = rng.normal(size=(5, 5))
+        A = A @ A.T + 0.1 * np.eye(5)
+        b = rng.normal(size=5)
+        x, ok = _solve5(A, b)
+        assert ok
+        np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-9, atol=1e-12)
+    assert not _solve5(np.zeros((5, 5)), np.ones(5))[1]
+    R0 = _rot([0.0, 1.0, 0.0], 2.0)
+    R, t = refine_two_view(R0, np.array([0.0, 0.0, 2.0]), np.zeros((0, 2)), np.zeros((0, 2)))
+    np.testing.assert_array_equal(R, R0)
+    np.testing.assert_array_equal(t, [0.0, 0.0, 1.0])
 
 
 def test_normalised_pixels_invert_the_intrinsics():
@@ -229,3 +285,14 @@ def test_relative_pose_from_pointmap_matches_with_the_essential_solver():
     assert res.ok, res.reason
     assert _rot_err(res.R, R) < 0.5 and _angle(res.T_ref_cur[:3, 3], c) < 5.0
     assert abs(res.translation_norm / np.linalg.norm(c) - 1) < 0.1
+
+
+def test_warm_up_compiles_the_refinement():
+    """The node calls ``warm_up_refinement`` at configure: afterwards the kernel has its float64 signature, so the
+    first pose step does not compile it."""
+    from realm_ros.geometry import _sampson_jit
+    from realm_ros.geometry.pose import warm_up_refinement
+    if not _sampson_jit.HAVE_NUMBA:
+        pytest.skip('numba not installed: the refinement runs as Python')
+    warm_up_refinement()
+    assert len(_sampson_jit.refine_sampson.signatures) >= 1
