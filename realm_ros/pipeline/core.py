@@ -45,7 +45,7 @@ from realm_ros.common.device import DeviceError, cpu_has_native_bf16
 from realm_ros.common.device import resolve_device as _resolve_device
 from realm_ros.common.errors import RealmError
 
-from . import dense, render
+from . import dense
 from .pose_tracker import PoseEstimate, PoseInput, PoseOutput, PoseTracker
 
 _LOG = logging.getLogger(__name__)
@@ -793,7 +793,7 @@ class RealmPipeline:
                 tokens=self.encoder.head_tokens(tokens, bridge)[idx:idx + 1, 1:].float().clone(),
                 cls=tokens['x_norm_clstoken'][idx].float().clone(),
                 K_model=np.asarray(pose_prep.model_intrinsics(K)[0], dtype=np.float64),
-                picture=render.voxel_picture(pose_prep.tensor[idx].float().cpu().numpy()),
+                event_sum=pose_prep.tensor[idx].float().sum(dim=0).cpu().numpy(),
                 depth_tokens=((tokens['x_norm_patchtokens'][idx:idx + 1].float().clone(),
                                tokens['x_norm_clstoken'][idx:idx + 1].float().clone())
                               if self.pose_uses_depth_head else None))

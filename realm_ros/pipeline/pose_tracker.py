@@ -56,7 +56,9 @@ class PoseInput:
     tokens: torch.Tensor            # (1, N, D) decoder input tokens of the current view
     cls: torch.Tensor               # (D,) CLS token (keyframe selection)
     K_model: np.ndarray             # 3x3 intrinsics of the model input
-    picture: np.ndarray             # (S, S, 3) uint8 BGR picture of the model input (match drawing)
+    # (S, S, 3) uint8 BGR picture of the model input for the match drawing; None: rendered from ``event_sum`` when
+    # first drawn (:meth:`drawing`), in the pose worker and only for the windows it steps on
+    picture: Optional[np.ndarray] = None
     recv_monotonic_ns: int = 0      # arrival of the packet that completed the window (latency bookkeeping)
     generation: int = 0             # stream generation the window belongs to
     # (normed patch tokens (1, N, D), normed CLS (1, D)) for the depth head when the pose step takes the essential
@@ -65,6 +67,14 @@ class PoseInput:
     # set by PoseTracker.choose_input: an earlier window stepped on instead of the newest, whose view failed the
     # appearance gate against the keyframe (pose.similar_window_fallback); a published estimate makes it a keyframe
     intermediate: bool = False
+    event_sum: Optional[np.ndarray] = None      # (S, S) float32 sum of the window's voxel bins (the picture's source)
+
+    def drawing(self) -> np.ndarray:
+        """The picture for the match drawing (``picture``, rendered from ``event_sum`` at the first call)."""
+        if self.picture is None:
+            self.picture = (render.event_sum_picture(self.event_sum) if self.event_sum is not None
+                            else np.zeros((1, 1, 3), np.uint8))
+        return self.picture
 
 
 @dataclass
@@ -313,7 +323,7 @@ class PoseTracker:
         cfg = pipe.config
         store = self.keyframes
         size = (pipe.input_size, pipe.input_size)
-        stamp_ns, cur_tokens, cur_cls, K_model, picture = inp.stamp_ns, inp.tokens, inp.cls, inp.K_model, inp.picture
+        stamp_ns, cur_tokens, cur_cls, K_model = inp.stamp_ns, inp.tokens, inp.cls, inp.K_model
         image_source = cfg.keyframe_source == 'image'
         sources = self._keyframe_sources()
         first = len(store) == 0
@@ -328,7 +338,7 @@ class PoseTracker:
         def add_current(T_fixed: Optional[np.ndarray], view: PoseInput = inp) -> Any:
             self._count('event_keyframes')
             return store.add(view.tokens, view.cls, size, view.K_model, view.stamp_ns, source='events',
-                             T_fixed_kf=T_fixed, extras={'picture': view.picture, 'depth': depth_of(view)})
+                             T_fixed_kf=T_fixed, extras={'picture': view.drawing(), 'depth': depth_of(view)})
 
         kf = store.select(cur_cls, sources)
         if kf is None:
@@ -345,6 +355,7 @@ class PoseTracker:
                     out.pose = PoseEstimate(R=T[:3, :3].copy(), t=T[:3, 3].copy(), covariance=np.zeros((6, 6)),
                                             reference=ref, keyframe_stamp_ns=kf.stamp_ns, num_matches=0,
                                             num_inliers=0, new_keyframe=True, T_fixed=kf.T_fixed_kf)
+                picture = inp.drawing()
                 out.matches_image = render.draw_matches(picture, picture, np.zeros((0, 2)), np.zeros((0, 2)))
                 return
         if cfg.pose_symmetric:
@@ -366,7 +377,7 @@ class PoseTracker:
         inliers = np.zeros(matches.count, bool)
         if result.inliers.size:
             inliers[result.inliers] = True
-        out.matches_image = render.draw_matches(kf.extras.get('picture', picture), picture, matches.xy1,
+        out.matches_image = render.draw_matches(kf.extras.get('picture', inp.drawing()), inp.drawing(), matches.xy1,
                                                 matches.xy2, inliers, cfg.max_matches_drawn)
         if not result.ok:
             self._count(f'pose_rejected.{result.reason}')

@@ -106,7 +106,13 @@ def event_frame(x: np.ndarray, y: np.ndarray, p: np.ndarray, height: int, width:
 
 def voxel_picture(voxel: np.ndarray) -> np.ndarray:
     """BGR picture of a (C, H, W) voxel grid (sum over the bins; positive blue, negative red)."""
-    s = np.asarray(voxel, dtype=np.float32).sum(axis=0)
+    return event_sum_picture(np.asarray(voxel, dtype=np.float32).sum(axis=0))
+
+
+def event_sum_picture(s: np.ndarray) -> np.ndarray:
+    """BGR picture of the bin sum (H, W) of a voxel grid: positive blue, negative red, scaled to the 99th percentile
+    of the non-zero magnitudes; non-finite values black."""
+    s = np.asarray(s, dtype=np.float32)
     finite = np.isfinite(s)
     s = np.where(finite, s, 0.0)
     nz = np.abs(s[s != 0])

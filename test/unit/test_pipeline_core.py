@@ -95,6 +95,17 @@ def test_the_pose_input_is_handed_over_before_the_dense_heads_run(pipe, windows,
                                                                                               given.append(i)))
     assert order == ['pose', 'heads'] and given == [inp] and inp.stamp_ns == 7 and out.depth is not None
     assert 0 < out.timings_ms['pose_input_ms'] < out.timings_ms['total_ms']
+    # the match-drawing picture is not rendered by the dense half: only the bin sum is handed over, and the pose
+    # worker draws it for the windows it steps on (the picture of the model input, as voxel_picture draws it)
+    from realm_ros.events.spatial import prepare_input
+    from realm_ros.events.voxel import voxel_grid
+    from realm_ros.pipeline import render
+    assert inp.picture is None and inp.event_sum.shape == (224, 224)
+    voxel = voxel_grid(windows[0], bins=pipe.bins, height=480, width=640,
+                       normalization=pipe.config.normalization or pipe.default_normalization)
+    prep = prepare_input(voxel, size=pipe.input_size, mode='crop')
+    expected = render.voxel_picture(prep.tensor[0].numpy())
+    assert np.abs(inp.drawing().astype(int) - expected).max() <= 1 and inp.drawing() is inp.picture
     pipe.update(heads=('depth',))
     try:
         given.clear()
