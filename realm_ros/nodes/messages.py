@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, FrozenSet, List, Optional
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
@@ -23,6 +23,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from realm_ros.nodes import conversions as conv
 from realm_ros.pipeline.core import PipelineOutput
+from realm_ros.pipeline.dense import DENSE_OUTPUTS
 from realm_ros.pipeline.pose_tracker import PoseOutput
 
 try:                                    # nav_msgs / tf2_msgs are in every ROS install; optional on PyPI-only set-ups
@@ -94,17 +95,34 @@ class OutputPublisher:
             self._last[group] = msgs
 
     # ------------------------------------------------------------------------------------------------ sink
+    def wanted_dense(self) -> Optional[FrozenSet[str]]:
+        """The dense outputs with subscribers (``dense.lazy``; None: all): ``depth`` for ``~/depth`` or its
+        ``~/depth/camera_info``, ``depth_color``, ``semantic``, ``semantic_color``, ``points``."""
+        if not self._p('dense.lazy'):
+            return None
+        pubs = self.publishers
+        try:
+            subscribed = {key for key in DENSE_TOPICS if key in pubs and pubs[key].get_subscription_count() > 0}
+        except Exception:                   # rclpy's RCLError once the context is shut down (Ctrl-C): no receiver
+            if self._live():
+                raise
+            return frozenset()
+        if 'depth_info' in subscribed:
+            subscribed.add('depth')
+        return frozenset(subscribed.intersection(DENSE_OUTPUTS))
+
     def dense(self, out: PipelineOutput, frame_id: str) -> None:
         header = conv.make_header(out.stamp_ns, frame_id)
         msgs: Dict[str, Any] = {}
         if out.depth is not None:
             msgs['depth'] = conv.image_from_array(out.depth, '32FC1', header)
+        if out.depth_color is not None:
+            msgs['depth_color'] = conv.image_from_array(out.depth_color, 'bgr8', header)
+        if out.depth is not None or out.depth_color is not None:
             info = self._camera_info() if self.uses_camera_info else None   # same K and distortion as the sensor
             msgs['depth_info'] = conv.camera_info_from_intrinsics(
                 out.K, out.width, out.height, header, D=info.D if info is not None else (),
                 distortion_model=info.distortion_model if info is not None else '')
-            if out.depth_color is not None:
-                msgs['depth_color'] = conv.image_from_array(out.depth_color, 'bgr8', header)
         if out.semantic is not None:
             msgs['semantic'] = conv.image_from_array(out.semantic, 'mono8', header)
             if out.semantic_color is not None:

@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -687,13 +687,15 @@ class RealmPipeline:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def process(self, events: Any, height: int, width: int, K: np.ndarray, stamp_ns: int) -> PipelineOutput:
+    def process(self, events: Any, height: int, width: int, K: np.ndarray, stamp_ns: int,
+                outputs: Optional[Collection[str]] = None) -> PipelineOutput:
         """Run every active head on one window of events (x, y within the sensor; t in ns): the dense heads, then
-        pose on the same window (the perception node runs the two halves in separate workers instead).
+        pose on the same window (the perception node runs the two halves in separate workers instead). ``outputs``:
+        the dense outputs wanted (:meth:`process_dense`).
 
         Raises :class:`WindowSkipped` ('cuda_oom') when the accelerator runs out of memory (cache emptied first).
         """
-        out, pose_input = self.process_dense(events, height, width, K, stamp_ns)
+        out, pose_input = self.process_dense(events, height, width, K, stamp_ns, outputs=outputs)
         if pose_input is not None:
             pose = self.process_pose(pose_input)
             out.pose, out.matches_image = pose.pose, pose.matches_image
@@ -703,20 +705,23 @@ class RealmPipeline:
 
     def process_dense(self, events: Any, height: int, width: int, K: np.ndarray, stamp_ns: int,
                       want_pose: Optional[bool] = None,
-                      on_pose_input: Optional[Callable[[PoseInput], None]] = None
+                      on_pose_input: Optional[Callable[[PoseInput], None]] = None,
+                      outputs: Optional[Collection[str]] = None
                       ) -> Tuple[PipelineOutput, Optional[PoseInput]]:
         """Voxel grid, encoder and the dense heads (depth, semantic, points) of one window.
 
         Returns the outputs and, when the pose head is active (or ``want_pose``), the :class:`PoseInput` for
         :meth:`process_pose`. ``on_pose_input`` is called with that input as soon as the encoder has run, before the
-        dense heads: a pose worker can start on it while they compute (the perception node does that). Raises
+        dense heads: a pose worker can start on it while they compute (the perception node does that). ``outputs``:
+        the dense outputs wanted (:data:`realm_ros.pipeline.dense.DENSE_OUTPUTS`; None: all): heads and colour
+        images nobody wants are not computed (the node passes the outputs whose topics have subscribers). Raises
         :class:`WindowSkipped` ('cuda_oom') on accelerator out-of-memory.
         """
         try:
             with self._lock, torch.inference_mode():
                 return self._process_dense(events, int(height), int(width),
                                            np.asarray(K, np.float64).reshape(3, 3), int(stamp_ns), want_pose,
-                                           on_pose_input)
+                                           on_pose_input, outputs)
         except Exception as exc:
             self._raise_if_oom(exc)
             raise
@@ -748,8 +753,8 @@ class RealmPipeline:
             raise WindowSkipped('cuda_oom', f'CUDA out of memory, window skipped: {exc}') from exc
 
     def _process_dense(self, events: Any, height: int, width: int, K: np.ndarray, stamp_ns: int,
-                       want_pose: Optional[bool], on_pose_input: Optional[Callable[[PoseInput], None]] = None
-                       ) -> Tuple[PipelineOutput, Optional[PoseInput]]:
+                       want_pose: Optional[bool], on_pose_input: Optional[Callable[[PoseInput], None]] = None,
+                       outputs: Optional[Collection[str]] = None) -> Tuple[PipelineOutput, Optional[PoseInput]]:
         from realm_ros.events import voxel_grid
         from realm_ros.events.spatial import prepare_input
         cfg = self.config
@@ -805,7 +810,7 @@ class RealmPipeline:
                                 seg_head=self.seg_head,
                                 bridge=cfg.bridge or self._head_bridge.get('semantic') or 'teacher_norm_inverse',
                                 depth_color_range=cfg.depth_color_range, points_stride=cfg.points_stride,
-                                points_max_depth=cfg.points_max_depth, autocast=self._autocast)
+                                points_max_depth=cfg.points_max_depth, autocast=self._autocast, outputs=outputs)
         out.depth, out.depth_color, out.semantic, out.semantic_color = (r.depth, r.depth_color, r.semantic,
                                                                         r.semantic_color)
         out.points_xyz, out.points_rgb = r.points_xyz, r.points_rgb

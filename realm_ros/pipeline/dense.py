@@ -313,35 +313,52 @@ class DenseResult:
     timings_ms: Dict[str, float] = field(default_factory=dict)
 
 
+#: the dense outputs a consumer can ask for (``compute_dense``'s / ``RealmPipeline.process_dense``'s ``outputs``)
+DENSE_OUTPUTS = ('depth', 'depth_color', 'semantic', 'semantic_color', 'points')
+
+
 def compute_dense(heads: Iterable[str], tokens: Dict[str, Any], grid: Tuple[int, int], prep: Any,
                   size: Tuple[int, int], K: np.ndarray, *, depth_head: Any = None, encoder: Any = None,
                   projector: Any = None, seg_head: Any = None, bridge: str = 'teacher_norm_inverse',
                   depth_color_range: Tuple[float, float] = (1.0, 81.0), points_stride: int = 2,
-                  points_max_depth: float = 80.0, autocast: Autocast = None) -> DenseResult:
+                  points_max_depth: float = 80.0, autocast: Autocast = None,
+                  outputs: Optional[Iterable[str]] = None) -> DenseResult:
     """Every enabled dense head of one window: ``'depth'`` (depth + colour), ``'semantic'`` (labels + colour),
-    ``'points'`` (needs the depth head; coloured by class if ``'semantic'`` runs, else by depth).
+    ``'points'`` (needs the depth head; coloured by class if ``'semantic'`` is enabled, else by depth).
 
-    Same outputs as the per-head expressions of ``RealmPipeline`` before this module (tests compare them).
+    ``outputs``: the outputs wanted (:data:`DENSE_OUTPUTS`; None: all): a head none of whose outputs is wanted does
+    not run and an unwanted colour image is not drawn. What is computed does not depend on what else is wanted (the
+    points keep their class colours when only they are wanted: the semantic head runs for them). Same outputs as
+    the per-head expressions of ``RealmPipeline`` before this module (tests compare them).
     """
     heads = set(heads)
+    want = set(DENSE_OUTPUTS) if outputs is None else set(outputs)
+    unknown = want.difference(DENSE_OUTPUTS)
+    if unknown:
+        raise ValueError(f'unknown dense outputs {sorted(unknown)}; known: {", ".join(DENSE_OUTPUTS)}')
     res = DenseResult()
+    points = 'points' in heads and 'points' in want
     depth: Optional[np.ndarray] = None
-    if 'depth' in heads or 'points' in heads:
+    if ('depth' in heads and want & {'depth', 'depth_color'}) or points:
         t = time.perf_counter()
         depth = run_depth(depth_head, tokens, grid, prep, size, autocast=autocast)
         if 'depth' in heads:
-            res.depth = depth
-            res.depth_color = colorize_depth_region(depth, *depth_color_range, prep=prep)
+            res.depth = depth if 'depth' in want else None
+            if 'depth_color' in want:
+                res.depth_color = colorize_depth_region(depth, *depth_color_range, prep=prep)
         res.timings_ms['depth_ms'] = (time.perf_counter() - t) * 1e3
-    if 'semantic' in heads:
+    labels: Optional[np.ndarray] = None
+    if 'semantic' in heads and (want & {'semantic', 'semantic_color'} or points):
         t = time.perf_counter()
-        res.semantic = run_semantic(encoder, projector, seg_head, tokens, grid, prep, size, bridge, autocast=autocast)
-        res.semantic_color = render.colorize_labels(res.semantic)
+        labels = run_semantic(encoder, projector, seg_head, tokens, grid, prep, size, bridge, autocast=autocast)
+        res.semantic = labels if 'semantic' in want else None
+        if 'semantic_color' in want:
+            res.semantic_color = render.colorize_labels(labels)
         res.timings_ms['semantic_ms'] = (time.perf_counter() - t) * 1e3
-    if 'points' in heads and depth is not None:     # depth ran: 'points' is one of its conditions above
+    if points and depth is not None:     # depth ran: 'points' is one of its conditions above
         t = time.perf_counter()
         res.points_xyz, res.points_rgb = point_cloud(depth, K, points_stride, points_max_depth,
-                                                     labels=res.semantic, depth_color=res.depth_color,
+                                                     labels=labels, depth_color=res.depth_color,
                                                      depth_range=depth_color_range)
         res.timings_ms['points_ms'] = (time.perf_counter() - t) * 1e3
     return res

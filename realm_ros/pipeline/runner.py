@@ -38,7 +38,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Optional, Protocol, Tuple
+from typing import Any, Callable, Deque, Dict, FrozenSet, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -65,6 +65,11 @@ class OutputSink(Protocol):
     def pose(self, out: PoseOutput, frame_id: str) -> None: ...
 
     def hold(self, stamp_ns: int, reason: str) -> bool: ...
+
+    def wanted_dense(self) -> Optional[FrozenSet[str]]:
+        """The dense outputs someone receives now (:data:`realm_ros.pipeline.dense.DENSE_OUTPUTS`), asked before
+        every window: the others are not computed. None: all."""
+        ...
 
 
 def name_os_thread(name: str) -> None:
@@ -161,6 +166,7 @@ class PipelineRunner:
         self.pose_similarity = ValueTracker(maxlen=200)               # the appearance gate's measure per step
         self.pose_similarity_min = float('nan')                       # and its threshold (last seen)
         self.last_error = ''
+        self.dense_outputs = 'all'        # the dense outputs the last window computed (the sink's wanted_dense)
         self.hold_active = False
         self.hold_reason = ''
         self._stop = threading.Event()
@@ -274,12 +280,14 @@ class PipelineRunner:
             pose_input.generation = generation
             self._post_pose_input(pose_input, frame_id)
 
+        outputs = self.sink.wanted_dense()
+        self.dense_outputs = 'all' if outputs is None else ','.join(sorted(outputs)) or 'none'
         try:
             if self.decoupled:
                 out, _ = self.pipeline.process_dense(window.events, height, width, K, window.t_end_ns,
-                                                     on_pose_input=post)
+                                                     on_pose_input=post, outputs=outputs)
             else:
-                out = self.pipeline.process(window.events, height, width, K, window.t_end_ns)
+                out = self.pipeline.process(window.events, height, width, K, window.t_end_ns, outputs=outputs)
         except WindowSkipped as exc:
             self.counters.add(f'windows_skipped.{exc.reason}')
             self.last_error = str(exc)
@@ -451,7 +459,7 @@ class PipelineRunner:
         values: Dict[str, Any] = {
             'state': 'active' if self.running else 'inactive', 'decoupled_pose': str(self.decoupled).lower(),
             'pose_max_rate_hz': self.pose_max_rate_hz, 'pose_wait_fresh': str(self.pose_wait_fresh).lower(),
-            'dense_max_rate_hz': self.dense_max_rate_hz,
+            'dense_max_rate_hz': self.dense_max_rate_hz, 'dense_outputs': self.dense_outputs,
             'windows_processed': c.get('windows_processed', 0), 'empty_windows': c.get('empty_windows', 0),
             'memory_holds': c.get('memory_holds', 0), 'memory_hold': str(self.hold_active).lower(),
             'processing_errors': c.get('processing_errors', 0), 'pose_steps': c.get('pose_steps', 0),

@@ -202,6 +202,9 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
     Setting('dense.max_rate_hz', 0.0, 'upper bound of the dense outputs (depth, semantic, points) per second (0: every '
             'window the CPU allows; a cap leaves CPU to the pose worker and the rest of the robot; the windows it '
             'skips count as windows_dropped)', runtime=True, float_range=(0.0, 1000.0)),
+    Setting('dense.lazy', True, 'compute only the dense outputs someone subscribes to (a head, colour image or '
+            'point cloud without subscribers is skipped; a new subscriber gets outputs from the next window); false: '
+            'every enabled dense head on every window', runtime=True),
     Setting('pose.wait_for_fresh_tokens', True, 'the pose worker exchanges tokens that waited more than half a window '
             'interval for the next window due within that interval (lower pose latency, a few ms idle)', runtime=True),
     Setting('pose.decoupled', True, 'run matching + pose in their own worker on the newest tokens (dense outputs never '

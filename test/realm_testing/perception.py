@@ -161,8 +161,9 @@ class Probe:
         self.node.create_subscription(TFMessage, '/tf', self._recorder('tf'), 100)
         rel = ReliabilityPolicy.RELIABLE if output_qos == 'reliable' else ReliabilityPolicy.BEST_EFFORT
         qos = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST, reliability=rel)
-        for topic, mtype in types.items():
-            self.node.create_subscription(mtype, f'{node_ns}/{topic}', self._recorder(topic), qos)
+        self._output_types, self._output_qos, self._node_ns = types, qos, node_ns
+        self._subscriptions: Dict[str, Any] = {}
+        self.subscribe(tuple(types))
         self._diag_name = node_ns
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 50)
         pub_qos = QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
@@ -173,6 +174,20 @@ class Probe:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        """Subscribe to these output topics of the node (again); they are recorded in ``received``."""
+        for topic in topics:
+            if topic not in self._subscriptions:
+                self._subscriptions[topic] = self.node.create_subscription(
+                    self._output_types[topic], f'{self._node_ns}/{topic}', self._recorder(topic), self._output_qos)
+
+    def unsubscribe(self, topics: Sequence[str]) -> None:
+        """Stop receiving these output topics (the node then has no subscriber for them, unless others listen)."""
+        for topic in topics:
+            sub = self._subscriptions.pop(topic, None)
+            if sub is not None:
+                self.node.destroy_subscription(sub)
 
     def _spin(self) -> None:
         while not self._stop.is_set():

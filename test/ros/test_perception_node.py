@@ -344,6 +344,45 @@ def test_runtime_parameters_switch_heads_and_are_validated(node, probe, packets)
     assert call(trigger, Trigger.Request()).success
 
 
+def test_only_the_subscribed_dense_outputs_are_computed(node, probe, packets):
+    """dense.lazy (default): with only ~/depth (and the pose topics) subscribed the node skips the semantic head,
+    the colour images and the point cloud, and says so in /diagnostics; depth keeps coming. Subscribing again brings
+    them back from the next window; dense.lazy false computes everything whatever is subscribed."""
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    setp = probe.node.create_client(SetParameters, f'{NS}/set_parameters')
+    assert setp.wait_for_service(10)
+
+    def lazy(value):
+        future = setp.call_async(SetParameters.Request(parameters=[Parameter(
+            name='dense.lazy', value=ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value))]))
+        assert probe.wait_for(future.done, 10) and future.result().results[0].successful
+
+    def computed():
+        return probe.latest_diagnostics().get('pipeline', {}).get('dense_outputs')
+
+    span = stamp_ns(packets[-1]) - stamp_ns(packets[0])
+    third = len(packets) // 3
+    skipped = ('depth/camera_info', 'depth/color', 'semantic', 'semantic/color', 'points')
+    probe.unsubscribe(skipped)
+    try:
+        probe.clear()
+        shift = 5 * span + 4 * 10**9
+        probe.play(packets[:third], rate=0, stamp_shift_ns=shift)
+        assert probe.wait_for(lambda: computed() == 'depth', 60), (probe.latest_diagnostics(), node.output[-3000:])
+        assert probe.wait_for(lambda: any(stamp_ns(r.msg) >= stamp_ns(packets[0]) + shift
+                                          for r in probe.messages('depth')), 30)
+        lazy(False)
+        probe.play(packets[third:2 * third], rate=0, stamp_shift_ns=shift)
+        assert probe.wait_for(lambda: computed() == 'all', 60), probe.latest_diagnostics()
+        lazy(True)
+    finally:
+        probe.subscribe(skipped)
+    probe.play(packets[2 * third:], rate=0, stamp_shift_ns=shift)
+    assert probe.wait_for(lambda: computed() == 'depth,depth_color,points,semantic,semantic_color', 60), \
+        probe.latest_diagnostics()
+
+
 def test_lifecycle_deactivate_cleanup_and_restart(node, probe, packets):
     from lifecycle_msgs.msg import State, Transition
     from lifecycle_msgs.srv import ChangeState, GetState

@@ -163,6 +163,37 @@ def test_compute_dense_equals_the_previous_pipeline_block(mini, heads):
     assert set(got.timings_ms) == {f'{h}_ms' for h in heads} | ({'depth_ms'} if 'points' in heads else set())
 
 
+@pytest.mark.parametrize('outputs', [(), ('depth',), ('depth_color',), ('semantic',), ('semantic_color',),
+                                     ('points',), ('depth', 'semantic_color'), ('depth_color', 'points')])
+def test_only_the_wanted_outputs_are_computed_and_they_are_unchanged(mini, outputs):
+    """``outputs`` (what has subscribers): a head none of whose outputs is wanted does not run, an unwanted colour
+    image is not drawn, and what is computed is identical to the all-outputs run (the points keep their class
+    colours when only they are wanted: the semantic head runs for them)."""
+    pipe, voxel, K = mini
+    prep = prepare_input(voxel, size=pipe.input_size, mode='crop')
+    size = (pipe.input_size, pipe.input_size)
+    heads = ('depth', 'semantic', 'points')
+    kw = dict(depth_head=pipe.depth_head, encoder=pipe.encoder, projector=pipe.projector, seg_head=pipe.seg_head,
+              bridge='student_prenorm', points_stride=3)
+    with torch.inference_mode():
+        tokens = pipe.encoder(prep.tensor)
+        every = dense.compute_dense(heads, tokens, pipe.grid, prep, size, K, **kw)
+        got = dense.compute_dense(heads, tokens, pipe.grid, prep, size, K, outputs=outputs, **kw)
+    for name in ('depth', 'depth_color', 'semantic', 'semantic_color', 'points_xyz', 'points_rgb'):
+        wanted = name.replace('_xyz', '').replace('_rgb', '') in outputs
+        b = getattr(got, name)
+        assert (b is not None) == wanted, name
+        if wanted:
+            a = getattr(every, name)
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == 'f'), name
+    ran = {k[:-3] for k in got.timings_ms}
+    assert ran == ({'depth'} if set(outputs) & {'depth', 'depth_color', 'points'} else set()) | (
+        {'semantic'} if set(outputs) & {'semantic', 'semantic_color', 'points'} else set()) | (
+        {'points'} if 'points' in outputs else set())
+    with pytest.raises(ValueError, match="unknown dense outputs \\['colour'\\]"):
+        dense.compute_dense(heads, tokens, pipe.grid, prep, size, K, outputs=('depth', 'colour'), **kw)
+
+
 def test_semantic_under_autocast_and_with_other_heads_equals_reference(mini):
     from realm_ros.models import SegmentationHead
     pipe, voxel, _ = mini

@@ -24,16 +24,18 @@ class TimedPipeline:
         self.encoder_share = 1.0
         self.fail_dense_at = set(fail_dense_at)
         self.dense_calls, self.pose_calls, self.resets = [], [], 0
+        self.dense_outputs = []               # the outputs each dense call was asked for
         self.pose_started = threading.Event()
         self.pose_value = None                # what process_pose returns as the estimate (None: rejected)
         self.similarities = []                # appearance-gate measures of the steps, in turn (then none)
         self.choose = None                    # candidates -> the window to step on (None: the newest)
         self.choices = []                     # the candidate stamps offered at each step
 
-    def process_dense(self, events, height, width, K, stamp_ns, on_pose_input=None):
+    def process_dense(self, events, height, width, K, stamp_ns, on_pose_input=None, outputs=None):
         """The encoder takes ``encoder_share`` of ``dense_s``: the pose input is handed over then, the heads take
         the rest."""
         self.dense_calls.append(stamp_ns)
+        self.dense_outputs.append(outputs)
         if len(self.dense_calls) in self.fail_dense_at:
             raise RuntimeError('boom')
         time.sleep(self.dense_s * self.encoder_share)
@@ -44,8 +46,8 @@ class TimedPipeline:
         out = PipelineOutput(stamp_ns=stamp_ns, width=width, height=height, K=K, num_events=len(events))
         return out, inp
 
-    def process(self, events, height, width, K, stamp_ns):
-        out, inp = self.process_dense(events, height, width, K, stamp_ns)
+    def process(self, events, height, width, K, stamp_ns, outputs=None):
+        out, inp = self.process_dense(events, height, width, K, stamp_ns, outputs=outputs)
         out.pose = self.process_pose(inp).pose
         return out
 
@@ -72,6 +74,10 @@ class Sink:
     def __init__(self):
         self.dense_out, self.pose_out, self.holds = [], [], []
         self.lock = threading.Lock()
+        self.wanted = None                    # what wanted_dense answers (None: all)
+
+    def wanted_dense(self):
+        return self.wanted
 
     def dense(self, out, frame_id):
         with self.lock:
@@ -369,6 +375,34 @@ def test_dense_rate_cap_takes_the_newest_window_counts_the_rest_and_can_change_w
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('decoupled', [True, False])
+def test_each_window_computes_what_the_sink_wants_now(decoupled):
+    """The dense worker asks the sink before every window which dense outputs have a receiver and passes that to
+    the pipeline (both designs); a change while running applies from the next window; diagnostics name it."""
+    pipe = TimedPipeline(dense_s=0.01, pose_s=0.01)
+    stream, sink, runner = make(pipe, decoupled=decoupled)
+    sink.wanted = frozenset({'semantic', 'depth'})
+    runner.start()
+    try:
+        feed(stream, runner, 3, 0.05)
+        assert wait(lambda: len(pipe.dense_calls) >= 2)
+        assert runner.diagnostics()['dense_outputs'] == 'depth,semantic'
+        sink.wanted = frozenset()
+        n = len(pipe.dense_calls)
+        feed(stream, runner, 3, 0.05, t0=2 * 10**9)
+        assert wait(lambda: len(pipe.dense_calls) >= n + 2)
+        assert runner.diagnostics()['dense_outputs'] == 'none'
+        sink.wanted = None
+        n = len(pipe.dense_calls)
+        feed(stream, runner, 3, 0.05, t0=3 * 10**9)
+        assert wait(lambda: len(pipe.dense_calls) >= n + 2)
+    finally:
+        assert runner.stop(timeout=2.0)
+    asked = pipe.dense_outputs
+    assert asked[0] == frozenset({'semantic', 'depth'}) and frozenset() in asked and asked[-1] is None
+    assert asked.index(frozenset()) < len(asked) - 1 and runner.diagnostics()['dense_outputs'] == 'all'
+
+
 def test_real_pipeline_in_the_runner(tmp_path):
     from realm_ros.pipeline import PipelineConfig, RealmPipeline
     from realm_ros.pipeline.tiny import write_random_tiny_checkpoints
