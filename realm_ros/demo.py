@@ -23,6 +23,7 @@ import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -106,7 +107,7 @@ def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str,
     from event_camera_msgs.msg import EventPacket
     from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
     from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import Image, PointCloud2
 
     from realm_ros.nodes.conversions import diagnostic_values, image_to_array, stamp_to_ns
 
@@ -136,6 +137,19 @@ def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str,
                     store.append((stamp, t, arr.copy()))
                 rec.images[name] = (stamp, arr.copy())
         return cb
+
+    def points_cb(raw: bytes, info: Any) -> None:
+        """~/points taken serialized: its rate and latency need only the header stamp (the first field after the
+        4-byte CDR encapsulation), not the conversion of a ~1 MB cloud into a Python message."""
+        t = now()
+        if not recording.is_set() or len(raw) < 12:
+            return
+        sec, nanosec = struct.unpack_from('<iI' if raw[1] & 1 else '>iI', raw, 4)
+        stamp = sec * 10**9 + nanosec
+        with rec.lock:
+            rec.tick('points')
+            delivered('points', stamp, info, t)
+            rec.points.append((stamp, t))
 
     def gt_cb(store_name: str):
         def cb(msg: Image) -> None:
@@ -191,6 +205,7 @@ def make_collector(rclpy: Any, rec: Received, gt_prefix: str, events_topic: str,
     node.create_subscription(Image, f'{out}/semantic', image_cb('semantic', rec.semantic), reliable)
     for name in ('depth/color', 'semantic/color', 'matches'):
         node.create_subscription(Image, f'{out}/{name}', image_cb(name), reliable)
+    node.create_subscription(PointCloud2, f'{out}/points', points_cb, reliable, raw=True)
     node.create_subscription(PoseWithCovarianceStamped, f'{out}/pose', pose_cb, reliable)
     node.create_subscription(Image, f'{gt_prefix}/event_camera/depth', gt_cb('gt_depth'), reliable)
     node.create_subscription(Image, f'{gt_prefix}/event_camera/labels', gt_cb('gt_labels'), reliable)
@@ -495,7 +510,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             'warmup_s': round(warm, 2),
             'recorded_s': round(recorded_s, 2),
             'rates_hz': {k: round(rec.rate_hz(k, recorded_s), 3) for k in
-                         ('events_in', 'depth', 'semantic', 'depth/color', 'semantic/color', 'matches', 'pose')},
+                         ('events_in', 'depth', 'semantic', 'depth/color', 'semantic/color', 'points', 'matches',
+                          'pose')},
             'latency_ms_end_to_end': latency_summary(rec),
             'latency_ms_by_output': latency_by_output(rec),
             'latency_ms_breakdown': latency_breakdown(rec),
@@ -526,7 +542,8 @@ def _print_summary(s: Dict[str, Any], out_dir: Path) -> None:
     lat = s['latency_ms_end_to_end']
     print('\n[realm-demo] results')
     print(f"  rates: depth {s['rates_hz']['depth']:.2f} Hz, semantic {s['rates_hz']['semantic']:.2f} Hz, "
-          f"pose {s['rates_hz']['pose']:.2f} Hz, event packets in {s['rates_hz']['events_in']:.0f} Hz")
+          f"points {s['rates_hz']['points']:.2f} Hz, pose {s['rates_hz']['pose']:.2f} Hz, "
+          f"event packets in {s['rates_hz']['events_in']:.0f} Hz")
     if lat.get('samples'):
         print(f"  end-to-end latency: p50 {lat['p50_ms']:.0f} ms, p90 {lat['p90_ms']:.0f} ms, "
               f"max {lat['max_ms']:.0f} ms ({lat['samples']} outputs)")

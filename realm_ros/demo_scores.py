@@ -23,6 +23,7 @@ class Received:
 
     depth: Deque[Tuple[int, int, np.ndarray]] = field(default_factory=lambda: deque(maxlen=400))   # (stamp, recv, d)
     semantic: Deque[Tuple[int, int, np.ndarray]] = field(default_factory=lambda: deque(maxlen=400))
+    points: Deque[Tuple[int, int]] = field(default_factory=lambda: deque(maxlen=400))                # (stamp, recv)
     pose: List[Tuple[int, int, np.ndarray, str]] = field(default_factory=list)          # (stamp, recv, T, frame)
     images: Dict[str, Tuple[int, np.ndarray]] = field(default_factory=dict)             # latest colour images
     gt_depth: Dict[int, np.ndarray] = field(default_factory=dict)
@@ -171,10 +172,10 @@ def latency_summary(rec: Received) -> Dict[str, Any]:
 
 
 def latency_by_output(rec: Received) -> Dict[str, Any]:
-    """Per output (depth, semantic, pose): end-to-end latency percentiles."""
+    """Per output (depth, semantic, points, pose): end-to-end latency percentiles."""
     with rec.lock:
         rows = {'depth': [(s, r) for s, r, _ in rec.depth], 'semantic': [(s, r) for s, r, _ in rec.semantic],
-                'pose': [(s, r) for s, r, _, _ in rec.pose]}
+                'points': list(rec.points), 'pose': [(s, r) for s, r, _, _ in rec.pose]}
     return {k: _percentiles(np.array([(r - s) * 1e-6 for s, r in v], dtype=np.float64)) for k, v in rows.items()}
 
 

@@ -27,6 +27,11 @@ def test_demo_runs_end_to_end_and_scores_against_ground_truth(tmp_path, child_en
     # The source publishes 1 kHz packets; on an overloaded machine (measured: 90 Hz with two CPU burners beside the
     # suite) the rate only has to show that events flow all along, not that the box keeps the simulator's pace
     assert summary['rates_hz']['depth'] > 0 and summary['rates_hz']['events_in'] > 20
+    # the collector receives ~/points (taken serialized, its stamp read from the CDR header): the node computes
+    # the cloud for it (dense.lazy) and its latency is that of its window, like depth's
+    assert summary['rates_hz']['points'] > 0
+    pts, dep = summary['latency_ms_by_output']['points'], summary['latency_ms_by_output']['depth']
+    assert pts['samples'] > 0 and 0.5 * dep['p50_ms'] <= pts['p50_ms'] <= 2 * dep['p50_ms'] + 100, (pts, dep)
     assert summary['latency_ms_end_to_end']['samples'] > 0
     assert summary['latency_ms_end_to_end']['p50_ms'] > 0
     # the latency breakdown from the DDS timestamps of the same messages: node + transport + collector = end-to-end
