@@ -39,6 +39,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
+import cv2
 import numpy as np
 import torch
 
@@ -397,22 +398,25 @@ def local_feature_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats:
     return {'paths': {n: _stats(v) for n, v in rows.items()}, 'identical': bool(identical)}
 
 
-def _previous_refine(R: Any, t: Any, x_ref: Any, x_cur: Any, huber: float, iterations: int = 10) -> Any:
-    """``refine_two_view`` as it was before the analytic Jacobian (central differences; copied for the comparison)."""
-    from realm_ros.geometry.pose import _perturbed, sampson_residuals
+def _perturbed(R: Any, t: Any, basis: Any, d: Any) -> Any:
+    """``(exp(d[:3]) R, normalise(t + d[3] b1 + d[4] b2))``: the refinement's step (copied for the baselines)."""
+    tp = t + d[3] * basis[0] + d[4] * basis[1]
+    return cv2.Rodrigues(np.asarray(d[:3], np.float64).reshape(3, 1))[0] @ R, tp / np.linalg.norm(tp)
+
+
+def _basis(t: Any) -> Any:
+    a = np.array([1.0, 0.0, 0.0]) if abs(t[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    b1 = np.cross(t, a)
+    b1 /= np.linalg.norm(b1)
+    return b1, np.cross(t, b1)
+
+
+def _gauss_newton(R: Any, t: Any, x_ref: Any, x_cur: Any, huber: float, jacobian: Any, iterations: int = 10) -> Any:
+    """The refinement's loop in numpy around ``jacobian(R, t, basis) -> (residuals, J)``."""
     R, t = np.asarray(R, np.float64), np.asarray(t, np.float64) / np.linalg.norm(t)
     for _ in range(iterations):
-        a = np.array([1.0, 0.0, 0.0]) if abs(t[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-        b1 = np.cross(t, a)
-        b1 /= np.linalg.norm(b1)
-        basis = (b1, np.cross(t, b1))
-        r0 = sampson_residuals(R, t, x_ref, x_cur)
-        J = np.empty((r0.size, 5))
-        for k in range(5):
-            d = np.zeros(5)
-            d[k] = 1e-7
-            J[:, k] = (sampson_residuals(*_perturbed(R, t, basis, d), x_ref, x_cur)
-                       - sampson_residuals(*_perturbed(R, t, basis, -d), x_ref, x_cur)) / 2e-7
+        basis = _basis(t)
+        r0, J = jacobian(R, t, basis)
         ar = np.abs(r0)
         w = np.where(ar <= huber, 1.0, huber / np.maximum(ar, 1e-30)) if huber > 0 else np.ones_like(r0)
         H = J.T @ (J * w[:, None])
@@ -423,14 +427,57 @@ def _previous_refine(R: Any, t: Any, x_ref: Any, x_cur: Any, huber: float, itera
     return R, t
 
 
+def _central_refine(R: Any, t: Any, x_ref: Any, x_cur: Any, huber: float) -> Any:
+    """``refine_two_view`` as it was before the analytic Jacobian (central differences; copied for the comparison)."""
+    from realm_ros.geometry.pose import sampson_residuals
+
+    def jacobian(R: Any, t: Any, basis: Any) -> Any:
+        r0 = sampson_residuals(R, t, x_ref, x_cur)
+        J = np.empty((r0.size, 5))
+        for k in range(5):
+            d = np.zeros(5)
+            d[k] = 1e-7
+            J[:, k] = (sampson_residuals(*_perturbed(R, t, basis, d), x_ref, x_cur)
+                       - sampson_residuals(*_perturbed(R, t, basis, -d), x_ref, x_cur)) / 2e-7
+        return r0, J
+    return _gauss_newton(R, t, x_ref, x_cur, huber, jacobian)
+
+
+def _numpy_refine(R: Any, t: Any, x_ref: Any, x_cur: Any, huber: float) -> Any:
+    """``refine_two_view`` with the analytic Jacobian as numpy array operations (before it was compiled; copied)."""
+    def skew(v: Any) -> Any:
+        return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    h1 = np.c_[x_ref, np.ones(len(x_ref))]
+    h2 = np.c_[x_cur, np.ones(len(x_cur))]
+
+    def jacobian(R: Any, t: Any, basis: Any) -> Any:
+        tx = skew(t)
+        Ex1, Etx2 = h1 @ (tx @ R).T, h2 @ (tx @ R)
+        num = np.sum(h2 * Ex1, axis=1)
+        root = np.sqrt(np.maximum(Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2, 1e-24))
+        gens = np.stack([tx @ skew(e) @ R for e in np.eye(3)] + [skew(b) @ R for b in basis])
+        dEx1, dEtx2 = np.matmul(h1, gens.transpose(0, 2, 1)), np.matmul(h2, gens)
+        dnum = np.sum(dEx1 * h2, axis=2)
+        dden = 2.0 * (Ex1[:, 0] * dEx1[:, :, 0] + Ex1[:, 1] * dEx1[:, :, 1]
+                      + Etx2[:, 0] * dEtx2[:, :, 0] + Etx2[:, 1] * dEtx2[:, :, 1])
+        return num / root, (dnum / root - num * dden / (2.0 * root ** 3)).T
+    return _gauss_newton(R, t, x_ref, x_cur, huber, jacobian)
+
+
+REFINE_PATHS = {'central': _central_refine, 'numpy': _numpy_refine}
+
+
 def refine_paths(problems: int = 30, points: int = 400, seed: int = 1) -> Dict[str, Any]:
-    """The essential solver's refinement (``refine_two_view``, analytic Jacobian) against the previous central
-    differences on synthetic two-view problems (noise, 10 % outliers, Huber weights as the node's 2 px at f = 150),
-    interleaved; the largest rotation / direction difference between the two results."""
+    """The essential solver's refinement (``refine_two_view``: analytic Jacobian, compiled) against its earlier
+    forms, central differences and the analytic Jacobian as numpy array operations, on synthetic two-view problems
+    (noise, 10 % outliers, Huber weights as the node's 2 px at f = 150), interleaved (rotating order); the largest
+    rotation / direction difference of each against the compiled result."""
     from realm_ros.geometry.pose import _so3_exp, refine_two_view, rotation_angle_deg
     rng = np.random.default_rng(seed)
-    rows: Dict[str, List[float]] = {'previous': [], 'analytic': []}
-    worst = 0.0
+    names = ['central', 'numpy', 'compiled']
+    rows: Dict[str, List[float]] = {n: [] for n in names}
+    worst = {n: 0.0 for n in names[:2]}
+    refine_two_view(np.eye(3), np.array([0.0, 0.0, 1.0]), np.zeros((8, 2)), np.zeros((8, 2)) + 0.01)   # compile
     for i in range(problems):
         R_true, t_true = _so3_exp(rng.normal(size=3) * 0.05), rng.normal(size=3)
         X = np.c_[rng.uniform(-3, 3, (points, 2)), rng.uniform(4, 20, points)]
@@ -439,13 +486,16 @@ def refine_paths(problems: int = 30, points: int = 400, seed: int = 1) -> Dict[s
         x2[:points // 10] += rng.normal(size=(points // 10, 2)) * 0.05
         R0, t0 = _so3_exp(rng.normal(size=3) * 0.01) @ R_true, t_true + rng.normal(size=3) * 0.05
         res = {}
-        for name in (['previous', 'analytic'] if i % 2 == 0 else ['analytic', 'previous']):
+        for name in names[i % 3:] + names[:i % 3]:
             c0 = time.thread_time()
-            res[name] = (_previous_refine(R0, t0, x1, x2, 2 / 150) if name == 'previous'
+            res[name] = (REFINE_PATHS[name](R0, t0, x1, x2, 2 / 150) if name in REFINE_PATHS
                          else refine_two_view(R0, t0, x1, x2, huber=2 / 150))
             rows[name].append(time.thread_time() - c0)
-        (Ra, ta), (Rb, tb) = res['previous'], res['analytic']
-        worst = max(worst, rotation_angle_deg(Ra.T @ Rb), float(np.degrees(np.arccos(np.clip(ta @ tb, -1, 1)))))
+        Rb, tb = res['compiled']
+        for name in worst:
+            Ra, ta = res[name]
+            worst[name] = max(worst[name], rotation_angle_deg(Ra.T @ Rb),
+                              float(np.degrees(np.arccos(np.clip(ta @ tb, -1, 1)))))
     return {'paths': {n: _stats(v) for n, v in rows.items()}, 'max_difference_deg': worst}
 
 
@@ -674,7 +724,7 @@ def main(argv: Any = None) -> int:
                         'fp32:essential bf16:ap3p; the first is the baseline of the ratios)')
     p.add_argument('--only-compute', action='store_true', help='only the --compute-variants timing')
     p.add_argument('--refine-paths', action='store_true',
-                   help="only the essential solver's refinement: analytic Jacobian vs central differences")
+                   help="only the essential solver's refinement: compiled vs numpy analytic vs central differences")
     p.add_argument('--decoder-paths', action='store_true',
                    help='only the decoder outputs: lean head path vs the previous one (bit-identical, CPU time)')
     p.add_argument('--local-feature-paths', action='store_true',
@@ -696,11 +746,13 @@ def main(argv: Any = None) -> int:
         return 0
     if args.refine_paths:
         out['refine_paths'] = ref = refine_paths()
-        prev, new = ref['paths']['previous'], ref['paths']['analytic']
-        print(f"refine_two_view (CPU ms, min / median of {prev['n']}): central differences {prev['min_ms']:.2f} / "
-              f"{prev['median_ms']:.2f}, analytic {new['min_ms']:.2f} / {new['median_ms']:.2f} "
-              f"({new['median_ms'] / prev['median_ms']:.2f}x median); largest difference "
-              f"{ref['max_difference_deg']:.1e} deg")
+        paths = ref['paths']
+        comp = paths['compiled']['median_ms']
+        print(f"refine_two_view (CPU ms, min / median of {paths['compiled']['n']}): " + ', '.join(
+            f"{n} {v['min_ms']:.2f} / {v['median_ms']:.2f}" for n, v in paths.items()))
+        print('compiled against ' + ', '.join(
+            f"{n}: {comp / paths[n]['median_ms']:.3f}x median, largest difference {d:.1e} deg"
+            for n, d in ref['max_difference_deg'].items()))
         _write_json(args.json, out)
         return 0
     t0 = time.perf_counter()
