@@ -400,6 +400,8 @@ class RealmPipeline:
             if missing:
                 self._warn(f'head {head!r} disabled: {missing}')
         self._encoder_runs = 0
+        # the last window's encoder output and geometry (complete_dense: outputs subscribed during a memory hold)
+        self._last_dense: Optional[Dict[str, Any]] = None
 
     def _check_width(self, width: int, path: Any) -> None:
         if int(width) != int(self.encoder.embed_dim):
@@ -640,6 +642,7 @@ class RealmPipeline:
     def reset(self) -> None:
         """Forget keyframes and the pose chain (stream restart, time jump). Never blocks: applied before the next
         pose step."""
+        self._last_dense = None
         if self.pose_tracker is not None:
             self.pose_tracker.reset()
 
@@ -816,4 +819,29 @@ class RealmPipeline:
         out.points_xyz, out.points_rgb = r.points_xyz, r.points_rgb
         timings.update(r.timings_ms)
         timings['total_ms'] = (time.perf_counter() - t0) * 1e3
+        self._last_dense = dict(tokens=tokens, prep=prep, K=K, width=width, height=height, num_events=len(events),
+                                mode=mode, computed=None if outputs is None else frozenset(outputs))
         return out, pose_input
+
+    def complete_dense(self, outputs: Collection[str], stamp_ns: int) -> Optional[PipelineOutput]:
+        """The dense outputs ``outputs`` of the last window, computed from its kept encoder output when some of them
+        were not computed with it (subscribed since: the node's memory hold, when no window comes, then has them
+        too), stamped ``stamp_ns``; None when the last window computed them all or there is none (or the stream
+        restarted since: :meth:`reset`)."""
+        last = self._last_dense
+        wanted = frozenset(outputs)
+        if last is None or last['computed'] is None or wanted <= last['computed']:
+            return None
+        cfg = self.config
+        with self._lock, torch.inference_mode():
+            r = dense.compute_dense(self.active_heads, last['tokens'], self.grid, last['prep'],
+                                    (self.input_size, self.input_size), last['K'], depth_head=self.depth_head,
+                                    encoder=self.encoder, projector=self.projector, seg_head=self.seg_head,
+                                    bridge=cfg.bridge or self._head_bridge.get('semantic') or 'teacher_norm_inverse',
+                                    depth_color_range=cfg.depth_color_range, points_stride=cfg.points_stride,
+                                    points_max_depth=cfg.points_max_depth, autocast=self._autocast, outputs=wanted)
+        last['computed'] = wanted
+        return PipelineOutput(stamp_ns=int(stamp_ns), width=last['width'], height=last['height'], K=last['K'],
+                              num_events=last['num_events'], spatial_mode=last['mode'], timings_ms=r.timings_ms,
+                              depth=r.depth, depth_color=r.depth_color, semantic=r.semantic,
+                              semantic_color=r.semantic_color, points_xyz=r.points_xyz, points_rgb=r.points_rgb)

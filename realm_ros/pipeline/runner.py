@@ -444,13 +444,32 @@ class PipelineRunner:
         self._hold(stamp, 'no events')
 
     def _hold(self, stamp_ns: int, reason: str) -> None:
-        if not self.sink.hold(stamp_ns, reason):
+        if not self._complete_held_outputs(stamp_ns) and not self.sink.hold(stamp_ns, reason):
             return
         self.counters.add('memory_holds')
         self.hold_active = True
         self.hold_reason = reason
         self._last_output_wall = time.monotonic()
         self._last_output_stamp = stamp_ns
+
+    def _complete_held_outputs(self, stamp_ns: int) -> bool:
+        """A dense topic subscribed since the last window (``dense.lazy`` computed it without) gets its output from
+        that window's kept encoder output, published with the hold's stamp together with the other dense outputs;
+        True when that happened (this hold's dense outputs are then out)."""
+        wanted = self.sink.wanted_dense()
+        if wanted is None or not wanted:
+            return False
+        try:
+            out = self.pipeline.complete_dense(wanted, stamp_ns)
+        except Exception as exc:  # noqa: BLE001 - the plain hold goes on
+            self._error('dense', exc)
+            return False
+        if out is None or self._stop.is_set():
+            return False
+        self.sink.dense(out, self.frame_id())
+        self.dense_outputs = ','.join(sorted(wanted))
+        self.counters.add('held_outputs_completed')
+        return True
 
     # ------------------------------------------------------------------------------------------------ reporting
     def diagnostics(self) -> Dict[str, Any]:
@@ -462,6 +481,7 @@ class PipelineRunner:
             'dense_max_rate_hz': self.dense_max_rate_hz, 'dense_outputs': self.dense_outputs,
             'windows_processed': c.get('windows_processed', 0), 'empty_windows': c.get('empty_windows', 0),
             'memory_holds': c.get('memory_holds', 0), 'memory_hold': str(self.hold_active).lower(),
+            'held_outputs_completed': c.get('held_outputs_completed', 0),
             'processing_errors': c.get('processing_errors', 0), 'pose_steps': c.get('pose_steps', 0),
             'pose_inputs_replaced': c.get('pose_inputs_replaced', 0),
             'pose_inputs_stale': c.get('pose_inputs_stale', 0),

@@ -346,8 +346,9 @@ def test_runtime_parameters_switch_heads_and_are_validated(node, probe, packets)
 
 def test_only_the_subscribed_dense_outputs_are_computed(node, probe, packets):
     """dense.lazy (default): with only ~/depth (and the pose topics) subscribed the node skips the semantic head,
-    the colour images and the point cloud, and says so in /diagnostics; depth keeps coming. Subscribing again brings
-    them back from the next window; dense.lazy false computes everything whatever is subscribed."""
+    the colour images and the point cloud, and says so in /diagnostics; depth keeps coming. A topic subscribed while
+    the node holds (no events) gets the last window's output; subscribing again brings them back from the next window;
+    dense.lazy false computes everything whatever is subscribed."""
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
     setp = probe.node.create_client(SetParameters, f'{NS}/set_parameters')
@@ -372,6 +373,15 @@ def test_only_the_subscribed_dense_outputs_are_computed(node, probe, packets):
         assert probe.wait_for(lambda: computed() == 'depth', 60), (probe.latest_diagnostics(), node.output[-3000:])
         assert probe.wait_for(lambda: any(stamp_ns(r.msg) >= stamp_ns(packets[0]) + shift
                                           for r in probe.messages('depth')), 30)
+        # no more events: the node holds; a semantic subscriber that comes now gets the last window's labels,
+        # computed then from its kept encoder output, with a hold stamp (after the last depth output's)
+        assert probe.wait_for(lambda: probe.latest_diagnostics()['pipeline'].get('memory_hold') == 'true', 30)
+        last_depth = max(stamp_ns(r.msg) for r in probe.messages('depth'))
+        probe.subscribe(('semantic',))
+        assert probe.wait_for(lambda: probe.messages('semantic'), 20), probe.latest_diagnostics()
+        assert stamp_ns(probe.messages('semantic')[0].msg) > last_depth
+        assert probe.wait_for(lambda: int(probe.latest_diagnostics()['pipeline']['held_outputs_completed']) >= 1, 5)
+        probe.unsubscribe(('semantic',))
         lazy(False)
         probe.play(packets[third:2 * third], rate=0, stamp_shift_ns=shift)
         assert probe.wait_for(lambda: computed() == 'all', 60), probe.latest_diagnostics()

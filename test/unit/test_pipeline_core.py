@@ -446,3 +446,27 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
     info.write_text(f'processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n')
     assert cpu_has_native_bf16(str(info)) is native
     assert cpu_has_native_bf16(str(tmp_path / 'missing')) is False
+
+
+def test_outputs_subscribed_during_a_hold_are_completed_from_the_last_window(pipe, windows):
+    """complete_dense: a window computed for ``depth`` only keeps its encoder output; asked later for semantic and
+    points too (a subscriber came while no window did), the pipeline computes them from it, identical to what the
+    window would have given with every output, stamped as asked. Nothing to do when the window had them all, or
+    after a stream restart (reset)."""
+    names = ('depth', 'depth_color', 'semantic', 'semantic_color', 'points_xyz', 'points_rgb')
+    full, _ = pipe.process_dense(windows[1], 480, 640, K_SENSOR, 11)
+    out, _ = pipe.process_dense(windows[1], 480, 640, K_SENSOR, 12, outputs=('depth',))
+    assert out.semantic is None and out.points_xyz is None and out.depth is not None
+    done = pipe.complete_dense(('depth', 'semantic', 'points'), 99)
+    assert done.stamp_ns == 99 and (done.width, done.height, done.num_events) == (640, 480, 20_000)
+    for name in ('depth', 'semantic', 'points_xyz', 'points_rgb'):
+        a, b = getattr(full, name), getattr(done, name)
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == 'f'), name
+    assert done.depth_color is None and done.semantic_color is None
+    assert pipe.complete_dense(('semantic',), 100) is None              # computed with it by now
+    assert pipe.complete_dense(('depth', 'semantic', 'points'), 100) is None
+    assert pipe.complete_dense(names[:2], 101).depth_color is not None  # another subscriber later
+    pipe.reset()
+    assert pipe.complete_dense(('semantic_color',), 102) is None        # a restarted stream keeps nothing
+    pipe.process_dense(windows[1], 480, 640, K_SENSOR, 13)
+    assert pipe.complete_dense(('semantic_color',), 103) is None        # every output computed: nothing missing

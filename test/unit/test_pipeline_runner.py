@@ -25,6 +25,7 @@ class TimedPipeline:
         self.fail_dense_at = set(fail_dense_at)
         self.dense_calls, self.pose_calls, self.resets = [], [], 0
         self.dense_outputs = []               # the outputs each dense call was asked for
+        self.completed = []                   # (outputs, stamp) of each complete_dense that computed
         self.pose_started = threading.Event()
         self.pose_value = None                # what process_pose returns as the estimate (None: rejected)
         self.similarities = []                # appearance-gate measures of the steps, in turn (then none)
@@ -45,6 +46,15 @@ class TimedPipeline:
         time.sleep(self.dense_s * (1.0 - self.encoder_share))
         out = PipelineOutput(stamp_ns=stamp_ns, width=width, height=height, K=K, num_events=len(events))
         return out, inp
+
+    def complete_dense(self, outputs, stamp_ns):
+        """The last window's outputs completed: an output once ``outputs`` is more than that window computed."""
+        last = self.dense_outputs[-1] if self.dense_outputs else None
+        if last is None or set(outputs) <= set(last):
+            return None
+        self.completed.append((frozenset(outputs), stamp_ns))
+        self.dense_outputs.append(frozenset(outputs))
+        return PipelineOutput(stamp_ns=stamp_ns, width=64, height=48, K=np.eye(3), num_events=0)
 
     def process(self, events, height, width, K, stamp_ns, outputs=None):
         out, inp = self.process_dense(events, height, width, K, stamp_ns, outputs=outputs)
@@ -241,6 +251,31 @@ def test_memory_hold_after_the_timeout_and_for_empty_windows():
         assert runner.diagnostics()['memory_hold'] == 'true' and runner.diagnostics()['memory_holds'] >= 1
     finally:
         runner.stop()
+
+
+def test_a_topic_subscribed_during_a_hold_gets_the_last_window_s_output():
+    """dense.lazy and the memory hold: the last window computed only depth; when semantic gets a subscriber while
+    no window comes, the next hold publishes the completed outputs (the pipeline's complete_dense, the hold's stamp)
+    instead of republishing, once; later holds republish as before."""
+    pipe = TimedPipeline()
+    stream, sink, runner = make(pipe, hold_s=0.2)
+    sink.wanted = frozenset({'depth'})
+    runner.start()
+    try:
+        feed(stream, runner, 1, 0.0)
+        assert wait(lambda: sink.dense_out) and wait(lambda: sink.holds, 3.0)
+        sink.wanted = frozenset({'depth', 'semantic'})
+        assert wait(lambda: pipe.completed, 3.0)
+        n = len(sink.holds)
+        assert wait(lambda: len(sink.holds) > n, 3.0)              # plain holds again afterwards
+    finally:
+        runner.stop()
+    assert len(pipe.completed) == 1 and pipe.completed[0][0] == {'depth', 'semantic'}
+    stamp = pipe.completed[0][1]
+    assert [s for _, s, _ in sink.dense_out] == [sink.dense_out[0][1], stamp] and stamp > sink.holds[0][0]
+    d = runner.diagnostics()
+    assert d['held_outputs_completed'] == 1 and d['dense_outputs'] == 'depth,semantic'
+    assert d['memory_holds'] == len(sink.holds) + 1
 
 
 def test_a_stream_restart_resets_the_keyframes_and_drops_stale_pose_inputs():
