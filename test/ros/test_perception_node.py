@@ -391,6 +391,24 @@ def test_only_the_subscribed_dense_outputs_are_computed(node, probe, packets):
     probe.play(packets[2 * third:], rate=0, stamp_shift_ns=shift)
     assert probe.wait_for(lambda: computed() == 'depth,depth_color,points,semantic,semantic_color', 60), \
         probe.latest_diagnostics()
+    # nobody receives a dense output and pose is off: the encoder does not run at all
+    dense_topics = ('depth',) + skipped
+
+    def heads_pose(value):
+        future = setp.call_async(SetParameters.Request(parameters=[Parameter(
+            name='heads.pose', value=ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value))]))
+        assert probe.wait_for(future.done, 10) and future.result().results[0].successful
+
+    def skipped_windows():
+        return int(probe.latest_diagnostics().get('pipeline', {}).get('windows_skipped.no_subscribers', 0))
+    heads_pose(False)
+    probe.unsubscribe(dense_topics)
+    try:
+        probe.play(packets[:third], rate=0, stamp_shift_ns=shift + span + 10**9)
+        assert probe.wait_for(lambda: skipped_windows() > 0 and computed() == 'none', 60), probe.latest_diagnostics()
+    finally:
+        probe.subscribe(dense_topics)
+        heads_pose(True)
 
 
 def test_lifecycle_deactivate_cleanup_and_restart(node, probe, packets):

@@ -22,6 +22,7 @@ class TimedPipeline:
     def __init__(self, dense_s=0.01, pose_s=0.01, fail_dense_at=()):
         self.dense_s, self.pose_s = dense_s, pose_s
         self.encoder_share = 1.0
+        self.active_heads = ('depth', 'semantic', 'points', 'pose')
         self.fail_dense_at = set(fail_dense_at)
         self.dense_calls, self.pose_calls, self.resets = [], [], 0
         self.dense_outputs = []               # the outputs each dense call was asked for
@@ -251,6 +252,30 @@ def test_memory_hold_after_the_timeout_and_for_empty_windows():
         assert runner.diagnostics()['memory_hold'] == 'true' and runner.diagnostics()['memory_holds'] >= 1
     finally:
         runner.stop()
+
+
+def test_without_receivers_and_pose_the_encoder_does_not_run():
+    """No dense topic has a subscriber and the pose head is off: windows are skipped before the encoder (counted as
+    windows_skipped.no_subscribers, no memory hold: nobody to hold for); the first subscriber brings them back."""
+    pipe = TimedPipeline()
+    pipe.active_heads = ('depth', 'semantic', 'points')
+    stream, sink, runner = make(pipe, hold_s=0.2)
+    sink.wanted = frozenset()
+    runner.start()
+    try:
+        feed(stream, runner, 4, 0.1)
+        assert wait(lambda: runner.diagnostics().get('windows_skipped.no_subscribers', 0) >= 3)
+        assert pipe.dense_calls == [] and sink.holds == [] and runner.diagnostics()['memory_hold'] == 'false'
+        sink.wanted = frozenset({'depth'})
+        feed(stream, runner, 2, 0.1, t0=2 * 10**9)
+        assert wait(lambda: len(pipe.dense_calls) >= 1)
+    finally:
+        runner.stop()
+    pipe.active_heads = ('depth', 'pose')                     # with pose tracked the encoder always runs
+    stream, sink, runner = make(pipe)
+    sink.wanted = frozenset()
+    n = len(pipe.dense_calls)
+    assert run_until(stream, runner, 3, 0.05, lambda: len(pipe.dense_calls) >= n + 2)
 
 
 def test_a_topic_subscribed_during_a_hold_gets_the_last_window_s_output():
