@@ -335,6 +335,21 @@ def test_cuda_matches_cpu(ckpts, windows):
     assert (a.semantic == b.semantic).mean() > 0.99
 
 
+@pytest.mark.cuda
+def test_cuda_lazy_outputs_completion_and_pose_picture(ckpts, windows):
+    """On the GPU: a window computed for depth only, completed later from its kept encoder output, gives the labels
+    and points of the full window; the pose input's bin sum comes back to the host and draws the picture."""
+    gpu = RealmPipeline(tiny_pipeline_config(ckpts, device='cuda', precision='fp32'))
+    full, inp = gpu.process_dense(windows[0], 480, 640, K_SENSOR, 1)
+    part, _ = gpu.process_dense(windows[0], 480, 640, K_SENSOR, 2, outputs=('depth',))
+    assert part.semantic is None and part.points_xyz is None
+    np.testing.assert_array_equal(part.depth, full.depth)
+    done = gpu.complete_dense(('depth', 'semantic', 'points'), 3)
+    np.testing.assert_array_equal(done.semantic, full.semantic)
+    np.testing.assert_array_equal(done.points_xyz, full.points_xyz)
+    assert isinstance(inp.event_sum, np.ndarray) and inp.drawing().shape == (224, 224, 3)
+
+
 def test_pipeline_over_modules_built_in_memory(windows):
     """RealmPipeline.from_modules: no checkpoint files, the same outputs and the same cross-checks."""
     from realm_ros.pipeline.core import PipelineConfig, PipelineConfigError, RealmPipeline
