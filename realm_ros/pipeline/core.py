@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -245,6 +245,20 @@ class PipelineModules:
     sources: Dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class _KeptWindow:
+    """A window's encoder output and geometry, kept after its dense heads (``RealmPipeline.complete_dense``)."""
+
+    tokens: Dict[str, Any]
+    prep: Any
+    K: np.ndarray
+    width: int
+    height: int
+    num_events: int
+    mode: str
+    computed: Optional[FrozenSet[str]]          # the dense outputs computed for it (None: all)
+
+
 class RealmPipeline:
     """Loads the configured checkpoints once and turns event windows into outputs (thread-safe ``process``).
 
@@ -401,7 +415,7 @@ class RealmPipeline:
                 self._warn(f'head {head!r} disabled: {missing}')
         self._encoder_runs = 0
         # the last window's encoder output and geometry (complete_dense: outputs subscribed during a memory hold)
-        self._last_dense: Optional[Dict[str, Any]] = None
+        self._last_dense: Optional[_KeptWindow] = None
 
     def _check_width(self, width: int, path: Any) -> None:
         if int(width) != int(self.encoder.embed_dim):
@@ -791,7 +805,6 @@ class RealmPipeline:
         timings['encoder_ms'] = (time.perf_counter() - t1) * 1e3
         out = PipelineOutput(stamp_ns=stamp_ns, width=width, height=height, K=K, num_events=len(events),
                              spatial_mode=mode, timings_ms=timings)
-        size = (self.input_size, self.input_size)
         pose_input = None
         if pose_wanted:
             idx = n_dense if pose_prep is not prep else 0
@@ -808,20 +821,26 @@ class RealmPipeline:
             timings['pose_input_ms'] = (time.perf_counter() - t0) * 1e3
             if on_pose_input is not None:
                 on_pose_input(pose_input)
-        r = dense.compute_dense(heads, tokens, self.grid, prep, size, K,
-                                depth_head=self.depth_head, encoder=self.encoder, projector=self.projector,
-                                seg_head=self.seg_head,
+        window = _KeptWindow(tokens, prep, K, width, height, len(events), mode,
+                             None if outputs is None else frozenset(outputs))
+        self._dense_heads(window, out, outputs)
+        timings['total_ms'] = (time.perf_counter() - t0) * 1e3
+        self._last_dense = window
+        return out, pose_input
+
+    def _dense_heads(self, window: _KeptWindow, out: PipelineOutput, outputs: Optional[Collection[str]]) -> None:
+        """The dense heads on a window's encoder output into ``out`` (its fields and ``timings_ms``)."""
+        cfg = self.config
+        r = dense.compute_dense(self.active_heads, window.tokens, self.grid, window.prep,
+                                (self.input_size, self.input_size), window.K, depth_head=self.depth_head,
+                                encoder=self.encoder, projector=self.projector, seg_head=self.seg_head,
                                 bridge=cfg.bridge or self._head_bridge.get('semantic') or 'teacher_norm_inverse',
                                 depth_color_range=cfg.depth_color_range, points_stride=cfg.points_stride,
                                 points_max_depth=cfg.points_max_depth, autocast=self._autocast, outputs=outputs)
         out.depth, out.depth_color, out.semantic, out.semantic_color = (r.depth, r.depth_color, r.semantic,
                                                                         r.semantic_color)
         out.points_xyz, out.points_rgb = r.points_xyz, r.points_rgb
-        timings.update(r.timings_ms)
-        timings['total_ms'] = (time.perf_counter() - t0) * 1e3
-        self._last_dense = dict(tokens=tokens, prep=prep, K=K, width=width, height=height, num_events=len(events),
-                                mode=mode, computed=None if outputs is None else frozenset(outputs))
-        return out, pose_input
+        out.timings_ms.update(r.timings_ms)
 
     def complete_dense(self, outputs: Collection[str], stamp_ns: int) -> Optional[PipelineOutput]:
         """The dense outputs ``outputs`` of the last window, computed from its kept encoder output when some of them
@@ -830,18 +849,11 @@ class RealmPipeline:
         restarted since: :meth:`reset`)."""
         last = self._last_dense
         wanted = frozenset(outputs)
-        if last is None or last['computed'] is None or wanted <= last['computed']:
+        if last is None or last.computed is None or wanted <= last.computed:
             return None
-        cfg = self.config
+        out = PipelineOutput(stamp_ns=int(stamp_ns), width=last.width, height=last.height, K=last.K,
+                             num_events=last.num_events, spatial_mode=last.mode)
         with self._lock, torch.inference_mode():
-            r = dense.compute_dense(self.active_heads, last['tokens'], self.grid, last['prep'],
-                                    (self.input_size, self.input_size), last['K'], depth_head=self.depth_head,
-                                    encoder=self.encoder, projector=self.projector, seg_head=self.seg_head,
-                                    bridge=cfg.bridge or self._head_bridge.get('semantic') or 'teacher_norm_inverse',
-                                    depth_color_range=cfg.depth_color_range, points_stride=cfg.points_stride,
-                                    points_max_depth=cfg.points_max_depth, autocast=self._autocast, outputs=wanted)
-        last['computed'] = wanted
-        return PipelineOutput(stamp_ns=int(stamp_ns), width=last['width'], height=last['height'], K=last['K'],
-                              num_events=last['num_events'], spatial_mode=last['mode'], timings_ms=r.timings_ms,
-                              depth=r.depth, depth_color=r.depth_color, semantic=r.semantic,
-                              semantic_color=r.semantic_color, points_xyz=r.points_xyz, points_rgb=r.points_rgb)
+            self._dense_heads(last, out, wanted)
+        last.computed = wanted
+        return out

@@ -282,7 +282,7 @@ class PipelineRunner:
 
         outputs = self.sink.wanted_dense()
         self.dense_outputs = 'all' if outputs is None else ','.join(sorted(outputs)) or 'none'
-        if outputs is not None and not outputs and 'pose' not in getattr(self.pipeline, 'active_heads', ()):
+        if outputs is not None and not outputs and 'pose' not in self.pipeline.active_heads:
             # nobody receives a dense output and no pose is tracked: the encoder would run for nothing
             self.counters.add('windows_skipped.no_subscribers')
             self._last_output_wall = time.monotonic()           # not a memory hold: there is nobody to hold for
