@@ -107,6 +107,10 @@ def same_depth(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
 
 
+#: subscriptions compared for dense.lazy (None: every output, as with dense.lazy false or RViz showing all)
+LAZY_SUBSETS = {'all': None, 'depth': ('depth',), 'depth+semantic': ('depth', 'semantic')}
+
+
 def bench_case(p: RealmPipeline, events: EventArray, K: np.ndarray, size: Tuple[int, int], threads: int,
                warmup: int, iters: int) -> Dict[str, Dict[str, float]]:
     torch.set_num_threads(threads)
@@ -171,6 +175,14 @@ def bench_case(p: RealmPipeline, events: EventArray, K: np.ndarray, size: Tuple[
                 return dense.point_cloud(d, K, cfg.points_stride, cfg.points_max_depth, labels=labels)
             res['dense_bf16'], _ = timed(dense_bf16, warmup, iters)
 
+        # dense.lazy: the heads for what has subscribers (the node's outputs), against every output, same tokens
+        for name, outputs in LAZY_SUBSETS.items():
+            res[f'heads_for_{name}'], _ = timed(lambda o=outputs: dense.compute_dense(
+                ('depth', 'semantic', 'points'), tokens, p.grid, prep, msize, K, depth_head=p.depth_head,
+                encoder=p.encoder, projector=p.projector, seg_head=p.seg_head, bridge=bridge,
+                depth_color_range=cfg.depth_color_range, points_stride=cfg.points_stride,
+                points_max_depth=cfg.points_max_depth, outputs=o), warmup, iters)
+
         stride, maxd = cfg.points_stride, cfg.points_max_depth
         res['points_prev'], (x0, r0) = timed(lambda: previous_points(d0, K, stride, maxd, sc0), warmup, iters)
         res['points_new'], (x1, r1) = timed(lambda: dense.point_cloud(d1, K, stride, maxd, labels=s1),
@@ -233,6 +245,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f'  {stage:<10} {a["min"]:8.2f} /{a["median"]:7.2f} |{a["cpu"]:7.2f} '
                       f'{b["min"]:8.2f} /{b["median"]:7.2f} |{b["cpu"]:7.2f} '
                       f'{a["min"] / b["min"]:7.1f}x ({a["cpu"] / max(b["cpu"], 1e-3):5.1f}x)')
+            full = r['heads_for_all']
+            lazy = [(name, r[f'heads_for_{name}']) for name in LAZY_SUBSETS]
+            print('  dense heads for the subscribed outputs (dense.lazy; ms wall min / median | CPU min, ratio to all '
+                  'outputs): ' + ', '.join(f'{name} {v["min"]:.2f} / {v["median"]:.2f} | {v["cpu"]:.2f} '
+                                           f'({v["min"] / full["min"]:.2f}x)' for name, v in lazy))
             if 'encoder_bf16' in r:
                 a, b, c, e = r['encoder'], r['encoder_bf16'], r['dense_new'], r['dense_bf16']
                 print(f'  precision auto on this CPU (bf16 autocast; bfloat16 arithmetic): encoder {a["min"]:.2f} -> '
