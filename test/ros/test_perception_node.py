@@ -200,9 +200,14 @@ def test_memory_hold_republishes_the_last_outputs(node, probe, packets):
     ref = np.frombuffer(held[0].msg.data, np.float32)
     for r in held[1:]:
         assert np.array_equal(np.frombuffer(r.msg.data, np.float32), ref, equal_nan=True)
-    assert probe.wait_for(lambda: probe.latest_diagnostics().get('pipeline', {}).get('memory_hold') == 'true', 5)
+    # the counter of the (periodic) diagnostics catches up with the held outputs received (the node's counter is
+    # cumulative over this module's tests: at least the three holds seen here)
+    def hold_reported():
+        pipe = probe.latest_diagnostics().get('pipeline', {})
+        return pipe.get('memory_hold') == 'true' and int(pipe.get('memory_holds', 0)) >= len(held) - 1
+    assert probe.wait_for(hold_reported, 10), probe.latest_diagnostics().get('pipeline')
     diag = probe.latest_diagnostics()['pipeline']
-    assert int(diag['memory_holds']) >= 3 and diag['level'] == 1 and 'memory hold' in diag['message']
+    assert diag['level'] == 1 and 'memory hold' in diag['message']
     # semantic images are held too, with the same fresh stamps as depth. Any held stamp will do: a large reliable
     # sample lost on a loaded loopback is only repaired after the writer's next heartbeat (~3 s), by which time
     # newer held samples may have pushed it out of the writer's KEEP_LAST history (then it is never delivered)
