@@ -416,6 +416,60 @@ def test_only_the_subscribed_dense_outputs_are_computed(node, probe, packets):
         heads_pose(True)
 
 
+def test_an_overloaded_node_answers_at_once_and_works_on_the_newest_window(node, probe, packets):
+    """The recording at 4x real time (windows come faster than the workers take them: dropped and counted); during
+    it the parameter, keyframe and lifecycle services answer within a second, and each output comes from a window
+    that had just completed (no queue of old windows behind it)."""
+    import bisect
+    import threading
+
+    from lifecycle_msgs.msg import State
+    from lifecycle_msgs.srv import GetState
+    from rcl_interfaces.srv import GetParameters
+    from std_srvs.srv import Trigger
+    clients = {'parameters': (probe.node.create_client(GetParameters, f'{NS}/get_parameters'),
+                              GetParameters.Request(names=['window.count', 'pose.max_rate_hz'])),
+               'keyframe': (probe.node.create_client(Trigger, f'{NS}/new_keyframe'), Trigger.Request()),
+               'lifecycle': (probe.node.create_client(GetState, f'{NS}/get_state'), GetState.Request())}
+    assert all(c.wait_for_service(10) for c, _ in clients.values())
+    dropped_before = int(probe.latest_diagnostics()['pipeline']['windows_dropped'])
+    span = stamp_ns(packets[-1]) - stamp_ns(packets[0]) + 10**8
+    shift = 12 * span + 11 * 10**9
+    published = []                                     # (stamp, wall) of every packet sent
+
+    def play():
+        for k in range(5):
+            probe.play(packets, rate=4, stamp_shift_ns=shift + k * span,
+                       on_publish=lambda i, msg, wall: published.append((stamp_ns(msg), wall)))
+    player = threading.Thread(target=play, daemon=True)
+    probe.clear()
+    player.start()
+    try:
+        assert probe.wait_for(lambda: any(stamp_ns(r.msg) >= stamp_ns(packets[0]) + shift
+                                          for r in probe.messages('depth')), 30), node.output[-3000:]
+        answered = {}
+        for name, (client, request) in clients.items():
+            t0 = time.monotonic()
+            future = client.call_async(request)
+            assert probe.wait_for(future.done, 10), name
+            answered[name] = time.monotonic() - t0
+            result = future.result()
+            if name == 'lifecycle':
+                assert result.current_state.id == State.PRIMARY_STATE_ACTIVE
+            elif name == 'parameters':
+                assert result.values[0].integer_value == 30000
+        assert player.is_alive(), 'the playback ended before the services were asked: not measured under load'
+    finally:
+        player.join(timeout=30)
+    assert max(answered.values()) < 1.0, answered
+    assert probe.wait_for(lambda: int(probe.latest_diagnostics()['pipeline']['windows_dropped']) > dropped_before, 5)
+    # latency of each depth image from the new playback: received - published (the packet that completed its window)
+    stamps, walls = [p[0] for p in published], [p[1] for p in published]
+    lat = [r.wall - walls[bisect.bisect_right(stamps, stamp_ns(r.msg)) - 1] for r in probe.messages('depth')
+           if stamps[0] <= stamp_ns(r.msg) <= stamps[-1]]
+    assert len(lat) >= 5 and float(np.median(lat)) < 1.0 and max(lat) < 2.0, sorted(lat)
+
+
 def test_lifecycle_deactivate_cleanup_and_restart(node, probe, packets):
     from lifecycle_msgs.msg import State, Transition
     from lifecycle_msgs.srv import ChangeState, GetState
