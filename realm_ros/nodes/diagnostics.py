@@ -8,12 +8,14 @@ from realm_ros.nodes import conversions as conv
 
 
 def events_values(stream: Any, k_source: str, camera_info: Any, camera_info_problem: str,
-                  publishers: Optional[int] = None) -> Dict[str, Any]:
-    """Key/values of the events status (stream counters, decoder counters, camera model in use, and ``publishers``:
-    how many publishers the events subscription has matched, when it exists)."""
+                  publishers: Optional[int] = None, intake: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Key/values of the events status (stream counters, decoder counters, camera model in use, ``publishers``:
+    how many publishers the events subscription has matched, and ``intake``: the packet intake's figures, while they
+    exist)."""
     values: Dict[str, Any] = dict(stream.diagnostics()) if stream is not None else {'packets': 0}
     if publishers is not None:
         values['publishers'] = int(publishers)
+    values.update(intake or {})
     values['intrinsics'] = k_source
     values['camera_info'] = ('ok' if camera_info is not None and not camera_info_problem else
                              camera_info_problem or 'not received: fallback intrinsics')
@@ -22,12 +24,12 @@ def events_values(stream: Any, k_source: str, camera_info: Any, camera_info_prob
 
 def node_statuses(name: str, stream: Any, runner: Any, pipeline: Any, *, k_source: str, camera_info: Any,
                   camera_info_problem: str, last_error: str, memory: Optional[Dict[str, Any]] = None,
-                  events_publishers: Optional[int] = None) -> List[Any]:
+                  events_publishers: Optional[int] = None, intake: Optional[Dict[str, Any]] = None) -> List[Any]:
     """The two DiagnosticStatus messages of a perception node (``memory``: a dict kept between calls, so that
     "dropping windows" is reported while it happens, not forever after; ``events_publishers``: publishers matched
-    by the events subscription, None while it does not exist)."""
+    by the events subscription, None while it does not exist; ``intake``: the packet intake's figures)."""
     memory = {} if memory is None else memory
-    ev = events_values(stream, k_source, camera_info, camera_info_problem, events_publishers)
+    ev = events_values(stream, k_source, camera_info, camera_info_problem, events_publishers, intake)
     problems = []
     if ev.get('bad_packets', 0) or ev.get('decode_errors', 0):
         problems.append('bad packets or decode errors')

@@ -367,7 +367,8 @@ class PerceptionNode(LifecycleNode):
         return node_statuses(self.get_fully_qualified_name(), self._stream, self._runner, self._pipeline,
                              k_source=self._k_source, camera_info=self._camera_info,
                              camera_info_problem=self._camera_info_problem, last_error=self._last_error,
-                             memory=self._diag_memory, events_publishers=publishers)
+                             memory=self._diag_memory, events_publishers=publishers,
+                             intake=intake.stats() if intake is not None else None)
 
 
 

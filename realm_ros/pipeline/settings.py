@@ -184,9 +184,10 @@ PERCEPTION_SETTINGS: Tuple[Setting, ...] = (
     Setting('qos.output_depth', 5, 'queue depth of the outputs', int_range=(1, 1000)),
     Setting('qos.events_depth', 1000, 'queue depth of the events subscription (best effort)',
               int_range=(1, 100_000)),
-    Setting('events.gather_ms', 2.0, 'after taking the event packets that have arrived, the intake thread waits this '
-            'long before it looks again, so that packets are taken a few at a time (less CPU per packet; adds at '
-            'most this much latency; 0: each packet as it arrives)', float_range=(0.0, 20.0)),
+    Setting('events.gather_ms', 8.0, 'after taking the event packets that have arrived, the intake thread waits this '
+            'long before it looks again, so that packets are taken several at a time (less CPU per packet; adds at '
+            'most this much latency; shorter at byte rates where a batch would pass 64 KB; 0: each packet as it '
+            'arrives)', float_range=(0.0, 20.0)),
     Setting('diagnostics.period_s', 1.0, 'period of /diagnostics', float_range=(0.05, 60.0)),
     # real time: workers and their CPU share
     Setting('inference.threads', 0, 'torch and OpenCV threads of each inference worker (0: 1 per worker on CPU, so the '
