@@ -10,7 +10,8 @@ compiled where its runtime is ``auto`` and OpenVINO is installed, the stream's w
 are the demo rig's simulated EVT3 packets (1 ms each, the simulator's cached sequence, simulated once otherwise;
 ``--sensor`` changes its size)
 replayed in a loop by the simulator node's own replay schedule (``realm_ros.sim.replay.Replayer``) at ``--rate`` x
-real time, pushed into the stream as the node's intake pushes them.
+real time, pushed into the stream one by one as they come (the node's intake takes them ~8 ms at a time,
+``EventStream.push_batch``: the same windows).
 
 Models (``--models``):
 

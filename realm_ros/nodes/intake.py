@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 #: the most bytes of event packets a gathered batch may hold (1/8 of a 512 KB shared-memory segment)
 GATHER_BATCH_BYTES = 64 * 1024
@@ -45,11 +45,13 @@ def gather_wait_s(gather_s: float, batch_bytes: int, interval_s: float) -> float
 class EventIntake:
     """A subscription to ``topic`` in its own node and executor thread; ``callback`` gets every message (with a
     ``raw_decoder``: what it reads from the serialized message). ``gather_s``: after taking what has arrived, wait
-    this long before looking again (packets taken a few at a time)."""
+    this long before looking again (packets taken several at a time). ``batch_callback``: gets the messages of each
+    wake-up in one list instead (in arrival order; ``callback`` then serves only the executor fallback)."""
 
     def __init__(self, context: Any, node_name: str, topic: str, msg_type: Any, qos: Any,
                  callback: Callable[[Any], None], raw_decoder: Optional[Callable[[bytes], Any]] = None,
-                 on_error: Optional[Callable[[Exception], None]] = None, gather_s: float = 0.0) -> None:
+                 on_error: Optional[Callable[[Exception], None]] = None, gather_s: float = 0.0,
+                 batch_callback: Optional[Callable[[List[Any]], None]] = None) -> None:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         self.node = Node(node_name, context=context, use_global_arguments=False, start_parameter_services=False,
@@ -59,6 +61,7 @@ class EventIntake:
         self._on_error = on_error
         self._callback = callback if raw_decoder is None else self._deliver_serialized
         self._deliver = callback
+        self._batch_callback = batch_callback
         self.subscription = self.node.create_subscription(msg_type, topic, self._callback, qos,
                                                           raw=raw_decoder is not None)
         self._executor = SingleThreadedExecutor(context=context)
@@ -95,6 +98,7 @@ class EventIntake:
                 wait_set.wait(100_000_000)
             now = time.monotonic()
             count = size = 0
+            batch: List[Any] = []
             while not self._stop.is_set():
                 with sub.handle:
                     taken = sub.handle.take_message(sub.msg_type, sub.raw)
@@ -103,7 +107,12 @@ class EventIntake:
                 count += 1
                 if sub.raw:
                     size += len(taken[0])
-                self._callback(taken[0])
+                if self._batch_callback is None:
+                    self._callback(taken[0])
+                else:
+                    batch.append(taken[0])
+            if batch:
+                self._deliver_batch(batch)
             if count:
                 self.takes += 1
                 self.packets += count
@@ -113,17 +122,29 @@ class EventIntake:
 
     def _deliver_serialized(self, raw: bytes) -> None:
         """A serialized message: the raw decoder, else rclpy's conversion, else ``on_error`` (never raises)."""
+        msg = self._read(raw)
+        if msg is not None:
+            self._deliver(msg)
+
+    def _deliver_batch(self, taken: List[Any]) -> None:
+        """The messages of one wake-up to ``batch_callback`` (serialized ones read first; unreadable ones left out,
+        reported to ``on_error``)."""
+        msgs = [m for m in map(self._read, taken) if m is not None] if self._raw_decoder is not None else taken
+        if msgs:
+            self._batch_callback(msgs)  # type: ignore[misc]
+
+    def _read(self, raw: bytes) -> Any:
+        """The raw decoder's message, else rclpy's conversion, else None after ``on_error``."""
         try:
-            msg = self._raw_decoder(raw)  # type: ignore[misc]
+            return self._raw_decoder(raw)  # type: ignore[misc]
         except Exception:  # noqa: BLE001 - e.g. another CDR representation: rclpy's own conversion knows them all
             from rclpy.serialization import deserialize_message
             try:
-                msg = deserialize_message(raw, self._msg_type)
+                return deserialize_message(raw, self._msg_type)
             except Exception as exc:  # noqa: BLE001 - a buffer nothing can read: counted by the owner
                 if self._on_error is not None:
                     self._on_error(exc)
-                return
-        self._deliver(msg)
+                return None
 
     def _executor_loop(self) -> None:
         from rclpy.executors import ExternalShutdownException

@@ -215,7 +215,8 @@ class PerceptionNode(LifecycleNode):
         self._intake = EventIntake(self.context, f'{self.get_name()}_events', self.resolve_topic_name('events'),
                                    EventPacket, events_qos(int(self._p('qos.events_depth'))), self._on_events,
                                    raw_decoder=event_packet_from_cdr, on_error=self._on_unreadable_packet,
-                                   gather_s=float(self._p('events.gather_ms')) / 1000.0)
+                                   gather_s=float(self._p('events.gather_ms')) / 1000.0,
+                                   batch_callback=self._on_event_batch)
         self._input_subs = [
             self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, sensor_input_qos())]
         if self._p('keyframe.source') == 'image':
@@ -279,6 +280,25 @@ class PerceptionNode(LifecycleNode):
             if self._throttled(f'bad:{exc.kind}'):
                 self.get_logger().warning(f'dropped event packet seq={getattr(msg, "seq", "?")} '
                                           f'encoding={getattr(msg, "encoding", "?")!r}: {exc}')
+
+    def _on_event_batch(self, msgs: List[Any]) -> None:
+        """Decode and buffer the packets the intake took at one wake-up (as ``_on_events`` each, the events handed
+        to the windows once). Never raises: every problem is counted and logged (throttled)."""
+        stream = self._stream
+        if stream is None:
+            return
+        try:
+            events, refused = stream.push_batch(msgs)
+        except Exception as failure:  # noqa: BLE001 - a failure of the stream itself: the intake must go on
+            if self._throttled('intake'):
+                self.get_logger().error(f'event packets lost in the stream: {type(failure).__name__}: {failure}')
+            return
+        if events:
+            self._runner.wake()
+        for msg, bad in refused:
+            if self._throttled(f'bad:{bad.kind}'):
+                self.get_logger().warning(f'dropped event packet seq={getattr(msg, "seq", "?")} '
+                                          f'encoding={getattr(msg, "encoding", "?")!r}: {bad}')
 
     def _on_unreadable_packet(self, exc: Exception) -> None:
         """A serialized event packet nothing could convert: counted (``bad_packets.unreadable``) and logged."""

@@ -1,7 +1,7 @@
 """The event stream of one camera topic, without ROS: packets in, windows out, every problem counted.
 
-:class:`EventStream` is what the perception node's events callback calls for each message (``push``) and what its
-dense worker asks for the newest complete window (``next_window``). It owns
+:class:`EventStream` is what the perception node's packet intake calls with the packets it took (``push_batch``; or
+``push`` for one) and what its dense worker asks for the newest complete window (``next_window``). It owns
 
 * **validation**: sensor sizes above ``max_sensor_size``, unknown encodings, undecodable payloads and payloads whose
   event times lie far from the packet stamp are refused as :class:`BadPacket` (``kind`` names the problem);
@@ -18,8 +18,8 @@ dense worker asks for the newest complete window (``next_window``). It owns
 * **diagnostics** as plain data (:meth:`diagnostics`).
 
 ``generation`` increases at every stream restart; consumers that keep per-stream state (keyframes) compare it.
-Thread safety: ``push`` is called from one thread (the ROS callback), ``next_window`` / ``diagnostics`` / ``reset``
-from others; shared state is guarded by one lock, decoding runs outside it.
+Thread safety: ``push`` / ``push_batch`` are called from one thread (the packet intake), ``next_window`` /
+``diagnostics`` / ``reset`` from others; shared state is guarded by one lock, decoding runs outside it.
 """
 from __future__ import annotations
 
@@ -29,13 +29,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from realm_ros.common.errors import RealmError
 from realm_ros.events.codecs import SUPPORTED_ENCODINGS, normalize_encoding
 from realm_ros.events.packet import EventPacketDecoder, stamp_to_ns
+from realm_ros.events.types import EventArray
 
 from .stats import Counters, RateMeter
 from .windows import Window, WindowScheduler, window_memory_bytes
@@ -105,6 +106,8 @@ class EventStream:
         self._retired: Dict[str, int] = {}
         self.generation = 0
         self.last_reset_reason = ''
+        # push_batch: the decoded packets (events, stamp, recv, generation) for the scheduler, None outside it
+        self._deferred: Optional[List[Tuple[EventArray, int, int, int]]] = None
         self._clear()
 
     # ------------------------------------------------------------------------------------------------ state
@@ -162,6 +165,35 @@ class EventStream:
         recv = time.monotonic_ns() if recv_monotonic_ns is None else int(recv_monotonic_ns)
         self.counters.add('packets')
         self.packet_rate.add(1.0)
+        return self._push_counted(msg, recv)
+
+    def push_batch(self, msgs: Sequence[Any], recv_monotonic_ns: Optional[int] = None
+                   ) -> Tuple[int, List[Tuple[Any, BadPacket]]]:
+        """:meth:`push` of several messages in arrival order (what the intake took at one wake-up): the same stream
+        state, counters and buffered events as pushing them one by one, the events handed to the window scheduler
+        once (:meth:`WindowScheduler.push_many`) instead of per packet. Returns the events buffered and the refused
+        messages with their :class:`BadPacket` (each already counted, as by :meth:`push`)."""
+        recv = time.monotonic_ns() if recv_monotonic_ns is None else int(recv_monotonic_ns)
+        self.counters.add('packets', len(msgs))
+        self.packet_rate.add(float(len(msgs)))
+        total = 0
+        refused: List[Tuple[Any, BadPacket]] = []
+        self._deferred = []
+        try:
+            for msg in msgs:
+                try:
+                    total += self._push_counted(msg, recv)
+                except BadPacket as exc:
+                    refused.append((msg, exc))
+        finally:
+            deferred, self._deferred = self._deferred, None
+            with self._lock:
+                generation = self.generation
+            # events decoded before a reset (another thread's, or a jump in this batch) would have been cleared
+            self.scheduler.push_many([(ev, stamp, rc) for ev, stamp, rc, gen in deferred if gen == generation])
+        return total, refused
+
+    def _push_counted(self, msg: Any, recv: int) -> int:
         try:
             return self._push(msg, recv)
         except BadPacket as exc:
@@ -310,7 +342,10 @@ class EventStream:
         if n:
             self.counters.add('events', n)
             self.event_rate.add(float(n))
-            self.scheduler.push(events, latest_time_ns=stamp, recv_monotonic_ns=recv)
+            if self._deferred is not None:                 # in push_batch: handed over at its end
+                self._deferred.append((events, stamp, recv, self.generation))
+            else:
+                self.scheduler.push(events, latest_time_ns=stamp, recv_monotonic_ns=recv)
         return n
 
     # ------------------------------------------------------------------------------------------------ output

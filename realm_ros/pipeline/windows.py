@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 from realm_ros.events.slicing import EventRingBuffer
 from realm_ros.events.types import EventArray
@@ -108,21 +108,48 @@ class WindowScheduler:
         counted in ``out_of_order_events``. ``latest_time_ns`` (the packet stamp) advances the stream time when the
         packet holds no events, so fixed-time windows complete (empty) while the sensor sees nothing."""
         with self._lock:
-            self._latest_recv = int(recv_monotonic_ns)
+            self._push_locked(events, latest_time_ns, recv_monotonic_ns)
+
+    def push_many(self, packets: Sequence[Tuple[EventArray, Optional[int], int]]) -> None:
+        """``push`` of several packets ``(events, latest_time_ns, recv_monotonic_ns)`` in order, under one lock: the
+        same buffer, times and counters as pushing them one by one. Packets whose events continue each other
+        (each non-empty, times non-decreasing across them and not before the newest buffered event) are appended
+        in one copy where the buffer has room for all of them; anything else goes packet by packet."""
+        if not packets:
+            return
+        with self._lock:
             t_last = self._buffer.t_last
-            if len(events) and t_last is not None and int(events.t[0]) < t_last:
-                keep = events.t >= t_last                 # the buffer must stay time-sorted
-                self.out_of_order_events += len(events) - int(keep.sum())
-                events = events.select(keep)
-            if len(events):
-                self._buffer.append(events)
-                if self._first_t is None:
-                    self._first_t = int(events.t[0])
-                t_last = int(events.t[-1])
-                self._latest_t = t_last if self._latest_t is None else max(self._latest_t, t_last)
-            elif latest_time_ns is not None and self._latest_t is not None:
-                self._latest_t = max(self._latest_t, int(latest_time_ns))
-            self._release()
+            total, prev, joinable = 0, t_last, True
+            for events, _, _ in packets:
+                n = len(events)
+                if n == 0 or (prev is not None and int(events.t[0]) < prev):
+                    joinable = False
+                    break
+                total += n
+                prev = int(events.t[-1])
+            if not joinable or len(self._buffer) + total > self._buffer.capacity or len(packets) == 1:
+                for events, latest, recv in packets:
+                    self._push_locked(events, latest, recv)
+                return
+            joined = EventArray.concat([events for events, _, _ in packets])
+            self._push_locked(joined, None, packets[-1][2])
+
+    def _push_locked(self, events: EventArray, latest_time_ns: Optional[int], recv_monotonic_ns: int) -> None:
+        self._latest_recv = int(recv_monotonic_ns)
+        t_last = self._buffer.t_last
+        if len(events) and t_last is not None and int(events.t[0]) < t_last:
+            keep = events.t >= t_last                 # the buffer must stay time-sorted
+            self.out_of_order_events += len(events) - int(keep.sum())
+            events = events.select(keep)
+        if len(events):
+            self._buffer.append(events)
+            if self._first_t is None:
+                self._first_t = int(events.t[0])
+            t_last = int(events.t[-1])
+            self._latest_t = t_last if self._latest_t is None else max(self._latest_t, t_last)
+        elif latest_time_ns is not None and self._latest_t is not None:
+            self._latest_t = max(self._latest_t, int(latest_time_ns))
+        self._release()
 
     def _release(self) -> None:
         """Forget events that no future window can contain."""

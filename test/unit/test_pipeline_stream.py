@@ -202,3 +202,104 @@ def test_settings_are_validated_and_changeable():
     assert s.settings.change_votes == 2
     s.configure(count=1000)
     assert s.scheduler.count == 1000 and s.scheduler.mode == 'count'
+
+
+def _hostile_sequence():
+    """The recording with everything a stream meets mixed in: garbage (20 %), an isolated packet of another
+    encoding, one stamp 10 s in the past, payloads with times far from their stamp, a bag restart (time jump), and
+    a sustained change of encoding and resolution."""
+    rng = np.random.default_rng(7)
+    msgs = real_packets()
+    out = []
+    for i, m in enumerate(msgs[:300]):
+        out.append(m)
+        if rng.random() < 0.25:
+            g = packet(rng.integers(0, 256, int(rng.integers(0, 4000))).astype(np.uint8), stamp_ns=0)
+            g.header = m.header
+            if rng.random() < 0.3:
+                g.encoding = str(rng.choice(['mono', 'evt9', 'EVT3']))
+            out.append(g)
+        if i == 120:
+            out.append(real_packets(shift_ns=-10 * 10**9)[121])
+    out += real_packets(shift_ns=-60 * 10**9)[:120]                        # a bag restart
+    t0 = msgs[119].header.stamp.sec * 10**9 + msgs[119].header.stamp.nanosec - 60 * 10**9
+    for i in range(20):                                                     # then another camera
+        n = 300
+        payload, tb = encode_mono(rng.integers(0, 320, n), rng.integers(0, 240, n),
+                                  np.sort(rng.integers(0, 4_000_000, n)), rng.integers(0, 2, n))
+        out.append(packet(np.frombuffer(payload, np.uint8), encoding='mono', width=320, height=240, seq=i,
+                          time_base=tb + i * 4_000_000, stamp_ns=t0 + (i + 1) * 4_000_000))
+    return out
+
+
+@pytest.mark.parametrize('mode', ['count', 'time'])
+def test_a_batch_push_leaves_the_stream_as_pushing_each_packet_does(mode):
+    """``push_batch`` (the node's intake: the packets of one wake-up) against ``push`` packet by packet over the same
+    hostile sequence, in batches of 1 to 25: the same events buffered, refusals, counters, stream state, buffer and
+    windows (taken at the same points of the sequence)."""
+    msgs = _hostile_sequence()
+    window = dict(window_count=20_000) if mode == 'count' else dict(window_duration_ns=33_000_000)
+    one = EventStream(StreamSettings(), window_mode=mode, capacity_events=300_000, **window)
+    many = EventStream(StreamSettings(), window_mode=mode, capacity_events=300_000, **window)
+    rng = np.random.default_rng(11)
+    i, windows_one, windows_many = 0, [], []
+    totals = [0, 0]
+    refused_one, refused_many = [], []
+    while i < len(msgs):
+        batch = msgs[i:i + int(rng.integers(1, 26))]
+        i += len(batch)
+        for m in batch:
+            try:
+                totals[0] += one.push(m)
+            except BadPacket as exc:
+                refused_one.append((id(m), exc.kind))
+        n, refused = many.push_batch(batch)
+        totals[1] += n
+        refused_many += [(id(m), exc.kind) for m, exc in refused]
+        windows_one.append(one.next_window())
+        windows_many.append(many.next_window())
+    assert totals[0] == totals[1] > 0 and refused_one == refused_many
+    assert {k for _, k in refused_one} >= {'other_stream', 'implausible_stamp', 'unknown_encoding'}
+    assert many.generation == one.generation == 2 and many.key == one.key == ('mono', 320, 240)
+    timing = ('packets_per_s', 'events_per_s')
+    d_one, d_many = one.diagnostics(), many.diagnostics()
+    assert {k: v for k, v in d_one.items() if k not in timing} == {k: v for k, v in d_many.items() if k not in timing}
+    assert one.scheduler.latest_time_ns == many.scheduler.latest_time_ns
+    assert one.scheduler.out_of_order_events == many.scheduler.out_of_order_events
+    held_one, held_many = one.scheduler._buffer.all(), many.scheduler._buffer.all()
+    for name in 'xytp':
+        assert np.array_equal(getattr(held_one, name), getattr(held_many, name))
+    assert sum(w is not None for w in windows_one) >= 5
+    for a, b in zip(windows_one, windows_many):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert (a.t_end_ns, a.skipped, a.empty) == (b.t_end_ns, b.skipped, b.empty)
+            assert all(np.array_equal(getattr(a.events, k), getattr(b.events, k)) for k in 'xytp')
+
+
+def test_batch_push_after_a_reset_from_another_thread_drops_what_was_decoded_before_it():
+    """A reset during a batch (the node's clock-jump callback runs on another thread) clears the events decoded
+    before it, as it clears those a packet-by-packet push had already buffered; the packets after it are kept."""
+    msgs = real_packets()[:40]
+
+    def with_reset_after(stream, k):
+        original = stream._decode_into_windows
+        calls = []
+
+        def decode_then_reset(decoder, msg, stamp, recv):
+            n = original(decoder, msg, stamp, recv)
+            calls.append(n)
+            if len(calls) == k:
+                stream.reset('ROS clock jumped')        # as from another thread, between two packets
+            return n
+        stream._decode_into_windows = decode_then_reset
+        return calls
+    one, many = big_stream(), big_stream()
+    with_reset_after(one, 20)
+    calls = with_reset_after(many, 20)
+    push_all(one, msgs)
+    total, refused = many.push_batch(msgs)
+    assert refused == [] and total == sum(calls) > 0 and many.generation == one.generation == 1
+    after = many.scheduler._buffer.all()
+    assert 0 < len(after) == one.scheduler.buffered_events < total              # the first 20 packets' are gone
+    assert np.array_equal(after.t, one.scheduler._buffer.all().t)

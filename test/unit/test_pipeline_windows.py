@@ -118,3 +118,40 @@ def test_out_of_order_events_are_dropped_to_keep_the_buffer_sorted():
     assert s.out_of_order_events == 49 and s.buffered_events == 150
     w = s.next_window()
     assert len(w.events) == 150 and (w.events.t[1:] >= w.events.t[:-1]).all()
+
+
+def _state(s):
+    held = s._buffer.all()
+    return (held.t.tolist(), held.x.tolist(), s._buffer.overwritten, s._buffer.total_appended, s.out_of_order_events,
+            s.latest_time_ns, s._first_t, s._latest_recv)
+
+
+@pytest.mark.parametrize('mode, capacity', [('count', 50_000), ('time', 50_000), ('count', 1_200), ('time', 900)])
+def test_push_many_equals_one_push_per_packet(mode, capacity):
+    """Whether the packets are joined (each continues the last) or not (an empty one, one reaching back in time, a
+    batch larger than the buffer's room), the buffer, counters and times end as with one push per packet."""
+    rng = np.random.default_rng(5)
+    batches, t = [], 10**9
+    for b in range(40):
+        batch = []
+        for _ in range(int(rng.integers(1, 8))):
+            n = int(rng.choice([0, 50, 300, 700]))
+            back = int(rng.integers(0, 3000)) if rng.random() < 0.1 else 0         # reaching back in time
+            ev = packet(t - back, n, seed=int(rng.integers(0, 1000)))
+            t += n * 1000 + 500
+            batch.append((ev, t, b * 10 + len(batch)))
+        batches.append(batch)
+    kw = dict(mode=mode, count=1_000, duration_ns=400_000, capacity_events=capacity)
+    one, many = WindowScheduler(**kw), WindowScheduler(**kw)
+    for batch in batches:
+        for ev, stamp, recv in batch:
+            one.push(ev, latest_time_ns=stamp, recv_monotonic_ns=recv)
+        many.push_many(batch)
+        assert _state(one) == _state(many)
+        a, b = one.next_window(), many.next_window()
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert (a.t_end_ns, a.skipped, a.empty, a.events.t.tolist()) == (b.t_end_ns, b.skipped, b.empty,
+                                                                             b.events.t.tolist())
+    assert one.out_of_order_events > 0
+    assert (one._buffer.overwritten > 0) == (capacity < 10_000)       # the small buffers overflowed, as they should
