@@ -10,8 +10,8 @@ compiled where its runtime is ``auto`` and OpenVINO is installed, the stream's w
 are the demo rig's simulated EVT3 packets (1 ms each, the simulator's cached sequence, simulated once otherwise;
 ``--sensor`` changes its size)
 replayed in a loop by the simulator node's own replay schedule (``realm_ros.sim.replay.Replayer``) at ``--rate`` x
-real time, pushed into the stream one by one as they come (the node's intake takes them ~8 ms at a time,
-``EventStream.push_batch``: the same windows).
+real time, handed to the stream in batches every ``events.gather_ms`` as the node's intake does
+(``EventStream.push_batch``).
 
 Models (``--models``):
 
@@ -56,7 +56,7 @@ from realm_ros.miniature.recipe import DistillRecipe  # noqa: E402
 from realm_ros.pipeline import settings  # noqa: E402
 from realm_ros.pipeline.core import PipelineConfig, PipelineModules, RealmPipeline  # noqa: E402
 from realm_ros.pipeline.runner import PipelineRunner, torch_threads_for, tune_allocator, use_inference_threads  # noqa: E402
-from realm_ros.pipeline.stream import BadPacket, EventStream, StreamSettings  # noqa: E402
+from realm_ros.pipeline.stream import EventStream, StreamSettings  # noqa: E402
 from realm_ros.sim.live import ProgressiveSequence  # noqa: E402
 from realm_ros.sim.packets import PacketData, shift_evt3_payload  # noqa: E402
 from realm_ros.sim.params import SIM_PARAMETERS, demo_rig, sim_config_from_values  # noqa: E402
@@ -133,12 +133,17 @@ class Collector:
 
 
 class StreamFeeder:
-    """The replay's sink: each packet becomes the message the node's intake reads (``EventPacketView``) and is
-    pushed into the stream at its due time; frames are not needed."""
+    """The replay's sink: each packet becomes the message the node's intake reads (``EventPacketView``); the
+    packets published since the last hand-over go to the stream together once ``gather_s`` has passed, as the
+    node's intake takes them (``EventStream.push_batch``); frames are not needed."""
 
-    def __init__(self, stream: EventStream, runner: PipelineRunner, width: int, height: int) -> None:
+    def __init__(self, stream: EventStream, runner: PipelineRunner, width: int, height: int,
+                 gather_s: float) -> None:
         self.stream, self.runner, self.width, self.height = stream, runner, width, height
+        self.gather_s = gather_s
         self.bad = 0
+        self._pending: List[Any] = []
+        self._last = time.monotonic()
 
     def prepare(self, seq: Any, plan: Any) -> None:
         pass
@@ -153,11 +158,14 @@ class StreamFeeder:
         payload = shift_evt3_payload(pkt.payload, shift_us) if shift_us else pkt.payload
         msg = EventPacketView(Header(Stamp(stamp_ns // 10**9, stamp_ns % 10**9), 'event_camera'), self.height,
                               self.width, seq_no, 0, 'evt3', False, np.frombuffer(payload, np.uint8))
-        try:
-            if self.stream.push(msg):
+        self._pending.append(msg)
+        now = time.monotonic()
+        if now - self._last >= self.gather_s:
+            events, refused = self.stream.push_batch(self._pending)
+            self.bad += len(refused)
+            self._pending, self._last = [], now
+            if events:
                 self.runner.wake()
-        except BadPacket:
-            self.bad += 1
         return len(payload)
 
 
@@ -208,7 +216,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                             nice=int(get('inference.nice')), pose_nice=int(get('inference.pose_nice')),
                             pose_wait_fresh=bool(get('pose.wait_for_fresh_tokens')),
                             memory_hold_timeout_s=float(get('memory_hold.timeout_s')))
-    feeder = StreamFeeder(stream, runner, cfg.width, cfg.height)
+    feeder = StreamFeeder(stream, runner, cfg.width, cfg.height, float(get('events.gather_ms')) / 1000.0)
     stop = threading.Event()
 
     class Log:
