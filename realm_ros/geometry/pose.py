@@ -399,22 +399,16 @@ def _homogeneous(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x, np.ones((len(x), 1))], axis=1)
 
 
-def _sampson(E: np.ndarray, h1: np.ndarray, h2: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Sampson distances of homogeneous correspondences ``h1`` / ``h2`` (N x 3) under ``E``, with the terms their
-    derivatives need: ``(residuals, numerator, E h1, E^T h2, sqrt(denominator))``."""
+def sampson_residuals(R: np.ndarray, t: np.ndarray, x_ref: np.ndarray, x_cur: np.ndarray) -> np.ndarray:
+    """Signed Sampson distances (normalised coordinates) of correspondences under ``T_cur_ref = (R, t)``:
+    ``x_cur^T E x_ref / |grad|`` with ``E = [t]x R``."""
+    E = _skew(t) @ R
+    h1, h2 = _homogeneous(x_ref), _homogeneous(x_cur)
     Ex1 = h1 @ E.T
     Etx2 = h2 @ E
     num = np.sum(h2 * Ex1, axis=1)
     den = Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2
-    root = np.sqrt(np.maximum(den, 1e-24))
-    return num / root, num, Ex1, Etx2, root
-
-
-def sampson_residuals(R: np.ndarray, t: np.ndarray, x_ref: np.ndarray, x_cur: np.ndarray) -> np.ndarray:
-    """Signed Sampson distances (normalised coordinates) of correspondences under ``T_cur_ref = (R, t)``:
-    ``x_cur^T E x_ref / |grad|`` with ``E = [t]x R``."""
-    return _sampson(_skew(t) @ R, _homogeneous(x_ref), _homogeneous(x_cur))[0]
+    return num / np.sqrt(np.maximum(den, 1e-24))
 
 
 def refine_two_view(R: np.ndarray, t: np.ndarray, x_ref: np.ndarray, x_cur: np.ndarray, huber: float = 0.0,
