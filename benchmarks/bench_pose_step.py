@@ -39,13 +39,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
-import cv2
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'test'))      # realm_testing: the numpy refinement loop (baselines of --refine-paths)
+
+from realm_testing.refinement import gauss_newton, perturbed  # noqa: E402
 
 STAGES = ('decoder', 'matching_direct', 'matching_swapped', 'pnp_direct', 'pnp_swapped', 'combine')
 PNP_PARTS = ('ransac', 'refine_rescore', 'covariance')
@@ -398,35 +400,6 @@ def local_feature_paths(pipe: Any, inputs: List[Any], pairs: List[int], repeats:
     return {'paths': {n: _stats(v) for n, v in rows.items()}, 'identical': bool(identical)}
 
 
-def _perturbed(R: Any, t: Any, basis: Any, d: Any) -> Any:
-    """``(exp(d[:3]) R, normalise(t + d[3] b1 + d[4] b2))``: the refinement's step (copied for the baselines)."""
-    tp = t + d[3] * basis[0] + d[4] * basis[1]
-    return cv2.Rodrigues(np.asarray(d[:3], np.float64).reshape(3, 1))[0] @ R, tp / np.linalg.norm(tp)
-
-
-def _basis(t: Any) -> Any:
-    a = np.array([1.0, 0.0, 0.0]) if abs(t[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    b1 = np.cross(t, a)
-    b1 /= np.linalg.norm(b1)
-    return b1, np.cross(t, b1)
-
-
-def _gauss_newton(R: Any, t: Any, x_ref: Any, x_cur: Any, huber: float, jacobian: Any, iterations: int = 10) -> Any:
-    """The refinement's loop in numpy around ``jacobian(R, t, basis) -> (residuals, J)``."""
-    R, t = np.asarray(R, np.float64), np.asarray(t, np.float64) / np.linalg.norm(t)
-    for _ in range(iterations):
-        basis = _basis(t)
-        r0, J = jacobian(R, t, basis)
-        ar = np.abs(r0)
-        w = np.where(ar <= huber, 1.0, huber / np.maximum(ar, 1e-30)) if huber > 0 else np.ones_like(r0)
-        H = J.T @ (J * w[:, None])
-        step = -np.linalg.solve(H + 1e-12 * np.trace(H) * np.eye(5), J.T @ (w * r0))
-        R, t = _perturbed(R, t, basis, step)
-        if float(np.linalg.norm(step)) < 1e-10:
-            break
-    return R, t
-
-
 def _central_refine(R: Any, t: Any, x_ref: Any, x_cur: Any, huber: float) -> Any:
     """``refine_two_view`` as it was before the analytic Jacobian (central differences; copied for the comparison)."""
     from realm_ros.geometry.pose import sampson_residuals
@@ -437,10 +410,10 @@ def _central_refine(R: Any, t: Any, x_ref: Any, x_cur: Any, huber: float) -> Any
         for k in range(5):
             d = np.zeros(5)
             d[k] = 1e-7
-            J[:, k] = (sampson_residuals(*_perturbed(R, t, basis, d), x_ref, x_cur)
-                       - sampson_residuals(*_perturbed(R, t, basis, -d), x_ref, x_cur)) / 2e-7
+            J[:, k] = (sampson_residuals(*perturbed(R, t, basis, d), x_ref, x_cur)
+                       - sampson_residuals(*perturbed(R, t, basis, -d), x_ref, x_cur)) / 2e-7
         return r0, J
-    return _gauss_newton(R, t, x_ref, x_cur, huber, jacobian)
+    return gauss_newton(R, t, huber, jacobian)
 
 
 def _numpy_refine(R: Any, t: Any, x_ref: Any, x_cur: Any, huber: float) -> Any:
@@ -461,7 +434,7 @@ def _numpy_refine(R: Any, t: Any, x_ref: Any, x_cur: Any, huber: float) -> Any:
         dden = 2.0 * (Ex1[:, 0] * dEx1[:, :, 0] + Ex1[:, 1] * dEx1[:, :, 1]
                       + Etx2[:, 0] * dEtx2[:, :, 0] + Etx2[:, 1] * dEtx2[:, :, 1])
         return num / root, (dnum / root - num * dden / (2.0 * root ** 3)).T
-    return _gauss_newton(R, t, x_ref, x_cur, huber, jacobian)
+    return gauss_newton(R, t, huber, jacobian)
 
 
 REFINE_PATHS = {'central': _central_refine, 'numpy': _numpy_refine}

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
+from realm_testing.refinement import gauss_newton, perturbed
 from realm_ros.geometry.pose import (
     PnpParams, metric_scale_from_points, normalised_pixels, parallax_deg, refine_two_view, sampson_residuals,
     solve_essential, solve_pnp, solve_relative_pose_pnp)
@@ -138,11 +139,6 @@ def test_refinement_converges_from_a_perturbed_start():
     assert after < 0.2 * before
 
 
-def _perturbed(R, t, basis, d):
-    tp = t + d[3] * basis[0] + d[4] * basis[1]
-    return cv2.Rodrigues(d[:3].reshape(3, 1))[0] @ R, tp / np.linalg.norm(tp)
-
-
 def test_analytic_sampson_jacobian_equals_central_differences():
     """The refinement's analytic Jacobian (rotation and translation-direction steps) agrees with central differences
     of the residuals, so it is the derivative the Gauss-Newton step needs; its residuals are ``sampson_residuals``."""
@@ -158,25 +154,17 @@ def test_analytic_sampson_jacobian_equals_central_differences():
     for k in range(5):
         d = np.zeros(5)
         d[k] = 1e-6
-        num = (sampson_residuals(*_perturbed(R, t, basis, d), x1, x2)
-               - sampson_residuals(*_perturbed(R, t, basis, -d), x1, x2)) / 2e-6
+        num = (sampson_residuals(*perturbed(R, t, basis, d), x1, x2)
+               - sampson_residuals(*perturbed(R, t, basis, -d), x1, x2)) / 2e-6
         np.testing.assert_allclose(J[:, k], num, rtol=1e-5, atol=1e-8 * np.abs(num).max())
 
 
-def _reference_refinement(R, t, x1, x2, huber, iterations=10):
-    """The refinement as numpy array operations (what the package ran before it was compiled)."""
+def _reference_refinement(R, t, x1, x2, huber):
+    """The refinement as numpy array operations (what the package ran before it was compiled), with the compiled
+    Jacobian and direction basis."""
     from realm_ros.geometry._sampson_jit import direction_basis, sampson_jacobian
-    t = t / np.linalg.norm(t)
-    for _ in range(iterations):
-        basis = direction_basis(t)
-        r0, J = sampson_jacobian(R, t, basis[0], basis[1], x1, x2)
-        w = np.where(np.abs(r0) <= huber, 1.0, huber / np.maximum(np.abs(r0), 1e-30)) if huber > 0 else 1.0 + 0 * r0
-        H = J.T @ (J * w[:, None])
-        step = -np.linalg.solve(H + 1e-12 * np.trace(H) * np.eye(5), J.T @ (w * r0))
-        R, t = _perturbed(R, t, basis, step)
-        if float(np.linalg.norm(step)) < 1e-10:
-            break
-    return R, t
+    return gauss_newton(R, t, huber, lambda R, t, b: sampson_jacobian(R, t, b[0], b[1], x1, x2),
+                        basis=direction_basis)
 
 
 @pytest.mark.parametrize('huber', [0.0, 0.003])
