@@ -55,7 +55,7 @@ from realm_ros.events.cdr import EventPacketView, Header, Stamp  # noqa: E402
 from realm_ros.miniature.recipe import DistillRecipe  # noqa: E402
 from realm_ros.pipeline import settings  # noqa: E402
 from realm_ros.pipeline.core import PipelineConfig, PipelineModules, RealmPipeline  # noqa: E402
-from realm_ros.pipeline.runner import PipelineRunner, torch_threads_for, tune_allocator, use_inference_threads  # noqa: E402
+from realm_ros.pipeline.runner import PipelineRunner, prepare_workers  # noqa: E402
 from realm_ros.pipeline.stream import EventStream, StreamSettings  # noqa: E402
 from realm_ros.sim.live import ProgressiveSequence  # noqa: E402
 from realm_ros.sim.packets import PacketData, shift_evt3_payload  # noqa: E402
@@ -182,16 +182,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     values = node_values(**window)
     get = values.__getitem__
     pipe = make_pipeline(args, values)
-    from realm_ros.events import warmup
-    tune_allocator()
-    warmup(voxel=True)
-    if 'pose' in pipe.active_heads:
-        from realm_ros.geometry.matching import warm_up_matching
-        from realm_ros.geometry.pose import warm_up_refinement
-        warm_up_matching(pipe.device)
-        warm_up_refinement()
-    threads = torch_threads_for(args.threads, pipe.device.type, 2 if 'pose' in pipe.active_heads else 1)
-    use_inference_threads(threads)
+    prepare_workers(pipe, args.threads)
     compile_s = pipe.warm_up_pose() if 'pose' in pipe.active_heads else 0.0
     print(f'pipeline: {pipe.describe()}, {torch.get_num_threads()} torch threads; pose decoder ready in '
           f'{compile_s or 0.0:.1f} s', flush=True)

@@ -52,7 +52,7 @@ from realm_ros.nodes.qos import events_qos, qos_from_name, sensor_input_qos
 from realm_ros.pipeline import settings
 from realm_ros.pipeline.stats import LogThrottle
 from realm_ros.pipeline.settings import PERCEPTION_SETTINGS, SETTING_BY_NAME, resolve_path
-from realm_ros.pipeline.stream import BadPacket, EventStream, StreamSettings
+from realm_ros.pipeline.stream import EventStream, StreamSettings
 
 __all__ = ['PerceptionNode', 'main', 'resolve_path', 'PARAM_BY_NAME']
 
@@ -143,7 +143,7 @@ class PerceptionNode(LifecycleNode):
         import torch
 
         from realm_ros.pipeline import PipelineConfig, RealmPipeline
-        from realm_ros.pipeline.runner import PipelineRunner, torch_threads_for, tune_allocator, use_inference_threads
+        from realm_ros.pipeline.runner import PipelineRunner, prepare_workers
         path = lambda name: resolve_path(str(self._p(name)))                  # noqa: E731
         try:
             config = PipelineConfig(
@@ -158,20 +158,10 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f'cannot configure: {exc}')
             self._last_error, self._pipeline = str(exc), None
             return TransitionCallbackReturn.FAILURE
-        from realm_ros.events import warmup
-        tune_allocator()
         t0 = time.monotonic()
-        warmup(voxel=True)                  # every decoder / voxel kernel variant: no packet waits for a compile
-        if 'pose' in self._pipeline.active_heads:
-            from realm_ros.geometry.matching import warm_up_matching
-            from realm_ros.geometry.pose import warm_up_refinement
-            warm_up_matching(self._pipeline.device)          # nor the first pose for the matcher's kernels
-            warm_up_refinement()                            # nor for the compiled Sampson refinement
-        self.get_logger().info(f'event kernels ready in {time.monotonic() - t0:.1f} s')
         decoupled = bool(self._p('pose.decoupled'))
-        threads = torch_threads_for(int(self._p('inference.threads')), self._pipeline.device.type,
-                                    2 if decoupled and 'pose' in self._pipeline.active_heads else 1)
-        use_inference_threads(threads)
+        threads = prepare_workers(self._pipeline, int(self._p('inference.threads')), decoupled)
+        self.get_logger().info(f'event kernels ready in {time.monotonic() - t0:.1f} s')
         if 'pose' in self._pipeline.active_heads:
             try:                            # the compiled decoder (OpenVINO) for this input size: no first-step wait
                 seconds = self._pipeline.warm_up_pose()
@@ -269,21 +259,12 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------------------------ inputs
     def _on_events(self, msg: Any) -> None:
-        """Decode and buffer one packet. Never raises: every problem is counted and logged (throttled)."""
-        stream = self._stream
-        if stream is None:
-            return
-        try:
-            if stream.push(msg):
-                self._runner.wake()
-        except BadPacket as exc:
-            if self._throttled(f'bad:{exc.kind}'):
-                self.get_logger().warning(f'dropped event packet seq={getattr(msg, "seq", "?")} '
-                                          f'encoding={getattr(msg, "encoding", "?")!r}: {exc}')
+        """One packet (the intake's executor fallback): as a batch of one."""
+        self._on_event_batch([msg])
 
     def _on_event_batch(self, msgs: List[Any]) -> None:
-        """Decode and buffer the packets the intake took at one wake-up (as ``_on_events`` each, the events handed
-        to the windows once). Never raises: every problem is counted and logged (throttled)."""
+        """Decode and buffer the packets the intake took at one wake-up, the events handed to the windows at once.
+        Never raises: every problem is counted and logged (throttled)."""
         stream = self._stream
         if stream is None:
             return

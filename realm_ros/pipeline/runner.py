@@ -117,6 +117,26 @@ def torch_threads_for(requested: int, device_type: str, workers: int) -> int:
     return max(1, cores // max(1, workers) - (1 if cores >= 8 else 0))
 
 
+def prepare_workers(pipeline: RealmPipeline, threads: int, decoupled: bool = True) -> int:
+    """Everything the workers need before the first window, so that no packet or pose step waits for a compile:
+    the allocator tuned (:func:`tune_allocator`), every event-decoder and voxel kernel compiled, and with the pose
+    head the matcher's kernels and the Sampson refinement; then ``threads`` (``inference.threads``; 0: one core per
+    worker on the CPU) torch and OpenCV threads (:func:`torch_threads_for`, :func:`use_inference_threads`). Returns
+    the thread count set (0: left as it was). The pose decoder's own compile is :meth:`RealmPipeline.warm_up_pose`."""
+    from realm_ros.events import warmup
+    tune_allocator()
+    warmup(voxel=True)
+    pose = 'pose' in pipeline.active_heads
+    if pose:
+        from realm_ros.geometry.matching import warm_up_matching
+        from realm_ros.geometry.pose import warm_up_refinement
+        warm_up_matching(pipeline.device)
+        warm_up_refinement()
+    count = torch_threads_for(int(threads), pipeline.device.type, 2 if decoupled and pose else 1)
+    use_inference_threads(count)
+    return count
+
+
 def use_inference_threads(threads: int) -> None:
     """Give torch and OpenCV (the pose worker's essential-matrix / PnP solvers) ``threads`` threads each (0: leave
     both as they are). OpenCV otherwise keeps a pool of one thread per core: on a node whose two workers already
@@ -463,7 +483,7 @@ class PipelineRunner:
         that window's kept encoder output, published with the hold's stamp together with the other dense outputs;
         True when that happened (this hold's dense outputs are then out)."""
         wanted = self.sink.wanted_dense()
-        if wanted is None or not wanted:
+        if not wanted:                          # None (all were computed) or nothing subscribed
             return False
         try:
             out = self.pipeline.complete_dense(wanted, stamp_ns)

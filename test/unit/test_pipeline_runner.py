@@ -560,3 +560,23 @@ def test_stop_ends_the_wait_for_fresh_tokens_at_once():
     t0 = time.monotonic()
     assert runner._take_fresh(stale)[0].stamp_ns == 1
     assert time.monotonic() - t0 < 0.5
+
+
+def test_prepare_workers_compiles_the_pose_kernels_and_sets_the_threads():
+    """What the node (and bench_pipeline) run at configure: with the pose head the Sampson refinement is compiled
+    before the first step, and each worker gets the thread count ``torch_threads_for`` gives (restored after)."""
+    import torch
+
+    from realm_ros.geometry import _sampson_jit
+    from realm_ros.pipeline import PipelineConfig, RealmPipeline
+    from realm_ros.pipeline.runner import prepare_workers
+    from realm_ros.pipeline.tiny import build_random_tiny_modules
+    pipe = RealmPipeline.from_modules(build_random_tiny_modules(), PipelineConfig(device='cpu'))
+    before = torch.get_num_threads()
+    try:
+        assert prepare_workers(pipe, 3) == 3 and torch.get_num_threads() == 3
+        assert prepare_workers(pipe, 0, decoupled=True) == torch_threads_for(0, 'cpu', 2)
+        if _sampson_jit.HAVE_NUMBA:
+            assert len(_sampson_jit.refine_sampson.signatures) >= 1
+    finally:
+        use_inference_threads(before)
