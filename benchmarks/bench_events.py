@@ -9,7 +9,9 @@ Measures (single thread; torch.set_num_threads(1), numba kernels are single-thre
    stream and packet by packet (what a subscriber does), Mev/s.
 3. Decode + 5-bin DSEC-normalised voxel grid of a 150,000-event window on the CPU (real and dense data), ms; and
    the perception node's event path at full speed (per-packet decode + window scheduler in one thread, window
-   voxel grids in another, as the node runs them), sustained Mev/s against the same work in one thread.
+   voxel grids in another, as the node runs them), sustained Mev/s against the same work in one thread; and the
+   node's stream intake of the recorded packets: ``EventStream.push`` per packet against ``push_batch`` of 10
+   (the packet intake's batches), us per packet.
 4. With CUDA: voxel grid of 150k events on the GPU including the host-to-device copy, ms.
 
 Baselines: a vectorised plain-numpy EVT3 decoder (forward-filled state, np.unpackbits for vector masks; checked to
@@ -36,6 +38,7 @@ import torch  # noqa: E402
 
 from realm_ros.events import EventArray, encode_evt3, make_decoder, voxel_grid  # noqa: E402
 from realm_ros.events.bagio import iter_bag_messages, read_raw_evt3  # noqa: E402
+from realm_ros.pipeline.stream import EventStream  # noqa: E402
 
 BAG = ROOT / 'test' / 'data' / 'ecpy_test_events_1_evt3'
 RAW = ROOT / 'test' / 'data' / 'ecpy_test_events_1.raw'
@@ -369,6 +372,26 @@ def main() -> int:
               f'{par["wall_s"] * 1e3:.0f} ms); one thread {seq["events"] / seq["wall_s"] / 1e6:.1f} Mev/s, '
               f'ratio x{seq["wall_s"] / par["wall_s"]:.2f}')
         results[key] = f'{rate:.1f}'
+
+    # 3c. the perception node's stream intake (validation, decoding, time sync, window buffer) of the recorded
+    # packets: one EventStream.push per packet (the node before batching) against push_batch of the intake's batches
+    messages = [m for _, _, _, m in iter_bag_messages(BAG)]
+
+    def stream_intake(batch: int) -> None:
+        stream = EventStream(window_mode='time', window_duration_ns=34_000_000)
+        for i in range(0, len(messages), batch):
+            if batch == 1:
+                stream.push(messages[i])
+            else:
+                stream.push_batch(messages[i:i + batch])
+            stream.next_window()
+    per_packet_s, per_packet_m = timed(lambda: stream_intake(1), rep)
+    batched_s, batched_m = timed(lambda: stream_intake(10), rep)
+    n_msgs = len(messages)
+    print(f'[stream intake, real 640x480, {n_msgs} packets] push per packet {per_packet_s / n_msgs * 1e6:.1f} us '
+          f'(median {per_packet_m / n_msgs * 1e6:.1f}); push_batch of 10 {batched_s / n_msgs * 1e6:.1f} us (median '
+          f'{batched_m / n_msgs * 1e6:.1f}) per packet, ratio x{per_packet_s / batched_s:.2f}')
+    results['stream_intake_us'] = f'{batched_s / n_msgs * 1e6:.1f}'
 
     # 4. CUDA voxel grid including the host->device copy
     if torch.cuda.is_available():
